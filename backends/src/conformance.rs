@@ -1,0 +1,92 @@
+//! The suite every backend must pass (one suite, many providers, as rustls does).
+//!
+//! It returns an error naming the broken property instead of panicking, so backends run it
+//! from their own tests with `conformance::run(&backend).await.unwrap()`.
+
+use crate::{BackendError, KeyBackend, ShardIdentity};
+
+/// A broken property.
+#[derive(Debug, thiserror::Error)]
+#[error("conformance: {0}")]
+pub struct Failure(pub String);
+
+fn check(ok: bool, what: &str) -> Result<(), Failure> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure(what.to_string()))
+    }
+}
+
+/// Run every check against `backend`.
+pub async fn run(backend: &dyn KeyBackend) -> Result<(), Failure> {
+    let fail = |what: &str, e: BackendError| Failure(format!("{what}: {e}"));
+    check(!backend.name().is_empty(), "name is empty")?;
+    check(
+        matches!(backend.kind(), "local" | "aws-kms" | "pkcs11"),
+        "kind is not a known backend kind",
+    )?;
+    check(backend.health().await.usable, "fresh backend is not usable")?;
+
+    let id = ShardIdentity::new("acct-conf", "shard-1", 1);
+    let (dek, wrapped) = backend
+        .generate_data_key(&id)
+        .await
+        .map_err(|e| fail("generate_data_key", e))?;
+    let opened = backend
+        .unwrap(&id, &wrapped)
+        .await
+        .map_err(|e| fail("unwrap of own wrap", e))?;
+    check(opened.expose() == dek.expose(), "unwrap returned another key")?;
+
+    let (dek2, wrapped2) = backend
+        .generate_data_key(&id)
+        .await
+        .map_err(|e| fail("second generate_data_key", e))?;
+    check(dek2.expose() != dek.expose(), "two data keys are equal")?;
+    check(wrapped2.blob != wrapped.blob, "two wraps are equal")?;
+
+    // Re-wrap an existing key (migration path).
+    let rewrapped = backend
+        .wrap(&id, &dek)
+        .await
+        .map_err(|e| fail("wrap of existing key", e))?;
+    let reopened = backend
+        .unwrap(&id, &rewrapped)
+        .await
+        .map_err(|e| fail("unwrap of re-wrap", e))?;
+    check(reopened.expose() == dek.expose(), "re-wrap changed the key")?;
+
+    // Bound to identity: every other identity fails with Integrity.
+    for other in [
+        ShardIdentity::new("acct-conf2", "shard-1", 1),
+        ShardIdentity::new("acct-conf", "shard-2", 1),
+        ShardIdentity::new("acct-conf", "shard-1", 2),
+        ShardIdentity {
+            format_version: 2,
+            ..id.clone()
+        },
+    ] {
+        match backend.unwrap(&other, &wrapped).await {
+            Err(BackendError::Integrity) => {}
+            Ok(_) => return Err(Failure("unwrap under another identity succeeded".into())),
+            Err(e) => return Err(fail("unwrap under another identity: want Integrity", e)),
+        }
+    }
+
+    // Tampering anywhere in the blob fails closed (Integrity or KeyUnusable, never Ok).
+    for i in 0..wrapped.blob.len() {
+        let mut t = wrapped.clone();
+        t.blob[i] ^= 0x01;
+        if backend.unwrap(&id, &t).await.is_ok() {
+            return Err(Failure(format!("bit flip at byte {i} of the wrapped key opened")));
+        }
+    }
+    let mut truncated = wrapped.clone();
+    truncated.blob.truncate(wrapped.blob.len() / 2);
+    check(
+        backend.unwrap(&id, &truncated).await.is_err(),
+        "truncated wrapped key opened",
+    )?;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Key-encryption-key (KEK) backends for shardgate.
+//!
+//! A backend wraps and unwraps per-shard data keys (DEKs) for a [`ShardIdentity`]; it knows
+//! nothing of HTTP, SQL or tiers. Every backend implements the one object-safe async trait
+//! [`KeyBackend`] so the gateway can hold them as `Arc<dyn KeyBackend>`, the way rustls holds a
+//! pluggable crypto provider. [`conformance`] is the suite every backend must pass.
+//!
+//! The trait is shaped for all three kinds: `local` (AES-256-GCM keyring in memory),
+//! `aws-kms` (KMS *generates* the data key, so generation is a trait method, not a helper)
+//! and `pkcs11` (blocking FFI: implementations run their calls off the async workers).
+
+pub mod conformance;
+mod data_key;
+mod identity;
+pub mod local;
+
+use async_trait::async_trait;
+
+pub use data_key::DataKey;
+pub use identity::{ShardIdentity, FORMAT_VERSION};
+
+/// A data key wrapped by a backend, with the reference to the KEK that can unwrap it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// Which key wrapped it (keyring id, KMS key ARN, HSM key label); backend specific.
+    pub key_ref: String,
+    /// The KEK version within `key_ref`.
+    pub key_version: u32,
+    /// The opaque wrapped bytes.
+    pub blob: Vec<u8>,
+}
+
+impl std::fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("key_ref", &self.key_ref)
+            .field("key_version", &self.key_version)
+            .field("blob_len", &self.blob.len())
+            .finish()
+    }
+}
+
+/// Why a backend operation failed. Messages never carry key material or shard bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The wrapped key does not open under this identity: tampering, a copied row or
+    /// corruption. Never retried; never counts against a backend's health.
+    #[error("wrapped data key failed its integrity check")]
+    Integrity,
+    /// The backend refuses the key: unknown, disabled, destroyed, access denied, wrong key.
+    #[error("key unusable: {0}")]
+    KeyUnusable(String),
+    /// The backend cannot be reached or is overloaded; worth retrying later.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The operation's deadline passed.
+    #[error("backend deadline exceeded")]
+    DeadlineExceeded,
+    /// Misconfiguration or a bug.
+    #[error("backend error: {0}")]
+    Internal(String),
+}
+
+/// Health as seen by the backend itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// Whether the backend can currently wrap and unwrap.
+    pub usable: bool,
+    /// Short, secret-free description (e.g. `keyring loaded, active version 2`).
+    pub detail: String,
+}
+
+/// A KEK backend instance. Object safe: the gateway holds `Arc<dyn KeyBackend>`.
+#[async_trait]
+pub trait KeyBackend: Send + Sync + 'static {
+    /// The configured instance name (e.g. `local`, `kms-retail`).
+    fn name(&self) -> &str;
+
+    /// The backend kind: `local`, `aws-kms` or `pkcs11`.
+    fn kind(&self) -> &'static str;
+
+    /// A fresh 256-bit data key and its wrap under the current wrapping KEK, bound to `id`.
+    ///
+    /// The default draws the key from the OS CSPRNG and calls [`KeyBackend::wrap`]; KMS
+    /// overrides it with `GenerateDataKey`.
+    async fn generate_data_key(
+        &self,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        let dek = DataKey::generate();
+        let wrapped = self.wrap(id, &dek).await?;
+        Ok((dek, wrapped))
+    }
+
+    /// Wrap an existing data key for `id` under the current wrapping KEK (used for
+    /// re-wrapping, e.g. tier migration).
+    async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError>;
+
+    /// Unwrap a data key wrapped for `id`. A wrap made for another identity fails with
+    /// [`BackendError::Integrity`].
+    async fn unwrap(&self, id: &ShardIdentity, wrapped: &WrappedKey)
+        -> Result<DataKey, BackendError>;
+
+    /// Current health, cheap enough for a readiness probe.
+    async fn health(&self) -> Health;
+}

@@ -1,0 +1,690 @@
+//! The `local` backend: a versioned AES-256 keyring file.
+//!
+//! One version is `active` (it wraps); `decrypt-only` versions still unwrap; `destroyed`
+//! versions keep only their number. The file is JSON (see FORMAT.md), mode 0600, and the
+//! same file is distributed to every replica. The backend re-reads it when it changes, so
+//! `keys rotate` / `keys promote` reach a running gateway without a restart.
+
+use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, WrappedKey};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime};
+use zeroize::Zeroizing;
+
+const FILE_FORMAT: &str = "shardgate-local-keyring-v1";
+const NONCE_LEN: usize = 12;
+
+/// Lifecycle state of a KEK version (NIST SP 800-57 terms, as Tink uses them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyState {
+    /// Wraps new data keys, and unwraps.
+    Active,
+    /// Unwraps only (a rotated-but-not-promoted version, or a retired one).
+    DecryptOnly,
+    /// Gone: its key bytes are erased from the file.
+    Destroyed,
+}
+
+/// Keyring file errors. Never carry key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// Reading or writing the file failed.
+    #[error("keyring file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is readable or writable by group or others.
+    #[error("keyring file {path} has mode {mode:o}: it must not be accessible by group or others (chmod 600)")]
+    InsecurePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file does not parse or breaks an invariant.
+    #[error("keyring file {path} is invalid: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (no key material).
+        reason: String,
+    },
+    /// A rotate/promote request that does not fit the keyring's state.
+    #[error("{0}")]
+    Lifecycle(String),
+}
+
+/// One KEK version in memory.
+struct KeyVersion {
+    version: u32,
+    state: KeyState,
+    created_ms: i64,
+    key: Option<Zeroizing<[u8; 32]>>,
+}
+
+/// A loaded keyring. Key bytes live in zeroizing memory; `Debug` shows versions only.
+pub struct Keyring {
+    id: String,
+    versions: Vec<KeyVersion>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let versions: Vec<(u32, KeyState)> =
+            self.versions.iter().map(|v| (v.version, v.state)).collect();
+        f.debug_struct("Keyring")
+            .field("id", &self.id)
+            .field("versions", &versions)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct FileRepr {
+    format: String,
+    id: String,
+    versions: Vec<FileVersion>,
+}
+
+#[derive(Deserialize)]
+struct FileVersion {
+    version: u32,
+    state: KeyState,
+    #[serde(default)]
+    created_ms: i64,
+    #[serde(default)]
+    key: Option<SecretString>,
+}
+
+#[derive(Serialize)]
+struct FileReprOut<'a> {
+    format: &'a str,
+    id: &'a str,
+    versions: Vec<FileVersionOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct FileVersionOut<'a> {
+    version: u32,
+    state: KeyState,
+    created_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn random_key() -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(key.as_mut());
+    key
+}
+
+impl Keyring {
+    /// A new keyring with one active version.
+    pub fn generate() -> Self {
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        Self {
+            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            versions: vec![KeyVersion {
+                version: 1,
+                state: KeyState::Active,
+                created_ms: now_ms(),
+                key: Some(random_key()),
+            }],
+        }
+    }
+
+    /// The keyring's random id; it is the `key_ref` of every wrap it makes.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// (version, state) of every version, ascending.
+    pub fn versions(&self) -> Vec<(u32, KeyState)> {
+        self.versions.iter().map(|v| (v.version, v.state)).collect()
+    }
+
+    /// The active (wrapping) version.
+    pub fn active_version(&self) -> Option<u32> {
+        self.versions
+            .iter()
+            .find(|v| v.state == KeyState::Active)
+            .map(|v| v.version)
+    }
+
+    /// Read and check a keyring file: refuses one accessible by group or others.
+    pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        check_permissions(path)?;
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            KeyringError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?);
+        Self::parse(&text, path)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, KeyringError> {
+        let invalid = |reason: String| KeyringError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // serde_json's error text may quote input near the failure; keep only its position.
+        let repr: FileRepr = serde_json::from_str(text).map_err(|e| {
+            invalid(format!(
+                "not a keyring JSON document (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if repr.format != FILE_FORMAT {
+            return Err(invalid(format!("format must be {FILE_FORMAT:?}")));
+        }
+        if repr.id.is_empty() {
+            return Err(invalid("empty keyring id".into()));
+        }
+        let mut versions = Vec::with_capacity(repr.versions.len());
+        for v in repr.versions {
+            let key = match (&v.state, &v.key) {
+                (KeyState::Destroyed, _) => None,
+                (_, None) => {
+                    return Err(invalid(format!("version {} has no key", v.version)));
+                }
+                (_, Some(b64)) => {
+                    let bytes = Zeroizing::new(
+                        B64.decode(b64.expose_secret().as_bytes())
+                            .map_err(|_| invalid(format!("version {} key is not base64", v.version)))?,
+                    );
+                    let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                        invalid(format!("version {} key is not 32 bytes", v.version))
+                    })?;
+                    Some(Zeroizing::new(arr))
+                }
+            };
+            versions.push(KeyVersion {
+                version: v.version,
+                state: v.state,
+                created_ms: v.created_ms,
+                key,
+            });
+        }
+        versions.sort_by_key(|v| v.version);
+        if versions.windows(2).any(|w| w[0].version == w[1].version) || versions.iter().any(|v| v.version == 0) {
+            return Err(invalid("versions must be unique and start at 1".into()));
+        }
+        let active = versions.iter().filter(|v| v.state == KeyState::Active).count();
+        if active != 1 {
+            return Err(invalid(format!("exactly one version must be active, found {active}")));
+        }
+        Ok(Self { id: repr.id, versions })
+    }
+
+    /// Write atomically (temp file 0600 in the same directory, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+        let io = |source| KeyringError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let encoded: Vec<Option<Zeroizing<String>>> = self
+            .versions
+            .iter()
+            .map(|v| v.key.as_ref().map(|k| Zeroizing::new(B64.encode(k.as_ref()))))
+            .collect();
+        let out = FileReprOut {
+            format: FILE_FORMAT,
+            id: &self.id,
+            versions: self
+                .versions
+                .iter()
+                .zip(encoded.iter())
+                .map(|(v, k)| FileVersionOut {
+                    version: v.version,
+                    state: v.state,
+                    created_ms: v.created_ms,
+                    key: k.as_ref().map(|s| s.as_str()),
+                })
+                .collect(),
+        };
+        let json = Zeroizing::new(serde_json::to_string_pretty(&out).map_err(|e| {
+            KeyringError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("cannot encode: {}", e.classify() as u8),
+            }
+        })?);
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("keyring"),
+            std::process::id()
+        ));
+        write_private(&tmp, json.as_bytes()).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Add a new `decrypt-only` version (it unwraps everywhere but wraps nowhere until
+    /// promoted). Returns its number.
+    pub fn rotate(&mut self) -> u32 {
+        let next = self.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+        self.versions.push(KeyVersion {
+            version: next,
+            state: KeyState::DecryptOnly,
+            created_ms: now_ms(),
+            key: Some(random_key()),
+        });
+        next
+    }
+
+    /// Make `version` the wrapping version; the previous active one becomes decrypt-only.
+    pub fn promote(&mut self, version: u32) -> Result<(), KeyringError> {
+        let target = self
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| KeyringError::Lifecycle(format!("no key version {version}")))?;
+        match target.state {
+            KeyState::Active => return Ok(()),
+            KeyState::Destroyed => {
+                return Err(KeyringError::Lifecycle(format!(
+                    "key version {version} is destroyed"
+                )))
+            }
+            KeyState::DecryptOnly => {}
+        }
+        for v in &mut self.versions {
+            if v.state == KeyState::Active {
+                v.state = KeyState::DecryptOnly;
+            }
+            if v.version == version {
+                v.state = KeyState::Active;
+            }
+        }
+        Ok(())
+    }
+
+    fn key(&self, version: u32) -> Option<&Zeroizing<[u8; 32]>> {
+        self.versions
+            .iter()
+            .find(|v| v.version == version && v.state != KeyState::Destroyed)
+            .and_then(|v| v.key.as_ref())
+    }
+}
+
+/// Create the file with mode 0600 from the start (never briefly world-readable).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn check_permissions(path: &Path) -> Result<(), KeyringError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| KeyringError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyringError::InsecurePermissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Create a keyring file with one active version unless it exists. Returns whether it
+/// created one.
+pub fn create_if_missing(path: &Path) -> Result<bool, KeyringError> {
+    if path.exists() {
+        return Ok(false);
+    }
+    Keyring::generate().save(path)?;
+    Ok(true)
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
+struct Loaded {
+    keyring: Keyring,
+    stamp: Option<FileStamp>,
+    checked: Instant,
+    last_reload_error: Option<String>,
+}
+
+/// The `local` backend instance.
+pub struct LocalBackend {
+    name: String,
+    path: PathBuf,
+    reload_every: Duration,
+    state: RwLock<Loaded>,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl LocalBackend {
+    /// Load the keyring at `path`. The file is re-checked for changes at most every
+    /// `reload_every` (a changed file that fails to load keeps the previous keyring and is
+    /// reported by `health`).
+    pub fn open(name: &str, path: &Path, reload_every: Duration) -> Result<Self, KeyringError> {
+        let keyring = Keyring::load(path)?;
+        Ok(Self {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            reload_every,
+            state: RwLock::new(Loaded {
+                keyring,
+                stamp: stamp(path),
+                checked: Instant::now(),
+                last_reload_error: None,
+            }),
+        })
+    }
+
+    fn maybe_reload(&self, force: bool) {
+        {
+            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+            if !force && st.checked.elapsed() < self.reload_every {
+                return;
+            }
+        }
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if !force && st.checked.elapsed() < self.reload_every {
+            return;
+        }
+        st.checked = Instant::now();
+        let now = stamp(&self.path);
+        if now == st.stamp && !force {
+            return;
+        }
+        match Keyring::load(&self.path) {
+            Ok(k) => {
+                if k.id != st.keyring.id {
+                    st.last_reload_error =
+                        Some("keyring file was replaced by a different keyring; ignored".into());
+                    tracing::error!(backend = %self.name, "keyring file now holds a different keyring id; keeping the loaded one");
+                } else {
+                    tracing::info!(backend = %self.name, active = ?k.active_version(), "keyring reloaded");
+                    st.keyring = k;
+                    st.last_reload_error = None;
+                }
+            }
+            Err(e) => {
+                tracing::error!(backend = %self.name, error = %e, "keyring reload failed; keeping the loaded keyring");
+                st.last_reload_error = Some(e.to_string());
+            }
+        }
+        st.stamp = now;
+    }
+
+    /// Re-read the file now.
+    pub fn reload(&self) {
+        self.maybe_reload(true);
+    }
+
+    fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> T {
+        self.maybe_reload(false);
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        f(&st.keyring)
+    }
+}
+
+fn seal_dek(kek: &[u8; 32], id: &ShardIdentity, dek: &DataKey) -> Result<Vec<u8>, BackendError> {
+    let cipher = Aes256Gcm::new(kek.into());
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let aad = id.aad();
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: dek.expose(),
+                aad: &aad,
+            },
+        )
+        .map_err(|_| BackendError::Internal("AES-GCM encryption failed".into()))?;
+    let mut blob = Vec::with_capacity(NONCE_LEN + ct.len());
+    blob.extend_from_slice(&nonce);
+    blob.extend_from_slice(&ct);
+    Ok(blob)
+}
+
+fn open_dek(kek: &[u8; 32], id: &ShardIdentity, blob: &[u8]) -> Result<DataKey, BackendError> {
+    if blob.len() != NONCE_LEN + 32 + 16 {
+        return Err(BackendError::Integrity);
+    }
+    let (nonce, ct) = blob.split_at(NONCE_LEN);
+    let aad = id.aad();
+    let plain = Zeroizing::new(
+        Aes256Gcm::new(kek.into())
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+            .map_err(|_| BackendError::Integrity)?,
+    );
+    DataKey::from_slice(&plain).ok_or(BackendError::Integrity)
+}
+
+#[async_trait]
+impl KeyBackend for LocalBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError> {
+        self.with_keyring(|k| {
+            let version = k
+                .active_version()
+                .ok_or_else(|| BackendError::KeyUnusable("no active key version".into()))?;
+            let kek = k
+                .key(version)
+                .ok_or_else(|| BackendError::KeyUnusable("active key version has no key".into()))?;
+            Ok(WrappedKey {
+                key_ref: k.id.clone(),
+                key_version: version,
+                blob: seal_dek(kek, id, dek)?,
+            })
+        })
+    }
+
+    async fn unwrap(
+        &self,
+        id: &ShardIdentity,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, BackendError> {
+        let attempt = || {
+            self.with_keyring(|k| {
+                if wrapped.key_ref != k.id {
+                    return Err(BackendError::KeyUnusable(
+                        "data key was wrapped by another keyring".into(),
+                    ));
+                }
+                match k.key(wrapped.key_version) {
+                    Some(kek) => open_dek(kek, id, &wrapped.blob),
+                    None => Err(BackendError::KeyUnusable(format!(
+                        "key version {} is unknown or destroyed",
+                        wrapped.key_version
+                    ))),
+                }
+            })
+        };
+        match attempt() {
+            // A version another replica just rotated in may not be loaded yet: look again.
+            Err(BackendError::KeyUnusable(_)) => {
+                self.reload();
+                attempt()
+            }
+            other => other,
+        }
+    }
+
+    async fn health(&self) -> Health {
+        self.maybe_reload(false);
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        match (&st.last_reload_error, st.keyring.active_version()) {
+            (None, Some(v)) => Health {
+                usable: true,
+                detail: format!("keyring loaded, active version {v}"),
+            },
+            (Some(err), Some(v)) => Health {
+                usable: true,
+                detail: format!("active version {v}; last reload failed: {err}"),
+            },
+            (_, None) => Health {
+                usable: false,
+                detail: "no active key version".into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn temp_keyring() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.keyring");
+        create_if_missing(&path).unwrap();
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn local_backend_passes_conformance() {
+        let (_d, path) = temp_keyring();
+        let b = LocalBackend::open("local", &path, Duration::from_millis(0)).unwrap();
+        crate::conformance::run(&b).await.unwrap();
+    }
+
+    #[test]
+    fn created_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, path) = temp_keyring();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn group_readable_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, path) = temp_keyring();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Keyring::load(&path).unwrap_err();
+        assert!(matches!(err, KeyringError::InsecurePermissions { mode: 0o640, .. }), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(matches!(Keyring::load(&path), Err(KeyringError::InsecurePermissions { .. })));
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_key_bytes() {
+        let (_d, path) = temp_keyring();
+        let k = Keyring::load(&path).unwrap();
+        let key_b64 = B64.encode(k.key(1).unwrap().as_ref());
+        assert!(!format!("{k:?}").contains(&key_b64));
+        // A corrupt file's error must not quote the file.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let broken = text.replacen("\"format\"", "\"format\" x", 1);
+        std::fs::write(&path, &broken).unwrap();
+        let err = Keyring::load(&path).unwrap_err().to_string();
+        assert!(!err.contains(&key_b64), "{err}");
+    }
+
+    #[tokio::test]
+    async fn rotated_version_unwraps_but_does_not_wrap_until_promoted() {
+        let (_d, path) = temp_keyring();
+        let b = LocalBackend::open("local", &path, Duration::from_millis(0)).unwrap();
+        let id = ShardIdentity::new("acct", "s", 1);
+        let (_, w1) = b.generate_data_key(&id).await.unwrap();
+        assert_eq!(w1.key_version, 1);
+
+        let mut k = Keyring::load(&path).unwrap();
+        assert_eq!(k.rotate(), 2);
+        k.save(&path).unwrap();
+        b.reload();
+        let (_, still_v1) = b.generate_data_key(&id).await.unwrap();
+        assert_eq!(still_v1.key_version, 1, "a rotated version must not wrap before promote");
+
+        // A wrap made by a replica that already promoted v2 opens here.
+        let mut promoted = Keyring::load(&path).unwrap();
+        promoted.promote(2).unwrap();
+        let dek = DataKey::generate();
+        let blob = seal_dek(promoted.key(2).unwrap(), &id, &dek).unwrap();
+        let w2 = WrappedKey { key_ref: promoted.id().to_string(), key_version: 2, blob };
+        assert_eq!(b.unwrap(&id, &w2).await.unwrap().expose(), dek.expose());
+
+        promoted.save(&path).unwrap();
+        b.reload();
+        let (_, now_v2) = b.generate_data_key(&id).await.unwrap();
+        assert_eq!(now_v2.key_version, 2);
+        assert!(b.unwrap(&id, &w1).await.is_ok(), "old version must still unwrap");
+    }
+
+    #[test]
+    fn promote_refuses_unknown_version() {
+        let mut k = Keyring::generate();
+        assert!(k.promote(7).is_err());
+    }
+
+    #[tokio::test]
+    async fn other_keyring_is_key_unusable() {
+        let (_d1, p1) = temp_keyring();
+        let (_d2, p2) = temp_keyring();
+        let a = LocalBackend::open("a", &p1, Duration::from_secs(1)).unwrap();
+        let b = LocalBackend::open("b", &p2, Duration::from_secs(1)).unwrap();
+        let id = ShardIdentity::new("acct", "s", 1);
+        let (_, w) = a.generate_data_key(&id).await.unwrap();
+        assert!(matches!(b.unwrap(&id, &w).await, Err(BackendError::KeyUnusable(_))));
+    }
+}

@@ -1,0 +1,182 @@
+//! `/v1/accounts/{account}`: create or change a tier, read, crypto-shred.
+
+use super::{json, path_error, ApiJson, Ctx};
+use crate::audit::Auditor;
+use crate::auth::Scope;
+use crate::error::{ApiError, ErrorCode};
+use crate::ids;
+use crate::state::AppState;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `PUT /v1/accounts/{account}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutAccountRequest {
+    /// A tier declared in the config, e.g. `retail`.
+    pub tier: String,
+}
+
+/// An account as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountResponse {
+    /// Account id.
+    pub account: String,
+    /// Tier.
+    pub tier: String,
+    /// Backend the policy picks for new shard versions.
+    pub backend: String,
+    /// Whether this request created the account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    /// Number of shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_count: Option<i64>,
+    /// Shard versions whose data key is still wrapped on another backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions_on_other_backends: Option<i64>,
+}
+
+/// Receipt of a crypto-shred.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeleteAccountResponse {
+    /// Account id.
+    pub account: String,
+    /// Shards destroyed.
+    pub destroyed_shards: i64,
+    /// Shard versions destroyed.
+    pub destroyed_versions: i64,
+    /// Audit event id (`<chain>:<seq>`).
+    pub audit_event: String,
+}
+
+fn account_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(account) = p.map_err(path_error)?;
+    ids::check("account", &account)?;
+    Ok(account)
+}
+
+/// Create an account or change its tier.
+#[utoipa::path(put, path = "/v1/accounts/{account}", tag = "accounts",
+    params(("account" = String, Path, description = "account id")),
+    request_body = PutAccountRequest,
+    responses((status = 200, description = "tier changed", body = AccountResponse),
+               (status = 201, description = "account created", body = AccountResponse)),
+    security(("bearer" = ["accounts:write"])))]
+pub async fn put_account(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+    ApiJson(body): ApiJson<PutAccountRequest>,
+) -> Result<Response, ApiError> {
+    let account = account_id(path)?;
+    ctx.require(&state, Scope::AccountsWrite, Some(&account), "account.put")?;
+    let placement = state.policy.place(&account, &body.tier).map_err(|_| {
+        ApiError::new(
+            ErrorCode::UnknownTier,
+            "the tier is not declared in the configuration",
+        )
+    })?;
+    let event = ctx
+        .event("account.put")
+        .account(&account)
+        .backend(&placement.backend)
+        .detail(format!("tier={}", body.tier));
+    let mut guard = state.audit.lock().await?;
+    let record = guard.begin(&event);
+    let result = state
+        .store
+        .put_account(&account, &body.tier, crate::now_ms(), &record)
+        .await;
+    guard.finish(Some(&record), &result).await;
+    let previous = result?;
+    let created = previous.is_none();
+    Ok(json(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        AccountResponse {
+            account,
+            tier: body.tier,
+            backend: placement.backend,
+            created: Some(created),
+            shard_count: None,
+            versions_on_other_backends: None,
+        },
+    ))
+}
+
+/// Read an account: tier, backend, shard count, versions still on another backend.
+#[utoipa::path(get, path = "/v1/accounts/{account}", tag = "accounts",
+    params(("account" = String, Path, description = "account id")),
+    responses((status = 200, description = "the account", body = AccountResponse)),
+    security(("bearer" = ["accounts:read"])))]
+pub async fn get_account(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let account = account_id(path)?;
+    ctx.require(&state, Scope::AccountsRead, Some(&account), "account.get")?;
+    let record = state
+        .store
+        .get_account(&account)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
+    let placement = state
+        .policy
+        .place(&account, &record.tier)
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "the account's tier is no longer declared"))?;
+    let stats = state
+        .store
+        .account_stats(&account, &placement.backend)
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        AccountResponse {
+            account,
+            tier: record.tier,
+            backend: placement.backend,
+            created: None,
+            shard_count: Some(stats.shard_count),
+            versions_on_other_backends: Some(stats.versions_elsewhere),
+        },
+    ))
+}
+
+/// Crypto-shred every shard version of the account, then the account.
+#[utoipa::path(delete, path = "/v1/accounts/{account}", tag = "accounts",
+    params(("account" = String, Path, description = "account id")),
+    responses((status = 200, description = "receipt", body = DeleteAccountResponse)),
+    security(("bearer" = ["accounts:delete"])))]
+pub async fn delete_account(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let account = account_id(path)?;
+    ctx.require(&state, Scope::AccountsDelete, Some(&account), "account.delete")?;
+    let event = ctx.event("account.delete").account(&account);
+    let mut guard = state.audit.lock().await?;
+    guard.arm();
+    let seal = |n: i64| guard.seal(&event.clone().detail(format!("destroyed_versions={n}")));
+    let result = state.store.delete_account(&account, &seal).await;
+    let record = result.as_ref().ok().map(|o| seal(o.versions));
+    guard.finish(record.as_ref(), &result).await;
+    let outcome = result?;
+    Ok(json(
+        StatusCode::OK,
+        DeleteAccountResponse {
+            account,
+            destroyed_shards: outcome.shards,
+            destroyed_versions: outcome.versions,
+            audit_event: record.as_ref().map(Auditor::event_id).unwrap_or_default(),
+        },
+    ))
+}

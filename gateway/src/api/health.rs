@@ -1,0 +1,114 @@
+//! `/healthz` (liveness) and `/readyz` (can this process serve at all, with per-backend
+//! detail, so that one backend's outage never takes every replica out of a load balancer).
+
+use super::json;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// Liveness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Healthz {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Store readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreReadiness {
+    /// `postgres` or `sqlite`.
+    pub kind: String,
+    /// Whether a round trip succeeded.
+    pub ok: bool,
+    /// Error class when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One backend's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackendReadiness {
+    /// Backend kind.
+    pub kind: String,
+    /// Whether it can wrap and unwrap now.
+    pub usable: bool,
+    /// Secret-free detail.
+    pub detail: String,
+}
+
+/// Readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readyz {
+    /// Whether this process can serve (store reachable and at least one backend usable).
+    pub ready: bool,
+    /// The store.
+    pub store: StoreReadiness,
+    /// Every backend by name.
+    pub backends: BTreeMap<String, BackendReadiness>,
+}
+
+/// Process liveness only.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "alive", body = Healthz)))]
+pub async fn healthz() -> Response {
+    json(
+        StatusCode::OK,
+        Healthz {
+            status: "ok".into(),
+        },
+    )
+}
+
+/// Readiness with per-backend detail.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "ready", body = Readyz),
+              (status = 503, description = "cannot serve at all", body = Readyz)))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let store = match state.store.ping().await {
+        Ok(()) => StoreReadiness {
+            kind: state.store.kind().into(),
+            ok: true,
+            error: None,
+        },
+        Err(e) => StoreReadiness {
+            kind: state.store.kind().into(),
+            ok: false,
+            error: Some(
+                match e {
+                    shardgate_store::StoreError::Unavailable(_) => "unavailable",
+                    _ => "error",
+                }
+                .into(),
+            ),
+        },
+    };
+    let mut backends = BTreeMap::new();
+    for (name, b) in &state.backends {
+        let h = b.health().await;
+        backends.insert(
+            name.clone(),
+            BackendReadiness {
+                kind: b.kind().into(),
+                usable: h.usable,
+                detail: h.detail,
+            },
+        );
+    }
+    let ready = store.ok && backends.values().any(|b| b.usable);
+    json(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Readyz {
+            ready,
+            store,
+            backends,
+        },
+    )
+}

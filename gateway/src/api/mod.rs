@@ -1,0 +1,214 @@
+//! HTTP API v1: routes, the authenticated request context and the JSON body extractor.
+
+pub mod accounts;
+pub mod batch;
+pub mod health;
+pub mod shards;
+
+use crate::audit::Event;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Header carrying the request id (set by the gateway when the client sent none).
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// An authenticated request: who is calling, and the request id.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The verified caller.
+    pub caller: Caller,
+    /// Request id.
+    pub request_id: String,
+}
+
+impl Ctx {
+    /// An audit event for this request.
+    pub fn event(&self, action: &str) -> Event {
+        Event::new(&self.request_id, &self.caller.name, action)
+    }
+}
+
+fn request_id(parts: &Parts) -> String {
+    parts
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let rid = request_id(parts);
+        let authz = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        match state.auth.authenticate(authz) {
+            Ok(caller) => Ok(Ctx {
+                caller,
+                request_id: rid,
+            }),
+            Err(e) => {
+                let mut ev = Event::new(&rid, "anonymous", "auth")
+                    .detail(format!("{} {}", parts.method, parts.uri.path()));
+                ev.outcome = e.code.as_str().to_string();
+                state.audit.record_detached(ev);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// Check scope (and account reach); a refusal is audited.
+    pub fn require(
+        &self,
+        state: &AppState,
+        scope: crate::auth::Scope,
+        account: Option<&str>,
+        action: &str,
+    ) -> Result<(), ApiError> {
+        let r = self.caller.require(scope, account);
+        if let Err(e) = &r {
+            let mut ev = self.event(action).detail(format!("needs {}", scope.as_str()));
+            ev.account = account.map(String::from);
+            ev.outcome = e.code.as_str().to_string();
+            state.audit.record_detached(ev);
+        }
+        r
+    }
+}
+
+/// A JSON body read within the body-size limit and the body-read timeout.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.limits.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body exceeds {limit} bytes"),
+            )
+        };
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > limit as u64 {
+                return Err(too_large());
+            }
+        }
+        let read = axum::body::to_bytes(req.into_body(), limit);
+        let bytes = match tokio::time::timeout(
+            Duration::from_millis(state.timeouts.body_read_ms),
+            read,
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "request body was not received in time",
+                ))
+            }
+            Ok(Err(e)) => {
+                let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                while let Some(s) = src {
+                    if s.is::<http_body_util::LengthLimitError>() {
+                        return Err(too_large());
+                    }
+                    src = s.source();
+                }
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "request body could not be read",
+                ));
+            }
+            Ok(Ok(b)) => b,
+        };
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            // serde's message can quote the input (shard bytes): report only where and what kind.
+            let what = match e.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    "is not valid JSON"
+                }
+                _ => "does not match the expected fields and types",
+            };
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "request body {what} (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
+    }
+}
+
+/// Map path-extraction failures (e.g. invalid UTF-8 after percent-decoding) to `invalid_id`.
+pub fn path_error(_: axum::extract::rejection::PathRejection) -> ApiError {
+    ApiError::new(ErrorCode::InvalidId, "path ids must be ASCII [A-Za-z0-9._:-]{1,128}")
+}
+
+/// Map query-extraction failures to `invalid_request`.
+pub fn query_error(_: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, "invalid query parameters")
+}
+
+/// Whole-request deadline: past it the request answers 504 `deadline_exceeded`.
+pub async fn deadline(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = Duration::from_millis(state.timeouts.request_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "the request deadline passed")
+            .into_response(),
+    }
+}
+
+/// Unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+/// Known route, unknown method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+}
+
+/// Every response carries `Cache-Control: no-store` (shard bytes must never be cached).
+pub async fn no_store(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A JSON response with a status.
+pub fn json<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,478 @@
+//! Configuration: one TOML file plus `SHARDGATE_*` environment overrides, or, with no file,
+//! the embedded default (SQLite + `local` keyring in a data directory).
+//!
+//! Environment keys map onto the file's keys with `__` between levels:
+//! `SHARDGATE_LISTEN`, `SHARDGATE_STORE__URL`, `SHARDGATE_LIMITS__MAX_SHARD_BYTES`, ...
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default data directory of the embedded default.
+pub const DEFAULT_DATA_DIR: &str = "./shardgate-data";
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded default's files (and relative paths' base).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The database.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Named backend instances.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Tier name -> backend instance name.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, String>,
+    /// API tokens (hashes only).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Size limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// When set, also accept the token in this file (the embedded default's admin token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://…` or `sqlite://…`; default `sqlite://<data_dir>/shardgate.db`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Pool size.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_pool() -> u32 {
+    16
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: default_pool(),
+        }
+    }
+}
+
+/// A backend instance, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// AES-256 keyring file.
+    #[serde(rename = "local")]
+    Local {
+        /// Keyring file (mode 0600).
+        key_file: PathBuf,
+        /// How often to look for a changed keyring file, in milliseconds.
+        #[serde(default = "default_reload_ms")]
+        reload_interval_ms: u64,
+        /// Create the keyring file if it does not exist.
+        #[serde(default)]
+        create: bool,
+    },
+}
+
+fn default_reload_ms() -> u64 {
+    1000
+}
+
+/// A token: its SHA-256 (hex), scopes and optional account prefix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Identity recorded in the audit log (never the token).
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
+    /// Scopes; `*` grants every scope.
+    pub scopes: Vec<String>,
+    /// When set, the token only reaches accounts whose id starts with these exact bytes.
+    #[serde(default)]
+    pub account_prefix: Option<String>,
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    #[serde(default = "d_body")]
+    pub max_body_bytes: usize,
+    /// Largest shard in bytes (decoded).
+    #[serde(default = "d_shard")]
+    pub max_shard_bytes: usize,
+    /// Most items in one batchGet.
+    #[serde(default = "d_batch")]
+    pub batch_max_items: usize,
+    /// Largest page of the shard list.
+    #[serde(default = "d_page")]
+    pub list_max_limit: i64,
+}
+
+fn d_body() -> usize {
+    1024 * 1024
+}
+fn d_shard() -> usize {
+    64 * 1024
+}
+fn d_batch() -> usize {
+    100
+}
+fn d_page() -> i64 {
+    1000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: d_body(),
+            max_shard_bytes: d_shard(),
+            batch_max_items: d_batch(),
+            list_max_limit: d_page(),
+        }
+    }
+}
+
+/// Timeouts in milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Time to receive a request's headers.
+    #[serde(default = "d_header")]
+    pub header_read_ms: u64,
+    /// Time to receive a request's body.
+    #[serde(default = "d_body_read")]
+    pub body_read_ms: u64,
+    /// Time for the whole request, after which it answers 504 `deadline_exceeded`.
+    #[serde(default = "d_request")]
+    pub request_ms: u64,
+    /// How long a graceful shutdown waits for requests in flight.
+    #[serde(default = "d_shutdown")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn d_header() -> u64 {
+    10_000
+}
+fn d_body_read() -> u64 {
+    10_000
+}
+fn d_request() -> u64 {
+    30_000
+}
+fn d_shutdown() -> u64 {
+    10_000
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header_read_ms: d_header(),
+            body_read_ms: d_body_read(),
+            request_ms: d_request(),
+            shutdown_grace_ms: d_shutdown(),
+        }
+    }
+}
+
+/// Audit settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// File holding the base64 HMAC key (mode 0600). NOT in the database.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Create the key file if missing.
+    #[serde(default)]
+    pub create_key: bool,
+    /// Reads waiting for their audit event; past it, 503 `audit_unavailable`.
+    #[serde(default = "d_queue")]
+    pub queue_capacity: usize,
+    /// Most events written in one transaction.
+    #[serde(default = "d_batch_events")]
+    pub batch_max: usize,
+    /// Seconds between chain-head checkpoints in the log.
+    #[serde(default = "d_checkpoint")]
+    pub checkpoint_interval_secs: u64,
+}
+
+fn d_queue() -> usize {
+    4096
+}
+fn d_batch_events() -> usize {
+    256
+}
+fn d_checkpoint() -> u64 {
+    60
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            create_key: false,
+            queue_capacity: d_queue(),
+            batch_max: d_batch_events(),
+            checkpoint_interval_secs: d_checkpoint(),
+        }
+    }
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override does not parse or has an unknown key.
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// The configuration is incomplete or inconsistent.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where the configuration comes from (CLI flags).
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config FILE`.
+    pub file: Option<PathBuf>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen ADDR`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// The embedded default for a data directory: SQLite + a `local` keyring (created if
+    /// missing), tiers `retail` and `institutional` on it, admin token from `admin.token`.
+    pub fn embedded(data_dir: &Path) -> Self {
+        let mut backends = BTreeMap::new();
+        backends.insert(
+            "local".to_string(),
+            BackendConfig::Local {
+                key_file: data_dir.join("local.keyring"),
+                reload_interval_ms: default_reload_ms(),
+                create: true,
+            },
+        );
+        let tiers = [("retail", "local"), ("institutional", "local")]
+            .into_iter()
+            .map(|(t, b)| (t.to_string(), b.to_string()))
+            .collect();
+        Self {
+            listen: default_listen(),
+            data_dir: data_dir.to_path_buf(),
+            store: StoreConfig {
+                url: Some(sqlite_url(&data_dir.join("shardgate.db"))),
+                max_connections: 8,
+            },
+            backends,
+            tiers,
+            tokens: Vec::new(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            audit: AuditConfig {
+                key_file: Some(data_dir.join("audit.key")),
+                create_key: true,
+                ..AuditConfig::default()
+            },
+            admin_token_file: Some(data_dir.join("admin.token")),
+        }
+    }
+
+    /// Load from the sources: the file (or the embedded default when there is none), then
+    /// `SHARDGATE_*` environment overrides, then flags.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        Self::load_with_env(sources, Env::prefixed("SHARDGATE_"))
+    }
+
+    fn load_with_env(sources: &Sources, env: Env) -> Result<Self, ConfigError> {
+        // `SHARDGATE_TEST_*` belongs to the test scripts, not to the gateway.
+        let env = env.split("__").filter(|k| !k.as_str().starts_with("test_"));
+        let mut fig = match &sources.file {
+            Some(file) => {
+                if !file.exists() {
+                    return Err(ConfigError::Invalid(format!(
+                        "config file {} does not exist",
+                        file.display()
+                    )));
+                }
+                Figment::new().merge(Toml::file_exact(file))
+            }
+            None => {
+                // The data dir decides the embedded default's paths, so resolve it first.
+                let data_dir = sources
+                    .data_dir
+                    .clone()
+                    .or_else(|| std::env::var_os("SHARDGATE_DATA_DIR").map(PathBuf::from))
+                    .unwrap_or_else(default_data_dir);
+                Figment::new().merge(Serialized::defaults(Config::embedded(&data_dir)))
+            }
+        };
+        fig = fig.merge(env);
+        if let Some(dir) = &sources.data_dir {
+            fig = fig.merge(Serialized::default("data_dir", dir));
+        }
+        if let Some(listen) = &sources.listen {
+            fig = fig.merge(Serialized::default("listen", listen));
+        }
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The store URL (default: SQLite in the data dir).
+    pub fn store_url(&self) -> String {
+        self.store
+            .url
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&self.data_dir.join("shardgate.db")))
+    }
+
+    /// The audit key file (default: `audit.key` in the data dir).
+    pub fn audit_key_file(&self) -> PathBuf {
+        self.audit
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit.key"))
+    }
+
+    /// Structural checks that need no I/O.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backends.is_empty() {
+            return Err(ConfigError::Invalid("no backends are configured".into()));
+        }
+        for name in self.backends.keys() {
+            if !crate::ids::is_valid(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "backend name {name:?} must match [A-Za-z0-9._:-]{{1,128}}"
+                )));
+            }
+        }
+        if self.limits.max_shard_bytes == 0 || self.limits.batch_max_items == 0 {
+            return Err(ConfigError::Invalid(
+                "limits must be greater than zero".into(),
+            ));
+        }
+        if self.limits.list_max_limit < 1 {
+            return Err(ConfigError::Invalid(
+                "limits.list_max_limit must be at least 1".into(),
+            ));
+        }
+        for t in &self.tokens {
+            if t.sha256.len() != 64 || hex::decode(&t.sha256).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "token {:?}: sha256 must be 64 hex characters",
+                    t.name
+                )));
+            }
+            for s in &t.scopes {
+                if s != "*" && crate::auth::Scope::parse(s).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "token {:?}: unknown scope {s:?}",
+                        t.name
+                    )));
+                }
+            }
+        }
+        if self.tokens.is_empty() && self.admin_token_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "no tokens are configured: shardgate never starts without authentication (create one with `shardgate token create`)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A sqlx SQLite URL for a path, creating the file if needed.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_needs_no_file() {
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+        assert!(cfg.store_url().starts_with("sqlite:///tmp/x/"));
+        assert!(cfg.tiers.contains_key("retail") && cfg.tiers.contains_key("institutional"));
+    }
+
+    #[test]
+    fn file_with_unknown_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listne = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load_with_env(
+            &Sources {
+                file: Some(f),
+                ..Sources::default()
+            },
+            Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn config_without_tokens_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[backends.local]\nkind = \"local\"\nkey_file = \"k\"\n[tiers]\nretail = \"local\"\n",
+        )
+        .unwrap();
+        let err = Config::load_with_env(
+            &Sources {
+                file: Some(f),
+                ..Sources::default()
+            },
+            Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("never starts without authentication"));
+    }
+}

@@ -1,0 +1,263 @@
+//! The one map from failures to HTTP: every error code, its status, and its JSON body.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use shardgate_backends::BackendError;
+use shardgate_store::StoreError;
+
+/// Every error code of the API (DESIGN.md's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: malformed request.
+    InvalidRequest,
+    /// 400: an id breaks the id grammar.
+    InvalidId,
+    /// 400: shard bytes are not standard base64.
+    InvalidBase64,
+    /// 400: zero-length shard.
+    EmptyShard,
+    /// 400: tier not declared in the config.
+    UnknownTier,
+    /// 401.
+    Unauthenticated,
+    /// 403.
+    Forbidden,
+    /// 404.
+    AccountNotFound,
+    /// 404.
+    ShardNotFound,
+    /// 404.
+    VersionNotFound,
+    /// 404: no such route.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409.
+    VersionConflict,
+    /// 413.
+    PayloadTooLarge,
+    /// 429.
+    RateLimited,
+    /// 500: a stored envelope does not open (tampering or corruption).
+    IntegrityFailure,
+    /// 500.
+    Internal,
+    /// 502: the backend refuses the key.
+    KeyUnusable,
+    /// 503.
+    BackendUnavailable,
+    /// 503.
+    StoreUnavailable,
+    /// 503.
+    AuditUnavailable,
+    /// 504.
+    DeadlineExceeded,
+}
+
+impl ErrorCode {
+    /// The HTTP status of the code; the only place statuses of errors are decided.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest | InvalidId | InvalidBase64 | EmptyShard | UnknownTier => {
+                StatusCode::BAD_REQUEST
+            }
+            Unauthenticated => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            AccountNotFound | ShardNotFound | VersionNotFound | NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            VersionConflict => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            IntegrityFailure | Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            KeyUnusable => StatusCode::BAD_GATEWAY,
+            BackendUnavailable | StoreUnavailable | AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The snake_case wire name.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            InvalidId => "invalid_id",
+            InvalidBase64 => "invalid_base64",
+            EmptyShard => "empty_shard",
+            UnknownTier => "unknown_tier",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
+            AccountNotFound => "account_not_found",
+            ShardNotFound => "shard_not_found",
+            VersionNotFound => "version_not_found",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            VersionConflict => "version_conflict",
+            PayloadTooLarge => "payload_too_large",
+            RateLimited => "rate_limited",
+            IntegrityFailure => "integrity_failure",
+            Internal => "internal",
+            KeyUnusable => "key_unusable",
+            BackendUnavailable => "backend_unavailable",
+            StoreUnavailable => "store_unavailable",
+            AuditUnavailable => "audit_unavailable",
+            DeadlineExceeded => "deadline_exceeded",
+        }
+    }
+
+    fn retry_after(self) -> Option<u32> {
+        match self.status() {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// An API error: a code and a message that never carries secrets or internal error text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The code.
+    pub code: ErrorCode,
+    /// Human-readable, secret-free.
+    pub message: String,
+}
+
+/// `{"error":{"code":..,"message":..}}`
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inner error object.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code (DESIGN.md table).
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.code.status(), axum::Json(self.body())).into_response();
+        if let Some(secs) = self.code.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Integrity => {
+                tracing::error!(alert = "integrity_failure", "stored envelope failed to open");
+                ApiError::new(
+                    ErrorCode::IntegrityFailure,
+                    "the stored envelope failed its integrity check",
+                )
+            }
+            BackendError::KeyUnusable(reason) => {
+                tracing::warn!(%reason, "backend refused the key");
+                ApiError::new(ErrorCode::KeyUnusable, "the backend refused the key")
+            }
+            BackendError::Unavailable(reason) => {
+                tracing::warn!(%reason, "backend unavailable");
+                ApiError::new(ErrorCode::BackendUnavailable, "the key backend is unavailable")
+            }
+            BackendError::DeadlineExceeded => {
+                ApiError::new(ErrorCode::DeadlineExceeded, "the request deadline passed")
+            }
+            BackendError::Internal(reason) => {
+                tracing::error!(%reason, "backend internal error");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AccountNotFound => {
+                ApiError::new(ErrorCode::AccountNotFound, "no such account")
+            }
+            StoreError::ShardNotFound => ApiError::new(ErrorCode::ShardNotFound, "no such shard"),
+            StoreError::Conflict { latest } => ApiError::new(
+                ErrorCode::VersionConflict,
+                format!(
+                    "the shard's latest version is {}",
+                    latest.map_or("none".to_string(), |v| v.to_string())
+                ),
+            ),
+            StoreError::AuditUnavailable(reason) => {
+                tracing::error!(%reason, "audit write failed; request refused");
+                ApiError::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log cannot be written; request refused",
+                )
+            }
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "store unavailable");
+                ApiError::new(ErrorCode::StoreUnavailable, "the store is unavailable")
+            }
+            StoreError::Internal(reason) => {
+                tracing::error!(%reason, "store internal error");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_serde() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::AuditUnavailable,
+            ErrorCode::DeadlineExceeded,
+            ErrorCode::KeyUnusable,
+        ] {
+            let json = serde_json::to_value(code).ok();
+            assert_eq!(json, Some(serde_json::Value::String(code.as_str().into())));
+        }
+    }
+
+    #[test]
+    fn unavailable_codes_carry_retry_after() {
+        let resp = ApiError::new(ErrorCode::StoreUnavailable, "x").into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    }
+}

@@ -1,0 +1,72 @@
+//! shardgate: a key-management gateway for MPC wallet key shards.
+//!
+//! Signing services store and fetch key shards over one HTTP API ([`app`]). Every shard is
+//! envelope-encrypted ([`envelope`]) under a fresh data key wrapped by a backend from
+//! `shardgate-backends`, chosen by the tier policy of `shardgate-policy`, stored through
+//! `shardgate-store`, and every access is written to a tamper-evident audit chain
+//! ([`audit`]). This crate wires them: HTTP, auth, config, CLI.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod files;
+pub mod ids;
+pub mod openapi;
+pub mod server;
+pub mod state;
+
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post, put};
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub use state::AppState;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The HTTP API.
+pub fn app(state: AppState) -> Router {
+    use api::{accounts, batch, health, shards};
+    let request_id = axum::http::HeaderName::from_static(api::REQUEST_ID);
+    Router::new()
+        .route(
+            "/v1/accounts/{account}",
+            put(accounts::put_account)
+                .get(accounts::get_account)
+                .delete(accounts::delete_account),
+        )
+        .route("/v1/accounts/{account}/shards", get(shards::list_shards))
+        .route(
+            "/v1/accounts/{account}/shards/{shard}",
+            put(shards::put_shard)
+                .get(shards::get_shard)
+                .delete(shards::delete_shard),
+        )
+        .route("/v1/shards:batchGet", post(batch::batch_get))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .fallback(api::not_found)
+        .layer(from_fn_with_state(state.clone(), api::deadline))
+        .layer(from_fn(api::no_store))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}

@@ -1,0 +1,302 @@
+//! The `shardgate` command line: serve the gateway and run its operator tasks.
+
+use clap::{Args, Parser, Subcommand};
+use secrecy::ExposeSecret;
+use shardgate::config::{BackendConfig, Config, Sources};
+use shardgate::state::AppState;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// shardgate: store and fetch MPC wallet key shards, envelope-encrypted under keys held in a
+/// local keyring, AWS KMS or an HSM.
+#[derive(Parser)]
+#[command(name = "shardgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file. Without one, the embedded default is used: SQLite and a
+    /// local keyring in the data directory, tiers `retail` and `institutional`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory of the embedded default (database, keyring, audit key, admin token).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn sources(&self, listen: Option<SocketAddr>) -> Sources {
+        Sources {
+            file: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            listen,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (default: 127.0.0.1:8080, data in ./shardgate-data).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Database tasks.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Key-encryption-key versions of a backend.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply pending migrations (serve also does this at start-up).
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token: prints it ONCE, and the config lines holding only its SHA-256.
+    Create {
+        /// Comma-separated scopes: accounts:read, accounts:write, accounts:delete,
+        /// shards:read, shards:write, shards:delete, admin, metrics, or `*` for all.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Restrict the token to accounts whose id starts with these exact bytes.
+        #[arg(long)]
+        account_prefix: Option<String>,
+        /// Identity name recorded in the audit log.
+        #[arg(long, default_value = "token")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new key version that every reader can unwrap with but nothing wraps with yet.
+    /// Distribute the keyring file to every replica, then `keys promote`.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Backend instance name.
+        #[arg(long)]
+        backend: String,
+    },
+    /// Make a version the wrapping version (the previous one becomes decrypt-only).
+    Promote {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Backend instance name.
+        #[arg(long)]
+        backend: String,
+        /// The version to promote.
+        #[arg(long)]
+        version: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Re-check every audit chain; exits non-zero naming the first broken event.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, listen } => serve(config.sources(listen)).await,
+        Command::Db {
+            command: DbCommand::Migrate { config },
+        } => {
+            let cfg = Config::load(&config.sources(None))?;
+            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
+            store.migrate().await?;
+            println!("migrations applied ({})", store.kind());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    scopes,
+                    account_prefix,
+                    name,
+                },
+        } => token_create(&scopes, account_prefix, &name),
+        Command::Keys { command } => keys(command),
+        Command::Audit {
+            command: AuditCommand::Verify { config },
+        } => {
+            let cfg = Config::load(&config.sources(None))?;
+            let key = shardgate::state::audit_key(&cfg)?;
+            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
+            store.migrate().await?;
+            match shardgate::audit::verify(store.as_ref(), &key).await {
+                Ok(r) => {
+                    println!(
+                        "audit ok: {} chain(s), {} event(s) verified",
+                        r.chains, r.events
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(shardgate::audit::VerifyError::Broken(b)) => {
+                    println!("AUDIT BROKEN: {b}");
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&sources)?;
+    let (state, startup) = AppState::build(&cfg).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    if let Some(path) = &startup.admin_token_file {
+        let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        println!(
+            "admin token ({}) in {}",
+            if startup.created_admin_token {
+                "new"
+            } else {
+                "existing"
+            },
+            shown.display()
+        );
+    }
+    println!("shardgate listening on http://{addr}");
+    tracing::info!(%addr, store = state.store.kind(), backends = ?state.backends.keys().collect::<Vec<_>>(), "serving");
+    let audit = state.audit.clone();
+    let timeouts = cfg.timeouts.clone();
+    shardgate::server::serve(listener, shardgate::app(state), &timeouts, shutdown_signal()).await;
+    audit.checkpoint().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn token_create(
+    scopes: &[String],
+    account_prefix: Option<String>,
+    name: &str,
+) -> anyhow::Result<ExitCode> {
+    for s in scopes {
+        if s != "*" && shardgate::auth::Scope::parse(s).is_none() {
+            anyhow::bail!("unknown scope {s:?}");
+        }
+    }
+    if let Some(p) = &account_prefix {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b)) {
+            anyhow::bail!("account prefix must be non-empty [A-Za-z0-9._:-]");
+        }
+    }
+    let token = shardgate::auth::generate_token();
+    let hash = shardgate::auth::hash_token(token.expose_secret());
+    println!("token (shown once; store it now):");
+    println!("{}", token.expose_secret());
+    println!();
+    println!("add to the config file:");
+    println!("[[tokens]]");
+    println!("name = {}", toml::Value::String(name.to_string()));
+    println!("sha256 = \"{hash}\"");
+    let scopes: Vec<toml::Value> = scopes.iter().cloned().map(toml::Value::String).collect();
+    println!("scopes = {}", toml::Value::Array(scopes));
+    if let Some(p) = account_prefix {
+        println!("account_prefix = {}", toml::Value::String(p));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    let (config, backend) = match &command {
+        KeysCommand::Rotate { config, backend } | KeysCommand::Promote { config, backend, .. } => {
+            (config.clone(), backend.clone())
+        }
+    };
+    let cfg = Config::load(&config.sources(None))?;
+    let Some(BackendConfig::Local { key_file, .. }) = cfg.backends.get(&backend) else {
+        anyhow::bail!("no local backend named {backend:?} in the configuration");
+    };
+    let mut keyring = shardgate_backends::local::Keyring::load(key_file)?;
+    match command {
+        KeysCommand::Rotate { .. } => {
+            let v = keyring.rotate();
+            keyring.save(key_file)?;
+            println!("added key version {v} to backend {backend} (decrypt-only).");
+            println!("copy {} to every replica, then run:", key_file.display());
+            println!("  shardgate keys promote --backend {backend} --version {v}");
+        }
+        KeysCommand::Promote { version, .. } => {
+            keyring.promote(version)?;
+            keyring.save(key_file)?;
+            println!("key version {version} of backend {backend} now wraps new data keys.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

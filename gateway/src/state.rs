@@ -1,0 +1,220 @@
+//! Application state: the store, the backends, the policy, the authenticator and the
+//! auditor, built once from a [`Config`].
+
+use crate::audit::{AuditKey, Auditor};
+use crate::auth::{hash_token, Authenticator, TokenEntry};
+use crate::config::{BackendConfig, Config, Limits, Timeouts};
+use secrecy::ExposeSecret;
+use shardgate_backends::local::LocalBackend;
+use shardgate_backends::KeyBackend;
+use shardgate_policy::Policy;
+use shardgate_store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Shared state of every request.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The parts of [`AppState`].
+pub struct Inner {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// Backend instances by name.
+    pub backends: BTreeMap<String, Arc<dyn KeyBackend>>,
+    /// Tier rules.
+    pub policy: Policy,
+    /// Token verification.
+    pub auth: Authenticator,
+    /// This process's audit chain.
+    pub audit: Arc<Auditor>,
+    /// Size limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Why the gateway cannot start. Messages name files and settings, never secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Config problem.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Store problem.
+    #[error("store: {0}")]
+    Store(#[from] shardgate_store::StoreError),
+    /// A keyring or key file.
+    #[error("backend {name}: {reason}")]
+    Backend {
+        /// Backend instance.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Audit key.
+    #[error(transparent)]
+    AuditKey(#[from] crate::audit::AuditKeyError),
+    /// Policy.
+    #[error("policy: {0}")]
+    Policy(#[from] shardgate_policy::PolicyError),
+    /// Files.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What start-up created, for the operator.
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    /// The admin token file, when the embedded default uses one.
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether a new admin token was generated.
+    pub created_admin_token: bool,
+}
+
+/// Open every backend a config names (creating keyrings marked `create`).
+pub fn open_backends(
+    cfg: &Config,
+) -> Result<BTreeMap<String, Arc<dyn KeyBackend>>, StartError> {
+    let mut out: BTreeMap<String, Arc<dyn KeyBackend>> = BTreeMap::new();
+    for (name, b) in &cfg.backends {
+        match b {
+            BackendConfig::Local {
+                key_file,
+                reload_interval_ms,
+                create,
+            } => {
+                let err = |reason: String| StartError::Backend {
+                    name: name.clone(),
+                    reason,
+                };
+                if *create {
+                    ensure_private_dir(key_file.parent())?;
+                    if shardgate_backends::local::create_if_missing(key_file)
+                        .map_err(|e| err(e.to_string()))?
+                    {
+                        tracing::info!(backend = %name, file = %key_file.display(), "created keyring");
+                    }
+                }
+                let backend = LocalBackend::open(
+                    name,
+                    key_file,
+                    Duration::from_millis(*reload_interval_ms),
+                )
+                .map_err(|e| err(e.to_string()))?;
+                out.insert(name.clone(), Arc::new(backend));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn ensure_private_dir(dir: Option<&std::path::Path>) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(|e| StartError::Io(format!("cannot create {}: {e}", d.display())))?;
+    }
+    Ok(())
+}
+
+/// The audit key a config names (created when `audit.create_key`).
+pub fn audit_key(cfg: &Config) -> Result<AuditKey, StartError> {
+    let path = cfg.audit_key_file();
+    if cfg.audit.create_key {
+        ensure_private_dir(path.parent())?;
+        AuditKey::create_if_missing(&path)?;
+    }
+    Ok(AuditKey::load(&path)?)
+}
+
+fn tokens(cfg: &Config, startup: &mut Startup) -> Result<Authenticator, StartError> {
+    let mut entries = Vec::new();
+    for t in &cfg.tokens {
+        let e = TokenEntry::new(&t.name, &t.sha256, &t.scopes, t.account_prefix.clone())
+            .ok_or_else(|| StartError::Io(format!("token {:?} is invalid", t.name)))?;
+        entries.push(e);
+    }
+    if let Some(path) = &cfg.admin_token_file {
+        ensure_private_dir(path.parent())?;
+        if !path.exists() {
+            let token = crate::auth::generate_token();
+            let line = Zeroizing::new(format!("{}\n", token.expose_secret()));
+            crate::files::write_private(path, line.as_bytes())
+                .map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))?;
+            startup.created_admin_token = true;
+        }
+        crate::files::check_private(path)
+            .map_err(|e| StartError::Io(format!("admin token file {}: {e}", path.display())))?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| StartError::Io(format!("cannot read {}: {e}", path.display())))?,
+        );
+        let all = vec!["*".to_string()];
+        let e = TokenEntry::new("admin", &hash_token(text.trim()), &all, None)
+            .ok_or_else(|| StartError::Io("admin token entry".into()))?;
+        entries.push(e);
+        startup.admin_token_file = Some(path.clone());
+    }
+    if entries.is_empty() {
+        return Err(StartError::Io(
+            "no tokens are configured: shardgate never starts without authentication".into(),
+        ));
+    }
+    Ok(Authenticator::new(entries))
+}
+
+impl AppState {
+    /// Build everything: connect and migrate the store, open backends, load tokens and the
+    /// audit key, and start this process's audit chain.
+    pub async fn build(cfg: &Config) -> Result<(Self, Startup), StartError> {
+        let mut startup = Startup::default();
+        if cfg.admin_token_file.is_some() || cfg.store.url.is_none() {
+            ensure_private_dir(Some(&cfg.data_dir))?;
+        }
+        let backends = open_backends(cfg)?;
+        let names: BTreeSet<String> = backends.keys().cloned().collect();
+        let policy = Policy::new(cfg.tiers.clone(), &names)?;
+        let auth = tokens(cfg, &mut startup)?;
+        let key = Arc::new(audit_key(cfg)?);
+        let store = shardgate_store::connect(&cfg.store_url(), cfg.store.max_connections).await?;
+        store.migrate().await?;
+        let audit = Auditor::start(
+            store.clone(),
+            key,
+            cfg.audit.queue_capacity,
+            cfg.audit.batch_max,
+            Duration::from_secs(cfg.audit.checkpoint_interval_secs),
+        )
+        .await?;
+        Ok((
+            Self(Arc::new(Inner {
+                store,
+                backends,
+                policy,
+                auth,
+                audit,
+                limits: cfg.limits.clone(),
+                timeouts: cfg.timeouts.clone(),
+            })),
+            startup,
+        ))
+    }
+
+    /// The backend instance of that name.
+    pub fn backend(&self, name: &str) -> Option<&Arc<dyn KeyBackend>> {
+        self.backends.get(name)
+    }
+}

@@ -1,0 +1,269 @@
+//! shardgate persistence: one [`Store`] trait, implemented for PostgreSQL and SQLite.
+//!
+//! Every write is one transaction, and the audit event that records it commits in the
+//! same transaction (DESIGN.md, Storage). The caller seals audit records (it owns the
+//! HMAC chain); the store only persists them.
+
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// An account row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Account id (exact bytes).
+    pub account: String,
+    /// Tier name as declared in the config.
+    pub tier: String,
+    /// Creation time, unix milliseconds.
+    pub created_at: i64,
+    /// Last tier change, unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// Counts shown by `GET /v1/accounts/{account}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccountStats {
+    /// Distinct shard ids of the account.
+    pub shard_count: i64,
+    /// Shard versions whose wrapped DEK lives on a backend other than the given one.
+    pub versions_elsewhere: i64,
+}
+
+/// One immutable stored shard version (the envelope plus its metadata).
+///
+/// Holds only ciphertext and a wrapped key, so `Debug` is safe to derive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardVersionRow {
+    /// Account id.
+    pub account: String,
+    /// Shard id.
+    pub shard: String,
+    /// Version, starting at 1.
+    pub version: i64,
+    /// Envelope format version (1).
+    pub format_version: i16,
+    /// Backend instance name that wrapped the DEK.
+    pub backend: String,
+    /// Backend key reference (keyring id, KMS key ARN, HSM key label).
+    pub key_ref: String,
+    /// Backend key version.
+    pub key_version: i64,
+    /// The wrapped data key.
+    pub wrapped_dek: Vec<u8>,
+    /// The 96-bit AES-GCM nonce of the shard seal.
+    pub nonce: Vec<u8>,
+    /// Shard ciphertext followed by the 16-byte GCM tag.
+    pub ciphertext: Vec<u8>,
+    /// Creation time, unix milliseconds.
+    pub created_at: i64,
+    /// Token identity (never the token) that wrote it.
+    pub created_by: String,
+}
+
+/// A page entry of `GET /v1/accounts/{account}/shards`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSummary {
+    /// Shard id.
+    pub shard: String,
+    /// Highest stored version.
+    pub latest_version: i64,
+    /// Backend of the latest version.
+    pub backend: String,
+}
+
+/// A sealed audit event, as stored. `tag` is HMAC-SHA256 over the canonical encoding of
+/// every other field (see FORMAT.md); `prev_tag` is the tag of `seq - 1` in the same chain
+/// (32 zero bytes for `seq == 1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Chain id (one per gateway process).
+    pub chain_id: String,
+    /// Position in the chain, starting at 1.
+    pub seq: i64,
+    /// Event time, unix milliseconds.
+    pub ts_ms: i64,
+    /// Request id.
+    pub request_id: String,
+    /// Token identity (its configured name), or `anonymous`.
+    pub actor: String,
+    /// What was attempted, e.g. `shard.get`.
+    pub action: String,
+    /// Account id, if any.
+    pub account: Option<String>,
+    /// Shard id, if any.
+    pub shard: Option<String>,
+    /// Shard version, if any.
+    pub version: Option<i64>,
+    /// Backend instance, if any.
+    pub backend: Option<String>,
+    /// `ok` or an error code.
+    pub outcome: String,
+    /// Free text without secrets.
+    pub detail: String,
+    /// Tag of the previous event of the chain.
+    pub prev_tag: Vec<u8>,
+    /// HMAC-SHA256 tag of this event.
+    pub tag: Vec<u8>,
+}
+
+/// Builds the audit record of a delete once the transaction knows how many versions it
+/// destroyed (the count is part of the audited detail).
+pub type AuditForCount<'a> = &'a (dyn Fn(i64) -> AuditRecord + Send + Sync);
+
+/// Result of a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// Distinct shard ids removed.
+    pub shards: i64,
+    /// Shard versions removed.
+    pub versions: i64,
+}
+
+/// Store errors. Messages never carry shard bytes or keys.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The account does not exist.
+    #[error("account not found")]
+    AccountNotFound,
+    /// The shard (or the requested version) does not exist.
+    #[error("shard not found")]
+    ShardNotFound,
+    /// The version being written is not `latest + 1` any more: another writer won.
+    #[error("version conflict (latest is {latest:?})")]
+    Conflict {
+        /// The latest version now stored, if any.
+        latest: Option<i64>,
+    },
+    /// Writing the audit event failed: the whole transaction was rolled back.
+    #[error("audit log unavailable: {0}")]
+    AuditUnavailable(String),
+    /// The database could not be reached (connection, pool timeout, restart).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (schema mismatch, bug).
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// The persistence contract shared by PostgreSQL and SQLite.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `postgres` or `sqlite`.
+    fn kind(&self) -> &'static str;
+
+    /// Apply pending migrations from `migrations/<kind>`.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Cheap round trip for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Create the account or change its tier, with its audit event, in one transaction.
+    /// Returns the previous tier (`None` when the account was created).
+    async fn put_account(
+        &self,
+        account: &str,
+        tier: &str,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// The account row, if it exists.
+    async fn get_account(&self, account: &str) -> Result<Option<AccountRecord>, StoreError>;
+
+    /// Shard count and versions whose backend differs from `current_backend`.
+    async fn account_stats(
+        &self,
+        account: &str,
+        current_backend: &str,
+    ) -> Result<AccountStats, StoreError>;
+
+    /// Delete every shard version of the account and the account, with the audit event, in
+    /// one transaction. `AccountNotFound` if it does not exist.
+    async fn delete_account(
+        &self,
+        account: &str,
+        audit: AuditForCount<'_>,
+    ) -> Result<DeleteOutcome, StoreError>;
+
+    /// Shards of the account ordered by id bytes, ids strictly greater than `after`.
+    async fn list_shards(
+        &self,
+        account: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ShardSummary>, StoreError>;
+
+    /// Latest stored version of the shard, if any.
+    async fn latest_version(&self, account: &str, shard: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Insert `row` with its audit event in one transaction. Fails with `AccountNotFound`
+    /// if the account does not exist, `Conflict` unless `row.version` is exactly the latest
+    /// stored version + 1 (1 for a new shard). Two writers can never both store one version.
+    async fn insert_shard_version(
+        &self,
+        row: &ShardVersionRow,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    /// One version (`None` = latest).
+    async fn get_shard_version(
+        &self,
+        account: &str,
+        shard: &str,
+        version: Option<i64>,
+    ) -> Result<Option<ShardVersionRow>, StoreError>;
+
+    /// Delete every version of the shard with the audit event in one transaction;
+    /// `ShardNotFound` if it had none.
+    async fn delete_shard(
+        &self,
+        account: &str,
+        shard: &str,
+        audit: AuditForCount<'_>,
+    ) -> Result<i64, StoreError>;
+
+    /// Append audit records (one chain, consecutive seqs) in one transaction.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
+
+    /// Record that a chain started (chain id, start time, host), for `audit verify`.
+    async fn register_chain(
+        &self,
+        chain_id: &str,
+        started_ms: i64,
+        host: &str,
+    ) -> Result<(), StoreError>;
+
+    /// The highest (seq, tag) stored for the chain.
+    async fn audit_head(&self, chain_id: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
+
+    /// Every chain id: registered chains and chains that have events.
+    async fn audit_chains(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Events of a chain with `seq > after_seq`, ordered by seq, at most `limit`.
+    async fn audit_events(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// Open the store a URL names (`postgres://…` or `sqlite://…`), without migrating.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PgStore::connect(url, max_connections).await?,
+        ))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            sqlite::SqliteStore::connect(url, max_connections).await?,
+        ))
+    } else {
+        Err(StoreError::Internal(
+            "store url must start with postgres:// or sqlite:".to_string(),
+        ))
+    }
+}

@@ -1,0 +1,658 @@
+//! PostgreSQL [`Store`] (production).
+//!
+//! Concurrency model (several gateway replicas may share one database):
+//! - `insert_shard_version` locks the account row `FOR SHARE`, so inserts into one account run
+//!   concurrently while `delete_account`, `delete_shard` (`FOR UPDATE`) and a tier change in
+//!   `put_account` (`FOR UPDATE`) wait for them and block new ones.
+//! - Two writers of the same version: both read the same latest version, both insert, and the
+//!   primary key makes the second wait for the first and fail with a unique violation, which is
+//!   answered as [`StoreError::Conflict`].
+//! - Every transaction is opened in a spawned task, so a caller dropping its future can never
+//!   leave a half-begun transaction behind, and the pool's `after_release` hook closes any
+//!   connection that comes back still inside a transaction.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::MigrateError;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Postgres, Row, Transaction};
+
+use crate::{
+    AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, ShardSummary,
+    ShardVersionRow, Store, StoreError,
+};
+
+/// How long a request waits for a pooled connection (or a new one) before the store answers
+/// [`StoreError::Unavailable`]: a database that is down must fail fast, not hang requests.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, \
+     key_version, wrapped_dek, nonce, ciphertext, created_at, created_by";
+
+const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
+     version, backend, outcome, detail, prev_tag, tag";
+
+/// The PostgreSQL store: a connection pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Open a pool of at most `max_connections` (at least 1) to `url`, without migrating.
+    ///
+    /// One connection is opened at once, so a database that cannot be reached answers
+    /// [`StoreError::Unavailable`] within [`ACQUIRE_TIMEOUT`]; a malformed URL is
+    /// [`StoreError::Internal`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("invalid postgres store url: {e}")))?
+            .application_name("shardgate");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A connection must never go back to the pool inside a transaction. A dropped
+            // `Transaction` has already queued its ROLLBACK (and decremented the depth), so
+            // this only closes connections left in a state sqlx could not undo.
+            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, for tests and administrative tools. Request paths go through the
+    /// [`Store`] trait.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Begin a transaction in a spawned task, so that the caller's future being dropped while
+    /// BEGIN is in flight cannot leave a transaction open that no `Transaction` value owns:
+    /// the task always finishes, and if nobody takes its result the `Transaction` is dropped,
+    /// which rolls it back.
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.begin().await })
+            .await
+            .map_err(|e| StoreError::Internal(format!("transaction task failed: {e}")))?
+            .map_err(map_err)
+    }
+}
+
+/// Whether the error means the database cannot be reached or cannot serve right now
+/// (connection, pool, shutdown, resources, serialization/deadlock retry).
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources (too many connections,
+            // disk full); 57: operator intervention (shutdown, cancel, cannot connect now);
+            // 40001/40P01: serialization failure/deadlock; 25006: read-only transaction (a
+            // standby after failover).
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "40001"
+                || code == "40P01"
+                || code == "25006"
+        }),
+        _ => false,
+    }
+}
+
+/// Error text without row data: for database errors, the SQLSTATE and the primary message
+/// (PostgreSQL keeps key values in DETAIL, which is left out).
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => format!(
+            "database error {}: {}",
+            db.code().unwrap_or_default(),
+            db.message()
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(describe(&e))
+    } else {
+        StoreError::Internal(describe(&e))
+    }
+}
+
+/// A failed audit insert: `AuditUnavailable`, unless the database itself is unreachable.
+fn audit_err(e: sqlx::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(describe(&e))
+    } else {
+        StoreError::AuditUnavailable(describe(&e))
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+fn migrate_err(e: MigrateError) -> StoreError {
+    match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => map_err(e),
+        other => StoreError::Internal(format!("migration failed: {other}")),
+    }
+}
+
+async fn insert_audit(conn: &mut PgConnection, a: &AuditRecord) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    ))
+    .bind(&a.chain_id)
+    .bind(a.seq)
+    .bind(a.ts_ms)
+    .bind(&a.request_id)
+    .bind(&a.actor)
+    .bind(&a.action)
+    .bind(&a.account)
+    .bind(&a.shard)
+    .bind(a.version)
+    .bind(&a.backend)
+    .bind(&a.outcome)
+    .bind(&a.detail)
+    .bind(&a.prev_tag)
+    .bind(&a.tag)
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(audit_err)
+}
+
+fn shard_from_row(r: &PgRow) -> Result<ShardVersionRow, sqlx::Error> {
+    Ok(ShardVersionRow {
+        account: r.try_get("account")?,
+        shard: r.try_get("shard")?,
+        version: r.try_get("version")?,
+        format_version: r.try_get("format_version")?,
+        backend: r.try_get("backend")?,
+        key_ref: r.try_get("key_ref")?,
+        key_version: r.try_get("key_version")?,
+        wrapped_dek: r.try_get("wrapped_dek")?,
+        nonce: r.try_get("nonce")?,
+        ciphertext: r.try_get("ciphertext")?,
+        created_at: r.try_get("created_at")?,
+        created_by: r.try_get("created_by")?,
+    })
+}
+
+fn audit_from_row(r: &PgRow) -> Result<AuditRecord, sqlx::Error> {
+    Ok(AuditRecord {
+        chain_id: r.try_get("chain_id")?,
+        seq: r.try_get("seq")?,
+        ts_ms: r.try_get("ts_ms")?,
+        request_id: r.try_get("request_id")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        account: r.try_get("account")?,
+        shard: r.try_get("shard")?,
+        version: r.try_get("version")?,
+        backend: r.try_get("backend")?,
+        outcome: r.try_get("outcome")?,
+        detail: r.try_get("detail")?,
+        prev_tag: r.try_get("prev_tag")?,
+        tag: r.try_get("tag")?,
+    })
+}
+
+/// Latest stored version of a shard, read with any executor.
+async fn latest<'e, E>(executor: E, account: &str, shard: &str) -> Result<Option<i64>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT MAX(version) FROM shard_versions WHERE account = $1 AND shard = $2",
+    )
+    .bind(account)
+    .bind(shard)
+    .fetch_one(executor)
+    .await
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        // The migrator takes a PostgreSQL advisory lock: replicas may call this concurrently.
+        sqlx::migrate!("../migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(migrate_err)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn put_account(
+        &self,
+        account: &str,
+        tier: &str,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<Option<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut previous = None;
+        let mut done = false;
+        // If a concurrent writer creates the account between our read and our insert, the
+        // next round finds (and locks) its row.
+        for _ in 0..3 {
+            let existing: Option<String> =
+                sqlx::query_scalar("SELECT tier FROM accounts WHERE account = $1 FOR UPDATE")
+                    .bind(account)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            if let Some(old) = existing {
+                if old != tier {
+                    sqlx::query(
+                        "UPDATE accounts SET tier = $2, updated_at = $3 WHERE account = $1",
+                    )
+                    .bind(account)
+                    .bind(tier)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+                previous = Some(old);
+                done = true;
+                break;
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO accounts (account, tier, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $3) ON CONFLICT (account) DO NOTHING",
+            )
+            .bind(account)
+            .bind(tier)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+            if inserted == 1 {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            return Err(StoreError::Unavailable(format!(
+                "account {account} is being created and deleted concurrently"
+            )));
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(previous)
+    }
+
+    async fn get_account(&self, account: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT account, tier, created_at, updated_at FROM accounts WHERE account = $1",
+        )
+        .bind(account)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| -> Result<AccountRecord, sqlx::Error> {
+            Ok(AccountRecord {
+                account: r.try_get("account")?,
+                tier: r.try_get("tier")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
+    async fn account_stats(
+        &self,
+        account: &str,
+        current_backend: &str,
+    ) -> Result<AccountStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(DISTINCT shard) AS shard_count, \
+                    COALESCE(SUM(CASE WHEN backend <> $2 THEN 1 ELSE 0 END), 0)::BIGINT \
+                        AS versions_elsewhere \
+             FROM shard_versions WHERE account = $1",
+        )
+        .bind(account)
+        .bind(current_backend)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(AccountStats {
+            shard_count: row.try_get("shard_count").map_err(map_err)?,
+            versions_elsewhere: row.try_get("versions_elsewhere").map_err(map_err)?,
+        })
+    }
+
+    async fn delete_account(
+        &self,
+        account: &str,
+        audit: AuditForCount<'_>,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        // FOR UPDATE waits for in-flight inserts (FOR SHARE) and blocks new ones.
+        let exists = sqlx::query("SELECT 1 FROM accounts WHERE account = $1 FOR UPDATE")
+            .bind(account)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .is_some();
+        if !exists {
+            return Err(StoreError::AccountNotFound);
+        }
+        let counts = sqlx::query(
+            "WITH deleted AS (DELETE FROM shard_versions WHERE account = $1 RETURNING shard) \
+             SELECT COUNT(*) AS versions, COUNT(DISTINCT shard) AS shards FROM deleted",
+        )
+        .bind(account)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let versions: i64 = counts.try_get("versions").map_err(map_err)?;
+        let shards: i64 = counts.try_get("shards").map_err(map_err)?;
+        sqlx::query("DELETE FROM accounts WHERE account = $1")
+            .bind(account)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(&mut tx, &audit(versions)).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(DeleteOutcome { shards, versions })
+    }
+
+    async fn list_shards(
+        &self,
+        account: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ShardSummary>, StoreError> {
+        // "" sorts before every id (ids are never empty).
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (shard) shard, version, backend FROM shard_versions \
+             WHERE account = $1 AND shard > $2 COLLATE \"C\" \
+             ORDER BY shard, version DESC LIMIT $3",
+        )
+        .bind(account)
+        .bind(after.unwrap_or(""))
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ShardSummary {
+                    shard: r.try_get("shard")?,
+                    latest_version: r.try_get("version")?,
+                    backend: r.try_get("backend")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(map_err)
+    }
+
+    async fn latest_version(&self, account: &str, shard: &str) -> Result<Option<i64>, StoreError> {
+        latest(&self.pool, account, shard).await.map_err(map_err)
+    }
+
+    async fn insert_shard_version(
+        &self,
+        row: &ShardVersionRow,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        // FOR SHARE: concurrent inserts into the account proceed; a delete or tier change
+        // (FOR UPDATE) cannot interleave.
+        let exists = sqlx::query("SELECT 1 FROM accounts WHERE account = $1 FOR SHARE")
+            .bind(&row.account)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .is_some();
+        if !exists {
+            return Err(StoreError::AccountNotFound);
+        }
+        let current = latest(&mut *tx, &row.account, &row.shard)
+            .await
+            .map_err(map_err)?;
+        let expected = if row.version == 1 {
+            None
+        } else {
+            Some(row.version - 1)
+        };
+        if current != expected {
+            return Err(StoreError::Conflict { latest: current });
+        }
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO shard_versions ({SHARD_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .bind(&row.account)
+        .bind(&row.shard)
+        .bind(row.version)
+        .bind(row.format_version)
+        .bind(&row.backend)
+        .bind(&row.key_ref)
+        .bind(row.key_version)
+        .bind(&row.wrapped_dek)
+        .bind(&row.nonce)
+        .bind(&row.ciphertext)
+        .bind(row.created_at)
+        .bind(&row.created_by)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                // A concurrent writer stored this version first (we waited for its commit).
+                drop(tx);
+                let latest = latest(&self.pool, &row.account, &row.shard)
+                    .await
+                    .unwrap_or(Some(row.version));
+                return Err(StoreError::Conflict { latest });
+            }
+            Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::AccountNotFound),
+            Err(e) => return Err(map_err(e)),
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn get_shard_version(
+        &self,
+        account: &str,
+        shard: &str,
+        version: Option<i64>,
+    ) -> Result<Option<ShardVersionRow>, StoreError> {
+        let row = match version {
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {SHARD_COLUMNS} FROM shard_versions \
+                     WHERE account = $1 AND shard = $2 ORDER BY version DESC LIMIT 1"
+                ))
+                .bind(account)
+                .bind(shard)
+                .fetch_optional(&self.pool)
+                .await
+            }
+            Some(v) => {
+                sqlx::query(&format!(
+                    "SELECT {SHARD_COLUMNS} FROM shard_versions \
+                     WHERE account = $1 AND shard = $2 AND version = $3"
+                ))
+                .bind(account)
+                .bind(shard)
+                .bind(v)
+                .fetch_optional(&self.pool)
+                .await
+            }
+        }
+        .map_err(map_err)?;
+        row.as_ref()
+            .map(shard_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn delete_shard(
+        &self,
+        account: &str,
+        shard: &str,
+        audit: AuditForCount<'_>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.begin().await?;
+        // Serialise with inserts into the account (they hold FOR SHARE), so no version can be
+        // added while the shard is being destroyed.
+        let exists = sqlx::query("SELECT 1 FROM accounts WHERE account = $1 FOR UPDATE")
+            .bind(account)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .is_some();
+        if !exists {
+            return Err(StoreError::ShardNotFound);
+        }
+        let deleted = sqlx::query("DELETE FROM shard_versions WHERE account = $1 AND shard = $2")
+            .bind(account)
+            .bind(shard)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::ShardNotFound);
+        }
+        let deleted = i64::try_from(deleted)
+            .map_err(|_| StoreError::Internal("deleted row count out of range".to_string()))?;
+        insert_audit(&mut tx, &audit(deleted)).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for record in records {
+            insert_audit(&mut tx, record).await?;
+        }
+        tx.commit().await.map_err(audit_err)
+    }
+
+    async fn register_chain(
+        &self,
+        chain_id: &str,
+        started_ms: i64,
+        host: &str,
+    ) -> Result<(), StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO audit_chains (chain_id, started_ms, host) VALUES ($1, $2, $3) \
+             ON CONFLICT (chain_id) DO NOTHING",
+        )
+        .bind(chain_id)
+        .bind(started_ms)
+        .bind(host)
+        .execute(&self.pool)
+        .await
+        .map_err(audit_err)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(());
+        }
+        // Already there: fine if it is the same registration (a retried call), an error if
+        // another process uses the same chain id.
+        let same = sqlx::query(
+            "SELECT 1 FROM audit_chains WHERE chain_id = $1 AND started_ms = $2 AND host = $3",
+        )
+        .bind(chain_id)
+        .bind(started_ms)
+        .bind(host)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?
+        .is_some();
+        if same {
+            Ok(())
+        } else {
+            Err(StoreError::Internal(format!(
+                "audit chain {chain_id} is already registered by another process"
+            )))
+        }
+    }
+
+    async fn audit_head(&self, chain_id: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, tag FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| -> Result<(i64, Vec<u8>), sqlx::Error> {
+            Ok((r.try_get("seq")?, r.try_get("tag")?))
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
+    async fn audit_chains(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT chain_id FROM audit_chains \
+             UNION SELECT DISTINCT chain_id FROM audit_events \
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn audit_events(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events \
+             WHERE chain_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(chain_id)
+        .bind(after_seq)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
+    }
+}

@@ -1,0 +1,652 @@
+//! SQLite [`Store`] (the embedded default).
+//!
+//! Concurrency model: SQLite has one writer at a time. Every write transaction starts with
+//! `BEGIN IMMEDIATE` (sqlx's `Pool::begin_with`), which takes the write lock up front (waiting
+//! up to [`BUSY_TIMEOUT`]), so the "read latest version, then insert" of
+//! `insert_shard_version` is serialised with every other writer, including other processes
+//! using the same file. Reads run concurrently thanks to WAL mode.
+//!
+//! Every transaction is opened in a spawned task, so a caller dropping its future can never
+//! leave a half-begun transaction behind, and the pool's `after_release` hook closes any
+//! connection that comes back still inside a transaction (which would otherwise keep holding
+//! the write lock).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::MigrateError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, Sqlite, Transaction};
+
+use crate::{
+    AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, ShardSummary,
+    ShardVersionRow, Store, StoreError,
+};
+
+/// How long a writer waits for the database write lock before answering
+/// [`StoreError::Unavailable`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a request waits for a pooled connection. Longer than [`BUSY_TIMEOUT`], since a
+/// pooled connection may itself be waiting for the write lock.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, \
+     key_version, wrapped_dek, nonce, ciphertext, created_at, created_by";
+
+const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
+     version, backend, outcome, detail, prev_tag, tag";
+
+/// The SQLite store: a connection pool on one database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating the file if missing, not its directory) a pool of at most
+    /// `max_connections` (at least 1) on `url` (`sqlite://path`, `sqlite:path` or
+    /// `sqlite::memory:`), without migrating. WAL journal, `synchronous=FULL`, foreign keys on,
+    /// busy timeout [`BUSY_TIMEOUT`]. An in-memory database gets exactly one connection that
+    /// is never closed (each connection would otherwise see its own database).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("invalid sqlite store url: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut pool = SqlitePoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.is_in_transaction() {
+                        // A dropped `Transaction` queues its ROLLBACK on the connection's
+                        // worker thread; a round trip lets it run before we look again.
+                        conn.ping().await?;
+                    }
+                    Ok(!conn.is_in_transaction())
+                })
+            });
+        pool = if in_memory {
+            pool.max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            pool.max_connections(max_connections.max(1))
+        };
+        let pool = pool.connect_with(options).await.map_err(map_err)?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, for tests and administrative tools. Request paths go through the
+    /// [`Store`] trait.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Begin a write transaction with `BEGIN IMMEDIATE`, in a spawned task so that the
+    /// caller's future being dropped cannot leave a begun transaction that no `Transaction`
+    /// value owns (if nobody takes the result, dropping it rolls back).
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+            .await
+            .map_err(|e| StoreError::Internal(format!("transaction task failed: {e}")))?
+            .map_err(map_err)
+    }
+}
+
+/// Whether the error means the database cannot serve right now: pool exhausted or closed,
+/// I/O, or SQLite result codes BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN (primary codes).
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 7 | 10 | 13 | 14)),
+        _ => false,
+    }
+}
+
+/// Error text without row data: for database errors, the result code and SQLite's message
+/// (which names tables, columns and constraints, never values).
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => format!(
+            "database error {}: {}",
+            db.code().unwrap_or_default(),
+            db.message()
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(describe(&e))
+    } else {
+        StoreError::Internal(describe(&e))
+    }
+}
+
+/// A failed audit insert: `AuditUnavailable`, unless the database itself cannot serve.
+fn audit_err(e: sqlx::Error) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(describe(&e))
+    } else {
+        StoreError::AuditUnavailable(describe(&e))
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+fn migrate_err(e: MigrateError) -> StoreError {
+    match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => map_err(e),
+        other => StoreError::Internal(format!("migration failed: {other}")),
+    }
+}
+
+async fn insert_audit(conn: &mut SqliteConnection, a: &AuditRecord) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    ))
+    .bind(&a.chain_id)
+    .bind(a.seq)
+    .bind(a.ts_ms)
+    .bind(&a.request_id)
+    .bind(&a.actor)
+    .bind(&a.action)
+    .bind(&a.account)
+    .bind(&a.shard)
+    .bind(a.version)
+    .bind(&a.backend)
+    .bind(&a.outcome)
+    .bind(&a.detail)
+    .bind(&a.prev_tag)
+    .bind(&a.tag)
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(audit_err)
+}
+
+fn shard_from_row(r: &SqliteRow) -> Result<ShardVersionRow, sqlx::Error> {
+    Ok(ShardVersionRow {
+        account: r.try_get("account")?,
+        shard: r.try_get("shard")?,
+        version: r.try_get("version")?,
+        format_version: r.try_get("format_version")?,
+        backend: r.try_get("backend")?,
+        key_ref: r.try_get("key_ref")?,
+        key_version: r.try_get("key_version")?,
+        wrapped_dek: r.try_get("wrapped_dek")?,
+        nonce: r.try_get("nonce")?,
+        ciphertext: r.try_get("ciphertext")?,
+        created_at: r.try_get("created_at")?,
+        created_by: r.try_get("created_by")?,
+    })
+}
+
+fn audit_from_row(r: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
+    Ok(AuditRecord {
+        chain_id: r.try_get("chain_id")?,
+        seq: r.try_get("seq")?,
+        ts_ms: r.try_get("ts_ms")?,
+        request_id: r.try_get("request_id")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        account: r.try_get("account")?,
+        shard: r.try_get("shard")?,
+        version: r.try_get("version")?,
+        backend: r.try_get("backend")?,
+        outcome: r.try_get("outcome")?,
+        detail: r.try_get("detail")?,
+        prev_tag: r.try_get("prev_tag")?,
+        tag: r.try_get("tag")?,
+    })
+}
+
+/// Latest stored version of a shard, read with any executor.
+async fn latest<'e, E>(executor: E, account: &str, shard: &str) -> Result<Option<i64>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT MAX(version) FROM shard_versions WHERE account = ?1 AND shard = ?2",
+    )
+    .bind(account)
+    .bind(shard)
+    .fetch_one(executor)
+    .await
+}
+
+/// Whether the account row exists, read with any executor.
+async fn account_exists<'e, E>(executor: E, account: &str) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query("SELECT 1 FROM accounts WHERE account = ?1")
+        .bind(account)
+        .fetch_optional(executor)
+        .await?
+        .is_some())
+}
+
+fn count(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Internal("row count out of range".to_string()))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(migrate_err)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn put_account(
+        &self,
+        account: &str,
+        tier: &str,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<Option<String>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT tier FROM accounts WHERE account = ?1")
+                .bind(account)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        match &previous {
+            Some(old) if old == tier => {}
+            Some(_) => {
+                sqlx::query("UPDATE accounts SET tier = ?2, updated_at = ?3 WHERE account = ?1")
+                    .bind(account)
+                    .bind(tier)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO accounts (account, tier, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?3)",
+                )
+                .bind(account)
+                .bind(tier)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            }
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(previous)
+    }
+
+    async fn get_account(&self, account: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT account, tier, created_at, updated_at FROM accounts WHERE account = ?1",
+        )
+        .bind(account)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| -> Result<AccountRecord, sqlx::Error> {
+            Ok(AccountRecord {
+                account: r.try_get("account")?,
+                tier: r.try_get("tier")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
+    async fn account_stats(
+        &self,
+        account: &str,
+        current_backend: &str,
+    ) -> Result<AccountStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(DISTINCT shard) AS shard_count, \
+                    COALESCE(SUM(CASE WHEN backend <> ?2 THEN 1 ELSE 0 END), 0) \
+                        AS versions_elsewhere \
+             FROM shard_versions WHERE account = ?1",
+        )
+        .bind(account)
+        .bind(current_backend)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(AccountStats {
+            shard_count: row.try_get("shard_count").map_err(map_err)?,
+            versions_elsewhere: row.try_get("versions_elsewhere").map_err(map_err)?,
+        })
+    }
+
+    async fn delete_account(
+        &self,
+        account: &str,
+        audit: AuditForCount<'_>,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if !account_exists(&mut *tx, account).await.map_err(map_err)? {
+            return Err(StoreError::AccountNotFound);
+        }
+        let shards: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT shard) FROM shard_versions WHERE account = ?1",
+        )
+        .bind(account)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let versions = sqlx::query("DELETE FROM shard_versions WHERE account = ?1")
+            .bind(account)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        let versions = count(versions)?;
+        sqlx::query("DELETE FROM accounts WHERE account = ?1")
+            .bind(account)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(&mut tx, &audit(versions)).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(DeleteOutcome { shards, versions })
+    }
+
+    async fn list_shards(
+        &self,
+        account: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ShardSummary>, StoreError> {
+        // With exactly one MAX() aggregate, SQLite takes the bare columns (backend) from the
+        // row holding the maximum (https://sqlite.org/lang_select.html#bareagg).
+        // "" sorts before every id (ids are never empty).
+        let rows = sqlx::query(
+            "SELECT shard, MAX(version) AS version, backend FROM shard_versions \
+             WHERE account = ?1 AND shard > ?2 \
+             GROUP BY shard ORDER BY shard LIMIT ?3",
+        )
+        .bind(account)
+        .bind(after.unwrap_or(""))
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ShardSummary {
+                    shard: r.try_get("shard")?,
+                    latest_version: r.try_get("version")?,
+                    backend: r.try_get("backend")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(map_err)
+    }
+
+    async fn latest_version(&self, account: &str, shard: &str) -> Result<Option<i64>, StoreError> {
+        latest(&self.pool, account, shard).await.map_err(map_err)
+    }
+
+    async fn insert_shard_version(
+        &self,
+        row: &ShardVersionRow,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        // BEGIN IMMEDIATE: we hold the write lock from here, so the latest version cannot
+        // change before our insert.
+        let mut tx = self.begin_write().await?;
+        if !account_exists(&mut *tx, &row.account)
+            .await
+            .map_err(map_err)?
+        {
+            return Err(StoreError::AccountNotFound);
+        }
+        let current = latest(&mut *tx, &row.account, &row.shard)
+            .await
+            .map_err(map_err)?;
+        let expected = if row.version == 1 {
+            None
+        } else {
+            Some(row.version - 1)
+        };
+        if current != expected {
+            return Err(StoreError::Conflict { latest: current });
+        }
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO shard_versions ({SHARD_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ))
+        .bind(&row.account)
+        .bind(&row.shard)
+        .bind(row.version)
+        .bind(row.format_version)
+        .bind(&row.backend)
+        .bind(&row.key_ref)
+        .bind(row.key_version)
+        .bind(&row.wrapped_dek)
+        .bind(&row.nonce)
+        .bind(&row.ciphertext)
+        .bind(row.created_at)
+        .bind(&row.created_by)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                // Cannot happen under the write lock; answered like PostgreSQL anyway.
+                drop(tx);
+                let latest = latest(&self.pool, &row.account, &row.shard)
+                    .await
+                    .unwrap_or(Some(row.version));
+                return Err(StoreError::Conflict { latest });
+            }
+            Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::AccountNotFound),
+            Err(e) => return Err(map_err(e)),
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn get_shard_version(
+        &self,
+        account: &str,
+        shard: &str,
+        version: Option<i64>,
+    ) -> Result<Option<ShardVersionRow>, StoreError> {
+        let row = match version {
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {SHARD_COLUMNS} FROM shard_versions \
+                     WHERE account = ?1 AND shard = ?2 ORDER BY version DESC LIMIT 1"
+                ))
+                .bind(account)
+                .bind(shard)
+                .fetch_optional(&self.pool)
+                .await
+            }
+            Some(v) => {
+                sqlx::query(&format!(
+                    "SELECT {SHARD_COLUMNS} FROM shard_versions \
+                     WHERE account = ?1 AND shard = ?2 AND version = ?3"
+                ))
+                .bind(account)
+                .bind(shard)
+                .bind(v)
+                .fetch_optional(&self.pool)
+                .await
+            }
+        }
+        .map_err(map_err)?;
+        row.as_ref()
+            .map(shard_from_row)
+            .transpose()
+            .map_err(map_err)
+    }
+
+    async fn delete_shard(
+        &self,
+        account: &str,
+        shard: &str,
+        audit: AuditForCount<'_>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM shard_versions WHERE account = ?1 AND shard = ?2")
+            .bind(account)
+            .bind(shard)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::ShardNotFound);
+        }
+        let deleted = count(deleted)?;
+        insert_audit(&mut tx, &audit(deleted)).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for record in records {
+            insert_audit(&mut tx, record).await?;
+        }
+        tx.commit().await.map_err(audit_err)
+    }
+
+    async fn register_chain(
+        &self,
+        chain_id: &str,
+        started_ms: i64,
+        host: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO audit_chains (chain_id, started_ms, host) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (chain_id) DO NOTHING",
+        )
+        .bind(chain_id)
+        .bind(started_ms)
+        .bind(host)
+        .execute(&mut *tx)
+        .await
+        .map_err(audit_err)?
+        .rows_affected();
+        if inserted == 0 {
+            // Already there: fine if it is the same registration (a retried call), an error
+            // if another process uses the same chain id.
+            let same = sqlx::query(
+                "SELECT 1 FROM audit_chains \
+                 WHERE chain_id = ?1 AND started_ms = ?2 AND host = ?3",
+            )
+            .bind(chain_id)
+            .bind(started_ms)
+            .bind(host)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .is_some();
+            if !same {
+                return Err(StoreError::Internal(format!(
+                    "audit chain {chain_id} is already registered by another process"
+                )));
+            }
+        }
+        tx.commit().await.map_err(audit_err)
+    }
+
+    async fn audit_head(&self, chain_id: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, tag FROM audit_events WHERE chain_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| -> Result<(i64, Vec<u8>), sqlx::Error> {
+            Ok((r.try_get("seq")?, r.try_get("tag")?))
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
+    async fn audit_chains(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT chain_id FROM audit_chains \
+             UNION SELECT DISTINCT chain_id FROM audit_events \
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)
+    }
+
+    async fn audit_events(
+        &self,
+        chain_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events \
+             WHERE chain_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        ))
+        .bind(chain_id)
+        .bind(after_seq)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
+    }
+}
