@@ -3,6 +3,18 @@
 //! Every write is one transaction, and the audit event that records it commits in the
 //! same transaction (DESIGN.md, Storage). The caller seals audit records (it owns the
 //! HMAC chain); the store only persists them.
+//!
+//! Error mapping, the same for both stores:
+//! - the database cannot serve (connection/IO errors, pool acquire timeout, pool closed;
+//!   PostgreSQL SQLSTATE classes 08, 53, 57, and 40001/40P01/25006; SQLite BUSY after the busy
+//!   timeout, LOCKED, NOMEM, IOERR, FULL, CANTOPEN) -> [`StoreError::Unavailable`];
+//! - any other failure of an `audit_events` insert (a trigger, a duplicate `(chain_id, seq)`,
+//!   ...) -> [`StoreError::AuditUnavailable`], and the whole transaction is rolled back;
+//! - everything else (schema mismatch, malformed URL, a chain id registered twice with
+//!   different data) -> [`StoreError::Internal`].
+//!
+//! Error texts carry SQLSTATE/result codes, database messages and ids, never row data.
+//! A commit that fails with `Unavailable` may or may not have been applied.
 
 pub mod postgres;
 pub mod sqlite;

@@ -190,8 +190,15 @@ pub async fn deadline(
     }
 }
 
-/// Unknown routes.
-pub async fn not_found() -> ApiError {
+/// Unknown routes. A path under `/v1/accounts/` that matches no route has an empty id or
+/// an id with a `/` in it: that is an invalid id, not a missing route.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    if uri.path().starts_with("/v1/accounts/") {
+        return ApiError::new(
+            ErrorCode::InvalidId,
+            "ids must match [A-Za-z0-9._:-]{1,128}; empty ids and '/' are not allowed",
+        );
+    }
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
 

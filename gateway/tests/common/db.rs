@@ -1,0 +1,98 @@
+//! Direct SQL access to a test's store, for inspecting and tampering with rows.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use sqlx::Row;
+
+/// A raw connection pool to the same database the gateway uses.
+pub enum Db {
+    Pg(sqlx::PgPool),
+    Lite(sqlx::SqlitePool),
+}
+
+impl Db {
+    pub async fn connect(url: &str) -> Self {
+        if url.starts_with("postgres") {
+            Db::Pg(sqlx::PgPool::connect(url).await.unwrap())
+        } else {
+            Db::Lite(sqlx::SqlitePool::connect(url).await.unwrap())
+        }
+    }
+
+    pub fn is_pg(&self) -> bool {
+        matches!(self, Db::Pg(_))
+    }
+
+    /// Run a statement (test-controlled SQL only).
+    pub async fn exec(&self, sql: &str) -> u64 {
+        match self {
+            Db::Pg(p) => sqlx::raw_sql(sql).execute(p).await.unwrap().rows_affected(),
+            Db::Lite(p) => sqlx::raw_sql(sql).execute(p).await.unwrap().rows_affected(),
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self {
+            Db::Pg(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.unwrap(),
+            Db::Lite(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+
+    /// Every column of every row of a query, as bytes (text columns as UTF-8).
+    pub async fn all_bytes(&self, sql: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        match self {
+            Db::Pg(p) => {
+                for row in sqlx::query(sql).fetch_all(p).await.unwrap() {
+                    for i in 0..row.len() {
+                        if let Ok(b) = row.try_get::<Vec<u8>, _>(i) {
+                            out.push(b);
+                        } else if let Ok(Some(s)) = row.try_get::<Option<String>, _>(i) {
+                            out.push(s.into_bytes());
+                        }
+                    }
+                }
+            }
+            Db::Lite(p) => {
+                for row in sqlx::query(sql).fetch_all(p).await.unwrap() {
+                    for i in 0..row.len() {
+                        if let Ok(b) = row.try_get::<Vec<u8>, _>(i) {
+                            out.push(b);
+                        } else if let Ok(Some(s)) = row.try_get::<Option<String>, _>(i) {
+                            out.push(s.into_bytes());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Make `audit_events` refuse inserts (a `BEFORE INSERT` trigger that raises).
+    pub async fn deny_audit_inserts(&self) {
+        if self.is_pg() {
+            self.exec(
+                "CREATE OR REPLACE FUNCTION sg_deny() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit denied'; END $$ LANGUAGE plpgsql;
+                 CREATE TRIGGER sg_deny BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION sg_deny();",
+            )
+            .await;
+        } else {
+            self.exec(
+                "CREATE TRIGGER sg_deny BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit denied'); END;",
+            )
+            .await;
+        }
+    }
+
+    pub async fn allow_audit_inserts(&self) {
+        if self.is_pg() {
+            self.exec("DROP TRIGGER sg_deny ON audit_events").await;
+        } else {
+            self.exec("DROP TRIGGER sg_deny").await;
+        }
+    }
+}
+
+/// Does `haystack` contain `needle`?
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

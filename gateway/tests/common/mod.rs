@@ -1,0 +1,185 @@
+//! Test support shared by the gateway's integration tests: real stores, planted secrets,
+//! log directories, tokens.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod db;
+pub mod openapi;
+
+use shardgate::auth::hash_token;
+use shardgate::config::{AuditConfig, BackendConfig, Config, Limits, Timeouts, TokenConfig};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Whether a missing component must fail the test (CI) rather than skip it.
+pub fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("SHARDGATE_TEST_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// An environment variable a test needs: panics in CI when missing, otherwise prints a loud
+/// skip message and returns `None`.
+pub fn require_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            if strict() {
+                panic!("{name} is not set: run the suite through scripts/test.sh");
+            }
+            eprintln!("SKIPPED: {name} not set (run scripts/test.sh to provide it)");
+            None
+        }
+    }
+}
+
+/// Record a secret the suite plants, so the test script can prove no log holds it.
+pub fn plant(secret: &str) {
+    if let Ok(dir) = std::env::var("SHARDGATE_TEST_LOG_DIR") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(&dir).join("planted-secrets.txt"))
+            .unwrap();
+        writeln!(f, "{secret}").unwrap();
+    }
+}
+
+/// A directory for a test's logs: under `$SHARDGATE_TEST_LOG_DIR` when set (scanned for
+/// planted secrets at the end of the run), else a temp dir that is kept.
+pub fn log_dir(test: &str) -> PathBuf {
+    let base = std::env::var("SHARDGATE_TEST_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("shardgate-test-logs"));
+    let dir = base.join(format!("{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh PostgreSQL database (its URL), or `None` when skipped outside CI.
+pub async fn fresh_pg_url() -> Option<String> {
+    use sqlx::Connection;
+    let base = require_env("SHARDGATE_TEST_DATABASE_URL")?;
+    let (prefix, dbname) = base.rsplit_once('/').unwrap();
+    let dbname = dbname.split('?').next().unwrap();
+    let name = format!("{dbname}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    Some(format!("{prefix}/{name}"))
+}
+
+/// The store URL for a kind (`None` when PostgreSQL is skipped).
+pub async fn store_url(kind: StoreKind, dir: &Path) -> Option<String> {
+    match kind {
+        StoreKind::Sqlite => Some(shardgate::config::sqlite_url(&dir.join("test.db"))),
+        StoreKind::Postgres => fresh_pg_url().await,
+    }
+}
+
+/// Tokens every test config carries.
+pub struct Tokens {
+    /// Every scope.
+    pub admin: String,
+    /// shards:read only.
+    pub reader: String,
+    /// Every scope, but only accounts starting with `acct-A`.
+    pub prefixed: String,
+}
+
+impl Tokens {
+    pub fn new() -> Self {
+        let t = Self {
+            admin: shardgate_token(),
+            reader: shardgate_token(),
+            prefixed: shardgate_token(),
+        };
+        plant(&t.admin);
+        plant(&t.reader);
+        plant(&t.prefixed);
+        t
+    }
+
+    pub fn config(&self) -> Vec<TokenConfig> {
+        vec![
+            TokenConfig {
+                name: "admin".into(),
+                sha256: hash_token(&self.admin),
+                scopes: vec!["*".into()],
+                account_prefix: None,
+            },
+            TokenConfig {
+                name: "reader".into(),
+                sha256: hash_token(&self.reader),
+                scopes: vec!["shards:read".into()],
+                account_prefix: None,
+            },
+            TokenConfig {
+                name: "prefixed".into(),
+                sha256: hash_token(&self.prefixed),
+                scopes: vec!["*".into()],
+                account_prefix: Some("acct-A".into()),
+            },
+        ]
+    }
+}
+
+fn shardgate_token() -> String {
+    use secrecy::ExposeSecret;
+    shardgate::auth::generate_token().expose_secret().to_string()
+}
+
+/// A full config in `dir` for a store URL: one `local` backend, tiers `retail` and
+/// `institutional`, the test tokens.
+pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
+    let mut backends = BTreeMap::new();
+    backends.insert(
+        "local".to_string(),
+        BackendConfig::Local {
+            key_file: dir.join("local.keyring"),
+            reload_interval_ms: 0,
+            create: true,
+        },
+    );
+    let tiers = [("retail", "local"), ("institutional", "local")]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        store: shardgate::config::StoreConfig {
+            url: Some(store_url.to_string()),
+            max_connections: 8,
+        },
+        backends,
+        tiers,
+        tokens: tokens.config(),
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+        audit: AuditConfig {
+            key_file: Some(dir.join("audit.key")),
+            create_key: true,
+            ..AuditConfig::default()
+        },
+        admin_token_file: None,
+    }
+}
+
+/// Write a config as TOML (for child-process tests).
+pub fn write_config(cfg: &Config, path: &Path) {
+    std::fs::write(path, toml::to_string(cfg).unwrap()).unwrap();
+}
+
+/// Path of the built `shardgate` binary.
+pub fn shardgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shardgate"))
+}
