@@ -292,11 +292,7 @@ impl ChainGuard<'_> {
     }
 
     /// Record the outcome of the write that carried `record`.
-    pub async fn finish<T>(
-        mut self,
-        record: Option<&AuditRecord>,
-        result: &Result<T, StoreError>,
-    ) {
+    pub async fn finish<T>(mut self, record: Option<&AuditRecord>, result: &Result<T, StoreError>) {
         match (result, record) {
             (Ok(_), Some(r)) => {
                 *self.head = Some(Head {
@@ -492,8 +488,12 @@ impl Auditor {
         let last = records.last();
         guard.finish(last, &result).await;
         match result {
-            Ok(()) => Ok(ids),
+            Ok(()) => {
+                metrics::counter!("shardgate_audit_events_total").increment(records.len() as u64);
+                Ok(ids)
+            }
             Err(e) => {
+                metrics::counter!("shardgate_audit_failures_total").increment(1);
                 tracing::error!(error = %e, "audit batch write failed");
                 Err(unavailable())
             }

@@ -179,7 +179,11 @@ impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         match e {
             BackendError::Integrity => {
-                tracing::error!(alert = "integrity_failure", "stored envelope failed to open");
+                tracing::error!(
+                    alert = "integrity_failure",
+                    "stored envelope failed to open"
+                );
+                metrics::counter!("shardgate_integrity_failures_total").increment(1);
                 ApiError::new(
                     ErrorCode::IntegrityFailure,
                     "the stored envelope failed its integrity check",
@@ -191,7 +195,10 @@ impl From<BackendError> for ApiError {
             }
             BackendError::Unavailable(reason) => {
                 tracing::warn!(%reason, "backend unavailable");
-                ApiError::new(ErrorCode::BackendUnavailable, "the key backend is unavailable")
+                ApiError::new(
+                    ErrorCode::BackendUnavailable,
+                    "the key backend is unavailable",
+                )
             }
             BackendError::DeadlineExceeded => {
                 ApiError::new(ErrorCode::DeadlineExceeded, "the request deadline passed")
@@ -220,6 +227,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::AuditUnavailable(reason) => {
                 tracing::error!(%reason, "audit write failed; request refused");
+                metrics::counter!("shardgate_audit_failures_total").increment(1);
                 ApiError::new(
                     ErrorCode::AuditUnavailable,
                     "the audit log cannot be written; request refused",

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod error;
 pub mod files;
 pub mod ids;
+pub mod metrics;
 pub mod openapi;
 pub mod server;
 pub mod state;
@@ -57,10 +58,12 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(metrics::render))
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
         .layer(from_fn_with_state(state.clone(), api::deadline))
         .layer(from_fn(api::no_store))
+        .route_layer(from_fn(metrics::track))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))

@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi};
         health::healthz,
         health::readyz,
         openapi_json,
+        crate::metrics::render,
     ),
     components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
     modifiers(&Security, &ErrorResponses)
@@ -45,7 +46,10 @@ impl Modify for Security {
 
 /// Statuses every authenticated operation may answer with the error body.
 const AUTHED_ERRORS: &[(&str, &str)] = &[
-    ("400", "invalid request, id, base64, empty shard or unknown tier"),
+    (
+        "400",
+        "invalid request, id, base64, empty shard or unknown tier",
+    ),
     ("401", "unauthenticated"),
     ("403", "forbidden"),
     ("404", "account, shard, version or route not found"),

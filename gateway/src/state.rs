@@ -82,9 +82,7 @@ pub struct Startup {
 }
 
 /// Open every backend a config names (creating keyrings marked `create`).
-pub fn open_backends(
-    cfg: &Config,
-) -> Result<BTreeMap<String, Arc<dyn KeyBackend>>, StartError> {
+pub fn open_backends(cfg: &Config) -> Result<BTreeMap<String, Arc<dyn KeyBackend>>, StartError> {
     let mut out: BTreeMap<String, Arc<dyn KeyBackend>> = BTreeMap::new();
     for (name, b) in &cfg.backends {
         match b {
@@ -105,12 +103,9 @@ pub fn open_backends(
                         tracing::info!(backend = %name, file = %key_file.display(), "created keyring");
                     }
                 }
-                let backend = LocalBackend::open(
-                    name,
-                    key_file,
-                    Duration::from_millis(*reload_interval_ms),
-                )
-                .map_err(|e| err(e.to_string()))?;
+                let backend =
+                    LocalBackend::open(name, key_file, Duration::from_millis(*reload_interval_ms))
+                        .map_err(|e| err(e.to_string()))?;
                 out.insert(name.clone(), Arc::new(backend));
             }
         }
@@ -181,6 +176,7 @@ impl AppState {
     /// audit key, and start this process's audit chain.
     pub async fn build(cfg: &Config) -> Result<(Self, Startup), StartError> {
         let mut startup = Startup::default();
+        crate::metrics::handle();
         if cfg.admin_token_file.is_some() || cfg.store.url.is_none() {
             ensure_private_dir(Some(&cfg.data_dir))?;
         }
