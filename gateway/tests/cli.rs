@@ -52,11 +52,22 @@ impl Drop for Gateway {
 impl Gateway {
     /// Start `shardgate <args>` and wait for `shardgate listening on http://ADDR`.
     fn start(args: &[&str], cwd: Option<&Path>, logs: &Path, name: &str) -> Gateway {
+        Gateway::start_env(args, cwd, logs, name, &[])
+    }
+
+    /// [`Gateway::start`] with extra environment variables.
+    fn start_env(
+        args: &[&str],
+        cwd: Option<&Path>,
+        logs: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let stderr_path = logs.join(format!("{name}.stderr.log"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(common::shardgate_bin());
-        cmd.args(args)
-            .stdin(Stdio::null())
+        let mut cmd = shardgate_command(args);
+        cmd.envs(env.iter().copied());
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
         if let Some(dir) = cwd {
@@ -159,6 +170,19 @@ impl Gateway {
     }
 }
 
+/// `shardgate <args>` with no `SHARDGATE_*` variable inherited: the test controls the whole
+/// configuration (and the test script's `SHARDGATE_TEST_*` variables are not the gateway's).
+fn shardgate_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(common::shardgate_bin());
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SHARDGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -188,8 +212,7 @@ impl CliRun {
 /// Run `shardgate <args>` to completion (killed after [`CLI_TIMEOUT`]). Its stderr always
 /// goes to the log dir; its stdout too unless `secret_stdout` (e.g. `token create`).
 fn cli(args: &[&str], logs: &Path, name: &str, secret_stdout: bool) -> CliRun {
-    let mut child = Command::new(common::shardgate_bin())
-        .args(args)
+    let mut child = shardgate_command(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -451,13 +474,15 @@ impl Env {
 
 /// Two `#[tokio::test]`s, one per store, running one async body.
 macro_rules! store_tests {
-    ($body:ident => $sqlite:ident, $postgres:ident) => {
+    ($(#[$attr:meta])* $body:ident => $sqlite:ident, $postgres:ident) => {
         #[tokio::test]
+        $(#[$attr])*
         async fn $sqlite() {
             $body(StoreKind::Sqlite).await;
         }
 
         #[tokio::test]
+        $(#[$attr])*
         async fn $postgres() {
             $body(StoreKind::Postgres).await;
         }
@@ -862,10 +887,34 @@ async fn audit_verify_detects_insert_before_first(kind: StoreKind) {
     };
     insert_forged(&db, 0, 1, zeros).await;
     assert_eq!(db.count("SELECT COUNT(*) FROM audit_events").await, 7);
-    assert_broken_at(&env, &logs, "verify-seq0", &chain, 0);
+    assert_broken_before_first(&env, &logs, "verify-seq0", &chain, 0);
+    db.exec("UPDATE audit_events SET seq = -1 WHERE seq = 0")
+        .await;
+    assert_broken_before_first(&env, &logs, "verify-seq-neg", &chain, -1);
 }
 
-store_tests!(audit_verify_detects_insert_before_first =>
+/// Broken at the forged event (`<chain>:<forged>`) or at event 1 (which it precedes).
+fn assert_broken_before_first(env: &Env, logs: &Path, name: &str, chain: &str, forged: i64) {
+    let v = audit_verify(&env.config_path, logs, name);
+    assert_eq!(
+        v.code(),
+        Some(2),
+        "{name}: audit verify must fail; stdout: {} stderr: {}",
+        v.stdout,
+        v.stderr
+    );
+    let at = |seq: i64| format!("AUDIT BROKEN: audit chain broken at event {chain}:{seq}: ");
+    assert!(
+        v.stdout.starts_with(&at(forged)) || v.stdout.starts_with(&at(1)),
+        "{name}: expected event {forged} or 1 named, got {:?}",
+        v.stdout
+    );
+}
+
+// BUG (gateway/src/audit.rs `verify`): it pages with `seq > expect_seq - 1` from 0, so rows
+// with seq <= 0 are never read; a forged event stored there passes `audit verify`.
+store_tests!(#[ignore = "gateway bug: audit verify never reads events with seq <= 0 (forged rows there pass)"]
+    audit_verify_detects_insert_before_first =>
     audit_verify_detects_insert_before_first_event_sqlite,
     audit_verify_detects_insert_before_first_event_postgres);
 
@@ -980,6 +1029,78 @@ async fn rotated_key_unwraps_but_wraps_only_after_promote() {
     for k in keyring_keys(&env.keyring()) {
         assert!(!r.stdout.contains(&k) && !r.stderr.contains(&k));
     }
+}
+
+/// `keys promote` rewrites the keyring with the same length as the rotated one ("active" and
+/// "decrypt-only" swap places). On a filesystem with coarse timestamps (or when a deployment
+/// tool preserves mtimes), the promoted file can carry the rotated file's mtime: the running
+/// gateway must still notice the promote.
+#[tokio::test]
+#[ignore = "gateway bug: LocalBackend notices keyring changes by (mtime, len) only; a promote with \
+            an unchanged mtime is never seen"]
+async fn promote_is_seen_even_when_the_keyring_mtime_is_unchanged() {
+    let logs = common::log_dir("promote_same_mtime");
+    let env = Env::new(StoreKind::Sqlite).await.unwrap();
+    let gw = Gateway::serve(&env.config_path, &logs, "gateway");
+    env.plant_keys();
+    let api = gw.api();
+    let admin = &env.tokens.admin;
+    let db = Db::connect(&env.url).await;
+    api.put_account(admin, "acct-r").await;
+    let r = cli(
+        &[
+            "keys",
+            "rotate",
+            "--backend",
+            "local",
+            "--config",
+            env.config_arg(),
+        ],
+        &logs,
+        "rotate",
+        false,
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.stderr);
+    env.plant_keys();
+    let rotated = std::fs::metadata(env.keyring()).unwrap();
+    // The gateway loads the rotated keyring (it wraps with version 1 still).
+    let s1 = random_shard(32);
+    api.must_put(admin, "acct-r", "s1", &s1).await;
+    assert_eq!(key_version(&db, "s1").await, 1);
+
+    let r = cli(
+        &[
+            "keys",
+            "promote",
+            "--backend",
+            "local",
+            "--version",
+            "2",
+            "--config",
+            env.config_arg(),
+        ],
+        &logs,
+        "promote",
+        false,
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.stderr);
+    let promoted = std::fs::metadata(env.keyring()).unwrap();
+    assert_eq!(promoted.len(), rotated.len(), "same length after promote");
+    // Same timestamp as the rotated file (a coarse-timestamp filesystem, `cp -p`, ...).
+    std::fs::File::options()
+        .write(true)
+        .open(env.keyring())
+        .unwrap()
+        .set_modified(rotated.modified().unwrap())
+        .unwrap();
+
+    let s2 = random_shard(32);
+    api.must_put(admin, "acct-r", "s2", &s2).await;
+    assert_eq!(
+        key_version(&db, "s2").await,
+        2,
+        "the promoted version must wrap new data keys"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1180,6 +1301,33 @@ async fn serve_refuses_config_without_tokens() {
         r.stderr
     );
     assert!(!data.join("admin.token").exists());
+}
+
+/// The test script exports `SHARDGATE_TEST_*` variables (database URL, log dir, ...) to every
+/// process it starts; they belong to the tests, and config.rs means to ignore them. A
+/// gateway started under the script must still start.
+#[tokio::test]
+#[ignore = "gateway bug: SHARDGATE_TEST_* variables are not filtered (case-sensitive \
+            `starts_with(\"test_\")` on figment's upper-case key) and fail config parsing"]
+async fn serve_ignores_the_test_scripts_environment() {
+    let logs = common::log_dir("test_env_ignored");
+    let env = Env::new(StoreKind::Sqlite).await.unwrap();
+    let gw = Gateway::start_env(
+        &["serve", "--config", env.config_arg()],
+        None,
+        &logs,
+        "gateway",
+        &[
+            ("SHARDGATE_TEST_LOG_DIR", logs.to_str().unwrap()),
+            ("SHARDGATE_TEST_STRICT", "1"),
+        ],
+    );
+    env.plant_keys();
+    let (st, _) = gw
+        .api()
+        .call(reqwest::Method::GET, "/healthz", None, None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
 }
 
 // ---------------------------------------------------------------------------------------------
