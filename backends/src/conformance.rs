@@ -37,7 +37,10 @@ pub async fn run(backend: &dyn KeyBackend) -> Result<(), Failure> {
         .unwrap(&id, &wrapped)
         .await
         .map_err(|e| fail("unwrap of own wrap", e))?;
-    check(opened.expose() == dek.expose(), "unwrap returned another key")?;
+    check(
+        opened.expose() == dek.expose(),
+        "unwrap returned another key",
+    )?;
 
     let (dek2, wrapped2) = backend
         .generate_data_key(&id)
@@ -79,7 +82,9 @@ pub async fn run(backend: &dyn KeyBackend) -> Result<(), Failure> {
         let mut t = wrapped.clone();
         t.blob[i] ^= 0x01;
         if backend.unwrap(&id, &t).await.is_ok() {
-            return Err(Failure(format!("bit flip at byte {i} of the wrapped key opened")));
+            return Err(Failure(format!(
+                "bit flip at byte {i} of the wrapped key opened"
+            )));
         }
     }
     let mut truncated = wrapped.clone();

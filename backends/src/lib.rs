@@ -98,8 +98,11 @@ pub trait KeyBackend: Send + Sync + 'static {
 
     /// Unwrap a data key wrapped for `id`. A wrap made for another identity fails with
     /// [`BackendError::Integrity`].
-    async fn unwrap(&self, id: &ShardIdentity, wrapped: &WrappedKey)
-        -> Result<DataKey, BackendError>;
+    async fn unwrap(
+        &self,
+        id: &ShardIdentity,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, BackendError>;
 
     /// Current health, cheap enough for a readiness probe.
     async fn health(&self) -> Health;

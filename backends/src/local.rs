@@ -174,12 +174,13 @@ impl Keyring {
     /// Read and check a keyring file: refuses one accessible by group or others.
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
         check_permissions(path)?;
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            KeyringError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KeyringError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            );
         Self::parse(&text, path)
     }
 
@@ -210,10 +211,10 @@ impl Keyring {
                     return Err(invalid(format!("version {} has no key", v.version)));
                 }
                 (_, Some(b64)) => {
-                    let bytes = Zeroizing::new(
-                        B64.decode(b64.expose_secret().as_bytes())
-                            .map_err(|_| invalid(format!("version {} key is not base64", v.version)))?,
-                    );
+                    let bytes =
+                        Zeroizing::new(B64.decode(b64.expose_secret().as_bytes()).map_err(
+                            |_| invalid(format!("version {} key is not base64", v.version)),
+                        )?);
                     let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                         invalid(format!("version {} key is not 32 bytes", v.version))
                     })?;
@@ -228,14 +229,24 @@ impl Keyring {
             });
         }
         versions.sort_by_key(|v| v.version);
-        if versions.windows(2).any(|w| w[0].version == w[1].version) || versions.iter().any(|v| v.version == 0) {
+        if versions.windows(2).any(|w| w[0].version == w[1].version)
+            || versions.iter().any(|v| v.version == 0)
+        {
             return Err(invalid("versions must be unique and start at 1".into()));
         }
-        let active = versions.iter().filter(|v| v.state == KeyState::Active).count();
+        let active = versions
+            .iter()
+            .filter(|v| v.state == KeyState::Active)
+            .count();
         if active != 1 {
-            return Err(invalid(format!("exactly one version must be active, found {active}")));
+            return Err(invalid(format!(
+                "exactly one version must be active, found {active}"
+            )));
         }
-        Ok(Self { id: repr.id, versions })
+        Ok(Self {
+            id: repr.id,
+            versions,
+        })
     }
 
     /// Write atomically (temp file 0600 in the same directory, then rename).
@@ -247,7 +258,11 @@ impl Keyring {
         let encoded: Vec<Option<Zeroizing<String>>> = self
             .versions
             .iter()
-            .map(|v| v.key.as_ref().map(|k| Zeroizing::new(B64.encode(k.as_ref()))))
+            .map(|v| {
+                v.key
+                    .as_ref()
+                    .map(|k| Zeroizing::new(B64.encode(k.as_ref())))
+            })
             .collect();
         let out = FileReprOut {
             format: FILE_FORMAT,
@@ -270,10 +285,15 @@ impl Keyring {
                 reason: format!("cannot encode: {}", e.classify() as u8),
             }
         })?);
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let tmp = dir.join(format!(
             ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("keyring"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("keyring"),
             std::process::id()
         ));
         write_private(&tmp, json.as_bytes()).map_err(io)?;
@@ -373,23 +393,15 @@ pub fn create_if_missing(path: &Path) -> Result<bool, KeyringError> {
     Ok(true)
 }
 
-#[derive(Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
+/// The file's bytes, compared to notice any change (a promote keeps the size, and mtimes
+/// can be coarse or preserved by copies, so neither is a reliable change signal).
+fn content(path: &Path) -> Option<Zeroizing<Vec<u8>>> {
+    std::fs::read(path).ok().map(Zeroizing::new)
 }
 
 struct Loaded {
     keyring: Keyring,
-    stamp: Option<FileStamp>,
+    content: Option<Zeroizing<Vec<u8>>>,
     checked: Instant,
     last_reload_error: Option<String>,
 }
@@ -423,7 +435,7 @@ impl LocalBackend {
             reload_every,
             state: RwLock::new(Loaded {
                 keyring,
-                stamp: stamp(path),
+                content: content(path),
                 checked: Instant::now(),
                 last_reload_error: None,
             }),
@@ -442,8 +454,8 @@ impl LocalBackend {
             return;
         }
         st.checked = Instant::now();
-        let now = stamp(&self.path);
-        if now == st.stamp && !force {
+        let now = content(&self.path);
+        if now == st.content && !force {
             return;
         }
         match Keyring::load(&self.path) {
@@ -463,7 +475,7 @@ impl LocalBackend {
                 st.last_reload_error = Some(e.to_string());
             }
         }
-        st.stamp = now;
+        st.content = now;
     }
 
     /// Re-read the file now.
@@ -622,9 +634,15 @@ mod tests {
         let (_d, path) = temp_keyring();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = Keyring::load(&path).unwrap_err();
-        assert!(matches!(err, KeyringError::InsecurePermissions { mode: 0o640, .. }), "{err}");
+        assert!(
+            matches!(err, KeyringError::InsecurePermissions { mode: 0o640, .. }),
+            "{err}"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
-        assert!(matches!(Keyring::load(&path), Err(KeyringError::InsecurePermissions { .. })));
+        assert!(matches!(
+            Keyring::load(&path),
+            Err(KeyringError::InsecurePermissions { .. })
+        ));
     }
 
     #[test]
@@ -654,21 +672,31 @@ mod tests {
         k.save(&path).unwrap();
         b.reload();
         let (_, still_v1) = b.generate_data_key(&id).await.unwrap();
-        assert_eq!(still_v1.key_version, 1, "a rotated version must not wrap before promote");
+        assert_eq!(
+            still_v1.key_version, 1,
+            "a rotated version must not wrap before promote"
+        );
 
         // A wrap made by a replica that already promoted v2 opens here.
         let mut promoted = Keyring::load(&path).unwrap();
         promoted.promote(2).unwrap();
         let dek = DataKey::generate();
         let blob = seal_dek(promoted.key(2).unwrap(), &id, &dek).unwrap();
-        let w2 = WrappedKey { key_ref: promoted.id().to_string(), key_version: 2, blob };
+        let w2 = WrappedKey {
+            key_ref: promoted.id().to_string(),
+            key_version: 2,
+            blob,
+        };
         assert_eq!(b.unwrap(&id, &w2).await.unwrap().expose(), dek.expose());
 
         promoted.save(&path).unwrap();
         b.reload();
         let (_, now_v2) = b.generate_data_key(&id).await.unwrap();
         assert_eq!(now_v2.key_version, 2);
-        assert!(b.unwrap(&id, &w1).await.is_ok(), "old version must still unwrap");
+        assert!(
+            b.unwrap(&id, &w1).await.is_ok(),
+            "old version must still unwrap"
+        );
     }
 
     #[test]
@@ -685,6 +713,9 @@ mod tests {
         let b = LocalBackend::open("b", &p2, Duration::from_secs(1)).unwrap();
         let id = ShardIdentity::new("acct", "s", 1);
         let (_, w) = a.generate_data_key(&id).await.unwrap();
-        assert!(matches!(b.unwrap(&id, &w).await, Err(BackendError::KeyUnusable(_))));
+        assert!(matches!(
+            b.unwrap(&id, &w).await,
+            Err(BackendError::KeyUnusable(_))
+        ));
     }
 }

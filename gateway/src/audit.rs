@@ -596,17 +596,25 @@ pub async fn verify(store: &dyn Store, key: &AuditKey) -> Result<VerifyReport, V
         report.chains += 1;
         let mut expect_seq = 1i64;
         let mut prev = vec![0u8; 32];
+        // Start below every possible seq, so forged rows at seq <= 0 are read and reported.
+        let mut after = i64::MIN;
         loop {
-            let page = store.audit_events(&chain, expect_seq - 1, 1000).await?;
-            if page.is_empty() {
-                break;
-            }
+            let page = store.audit_events(&chain, after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
             for r in page {
                 let broken = |seq: i64, reason: String| Broken {
                     chain_id: chain.clone(),
                     seq,
                     reason,
                 };
+                if r.seq < expect_seq {
+                    return Err(broken(
+                        r.seq,
+                        "event outside the chain's sequence (forged)".into(),
+                    )
+                    .into());
+                }
                 if r.seq != expect_seq {
                     return Err(broken(
                         expect_seq,

@@ -162,7 +162,10 @@ pub fn hash_token(token: &str) -> String {
 pub fn generate_token() -> SecretString {
     let mut raw = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(raw.as_mut());
-    SecretString::from(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw.as_ref())))
+    SecretString::from(format!(
+        "{TOKEN_PREFIX}{}",
+        URL_SAFE_NO_PAD.encode(raw.as_ref())
+    ))
 }
 
 impl Authenticator {
@@ -238,8 +241,16 @@ mod tests {
     #[test]
     fn wrong_or_missing_token_is_unauthenticated() {
         let a = auth_with("sgt_abc", &["*"], None);
-        for h in [None, Some("Bearer sgt_abd"), Some("Basic x"), Some("Bearer ")] {
-            assert_eq!(a.authenticate(h).unwrap_err().code, ErrorCode::Unauthenticated);
+        for h in [
+            None,
+            Some("Bearer sgt_abd"),
+            Some("Basic x"),
+            Some("Bearer "),
+        ] {
+            assert_eq!(
+                a.authenticate(h).unwrap_err().code,
+                ErrorCode::Unauthenticated
+            );
         }
     }
 

@@ -317,7 +317,9 @@ impl Config {
 
     fn load_with_env(sources: &Sources, env: Env) -> Result<Self, ConfigError> {
         // `SHARDGATE_TEST_*` belongs to the test scripts, not to the gateway.
-        let env = env.split("__").filter(|k| !k.as_str().starts_with("test_"));
+        let env = env
+            .split("__")
+            .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("test_"));
         let mut fig = match &sources.file {
             Some(file) => {
                 if !file.exists() {
@@ -473,6 +475,8 @@ mod tests {
             Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("never starts without authentication"));
+        assert!(err
+            .to_string()
+            .contains("never starts without authentication"));
     }
 }

@@ -218,7 +218,13 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, store = state.store.kind(), backends = ?state.backends.keys().collect::<Vec<_>>(), "serving");
     let audit = state.audit.clone();
     let timeouts = cfg.timeouts.clone();
-    shardgate::server::serve(listener, shardgate::app(state), &timeouts, shutdown_signal()).await;
+    shardgate::server::serve(
+        listener,
+        shardgate::app(state),
+        &timeouts,
+        shutdown_signal(),
+    )
+    .await;
     audit.checkpoint().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -252,7 +258,11 @@ fn token_create(
         }
     }
     if let Some(p) = &account_prefix {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b)) {
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+        {
             anyhow::bail!("account prefix must be non-empty [A-Za-z0-9._:-]");
         }
     }
@@ -275,9 +285,10 @@ fn token_create(
 
 fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     let (config, backend) = match &command {
-        KeysCommand::Rotate { config, backend } | KeysCommand::Promote { config, backend, .. } => {
-            (config.clone(), backend.clone())
-        }
+        KeysCommand::Rotate { config, backend }
+        | KeysCommand::Promote {
+            config, backend, ..
+        } => (config.clone(), backend.clone()),
     };
     let cfg = Config::load(&config.sources(None))?;
     let Some(BackendConfig::Local { key_file, .. }) = cfg.backends.get(&backend) else {

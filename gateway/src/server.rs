@@ -56,7 +56,10 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: waiting for requests in flight");
     let grace = Duration::from_millis(timeouts.shutdown_grace_ms);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace period passed with connections still open");
     }
 }

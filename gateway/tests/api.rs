@@ -1087,7 +1087,11 @@ async fn health_ready_and_unknown_routes(h: Harness) {
     assert!(r.json["openapi"].as_str().unwrap().starts_with("3."));
     let r = h.call("GET", "/metrics", Some(h.admin()), None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.text.contains("shardgate_http_requests_total"), "{}", r.text);
+    assert!(
+        r.text.contains("shardgate_http_requests_total"),
+        "{}",
+        r.text
+    );
     let reader = h.tokens.reader.clone();
     let r = h.call("GET", "/metrics", Some(&reader), None).await;
     assert_eq!(r.code(), "forbidden");
@@ -1107,9 +1111,13 @@ async fn stored_shard_decrypts_with_the_format_md_recipe(h: Harness) {
         .all_bytes("SELECT key_ref, wrapped_dek, nonce, ciphertext FROM shard_versions WHERE account='acct-1'")
         .await;
     let (key_ref, wrapped, nonce, ct) = (&cols[0], &cols[1], &cols[2], &cols[3]);
-    let ring: Value = serde_json::from_slice(&std::fs::read(h._dir.path().join("local.keyring")).unwrap()).unwrap();
+    let ring: Value =
+        serde_json::from_slice(&std::fs::read(h._dir.path().join("local.keyring")).unwrap())
+            .unwrap();
     assert_eq!(ring["id"].as_str().unwrap().as_bytes(), key_ref.as_slice());
-    let kek = B64.decode(ring["versions"][0]["key"].as_str().unwrap()).unwrap();
+    let kek = B64
+        .decode(ring["versions"][0]["key"].as_str().unwrap())
+        .unwrap();
     let mut aad = b"SGID\x01".to_vec();
     for f in [b"acct-1".as_slice(), b"s:1".as_slice()] {
         aad.extend_from_slice(&(f.len() as u32).to_be_bytes());
@@ -1118,7 +1126,13 @@ async fn stored_shard_decrypts_with_the_format_md_recipe(h: Harness) {
     aad.extend_from_slice(&1u64.to_be_bytes());
     let dek = Aes256Gcm::new_from_slice(&kek)
         .unwrap()
-        .decrypt(Nonce::from_slice(&wrapped[..12]), Payload { msg: &wrapped[12..], aad: &aad })
+        .decrypt(
+            Nonce::from_slice(&wrapped[..12]),
+            Payload {
+                msg: &wrapped[12..],
+                aad: &aad,
+            },
+        )
         .unwrap();
     let plain = Aes256Gcm::new_from_slice(&dek)
         .unwrap()

@@ -90,7 +90,9 @@ mod tests {
     use super::*;
 
     fn backends() -> BTreeSet<String> {
-        ["local".to_string(), "kms".to_string()].into_iter().collect()
+        ["local".to_string(), "kms".to_string()]
+            .into_iter()
+            .collect()
     }
 
     fn tiers(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -129,10 +129,12 @@ pub async fn get_account(
         .get_account(&account)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
-    let placement = state
-        .policy
-        .place(&account, &record.tier)
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "the account's tier is no longer declared"))?;
+    let placement = state.policy.place(&account, &record.tier).map_err(|_| {
+        ApiError::new(
+            ErrorCode::Internal,
+            "the account's tier is no longer declared",
+        )
+    })?;
     let stats = state
         .store
         .account_stats(&account, &placement.backend)
@@ -161,7 +163,12 @@ pub async fn delete_account(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let account = account_id(path)?;
-    ctx.require(&state, Scope::AccountsDelete, Some(&account), "account.delete")?;
+    ctx.require(
+        &state,
+        Scope::AccountsDelete,
+        Some(&account),
+        "account.delete",
+    )?;
     let event = ctx.event("account.delete").account(&account);
     let mut guard = state.audit.lock().await?;
     guard.arm();

@@ -63,8 +63,11 @@ impl FromRequestParts<AppState> for Ctx {
                 request_id: rid,
             }),
             Err(e) => {
-                let mut ev = Event::new(&rid, "anonymous", "auth")
-                    .detail(format!("{} {}", parts.method, parts.uri.path()));
+                let mut ev = Event::new(&rid, "anonymous", "auth").detail(format!(
+                    "{} {}",
+                    parts.method,
+                    parts.uri.path()
+                ));
                 ev.outcome = e.code.as_str().to_string();
                 state.audit.record_detached(ev);
                 Err(e)
@@ -84,7 +87,9 @@ impl Ctx {
     ) -> Result<(), ApiError> {
         let r = self.caller.require(scope, account);
         if let Err(e) = &r {
-            let mut ev = self.event(action).detail(format!("needs {}", scope.as_str()));
+            let mut ev = self
+                .event(action)
+                .detail(format!("needs {}", scope.as_str()));
             ev.account = account.map(String::from);
             ev.outcome = e.code.as_str().to_string();
             state.audit.record_detached(ev);
@@ -119,33 +124,31 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             }
         }
         let read = axum::body::to_bytes(req.into_body(), limit);
-        let bytes = match tokio::time::timeout(
-            Duration::from_millis(state.timeouts.body_read_ms),
-            read,
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "request body was not received in time",
-                ))
-            }
-            Ok(Err(e)) => {
-                let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-                while let Some(s) = src {
-                    if s.is::<http_body_util::LengthLimitError>() {
-                        return Err(too_large());
-                    }
-                    src = s.source();
+        let bytes =
+            match tokio::time::timeout(Duration::from_millis(state.timeouts.body_read_ms), read)
+                .await
+            {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "request body was not received in time",
+                    ))
                 }
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "request body could not be read",
-                ));
-            }
-            Ok(Ok(b)) => b,
-        };
+                Ok(Err(e)) => {
+                    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                    while let Some(s) = src {
+                        if s.is::<http_body_util::LengthLimitError>() {
+                            return Err(too_large());
+                        }
+                        src = s.source();
+                    }
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "request body could not be read",
+                    ));
+                }
+                Ok(Ok(b)) => b,
+            };
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             // serde's message can quote the input (shard bytes): report only where and what kind.
             let what = match e.classify() {
@@ -168,7 +171,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 
 /// Map path-extraction failures (e.g. invalid UTF-8 after percent-decoding) to `invalid_id`.
 pub fn path_error(_: axum::extract::rejection::PathRejection) -> ApiError {
-    ApiError::new(ErrorCode::InvalidId, "path ids must be ASCII [A-Za-z0-9._:-]{1,128}")
+    ApiError::new(
+        ErrorCode::InvalidId,
+        "path ids must be ASCII [A-Za-z0-9._:-]{1,128}",
+    )
 }
 
 /// Map query-extraction failures to `invalid_request`.
@@ -204,7 +210,10 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 /// Known route, unknown method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
 }
 
 /// Every response carries `Cache-Control: no-store` (shard bytes must never be cached).

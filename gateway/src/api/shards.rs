@@ -134,7 +134,11 @@ pub(crate) async fn fetch(
             ));
         }
     }
-    let row = match state.store.get_shard_version(account, shard, version).await? {
+    let row = match state
+        .store
+        .get_shard_version(account, shard, version)
+        .await?
+    {
         Some(row) => row,
         None => return Err(not_found(state, account, shard, version).await),
     };
@@ -180,11 +184,15 @@ pub async fn put_shard(
 ) -> Result<Response, ApiError> {
     let (account, shard) = shard_ids(path)?;
     ctx.require(&state, Scope::ShardsWrite, Some(&account), "shard.put")?;
-    let plaintext = Zeroizing::new(B64.decode(body.shard.as_bytes()).map_err(|_| {
-        ApiError::new(ErrorCode::InvalidBase64, "shard must be standard base64")
-    })?);
+    let plaintext =
+        Zeroizing::new(B64.decode(body.shard.as_bytes()).map_err(|_| {
+            ApiError::new(ErrorCode::InvalidBase64, "shard must be standard base64")
+        })?);
     if plaintext.is_empty() {
-        return Err(ApiError::new(ErrorCode::EmptyShard, "shard must not be empty"));
+        return Err(ApiError::new(
+            ErrorCode::EmptyShard,
+            "shard must not be empty",
+        ));
     }
     if plaintext.len() > state.limits.max_shard_bytes {
         return Err(ApiError::new(
@@ -203,17 +211,23 @@ pub async fn put_shard(
         .get_account(&account)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
-    let placement = state
-        .policy
-        .place(&account, &record.tier)
-        .map_err(|_| ApiError::new(ErrorCode::Internal, "the account's tier is no longer declared"))?;
+    let placement = state.policy.place(&account, &record.tier).map_err(|_| {
+        ApiError::new(
+            ErrorCode::Internal,
+            "the account's tier is no longer declared",
+        )
+    })?;
     let backend = state
         .backend(&placement.backend)
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "placement names no backend"))?
         .clone();
 
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        let latest = state.store.latest_version(&account, &shard).await?.unwrap_or(0);
+        let latest = state
+            .store
+            .latest_version(&account, &shard)
+            .await?
+            .unwrap_or(0);
         if let Some(expected) = body.expected_version {
             if expected != latest {
                 return Err(StoreError::Conflict {

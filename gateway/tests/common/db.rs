@@ -32,8 +32,14 @@ impl Db {
 
     pub async fn count(&self, sql: &str) -> i64 {
         match self {
-            Db::Pg(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.unwrap(),
-            Db::Lite(p) => sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.unwrap(),
+            Db::Pg(p) => sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap(),
+            Db::Lite(p) => sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap(),
         }
     }
 

@@ -68,7 +68,10 @@ pub async fn fresh_pg_url() -> Option<String> {
     let base = require_env("SHARDGATE_TEST_DATABASE_URL")?;
     let (prefix, dbname) = base.rsplit_once('/').unwrap();
     let dbname = dbname.split('?').next().unwrap();
-    let name = format!("{dbname}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let name = format!(
+        "{dbname}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
     let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&mut conn)
@@ -134,7 +137,9 @@ impl Tokens {
 
 fn shardgate_token() -> String {
     use secrecy::ExposeSecret;
-    shardgate::auth::generate_token().expose_secret().to_string()
+    shardgate::auth::generate_token()
+        .expose_secret()
+        .to_string()
 }
 
 /// A full config in `dir` for a store URL: one `local` backend, tiers `retail` and
