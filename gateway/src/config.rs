@@ -443,6 +443,33 @@ mod tests {
     }
 
     #[test]
+    fn env_overrides_nested_keys_and_ignores_test_variables() {
+        std::env::set_var("SGCFGTEST_LISTEN", "127.0.0.1:9999");
+        std::env::set_var("SGCFGTEST_LIMITS__MAX_SHARD_BYTES", "1234");
+        std::env::set_var("SGCFGTEST_TEST_DATABASE_URL", "postgres://ignored");
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGCFGTEST_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9999);
+        assert_eq!(cfg.limits.max_shard_bytes, 1234);
+        // Flags win over the environment.
+        let cfg = Config::load_with_env(
+            &Sources {
+                listen: Some("127.0.0.1:7777".parse().unwrap()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGCFGTEST_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 7777);
+    }
+
+    #[test]
     fn file_with_unknown_key_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
