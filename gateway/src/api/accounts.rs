@@ -11,6 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use shardgate_policy::Placement;
+use shardgate_store::AccountRecord;
 use utoipa::ToSchema;
 
 /// `PUT /v1/accounts/{account}` body.
@@ -52,6 +54,25 @@ pub struct DeleteAccountResponse {
     pub destroyed_versions: i64,
     /// Audit event id (`<chain>:<seq>`).
     pub audit_event: String,
+}
+
+/// An existing account and the backend the policy picks for it now.
+pub(crate) async fn placed_account(
+    state: &AppState,
+    account: &str,
+) -> Result<(AccountRecord, Placement), ApiError> {
+    let record = state
+        .store
+        .get_account(account)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
+    let placement = state.policy.place(account, &record.tier).map_err(|_| {
+        ApiError::new(
+            ErrorCode::Internal,
+            "the account's tier is no longer declared",
+        )
+    })?;
+    Ok((record, placement))
 }
 
 fn account_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -124,17 +145,7 @@ pub async fn get_account(
 ) -> Result<Response, ApiError> {
     let account = account_id(path)?;
     ctx.require(&state, Scope::AccountsRead, Some(&account), "account.get")?;
-    let record = state
-        .store
-        .get_account(&account)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
-    let placement = state.policy.place(&account, &record.tier).map_err(|_| {
-        ApiError::new(
-            ErrorCode::Internal,
-            "the account's tier is no longer declared",
-        )
-    })?;
+    let (record, placement) = placed_account(&state, &account).await?;
     let stats = state
         .store
         .account_stats(&account, &placement.backend)

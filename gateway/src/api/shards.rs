@@ -206,17 +206,7 @@ pub async fn put_shard(
             "expected_version must be 0 or more",
         ));
     }
-    let record = state
-        .store
-        .get_account(&account)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
-    let placement = state.policy.place(&account, &record.tier).map_err(|_| {
-        ApiError::new(
-            ErrorCode::Internal,
-            "the account's tier is no longer declared",
-        )
-    })?;
+    let (_, placement) = super::accounts::placed_account(&state, &account).await?;
     let backend = state
         .backend(&placement.backend)
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "placement names no backend"))?
