@@ -9,10 +9,13 @@
 //! `aws-kms` (KMS *generates* the data key, so generation is a trait method, not a helper)
 //! and `pkcs11` (blocking FFI: implementations run their calls off the async workers).
 
+pub mod aws_kms;
+pub mod cloudhsm;
 pub mod conformance;
 mod data_key;
 mod identity;
 pub mod local;
+pub mod pkcs11;
 
 use async_trait::async_trait;
 
@@ -106,4 +109,26 @@ pub trait KeyBackend: Send + Sync + 'static {
 
     /// Current health, cheap enough for a readiness probe.
     async fn health(&self) -> Health;
+
+    /// Re-wrap a data key that `source` wrapped for `id` under this backend's current KEK
+    /// (tier migration, key change). The default unwraps on `source` and wraps here, dropping
+    /// (zeroizing) the DEK at once; a backend that can move a wrap without the plaintext
+    /// leaving its KEK store (KMS `ReEncrypt`) overrides it.
+    async fn rewrap_from(
+        &self,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        let dek = source.unwrap(id, wrapped).await?;
+        let out = self.wrap(id, &dek).await;
+        drop(dek);
+        out
+    }
+
+    /// This backend as `Any`, for [`KeyBackend::rewrap_from`] overrides that recognise a
+    /// source of their own kind. `None` (the default) opts out.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }

@@ -101,6 +101,41 @@ pub enum BackendConfig {
         #[serde(default)]
         create: bool,
     },
+    /// An HSM over PKCS#11 (SoftHSM2, AWS CloudHSM).
+    #[serde(rename = "pkcs11")]
+    Pkcs11(Pkcs11Entry),
+    /// An AWS KMS key.
+    #[serde(rename = "aws-kms")]
+    AwsKms(shardgate_backends::aws_kms::KmsConfig),
+}
+
+/// A `pkcs11` backend instance: the HSM settings, and optionally the CloudHSM cluster whose
+/// state gates its readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pkcs11Entry {
+    /// Module, token, PIN source, KEK label, pool.
+    #[serde(flatten)]
+    pub hsm: shardgate_backends::pkcs11::Pkcs11Config,
+    /// CloudHSM cluster discovery (`DescribeClusters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudhsm: Option<shardgate_backends::cloudhsm::CloudHsmConfig>,
+}
+
+// Not `#[serde(flatten)]`: flatten silently accepts unknown keys, and a typo in an HSM
+// section must be an error. Split off `cloudhsm`, then the rest must be exactly the HSM
+// settings (whose type denies unknown fields).
+impl<'de> Deserialize<'de> for Pkcs11Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let cloudhsm = map
+            .remove("cloudhsm")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("cloudhsm: {e}")))?;
+        let hsm = serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(Self { hsm, cloudhsm })
+    }
 }
 
 fn default_reload_ms() -> u64 {
@@ -423,7 +458,7 @@ pub fn sqlite_url(path: &Path) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -467,6 +502,58 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.listen.port(), 7777);
+    }
+
+    #[test]
+    fn hsm_and_kms_backends_parse_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            r#"
+[backends.hsm]
+kind = "pkcs11"
+token_label = "shardgate"
+pin_env = "HSM_PIN"
+kek_label = "kek"
+pool_size = 8
+iv = "hsm"
+cloudhsm = { cluster_id = "cluster-abc", region = "us-east-1", min_active_hsms = 2 }
+[backends.kms]
+kind = "aws-kms"
+key_id = "alias/shards"
+region = "eu-west-1"
+[tiers]
+retail = "kms"
+institutional = "hsm"
+[[tokens]]
+name = "a"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+scopes = ["*"]
+"#,
+        )
+        .unwrap();
+        let sources = Sources {
+            file: Some(f.clone()),
+            ..Sources::default()
+        };
+        let cfg = Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        match &cfg.backends["hsm"] {
+            BackendConfig::Pkcs11(e) => {
+                assert_eq!(e.hsm.pool_size, 8);
+                assert_eq!(e.cloudhsm.as_ref().unwrap().min_active_hsms, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&cfg.backends["kms"], BackendConfig::AwsKms(k) if k.key_id == "alias/shards"));
+        // A typo inside a backend is an error, not a silently ignored key.
+        let text = std::fs::read_to_string(&f).unwrap().replace("pool_size", "pool_sise");
+        std::fs::write(&f, text).unwrap();
+        assert!(Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
+        // The PIN never sits in the file: there is no field for it.
+        let text = std::fs::read_to_string(&f).unwrap().replace("pool_sise = 8", "pin = \"1234\"");
+        std::fs::write(&f, text).unwrap();
+        assert!(Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
     }
 
     #[test]

@@ -68,6 +68,24 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// HSM (pkcs11 backend) tasks.
+    Hsm {
+        #[command(subcommand)]
+        command: HsmCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HsmCommand {
+    /// Create the backend's key-encryption key in the HSM (version 1): an AES-256 token
+    /// object, sensitive, never extractable, encrypt/decrypt only.
+    InitKey {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Backend instance name (a `pkcs11` backend).
+        #[arg(long)]
+        backend: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +190,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => token_create(&scopes, account_prefix, &name),
         Command::Keys { command } => keys(command),
+        Command::Hsm {
+            command: HsmCommand::InitKey { config, backend },
+        } => {
+            let cfg = Config::load(&config.sources(None))?;
+            let Some(BackendConfig::Pkcs11(entry)) = cfg.backends.get(&backend) else {
+                anyhow::bail!("no pkcs11 backend named {backend:?} in the configuration");
+            };
+            let v = shardgate_backends::pkcs11::init_key(&entry.hsm)?;
+            println!(
+                "key-encryption key {}/v{v} of backend {backend} is in the HSM (sensitive, not extractable).",
+                entry.hsm.kek_label
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => {
@@ -291,8 +323,27 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         } => (config.clone(), backend.clone()),
     };
     let cfg = Config::load(&config.sources(None))?;
-    let Some(BackendConfig::Local { key_file, .. }) = cfg.backends.get(&backend) else {
-        anyhow::bail!("no local backend named {backend:?} in the configuration");
+    let key_file = match cfg.backends.get(&backend) {
+        Some(BackendConfig::Local { key_file, .. }) => key_file,
+        Some(BackendConfig::Pkcs11(entry)) => {
+            return match command {
+                KeysCommand::Rotate { .. } => {
+                    let v = shardgate_backends::pkcs11::rotate_key(&entry.hsm)?;
+                    println!(
+                        "created {}/v{v} in the HSM; it wraps new data keys as soon as gateways reload, and every version still unwraps.",
+                        entry.hsm.kek_label
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                KeysCommand::Promote { .. } => anyhow::bail!(
+                    "pkcs11 backends wrap with their newest key version; there is nothing to promote"
+                ),
+            };
+        }
+        Some(BackendConfig::AwsKms(_)) => {
+            anyhow::bail!("aws-kms keys rotate inside KMS (enable automatic rotation on the key)")
+        }
+        None => anyhow::bail!("no backend named {backend:?} in the configuration"),
     };
     let mut keyring = shardgate_backends::local::Keyring::load(key_file)?;
     match command {

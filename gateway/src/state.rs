@@ -82,19 +82,21 @@ pub struct Startup {
 }
 
 /// Open every backend a config names (creating keyrings marked `create`).
-pub fn open_backends(cfg: &Config) -> Result<BTreeMap<String, Arc<dyn KeyBackend>>, StartError> {
+pub async fn open_backends(
+    cfg: &Config,
+) -> Result<BTreeMap<String, Arc<dyn KeyBackend>>, StartError> {
     let mut out: BTreeMap<String, Arc<dyn KeyBackend>> = BTreeMap::new();
     for (name, b) in &cfg.backends {
-        match b {
+        let err = |reason: String| StartError::Backend {
+            name: name.clone(),
+            reason,
+        };
+        let backend: Arc<dyn KeyBackend> = match b {
             BackendConfig::Local {
                 key_file,
                 reload_interval_ms,
                 create,
             } => {
-                let err = |reason: String| StartError::Backend {
-                    name: name.clone(),
-                    reason,
-                };
                 if *create {
                     ensure_private_dir(key_file.parent())?;
                     if shardgate_backends::local::create_if_missing(key_file)
@@ -103,12 +105,39 @@ pub fn open_backends(cfg: &Config) -> Result<BTreeMap<String, Arc<dyn KeyBackend
                         tracing::info!(backend = %name, file = %key_file.display(), "created keyring");
                     }
                 }
-                let backend =
+                Arc::new(
                     LocalBackend::open(name, key_file, Duration::from_millis(*reload_interval_ms))
-                        .map_err(|e| err(e.to_string()))?;
-                out.insert(name.clone(), Arc::new(backend));
+                        .map_err(|e| err(e.to_string()))?,
+                )
             }
-        }
+            BackendConfig::Pkcs11(entry) => {
+                let (n, hsm) = (name.clone(), entry.hsm.clone());
+                // Loading the module, logging in and filling the pool block: keep them off
+                // the async workers.
+                let backend = tokio::task::spawn_blocking(move || {
+                    shardgate_backends::pkcs11::Pkcs11Backend::open(&n, &hsm)
+                })
+                .await
+                .map_err(|e| err(format!("start-up task failed: {e}")))?
+                .map_err(|e| err(e.to_string()))?;
+                let backend: Arc<dyn KeyBackend> = Arc::new(backend);
+                match &entry.cloudhsm {
+                    None => backend,
+                    Some(c) => {
+                        let monitor = shardgate_backends::cloudhsm::ClusterMonitor::start(c)
+                            .await
+                            .map_err(|e| err(e.to_string()))?;
+                        Arc::new(crate::cluster::ClusterGated::new(backend, monitor))
+                    }
+                }
+            }
+            BackendConfig::AwsKms(kms) => Arc::new(
+                shardgate_backends::aws_kms::KmsBackend::open(name, kms)
+                    .await
+                    .map_err(|e| err(e.to_string()))?,
+            ),
+        };
+        out.insert(name.clone(), backend);
     }
     Ok(out)
 }
@@ -180,7 +209,7 @@ impl AppState {
         if cfg.admin_token_file.is_some() || cfg.store.url.is_none() {
             ensure_private_dir(Some(&cfg.data_dir))?;
         }
-        let backends = open_backends(cfg)?;
+        let backends = open_backends(cfg).await?;
         let names: BTreeSet<String> = backends.keys().cloned().collect();
         let policy = Policy::new(cfg.tiers.clone(), &names)?;
         let auth = tokens(cfg, &mut startup)?;

@@ -1,0 +1,542 @@
+//! The `aws-kms` backend: data keys from KMS `GenerateDataKey`, unwrapped with `Decrypt`.
+//!
+//! Every call carries the shard identity as the KMS encryption context
+//! ([`ShardIdentity::encryption_context`], keys `shardgate:format`, `shardgate:account`,
+//! `shardgate:shard`, `shardgate:version`; FORMAT.md), so a wrapped key copied to another
+//! row does not open. `Decrypt` pins the configured `KeyId`, so a blob wrapped under another
+//! key is refused. Reads go through a bounded, single-flight data-key cache ([`cache`]).
+//!
+//! Error mapping (KMS error code → [`BackendError`]):
+//! - `ThrottlingException`, `KMSInternalException`, `DependencyTimeoutException`,
+//!   `KeyUnavailableException`, any other 5xx, attempt timeouts and connection failures are
+//!   retried (exponential backoff, full jitter, at most `max_attempts` attempts inside the
+//!   `deadline_ms` budget), then [`BackendError::Unavailable`], or
+//!   [`BackendError::DeadlineExceeded`] when the budget ran out.
+//! - `InvalidCiphertextException` → [`BackendError::Integrity`]. KMS (and moto 5) answer it
+//!   for a blob presented with another encryption context, i.e. a wrapped key moved to another
+//!   account, shard or version, and for a tampered blob.
+//! - `IncorrectKeyException`, `AccessDeniedException`, `DisabledException`,
+//!   `KMSInvalidStateException`, `NotFoundException`, `InvalidKeyUsageException` →
+//!   [`BackendError::KeyUnusable`], not retried. AWS answers `IncorrectKeyException` for a blob
+//!   wrapped under another key than the pinned `KeyId`; moto 5 answers
+//!   `AccessDeniedException` there (and for a blob whose embedded key id was altered). Both
+//!   are "wrong key" (502 `key_unusable`), not tampering of a row: a moved row keeps its key
+//!   and differs in context, which both answer with `InvalidCiphertextException`.
+
+pub mod cache;
+pub mod retry;
+
+use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, WrappedKey};
+use async_trait::async_trait;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{DataKeySpec, KeyState};
+use cache::{cache_key, DekCache};
+pub use cache::{CacheStats, KmsCacheConfig};
+use retry::{Attempt, GaveUp, RetryPolicy};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// KMS reports one logical version per key (it rotates key material internally and every
+/// blob names what it needs), so every wrap carries this version.
+pub const KMS_KEY_VERSION: u32 = 1;
+
+/// Configuration of one `aws-kms` backend instance. Credentials come from the standard AWS
+/// provider chain (environment, profile, web identity, ECS/IMDS), never from this file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// Key id, key ARN, alias name (`alias/...`) or alias ARN. Pinned on every `Decrypt`.
+    pub key_id: String,
+    /// AWS region of the key.
+    pub region: String,
+    /// Endpoint override (VPC endpoint; moto in tests).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Timeout of one KMS call attempt.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// Attempts per operation for transient failures (the first included).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Budget of one operation, retries and backoff included; past it the operation answers
+    /// [`BackendError::DeadlineExceeded`].
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// The read cache of unwrapped data keys.
+    #[serde(default)]
+    pub cache: KmsCacheConfig,
+}
+
+fn default_call_timeout_ms() -> u64 {
+    2000
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_deadline_ms() -> u64 {
+    5000
+}
+
+impl KmsConfig {
+    /// A config with defaults for everything but the key and region.
+    pub fn new(key_id: impl Into<String>, region: impl Into<String>) -> Self {
+        Self {
+            key_id: key_id.into(),
+            region: region.into(),
+            endpoint_url: None,
+            call_timeout_ms: default_call_timeout_ms(),
+            max_attempts: default_max_attempts(),
+            deadline_ms: default_deadline_ms(),
+            cache: KmsCacheConfig::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), BackendError> {
+        let bad = |m: &str| Err(BackendError::Internal(format!("aws-kms config: {m}")));
+        if self.key_id.trim().is_empty() {
+            return bad("key_id is empty");
+        }
+        if self.region.trim().is_empty() {
+            return bad("region is empty");
+        }
+        if self.call_timeout_ms == 0 {
+            return bad("call_timeout_ms must be > 0");
+        }
+        if !(1..=20).contains(&self.max_attempts) {
+            return bad("max_attempts must be between 1 and 20");
+        }
+        if self.deadline_ms < self.call_timeout_ms {
+            return bad("deadline_ms must be >= call_timeout_ms");
+        }
+        if self.cache.enabled && self.cache.max_entries == 0 {
+            return bad("cache.max_entries must be > 0 when the cache is enabled");
+        }
+        Ok(())
+    }
+}
+
+/// An AWS KMS key as a KEK backend.
+pub struct KmsBackend {
+    name: String,
+    key_id: String,
+    region: String,
+    endpoint_url: Option<String>,
+    client: aws_sdk_kms::Client,
+    policy: RetryPolicy,
+    cache: Option<DekCache<DataKey>>,
+    decrypt_calls: AtomicU64,
+}
+
+impl std::fmt::Debug for KmsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsBackend")
+            .field("name", &self.name)
+            .field("key_id", &self.key_id)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .finish_non_exhaustive()
+    }
+}
+
+type Ctx = HashMap<String, String>;
+
+fn context(id: &ShardIdentity) -> Ctx {
+    id.encryption_context()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// Map one failed SDK call to a retry decision (see the module docs for the table).
+fn classify<E, R>(err: SdkError<E, R>) -> Attempt<BackendError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("unknown").to_string();
+            classify_code(&code)
+        }
+        SdkError::TimeoutError(_) => Attempt::Transient("KMS call timed out".into()),
+        SdkError::DispatchFailure(_) => Attempt::Transient("KMS connection failed".into()),
+        SdkError::ResponseError(_) => {
+            Attempt::Transient("KMS response unreadable or interrupted".into())
+        }
+        SdkError::ConstructionFailure(_) => Attempt::Fatal(BackendError::Internal(
+            "KMS request could not be built".into(),
+        )),
+        _ => Attempt::Fatal(BackendError::Internal("KMS call failed".into())),
+    }
+}
+
+/// The code table, separated for unit tests.
+fn classify_code(code: &str) -> Attempt<BackendError> {
+    match code {
+        "ThrottlingException"
+        | "KMSInternalException"
+        | "DependencyTimeoutException"
+        | "KeyUnavailableException"
+        | "ServiceUnavailableException"
+        | "InternalFailure" => Attempt::Transient(format!("KMS answered {code}")),
+        "InvalidCiphertextException" => Attempt::Fatal(BackendError::Integrity),
+        "IncorrectKeyException"
+        | "AccessDeniedException"
+        | "DisabledException"
+        | "KMSInvalidStateException"
+        | "NotFoundException"
+        | "InvalidKeyUsageException" => Attempt::Fatal(BackendError::KeyUnusable(code.into())),
+        other => Attempt::Fatal(BackendError::Internal(format!("KMS answered {other}"))),
+    }
+}
+
+fn gave_up(g: GaveUp) -> BackendError {
+    match g {
+        GaveUp::Deadline => BackendError::DeadlineExceeded,
+        GaveUp::Exhausted(why) => BackendError::Unavailable(why),
+    }
+}
+
+/// Take the SDK's plaintext buffer, copy it into a [`DataKey`], and wipe the buffer.
+fn take_plaintext(p: Option<Blob>) -> Result<DataKey, BackendError> {
+    let bytes = Zeroizing::new(p.map(Blob::into_inner).unwrap_or_default());
+    // A blob that opens to anything but 32 bytes was not made by this backend for this row.
+    DataKey::from_slice(&bytes).ok_or(BackendError::Integrity)
+}
+
+impl KmsBackend {
+    /// Build the client (standard credential chain, `region`, optional endpoint override, SDK
+    /// retries off: this backend retries itself). Makes no KMS call.
+    pub async fn open(name: &str, cfg: &KmsConfig) -> Result<Self, BackendError> {
+        cfg.validate()?;
+        let call_timeout = Duration::from_millis(cfg.call_timeout_ms);
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(cfg.region.clone()))
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(call_timeout)
+                    .operation_attempt_timeout(call_timeout)
+                    .build(),
+            );
+        if let Some(url) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let sdk = loader.load().await;
+        let client = aws_sdk_kms::Client::new(&sdk);
+        Ok(Self {
+            name: name.to_string(),
+            key_id: cfg.key_id.clone(),
+            region: cfg.region.clone(),
+            endpoint_url: cfg.endpoint_url.clone(),
+            client,
+            policy: RetryPolicy {
+                max_attempts: cfg.max_attempts,
+                attempt_timeout: call_timeout,
+                budget: Duration::from_millis(cfg.deadline_ms),
+                base_backoff: Duration::from_millis(25),
+                max_backoff: Duration::from_millis(1000),
+            },
+            cache: cfg.cache.enabled.then(|| DekCache::new(cfg.cache.clone())),
+            decrypt_calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Cache counters plus the number of `Decrypt` operations sent.
+    pub fn cache_stats(&self) -> CacheStats {
+        let mut s = self.cache.as_ref().map(DekCache::stats).unwrap_or_default();
+        s.decrypt_calls = self.decrypt_calls.load(Ordering::Relaxed);
+        s
+    }
+
+    /// The configured key id (as given: id, ARN or alias).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The configured region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn decrypt_uncached(
+        &self,
+        id: &ShardIdentity,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, BackendError> {
+        self.decrypt_calls.fetch_add(1, Ordering::Relaxed);
+        let ctx = context(id);
+        self.policy
+            .run(|| {
+                let req = self
+                    .client
+                    .decrypt()
+                    .key_id(&self.key_id)
+                    .ciphertext_blob(Blob::new(wrapped.blob.clone()))
+                    .set_encryption_context(Some(ctx.clone()));
+                async move {
+                    let mut out = req.send().await.map_err(classify)?;
+                    take_plaintext(out.plaintext.take()).map_err(Attempt::Fatal)
+                }
+            })
+            .await
+            .map_err(gave_up)?
+    }
+
+    /// `ReEncrypt` from `src`'s key to this backend's key: the DEK never leaves KMS.
+    async fn reencrypt_from(
+        &self,
+        src: &KmsBackend,
+        id: &ShardIdentity,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        let ctx = context(id);
+        let out = self
+            .policy
+            .run(|| {
+                let req = self
+                    .client
+                    .re_encrypt()
+                    .ciphertext_blob(Blob::new(wrapped.blob.clone()))
+                    .source_key_id(&src.key_id)
+                    .set_source_encryption_context(Some(ctx.clone()))
+                    .destination_key_id(&self.key_id)
+                    .set_destination_encryption_context(Some(ctx.clone()));
+                async move { req.send().await.map_err(classify) }
+            })
+            .await
+            .map_err(gave_up)??;
+        Ok(WrappedKey {
+            key_ref: out.key_id.unwrap_or_else(|| self.key_id.clone()),
+            key_version: KMS_KEY_VERSION,
+            blob: out
+                .ciphertext_blob
+                .map(Blob::into_inner)
+                .ok_or_else(|| BackendError::Internal("ReEncrypt returned no blob".into()))?,
+        })
+    }
+}
+
+#[async_trait]
+impl KeyBackend for KmsBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "aws-kms"
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    async fn generate_data_key(
+        &self,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        let ctx = context(id);
+        let mut out = self
+            .policy
+            .run(|| {
+                let req = self
+                    .client
+                    .generate_data_key()
+                    .key_id(&self.key_id)
+                    .key_spec(DataKeySpec::Aes256)
+                    .set_encryption_context(Some(ctx.clone()));
+                async move { req.send().await.map_err(classify) }
+            })
+            .await
+            .map_err(gave_up)??;
+        let dek = take_plaintext(out.plaintext.take()).map_err(|_| {
+            BackendError::Internal("GenerateDataKey returned a key of the wrong size".into())
+        })?;
+        let blob = out
+            .ciphertext_blob
+            .take()
+            .map(Blob::into_inner)
+            .ok_or_else(|| BackendError::Internal("GenerateDataKey returned no blob".into()))?;
+        Ok((
+            dek,
+            WrappedKey {
+                key_ref: out.key_id.take().unwrap_or_else(|| self.key_id.clone()),
+                key_version: KMS_KEY_VERSION,
+                blob,
+            },
+        ))
+    }
+
+    async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError> {
+        let ctx = context(id);
+        let out = self
+            .policy
+            .run(|| {
+                // The SDK takes the plaintext by value and does not zeroize its request copy.
+                let req = self
+                    .client
+                    .encrypt()
+                    .key_id(&self.key_id)
+                    .plaintext(Blob::new(dek.expose().to_vec()))
+                    .set_encryption_context(Some(ctx.clone()));
+                async move { req.send().await.map_err(classify) }
+            })
+            .await
+            .map_err(gave_up)??;
+        Ok(WrappedKey {
+            key_ref: out.key_id.unwrap_or_else(|| self.key_id.clone()),
+            key_version: KMS_KEY_VERSION,
+            blob: out
+                .ciphertext_blob
+                .map(Blob::into_inner)
+                .ok_or_else(|| BackendError::Internal("Encrypt returned no blob".into()))?,
+        })
+    }
+
+    async fn unwrap(
+        &self,
+        id: &ShardIdentity,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, BackendError> {
+        match &self.cache {
+            Some(cache) => {
+                let key = cache_key(&self.key_id, &wrapped.blob, &id.aad());
+                cache
+                    .get_or_fetch(&key, || self.decrypt_uncached(id, wrapped))
+                    .await
+            }
+            None => self.decrypt_uncached(id, wrapped).await,
+        }
+    }
+
+    async fn rewrap_from(
+        &self,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        if let Some(src) = source.as_any().and_then(|a| a.downcast_ref::<KmsBackend>()) {
+            if src.region == self.region && src.endpoint_url == self.endpoint_url {
+                return self.reencrypt_from(src, id, wrapped).await;
+            }
+        }
+        // Another kind, or a key ReEncrypt cannot reach: unwrap + wrap, DEK dropped at once.
+        let dek = source.unwrap(id, wrapped).await?;
+        let out = self.wrap(id, &dek).await;
+        drop(dek);
+        out
+    }
+
+    async fn health(&self) -> Health {
+        let probe = tokio::time::timeout(
+            self.policy.attempt_timeout,
+            self.client.describe_key().key_id(&self.key_id).send(),
+        )
+        .await;
+        match probe {
+            Ok(Ok(out)) => {
+                let state = out.key_metadata().and_then(|m| m.key_state());
+                match state {
+                    Some(KeyState::Enabled) => Health {
+                        usable: true,
+                        detail: format!("KMS key {} enabled", self.key_id),
+                    },
+                    other => Health {
+                        usable: false,
+                        detail: format!(
+                            "KMS key {} state {}",
+                            self.key_id,
+                            other.map(|s| s.as_str()).unwrap_or("unknown")
+                        ),
+                    },
+                }
+            }
+            Ok(Err(e)) => {
+                let detail = match classify(e) {
+                    Attempt::Transient(why) => format!("KMS unavailable: {why}"),
+                    Attempt::Fatal(err) => err.to_string(),
+                };
+                Health {
+                    usable: false,
+                    detail,
+                }
+            }
+            Err(_) => Health {
+                usable: false,
+                detail: "KMS unavailable: DescribeKey timed out".into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn fatal(code: &str) -> Option<BackendError> {
+        match classify_code(code) {
+            Attempt::Fatal(e) => Some(e),
+            Attempt::Transient(_) => None,
+        }
+    }
+
+    #[test]
+    fn code_table() {
+        for c in ["ThrottlingException", "KMSInternalException"] {
+            assert!(fatal(c).is_none(), "{c} is retried");
+        }
+        assert_eq!(
+            fatal("InvalidCiphertextException"),
+            Some(BackendError::Integrity)
+        );
+        for c in [
+            "IncorrectKeyException",
+            "AccessDeniedException",
+            "DisabledException",
+            "KMSInvalidStateException",
+            "NotFoundException",
+        ] {
+            assert!(
+                matches!(fatal(c), Some(BackendError::KeyUnusable(_))),
+                "{c}"
+            );
+        }
+        assert!(matches!(
+            fatal("ValidationException"),
+            Some(BackendError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let cfg: KmsConfig =
+            serde_json::from_str(r#"{"key_id":"alias/x","region":"us-east-1"}"#).unwrap();
+        assert_eq!(cfg, KmsConfig::new("alias/x", "us-east-1"));
+        assert_eq!(cfg.call_timeout_ms, 2000);
+        assert!(cfg.cache.enabled);
+        assert!(
+            serde_json::from_str::<KmsConfig>(r#"{"key_id":"k","region":"r","nope":1}"#).is_err()
+        );
+        assert!(serde_json::from_str::<KmsConfig>(
+            r#"{"key_id":"k","region":"r","cache":{"nope":1}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(KmsConfig::new("", "r").validate().is_err());
+        assert!(KmsConfig::new("k", "").validate().is_err());
+        let mut c = KmsConfig::new("k", "r");
+        c.max_attempts = 0;
+        assert!(c.validate().is_err());
+        let mut c = KmsConfig::new("k", "r");
+        c.deadline_ms = 10;
+        assert!(c.validate().is_err());
+        assert!(KmsConfig::new("k", "r").validate().is_ok());
+    }
+}

@@ -1,0 +1,1028 @@
+//! The `pkcs11` backend: a non-extractable AES-256 KEK inside an HSM (AWS CloudHSM in
+//! production, SoftHSM2 in tests), reached through a pool of logged-in PKCS#11 sessions.
+//!
+//! * Wrap/unwrap: `C_Encrypt`/`C_Decrypt` with `CKM_AES_GCM` under the KEK, the shard
+//!   identity as AAD (see [`session`] for the blob format). `WrappedKey::key_ref` is the
+//!   configured `kek_label`, `key_version` the KEK version (see [`provision`] for labels).
+//!   The newest version wraps; every version on the token unwraps.
+//! * One `cryptoki` context per process, shared by every instance ([`shared_context`]).
+//! * Every PKCS#11 call runs on a blocking thread (`tokio::task::spawn_blocking`).
+//! * Tampering vs faults: SoftHSM2 answers a bad GCM tag with `CKR_GENERAL_ERROR`, like a
+//!   device fault. A failed decrypt is classified by decrypting, on the same session and
+//!   key, a probe ciphertext made at start-up: probe opens ⇒ [`BackendError::Integrity`]
+//!   (no recovery, no retry); probe fails ⇒ a fault ⇒ recovery.
+//! * Recovery: on `CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_USER_NOT_LOGGED_IN`,
+//!   `CKR_OBJECT_HANDLE_INVALID`, `CKR_DEVICE_REMOVED`, `CKR_DEVICE_ERROR`,
+//!   `CKR_TOKEN_NOT_PRESENT`, `CKR_GENERAL_ERROR` (…) the session is discarded where needed,
+//!   the backend logs in again and re-finds its KEK handles; when that fails (the token went
+//!   away) it drains the pool, drops every session, finalizes and re-initialises the
+//!   context, and finds the token by label again, with bounded backoff. The operation is
+//!   retried once on a fresh session; faults after that answer
+//!   [`BackendError::Unavailable`].
+//! * A wrong PIN is only detected when this process is not already logged in to the token
+//!   (PKCS#11 answers `CKR_USER_ALREADY_LOGGED_IN` without checking the PIN).
+
+mod context;
+mod pool;
+pub mod provision;
+pub mod session;
+
+pub use context::shared_context;
+pub use provision::{init_key, rotate_key, version_label};
+
+use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, WrappedKey};
+use async_trait::async_trait;
+use context::{ck_name, find_slot, login, login_error, rv, Global};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use deadpool::managed::{Object, Pool, PoolError, TimeoutType};
+use pool::{BusyGuard, PooledSession, SessionManager, Stats};
+use serde::{Deserialize, Serialize};
+use session::{open, seal, OpenError, SealError, IV_LEN, TAG_LEN};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+const DEK_LEN: usize = 32;
+/// Length of a wrapped DEK blob: `iv (12) || ciphertext (32) || tag (16)`.
+pub const BLOB_LEN: usize = IV_LEN + DEK_LEN + TAG_LEN;
+const PROBE_PLAIN: &[u8; 32] = b"shardgate-pkcs11-probe-plaintext";
+const PROBE_AAD: &[u8] = b"shardgate-pkcs11-probe";
+/// After a failed recovery, faults fail fast for this long before the next attempt.
+const RECOVERY_HOLDOFF: Duration = Duration::from_millis(250);
+/// Rounds of one recovery attempt (each: re-login/re-find, then finalize/re-initialise).
+const RECOVERY_ROUNDS: u32 = 3;
+const MAX_POOL: usize = 1000;
+
+fn default_module() -> PathBuf {
+    PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")
+}
+fn default_pool_size() -> usize {
+    4
+}
+fn default_checkout_timeout_ms() -> u64 {
+    1000
+}
+
+/// Who generates the AES-GCM IV of a wrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IvMode {
+    /// The host draws a random 96-bit IV and passes it (SoftHSM2 and most HSMs).
+    #[default]
+    Host,
+    /// The HSM generates the IV and writes it back into `CK_GCM_PARAMS.pIv` (CloudHSM).
+    Hsm,
+}
+
+/// Configuration of one pkcs11 backend instance. The PIN is never inline: it comes from an
+/// environment variable or a file of mode 0600.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 module (CloudHSM: `/opt/cloudhsm/lib/libcloudhsm_pkcs11.so`).
+    #[serde(default = "default_module")]
+    pub module: PathBuf,
+    /// The token's label (CloudHSM: `hsm1`). At least one of label and slot id is needed.
+    #[serde(default)]
+    pub token_label: Option<String>,
+    /// The slot id (slot ids can change; prefer the label).
+    #[serde(default)]
+    pub slot_id: Option<u64>,
+    /// Name of an environment variable holding the user PIN (CloudHSM: `user:password`).
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// A file holding the user PIN; refused unless it is private to its owner (0600).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// The KEK's label; version `N` is the object labelled `{kek_label}/v{N}`.
+    pub kek_label: String,
+    /// Sessions in the pool, 1..=1000 (CloudHSM allows 1,024 sessions per application).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long an operation waits for a free session before answering `Unavailable`.
+    #[serde(default = "default_checkout_timeout_ms")]
+    pub checkout_timeout_ms: u64,
+    /// Who generates the GCM IV: `host` (default) or `hsm` (CloudHSM).
+    #[serde(default)]
+    pub iv: IvMode,
+}
+
+impl Pkcs11Config {
+    /// A config with defaults for everything but the token label and KEK label.
+    pub fn new(token_label: &str, kek_label: &str) -> Self {
+        Self {
+            module: default_module(),
+            token_label: Some(token_label.to_string()),
+            slot_id: None,
+            pin_env: None,
+            pin_file: None,
+            kek_label: kek_label.to_string(),
+            pool_size: default_pool_size(),
+            checkout_timeout_ms: default_checkout_timeout_ms(),
+            iv: IvMode::Host,
+        }
+    }
+
+    /// Check the invariants (pool size bound, a token selector, one PIN source, a label).
+    pub fn validate(&self) -> Result<(), BackendError> {
+        let bad = |m: String| Err(BackendError::Internal(format!("pkcs11 config: {m}")));
+        if self.kek_label.is_empty() {
+            return bad("kek_label is empty".into());
+        }
+        if !(1..=MAX_POOL).contains(&self.pool_size) {
+            return bad(format!(
+                "pool_size {} is out of range 1..={MAX_POOL} (CloudHSM allows 1,024 sessions per application)",
+                self.pool_size
+            ));
+        }
+        if self.checkout_timeout_ms == 0 {
+            return bad("checkout_timeout_ms must be positive".into());
+        }
+        if self.token_label.is_none() && self.slot_id.is_none() {
+            return bad("set token_label or slot_id".into());
+        }
+        if self.pin_env.is_some() == self.pin_file.is_some() {
+            return bad("set exactly one of pin_env and pin_file".into());
+        }
+        Ok(())
+    }
+}
+
+/// Read the PIN from the configured source. Errors never carry the PIN.
+pub(crate) fn read_pin(cfg: &Pkcs11Config) -> Result<AuthPin, BackendError> {
+    let raw: Zeroizing<String> = match (&cfg.pin_env, &cfg.pin_file) {
+        (Some(var), None) => Zeroizing::new(std::env::var(var).map_err(|_| {
+            BackendError::Internal(format!("PIN environment variable {var} is not set"))
+        })?),
+        (None, Some(path)) => {
+            check_private(path)?;
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                BackendError::Internal(format!(
+                    "cannot read PIN file {}: {}",
+                    path.display(),
+                    e.kind()
+                ))
+            })?)
+        }
+        _ => {
+            return Err(BackendError::Internal(
+                "pkcs11 config: set exactly one of pin_env and pin_file".into(),
+            ))
+        }
+    };
+    let pin = raw.trim_end_matches(['\r', '\n']);
+    if pin.is_empty() {
+        return Err(BackendError::Internal("the PIN is empty".into()));
+    }
+    Ok(AuthPin::from(pin.to_string()))
+}
+
+fn check_private(path: &Path) -> Result<(), BackendError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            BackendError::Internal(format!("PIN file {}: {}", path.display(), e.kind()))
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(BackendError::Internal(format!(
+                "PIN file {} has mode {mode:o}: it must not be accessible by group or others (chmod 600)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Pool gauges and counters, for metrics and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolStatus {
+    /// Configured pool size (maximum sessions).
+    pub size: usize,
+    /// Sessions currently open in the pool.
+    pub open: usize,
+    /// Sessions checked out.
+    pub in_use: usize,
+    /// Operations waiting for a session.
+    pub waiting: usize,
+    /// Completed recoveries (re-login/re-find or context re-initialisation).
+    pub recoveries: u64,
+    /// Most PKCS#11 operations seen running at the same moment, on distinct sessions.
+    pub peak_busy: usize,
+    /// Times a session was seen used by two threads at once (must stay 0).
+    pub session_overlaps: u64,
+    /// `C_FindObjects` passes made (start-up, recoveries, refreshes; never per request).
+    pub find_calls: u64,
+}
+
+/// KEK handles of one context generation / login.
+pub(crate) struct Keks {
+    /// Bumped by every (re-)establishment; a fault seen at an older epoch is already handled.
+    epoch: u64,
+    /// Context generation the handles were found in.
+    gen: u64,
+    pub(crate) slot: Option<Slot>,
+    handles: BTreeMap<u32, ObjectHandle>,
+}
+
+struct Anchor {
+    session: Session,
+    gen: u64,
+    slot: Slot,
+}
+
+#[derive(Default)]
+struct RecoveryState {
+    last_failure: Option<Instant>,
+    last_soft: Option<Instant>,
+    last_refresh: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// State shared by the backend, its pool manager and blocking tasks.
+pub(crate) struct Core {
+    name: String,
+    cfg: Pkcs11Config,
+    pin: AuthPin,
+    pub(crate) global: Arc<Global>,
+    keks: RwLock<Arc<Keks>>,
+    /// Keeps the login alive (closing an application's last session logs it out).
+    anchor: Mutex<Option<Anchor>>,
+    /// Per KEK version, a blob of `PROBE_PLAIN` under `PROBE_AAD`.
+    probes: Mutex<BTreeMap<u32, Vec<u8>>>,
+    recovery: Mutex<RecoveryState>,
+    stats: Stats,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        let anchor = self
+            .anchor
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(a) = anchor {
+            let current = self.global.gate.read().unwrap_or_else(|e| e.into_inner());
+            if *current == a.gen {
+                let _ = a.session.close();
+            }
+        }
+    }
+}
+
+enum OpError {
+    /// Answer this error; no retry, no recovery.
+    Final(BackendError),
+    /// A backend fault: recover, retry once.
+    Fault { discard: bool, why: String },
+    /// The session belongs to a replaced context: retry on another.
+    Stale,
+}
+
+fn classify(e: &CkError) -> OpError {
+    let why = ck_name(e);
+    match rv(e) {
+        Some(
+            RvError::UserNotLoggedIn | RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+        ) => OpError::Fault {
+            discard: false,
+            why,
+        },
+        Some(
+            RvError::KeyFunctionNotPermitted
+            | RvError::KeyTypeInconsistent
+            | RvError::KeySizeRange
+            | RvError::MechanismInvalid
+            | RvError::MechanismParamInvalid,
+        ) => OpError::Final(BackendError::KeyUnusable(format!(
+            "HSM refused the KEK: {why}"
+        ))),
+        _ => OpError::Fault { discard: true, why },
+    }
+}
+
+impl Core {
+    fn keks(&self) -> Arc<Keks> {
+        self.keks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Run `f` on `obj`'s session with the current KEK handles, under the context gate,
+    /// with busy instrumentation. Also answers the epoch of the handles used.
+    fn call<T>(
+        &self,
+        obj: &PooledSession,
+        f: impl FnOnce(&Session, &Keks) -> Result<T, OpError>,
+    ) -> (u64, Result<T, OpError>) {
+        let gen = self.global.gate.read().unwrap_or_else(|e| e.into_inner());
+        let keks = self.keks();
+        if *gen != obj.gen || keks.gen != *gen {
+            // A replaced context, or a re-initialisation whose re-login is not done yet.
+            return (keks.epoch, Err(OpError::Stale));
+        }
+        let Some(s) = obj.session.as_ref() else {
+            return (keks.epoch, Err(OpError::Stale));
+        };
+        let _busy = BusyGuard::enter(&self.stats, obj);
+        (keks.epoch, f(s, &keks))
+    }
+
+    fn probe_ok(&self, s: &Session, version: u32, h: ObjectHandle) -> bool {
+        let probe = self
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&version)
+            .cloned();
+        match probe {
+            Some(p) => matches!(open(s, h, PROBE_AAD, &p, PROBE_PLAIN.len()),
+                Ok(plain) if plain.as_slice() == PROBE_PLAIN),
+            None => false,
+        }
+    }
+
+    /// Log in and (re-)find and check every KEK version (blocking). Verifies or makes the
+    /// probe of each version. `fresh` opens a new anchor session.
+    fn establish(&self, fresh: bool) -> Result<(), BackendError> {
+        let gate = self.global.gate.read().unwrap_or_else(|e| e.into_inner());
+        let gen = *gate;
+        let pkcs11 = &self.global.pkcs11;
+        let slot = find_slot(pkcs11, &self.cfg).map_err(BackendError::Unavailable)?;
+        let mut anchor = self.anchor.lock().unwrap_or_else(|e| e.into_inner());
+        let reuse = !fresh
+            && matches!(&*anchor, Some(a) if a.gen == gen && a.slot == slot
+                && a.session.get_session_info().is_ok());
+        if !reuse {
+            let s = pkcs11.open_rw_session_no_drop(slot).map_err(|e| {
+                BackendError::Unavailable(format!("cannot open a session: {}", ck_name(&e)))
+            })?;
+            if let Some(old) = anchor.replace(Anchor {
+                session: s,
+                gen,
+                slot,
+            }) {
+                if old.gen == gen {
+                    let _ = old.session.close();
+                }
+            }
+        }
+        let Some(a) = anchor.as_ref() else {
+            return Err(BackendError::Internal("no anchor session".into()));
+        };
+        login(&a.session, &self.pin).map_err(|e| login_error(&e))?;
+        self.stats.finds.fetch_add(1, Ordering::Relaxed);
+        let handles = provision::find_versions(&a.session, &self.cfg.kek_label).map_err(|e| {
+            BackendError::Unavailable(format!("cannot find the KEK: {}", ck_name(&e)))
+        })?;
+        if handles.is_empty() {
+            return Err(BackendError::KeyUnusable(format!(
+                "KEK missing: no key labelled {} on the token (run `shardgate hsm init-key`)",
+                version_label(&self.cfg.kek_label, 1)
+            )));
+        }
+        for (&v, &h) in &handles {
+            provision::check_kek(&a.session, &version_label(&self.cfg.kek_label, v), h)?;
+        }
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        for (&v, &h) in &handles {
+            match probes.get(&v) {
+                Some(p) => {
+                    let ok = matches!(open(&a.session, h, PROBE_AAD, p, PROBE_PLAIN.len()),
+                        Ok(plain) if plain.as_slice() == PROBE_PLAIN);
+                    if !ok {
+                        return Err(BackendError::Unavailable(format!(
+                            "probe decrypt under KEK {} failed",
+                            version_label(&self.cfg.kek_label, v)
+                        )));
+                    }
+                }
+                None => {
+                    let blob = seal(&a.session, h, self.cfg.iv, PROBE_AAD, PROBE_PLAIN)
+                        .map_err(|e| seal_error(&e))?;
+                    probes.insert(v, blob);
+                }
+            }
+        }
+        drop(probes);
+        let mut keks = self.keks.write().unwrap_or_else(|e| e.into_inner());
+        *keks = Arc::new(Keks {
+            epoch: keks.epoch + 1,
+            gen,
+            slot: Some(slot),
+            handles,
+        });
+        Ok(())
+    }
+}
+
+fn seal_error(e: &SealError) -> BackendError {
+    match e {
+        SealError::Hsm(e) => {
+            BackendError::Unavailable(format!("HSM encrypt failed: {}", ck_name(e)))
+        }
+        SealError::NoHsmIv => BackendError::KeyUnusable(
+            "iv = \"hsm\" but the HSM did not generate an IV (use iv = \"host\" with this HSM)"
+                .into(),
+        ),
+        SealError::BadLength(n) => {
+            BackendError::Unavailable(format!("HSM returned {n} bytes of ciphertext"))
+        }
+    }
+}
+
+struct Inner {
+    core: Arc<Core>,
+    pool: Pool<SessionManager>,
+}
+
+/// A pkcs11 backend instance. `Debug` shows the configuration (never the PIN).
+pub struct Pkcs11Backend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pkcs11Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.inner.core.cfg;
+        f.debug_struct("Pkcs11Backend")
+            .field("name", &self.inner.core.name)
+            .field("module", &c.module)
+            .field("token_label", &c.token_label)
+            .field("slot_id", &c.slot_id)
+            .field("kek_label", &c.kek_label)
+            .field("pool_size", &c.pool_size)
+            .field("iv", &c.iv)
+            .finish()
+    }
+}
+
+impl Pkcs11Backend {
+    /// Blocking (call once at start-up, outside request handling): load the module and
+    /// initialise it with `CKF_OS_LOCKING_OK` (once per process), find the token by label
+    /// slot by slot, log in (`CKR_USER_ALREADY_LOGGED_IN` is fine), open the anchor session,
+    /// find every KEK version and check its attributes (refusing an extractable, non-sensitive
+    /// or missing key with an error naming the attribute), and make the probe ciphertexts.
+    /// Pool sessions are opened on first use and then kept.
+    pub fn open(name: &str, cfg: &Pkcs11Config) -> Result<Self, BackendError> {
+        cfg.validate()?;
+        let pin = read_pin(cfg)?;
+        let global = context::global(&cfg.module)?;
+        let core = Arc::new(Core {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            pin,
+            global,
+            keks: RwLock::new(Arc::new(Keks {
+                epoch: 0,
+                gen: u64::MAX,
+                slot: None,
+                handles: BTreeMap::new(),
+            })),
+            anchor: Mutex::new(None),
+            probes: Mutex::new(BTreeMap::new()),
+            recovery: Mutex::new(RecoveryState::default()),
+            stats: Stats::default(),
+        });
+        core.establish(true)?;
+        let timeout = Some(Duration::from_millis(cfg.checkout_timeout_ms));
+        let pool = Pool::builder(SessionManager { core: core.clone() })
+            .max_size(cfg.pool_size)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| BackendError::Internal(format!("cannot build the session pool: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner { core, pool }),
+        })
+    }
+
+    /// Pool gauges and counters.
+    pub fn pool_status(&self) -> PoolStatus {
+        let st = self.inner.pool.status();
+        let stats = &self.inner.core.stats;
+        PoolStatus {
+            size: st.max_size,
+            open: st.size,
+            in_use: st.size.saturating_sub(st.available),
+            waiting: st.waiting,
+            recoveries: stats.recoveries.load(Ordering::Relaxed),
+            peak_busy: stats.peak_busy.load(Ordering::Relaxed),
+            session_overlaps: stats.overlaps.load(Ordering::Relaxed),
+            find_calls: stats.finds.load(Ordering::Relaxed),
+        }
+    }
+
+    /// KEK versions currently known (ascending); the last one wraps.
+    pub fn key_versions(&self) -> Vec<u32> {
+        self.inner.core.keks().handles.keys().copied().collect()
+    }
+
+    /// Re-read the token's KEK versions (e.g. after `keys rotate` in another process).
+    pub async fn refresh_keys(&self) -> Result<(), BackendError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.refresh())
+            .await
+            .map_err(|_| BackendError::Internal("HSM task failed".into()))?
+    }
+
+    /// Unwrap many data keys on ONE session checkout (batch reads). One result per item, in
+    /// order; a fault during the batch recovers and retries the batch once.
+    pub async fn unwrap_batch(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<DataKey, BackendError>> {
+        let mut out: Vec<Option<Result<DataKey, BackendError>>> = vec![None; items.len()];
+        let mut refreshed = false;
+        let mut todo = Vec::new();
+        for (i, (id, w)) in items.iter().enumerate() {
+            if let Err(e) = self.precheck(w, &mut refreshed).await {
+                out[i] = Some(Err(e));
+            } else {
+                todo.push((i, id.aad(), w.clone()));
+            }
+        }
+        if !todo.is_empty() {
+            let todo = Arc::new(todo);
+            let t2 = todo.clone();
+            let res = self
+                .inner
+                .execute(move |core, s, keks| {
+                    let mut res = Vec::with_capacity(t2.len());
+                    for (_, aad, w) in t2.iter() {
+                        match unwrap_on(core, s, keks, aad, w) {
+                            Ok(k) => res.push(Ok(k)),
+                            Err(OpError::Final(e)) => res.push(Err(e)),
+                            Err(other) => return Err(other),
+                        }
+                    }
+                    Ok(res)
+                })
+                .await;
+            match res {
+                Ok(results) => {
+                    for ((i, _, _), r) in todo.iter().zip(results) {
+                        out[*i] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    for (i, _, _) in todo.iter() {
+                        out[*i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BackendError::Internal("batch item lost".into()))))
+            .collect()
+    }
+
+    async fn precheck(&self, w: &WrappedKey, refreshed: &mut bool) -> Result<(), BackendError> {
+        let cfg = &self.inner.core.cfg;
+        if w.key_ref != cfg.kek_label {
+            return Err(BackendError::KeyUnusable(
+                "data key was wrapped by another KEK".into(),
+            ));
+        }
+        if w.blob.len() != BLOB_LEN {
+            return Err(BackendError::Integrity);
+        }
+        if !self.inner.core.keks().handles.contains_key(&w.key_version) {
+            // Another process may have rotated in a new version: look once.
+            if !*refreshed {
+                *refreshed = true;
+                let _ = self.refresh_keys().await;
+            }
+            if !self.inner.core.keks().handles.contains_key(&w.key_version) {
+                return Err(BackendError::KeyUnusable(format!(
+                    "KEK version {} is not on the token",
+                    w.key_version
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+/// A checkout held by a test (see [`Pkcs11Backend::hold_checkout`]); released on drop.
+pub struct CheckoutHold {
+    _obj: Box<dyn std::any::Any + Send>,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Pkcs11Backend {
+    /// TEST ONLY (cargo feature `fault-injection`): `C_Logout` on the live context. Every
+    /// session of the process is logged out and every cached object handle goes invalid.
+    pub async fn inject_logout(&self) -> Result<(), BackendError> {
+        let core = self.inner.core.clone();
+        tokio::task::spawn_blocking(move || {
+            let _gate = core.global.gate.read().unwrap_or_else(|e| e.into_inner());
+            let anchor = core.anchor.lock().unwrap_or_else(|e| e.into_inner());
+            match anchor.as_ref() {
+                Some(a) => a
+                    .session
+                    .logout()
+                    .map_err(|e| BackendError::Unavailable(format!("C_Logout: {}", ck_name(&e)))),
+                None => Err(BackendError::Unavailable("no anchor session".into())),
+            }
+        })
+        .await
+        .map_err(|_| BackendError::Internal("HSM task failed".into()))?
+    }
+
+    /// TEST ONLY (cargo feature `fault-injection`): check out one pool session and hold it
+    /// until the returned guard is dropped.
+    pub async fn hold_checkout(&self) -> Result<CheckoutHold, BackendError> {
+        match self.inner.checkout().await {
+            Ok(o) => Ok(CheckoutHold { _obj: Box::new(o) }),
+            Err(OpError::Final(e)) => Err(e),
+            Err(OpError::Fault { why, .. }) => Err(BackendError::Unavailable(why)),
+            Err(OpError::Stale) => Err(BackendError::Unavailable("stale session".into())),
+        }
+    }
+}
+
+fn unwrap_on(
+    core: &Core,
+    s: &Session,
+    keks: &Keks,
+    aad: &[u8],
+    w: &WrappedKey,
+) -> Result<DataKey, OpError> {
+    let Some(&h) = keks.handles.get(&w.key_version) else {
+        return Err(OpError::Final(BackendError::KeyUnusable(format!(
+            "KEK version {} is not on the token",
+            w.key_version
+        ))));
+    };
+    match open(s, h, aad, &w.blob, DEK_LEN) {
+        Ok(plain) => DataKey::from_slice(&plain).ok_or(OpError::Final(BackendError::Integrity)),
+        Err(OpenError::Malformed) => Err(OpError::Final(BackendError::Integrity)),
+        Err(OpenError::Hsm(e)) => match rv(&e) {
+            Some(
+                RvError::GeneralError
+                | RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::FunctionFailed,
+            ) => {
+                // Bad tag, or a fault? Ask the same session and key to open the probe.
+                if core.probe_ok(s, w.key_version, h) {
+                    Err(OpError::Final(BackendError::Integrity))
+                } else {
+                    Err(classify(&e))
+                }
+            }
+            _ => Err(classify(&e)),
+        },
+    }
+}
+
+impl Inner {
+    async fn checkout(&self) -> Result<Object<SessionManager>, OpError> {
+        match self.pool.get().await {
+            Ok(o) => Ok(o),
+            Err(PoolError::Timeout(TimeoutType::Wait)) => Err(OpError::Final(
+                BackendError::Unavailable("pool exhausted".into()),
+            )),
+            Err(PoolError::Timeout(t)) => Err(OpError::Fault {
+                discard: true,
+                why: format!("session {t:?} timed out"),
+            }),
+            Err(PoolError::Backend(e)) => Err(OpError::Fault {
+                discard: true,
+                why: e.to_string(),
+            }),
+            Err(PoolError::Closed) => Err(OpError::Final(BackendError::Unavailable(
+                "session pool closed".into(),
+            ))),
+            Err(e) => Err(OpError::Final(BackendError::Internal(format!(
+                "session pool: {e}"
+            )))),
+        }
+    }
+
+    /// Run `f` on a pooled session off the async workers; recover and retry once on a fault.
+    async fn execute<T, F>(self: &Arc<Self>, f: F) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: Fn(&Core, &Session, &Keks) -> Result<T, OpError> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let mut last = String::from("HSM operation failed");
+        // Faults: one retry. A session of a replaced context is not a fault of this
+        // operation (nothing ran): it waits for the recovery under way and tries again, a
+        // bounded number of times.
+        let (mut faults, mut stale) = (0u32, 0u32);
+        while faults < 2 && stale < 3 {
+            let epoch = self.core.keks().epoch;
+            let obj = match self.checkout().await {
+                Ok(o) => o,
+                Err(OpError::Final(e)) => return Err(e),
+                Err(OpError::Stale) => {
+                    stale += 1;
+                    continue;
+                }
+                Err(OpError::Fault { why, .. }) => {
+                    last = why;
+                    faults += 1;
+                    if faults < 2 {
+                        self.recover(epoch).await?;
+                    }
+                    continue;
+                }
+            };
+            let core = self.core.clone();
+            let f2 = f.clone();
+            let (obj, epoch, res) = tokio::task::spawn_blocking(move || {
+                let (epoch, r) = core.call(&obj, |s, keks| f2(&core, s, keks));
+                (obj, epoch, r)
+            })
+            .await
+            .map_err(|_| BackendError::Internal("HSM task failed".into()))?;
+            match res {
+                Ok(v) => return Ok(v),
+                Err(OpError::Final(e)) => return Err(e),
+                Err(OpError::Stale) => {
+                    drop(Object::take(obj));
+                    last = "session of a replaced context".into();
+                    stale += 1;
+                    self.recover(epoch).await?;
+                }
+                Err(OpError::Fault { discard, why }) => {
+                    if discard {
+                        drop(Object::take(obj));
+                    } else {
+                        drop(obj);
+                    }
+                    last = why;
+                    faults += 1;
+                    if faults < 2 {
+                        self.recover(epoch).await?;
+                    }
+                }
+            }
+        }
+        Err(BackendError::Unavailable(last))
+    }
+
+    async fn recover(self: &Arc<Self>, seen_epoch: u64) -> Result<(), BackendError> {
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || inner.recover_blocking(seen_epoch))
+            .await
+            .map_err(|_| BackendError::Internal("HSM recovery task failed".into()))?
+    }
+
+    /// Drain the pool, drop the anchor, finalize and re-initialise the context.
+    fn hard_reinit(&self) -> Result<(), String> {
+        let removed = self.pool.retain(|_, _| false);
+        let anchor = self
+            .core
+            .anchor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        // A no-close-on-drop session: forgetting it closes nothing.
+        drop(anchor);
+        let res = self.core.global.reinitialize();
+        // Now of an older generation: dropped without C_CloseSession.
+        drop(removed);
+        res
+    }
+
+    fn recover_blocking(&self, seen_epoch: u64) -> Result<(), BackendError> {
+        let core = &self.core;
+        let mut st = core.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        if core.keks().epoch != seen_epoch {
+            return Ok(()); // another task already recovered
+        }
+        if let Some(t) = st.last_failure {
+            if t.elapsed() < RECOVERY_HOLDOFF {
+                return Err(BackendError::Unavailable(format!(
+                    "HSM unavailable: {}",
+                    st.last_error.as_deref().unwrap_or("recovery failed")
+                )));
+            }
+        }
+        // A fault right after a re-login means re-login is not enough: re-initialise.
+        let soft_first =
+            !matches!(st.last_soft, Some(t) if t.elapsed() <= Duration::from_millis(500));
+        let mut delay = Duration::from_millis(20);
+        let mut last = String::new();
+        for round in 0..RECOVERY_ROUNDS {
+            if round > 0 {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            if round == 0 && soft_first {
+                match core.establish(false) {
+                    Ok(()) => {
+                        st.last_soft = Some(Instant::now());
+                        st.last_failure = None;
+                        core.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(backend = %core.name, "pkcs11: recovered by re-login");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::info!(backend = %core.name, error = %e, "pkcs11: re-login did not recover");
+                    }
+                }
+            }
+            if let Err(e) = self.hard_reinit() {
+                last = e;
+                continue;
+            }
+            match core.establish(true) {
+                Ok(()) => {
+                    st.last_failure = None;
+                    st.last_soft = None;
+                    core.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(backend = %core.name, "pkcs11: recovered by re-initialising the context");
+                    return Ok(());
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tracing::error!(backend = %core.name, error = %last, "pkcs11: recovery failed");
+        st.last_failure = Some(Instant::now());
+        st.last_error = Some(last.clone());
+        Err(BackendError::Unavailable(format!(
+            "HSM unavailable: {last}"
+        )))
+    }
+
+    fn refresh(&self) -> Result<(), BackendError> {
+        let core = &self.core;
+        let mut st = core.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        if st
+            .last_refresh
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        st.last_refresh = Some(Instant::now());
+        core.establish(false)
+    }
+}
+
+#[async_trait]
+impl KeyBackend for Pkcs11Backend {
+    fn name(&self) -> &str {
+        &self.inner.core.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "pkcs11"
+    }
+
+    async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError> {
+        let aad = id.aad();
+        let dek = dek.clone();
+        self.inner
+            .execute(move |core, s, keks| {
+                let Some((&v, &h)) = keks.handles.iter().next_back() else {
+                    return Err(OpError::Final(BackendError::KeyUnusable(
+                        "no KEK version".into(),
+                    )));
+                };
+                let blob = seal(s, h, core.cfg.iv, &aad, dek.expose()).map_err(|e| match e {
+                    SealError::Hsm(e) => classify(&e),
+                    other => OpError::Final(seal_error(&other)),
+                })?;
+                Ok(WrappedKey {
+                    key_ref: core.cfg.kek_label.clone(),
+                    key_version: v,
+                    blob,
+                })
+            })
+            .await
+    }
+
+    async fn unwrap(
+        &self,
+        id: &ShardIdentity,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, BackendError> {
+        let mut refreshed = false;
+        self.precheck(wrapped, &mut refreshed).await?;
+        let aad = id.aad();
+        let w = wrapped.clone();
+        self.inner
+            .execute(move |core, s, keks| unwrap_on(core, s, keks, &aad, &w))
+            .await
+    }
+
+    async fn health(&self) -> Health {
+        let core = &self.inner.core;
+        let keks = core.keks();
+        let failure = core
+            .recovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_failure
+            .and(Some(()));
+        let p = self.pool_status();
+        let newest = keks.handles.keys().next_back().copied();
+        match (newest, failure) {
+            (Some(v), None) => Health {
+                usable: true,
+                detail: format!(
+                    "KEK {} wraps; {} version(s); pool {}/{} in use, {} waiting; {} recoveries",
+                    version_label(&core.cfg.kek_label, v),
+                    keks.handles.len(),
+                    p.in_use,
+                    p.size,
+                    p.waiting,
+                    p.recoveries
+                ),
+            },
+            (_, Some(())) => Health {
+                usable: false,
+                detail: "HSM unavailable: last recovery failed".into(),
+            },
+            (None, None) => Health {
+                usable: false,
+                detail: "no KEK version".into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Pkcs11Config {
+        let mut c = Pkcs11Config::new("tok", "kek");
+        c.pin_env = Some("X".into());
+        c
+    }
+
+    #[test]
+    fn config_parses_with_defaults_and_rejects_unknown_fields() {
+        let c: Pkcs11Config = toml_like(r#"{"token_label":"t","kek_label":"k","pin_env":"P"}"#);
+        assert_eq!(c.pool_size, 4);
+        assert_eq!(c.checkout_timeout_ms, 1000);
+        assert_eq!(c.iv, IvMode::Host);
+        assert_eq!(c.module, PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+        let c: Pkcs11Config =
+            toml_like(r#"{"token_label":"t","kek_label":"k","pin_env":"P","iv":"hsm"}"#);
+        assert_eq!(c.iv, IvMode::Hsm);
+        assert!(serde_json::from_str::<Pkcs11Config>(
+            r#"{"token_label":"t","kek_label":"k","pin":"1234"}"#
+        )
+        .is_err());
+    }
+
+    fn toml_like(s: &str) -> Pkcs11Config {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn pool_size_is_bounded() {
+        let mut c = cfg();
+        assert!(c.validate().is_ok());
+        c.pool_size = 0;
+        assert!(c.validate().is_err());
+        c.pool_size = 1001;
+        assert!(c.validate().is_err());
+        c.pool_size = 1000;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn one_pin_source_is_required() {
+        let mut c = cfg();
+        c.pin_file = Some("/x".into());
+        assert!(c.validate().is_err());
+        c.pin_env = None;
+        c.pin_file = None;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn group_readable_pin_file_is_refused_without_quoting_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "s3cret-pin\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut c = cfg();
+        c.pin_env = None;
+        c.pin_file = Some(path.clone());
+        let err = read_pin(&c).unwrap_err();
+        assert!(err.to_string().contains("mode 640"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("s3cret"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(read_pin(&c).unwrap().expose_secret(), "s3cret-pin");
+    }
+}

@@ -1,0 +1,66 @@
+//! A `pkcs11` backend on CloudHSM is only ready while its cluster is: this wrapper adds the
+//! cluster monitor's verdict to the backend's health, and delegates everything else.
+
+use async_trait::async_trait;
+use shardgate_backends::cloudhsm::ClusterMonitor;
+use shardgate_backends::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, WrappedKey};
+use std::sync::Arc;
+
+/// A backend gated by a CloudHSM cluster's state.
+pub struct ClusterGated {
+    inner: Arc<dyn KeyBackend>,
+    monitor: Arc<ClusterMonitor>,
+}
+
+impl ClusterGated {
+    /// Gate `inner` by `monitor`.
+    pub fn new(inner: Arc<dyn KeyBackend>, monitor: Arc<ClusterMonitor>) -> Self {
+        Self { inner, monitor }
+    }
+}
+
+#[async_trait]
+impl KeyBackend for ClusterGated {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn generate_data_key(
+        &self,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        self.inner.generate_data_key(id).await
+    }
+
+    async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError> {
+        self.inner.wrap(id, dek).await
+    }
+
+    async fn unwrap(
+        &self,
+        id: &ShardIdentity,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, BackendError> {
+        self.inner.unwrap(id, wrapped).await
+    }
+
+    async fn health(&self) -> Health {
+        let inner = self.inner.health().await;
+        let cluster = self.monitor.status();
+        let cluster_text = match (&cluster.state, &cluster.reason) {
+            (_, Some(reason)) => format!("cluster not ready: {reason}"),
+            (Some(state), None) => {
+                format!("cluster {state}, {} active HSM(s)", cluster.active_hsms)
+            }
+            (None, None) => "cluster state unknown".to_string(),
+        };
+        Health {
+            usable: inner.usable && cluster.ready,
+            detail: format!("{}; {cluster_text}", inner.detail),
+        }
+    }
+}
