@@ -133,7 +133,8 @@ impl<'de> Deserialize<'de> for Pkcs11Entry {
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| D::Error::custom(format!("cloudhsm: {e}")))?;
-        let hsm = serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        let hsm =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
         Ok(Self { hsm, cloudhsm })
     }
 }
@@ -537,7 +538,8 @@ scopes = ["*"]
             file: Some(f.clone()),
             ..Sources::default()
         };
-        let cfg = Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        let cfg =
+            Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
         match &cfg.backends["hsm"] {
             BackendConfig::Pkcs11(e) => {
                 assert_eq!(e.hsm.pool_size, 8);
@@ -545,15 +547,25 @@ scopes = ["*"]
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(&cfg.backends["kms"], BackendConfig::AwsKms(k) if k.key_id == "alias/shards"));
+        assert!(
+            matches!(&cfg.backends["kms"], BackendConfig::AwsKms(k) if k.key_id == "alias/shards")
+        );
         // A typo inside a backend is an error, not a silently ignored key.
-        let text = std::fs::read_to_string(&f).unwrap().replace("pool_size", "pool_sise");
+        let text = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("pool_size", "pool_sise");
         std::fs::write(&f, text).unwrap();
-        assert!(Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
+        assert!(
+            Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err()
+        );
         // The PIN never sits in the file: there is no field for it.
-        let text = std::fs::read_to_string(&f).unwrap().replace("pool_sise = 8", "pin = \"1234\"");
+        let text = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("pool_sise = 8", "pin = \"1234\"");
         std::fs::write(&f, text).unwrap();
-        assert!(Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
+        assert!(
+            Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err()
+        );
     }
 
     #[test]

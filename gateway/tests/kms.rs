@@ -38,9 +38,11 @@ async fn setup(kind: StoreKind) -> Option<Kms> {
     let url = common::store_url(kind, dir.path()).await?;
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(create_key(&endpoint).await, "us-east-1");
+    let mut kms =
+        shardgate_backends::aws_kms::KmsConfig::new(create_key(&endpoint).await, "us-east-1");
     kms.endpoint_url = Some(endpoint);
-    cfg.backends.insert("kms".into(), BackendConfig::AwsKms(kms));
+    cfg.backends
+        .insert("kms".into(), BackendConfig::AwsKms(kms));
     cfg.tiers.insert("retail".into(), "kms".into());
     cfg.tiers.insert("institutional".into(), "local".into());
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
@@ -57,27 +59,45 @@ impl Kms {
         let req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.tokens.admin))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.tokens.admin),
+            )
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
             .unwrap();
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn put(&self, account: &str, shard: &str, data: &[u8]) -> (StatusCode, Value) {
         let b64 = B64.encode(data);
         common::plant(&b64);
-        self.call("PUT", &format!("/v1/accounts/{account}/shards/{shard}"), Some(json!({ "shard": b64 })))
-            .await
+        self.call(
+            "PUT",
+            &format!("/v1/accounts/{account}/shards/{shard}"),
+            Some(json!({ "shard": b64 })),
+        )
+        .await
     }
 }
 
 async fn kms_round_trips_next_to_local(k: Kms) {
     for (account, tier) in [("acct-k", "retail"), ("acct-l", "institutional")] {
-        let (s, v) = k.call("PUT", &format!("/v1/accounts/{account}"), Some(json!({ "tier": tier }))).await;
+        let (s, v) = k
+            .call(
+                "PUT",
+                &format!("/v1/accounts/{account}"),
+                Some(json!({ "tier": tier })),
+            )
+            .await;
         assert!(s.is_success(), "{v}");
     }
     let (s, v) = k.put("acct-k", "s", b"kms-shard-secret-0001").await;
@@ -87,7 +107,10 @@ async fn kms_round_trips_next_to_local(k: Kms) {
     assert_eq!(v["backend"], "local");
     let (s, v) = k.call("GET", "/v1/accounts/acct-k/shards/s", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(B64.decode(v["shard"].as_str().unwrap()).unwrap(), b"kms-shard-secret-0001");
+    assert_eq!(
+        B64.decode(v["shard"].as_str().unwrap()).unwrap(),
+        b"kms-shard-secret-0001"
+    );
     assert_eq!(v["backend"], "kms");
     let (s, v) = k
         .call(
@@ -100,7 +123,10 @@ async fn kms_round_trips_next_to_local(k: Kms) {
     assert_eq!(v["results"][0]["backend"], "kms");
     assert_eq!(v["results"][1]["backend"], "local");
     let (s, v) = k.call("DELETE", "/v1/accounts/acct-k/shards/s", None).await;
-    assert_eq!((s, v["destroyed_versions"].as_i64()), (StatusCode::OK, Some(1)));
+    assert_eq!(
+        (s, v["destroyed_versions"].as_i64()),
+        (StatusCode::OK, Some(1))
+    );
     let (s, _) = k.call("GET", "/v1/accounts/acct-k/shards/s", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, v) = k.call("GET", "/readyz", None).await;
@@ -109,7 +135,8 @@ async fn kms_round_trips_next_to_local(k: Kms) {
 }
 
 async fn kms_wrapped_key_moved_to_another_row_is_an_integrity_failure(k: Kms) {
-    k.call("PUT", "/v1/accounts/acct-k", Some(json!({"tier":"retail"}))).await;
+    k.call("PUT", "/v1/accounts/acct-k", Some(json!({"tier":"retail"})))
+        .await;
     k.put("acct-k", "a", b"kms-moved-secret-a").await;
     k.put("acct-k", "b", b"kms-moved-secret-b").await;
     k.db
@@ -120,23 +147,38 @@ async fn kms_wrapped_key_moved_to_another_row_is_an_integrity_failure(k: Kms) {
         )
         .await;
     let (s, v) = k.call("GET", "/v1/accounts/acct-k/shards/b", None).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::INTERNAL_SERVER_ERROR, Some("integrity_failure")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some("integrity_failure")),
+        "{v}"
+    );
     assert!(v.get("shard").is_none());
     let (s, _) = k.call("GET", "/v1/accounts/acct-k/shards/a", None).await;
     assert_eq!(s, StatusCode::OK);
 }
 
 async fn kms_reads_use_the_recorded_backend_after_a_tier_change(k: Kms) {
-    k.call("PUT", "/v1/accounts/acct-k", Some(json!({"tier":"retail"}))).await;
+    k.call("PUT", "/v1/accounts/acct-k", Some(json!({"tier":"retail"})))
+        .await;
     k.put("acct-k", "s", b"kms-then-local-1").await;
-    k.call("PUT", "/v1/accounts/acct-k", Some(json!({"tier":"institutional"}))).await;
+    k.call(
+        "PUT",
+        "/v1/accounts/acct-k",
+        Some(json!({"tier":"institutional"})),
+    )
+    .await;
     let (_, v) = k.put("acct-k", "s", b"kms-then-local-2").await;
     assert_eq!(v["backend"], "local");
     let (_, v) = k.call("GET", "/v1/accounts/acct-k", None).await;
     assert_eq!(v["versions_on_other_backends"], 1);
-    let (_, v) = k.call("GET", "/v1/accounts/acct-k/shards/s?version=1", None).await;
+    let (_, v) = k
+        .call("GET", "/v1/accounts/acct-k/shards/s?version=1", None)
+        .await;
     assert_eq!(v["backend"], "kms");
-    assert_eq!(B64.decode(v["shard"].as_str().unwrap()).unwrap(), b"kms-then-local-1");
+    assert_eq!(
+        B64.decode(v["shard"].as_str().unwrap()).unwrap(),
+        b"kms-then-local-1"
+    );
 }
 
 macro_rules! both_stores {

@@ -11,7 +11,7 @@ use sqlx::Connection;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn shardgate_bin() -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>/shardgate
@@ -57,9 +57,16 @@ async fn fresh_pg() -> Option<String> {
         }
     };
     let (prefix, db) = base.rsplit_once('/').unwrap();
-    let name = format!("{}_{}", db.split('?').next().unwrap(), &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let name = format!(
+        "{}_{}",
+        db.split('?').next().unwrap(),
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
     let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     Some(format!("{prefix}/{name}"))
 }
 
@@ -101,7 +108,9 @@ fn start(config: &Path, logs: &Path) -> (Gateway, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_serves_shards_through_the_hsm_and_refuses_swapped_keys() {
-    let Some(module) = module("gateway_http") else { return };
+    let Some(module) = module("gateway_http") else {
+        return;
+    };
     let Some(pg) = fresh_pg().await else { return };
     let token = TestToken::new(&module, "sg-http");
     plant(&token.pin);
@@ -156,18 +165,31 @@ create_key = true
     assert!(!err.contains(&token.pin));
 
     let init = Command::new(shardgate_bin())
-        .args(["hsm", "init-key", "--backend", "hsm", "--config", config.to_str().unwrap()])
+        .args([
+            "hsm",
+            "init-key",
+            "--backend",
+            "hsm",
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .env_remove("SHARDGATE_TEST_DATABASE_URL")
         .output()
         .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     assert!(String::from_utf8_lossy(&init.stdout).contains("kek/v1"));
 
     let (_gw, addr) = start(&config, &logs);
     let base = addr.clone();
     let c = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut r = c.request(method, format!("{base}{path}")).bearer_auth(&api_token);
+        let mut r = c
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&api_token);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -177,19 +199,34 @@ create_key = true
             (status, resp.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
-    let (s, v) = call(reqwest::Method::PUT, "/v1/accounts/inst-1", Some(json!({"tier":"institutional"}))).await;
+    let (s, v) = call(
+        reqwest::Method::PUT,
+        "/v1/accounts/inst-1",
+        Some(json!({"tier":"institutional"})),
+    )
+    .await;
     assert_eq!((s, v["backend"].as_str()), (201, Some("hsm")), "{v}");
     let mut shards = Vec::new();
     for i in 0..3u8 {
         let data: Vec<u8> = (0..48).map(|j| j ^ (i * 37) ^ 0xA5).collect();
         let b64 = B64.encode(&data);
         plant(&b64);
-        let (s, v) = call(reqwest::Method::PUT, &format!("/v1/accounts/inst-1/shards/s{i}"), Some(json!({"shard": b64}))).await;
+        let (s, v) = call(
+            reqwest::Method::PUT,
+            &format!("/v1/accounts/inst-1/shards/s{i}"),
+            Some(json!({"shard": b64})),
+        )
+        .await;
         assert_eq!((s, v["backend"].as_str()), (201, Some("hsm")), "{v}");
         shards.push(data);
     }
     for (i, data) in shards.iter().enumerate() {
-        let (s, v) = call(reqwest::Method::GET, &format!("/v1/accounts/inst-1/shards/s{i}"), None).await;
+        let (s, v) = call(
+            reqwest::Method::GET,
+            &format!("/v1/accounts/inst-1/shards/s{i}"),
+            None,
+        )
+        .await;
         assert_eq!(s, 200);
         assert_eq!(&B64.decode(v["shard"].as_str().unwrap()).unwrap(), data);
     }
@@ -200,8 +237,16 @@ create_key = true
     )
     .await;
     assert_eq!(s, 200);
-    assert_eq!(B64.decode(v["results"][0]["shard"].as_str().unwrap()).unwrap(), shards[2]);
-    assert_eq!(B64.decode(v["results"][1]["shard"].as_str().unwrap()).unwrap(), shards[0]);
+    assert_eq!(
+        B64.decode(v["results"][0]["shard"].as_str().unwrap())
+            .unwrap(),
+        shards[2]
+    );
+    assert_eq!(
+        B64.decode(v["results"][1]["shard"].as_str().unwrap())
+            .unwrap(),
+        shards[0]
+    );
     assert_eq!(v["results"][2]["error"]["code"], "shard_not_found");
 
     // A wrapped DEK swapped onto another row is refused inside the HSM.
@@ -213,7 +258,11 @@ create_key = true
     .await
     .unwrap();
     let (s, v) = call(reqwest::Method::GET, "/v1/accounts/inst-1/shards/s1", None).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (500, Some("integrity_failure")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (500, Some("integrity_failure")),
+        "{v}"
+    );
     assert!(v.get("shard").is_none());
     // ...and that tampering did not take the backend down.
     let (s, _) = call(reqwest::Method::GET, "/v1/accounts/inst-1/shards/s2", None).await;
@@ -222,7 +271,12 @@ create_key = true
     assert_eq!(s, 200);
     assert_eq!(v["backends"]["hsm"]["usable"], true, "{v}");
 
-    let (s, v) = call(reqwest::Method::DELETE, "/v1/accounts/inst-1/shards/s0", None).await;
+    let (s, v) = call(
+        reqwest::Method::DELETE,
+        "/v1/accounts/inst-1/shards/s0",
+        None,
+    )
+    .await;
     assert_eq!((s, v["destroyed_versions"].as_i64()), (200, Some(1)));
     let (s, _) = call(reqwest::Method::GET, "/v1/accounts/inst-1/shards/s0", None).await;
     assert_eq!(s, 404);
