@@ -107,6 +107,20 @@ pub trait KeyBackend: Send + Sync + 'static {
         wrapped: &WrappedKey,
     ) -> Result<DataKey, BackendError>;
 
+    /// Unwrap many data keys, one result per item in order. The default unwraps one by one;
+    /// backends with a per-operation cost (an HSM session checkout) override it to pay that
+    /// cost once for the whole batch.
+    async fn unwrap_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<DataKey, BackendError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (id, wrapped) in items {
+            out.push(self.unwrap(id, wrapped).await);
+        }
+        out
+    }
+
     /// Current health, cheap enough for a readiness probe.
     async fn health(&self) -> Health;
 

@@ -48,6 +48,22 @@ impl KeyBackend for ClusterGated {
         self.inner.unwrap(id, wrapped).await
     }
 
+    async fn unwrap_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<DataKey, BackendError>> {
+        self.inner.unwrap_many(items).await
+    }
+
+    async fn rewrap_from(
+        &self,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        self.inner.rewrap_from(id, source, wrapped).await
+    }
+
     async fn health(&self) -> Health {
         let inner = self.inner.health().await;
         let cluster = self.monitor.status();

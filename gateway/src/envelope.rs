@@ -5,7 +5,9 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
-use shardgate_backends::{BackendError, KeyBackend, ShardIdentity, WrappedKey, FORMAT_VERSION};
+use shardgate_backends::{
+    BackendError, DataKey, KeyBackend, ShardIdentity, WrappedKey, FORMAT_VERSION,
+};
 use shardgate_store::ShardVersionRow;
 use zeroize::Zeroizing;
 
@@ -62,11 +64,8 @@ pub fn identity_of(row: &ShardVersionRow) -> Result<ShardIdentity, BackendError>
     })
 }
 
-/// Open a stored row with `backend` (the backend recorded on the row).
-pub async fn open(
-    backend: &dyn KeyBackend,
-    row: &ShardVersionRow,
-) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+/// The identity and wrapped key of a stored row, checked for the format this code reads.
+pub fn wrapped_of(row: &ShardVersionRow) -> Result<(ShardIdentity, WrappedKey), BackendError> {
     let id = identity_of(row)?;
     if id.format_version != FORMAT_VERSION || row.nonce.len() != NONCE_LEN {
         return Err(BackendError::Integrity);
@@ -77,7 +76,12 @@ pub async fn open(
         key_version,
         blob: row.wrapped_dek.clone(),
     };
-    let dek = backend.unwrap(&id, &wrapped).await?;
+    Ok((id, wrapped))
+}
+
+/// Open a row's ciphertext with its already unwrapped data key.
+pub fn open_with(dek: &DataKey, row: &ShardVersionRow) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    let id = identity_of(row)?;
     let aad = id.aad();
     let plain = Aes256Gcm::new(dek.expose().into())
         .decrypt(
@@ -89,4 +93,14 @@ pub async fn open(
         )
         .map_err(|_| BackendError::Integrity)?;
     Ok(Zeroizing::new(plain))
+}
+
+/// Open a stored row with `backend` (the backend recorded on the row).
+pub async fn open(
+    backend: &dyn KeyBackend,
+    row: &ShardVersionRow,
+) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    let (id, wrapped) = wrapped_of(row)?;
+    let dek = backend.unwrap(&id, &wrapped).await?;
+    open_with(&dek, row)
 }

@@ -226,7 +226,45 @@ both_stores!(
     health_ready_and_unknown_routes,
     every_audit_event_verifies,
     stored_shard_decrypts_with_the_format_md_recipe,
+    batch_get_isolates_a_tampered_item,
 );
+
+async fn batch_get_isolates_a_tampered_item(h: Harness) {
+    h.account("acct-1").await;
+    for s in ["a", "b", "c"] {
+        h.put("acct-1", s, format!("batch-tamper-{s}").as_bytes())
+            .await;
+    }
+    h.db
+        .exec("UPDATE shard_versions SET wrapped_dek = (SELECT wrapped_dek FROM shard_versions WHERE shard='a') WHERE shard='b'")
+        .await;
+    h.db.exec("UPDATE shard_versions SET backend = 'nowhere' WHERE shard='c'")
+        .await;
+    let r = h
+        .call(
+            "POST",
+            "/v1/shards:batchGet",
+            Some(h.admin()),
+            Some(json!({"items":[
+                {"account":"acct-1","shard":"c"},
+                {"account":"acct-1","shard":"b"},
+                {"account":"acct-1","shard":"a"}
+            ]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let res = r.json["results"].as_array().unwrap();
+    assert_eq!(res[0]["error"]["code"], "key_unusable");
+    assert_eq!(res[1]["error"]["code"], "integrity_failure");
+    assert_eq!(
+        B64.decode(res[2]["shard"].as_str().unwrap()).unwrap(),
+        b"batch-tamper-a"
+    );
+    assert_eq!(
+        h.db.count("SELECT COUNT(*) FROM audit_events WHERE action='shard.batch_get' AND outcome='integrity_failure'").await,
+        1
+    );
+}
 
 async fn put_then_get_roundtrips_at_every_size(h: Harness) {
     h.account("acct-1").await;

@@ -919,6 +919,13 @@ impl KeyBackend for Pkcs11Backend {
             .await
     }
 
+    async fn unwrap_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<DataKey, BackendError>> {
+        self.unwrap_batch(items).await
+    }
+
     async fn health(&self) -> Health {
         let core = &self.inner.core;
         let keks = core.keks();

@@ -1,8 +1,9 @@
 //! `POST /v1/shards:batchGet`: many reads in one request, one result per item, in order.
 
-use super::shards::fetch;
+use super::shards::{load, row_backend, Opened};
 use super::{json, ApiJson, Ctx};
 use crate::auth::Scope;
+use crate::envelope;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::ids;
 use crate::state::AppState;
@@ -12,6 +13,8 @@ use axum::response::Response;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use shardgate_store::ShardVersionRow;
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
@@ -71,16 +74,88 @@ pub async fn batch_get(
             format!("items must hold between 1 and {max} entries"),
         ));
     }
-    let mut results = Vec::with_capacity(body.items.len());
-    let mut events = Vec::with_capacity(body.items.len());
+    // Rows first, then ONE unwrap_many per backend (an HSM pays one session checkout for
+    // the whole batch), then the shard seals.
+    let mut opened: Vec<Option<Result<Opened, ApiError>>> = Vec::with_capacity(body.items.len());
+    let mut rows: Vec<Option<ShardVersionRow>> = Vec::with_capacity(body.items.len());
     for item in &body.items {
         let checked = ids::check("account", &item.account)
             .and_then(|_| ids::check("shard", &item.shard))
             .and_then(|_| ctx.caller.require(Scope::ShardsRead, Some(&item.account)));
-        let result = match checked {
-            Ok(()) => fetch(&state, &item.account, &item.shard, item.version).await,
+        let row = match checked {
+            Ok(()) => load(&state, &item.account, &item.shard, item.version).await,
             Err(e) => Err(e),
         };
+        match row {
+            Ok(r) => {
+                opened.push(None);
+                rows.push(Some(r));
+            }
+            Err(e) => {
+                opened.push(Some(Err(e)));
+                rows.push(None);
+            }
+        }
+    }
+    let mut by_backend: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(r) = row {
+            by_backend.entry(r.backend.clone()).or_default().push(i);
+        }
+    }
+    for (name, indices) in by_backend {
+        let backend = match indices.first().and_then(|i| rows[*i].as_ref()) {
+            Some(row) => row_backend(&state, row),
+            None => continue,
+        };
+        let backend = match backend {
+            Ok(b) => b,
+            Err(e) => {
+                for i in indices {
+                    opened[i] = Some(Err(e.clone()));
+                }
+                continue;
+            }
+        };
+        let mut pending = Vec::with_capacity(indices.len());
+        let mut pairs = Vec::with_capacity(indices.len());
+        for i in indices {
+            let Some(row) = rows[i].as_ref() else {
+                continue;
+            };
+            match envelope::wrapped_of(row) {
+                Ok(pair) => {
+                    pending.push(i);
+                    pairs.push(pair);
+                }
+                Err(e) => opened[i] = Some(Err(e.into())),
+            }
+        }
+        let deks = backend.unwrap_many(&pairs).await;
+        if deks.len() != pending.len() {
+            tracing::error!(backend = %name, "unwrap_many answered a different number of results");
+        }
+        for (i, dek) in pending.into_iter().zip(deks) {
+            let Some(row) = rows[i].as_ref() else {
+                continue;
+            };
+            let result = dek
+                .and_then(|dek| envelope::open_with(&dek, row))
+                .map(|plaintext| Opened {
+                    plaintext,
+                    version: row.version,
+                    backend: row.backend.clone(),
+                })
+                .map_err(ApiError::from);
+            opened[i] = Some(result);
+        }
+    }
+
+    let mut results = Vec::with_capacity(body.items.len());
+    let mut events = Vec::with_capacity(body.items.len());
+    for (item, result) in body.items.iter().zip(opened) {
+        let result = result
+            .unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "item was not processed")));
         let mut event = ctx.event("shard.batch_get").outcome_of(&result);
         if ids::is_valid(&item.account) {
             event.account = Some(item.account.clone());

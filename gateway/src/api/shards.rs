@@ -126,6 +126,23 @@ pub(crate) async fn fetch(
     shard: &str,
     version: Option<i64>,
 ) -> Result<Opened, ApiError> {
+    let row = load(state, account, shard, version).await?;
+    let backend = row_backend(state, &row)?;
+    let plaintext = envelope::open(backend.as_ref(), &row).await?;
+    Ok(Opened {
+        plaintext,
+        version: row.version,
+        backend: row.backend,
+    })
+}
+
+/// The stored row of one version, or the not-found error that names what is missing.
+pub(crate) async fn load(
+    state: &AppState,
+    account: &str,
+    shard: &str,
+    version: Option<i64>,
+) -> Result<ShardVersionRow, ApiError> {
     if let Some(v) = version {
         if v < 1 {
             return Err(ApiError::new(
@@ -134,26 +151,27 @@ pub(crate) async fn fetch(
             ));
         }
     }
-    let row = match state
+    match state
         .store
         .get_shard_version(account, shard, version)
         .await?
     {
-        Some(row) => row,
-        None => return Err(not_found(state, account, shard, version).await),
-    };
-    let backend = state.backend(&row.backend).ok_or_else(|| {
+        Some(row) => Ok(row),
+        None => Err(not_found(state, account, shard, version).await),
+    }
+}
+
+/// The backend recorded on a row. Reads never consult the policy.
+pub(crate) fn row_backend(
+    state: &AppState,
+    row: &ShardVersionRow,
+) -> Result<std::sync::Arc<dyn shardgate_backends::KeyBackend>, ApiError> {
+    state.backend(&row.backend).cloned().ok_or_else(|| {
         tracing::error!(backend = %row.backend, "stored version names a backend that is not configured");
         ApiError::new(
             ErrorCode::KeyUnusable,
             "the version's backend is not configured on this gateway",
         )
-    })?;
-    let plaintext = envelope::open(backend.as_ref(), &row).await?;
-    Ok(Opened {
-        plaintext,
-        version: row.version,
-        backend: row.backend,
     })
 }
 
