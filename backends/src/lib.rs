@@ -13,6 +13,7 @@ pub mod aws_kms;
 pub mod cloudhsm;
 pub mod conformance;
 mod data_key;
+pub mod deadline;
 mod identity;
 pub mod local;
 pub mod pkcs11;
@@ -73,6 +74,23 @@ pub struct Health {
     pub detail: String,
 }
 
+/// One named number a backend exposes (pool occupancy, cache hits, KMS calls) for `/metrics`
+/// and `/readyz`. Names are snake_case and end in `_total` when they only grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stat {
+    /// e.g. `pool_in_use`, `kms_decrypt_calls_total`.
+    pub name: &'static str,
+    /// The current value.
+    pub value: u64,
+}
+
+impl Stat {
+    /// A stat.
+    pub fn new(name: &'static str, value: u64) -> Self {
+        Self { name, value }
+    }
+}
+
 /// A KEK backend instance. Object safe: the gateway holds `Arc<dyn KeyBackend>`.
 #[async_trait]
 pub trait KeyBackend: Send + Sync + 'static {
@@ -123,6 +141,11 @@ pub trait KeyBackend: Send + Sync + 'static {
 
     /// Current health, cheap enough for a readiness probe.
     async fn health(&self) -> Health;
+
+    /// Gauges and counters, read at scrape time (no I/O). The default has none.
+    fn stats(&self) -> Vec<Stat> {
+        Vec::new()
+    }
 
     /// Re-wrap a data key that `source` wrapped for `id` under this backend's current KEK
     /// (tier migration, key change). The default unwraps on `source` and wraps here, dropping

@@ -3,7 +3,9 @@
 
 use async_trait::async_trait;
 use shardgate_backends::cloudhsm::ClusterMonitor;
-use shardgate_backends::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, WrappedKey};
+use shardgate_backends::{
+    BackendError, DataKey, Health, KeyBackend, ShardIdentity, Stat, WrappedKey,
+};
 use std::sync::Arc;
 
 /// A backend gated by a CloudHSM cluster's state.
@@ -62,6 +64,18 @@ impl KeyBackend for ClusterGated {
         wrapped: &WrappedKey,
     ) -> Result<WrappedKey, BackendError> {
         self.inner.rewrap_from(id, source, wrapped).await
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        let mut s = self.inner.stats();
+        let c = self.monitor.status();
+        s.push(Stat::new("cloudhsm_cluster_ready", u64::from(c.ready)));
+        s.push(Stat::new("cloudhsm_active_hsms", u64::from(c.active_hsms)));
+        s
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
     }
 
     async fn health(&self) -> Health {

@@ -45,6 +45,23 @@ pub async fn track(req: Request, next: Next) -> Response {
     security(("bearer" = ["metrics"])))]
 pub async fn render(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
     ctx.require(&state, Scope::Metrics, None, "metrics")?;
+    publish_backend_stats(&state);
     let body = handle().map(|h| h.render()).unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+/// Copy every backend's gauges and counters into the recorder, at scrape time, as
+/// `shardgate_backend_<stat>{backend="<instance>"}` (pool occupancy, cache hits, KMS calls).
+fn publish_backend_stats(state: &AppState) {
+    for (name, backend) in &state.backends {
+        for stat in backend.stats() {
+            let metric = format!("shardgate_backend_{}", stat.name);
+            if stat.name.ends_with("_total") {
+                metrics::counter!(metric, "backend" => name.clone()).absolute(stat.value);
+            } else {
+                #[allow(clippy::cast_precision_loss)] // gauges are small counts
+                metrics::gauge!(metric, "backend" => name.clone()).set(stat.value as f64);
+            }
+        }
+    }
 }

@@ -239,6 +239,36 @@ async fn rotate_wraps_with_v2_and_v1_blobs_still_unwrap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_backend_starts_wrapping_with_a_rotated_version_on_its_own() {
+    let Some(tok) = token("rotate_refresh") else {
+        return;
+    };
+    let mut cfg = tok.config("kek");
+    cfg.key_refresh_interval_ms = 200;
+    init_key(&cfg).unwrap();
+    let b = Pkcs11Backend::open("hsm", &cfg).unwrap();
+    let id = ShardIdentity::new("acct", "s1", 1);
+    assert_eq!(b.generate_data_key(&id).await.unwrap().1.key_version, 1);
+    let finds = b.pool_status().find_calls;
+    assert_eq!(rotate_key(&cfg).unwrap(), 2);
+    // No refresh_keys() call: the backend's own timer notices the new version.
+    let start = std::time::Instant::now();
+    let (dek, w) = loop {
+        let (dek, w) = b.generate_data_key(&id).await.unwrap();
+        if w.key_version == 2 {
+            break (dek, w);
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "v2 never started wrapping"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(b.unwrap(&id, &w).await.unwrap().expose(), dek.expose());
+    assert!(b.pool_status().find_calls > finds);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwrap_batch_answers_each_item_in_order_on_one_checkout() {
     let Some(tok) = token("batch") else { return };
     let cfg = tok.config("kek");

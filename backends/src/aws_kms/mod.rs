@@ -26,7 +26,7 @@
 pub mod cache;
 pub mod retry;
 
-use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, WrappedKey};
+use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, Stat, WrappedKey};
 use async_trait::async_trait;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
@@ -128,6 +128,9 @@ pub struct KmsBackend {
     policy: RetryPolicy,
     cache: Option<DekCache<DataKey>>,
     decrypt_calls: AtomicU64,
+    generate_calls: AtomicU64,
+    encrypt_calls: AtomicU64,
+    reencrypt_calls: AtomicU64,
 }
 
 impl std::fmt::Debug for KmsBackend {
@@ -207,6 +210,38 @@ fn take_plaintext(p: Option<Blob>) -> Result<DataKey, BackendError> {
     DataKey::from_slice(&bytes).ok_or(BackendError::Integrity)
 }
 
+/// `(region, account)` of a key ARN (`arn:<partition>:kms:<region>:<account>:key/...`); `None`
+/// for a bare key id or alias name, whose account is the caller's own.
+fn arn_region_account(key_id: &str) -> Option<(&str, &str)> {
+    let mut parts = key_id.splitn(6, ':');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("arn"), Some(_), Some("kms"), Some(region), Some(account)) => Some((region, account)),
+        _ => None,
+    }
+}
+
+/// Whether `ReEncrypt` can move a wrap from `src`'s key to `dst`'s: one endpoint, one region,
+/// and (where both ARNs say) one account. Otherwise the caller falls back to unwrap + wrap.
+fn reencrypt_reaches(src: &KmsBackend, dst: &KmsBackend) -> bool {
+    if src.region != dst.region || src.endpoint_url != dst.endpoint_url {
+        return false;
+    }
+    match (
+        arn_region_account(&src.key_id),
+        arn_region_account(&dst.key_id),
+    ) {
+        (Some((r1, a1)), Some((r2, a2))) => r1 == r2 && a1 == a2,
+        (Some((r, _)), None) | (None, Some((r, _))) => r == dst.region,
+        (None, None) => true,
+    }
+}
+
 impl KmsBackend {
     /// Build the client (standard credential chain, `region`, optional endpoint override, SDK
     /// retries off: this backend retries itself). Makes no KMS call.
@@ -242,6 +277,9 @@ impl KmsBackend {
             },
             cache: cfg.cache.enabled.then(|| DekCache::new(cfg.cache.clone())),
             decrypt_calls: AtomicU64::new(0),
+            generate_calls: AtomicU64::new(0),
+            encrypt_calls: AtomicU64::new(0),
+            reencrypt_calls: AtomicU64::new(0),
         })
     }
 
@@ -293,6 +331,7 @@ impl KmsBackend {
         id: &ShardIdentity,
         wrapped: &WrappedKey,
     ) -> Result<WrappedKey, BackendError> {
+        self.reencrypt_calls.fetch_add(1, Ordering::Relaxed);
         let ctx = context(id);
         let out = self
             .policy
@@ -338,6 +377,7 @@ impl KeyBackend for KmsBackend {
         &self,
         id: &ShardIdentity,
     ) -> Result<(DataKey, WrappedKey), BackendError> {
+        self.generate_calls.fetch_add(1, Ordering::Relaxed);
         let ctx = context(id);
         let mut out = self
             .policy
@@ -371,6 +411,7 @@ impl KeyBackend for KmsBackend {
     }
 
     async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError> {
+        self.encrypt_calls.fetch_add(1, Ordering::Relaxed);
         let ctx = context(id);
         let out = self
             .policy
@@ -419,7 +460,7 @@ impl KeyBackend for KmsBackend {
         wrapped: &WrappedKey,
     ) -> Result<WrappedKey, BackendError> {
         if let Some(src) = source.as_any().and_then(|a| a.downcast_ref::<KmsBackend>()) {
-            if src.region == self.region && src.endpoint_url == self.endpoint_url {
+            if reencrypt_reaches(src, self) {
                 return self.reencrypt_from(src, id, wrapped).await;
             }
         }
@@ -428,6 +469,21 @@ impl KeyBackend for KmsBackend {
         let out = self.wrap(id, &dek).await;
         drop(dek);
         out
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        let c = self.cache_stats();
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            Stat::new("kms_decrypt_calls_total", c.decrypt_calls),
+            Stat::new("kms_generate_data_key_calls_total", n(&self.generate_calls)),
+            Stat::new("kms_encrypt_calls_total", n(&self.encrypt_calls)),
+            Stat::new("kms_reencrypt_calls_total", n(&self.reencrypt_calls)),
+            Stat::new("cache_hits_total", c.hits),
+            Stat::new("cache_misses_total", c.misses),
+            Stat::new("cache_evictions_total", c.evictions),
+            Stat::new("cache_entries", c.entries),
+        ]
     }
 
     async fn health(&self) -> Health {
@@ -476,6 +532,42 @@ impl KeyBackend for KmsBackend {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arns_name_their_region_and_account() {
+        assert_eq!(
+            arn_region_account("arn:aws:kms:eu-west-1:111122223333:key/abc"),
+            Some(("eu-west-1", "111122223333"))
+        );
+        assert_eq!(
+            arn_region_account("arn:aws:kms:eu-west-1:111122223333:alias/x"),
+            Some(("eu-west-1", "111122223333"))
+        );
+        assert_eq!(arn_region_account("alias/x"), None);
+        assert_eq!(
+            arn_region_account("1234abcd-12ab-34cd-56ef-1234567890ab"),
+            None
+        );
+    }
+
+    async fn open_key(key_id: &str, region: &str) -> KmsBackend {
+        KmsBackend::open("k", &KmsConfig::new(key_id, region))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reencrypt_reaches_only_within_one_account_and_region() {
+        let a = open_key("arn:aws:kms:eu-west-1:111122223333:key/a", "eu-west-1").await;
+        let same_account = open_key("arn:aws:kms:eu-west-1:111122223333:key/c", "eu-west-1").await;
+        let other_account = open_key("arn:aws:kms:eu-west-1:444455556666:key/b", "eu-west-1").await;
+        let alias = open_key("alias/shards", "eu-west-1").await;
+        let other_region = open_key("alias/shards", "us-east-1").await;
+        assert!(reencrypt_reaches(&a, &same_account));
+        assert!(!reencrypt_reaches(&a, &other_account));
+        assert!(reencrypt_reaches(&a, &alias));
+        assert!(!reencrypt_reaches(&alias, &other_region));
+    }
 
     fn fatal(code: &str) -> Option<BackendError> {
         match classify_code(code) {

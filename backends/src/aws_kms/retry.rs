@@ -58,7 +58,8 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, Attempt<E>>>,
     {
         let start = Instant::now();
-        let deadline = start + self.budget;
+        // The request's own deadline, when shorter, wins (see `crate::deadline`).
+        let deadline = start + crate::deadline::clamp(self.budget);
         let mut last = String::from("no attempt made");
         for attempt in 1..=self.max_attempts.max(1) {
             let now = Instant::now();

@@ -30,7 +30,7 @@ pub mod session;
 pub use context::shared_context;
 pub use provision::{init_key, rotate_key, version_label};
 
-use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, WrappedKey};
+use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, Stat, WrappedKey};
 use async_trait::async_trait;
 use context::{ck_name, find_slot, login, login_error, rv, Global};
 use cryptoki::error::{Error as CkError, RvError};
@@ -38,7 +38,7 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use deadpool::managed::{Object, Pool, PoolError, TimeoutType};
+use deadpool::managed::{Object, Pool, PoolError, TimeoutType, Timeouts};
 use pool::{BusyGuard, PooledSession, SessionManager, Stats};
 use serde::{Deserialize, Serialize};
 use session::{open, seal, OpenError, SealError, IV_LEN, TAG_LEN};
@@ -112,6 +112,15 @@ pub struct Pkcs11Config {
     /// Who generates the GCM IV: `host` (default) or `hsm` (CloudHSM).
     #[serde(default)]
     pub iv: IvMode,
+    /// How often a running backend re-reads the token's KEK versions, so that a version
+    /// added by `keys rotate` starts wrapping without a restart (one `C_FindObjects` pass per
+    /// interval, never per request). 0 turns it off.
+    #[serde(default = "default_key_refresh_interval_ms")]
+    pub key_refresh_interval_ms: u64,
+}
+
+fn default_key_refresh_interval_ms() -> u64 {
+    60_000
 }
 
 impl Pkcs11Config {
@@ -127,6 +136,7 @@ impl Pkcs11Config {
             pool_size: default_pool_size(),
             checkout_timeout_ms: default_checkout_timeout_ms(),
             iv: IvMode::Host,
+            key_refresh_interval_ms: default_key_refresh_interval_ms(),
         }
     }
 
@@ -499,9 +509,9 @@ impl Pkcs11Backend {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| BackendError::Internal(format!("cannot build the session pool: {e}")))?;
-        Ok(Self {
-            inner: Arc::new(Inner { core, pool }),
-        })
+        let inner = Arc::new(Inner { core, pool });
+        spawn_key_refresh(&inner, cfg.key_refresh_interval_ms);
+        Ok(Self { inner })
     }
 
     /// Pool gauges and counters.
@@ -685,9 +695,56 @@ fn unwrap_on(
     }
 }
 
+/// Re-read the KEK versions every `every_ms` while the backend lives (a weak reference: the
+/// task ends with the backend). Needs a tokio runtime; without one (a CLI tool opening the
+/// backend outside a runtime) there is nothing to keep fresh.
+fn spawn_key_refresh(inner: &Arc<Inner>, every_ms: u64) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if every_ms == 0 {
+        return;
+    }
+    let weak = Arc::downgrade(inner);
+    let every = Duration::from_millis(every_ms);
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            let name = inner.core.name.clone();
+            let before = inner.core.keks().handles.len();
+            match tokio::task::spawn_blocking(move || {
+                let out = inner.refresh();
+                (out, inner.core.keks().handles.len())
+            })
+            .await
+            {
+                Ok((Ok(()), after)) if after != before => {
+                    tracing::info!(backend = %name, versions = after, "pkcs11: KEK versions changed");
+                }
+                Ok((Ok(()), _)) => {}
+                Ok((Err(e), _)) => {
+                    tracing::warn!(backend = %name, error = %e, "pkcs11: KEK refresh failed");
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
+
 impl Inner {
     async fn checkout(&self) -> Result<Object<SessionManager>, OpError> {
-        match self.pool.get().await {
+        let configured = Duration::from_millis(self.core.cfg.checkout_timeout_ms);
+        // Never wait for a session past the request's own deadline.
+        let timeouts = Timeouts {
+            wait: Some(crate::deadline::clamp(configured)),
+            create: Some(configured),
+            recycle: Some(configured),
+        };
+        match self.pool.timeout_get(&timeouts).await {
             Ok(o) => Ok(o),
             Err(PoolError::Timeout(TimeoutType::Wait)) => Err(OpError::Final(
                 BackendError::Unavailable("pool exhausted".into()),
@@ -876,6 +933,25 @@ impl Inner {
 impl KeyBackend for Pkcs11Backend {
     fn name(&self) -> &str {
         &self.inner.core.name
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        let p = self.pool_status();
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        vec![
+            Stat::new("pool_size", n(p.size)),
+            Stat::new("pool_open", n(p.open)),
+            Stat::new("pool_in_use", n(p.in_use)),
+            Stat::new("pool_waiting", n(p.waiting)),
+            Stat::new("pool_peak_busy", n(p.peak_busy)),
+            Stat::new("pool_recoveries_total", p.recoveries),
+            Stat::new("pool_session_overlaps_total", p.session_overlaps),
+            Stat::new("find_objects_calls_total", p.find_calls),
+        ]
     }
 
     fn kind(&self) -> &'static str {

@@ -38,6 +38,9 @@ pub struct BackendReadiness {
     pub usable: bool,
     /// Secret-free detail.
     pub detail: String,
+    /// Gauges and counters (pool occupancy and recoveries, cache hits, KMS calls, CloudHSM
+    /// cluster), the same numbers `/metrics` exposes.
+    pub stats: BTreeMap<String, u64>,
 }
 
 /// Readiness answer.
@@ -95,6 +98,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
                 kind: b.kind().into(),
                 usable: h.usable,
                 detail: h.detail,
+                stats: b
+                    .stats()
+                    .into_iter()
+                    .map(|s| (s.name.to_string(), s.value))
+                    .collect(),
             },
         );
     }

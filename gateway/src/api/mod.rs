@@ -189,7 +189,13 @@ pub async fn deadline(
     next: Next,
 ) -> Response {
     let limit = Duration::from_millis(state.timeouts.request_ms);
-    match tokio::time::timeout(limit, next.run(req)).await {
+    // Backends see a deadline a little earlier than the request's, so a backend that runs
+    // out of time answers a typed error the handler can still audit and map, instead of
+    // the whole request being cut off below.
+    let reserve = (limit / 10).min(Duration::from_millis(100));
+    let backend_deadline = std::time::Instant::now() + limit.saturating_sub(reserve);
+    let run = shardgate_backends::deadline::scope(backend_deadline, next.run(req));
+    match tokio::time::timeout(limit, run).await {
         Ok(resp) => resp,
         Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "the request deadline passed")
             .into_response(),
