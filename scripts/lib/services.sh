@@ -42,11 +42,13 @@ sg_moto_try_python() {
     exe=$("$py" -c 'import sys; print(sys.executable)' 2>/dev/null) || return 1
     [ -n "$exe" ] || return 1
     SG_MOTO_CMD=("$exe" -m moto.server)
+    SG_MOTO_PYTHON=$exe
     SG_MOTO_VERSION=$("$exe" -c 'import moto; print(moto.__version__)' 2>/dev/null || echo unknown)
 }
 
 sg_moto_find() {
     SG_MOTO_CMD=()
+    SG_MOTO_PYTHON=
     SG_MOTO_VERSION=unknown
     sg_moto_try_python python3 && return 0
     sg_moto_try_python "$SG_MOTO_VENV/bin/python" && return 0
@@ -90,6 +92,29 @@ sg_ensure_moto() {
         return 1
     fi
     sg_log "moto: ${SG_MOTO_CMD[*]} (moto $SG_MOTO_VERSION)"
+    sg_check_recovery_python || true
+}
+
+# The KMS recovery test (gateway/tests/kms_recovery.rs) runs recover_kms_shard.py with python3
+# (or $SHARDGATE_TEST_PYTHON): it needs boto3 and cryptography, which moto[server] brings into
+# the interpreter that runs moto. Exports SHARDGATE_TEST_PYTHON when that interpreter is not
+# the python3 on PATH. Missing: sg_missing (exit in strict mode); moto itself stays usable.
+sg_check_recovery_python() {
+    local check='import boto3, cryptography'
+    if [ -n "${SHARDGATE_TEST_PYTHON:-}" ]; then
+        "$SHARDGATE_TEST_PYTHON" -c "$check" >/dev/null 2>&1 && return 0
+        sg_missing "SHARDGATE_TEST_PYTHON=$SHARDGATE_TEST_PYTHON cannot import boto3 and cryptography (needed by the KMS recovery test)."
+        return 1
+    fi
+    if python3 -c "$check" >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ -n "${SG_MOTO_PYTHON:-}" ] && "$SG_MOTO_PYTHON" -c "$check" >/dev/null 2>&1; then
+        export SHARDGATE_TEST_PYTHON="$SG_MOTO_PYTHON"
+        sg_log "KMS recovery test: python3 lacks boto3/cryptography; using moto's $SG_MOTO_PYTHON"
+        return 0
+    fi
+    sg_missing "python3 cannot import boto3 and cryptography (moto[server] brings both; needed by the KMS recovery test)."
 }
 
 # $1: log file. Starts moto on a free loopback port; sets SG_MOTO_PID and SG_MOTO_PORT.

@@ -3,9 +3,10 @@
 //! or drop the connection. Requests are counted per `X-Amz-Target`
 //! (e.g. `TrentService.Decrypt`), faulted ones included.
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+// `hyper::body::Bytes` is `bytes::Bytes`, re-exported: the gateway's tests include this file
+// too (`#[path]`), and the gateway crate does not depend on `bytes` directly.
+use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;

@@ -246,7 +246,26 @@ pub async fn put_shard(
         }
         let version = latest + 1;
         let id = ShardIdentity::new(&account, &shard, version.unsigned_abs());
-        let sealed = envelope::seal(backend.as_ref(), &id, &plaintext).await?;
+        let sealed = match envelope::seal(backend.as_ref(), &id, &plaintext).await {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                // The backend refused or failed before anything was written: still a request
+                // that touched a shard, so it is audited. Best effort: the caller gets the
+                // backend's error either way, and nothing was stored.
+                let err = ApiError::from(e);
+                let mut event = ctx.event("shard.put").account(&account).shard(&shard);
+                event.outcome = err.code.as_str().to_string();
+                event.version = Some(version);
+                event.backend = Some(placement.backend.clone());
+                if let Err(audit_err) = state.audit.record(event).await {
+                    tracing::warn!(
+                        code = audit_err.code.as_str(),
+                        "the audit event of a failed shard.put was not recorded"
+                    );
+                }
+                return Err(err);
+            }
+        };
         let row = ShardVersionRow {
             account: account.clone(),
             shard: shard.clone(),
