@@ -3,11 +3,14 @@
 //!
 //! Environment keys map onto the file's keys with `__` between levels:
 //! `SHARDGATE_LISTEN`, `SHARDGATE_STORE__URL`, `SHARDGATE_LIMITS__MAX_SHARD_BYTES`, ...
+//! Lists take a whole TOML array:
+//! `SHARDGATE_POLICY__PINS='[{account="acct-9", backend="hsm"}]'`.
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use shardgate_policy::{Pin, Policy, PolicyBuilder, PolicyError, Rollout};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +38,9 @@ pub struct Config {
     /// Tier name -> backend instance name.
     #[serde(default)]
     pub tiers: BTreeMap<String, String>,
+    /// Per-account pins and percentage rollouts, on top of `tiers`.
+    #[serde(default, skip_serializing_if = "PolicyConfig::is_empty")]
+    pub policy: PolicyConfig,
     /// API tokens (hashes only).
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -58,6 +64,38 @@ fn default_listen() -> SocketAddr {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+/// `[policy]`: the rules that override `[tiers]` for some accounts (see `shardgate-policy`
+/// for their precedence, the rollout hash and the validation).
+///
+/// ```toml
+/// [[policy.pins]]
+/// account = "acct-9"
+/// backend = "hsm"
+///
+/// [[policy.rollouts]]
+/// name = "kms-pilot"
+/// tier = "retail"
+/// backend = "kms-new"
+/// percent = 5.0
+/// ```
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Account -> backend, whatever the account's tier.
+    #[serde(default)]
+    pub pins: Vec<Pin>,
+    /// Percentages of a tier on another backend; earlier entries win overlaps.
+    #[serde(default)]
+    pub rollouts: Vec<Rollout>,
+}
+
+impl PolicyConfig {
+    /// No pins and no rollouts: `[tiers]` alone decides.
+    pub fn is_empty(&self) -> bool {
+        self.pins.is_empty() && self.rollouts.is_empty()
+    }
 }
 
 /// Database settings.
@@ -333,6 +371,7 @@ impl Config {
             },
             backends,
             tiers,
+            policy: PolicyConfig::default(),
             tokens: Vec::new(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -404,6 +443,25 @@ impl Config {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit.key"))
+    }
+
+    /// Names of the configured backend instances.
+    pub fn backend_names(&self) -> BTreeSet<String> {
+        self.backends.keys().cloned().collect()
+    }
+
+    /// Tiers, pins and rollouts, not yet validated ([`PolicyBuilder::check`] lists every
+    /// problem; [`Config::policy`] builds).
+    pub fn policy_builder(&self) -> PolicyBuilder {
+        Policy::builder(self.tiers.clone())
+            .pins(self.policy.pins.iter().cloned())
+            .rollouts(self.policy.rollouts.iter().cloned())
+    }
+
+    /// The validated policy over the configured backend names. No backend is opened: this
+    /// is what `shardgate policy check` and `policy explain` use without touching an HSM.
+    pub fn policy(&self) -> Result<Policy, PolicyError> {
+        self.policy_builder().build(&self.backend_names())
     }
 
     /// Structural checks that need no I/O.
@@ -604,5 +662,111 @@ scopes = ["*"]
         assert!(err
             .to_string()
             .contains("never starts without authentication"));
+    }
+
+    const POLICY_FILE: &str = r#"
+[backends.local]
+kind = "local"
+key_file = "k"
+[backends.kms-new]
+kind = "aws-kms"
+key_id = "alias/new"
+region = "eu-west-1"
+[tiers]
+retail = "local"
+institutional = "local"
+[[policy.pins]]
+account = "acct-9"
+backend = "kms-new"
+[[policy.rollouts]]
+name = "kms-pilot"
+tier = "retail"
+backend = "kms-new"
+percent = 5
+[[tokens]]
+name = "a"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+scopes = ["*"]
+"#;
+
+    fn load_file(text: &str, env: Env) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, text).unwrap();
+        Config::load_with_env(
+            &Sources {
+                file: Some(f),
+                ..Sources::default()
+            },
+            env,
+        )
+    }
+
+    #[test]
+    fn pins_and_rollouts_parse_and_build_a_policy() {
+        let cfg = load_file(POLICY_FILE, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert_eq!(cfg.policy.pins.len(), 1);
+        // An integer percent is accepted as well as `5.0`.
+        assert_eq!(cfg.policy.rollouts[0].percent, 5.0);
+        let policy = cfg.policy().unwrap();
+        let pinned = policy.place("acct-9", "institutional").unwrap();
+        assert_eq!(pinned.backend, "kms-new");
+        assert_eq!(pinned.rule, "pin acct-9 -> kms-new");
+        assert_eq!(policy.rollout_count(), 1);
+        // What the tests write with `toml::to_string` reads back the same.
+        let again: Config = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again.policy.rollouts, cfg.policy.rollouts);
+        assert_eq!(again.policy.pins, cfg.policy.pins);
+    }
+
+    #[test]
+    fn policy_rules_come_from_the_environment_too() {
+        std::env::set_var(
+            "SGPOLTEST_POLICY__ROLLOUTS",
+            r#"[{name="env-pilot", tier="retail", backend="kms-new", percent=12.5}]"#,
+        );
+        std::env::set_var(
+            "SGPOLTEST_POLICY__PINS",
+            r#"[{account="acct-Env", backend="kms-new"}]"#,
+        );
+        let cfg = load_file(POLICY_FILE, Env::prefixed("SGPOLTEST_")).unwrap();
+        assert_eq!(cfg.policy.rollouts.len(), 1);
+        assert_eq!(cfg.policy.rollouts[0].name, "env-pilot");
+        assert_eq!(cfg.policy.rollouts[0].percent, 12.5);
+        // Account ids keep their case (figment lowercases keys, not values).
+        assert_eq!(cfg.policy.pins[0].account, "acct-Env");
+        assert!(cfg.policy().is_ok());
+        // Over the embedded default as well.
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGPOLTEST_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.policy.pins[0].account, "acct-Env");
+        // ... where kms-new is not configured, which the policy refuses.
+        assert!(matches!(
+            cfg.policy(),
+            Err(PolicyError::PinUnknownBackend { .. })
+        ));
+    }
+
+    #[test]
+    fn policy_section_typos_are_rejected() {
+        let text = POLICY_FILE.replace("percent = 5", "precent = 5");
+        let err = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap_err();
+        assert!(err.to_string().contains("precent"), "{err}");
+        let text = POLICY_FILE.replace("[[policy.pins]]", "[[policy.pin]]");
+        assert!(load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
+    }
+
+    #[test]
+    fn config_without_policy_section_serializes_without_one() {
+        let cfg = Config::embedded(Path::new("/tmp/x"));
+        assert!(cfg.policy.is_empty());
+        assert!(!toml::to_string(&cfg).unwrap().contains("policy"));
+        assert!(cfg.policy().is_ok());
     }
 }

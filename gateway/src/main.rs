@@ -73,6 +73,33 @@ enum Command {
         #[command(subcommand)]
         command: HsmCommand,
     },
+    /// The tier policy: tiers, per-account pins and percentage rollouts.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print every rule considered for an account, and which one picks its backend.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Account id (exact bytes).
+        #[arg(long)]
+        account: String,
+        /// The tier to place the account in. Without it, the account's tier is read from
+        /// the configured store, and an account that does not exist is an error.
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// Validate a configuration (every key, and the policy's rules against its backends)
+    /// without opening a backend or the store. Exits non-zero on any error.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -204,6 +231,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    config,
+                    account,
+                    tier,
+                },
+        } => policy_explain(&config.sources(None), &account, tier).await,
+        Command::Policy {
+            command: PolicyCommand::Check { config },
+        } => Ok(policy_check(&config)),
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => {
@@ -361,4 +399,103 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `policy explain`: the rules for one account, from the config (and, without `--tier`, the
+/// account's tier from the store).
+async fn policy_explain(
+    sources: &Sources,
+    account: &str,
+    tier: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    if !shardgate_policy::is_valid_id(account) {
+        anyhow::bail!("account id must match [A-Za-z0-9._:-]{{1,128}} and not be '.' or '..'");
+    }
+    let cfg = Config::load(sources)?;
+    let policy = cfg.policy().map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+    let tier = match tier {
+        Some(t) => t,
+        None => {
+            let url = cfg.store_url();
+            // Connecting to SQLite creates a missing file: a mistyped data dir must not leave
+            // an empty database behind, and it certainly holds no account.
+            if let Some(path) = sqlite_file(&url) {
+                if !path.exists() {
+                    anyhow::bail!(
+                        "account {account:?} does not exist: there is no database at {} (pass --tier to explain a placement anyway)",
+                        path.display()
+                    );
+                }
+            }
+            let store = shardgate_store::connect(&url, 1).await?;
+            match store.get_account(account).await? {
+                Some(record) => record.tier,
+                None => anyhow::bail!(
+                    "account {account:?} does not exist in the {} store (pass --tier to explain a placement anyway)",
+                    store.kind()
+                ),
+            }
+        }
+    };
+    let explanation = policy
+        .explain(account, &tier)
+        .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+    println!("{explanation}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The file of a `sqlite:` URL, unless it is in memory.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory"))
+        .then(|| PathBuf::from(path))
+}
+
+/// `policy check`: every problem on stderr and exit 1, or a one-line summary and exit 0.
+fn policy_check(config: &ConfigArgs) -> ExitCode {
+    let what = config.config.as_ref().map_or_else(
+        || "the embedded default".to_string(),
+        |f| f.display().to_string(),
+    );
+    let cfg = match Config::load(&config.sources(None)) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("policy check failed: {what} is not a valid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    let backends = cfg.backend_names();
+    let builder = cfg.policy_builder();
+    let errors = builder.check(&backends);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: policy: {e}");
+        }
+        eprintln!("policy check failed: {} error(s) in {what}", errors.len());
+        return ExitCode::FAILURE;
+    }
+    let policy = match builder.build(&backends) {
+        Ok(p) => p,
+        // `check` found nothing, so this does not happen; report it rather than panic.
+        Err(e) => {
+            eprintln!("error: policy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in policy.warnings() {
+        eprintln!("warning: policy: {w}");
+    }
+    println!(
+        "ok: {what}: {} backend(s), {} tier(s), {} pin(s), {} rollout(s), {} warning(s)",
+        backends.len(),
+        policy.tiers().count(),
+        policy.pin_count(),
+        policy.rollout_count(),
+        policy.warnings().len()
+    );
+    ExitCode::SUCCESS
 }

@@ -9,7 +9,7 @@ use shardgate_backends::local::LocalBackend;
 use shardgate_backends::KeyBackend;
 use shardgate_policy::Policy;
 use shardgate_store::Store;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     /// Backend instances by name.
     pub backends: BTreeMap<String, Arc<dyn KeyBackend>>,
-    /// Tier rules.
+    /// Tier, pin and rollout rules.
     pub policy: Policy,
     /// Token verification.
     pub auth: Authenticator,
@@ -209,9 +209,13 @@ impl AppState {
         if cfg.admin_token_file.is_some() || cfg.store.url.is_none() {
             ensure_private_dir(Some(&cfg.data_dir))?;
         }
+        // Rules are checked against the configured backend names before any backend is
+        // opened: a typo in a rule fails fast, before an HSM login or a KMS call.
+        let policy: Policy = cfg.policy()?;
+        for w in policy.warnings() {
+            tracing::warn!("policy: {w}");
+        }
         let backends = open_backends(cfg).await?;
-        let names: BTreeSet<String> = backends.keys().cloned().collect();
-        let policy = Policy::new(cfg.tiers.clone(), &names)?;
         let auth = tokens(cfg, &mut startup)?;
         let key = Arc::new(audit_key(cfg)?);
         let store = shardgate_store::connect(&cfg.store_url(), cfg.store.max_connections).await?;

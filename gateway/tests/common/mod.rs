@@ -167,6 +167,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         },
         backends,
         tiers,
+        policy: shardgate::config::PolicyConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),
