@@ -16,8 +16,14 @@
 //! Error texts carry SQLSTATE/result codes, database messages and ids, never row data.
 //! A commit that fails with `Unavailable` may or may not have been applied.
 
+pub mod migration;
 pub mod postgres;
 pub mod sqlite;
+
+pub use migration::{
+    job_state, ClaimedItem, CommitResult, ItemOutcome, MigrationFailure, MigrationJob,
+    MigrationSelector, Transition,
+};
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -261,6 +267,75 @@ pub trait Store: Send + Sync + 'static {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError>;
+
+    // ----- tier-migration jobs (see `migration`) -----
+
+    /// Create a `running` job and snapshot every shard version matching `selector` as one
+    /// pending item each (`total`), with its audit event, in one transaction.
+    async fn create_migration_job(
+        &self,
+        id: &str,
+        selector: &MigrationSelector,
+        now_ms: i64,
+        created_by: &str,
+        audit: &AuditRecord,
+    ) -> Result<MigrationJob, StoreError>;
+
+    /// One job.
+    async fn get_migration_job(&self, id: &str) -> Result<Option<MigrationJob>, StoreError>;
+
+    /// Jobs in any of `states` (e.g. the live ones, to resume at start-up), oldest first.
+    async fn list_migration_jobs(&self, states: &[&str]) -> Result<Vec<MigrationJob>, StoreError>;
+
+    /// Move the job from one of `from` to `to`, with its audit event, in one transaction.
+    async fn set_migration_job_state(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<Transition, StoreError>;
+
+    /// Claim up to `limit` pending items of a `running` job for `worker` until
+    /// `now_ms + lease_ms`: items nobody holds, or whose lease expired. Items whose shard
+    /// version no longer exists are settled as skipped instead of returned. Empty when the
+    /// job is not running or nothing is claimable.
+    async fn claim_migration_items(
+        &self,
+        job_id: &str,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedItem>, StoreError>;
+
+    /// Settle one item this worker claimed, in one transaction with its audit event:
+    /// `Moved` replaces the version's backend, key ref, key version and wrapped DEK only if
+    /// the wrapped DEK is still `old_wrapped_dek` (else `RowChanged`, counted as skipped);
+    /// `Skipped` / `Failed` record the item (a failure also sets the job's `last_error`).
+    /// `NotClaimed` (nothing changes) when the item is settled, held by another worker, or
+    /// the job is not running.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_migration_item(
+        &self,
+        job_id: &str,
+        worker: &str,
+        account: &str,
+        shard: &str,
+        version: i64,
+        old_wrapped_dek: &[u8],
+        outcome: &ItemOutcome,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<CommitResult, StoreError>;
+
+    /// Failed items of a job, in (account, shard, version) order, at most `limit`.
+    async fn migration_failures(
+        &self,
+        job_id: &str,
+        limit: i64,
+    ) -> Result<Vec<MigrationFailure>, StoreError>;
 }
 
 /// Open the store a URL names (`postgres://…` or `sqlite://…`), without migrating.
