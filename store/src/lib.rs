@@ -234,6 +234,13 @@ pub trait Store: Send + Sync + 'static {
         version: Option<i64>,
     ) -> Result<Option<ShardVersionRow>, StoreError>;
 
+    /// Many versions in ONE query (batch reads): one answer per `(account, shard, version)`
+    /// in order, `None` where no such version exists (`version: None` = latest).
+    async fn get_shard_versions(
+        &self,
+        items: &[(String, String, Option<i64>)],
+    ) -> Result<Vec<Option<ShardVersionRow>>, StoreError>;
+
     /// Delete every version of the shard with the audit event in one transaction;
     /// `ShardNotFound` if it had none.
     async fn delete_shard(

@@ -35,6 +35,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// pooled connection may itself be waiting for the write lock.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Items per statement of a batch read.
+const BATCH_CHUNK: usize = 1000;
+
 const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, \
      key_version, wrapped_dek, nonce, ciphertext, created_at, created_by";
 
@@ -525,6 +528,57 @@ impl Store for SqliteStore {
             .map(shard_from_row)
             .transpose()
             .map_err(map_err)
+    }
+
+    async fn get_shard_versions(
+        &self,
+        items: &[(String, String, Option<i64>)],
+    ) -> Result<Vec<Option<ShardVersionRow>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for the whole batch: the requested keys as a VALUES list, each
+        // joined to its exact version or, without one, to the shard's latest.
+        let mut out = vec![None; items.len()];
+        // Bounded statements: far below both databases' bind-parameter limits.
+        for (chunk_no, chunk) in items.chunks(BATCH_CHUNK).enumerate() {
+            let base = chunk_no * BATCH_CHUNK;
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 4;
+                    format!("(?{}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3, b + 4)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "WITH q (idx, account, shard, version) AS (VALUES {values}) \
+             SELECT q.idx AS idx, {cols} FROM q JOIN shard_versions s \
+               ON s.account = q.account AND s.shard = q.shard AND s.version = COALESCE(q.version, \
+                  (SELECT MAX(m.version) FROM shard_versions m \
+                   WHERE m.account = q.account AND m.shard = q.shard))",
+                cols = SHARD_COLUMNS
+                    .split(',')
+                    .map(|c| format!("s.{}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (i, (account, shard, version)) in chunk.iter().enumerate() {
+                query = query
+                    .bind(i64::try_from(base + i).unwrap_or(i64::MAX))
+                    .bind(account)
+                    .bind(shard)
+                    .bind(*version);
+            }
+            let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
+            for r in &rows {
+                let idx: i64 = r.try_get("idx").map_err(map_err)?;
+                if let Some(slot) = usize::try_from(idx).ok().and_then(|i| out.get_mut(i)) {
+                    *slot = Some(shard_from_row(r).map_err(map_err)?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn delete_shard(

@@ -48,6 +48,7 @@ conformance!(
     account_put_get_update_returns_previous_tier,
     account_ids_are_case_sensitive,
     insert_v1_v2_and_get_latest_and_by_version,
+    get_shard_versions_answers_every_item_in_order,
     insert_conflict_on_same_version,
     insert_conflict_on_wrong_version,
     insert_account_not_found,
@@ -224,6 +225,54 @@ async fn account_ids_are_case_sensitive(h: &Harness) {
     );
     assert!(s.get_account("acct-A").await.unwrap().is_some());
     assert_eq!(s.latest_version("acct-A", "s").await.unwrap(), Some(1));
+}
+
+async fn get_shard_versions_answers_every_item_in_order(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new("chain-many");
+    put(s, &audit, ACCT, "retail").await;
+    put(s, &audit, "acct-B", "retail").await;
+    insert(s, &audit, ACCT, "s1", 1, "local-1").await.unwrap();
+    insert(s, &audit, ACCT, "s1", 2, "kms-1").await.unwrap();
+    insert(s, &audit, ACCT, "s2", 1, "hsm-1").await.unwrap();
+    insert(s, &audit, "acct-B", "s1", 1, "local-2")
+        .await
+        .unwrap();
+    let key = |a: &str, sh: &str, v: Option<i64>| (a.to_string(), sh.to_string(), v);
+    let got = s
+        .get_shard_versions(&[
+            key(ACCT, "s1", None),
+            key("acct-B", "s1", None),
+            key(ACCT, "s1", Some(1)),
+            key(ACCT, "missing", None),
+            key(ACCT, "s2", Some(2)),
+            key(ACCT, "s2", None),
+            key(ACCT, "s1", None),
+            key("ACCT-B", "s1", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Some(shard_row(ACCT, "s1", 2, "kms-1")),
+            Some(shard_row("acct-B", "s1", 1, "local-2")),
+            Some(shard_row(ACCT, "s1", 1, "local-1")),
+            None,
+            None,
+            Some(shard_row(ACCT, "s2", 1, "hsm-1")),
+            Some(shard_row(ACCT, "s1", 2, "kms-1")),
+            None,
+        ]
+    );
+    assert_eq!(s.get_shard_versions(&[]).await.unwrap(), Vec::new());
+    // The largest batch the gateway allows by default fits in one statement.
+    let many: Vec<_> = (0..1000)
+        .map(|i| key(ACCT, if i % 2 == 0 { "s1" } else { "s2" }, None))
+        .collect();
+    let got = s.get_shard_versions(&many).await.unwrap();
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(Option::is_some));
 }
 
 async fn insert_v1_v2_and_get_latest_and_by_version(h: &Harness) {

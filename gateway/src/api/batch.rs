@@ -1,6 +1,6 @@
 //! `POST /v1/shards:batchGet`: many reads in one request, one result per item, in order.
 
-use super::shards::{load, row_backend, Opened};
+use super::shards::{row_backend, Opened};
 use super::{json, ApiJson, Ctx};
 use crate::auth::Scope;
 use crate::envelope;
@@ -78,22 +78,39 @@ pub async fn batch_get(
     // the whole batch), then the shard seals.
     let mut opened: Vec<Option<Result<Opened, ApiError>>> = Vec::with_capacity(body.items.len());
     let mut rows: Vec<Option<ShardVersionRow>> = Vec::with_capacity(body.items.len());
-    for item in &body.items {
+    let mut wanted = Vec::with_capacity(body.items.len());
+    let mut wanted_at = Vec::with_capacity(body.items.len());
+    for (i, item) in body.items.iter().enumerate() {
         let checked = ids::check("account", &item.account)
             .and_then(|_| ids::check("shard", &item.shard))
-            .and_then(|_| ctx.caller.require(Scope::ShardsRead, Some(&item.account)));
-        let row = match checked {
-            Ok(()) => load(&state, &item.account, &item.shard, item.version).await,
-            Err(e) => Err(e),
-        };
-        match row {
-            Ok(r) => {
+            .and_then(|_| ctx.caller.require(Scope::ShardsRead, Some(&item.account)))
+            .and_then(|_| match item.version {
+                Some(v) if v < 1 => Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "version must be 1 or more",
+                )),
+                _ => Ok(()),
+            });
+        rows.push(None);
+        match checked {
+            Ok(()) => {
                 opened.push(None);
-                rows.push(Some(r));
+                wanted.push((item.account.clone(), item.shard.clone(), item.version));
+                wanted_at.push(i);
             }
-            Err(e) => {
-                opened.push(Some(Err(e)));
-                rows.push(None);
+            Err(e) => opened.push(Some(Err(e))),
+        }
+    }
+    // Every row of the batch in ONE query; a miss then asks which part is missing.
+    let found = state.store.get_shard_versions(&wanted).await?;
+    for ((i, (account, shard, version)), row) in wanted_at.into_iter().zip(&wanted).zip(found) {
+        match row {
+            Some(r) => rows[i] = Some(r),
+            None => {
+                opened[i] = Some(Err(super::shards::not_found(
+                    &state, account, shard, *version,
+                )
+                .await))
             }
         }
     }

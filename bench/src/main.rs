@@ -1,0 +1,202 @@
+//! `shardgate-bench`: the baselines `scripts/bench.sh` measures next to the gateway, each a
+//! subcommand that prints one JSON object on stdout.
+//!
+//! ```text
+//! shardgate-bench kms-create-key --endpoint URL [--region R]
+//!     creates a symmetric KMS key, prints {"key_arn": "..."}
+//! shardgate-bench kms-decrypt --endpoint URL --key-id ARN [--region R] [--n N] [--seconds S]
+//!                             [--warmup W]
+//!     one GenerateDataKey with a shard-like EncryptionContext, then sequential Decrypt calls
+//!     of its blob (KeyId pinned, same context) on one client with the aws-kms backend's
+//!     client settings, N calls or for S seconds, whichever ends first: the bare cost of the
+//!     call the backend makes on a cache miss. Prints latency percentiles in ms.
+//! ```
+//! Credentials come from the standard provider chain (the script exports moto's dummies).
+
+use anyhow::{anyhow, bail, Context, Result};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeySpec;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// `--name value` pairs after the subcommand.
+struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse(rest: &[String]) -> Result<Self> {
+        let mut m = HashMap::new();
+        let mut it = rest.iter();
+        while let Some(k) = it.next() {
+            let Some(name) = k.strip_prefix("--") else {
+                bail!("unexpected argument {k:?}");
+            };
+            let v = it.next().ok_or_else(|| anyhow!("--{name} needs a value"))?;
+            m.insert(name.to_string(), v.clone());
+        }
+        Ok(Self(m))
+    }
+
+    fn req(&self, name: &str) -> Result<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow!("--{name} is required"))
+    }
+
+    fn opt(&self, name: &str, default: &str) -> String {
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn num(&self, name: &str, default: usize) -> Result<usize> {
+        match self.0.get(name) {
+            Some(v) => v.parse().with_context(|| format!("--{name} {v:?}")),
+            None => Ok(default),
+        }
+    }
+}
+
+async fn kms_client(a: &Args) -> Result<aws_sdk_kms::Client> {
+    // The aws-kms backend's client settings: SDK retries off, 2 s connect/attempt timeouts.
+    let timeout = std::time::Duration::from_millis(2000);
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(a.opt("region", "us-east-1")))
+        .endpoint_url(a.req("endpoint")?)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(timeout)
+                .operation_attempt_timeout(timeout)
+                .build(),
+        )
+        .load()
+        .await;
+    Ok(aws_sdk_kms::Client::new(&conf))
+}
+
+async fn kms_create_key(a: &Args) -> Result<()> {
+    let client = kms_client(a).await?;
+    let key = client
+        .create_key()
+        .description("shardgate bench")
+        .send()
+        .await
+        .context("CreateKey")?;
+    let arn = key
+        .key_metadata()
+        .and_then(|m| m.arn())
+        .ok_or_else(|| anyhow!("CreateKey answered no ARN"))?;
+    println!("{}", serde_json::json!({ "key_arn": arn }));
+    Ok(())
+}
+
+/// The value at quantile `q` (0..=1) of sorted samples, nearest rank.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn kms_decrypt(a: &Args) -> Result<()> {
+    let key_id = a.req("key-id")?.to_string();
+    let n = a.num("n", 500)?.max(1);
+    let seconds = a.num("seconds", 0)?;
+    let warmup = a.num("warmup", 50)?;
+    let client = kms_client(a).await?;
+    // Same shape as the backend's context (FORMAT.md): four short entries.
+    let ctx: HashMap<String, String> = [
+        ("shardgate:format", "1"),
+        ("shardgate:account", "bench-acct-000001"),
+        ("shardgate:shard", "s0"),
+        ("shardgate:version", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let dk = client
+        .generate_data_key()
+        .key_id(&key_id)
+        .key_spec(DataKeySpec::Aes256)
+        .set_encryption_context(Some(ctx.clone()))
+        .send()
+        .await
+        .context("GenerateDataKey")?;
+    let blob = dk
+        .ciphertext_blob()
+        .ok_or_else(|| anyhow!("GenerateDataKey answered no CiphertextBlob"))?
+        .as_ref()
+        .to_vec();
+    let mut samples = Vec::with_capacity(n);
+    let mut started: Option<Instant> = None;
+    for i in 0..warmup + n {
+        if i == warmup {
+            started = Some(Instant::now());
+        }
+        if seconds > 0 && started.is_some_and(|s| s.elapsed().as_secs() >= seconds as u64) {
+            break;
+        }
+        let t = Instant::now();
+        let out = client
+            .decrypt()
+            .key_id(&key_id)
+            .ciphertext_blob(Blob::new(blob.clone()))
+            .set_encryption_context(Some(ctx.clone()))
+            .send()
+            .await
+            .context("Decrypt")?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if out.plaintext().map(|p| p.as_ref().len()) != Some(32) {
+            bail!("Decrypt answered no 32-byte plaintext");
+        }
+        if i >= warmup {
+            samples.push(ms);
+        }
+    }
+    let n = samples.len().max(1);
+    let total: f64 = samples.iter().sum();
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "n": n,
+            "p50_ms": quantile(&samples, 0.50),
+            "p90_ms": quantile(&samples, 0.90),
+            "p99_ms": quantile(&samples, 0.99),
+            "mean_ms": total / n as f64,
+            "per_sec": n as f64 * 1e3 / total,
+        })
+    );
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = argv.split_first() else {
+        bail!("usage: shardgate-bench <kms-create-key|kms-decrypt> [--name value ...]");
+    };
+    let args = Args::parse(rest)?;
+    match cmd.as_str() {
+        "kms-create-key" => kms_create_key(&args).await,
+        "kms-decrypt" => kms_decrypt(&args).await,
+        other => bail!("unknown subcommand {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantile_is_nearest_rank() {
+        let s = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile(&s, 0.5), 2.0);
+        assert_eq!(quantile(&s, 0.99), 4.0);
+        assert_eq!(quantile(&s, 0.0), 1.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
+}

@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# The benchmark command of shardgate: builds the gateway in release mode, starts it on a
+# throw-away PostgreSQL database with one backend instance per kind (local; pkcs11 on a
+# SoftHSM2 token it creates; aws-kms on moto_server, data-key cache on and off), loads a fixed
+# data set through the HTTP API, drives GETs with wrk, runs the raw baselines, and writes
+# BENCHMARKS.md + BENCHMARKS.json at the repo root. Every figure is measured side by side in
+# the same run: on this shared machine absolute numbers drift, ratios much less.
+#
+#   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
+#                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
+#
+#   --accounts N      accounts per backend tier, one shard `s0` each (default 1000)
+#   --shard-bytes B   shard size in bytes (default 64)
+#   --duration S      seconds of each measured wrk run (default 10)
+#   --rounds R        measured rounds (each backend, batch, latency); figures are medians (default 3)
+#   --threads T / --connections C   wrk closed-loop settings (default 2 / 16)
+#   --out DIR         where BENCHMARKS.md/json go (default: the repo root)
+#   --keep-logs       keep the gateway/moto logs and raw results (kept anyway when a step fails)
+#
+# Environment:
+#   SHARDGATE_BENCH_TARGET  cargo target dir of the release build (default /tmp/sg-bench-target,
+#                           separate from the debug builds' target/ so neither blocks the other)
+#
+# Layout (issue 7 extends it): bench/ holds the helpers: wrk.lua (GET / batchGet driver),
+# load.py (data-set loader), report.py (writes the report from the raw results), and the
+# `shardgate-bench` crate (baselines without HTTP: bare KMS Decrypt, ...). Each measured run
+# leaves a directory results/runs/NAME/ with cmd, meta.json, wrk.out and /metrics scrapes
+# before, in the middle of and after the run; report.py only reads those.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+cd "$REPO_ROOT"
+
+# shellcheck source=scripts/lib/common.sh
+source "$SCRIPT_DIR/lib/common.sh"
+# shellcheck source=scripts/lib/services.sh
+source "$SCRIPT_DIR/lib/services.sh"
+
+ACCOUNTS=1000
+SHARD_BYTES=64
+DURATION=10
+ROUNDS=3
+THREADS=2
+CONNS=16
+BATCH=10
+WARMUP_SECS=2
+RAW_UNWRAPS=5000
+DECRYPT_N=100000
+OUT_DIR=$REPO_ROOT
+KEEP_LOGS=0
+TARGET=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+ORIG_ARGS=("$@")
+num() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || sg_die "$1 needs a positive integer, got '${2:-}'"; echo "$2"; }
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --accounts) ACCOUNTS=$(num "$1" "${2:-}"); shift 2 ;;
+        --shard-bytes) SHARD_BYTES=$(num "$1" "${2:-}"); shift 2 ;;
+        --duration) DURATION=$(num "$1" "${2:-}"); shift 2 ;;
+        --rounds) ROUNDS=$(num "$1" "${2:-}"); shift 2 ;;
+        --threads) THREADS=$(num "$1" "${2:-}"); shift 2 ;;
+        --connections) CONNS=$(num "$1" "${2:-}"); shift 2 ;;
+        --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
+        --keep-logs) KEEP_LOGS=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) sg_die "unknown argument: $1 (see scripts/bench.sh --help)" ;;
+    esac
+done
+[ "$ACCOUNTS" -le 999999 ] || sg_die "--accounts is at most 999999 (ids are PREFIX%06d)"
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+
+blog() { printf '[bench] %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Per-run state and cleanup (also on Ctrl-C / TERM). Background jobs of this non-interactive
+# script ignore SIGINT, so the trap is what stops them.
+# ---------------------------------------------------------------------------------------------
+WORK="" DB_NAME="" GW_PID="" SG_MOTO_PID="" MID_PID="" STATE_FILE="" OK=0
+STATE_DIR="${TMPDIR:-/tmp}/shardgate-bench-state-$(id -u)"
+
+# shellcheck disable=SC2317 # invoked by the traps
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM HUP
+    [ -n "$MID_PID" ] && { pkill -P "$MID_PID" 2>/dev/null; kill "$MID_PID" 2>/dev/null; }
+    [ -n "$GW_PID" ] && sg_stop_pid "$GW_PID"
+    [ -n "$SG_MOTO_PID" ] && sg_stop_pid "$SG_MOTO_PID"
+    [ -n "$DB_NAME" ] && sg_pg_drop_db_family "$DB_NAME"
+    [ -n "$STATE_FILE" ] && rm -f "$STATE_FILE"
+    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+        # The token, the HSM PIN and the keys live in $WORK/secrets: never kept.
+        rm -rf "$WORK/secrets" "$WORK/softhsm" "$WORK/data" "$WORK/tmp"
+        # Kept on a failure (to read why), removed on success and on Ctrl-C / TERM / HUP.
+        if [ "$KEEP_LOGS" != 1 ] && { [ "$OK" = 1 ] || [ "$rc" -ge 129 ]; }; then
+            rm -rf "$WORK"
+        else
+            blog "logs and raw results kept in: $WORK"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# A run killed with SIGKILL leaves its database and processes behind: sweep runs whose script
+# process is gone.
+sweep_stale_runs() {
+    mkdir -p "$STATE_DIR" && chmod 700 "$STATE_DIR"
+    local f pid moto gw
+    for f in "$STATE_DIR"/shardgate_bench_*; do
+        [ -f "$f" ] || continue
+        pid="" moto="" gw=""
+        read -r pid moto gw <"$f" || true
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then continue; fi
+        blog "cleaning up after a dead bench run: $(basename "$f")"
+        sg_pg_drop_db_family "$(basename "$f")"
+        for p in $moto $gw; do
+            if [ -r "/proc/$p/cmdline" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -Eq 'moto|shardgate'; then
+                sg_stop_pid "$p"
+            fi
+        done
+        rm -f "$f"
+    done
+}
+write_state() { [ -z "$STATE_FILE" ] || echo "$$ ${SG_MOTO_PID:-} ${GW_PID:-}" >"$STATE_FILE"; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sg-bench.XXXXXXXX")
+chmod 700 "$WORK"
+mkdir -p "$WORK/secrets" "$WORK/softhsm/tokens" "$WORK/data" "$WORK/tmp" "$WORK/logs" "$WORK/results/runs"
+LOG=$WORK/logs
+RES=$WORK/results
+
+# ---------------------------------------------------------------------------------------------
+# 1. Components and build
+# ---------------------------------------------------------------------------------------------
+sg_ensure_softhsm || sg_die "SoftHSM2 is required (apt-get install softhsm2)"
+sg_ensure_moto || sg_die "moto_server is required (pip install 'moto[server]>=5,<6')"
+sg_ensure_postgres || sg_die "PostgreSQL is required on $SG_PG_HOST:$SG_PG_PORT"
+if ! command -v wrk >/dev/null 2>&1; then
+    sg_apt_install wrk || true
+fi
+command -v wrk >/dev/null 2>&1 || sg_die "wrk is required (apt-get install wrk)"
+command -v curl >/dev/null 2>&1 || sg_apt_install curl || sg_die "curl is required"
+sweep_stale_runs
+
+blog "release build (CARGO_TARGET_DIR=$TARGET)"
+# Separate invocations: the example turns on the backends' test-only `fault-injection`
+# feature (a softhsm-tests dev-dependency), which must not reach the measured gateway binary.
+CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate
+CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-bench
+CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-softhsm-tests --example pool_vs_login
+BIN=$TARGET/release/shardgate
+BENCH_BIN=$TARGET/release/shardgate-bench
+POOL_VS_LOGIN=$TARGET/release/examples/pool_vs_login
+
+# The gateway reads SHARDGATE_* as config overrides: run it with none of ours. (An array,
+# not a function: a backgrounded function is a subshell, and $! would not be the gateway.)
+GW_ENV=(env)
+for v in $(compgen -e); do
+    case "$v" in SHARDGATE_*) GW_ENV+=(-u "$v") ;; esac
+done
+
+# ---------------------------------------------------------------------------------------------
+# 2. PostgreSQL database, moto + KMS key, SoftHSM2 token
+# ---------------------------------------------------------------------------------------------
+DB_NAME="shardgate_bench_$(sg_rand_hex)"
+STATE_FILE="$STATE_DIR/$DB_NAME"
+write_state
+sg_pg_create_db "$DB_NAME" || sg_die "could not create database $DB_NAME"
+PG_URL="postgres://postgres@$SG_PG_HOST:$SG_PG_PORT/$DB_NAME"
+
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
+unset AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_PROFILE AWS_ENDPOINT_URL
+sg_start_moto "$LOG/moto_server.log" || sg_die "moto_server did not start (log: $LOG/moto_server.log)"
+write_state
+MOTO_URL="http://127.0.0.1:$SG_MOTO_PORT"
+KMS_KEY_ARN=$("$BENCH_BIN" kms-create-key --endpoint "$MOTO_URL" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key_arn"])')
+blog "KMS key on moto: $KMS_KEY_ARN"
+
+HSM_LABEL=sg-bench
+HSM_PIN=$(sg_rand_hex)$(sg_rand_hex)
+HSM_SO_PIN=$(sg_rand_hex)$(sg_rand_hex)
+export SOFTHSM2_CONF=$WORK/softhsm/softhsm2.conf
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' \
+    "$WORK/softhsm/tokens" >"$SOFTHSM2_CONF"
+softhsm2-util --init-token --free --label "$HSM_LABEL" --so-pin "$HSM_SO_PIN" --pin "$HSM_PIN" >"$LOG/softhsm-init.log"
+(umask 077 && printf '%s\n' "$HSM_PIN" >"$WORK/secrets/hsm.pin")
+
+# ---------------------------------------------------------------------------------------------
+# 3. Config (one tier per backend instance), admin token, KEK, gateway
+# ---------------------------------------------------------------------------------------------
+TOKEN="sgt_bench_$(sg_rand_hex)$(sg_rand_hex)$(sg_rand_hex)$(sg_rand_hex)"
+TOKEN_SHA=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
+(umask 077 && printf 'Authorization: Bearer %s\n' "$TOKEN" >"$WORK/secrets/auth.header")
+CFG=$WORK/shardgate.toml
+BACKENDS=(local hsm kms kms-nocache)
+cat >"$CFG" <<EOF
+# Written by scripts/bench.sh
+listen = "127.0.0.1:0"
+data_dir = "$WORK/data"
+
+[store]
+url = "$PG_URL"
+max_connections = 16
+
+[backends.local]
+kind = "local"
+key_file = "$WORK/data/local.keyring"
+create = true
+
+[backends.hsm]
+kind = "pkcs11"
+module = "$SG_SOFTHSM_MODULE"
+token_label = "$HSM_LABEL"
+pin_file = "$WORK/secrets/hsm.pin"
+kek_label = "shardgate-kek"
+pool_size = 8
+
+[backends.kms]
+kind = "aws-kms"
+key_id = "$KMS_KEY_ARN"
+region = "us-east-1"
+endpoint_url = "$MOTO_URL"
+[backends.kms.cache]
+enabled = true
+max_entries = 10000
+max_age_ms = 300000
+max_uses = 100000
+
+[backends.kms-nocache]
+kind = "aws-kms"
+key_id = "$KMS_KEY_ARN"
+region = "us-east-1"
+endpoint_url = "$MOTO_URL"
+[backends.kms-nocache.cache]
+enabled = false
+
+[tiers]
+bench-local = "local"
+bench-hsm = "hsm"
+bench-kms = "kms"
+bench-kms-nocache = "kms-nocache"
+
+[[tokens]]
+name = "bench-admin"
+sha256 = "$TOKEN_SHA"
+scopes = ["*"]
+
+[limits]
+batch_max_items = 100
+
+[audit]
+key_file = "$WORK/data/audit.key"
+create_key = true
+EOF
+
+blog "provisioning the HSM KEK"
+"${GW_ENV[@]}" "$BIN" hsm init-key --backend hsm --config "$CFG" >"$LOG/init-key.log" 2>&1 ||
+    { cat "$LOG/init-key.log" >&2; sg_die "shardgate hsm init-key failed"; }
+
+"${GW_ENV[@]}" RUST_LOG=warn "$BIN" serve --config "$CFG" >"$LOG/gateway.stdout" 2>"$LOG/gateway.stderr" </dev/null &
+GW_PID=$!
+write_state
+BASE=""
+for _ in $(seq 1 120); do
+    BASE=$(sed -n 's/^shardgate listening on //p' "$LOG/gateway.stdout" | head -n1)
+    [ -n "$BASE" ] && break
+    kill -0 "$GW_PID" 2>/dev/null || break
+    sleep 0.25
+done
+if [ -z "$BASE" ]; then
+    tail -n 30 "$LOG/gateway.stderr" >&2 || true
+    sg_die "the gateway did not start (logs: $LOG)"
+fi
+blog "gateway (pid $GW_PID) on $BASE"
+curl -sf -o "$RES/readyz.json" "$BASE/readyz" || sg_die "gateway not ready: $(cat "$RES/readyz.json" 2>/dev/null)"
+
+scrape_metrics() { curl -s -m 5 -H @"$WORK/secrets/auth.header" "$BASE/metrics" >"$1" 2>/dev/null || true; }
+CLK_TCK=$(getconf CLK_TCK)
+gw_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$GW_PID/stat" 2>/dev/null || echo 0; }
+
+# ---------------------------------------------------------------------------------------------
+# 4. Data set
+# ---------------------------------------------------------------------------------------------
+prefix_of() { echo "$1-"; } # backend instance name -> account id prefix of its data set
+load_sets=()
+for b in "${BACKENDS[@]}"; do load_sets+=("bench-$b=$(prefix_of "$b")"); done
+LOAD_CMD="SG_TOKEN=\$TOKEN python3 bench/load.py --base $BASE --accounts $ACCOUNTS --shard-bytes $SHARD_BYTES ${load_sets[*]}"
+blog "loading $ACCOUNTS accounts x 1 shard of $SHARD_BYTES B per backend tier"
+echo "$LOAD_CMD" >"$RES/load.cmd"
+SG_TOKEN=$TOKEN python3 bench/load.py --base "$BASE" --accounts "$ACCOUNTS" \
+    --shard-bytes "$SHARD_BYTES" "${load_sets[@]}" | tee "$RES/load.jsonl" >&2 ||
+    sg_die "loading the data set failed (see above; logs: $LOG)"
+
+# ---------------------------------------------------------------------------------------------
+# 5. wrk runs. run_wrk NAME KIND BACKEND MODE THREADS CONNS SECONDS ROUND
+#    KIND: warmup | closed (peak rate) | latency (-c1) | batch
+# ---------------------------------------------------------------------------------------------
+run_wrk() {
+    local name=$1 kind=$2 backend=$3 mode=$4 t=$5 c=$6 secs=$7 round=$8
+    local dir=$RES/runs/$name prefix cmd
+    prefix=$(prefix_of "$backend")
+    mkdir -p "$dir"
+    cmd="SG_TOKEN=\$TOKEN SG_PREFIX=$prefix SG_ACCOUNTS=$ACCOUNTS SG_MODE=$mode SG_BATCH=$BATCH wrk -t$t -c$c -d${secs}s --latency -s bench/wrk.lua $BASE"
+    echo "$cmd" >"$dir/cmd"
+    python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dumps(dict(zip(k, v))))' \
+        name "$name" kind "$kind" backend "$backend" mode "$mode" threads "$t" connections "$c" \
+        seconds "$secs" round "$round" batch "$BATCH" >"$dir/meta.json"
+    scrape_metrics "$dir/metrics.before"
+    gw_cpu_ticks >"$dir/cpu.before"
+    (sleep "$(awk -v s="$secs" 'BEGIN { print s / 2 }')" && scrape_metrics "$dir/metrics.mid") &
+    MID_PID=$!
+    SG_TOKEN=$TOKEN SG_PREFIX=$prefix SG_ACCOUNTS=$ACCOUNTS SG_MODE=$mode SG_BATCH=$BATCH \
+        wrk "-t$t" "-c$c" "-d${secs}s" --timeout 10s --latency -s bench/wrk.lua "$BASE" >"$dir/wrk.out" 2>&1 ||
+        { cat "$dir/wrk.out" >&2; sg_die "wrk failed: $name"; }
+    wait "$MID_PID" 2>/dev/null || true
+    MID_PID=""
+    gw_cpu_ticks >"$dir/cpu.after"
+    echo "$CLK_TCK" >"$dir/clk_tck"
+    scrape_metrics "$dir/metrics.after"
+    python3 - "$dir" <<'PY' >&2
+import json, sys
+d = sys.argv[1]
+line = next((l for l in open(d + "/wrk.out") if l.startswith("SGJSON ")), None)
+if line is None:
+    sys.exit("no SGJSON line in " + d + "/wrk.out")
+r = json.loads(line[7:])
+m = json.load(open(d + "/meta.json"))
+rps = r["requests"] / (r["duration_us"] / 1e6)
+print("[bench] %-28s %9.1f req/s  p50 %6.2f ms  p99 %7.2f ms  not-ok %d" % (
+    m["name"], rps, r["latency_us"]["p50"] / 1e3, r["latency_us"]["p99"] / 1e3,
+    r["not_ok"] + sum(r["errors"].values())))
+PY
+}
+
+blog "warm-up (${WARMUP_SECS}s per backend; not reported)"
+for b in "${BACKENDS[@]}"; do
+    run_wrk "warmup-get-$b" warmup "$b" get "$THREADS" "$CONNS" "$WARMUP_SECS" 0
+done
+run_wrk "warmup-batch-hsm" warmup hsm batch "$THREADS" "$CONNS" "$WARMUP_SECS" 0
+
+mkdir -p "$RES/raw"
+DECRYPT_CMD="$BENCH_BIN kms-decrypt --endpoint $MOTO_URL --key-id \$KMS_KEY_ARN --n $DECRYPT_N --seconds $DURATION"
+for r in $(seq 1 "$ROUNDS"); do
+    # Each round starts at another backend, so that a drift of the machine does not always
+    # favour the same one.
+    order=("${BACKENDS[@]:$(((r - 1) % ${#BACKENDS[@]}))}" "${BACKENDS[@]:0:$(((r - 1) % ${#BACKENDS[@]}))}")
+    blog "round $r/$ROUNDS: closed loop, wrk -t$THREADS -c$CONNS -d${DURATION}s (${order[*]})"
+    for b in "${order[@]}"; do
+        run_wrk "get-$b-r$r" closed "$b" get "$THREADS" "$CONNS" "$DURATION" "$r"
+    done
+    run_wrk "batch$BATCH-hsm-r$r" batch hsm batch "$THREADS" "$CONNS" "$DURATION" "$r"
+    # One connection: GET on local, the bare Decrypt, GET on kms-nocache, back to back.
+    blog "round $r/$ROUNDS: latency at one connection, wrk -t1 -c1 -d${DURATION}s; bare KMS Decrypt"
+    run_wrk "lat-local-r$r" latency local get 1 1 "$DURATION" "$r"
+    echo "$DECRYPT_CMD" >"$RES/raw/kms_decrypt.cmd"
+    "$BENCH_BIN" kms-decrypt --endpoint "$MOTO_URL" --key-id "$KMS_KEY_ARN" --n "$DECRYPT_N" \
+        --seconds "$DURATION" >"$RES/raw/kms_decrypt-r$r.json" || sg_die "shardgate-bench kms-decrypt failed"
+    blog "kms-decrypt-r$r (bare, Rust SDK): $(cat "$RES/raw/kms_decrypt-r$r.json")"
+    run_wrk "lat-kms-nocache-r$r" latency kms-nocache get 1 1 "$DURATION" "$r"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 6. Raw baselines (no HTTP, no SQL)
+# ---------------------------------------------------------------------------------------------
+blog "raw: pkcs11 pooled unwraps vs per-op session+login+find+decrypt+logout+close ($RAW_UNWRAPS)"
+echo "SHARDGATE_TEST_SOFTHSM_MODULE=$SG_SOFTHSM_MODULE $POOL_VS_LOGIN $RAW_UNWRAPS" >"$RES/raw/pool_vs_login.cmd"
+# Its own token in a temp dir of its own (TMPDIR: removed with $WORK).
+env -u SOFTHSM2_CONF TMPDIR="$WORK/tmp" SHARDGATE_TEST_SOFTHSM_MODULE="$SG_SOFTHSM_MODULE" \
+    "$POOL_VS_LOGIN" "$RAW_UNWRAPS" >"$RES/raw/pool_vs_login.out" 2>&1 ||
+    { cat "$RES/raw/pool_vs_login.out" >&2; sg_die "pool_vs_login failed"; }
+cat "$RES/raw/pool_vs_login.out" >&2
+
+# ---------------------------------------------------------------------------------------------
+# 7. Report
+# ---------------------------------------------------------------------------------------------
+ver() { "$@" 2>/dev/null | head -n1 || true; }
+python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dumps(dict(zip(k, v)), indent=1))' \
+    date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    git_rev "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    git_dirty "$(if git diff --quiet HEAD -- 2>/dev/null; then echo no; else echo yes; fi)" \
+    nproc "$(nproc)" \
+    cpu_model "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)" \
+    mem_total "$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
+    kernel "$(uname -r)" \
+    rustc "$(ver rustc --version)" \
+    postgres "$(sg_psql_admin -c 'SHOW server_version' 2>/dev/null || echo unknown)" \
+    softhsm2 "$(ver softhsm2-util --version)" \
+    moto "${SG_MOTO_VERSION:-unknown}" \
+    wrk "$(ver wrk --version | awk '{ print $2 }')" \
+    accounts "$ACCOUNTS" shard_bytes "$SHARD_BYTES" duration "$DURATION" rounds "$ROUNDS" \
+    threads "$THREADS" connections "$CONNS" batch "$BATCH" warmup_secs "$WARMUP_SECS" \
+    raw_unwraps "$RAW_UNWRAPS" decrypt_n "$DECRYPT_N" \
+    command "scripts/bench.sh${ORIG_ARGS[*]:+ ${ORIG_ARGS[*]}}" >"$RES/machine.json"
+python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json"
+blog "wrote $OUT_DIR/BENCHMARKS.md and $OUT_DIR/BENCHMARKS.json"
+OK=1
