@@ -155,3 +155,45 @@ pub struct MigrationFailure {
     /// Secret-free error text.
     pub error: String,
 }
+
+/// How settling one item changes the item (its new state and error) and its job's counters;
+/// shared by both stores so they count alike.
+pub(crate) struct Settlement<'a> {
+    pub(crate) item_state: &'static str,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) done: i64,
+    pub(crate) skipped: i64,
+    pub(crate) failed: i64,
+}
+
+impl<'a> Settlement<'a> {
+    pub(crate) fn done() -> Self {
+        Self {
+            item_state: "done",
+            error: None,
+            done: 1,
+            skipped: 0,
+            failed: 0,
+        }
+    }
+
+    pub(crate) fn skipped() -> Self {
+        Self {
+            item_state: "skipped",
+            error: None,
+            done: 0,
+            skipped: 1,
+            failed: 0,
+        }
+    }
+
+    pub(crate) fn failed(error: &'a str) -> Self {
+        Self {
+            item_state: "failed",
+            error: Some(error),
+            done: 0,
+            skipped: 0,
+            failed: 1,
+        }
+    }
+}

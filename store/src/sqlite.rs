@@ -22,9 +22,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
+use crate::migration::Settlement;
 use crate::{
-    AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, ShardSummary,
-    ShardVersionRow, Store, StoreError,
+    job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, ClaimedItem, CommitResult,
+    DeleteOutcome, ItemOutcome, MigrationFailure, MigrationJob, MigrationSelector, ShardSummary,
+    ShardVersionRow, Store, StoreError, Transition,
 };
 
 /// How long a writer waits for the database write lock before answering
@@ -43,6 +45,9 @@ const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, k
 
 const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
      version, backend, outcome, detail, prev_tag, tag";
+
+const JOB_COLUMNS: &str = "id, sel_account, sel_from_backend, sel_key_version_below, state, \
+     total, done, failed, skipped, last_error, created_at, updated_at, created_by";
 
 /// The SQLite store: a connection pool on one database file.
 #[derive(Debug, Clone)]
@@ -226,6 +231,26 @@ fn audit_from_row(r: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
         detail: r.try_get("detail")?,
         prev_tag: r.try_get("prev_tag")?,
         tag: r.try_get("tag")?,
+    })
+}
+
+fn job_from_row(r: &SqliteRow) -> Result<MigrationJob, sqlx::Error> {
+    Ok(MigrationJob {
+        id: r.try_get("id")?,
+        selector: MigrationSelector {
+            account: r.try_get("sel_account")?,
+            from_backend: r.try_get("sel_from_backend")?,
+            key_version_below: r.try_get("sel_key_version_below")?,
+        },
+        state: r.try_get("state")?,
+        total: r.try_get("total")?,
+        done: r.try_get("done")?,
+        failed: r.try_get("failed")?,
+        skipped: r.try_get("skipped")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        created_by: r.try_get("created_by")?,
     })
 }
 
@@ -701,6 +726,369 @@ impl Store for SqliteStore {
         rows.iter()
             .map(audit_from_row)
             .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
+    }
+
+    async fn create_migration_job(
+        &self,
+        id: &str,
+        selector: &MigrationSelector,
+        now_ms: i64,
+        created_by: &str,
+        audit: &AuditRecord,
+    ) -> Result<MigrationJob, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO migration_jobs (id, sel_account, sel_from_backend, \
+             sel_key_version_below, state, created_at, updated_at, created_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+        )
+        .bind(id)
+        .bind(&selector.account)
+        .bind(&selector.from_backend)
+        .bind(selector.key_version_below)
+        .bind(job_state::RUNNING)
+        .bind(now_ms)
+        .bind(created_by)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Internal(format!(
+                    "migration job {id} already exists"
+                )))
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        // Under the write lock nothing can change between the snapshot and the count.
+        let total = sqlx::query(
+            "INSERT INTO migration_items (job_id, account, shard, version, state) \
+             SELECT ?1, account, shard, version, 'pending' FROM shard_versions \
+             WHERE (?2 IS NULL OR account = ?2) \
+               AND (?3 IS NULL OR backend = ?3) \
+               AND (?4 IS NULL OR key_version < ?4)",
+        )
+        .bind(id)
+        .bind(&selector.account)
+        .bind(&selector.from_backend)
+        .bind(selector.key_version_below)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        let row = sqlx::query(&format!(
+            "UPDATE migration_jobs SET total = ?2 WHERE id = ?1 RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(count(total)?)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let job = job_from_row(&row).map_err(map_err)?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(job)
+    }
+
+    async fn get_migration_job(&self, id: &str) -> Result<Option<MigrationJob>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM migration_jobs WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(job_from_row).transpose().map_err(map_err)
+    }
+
+    async fn list_migration_jobs(&self, states: &[&str]) -> Result<Vec<MigrationJob>, StoreError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        // SQLite has no array parameters: one placeholder per state.
+        let placeholders = (1..=states.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM migration_jobs WHERE state IN ({placeholders}) \
+             ORDER BY created_at, id"
+        );
+        let mut query = sqlx::query(&sql);
+        for state in states {
+            query = query.bind(*state);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
+        rows.iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
+    }
+
+    async fn set_migration_job_state(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<Transition, StoreError> {
+        // BEGIN IMMEDIATE: the state read below cannot change before our update.
+        let mut tx = self.begin_write().await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT state FROM migration_jobs WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let Some(current) = current else {
+            return Ok(Transition::NotFound);
+        };
+        if !from.contains(&current.as_str()) {
+            return Ok(Transition::WrongState(current));
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE migration_jobs SET state = ?2, updated_at = ?3 WHERE id = ?1 \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(to)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let job = job_from_row(&row).map_err(map_err)?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Transition::Done(job))
+    }
+
+    async fn claim_migration_items(
+        &self,
+        job_id: &str,
+        worker: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedItem>, StoreError> {
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        // BEGIN IMMEDIATE: one claimer (in any process) at a time, so the lease check and the
+        // claim below cannot interleave with another worker's.
+        let mut tx = self.begin_write().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM migration_jobs WHERE id = ?1")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if state.as_deref() != Some(job_state::RUNNING) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT i.account, i.shard, i.version, sv.version IS NOT NULL AS present, \
+                    sv.format_version, sv.backend, sv.key_ref, sv.key_version, \
+                    sv.wrapped_dek, sv.nonce, sv.ciphertext, sv.created_at, sv.created_by, \
+                    a.tier \
+             FROM migration_items i \
+             LEFT JOIN shard_versions sv ON sv.account = i.account AND sv.shard = i.shard \
+                 AND sv.version = i.version \
+             LEFT JOIN accounts a ON a.account = i.account \
+             WHERE i.job_id = ?1 AND i.state = 'pending' \
+               AND (i.lease_until IS NULL OR i.lease_until <= ?2) \
+             ORDER BY i.account, i.shard, i.version \
+             LIMIT ?3",
+        )
+        .bind(job_id)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let lease_until = now_ms.saturating_add(lease_ms);
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut skipped = 0i64;
+        for r in &rows {
+            let present: bool = r.try_get("present").map_err(map_err)?;
+            let account: String = r.try_get("account").map_err(map_err)?;
+            let shard: String = r.try_get("shard").map_err(map_err)?;
+            let version: i64 = r.try_get("version").map_err(map_err)?;
+            let (state, lease) = if present {
+                ("pending", Some(lease_until))
+            } else {
+                // The version was deleted after the snapshot: nothing left to move.
+                skipped += 1;
+                ("skipped", None)
+            };
+            sqlx::query(
+                "UPDATE migration_items SET state = ?5, claimed_by = ?6, lease_until = ?7 \
+                 WHERE job_id = ?1 AND account = ?2 AND shard = ?3 AND version = ?4",
+            )
+            .bind(job_id)
+            .bind(&account)
+            .bind(&shard)
+            .bind(version)
+            .bind(state)
+            .bind(worker)
+            .bind(lease)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if present {
+                claimed.push(ClaimedItem {
+                    row: shard_from_row(r).map_err(map_err)?,
+                    tier: r.try_get("tier").map_err(map_err)?,
+                });
+            }
+        }
+        if skipped > 0 {
+            sqlx::query(
+                "UPDATE migration_jobs SET skipped = skipped + ?2, updated_at = ?3 WHERE id = ?1",
+            )
+            .bind(job_id)
+            .bind(skipped)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(claimed)
+    }
+
+    async fn commit_migration_item(
+        &self,
+        job_id: &str,
+        worker: &str,
+        account: &str,
+        shard: &str,
+        version: i64,
+        old_wrapped_dek: &[u8],
+        outcome: &ItemOutcome,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<CommitResult, StoreError> {
+        // BEGIN IMMEDIATE: the item, job and row checks below hold until we commit.
+        let mut tx = self.begin_write().await?;
+        let item = sqlx::query(
+            "SELECT i.state, i.claimed_by, j.state AS job_state \
+             FROM migration_items i JOIN migration_jobs j ON j.id = i.job_id \
+             WHERE i.job_id = ?1 AND i.account = ?2 AND i.shard = ?3 AND i.version = ?4",
+        )
+        .bind(job_id)
+        .bind(account)
+        .bind(shard)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(item) = item else {
+            return Ok(CommitResult::NotClaimed);
+        };
+        let state: String = item.try_get("state").map_err(map_err)?;
+        let claimed_by: Option<String> = item.try_get("claimed_by").map_err(map_err)?;
+        let job: String = item.try_get("job_state").map_err(map_err)?;
+        if state != "pending" || claimed_by.as_deref() != Some(worker) || job != job_state::RUNNING
+        {
+            return Ok(CommitResult::NotClaimed);
+        }
+        let mut result = CommitResult::Committed;
+        let settlement = match outcome {
+            ItemOutcome::Moved {
+                backend,
+                key_ref,
+                key_version,
+                wrapped_dek,
+            } => {
+                // Compare-and-swap on the wrap the worker read: a user write or a delete since
+                // then wins. Nonce and ciphertext are never touched.
+                let replaced = sqlx::query(
+                    "UPDATE shard_versions \
+                     SET backend = ?5, key_ref = ?6, key_version = ?7, wrapped_dek = ?8 \
+                     WHERE account = ?1 AND shard = ?2 AND version = ?3 AND wrapped_dek = ?4",
+                )
+                .bind(account)
+                .bind(shard)
+                .bind(version)
+                .bind(old_wrapped_dek)
+                .bind(backend)
+                .bind(key_ref)
+                .bind(key_version)
+                .bind(wrapped_dek)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                if replaced == 1 {
+                    Settlement::done()
+                } else {
+                    result = CommitResult::RowChanged;
+                    Settlement::skipped()
+                }
+            }
+            ItemOutcome::Skipped => Settlement::skipped(),
+            ItemOutcome::Failed { error } => Settlement::failed(error),
+        };
+        sqlx::query(
+            "UPDATE migration_items SET state = ?5, error = ?6, lease_until = NULL \
+             WHERE job_id = ?1 AND account = ?2 AND shard = ?3 AND version = ?4",
+        )
+        .bind(job_id)
+        .bind(account)
+        .bind(shard)
+        .bind(version)
+        .bind(settlement.item_state)
+        .bind(settlement.error)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "UPDATE migration_jobs \
+             SET done = done + ?2, skipped = skipped + ?3, failed = failed + ?4, \
+                 last_error = COALESCE(?5, last_error), updated_at = ?6 \
+             WHERE id = ?1",
+        )
+        .bind(job_id)
+        .bind(settlement.done)
+        .bind(settlement.skipped)
+        .bind(settlement.failed)
+        .bind(settlement.error)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(result)
+    }
+
+    async fn migration_failures(
+        &self,
+        job_id: &str,
+        limit: i64,
+    ) -> Result<Vec<MigrationFailure>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account, shard, version, COALESCE(error, '') AS error FROM migration_items \
+             WHERE job_id = ?1 AND state = 'failed' \
+             ORDER BY account, shard, version LIMIT ?2",
+        )
+        .bind(job_id)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(MigrationFailure {
+                    account: r.try_get("account")?,
+                    shard: r.try_get("shard")?,
+                    version: r.try_get("version")?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(map_err)
     }
 }

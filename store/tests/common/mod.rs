@@ -145,7 +145,7 @@ impl Harness {
     pub async fn break_audit(&self) {
         if self.pg.is_some() {
             self.exec(
-                "CREATE FUNCTION test_audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                "CREATE OR REPLACE FUNCTION test_audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
                  BEGIN RAISE EXCEPTION 'audit_events refuses inserts (test)'; END $$; \
                  CREATE TRIGGER test_audit_refuse BEFORE INSERT ON audit_events \
                  FOR EACH ROW EXECUTE FUNCTION test_audit_refuse();",
