@@ -163,6 +163,14 @@ pub trait KeyBackend: Send + Sync + 'static {
         out
     }
 
+    /// Prove that this backend can open `wrapped` for `id` now (a migration checks its new
+    /// wrap before committing it). The default unwraps and drops (zeroizes) the key at once;
+    /// KMS overrides it with a `ReEncrypt` of the blob to its own key, so the data key never
+    /// reaches the gateway and no cached key stands in for the real check.
+    async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {
+        self.unwrap(id, wrapped).await.map(drop)
+    }
+
     /// This backend as `Any`, for [`KeyBackend::rewrap_from`] overrides that recognise a
     /// source of their own kind. `None` (the default) opts out.
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -57,6 +57,10 @@ impl KeyBackend for ClusterGated {
         self.inner.unwrap_many(items).await
     }
 
+    async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {
+        self.inner.verify(id, wrapped).await
+    }
+
     async fn rewrap_from(
         &self,
         id: &ShardIdentity,

@@ -53,6 +53,9 @@ pub struct Config {
     /// Audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Tier-migration workers.
+    #[serde(default)]
+    pub migration: MigrationConfig,
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -280,6 +283,35 @@ impl Default for Timeouts {
     }
 }
 
+/// Tier-migration workers (every gateway process runs them on every live job).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationConfig {
+    /// Re-wraps per second per process, so online traffic keeps its latency.
+    pub rate_per_sec: u32,
+    /// Items claimed at a time.
+    pub batch_size: u32,
+    /// How long a claim holds its items; a worker killed mid-batch frees them after this.
+    pub lease_ms: u64,
+    /// How often the process looks for live jobs (started elsewhere, resumed, or left by a
+    /// killed process).
+    pub poll_interval_ms: u64,
+    /// Run workers in this process at all.
+    pub workers: bool,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            rate_per_sec: 500,
+            batch_size: 16,
+            lease_ms: 30_000,
+            poll_interval_ms: 2_000,
+            workers: true,
+        }
+    }
+}
+
 /// Audit settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,6 +412,7 @@ impl Config {
                 create_key: true,
                 ..AuditConfig::default()
             },
+            migration: MigrationConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
         }
     }

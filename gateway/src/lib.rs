@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod error;
 pub mod files;
 pub mod ids;
+pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod server;
@@ -39,7 +40,7 @@ pub fn now_ms() -> i64 {
 
 /// The HTTP API.
 pub fn app(state: AppState) -> Router {
-    use api::{accounts, batch, health, shards};
+    use api::{accounts, admin, batch, health, shards};
     let request_id = axum::http::HeaderName::from_static(api::REQUEST_ID);
     Router::new()
         .route(
@@ -56,6 +57,20 @@ pub fn app(state: AppState) -> Router {
                 .delete(shards::delete_shard),
         )
         .route("/v1/shards:batchGet", post(batch::batch_get))
+        .route("/v1/admin/migrations", post(admin::start_migration))
+        .route("/v1/admin/migrations/{id}", get(admin::get_migration))
+        .route(
+            "/v1/admin/migrations/{id}/pause",
+            post(admin::pause_migration),
+        )
+        .route(
+            "/v1/admin/migrations/{id}/resume",
+            post(admin::resume_migration),
+        )
+        .route(
+            "/v1/admin/migrations/{id}/cancel",
+            post(admin::cancel_migration),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -78,6 +78,75 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Tier-migration jobs: re-wrap shard versions onto the backend the policy picks now.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Start a job (running gateways pick it up; `--run` also works on it here, with a
+    /// progress bar, until it is settled).
+    Start {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Move this account's versions to where the policy places them now.
+        #[arg(
+            long,
+            conflicts_with = "from_backend",
+            required_unless_present = "from_backend"
+        )]
+        account: Option<String>,
+        /// Move every version wrapped by this backend instance.
+        #[arg(long)]
+        from_backend: Option<String>,
+        /// With --from-backend: also re-wrap versions whose key version is below N.
+        #[arg(long, requires = "from_backend")]
+        key_version_below: Option<i64>,
+        /// Work on the job in this process until it is settled.
+        #[arg(long)]
+        run: bool,
+    },
+    /// Work on a live job in this process until it is settled (progress bar).
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Job id.
+        job: String,
+    },
+    /// Show a job (with --watch: a progress bar until it is settled).
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Job id.
+        job: String,
+        /// Follow it until it is no longer running.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Pause a running job.
+    Pause {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Job id.
+        job: String,
+    },
+    /// Resume a paused job.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Job id.
+        job: String,
+    },
+    /// Cancel a job (moved rows stay moved).
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Job id.
+        job: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy {
             command: PolicyCommand::Check { config },
         } => Ok(policy_check(&config)),
+        Command::Migrate { command } => migrate_command(command).await,
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => {
@@ -286,6 +356,7 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     }
     println!("shardgate listening on http://{addr}");
     tracing::info!(%addr, store = state.store.kind(), backends = ?state.backends.keys().collect::<Vec<_>>(), "serving");
+    state.start_migration_workers();
     let audit = state.audit.clone();
     let timeouts = cfg.timeouts.clone();
     shardgate::server::serve(
@@ -498,4 +569,151 @@ fn policy_check(config: &ConfigArgs) -> ExitCode {
         policy.warnings().len()
     );
     ExitCode::SUCCESS
+}
+
+/// Open everything a migration command needs (store, backends, audit chain), but no server
+/// and no background workers.
+async fn migrate_state(config: &ConfigArgs) -> anyhow::Result<AppState> {
+    let cfg = Config::load(&config.sources(None))?;
+    let (state, _) = AppState::build(&cfg).await?;
+    Ok(state)
+}
+
+fn print_job(job: &shardgate_store::MigrationJob) {
+    println!(
+        "job {} {}: {} done, {} failed, {} skipped, {} remaining of {}{}",
+        job.id,
+        job.state,
+        job.done,
+        job.failed,
+        job.skipped,
+        job.remaining(),
+        job.total,
+        job.last_error
+            .as_deref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default()
+    );
+}
+
+fn progress_bar(total: i64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(0));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn show(bar: &indicatif::ProgressBar, job: &shardgate_store::MigrationJob) {
+    bar.set_length(u64::try_from(job.total).unwrap_or(0));
+    bar.set_position(u64::try_from(job.total - job.remaining()).unwrap_or(0));
+    bar.set_message(format!(
+        "{}: {} moved, {} failed, {} skipped",
+        job.state, job.done, job.failed, job.skipped
+    ));
+}
+
+async fn run_job(state: &AppState, id: &str) -> anyhow::Result<ExitCode> {
+    let worker_id = format!("cli-{}", uuid::Uuid::new_v4().simple());
+    let worker = shardgate::jobs::migrate::Worker::new(state, &state.migration, &worker_id);
+    let bar = progress_bar(0);
+    let stop = worker
+        .run(id, |job| show(&bar, job))
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    bar.finish();
+    let job = state
+        .store
+        .get_migration_job(id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no such migration job"))?;
+    print_job(&job);
+    state.audit.checkpoint().await;
+    Ok(match (stop, job.state.as_str()) {
+        (_, shardgate_store::job_state::COMPLETED) => ExitCode::SUCCESS,
+        _ => ExitCode::from(3),
+    })
+}
+
+async fn migrate_command(command: MigrateCommand) -> anyhow::Result<ExitCode> {
+    use shardgate_store::job_state;
+    const CLI: &str = "cli";
+    match command {
+        MigrateCommand::Start {
+            config,
+            account,
+            from_backend,
+            key_version_below,
+            run,
+        } => {
+            let state = migrate_state(&config).await?;
+            let selector = shardgate_store::MigrationSelector {
+                account,
+                from_backend,
+                key_version_below,
+            };
+            let job = shardgate::jobs::migrate::start(&state, selector, CLI, "")
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            print_job(&job);
+            if run {
+                return run_job(&state, &job.id).await;
+            }
+            state.audit.checkpoint().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        MigrateCommand::Run { config, job } => {
+            let state = migrate_state(&config).await?;
+            run_job(&state, &job).await
+        }
+        MigrateCommand::Status { config, job, watch } => {
+            let state = migrate_state(&config).await?;
+            let get = || async {
+                state
+                    .store
+                    .get_migration_job(&job)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no such migration job"))
+            };
+            let mut current = get().await?;
+            if watch {
+                let bar = progress_bar(current.total);
+                while current.state == job_state::RUNNING || current.state == job_state::PAUSED {
+                    show(&bar, &current);
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    current = get().await?;
+                }
+                show(&bar, &current);
+                bar.finish();
+            }
+            print_job(&current);
+            for f in state.store.migration_failures(&job, 100).await? {
+                println!(
+                    "  failed {}/{} v{}: {}",
+                    f.account, f.shard, f.version, f.error
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MigrateCommand::Pause { config, job } => change_job(&config, &job, job_state::PAUSED).await,
+        MigrateCommand::Resume { config, job } => {
+            change_job(&config, &job, job_state::RUNNING).await
+        }
+        MigrateCommand::Cancel { config, job } => {
+            change_job(&config, &job, job_state::CANCELLED).await
+        }
+    }
+}
+
+async fn change_job(config: &ConfigArgs, job: &str, to: &str) -> anyhow::Result<ExitCode> {
+    let state = migrate_state(config).await?;
+    let job = shardgate::jobs::migrate::transition(&state, job, to, "cli", "")
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    print_job(&job);
+    state.audit.checkpoint().await;
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@
 //! annotations; every authenticated operation also lists the error responses of
 //! DESIGN.md's table with the shared error body.
 
-use crate::api::{accounts, batch, health, shards};
+use crate::api::{accounts, admin, batch, health, shards};
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -22,6 +22,11 @@ use utoipa::{Modify, OpenApi};
         shards::get_shard,
         shards::delete_shard,
         batch::batch_get,
+        admin::start_migration,
+        admin::get_migration,
+        admin::pause_migration,
+        admin::resume_migration,
+        admin::cancel_migration,
         health::healthz,
         health::readyz,
         openapi_json,

@@ -35,6 +35,10 @@ pub struct Inner {
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Migration settings.
+    pub migration: crate::config::MigrationConfig,
+    /// This process's migration supervisor, once started (`serve` starts it; tests may).
+    pub migrations: std::sync::OnceLock<Arc<crate::jobs::migrate::Supervisor>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -237,9 +241,22 @@ impl AppState {
                 audit,
                 limits: cfg.limits.clone(),
                 timeouts: cfg.timeouts.clone(),
+                migration: cfg.migration.clone(),
+                migrations: std::sync::OnceLock::new(),
             })),
             startup,
         ))
+    }
+
+    /// Start this process's migration workers (idempotent; a no-op when
+    /// `migration.workers = false`).
+    pub fn start_migration_workers(&self) {
+        if !self.migration.workers {
+            return;
+        }
+        self.migrations.get_or_init(|| {
+            crate::jobs::migrate::Supervisor::spawn(self.clone(), self.migration.clone())
+        });
     }
 
     /// The backend instance of that name.

@@ -453,6 +453,10 @@ impl KeyBackend for KmsBackend {
         }
     }
 
+    async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {
+        self.reencrypt_from(self, id, wrapped).await.map(drop)
+    }
+
     async fn rewrap_from(
         &self,
         id: &ShardIdentity,

@@ -41,6 +41,9 @@ pub struct AccountResponse {
     /// Shard versions whose data key is still wrapped on another backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub versions_on_other_backends: Option<i64>,
+    /// The migration job a tier change started (its versions move in the background).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration_job: Option<String>,
 }
 
 /// Receipt of a crypto-shred.
@@ -116,6 +119,35 @@ pub async fn put_account(
     guard.finish(Some(&record), &result).await;
     let previous = result?;
     let created = previous.is_none();
+    // A tier change that moves the account to another backend starts its migration job.
+    let mut migration_job = None;
+    if let Some(old_tier) = previous.as_deref() {
+        let before = state
+            .policy
+            .place(&account, old_tier)
+            .map(|p| p.backend)
+            .ok();
+        if before.as_deref() != Some(placement.backend.as_str()) {
+            let stats = state
+                .store
+                .account_stats(&account, &placement.backend)
+                .await?;
+            if stats.versions_elsewhere > 0 {
+                let selector = shardgate_store::MigrationSelector {
+                    account: Some(account.clone()),
+                    ..Default::default()
+                };
+                let job = crate::jobs::migrate::start(
+                    &state,
+                    selector,
+                    &ctx.caller.name,
+                    &ctx.request_id,
+                )
+                .await?;
+                migration_job = Some(job.id);
+            }
+        }
+    }
     Ok(json(
         if created {
             StatusCode::CREATED
@@ -129,6 +161,7 @@ pub async fn put_account(
             created: Some(created),
             shard_count: None,
             versions_on_other_backends: None,
+            migration_job,
         },
     ))
 }
@@ -159,6 +192,7 @@ pub async fn get_account(
             created: None,
             shard_count: Some(stats.shard_count),
             versions_on_other_backends: Some(stats.versions_elsewhere),
+            migration_job: None,
         },
     ))
 }

@@ -1,6 +1,7 @@
 //! HTTP API v1: routes, the authenticated request context and the JSON body extractor.
 
 pub mod accounts;
+pub mod admin;
 pub mod batch;
 pub mod health;
 pub mod shards;

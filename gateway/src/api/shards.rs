@@ -175,7 +175,12 @@ pub(crate) fn row_backend(
     })
 }
 
-pub(crate) async fn not_found(state: &AppState, account: &str, shard: &str, version: Option<i64>) -> ApiError {
+pub(crate) async fn not_found(
+    state: &AppState,
+    account: &str,
+    shard: &str,
+    version: Option<i64>,
+) -> ApiError {
     if version.is_some() {
         if let Ok(Some(_)) = state.store.latest_version(account, shard).await {
             return ApiError::new(ErrorCode::VersionNotFound, "no such version of the shard");

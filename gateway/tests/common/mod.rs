@@ -168,6 +168,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         backends,
         tiers,
         policy: shardgate::config::PolicyConfig::default(),
+        migration: shardgate::config::MigrationConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),

@@ -1,0 +1,237 @@
+//! Admin routes (scope `admin`): tier-migration jobs.
+
+use super::{json, ApiJson, Ctx};
+use crate::auth::Scope;
+use crate::error::{ApiError, ErrorCode};
+use crate::jobs::migrate;
+use crate::state::AppState;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use shardgate_store::{job_state, MigrationJob, MigrationSelector};
+use utoipa::ToSchema;
+
+/// `POST /v1/admin/migrations` body: one of `account` or `from_backend`
+/// (+ `key_version_below` for a KEK rotation).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartMigrationRequest {
+    /// Move this account's shard versions to where the policy places them now.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Move every version wrapped by this backend instance.
+    #[serde(default)]
+    pub from_backend: Option<String>,
+    /// With `from_backend`: also re-wrap versions whose key version is below this.
+    #[serde(default)]
+    pub key_version_below: Option<i64>,
+}
+
+/// `202` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StartMigrationResponse {
+    /// The job id.
+    pub job: String,
+    /// Shard versions the job looks at.
+    pub total: i64,
+}
+
+/// One failed item.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationFailureView {
+    /// Account id.
+    pub account: String,
+    /// Shard id.
+    pub shard: String,
+    /// Version.
+    pub version: i64,
+    /// Why it stayed on its source.
+    pub error: String,
+}
+
+/// A job's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationJobView {
+    /// Job id.
+    pub job: String,
+    /// `running`, `paused`, `cancelled`, `completed` or `completed_with_errors`.
+    pub state: String,
+    /// Selector: account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Selector: source backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_backend: Option<String>,
+    /// Selector: key version bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_version_below: Option<i64>,
+    /// Items snapshotted at the start.
+    pub total: i64,
+    /// Re-wrapped.
+    pub done: i64,
+    /// Failed (still readable on their source).
+    pub failed: i64,
+    /// Needed nothing, or changed meanwhile.
+    pub skipped: i64,
+    /// Not settled yet.
+    pub remaining: i64,
+    /// The most recent item error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Failed items (at most 100).
+    pub errors: Vec<MigrationFailureView>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+async fn view(state: &AppState, job: MigrationJob) -> Result<MigrationJobView, ApiError> {
+    let errors = state
+        .store
+        .migration_failures(&job.id, 100)
+        .await?
+        .into_iter()
+        .map(|f| MigrationFailureView {
+            account: f.account,
+            shard: f.shard,
+            version: f.version,
+            error: f.error,
+        })
+        .collect();
+    Ok(MigrationJobView {
+        remaining: job.remaining(),
+        job: job.id,
+        state: job.state,
+        account: job.selector.account,
+        from_backend: job.selector.from_backend,
+        key_version_below: job.selector.key_version_below,
+        total: job.total,
+        done: job.done,
+        failed: job.failed,
+        skipped: job.skipped,
+        last_error: job.last_error,
+        errors,
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+    })
+}
+
+fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid job id"))?;
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::new(ErrorCode::InvalidId, "invalid job id"));
+    }
+    Ok(id)
+}
+
+/// Start a re-wrap job.
+#[utoipa::path(post, path = "/v1/admin/migrations", tag = "admin",
+    request_body = StartMigrationRequest,
+    responses((status = 202, description = "started", body = StartMigrationResponse)),
+    security(("bearer" = ["admin"])))]
+pub async fn start_migration(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    ApiJson(body): ApiJson<StartMigrationRequest>,
+) -> Result<Response, ApiError> {
+    ctx.require(&state, Scope::Admin, None, "migration.start")?;
+    if body.account.is_some() == body.from_backend.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "give exactly one of account and from_backend",
+        ));
+    }
+    if body.key_version_below.is_some() && body.from_backend.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "key_version_below goes with from_backend",
+        ));
+    }
+    let selector = MigrationSelector {
+        account: body.account,
+        from_backend: body.from_backend,
+        key_version_below: body.key_version_below,
+    };
+    let job = migrate::start(&state, selector, &ctx.caller.name, &ctx.request_id).await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        StartMigrationResponse {
+            job: job.id,
+            total: job.total,
+        },
+    ))
+}
+
+/// A job's state, counts and failed items.
+#[utoipa::path(get, path = "/v1/admin/migrations/{id}", tag = "admin",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, description = "the job", body = MigrationJobView)),
+    security(("bearer" = ["admin"])))]
+pub async fn get_migration(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    ctx.require(&state, Scope::Admin, None, "migration.get")?;
+    let id = job_id(path)?;
+    let job = state
+        .store
+        .get_migration_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such migration job"))?;
+    Ok(json(StatusCode::OK, view(&state, job).await?))
+}
+
+async fn change(
+    state: AppState,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+    to: &str,
+) -> Result<Response, ApiError> {
+    ctx.require(&state, Scope::Admin, None, "migration.state")?;
+    let id = job_id(path)?;
+    let job = migrate::transition(&state, &id, to, &ctx.caller.name, &ctx.request_id).await?;
+    Ok(json(StatusCode::OK, view(&state, job).await?))
+}
+
+/// Pause a running job (workers stop claiming; claimed items finish).
+#[utoipa::path(post, path = "/v1/admin/migrations/{id}/pause", tag = "admin",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, description = "paused", body = MigrationJobView)),
+    security(("bearer" = ["admin"])))]
+pub async fn pause_migration(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    change(state, ctx, path, job_state::PAUSED).await
+}
+
+/// Resume a paused job.
+#[utoipa::path(post, path = "/v1/admin/migrations/{id}/resume", tag = "admin",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, description = "running", body = MigrationJobView)),
+    security(("bearer" = ["admin"])))]
+pub async fn resume_migration(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    change(state, ctx, path, job_state::RUNNING).await
+}
+
+/// Cancel a job: moved rows stay moved, the others stay on their source.
+#[utoipa::path(post, path = "/v1/admin/migrations/{id}/cancel", tag = "admin",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, description = "cancelled", body = MigrationJobView)),
+    security(("bearer" = ["admin"])))]
+pub async fn cancel_migration(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    change(state, ctx, path, job_state::CANCELLED).await
+}

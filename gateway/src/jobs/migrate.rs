@@ -1,0 +1,457 @@
+//! Tier-migration jobs: re-wrap shard versions onto the backend (and key version) the policy
+//! picks now, without touching the shard ciphertext and without plaintext leaving the
+//! gateway's memory (nor the gateway's memory at all for KMS -> KMS, via `ReEncrypt`).
+//!
+//! A job is a row plus a snapshot of items (see `shardgate_store::migration`). Every gateway
+//! process runs a supervisor that looks for `running` jobs every `poll_interval_ms` and works
+//! on each: claim a batch (lease), re-wrap each item on its target, prove the target opens
+//! the new wrap, then commit it with a compare-and-swap on the old wrap, its audit event and
+//! the job's counters in one transaction. Killing the process at any point leaves every
+//! item either committed or pending (its lease expires), so starting again finishes the job;
+//! several processes share one job.
+
+use crate::audit::Event;
+use crate::config::MigrationConfig;
+use crate::envelope;
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+use shardgate_backends::{BackendError, ShardIdentity};
+use shardgate_store::{
+    job_state, ClaimedItem, CommitResult, ItemOutcome, MigrationJob, MigrationSelector, Transition,
+};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Who acts in audit events written by workers.
+const ACTOR: &str = "migration-worker";
+
+/// Start a job over `selector`, checked against the configuration; returns it as stored.
+pub async fn start(
+    state: &AppState,
+    selector: MigrationSelector,
+    actor: &str,
+    request_id: &str,
+) -> Result<MigrationJob, ApiError> {
+    if selector.account.is_none() && selector.from_backend.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "give an account or a from_backend",
+        ));
+    }
+    if let Some(account) = &selector.account {
+        crate::ids::check("account", account)?;
+        if state.store.get_account(account).await?.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::AccountNotFound,
+                "the account does not exist",
+            ));
+        }
+    }
+    if let Some(b) = &selector.from_backend {
+        if state.backend(b).is_none() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "from_backend names no configured backend",
+            ));
+        }
+    }
+    if matches!(selector.key_version_below, Some(v) if v < 1) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "key_version_below must be 1 or more",
+        ));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut event =
+        Event::new(request_id, actor, "migration.start").detail(describe(&id, &selector));
+    event.account = selector.account.clone();
+    event.backend = selector.from_backend.clone();
+    let mut guard = state.audit.lock().await?;
+    let record = guard.begin(&event);
+    let result = state
+        .store
+        .create_migration_job(&id, &selector, crate::now_ms(), actor, &record)
+        .await;
+    guard.finish(Some(&record), &result).await;
+    let job = result?;
+    tracing::info!(job = %job.id, total = job.total, "migration job started: {}", describe(&job.id, &selector));
+    if let Some(sup) = state.migrations.get() {
+        sup.nudge();
+    }
+    Ok(job)
+}
+
+fn describe(id: &str, s: &MigrationSelector) -> String {
+    let mut parts = vec![format!("job={id}")];
+    if let Some(a) = &s.account {
+        parts.push(format!("account={a}"));
+    }
+    if let Some(b) = &s.from_backend {
+        parts.push(format!("from_backend={b}"));
+    }
+    if let Some(v) = s.key_version_below {
+        parts.push(format!("key_version_below={v}"));
+    }
+    parts.join(" ")
+}
+
+/// Pause, resume or cancel: the allowed transitions, audited.
+pub async fn transition(
+    state: &AppState,
+    id: &str,
+    to: &str,
+    actor: &str,
+    request_id: &str,
+) -> Result<MigrationJob, ApiError> {
+    let from: &[&str] = match to {
+        job_state::PAUSED => &[job_state::RUNNING],
+        job_state::RUNNING => &[job_state::PAUSED],
+        job_state::CANCELLED => &[job_state::RUNNING, job_state::PAUSED],
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "a job can be paused, resumed or cancelled",
+            ))
+        }
+    };
+    let event =
+        Event::new(request_id, actor, &format!("migration.{to}")).detail(format!("job={id}"));
+    let mut guard = state.audit.lock().await?;
+    let record = guard.begin(&event);
+    let result = state
+        .store
+        .set_migration_job_state(id, from, to, crate::now_ms(), &record)
+        .await;
+    let committed = matches!(result, Ok(Transition::Done(_)));
+    // Only a transition that happened consumed the audit record.
+    guard.finish(committed.then_some(&record), &result).await;
+    match result? {
+        Transition::Done(job) => {
+            if let Some(sup) = state.migrations.get() {
+                sup.nudge();
+            }
+            Ok(job)
+        }
+        Transition::NotFound => Err(ApiError::new(ErrorCode::NotFound, "no such migration job")),
+        Transition::WrongState(current) => Err(ApiError::new(
+            ErrorCode::VersionConflict,
+            format!("the job is {current}"),
+        )),
+    }
+}
+
+/// Runs workers for every live job of the store; one per process.
+pub struct Supervisor {
+    state: AppState,
+    cfg: MigrationConfig,
+    worker_id: String,
+    active: Mutex<BTreeSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Supervisor {
+    /// Start looking for live jobs (at once, then every `poll_interval_ms`).
+    pub fn spawn(state: AppState, cfg: MigrationConfig) -> Arc<Self> {
+        let sup = Arc::new(Self {
+            worker_id: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into()),
+                uuid::Uuid::new_v4().simple()
+            ),
+            state,
+            cfg,
+            active: Mutex::new(BTreeSet::new()),
+            wake: tokio::sync::Notify::new(),
+        });
+        let weak = Arc::downgrade(&sup);
+        let every = Duration::from_millis(sup.cfg.poll_interval_ms.max(50));
+        tokio::spawn(async move {
+            loop {
+                let Some(sup) = weak.upgrade() else { return };
+                sup.scan().await;
+                let sleep = tokio::time::sleep(every);
+                tokio::select! {
+                    () = sleep => {}
+                    () = sup.wake.notified() => {}
+                }
+            }
+        });
+        sup
+    }
+
+    /// Look for work now (a job was started or resumed).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
+    async fn scan(self: &Arc<Self>) {
+        let jobs = match self
+            .state
+            .store
+            .list_migration_jobs(&[job_state::RUNNING])
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "migration: cannot list jobs");
+                return;
+            }
+        };
+        for job in jobs {
+            let fresh = self
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(job.id.clone());
+            if fresh {
+                let sup = self.clone();
+                tokio::spawn(async move {
+                    let id = job.id.clone();
+                    let worker = Worker::new(&sup.state, &sup.cfg, &sup.worker_id);
+                    if let Err(e) = worker.run(&id, |_| {}).await {
+                        tracing::warn!(job = %id, error = %e.message, "migration worker stopped");
+                    }
+                    sup.active
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                });
+            }
+        }
+    }
+}
+
+/// Works on one job until it is settled, paused or cancelled.
+pub struct Worker<'a> {
+    state: &'a AppState,
+    cfg: &'a MigrationConfig,
+    worker_id: &'a str,
+}
+
+/// Why a worker loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Every item is settled; the job is now in a final state.
+    Settled,
+    /// Paused, cancelled or finished by someone else.
+    NotRunning,
+}
+
+impl<'a> Worker<'a> {
+    /// A worker with this process's settings.
+    pub fn new(state: &'a AppState, cfg: &'a MigrationConfig, worker_id: &'a str) -> Self {
+        Self {
+            state,
+            cfg,
+            worker_id,
+        }
+    }
+
+    /// Claim, re-wrap and commit until nothing is left; `progress` sees the job after
+    /// every batch.
+    pub async fn run(
+        &self,
+        id: &str,
+        mut progress: impl FnMut(&MigrationJob),
+    ) -> Result<Stop, ApiError> {
+        let pace = Duration::from_secs(1) / self.cfg.rate_per_sec.max(1);
+        let mut next_slot = Instant::now();
+        let mut last_log = Instant::now();
+        loop {
+            let Some(job) = self.state.store.get_migration_job(id).await? else {
+                return Err(ApiError::new(ErrorCode::NotFound, "no such migration job"));
+            };
+            progress(&job);
+            if job.state != job_state::RUNNING {
+                return Ok(Stop::NotRunning);
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(job = %id, done = job.done, failed = job.failed, skipped = job.skipped, total = job.total, "migration progress");
+            }
+            let items = self
+                .state
+                .store
+                .claim_migration_items(
+                    id,
+                    self.worker_id,
+                    crate::now_ms(),
+                    i64::try_from(self.cfg.lease_ms).unwrap_or(i64::MAX),
+                    i64::from(self.cfg.batch_size.max(1)),
+                )
+                .await?;
+            if items.is_empty() {
+                if job.remaining() == 0 {
+                    self.settle(&job).await?;
+                    if let Some(job) = self.state.store.get_migration_job(id).await? {
+                        progress(&job);
+                    }
+                    return Ok(Stop::Settled);
+                }
+                // Others hold the rest (or a killed worker's lease has yet to expire).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            for item in items {
+                let now = Instant::now();
+                if next_slot > now {
+                    tokio::time::sleep(next_slot - now).await;
+                }
+                next_slot = next_slot.max(now) + pace;
+                self.one(&job, &item).await?;
+            }
+        }
+    }
+
+    /// Every item settled: the job ends `completed` or `completed_with_errors` (once, even
+    /// with several workers: the transition only happens from `running`).
+    async fn settle(&self, job: &MigrationJob) -> Result<(), ApiError> {
+        let to = if job.failed > 0 {
+            job_state::COMPLETED_WITH_ERRORS
+        } else {
+            job_state::COMPLETED
+        };
+        let event = Event::new("", ACTOR, &format!("migration.{to}")).detail(format!(
+            "job={} done={} failed={} skipped={}",
+            job.id, job.done, job.failed, job.skipped
+        ));
+        let mut guard = self.state.audit.lock().await?;
+        let record = guard.begin(&event);
+        let result = self
+            .state
+            .store
+            .set_migration_job_state(&job.id, &[job_state::RUNNING], to, crate::now_ms(), &record)
+            .await;
+        let committed = matches!(result, Ok(Transition::Done(_)));
+        guard.finish(committed.then_some(&record), &result).await;
+        result?;
+        if committed {
+            tracing::info!(job = %job.id, state = to, done = job.done, failed = job.failed, skipped = job.skipped, "migration job finished");
+        }
+        Ok(())
+    }
+
+    /// Re-wrap one item (or decide it needs nothing) and commit the outcome.
+    async fn one(&self, job: &MigrationJob, item: &ClaimedItem) -> Result<CommitResult, ApiError> {
+        let job_id = job.id.as_str();
+        let row = &item.row;
+        let (outcome, from, to) = self.rewrap(job.selector.key_version_below, item).await;
+        let mut event = Event::new("", ACTOR, "migration.rewrap")
+            .account(&row.account)
+            .shard(&row.shard)
+            .detail(format!("job={job_id} from={from} to={to}"));
+        event.version = Some(row.version);
+        event.backend = Some(to.clone());
+        event.outcome = match &outcome {
+            ItemOutcome::Moved { .. } => "ok".into(),
+            ItemOutcome::Skipped => "skipped".into(),
+            ItemOutcome::Failed { .. } => "failed".into(),
+        };
+        let mut guard = self.state.audit.lock().await?;
+        let record = guard.begin(&event);
+        let result = self
+            .state
+            .store
+            .commit_migration_item(
+                job_id,
+                self.worker_id,
+                &row.account,
+                &row.shard,
+                row.version,
+                &row.wrapped_dek,
+                &outcome,
+                crate::now_ms(),
+                &record,
+            )
+            .await;
+        // NotClaimed changes nothing, so its record was not stored.
+        let stored = matches!(
+            result,
+            Ok(CommitResult::Committed | CommitResult::RowChanged)
+        );
+        guard.finish(stored.then_some(&record), &result).await;
+        if matches!(result, Ok(CommitResult::RowChanged)) {
+            // The record above was sealed before the outcome was known; say what happened.
+            let mut note = Event::new("", ACTOR, "migration.rewrap_superseded")
+                .account(&row.account)
+                .shard(&row.shard)
+                .detail(format!(
+                    "job={job_id}: the row changed or was deleted meanwhile; left as it is"
+                ));
+            note.version = Some(row.version);
+            note.outcome = "skipped".into();
+            self.state.audit.record(note).await?;
+        }
+        Ok(result?)
+    }
+
+    /// What should happen to one item: its outcome, source and target backend names.
+    async fn rewrap(
+        &self,
+        key_version_below: Option<i64>,
+        item: &ClaimedItem,
+    ) -> (ItemOutcome, String, String) {
+        let row = &item.row;
+        let from = row.backend.clone();
+        let target = match self.state.policy.place(&row.account, &item.tier) {
+            Ok(p) => p.backend,
+            Err(e) => {
+                return (
+                    ItemOutcome::Failed {
+                        error: format!("policy: {e}"),
+                    },
+                    from.clone(),
+                    from,
+                )
+            }
+        };
+        let stale_key = key_version_below.is_some_and(|n| row.key_version < n);
+        if target == row.backend && !stale_key {
+            return (ItemOutcome::Skipped, from, target);
+        }
+        let failed = |error: String| ItemOutcome::Failed { error };
+        let (Some(source), Some(dest)) = (
+            self.state.backend(&row.backend),
+            self.state.backend(&target),
+        ) else {
+            return (
+                failed("a backend of this row is not configured".into()),
+                from,
+                target,
+            );
+        };
+        let id = ShardIdentity::new(&row.account, &row.shard, row.version.unsigned_abs());
+        let wrapped = match envelope::wrapped_of(row) {
+            Ok((_, w)) => w,
+            Err(e) => return (failed(backend_text(&e)), from, target),
+        };
+        let new = match dest.rewrap_from(&id, source.as_ref(), &wrapped).await {
+            Ok(w) => w,
+            Err(e) => return (failed(backend_text(&e)), from, target),
+        };
+        // Only a wrap the target can open is ever committed.
+        if let Err(e) = dest.verify(&id, &new).await {
+            return (
+                failed(format!("verify: {}", backend_text(&e))),
+                from,
+                target,
+            );
+        }
+        (
+            ItemOutcome::Moved {
+                backend: target.clone(),
+                key_ref: new.key_ref,
+                key_version: i64::from(new.key_version),
+                wrapped_dek: new.blob,
+            },
+            from,
+            target,
+        )
+    }
+}
+
+/// Secret-free text of a backend error (the variants never carry key material).
+fn backend_text(e: &BackendError) -> String {
+    e.to_string()
+}

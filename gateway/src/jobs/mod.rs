@@ -1,0 +1,3 @@
+//! Long-running background jobs of the gateway (tier migration).
+
+pub mod migrate;
