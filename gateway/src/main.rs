@@ -619,6 +619,7 @@ fn show(bar: &indicatif::ProgressBar, job: &shardgate_store::MigrationJob) {
 async fn run_job(state: &AppState, id: &str) -> anyhow::Result<ExitCode> {
     let worker_id = format!("cli-{}", uuid::Uuid::new_v4().simple());
     let worker = shardgate::jobs::migrate::Worker::new(state, &state.migration, &worker_id);
+    eprintln!("migrate: worker {worker_id} started on job {id}");
     let bar = progress_bar(0);
     let stop = worker
         .run(id, |job| show(&bar, job))

@@ -23,6 +23,34 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A crash point for the crash tests, compiled only with the `failpoints` feature (test
+/// builds): `SHARDGATE_TEST_FAILPOINT=<name>:<n>` makes the n-th pass through `<name>` print
+/// `FAILPOINT <name>` and hang, so the test can SIGKILL the process exactly there.
+#[cfg(feature = "failpoints")]
+fn failpoint(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var("SHARDGATE_TEST_FAILPOINT") else {
+        return;
+    };
+    let Some((point, n)) = spec.split_once(':') else {
+        return;
+    };
+    if point != name {
+        return;
+    }
+    let hit = HITS.fetch_add(1, Ordering::SeqCst) + 1;
+    if n.parse::<u64>().ok() == Some(hit) {
+        eprintln!("FAILPOINT {name}");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint(_: &str) {}
+
 /// Who acts in audit events written by workers.
 const ACTOR: &str = "migration-worker";
 
@@ -337,6 +365,7 @@ impl<'a> Worker<'a> {
         let job_id = job.id.as_str();
         let row = &item.row;
         let (outcome, from, to) = self.rewrap(job.selector.key_version_below, item).await;
+        failpoint("before_commit");
         let mut event = Event::new("", ACTOR, "migration.rewrap")
             .account(&row.account)
             .shard(&row.shard)
@@ -371,6 +400,7 @@ impl<'a> Worker<'a> {
             Ok(CommitResult::Committed | CommitResult::RowChanged)
         );
         guard.finish(stored.then_some(&record), &result).await;
+        failpoint("after_commit");
         if matches!(result, Ok(CommitResult::RowChanged)) {
             // The record above was sealed before the outcome was known; say what happened.
             let mut note = Event::new("", ACTOR, "migration.rewrap_superseded")
@@ -430,6 +460,7 @@ impl<'a> Worker<'a> {
             Ok(w) => w,
             Err(e) => return (failed(backend_text(&e)), from, target),
         };
+        failpoint("after_wrap");
         // Only a wrap the target can open is ever committed.
         if let Err(e) = dest.verify(&id, &new).await {
             return (
