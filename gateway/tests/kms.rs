@@ -4,15 +4,13 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::db::Db;
 use common::{StoreKind, Tokens};
 use serde_json::{json, Value};
 use shardgate::config::BackendConfig;
-use tower::ServiceExt;
 
 struct Kms {
     app: axum::Router,
@@ -21,25 +19,16 @@ struct Kms {
     _dir: tempfile::TempDir,
 }
 
-async fn create_key(endpoint: &str) -> String {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    let client = aws_sdk_kms::Client::new(&conf);
-    let key = client.create_key().send().await.unwrap();
-    key.key_metadata().unwrap().arn().unwrap().to_string()
-}
-
 async fn setup(kind: StoreKind) -> Option<Kms> {
     let endpoint = common::require_env("SHARDGATE_TEST_MOTO_ENDPOINT")?;
     let dir = tempfile::tempdir().unwrap();
     let url = common::store_url(kind, dir.path()).await?;
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    let mut kms =
-        shardgate_backends::aws_kms::KmsConfig::new(create_key(&endpoint).await, "us-east-1");
+    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
+        common::create_kms_key(&endpoint).await,
+        "us-east-1",
+    );
     kms.endpoint_url = Some(endpoint);
     cfg.backends
         .insert("kms".into(), BackendConfig::AwsKms(kms));
@@ -56,25 +45,7 @@ async fn setup(kind: StoreKind) -> Option<Kms> {
 
 impl Kms {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.tokens.admin),
-            )
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        common::call(&self.app, &self.tokens.admin, method, path, body).await
     }
 
     async fn put(&self, account: &str, shard: &str, data: &[u8]) -> (StatusCode, Value) {

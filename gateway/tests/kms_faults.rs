@@ -59,17 +59,6 @@ impl Answer {
     }
 }
 
-async fn create_key(endpoint: &str) -> String {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    let client = aws_sdk_kms::Client::new(&conf);
-    let key = client.create_key().send().await.unwrap();
-    key.key_metadata().unwrap().arn().unwrap().to_string()
-}
-
 /// A gateway whose `kms` backend (tier `retail`) reaches moto through a fresh proxy, with the
 /// account `ACCOUNT` created on it. The key is created on moto directly, so the proxy counts
 /// only the gateway's calls.
@@ -80,7 +69,7 @@ async fn setup(kind: StoreKind) -> Option<Faulty> {
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
     let proxy = FaultProxy::start(&endpoint).await;
-    let mut kms = KmsConfig::new(create_key(&endpoint).await, "us-east-1");
+    let mut kms = KmsConfig::new(common::create_kms_key(&endpoint).await, "us-east-1");
     kms.endpoint_url = Some(proxy.url());
     kms.max_attempts = MAX_ATTEMPTS;
     kms.call_timeout_ms = CALL_TIMEOUT_MS;

@@ -8,8 +8,7 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rand::RngCore;
@@ -18,7 +17,6 @@ use shardgate::config::BackendConfig;
 use shardgate_backends::aws_kms::KmsConfig;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use tower::ServiceExt;
 
 const ACCOUNT: &str = "acct-R.recovery:1";
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/recover_kms_shard.py");
@@ -62,12 +60,7 @@ struct Recovery {
 /// A key on moto under a fresh alias; the backend is configured with the alias, as an operator
 /// may, so the recovery must rely on what the row records, not on the gateway's config.
 async fn create_aliased_key(endpoint: &str) -> String {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    let client = aws_sdk_kms::Client::new(&conf);
+    let client = common::kms_client(endpoint).await;
     let key = client.create_key().send().await.unwrap();
     let alias = format!("alias/shardgate-recovery-{}", uuid::Uuid::new_v4().simple());
     client
@@ -119,22 +112,7 @@ async fn setup() -> Option<Recovery> {
 
 impl Recovery {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.admin))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        common::call(&self.app, &self.admin, method, path, body).await
     }
 
     /// Store random bytes (binary, every byte value possible) as the next version; returns

@@ -47,18 +47,8 @@ async fn setup(kind: StoreKind, rate: u32, with_kms: bool) -> Option<Gw> {
     );
     cfg.tiers.insert("gold".into(), "vault".into());
     if let Some(endpoint) = moto {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .load()
-            .await;
-        let key = aws_sdk_kms::Client::new(&conf)
-            .create_key()
-            .send()
-            .await
-            .unwrap();
         let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
-            key.key_metadata().unwrap().arn().unwrap(),
+            common::create_kms_key(&endpoint).await,
             "us-east-1",
         );
         kms.endpoint_url = Some(endpoint);
@@ -81,25 +71,7 @@ async fn setup(kind: StoreKind, rate: u32, with_kms: bool) -> Option<Gw> {
 
 impl Gw {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.tokens.admin),
-            )
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        common::call(&self.app, &self.tokens.admin, method, path, body).await
     }
 
     async fn account(&self, account: &str, tier: &str) -> Value {

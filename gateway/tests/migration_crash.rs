@@ -9,47 +9,20 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::db::Db;
 use common::Tokens;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 use shardgate::config::BackendConfig;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
 
 const WINDOWS: [&str; 3] = ["after_wrap", "before_commit", "after_commit"];
-
-async fn call(
-    app: &axum::Router,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 /// Items of the job settled so far.
 async fn settled(db: &Db, job: &str) -> i64 {
@@ -219,7 +192,7 @@ async fn migration_survives_repeated_sigkill_and_finishes_identical() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let (s, v) = call(
+    let (s, v) = common::call(
         &app,
         &token,
         "GET",
@@ -249,7 +222,7 @@ async fn migration_survives_repeated_sigkill_and_finishes_identical() {
         i64::try_from(n).unwrap()
     );
     for i in 0..n {
-        let (s, v) = call(
+        let (s, v) = common::call(
             &app,
             &token,
             "GET",
@@ -314,7 +287,7 @@ async fn prepare(url: &str, n: usize, lease_ms: u64, rate: u32) -> Prepared {
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     let app = shardgate::app(state);
     let token = tokens.admin.clone();
-    let (s, v) = call(
+    let (s, v) = common::call(
         &app,
         &token,
         "PUT",
@@ -328,7 +301,7 @@ async fn prepare(url: &str, n: usize, lease_ms: u64, rate: u32) -> Prepared {
         let (app, token) = (app.clone(), token.clone());
         loaders.spawn(async move {
             for i in (part..n).step_by(8) {
-                let (s, v) = call(
+                let (s, v) = common::call(
                     &app,
                     &token,
                     "PUT",
@@ -343,7 +316,7 @@ async fn prepare(url: &str, n: usize, lease_ms: u64, rate: u32) -> Prepared {
     while let Some(r) = loaders.join_next().await {
         r.unwrap();
     }
-    let (s, v) = call(
+    let (s, v) = common::call(
         &app,
         &token,
         "PUT",
@@ -396,7 +369,7 @@ async fn two_worker_processes_move_every_row_exactly_once() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let (s, v) = call(
+    let (s, v) = common::call(
         &p.app,
         &p.token,
         "GET",
@@ -432,7 +405,7 @@ async fn two_worker_processes_move_every_row_exactly_once() {
         n
     );
     for i in (0..1500).step_by(7) {
-        let (s, v) = call(
+        let (s, v) = common::call(
             &p.app,
             &p.token,
             "GET",

@@ -3,15 +3,17 @@
 //! DEK swapped in SQL refused by the HSM as an integrity failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use shardgate_softhsm_tests::{module, TestToken};
-use sqlx::Connection;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::gateway::fresh_pg;
 
 fn shardgate_bin() -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>/shardgate
@@ -43,31 +45,6 @@ fn log_dir() -> PathBuf {
     let d = base.join(format!("softhsm-http-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-async fn fresh_pg() -> Option<String> {
-    let base = match std::env::var("SHARDGATE_TEST_DATABASE_URL") {
-        Ok(v) if !v.is_empty() => v,
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("SHARDGATE_TEST_DATABASE_URL is not set under CI=true");
-            }
-            println!("SKIPPED: SHARDGATE_TEST_DATABASE_URL is not set");
-            return None;
-        }
-    };
-    let (prefix, db) = base.rsplit_once('/').unwrap();
-    let name = format!(
-        "{}_{}",
-        db.split('?').next().unwrap(),
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    Some(format!("{prefix}/{name}"))
 }
 
 struct Gateway(Child);

@@ -190,3 +190,54 @@ pub fn write_config(cfg: &Config, path: &Path) {
 pub fn shardgate_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shardgate"))
 }
+
+/// A KMS client on `endpoint` (moto), region us-east-1, credentials from the environment.
+pub async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    aws_sdk_kms::Client::new(&conf)
+}
+
+/// A new symmetric key on `endpoint`; its ARN.
+pub async fn create_kms_key(endpoint: &str) -> String {
+    let key = kms_client(endpoint)
+        .await
+        .create_key()
+        .send()
+        .await
+        .unwrap();
+    key.key_metadata().unwrap().arn().unwrap().to_string()
+}
+
+/// One request to the in-process app with a bearer token; the status and the JSON body
+/// (`Null` when the body is not JSON).
+pub async fn call(
+    app: &axum::Router,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        ))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
