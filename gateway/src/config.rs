@@ -56,6 +56,9 @@ pub struct Config {
     /// Tier-migration workers.
     #[serde(default)]
     pub migration: MigrationConfig,
+    /// Circuit breaker and bulkhead of every backend instance.
+    #[serde(default)]
+    pub breaker: crate::breaker::BreakerConfig,
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -413,6 +416,7 @@ impl Config {
                 ..AuditConfig::default()
             },
             migration: MigrationConfig::default(),
+            breaker: crate::breaker::BreakerConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
         }
     }

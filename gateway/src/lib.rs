@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod breaker;
 pub mod cluster;
 pub mod config;
 pub mod envelope;
@@ -70,6 +71,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/admin/migrations/{id}/cancel",
             post(admin::cancel_migration),
+        )
+        .route(
+            "/v1/admin/backends/{name}/circuit:close",
+            post(admin::close_circuit),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

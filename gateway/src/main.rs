@@ -103,7 +103,9 @@ enum MigrateCommand {
         #[arg(long)]
         from_backend: Option<String>,
         /// With --from-backend: also re-wrap versions whose key version is below N.
-        #[arg(long, requires = "from_backend")]
+        // `requires` alone lets `--account X --key-version-below N` through (clap does not
+        // require an argument that conflicts with one given), so refuse it explicitly.
+        #[arg(long, requires = "from_backend", conflicts_with = "account")]
         key_version_below: Option<i64>,
         /// Work on the job in this process until it is settled.
         #[arg(long)]
@@ -617,6 +619,9 @@ fn show(bar: &indicatif::ProgressBar, job: &shardgate_store::MigrationJob) {
 }
 
 async fn run_job(state: &AppState, id: &str) -> anyhow::Result<ExitCode> {
+    if state.store.get_migration_job(id).await?.is_none() {
+        anyhow::bail!("no such migration job");
+    }
     let worker_id = format!("cli-{}", uuid::Uuid::new_v4().simple());
     let worker = shardgate::jobs::migrate::Worker::new(state, &state.migration, &worker_id);
     eprintln!("migrate: worker {worker_id} started on job {id}");
@@ -667,10 +672,12 @@ async fn migrate_command(command: MigrateCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         MigrateCommand::Run { config, job } => {
+            check_job_id(&job)?;
             let state = migrate_state(&config).await?;
             run_job(&state, &job).await
         }
         MigrateCommand::Status { config, job, watch } => {
+            check_job_id(&job)?;
             let state = migrate_state(&config).await?;
             let get = || async {
                 state
@@ -709,7 +716,17 @@ async fn migrate_command(command: MigrateCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Refuse a malformed job id before opening anything (as the API answers `invalid_id`), rather
+/// than report "no such migration job" for what cannot be one.
+fn check_job_id(job: &str) -> anyhow::Result<()> {
+    if uuid::Uuid::parse_str(job).is_err() {
+        anyhow::bail!("invalid job id: a job id is the UUID `migrate start` prints");
+    }
+    Ok(())
+}
+
 async fn change_job(config: &ConfigArgs, job: &str, to: &str) -> anyhow::Result<ExitCode> {
+    check_job_id(job)?;
     let state = migrate_state(config).await?;
     let job = shardgate::jobs::migrate::transition(&state, job, to, "cli", "")
         .await

@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         admin::pause_migration,
         admin::resume_migration,
         admin::cancel_migration,
+        admin::close_circuit,
         health::healthz,
         health::readyz,
         openapi_json,

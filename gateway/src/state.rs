@@ -23,8 +23,10 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// The database.
     pub store: Arc<dyn Store>,
-    /// Backend instances by name.
+    /// Backend instances by name, each behind its breaker and bulkhead.
     pub backends: BTreeMap<String, Arc<dyn KeyBackend>>,
+    /// The same instances' breakers (operator override, readiness).
+    pub breakers: BTreeMap<String, Arc<crate::breaker::Guarded>>,
     /// Tier, pin and rollout rules.
     pub policy: Policy,
     /// Token verification.
@@ -219,7 +221,13 @@ impl AppState {
         for w in policy.warnings() {
             tracing::warn!("policy: {w}");
         }
-        let backends = open_backends(cfg).await?;
+        let mut backends = BTreeMap::new();
+        let mut breakers = BTreeMap::new();
+        for (name, b) in open_backends(cfg).await? {
+            let guarded = crate::breaker::Guarded::new(b, cfg.breaker.clone());
+            backends.insert(name.clone(), guarded.clone() as Arc<dyn KeyBackend>);
+            breakers.insert(name, guarded);
+        }
         let auth = tokens(cfg, &mut startup)?;
         let key = Arc::new(audit_key(cfg)?);
         let store = shardgate_store::connect(&cfg.store_url(), cfg.store.max_connections).await?;
@@ -236,6 +244,7 @@ impl AppState {
             Self(Arc::new(Inner {
                 store,
                 backends,
+                breakers,
                 policy,
                 auth,
                 audit,

@@ -78,6 +78,10 @@ async fn setup(kind: StoreKind) -> Option<Faulty> {
     cfg.backends
         .insert("kms".into(), BackendConfig::AwsKms(kms));
     cfg.tiers.insert("retail".into(), "kms".into());
+    // The breaker opens during the outages below; a short cooldown and a fast probe let
+    // these tests see recovery in seconds (the breaker itself is pinned in breaker.rs).
+    cfg.breaker.cooldown_ms = 200;
+    cfg.breaker.probe_interval_ms = 50;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     let k = Faulty {
         app: shardgate::app(state),
@@ -99,6 +103,19 @@ async fn setup(kind: StoreKind) -> Option<Faulty> {
 }
 
 impl Faulty {
+    /// GET, retried while the backend's breaker still answers 503 (it closes within its
+    /// cooldown once KMS is back), for at most 5 s.
+    async fn get_once_healed(&self, shard: &str) -> Answer {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = self.get(shard).await;
+            if a.status != StatusCode::SERVICE_UNAVAILABLE || std::time::Instant::now() > deadline {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
         let req = Request::builder()
             .method(method)
@@ -352,7 +369,7 @@ async fn unreachable_kms_answers_503_or_504_within_the_deadline_then_recovers(k:
     all_fail_fast(&k, "connections dropped", &shards).await;
     k.proxy.clear();
     k.proxy.reset_counts();
-    let a = k.get("s1").await;
+    let a = k.get_once_healed("s1").await;
     assert_eq!(a.status, StatusCode::OK, "after the drops: {}", a.body);
     assert_eq!(a.shard(), b"kms-outage-s1-secret");
 
@@ -362,7 +379,7 @@ async fn unreachable_kms_answers_503_or_504_within_the_deadline_then_recovers(k:
     k.proxy.clear();
 
     for s in shards {
-        let a = k.get(s).await;
+        let a = k.get_once_healed(s).await;
         assert_eq!(a.status, StatusCode::OK, "after the stall: {}", a.body);
         assert_eq!(a.shard(), format!("kms-outage-{s}-secret").as_bytes());
     }

@@ -151,7 +151,8 @@ async fn token_deleted_and_recreated_answers_503_then_serves_again_without_resta
         "pool_size = 2\ncheckout_timeout_ms = 500",
         // A second, healthy backend: one backend's outage must not make the process unready.
         &format!(
-            "[backends.local]\nkind = \"local\"\nkey_file = \"{}/local.keyring\"\ncreate = true\n{HSM_TIER}retail = \"local\"\n",
+            // The breaker opens while the token is gone: a short cooldown lets recovery show.
+            "[backends.local]\nkind = \"local\"\nkey_file = \"{}\"\ncreate = true\n{HSM_TIER}retail = \"local\"\n[breaker]\ncooldown_ms = 200\nprobe_interval_ms = 50\n",
             keyring.path().join("local.keyring").display()
         ),
     )

@@ -235,3 +235,45 @@ pub async fn cancel_migration(
 ) -> Result<Response, ApiError> {
     change(state, ctx, path, job_state::CANCELLED).await
 }
+
+/// A backend's breaker after an operator override.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CircuitResponse {
+    /// Backend instance.
+    pub backend: String,
+    /// `closed`.
+    pub state: String,
+}
+
+/// Operator override: close a backend's circuit breaker now (audited).
+#[utoipa::path(post, path = "/v1/admin/backends/{name}/circuit:close", tag = "admin",
+    params(("name" = String, Path, description = "backend instance")),
+    responses((status = 200, description = "closed", body = CircuitResponse)),
+    security(("bearer" = ["admin"])))]
+pub async fn close_circuit(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    ctx.require(&state, Scope::Admin, None, "backend.circuit_close")?;
+    let Path(name) =
+        path.map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid backend name"))?;
+    let guarded = state
+        .breakers
+        .get(&name)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such backend"))?;
+    let mut event = ctx
+        .event("backend.circuit_close")
+        .detail(format!("was {}", guarded.breaker_state()));
+    event.backend = Some(name.clone());
+    // Audited before it takes effect: an override nobody can see must not happen.
+    state.audit.record(event).await?;
+    guarded.force_close();
+    Ok(json(
+        StatusCode::OK,
+        CircuitResponse {
+            backend: name,
+            state: guarded.breaker_state().to_string(),
+        },
+    ))
+}

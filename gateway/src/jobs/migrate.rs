@@ -51,6 +51,9 @@ fn failpoint(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 fn failpoint(_: &str) {}
 
+/// Tries of one item while its backends answer "unavailable" (about 30 s with backoff).
+const TRANSIENT_ATTEMPTS: u32 = 10;
+
 /// Who acts in audit events written by workers.
 const ACTOR: &str = "migration-worker";
 
@@ -61,10 +64,16 @@ pub async fn start(
     actor: &str,
     request_id: &str,
 ) -> Result<MigrationJob, ApiError> {
-    if selector.account.is_none() && selector.from_backend.is_none() {
+    if selector.account.is_some() == selector.from_backend.is_some() {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            "give an account or a from_backend",
+            "give exactly one of account and from_backend",
+        ));
+    }
+    if selector.key_version_below.is_some() && selector.from_backend.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "key_version_below goes with from_backend",
         ));
     }
     if let Some(account) = &selector.account {
@@ -364,7 +373,21 @@ impl<'a> Worker<'a> {
     async fn one(&self, job: &MigrationJob, item: &ClaimedItem) -> Result<CommitResult, ApiError> {
         let job_id = job.id.as_str();
         let row = &item.row;
-        let (outcome, from, to) = self.rewrap(job.selector.key_version_below, item).await;
+        // A backend that is down (or behind an open breaker) is not a verdict on the row:
+        // wait and try again for a while before recording it as failed.
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        let (outcome, from, to) = loop {
+            let (outcome, from, to, transient) =
+                self.rewrap(job.selector.key_version_below, item).await;
+            if !transient || attempt >= TRANSIENT_ATTEMPTS {
+                break (outcome, from, to);
+            }
+            tracing::debug!(job = %job_id, attempt, "backend unavailable during a re-wrap; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            attempt += 1;
+        };
         failpoint("before_commit");
         let mut event = Event::new("", ACTOR, "migration.rewrap")
             .account(&row.account)
@@ -416,12 +439,13 @@ impl<'a> Worker<'a> {
         Ok(result?)
     }
 
-    /// What should happen to one item: its outcome, source and target backend names.
+    /// What should happen to one item: its outcome, source and target backend names, and
+    /// whether a failure was transient (a backend unavailable, worth another try).
     async fn rewrap(
         &self,
         key_version_below: Option<i64>,
         item: &ClaimedItem,
-    ) -> (ItemOutcome, String, String) {
+    ) -> (ItemOutcome, String, String, bool) {
         let row = &item.row;
         let from = row.backend.clone();
         let target = match self.state.policy.place(&row.account, &item.tier) {
@@ -433,12 +457,13 @@ impl<'a> Worker<'a> {
                     },
                     from.clone(),
                     from,
+                    false,
                 )
             }
         };
         let stale_key = key_version_below.is_some_and(|n| row.key_version < n);
         if target == row.backend && !stale_key {
-            return (ItemOutcome::Skipped, from, target);
+            return (ItemOutcome::Skipped, from, target, false);
         }
         let failed = |error: String| ItemOutcome::Failed { error };
         let (Some(source), Some(dest)) = (
@@ -449,16 +474,17 @@ impl<'a> Worker<'a> {
                 failed("a backend of this row is not configured".into()),
                 from,
                 target,
+                false,
             );
         };
         let id = ShardIdentity::new(&row.account, &row.shard, row.version.unsigned_abs());
         let wrapped = match envelope::wrapped_of(row) {
             Ok((_, w)) => w,
-            Err(e) => return (failed(backend_text(&e)), from, target),
+            Err(e) => return (failed(backend_text(&e)), from, target, false),
         };
         let new = match dest.rewrap_from(&id, source.as_ref(), &wrapped).await {
             Ok(w) => w,
-            Err(e) => return (failed(backend_text(&e)), from, target),
+            Err(e) => return (failed(backend_text(&e)), from, target, transient(&e)),
         };
         failpoint("after_wrap");
         // Only a wrap the target can open is ever committed.
@@ -467,6 +493,7 @@ impl<'a> Worker<'a> {
                 failed(format!("verify: {}", backend_text(&e))),
                 from,
                 target,
+                transient(&e),
             );
         }
         (
@@ -478,8 +505,17 @@ impl<'a> Worker<'a> {
             },
             from,
             target,
+            false,
         )
     }
+}
+
+/// A backend that could not answer now (down, overloaded, breaker open, out of time).
+fn transient(e: &BackendError) -> bool {
+    matches!(
+        e,
+        BackendError::Unavailable(_) | BackendError::DeadlineExceeded
+    )
 }
 
 /// Secret-free text of a backend error (the variants never carry key material).

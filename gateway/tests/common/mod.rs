@@ -169,6 +169,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         tiers,
         policy: shardgate::config::PolicyConfig::default(),
         migration: shardgate::config::MigrationConfig::default(),
+        breaker: shardgate::breaker::BreakerConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),

@@ -1,0 +1,280 @@
+//! Circuit breaker and bulkhead per backend, over HTTP (in-process gateway, SQLite and
+//! PostgreSQL): an `aws-kms` backend reaches moto through the fault proxy, a `local` backend
+//! serves another tier next to it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "../../backends/tests/support/fault_proxy.rs"]
+#[allow(dead_code)]
+mod fault_proxy;
+
+use axum::http::StatusCode;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::db::Db;
+use common::{StoreKind, Tokens};
+use fault_proxy::{Fault, FaultProxy, Rule};
+use serde_json::{json, Value};
+use shardgate::config::BackendConfig;
+use std::time::{Duration, Instant};
+
+const DECRYPT: &str = "TrentService.Decrypt";
+
+struct Gw {
+    app: axum::Router,
+    tokens: Tokens,
+    db: Db,
+    proxy: FaultProxy,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(kind: StoreKind, max_concurrent: usize, max_queue: usize) -> Option<Gw> {
+    let endpoint = common::require_env("SHARDGATE_TEST_MOTO_ENDPOINT")?;
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(kind, dir.path()).await?;
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    let proxy = FaultProxy::start(&endpoint).await;
+    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
+        common::create_kms_key(&endpoint).await,
+        "us-east-1",
+    );
+    kms.endpoint_url = Some(proxy.url());
+    kms.cache.enabled = false;
+    kms.max_attempts = 1;
+    kms.call_timeout_ms = 300;
+    kms.deadline_ms = 600;
+    cfg.backends
+        .insert("kms".into(), BackendConfig::AwsKms(kms));
+    cfg.tiers.insert("retail".into(), "kms".into());
+    cfg.tiers.insert("institutional".into(), "local".into());
+    cfg.breaker.failure_threshold = 3;
+    cfg.breaker.cooldown_ms = 400;
+    cfg.breaker.probe_interval_ms = 100;
+    cfg.breaker.max_concurrent = max_concurrent;
+    cfg.breaker.max_queue = max_queue;
+    let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
+    let gw = Gw {
+        app: shardgate::app(state),
+        tokens,
+        db: Db::connect(&url).await,
+        proxy,
+        _dir: dir,
+    };
+    for (account, tier) in [("acct-kms", "retail"), ("acct-local", "institutional")] {
+        let (s, v) = gw
+            .call(
+                "PUT",
+                &format!("/v1/accounts/{account}"),
+                Some(json!({ "tier": tier })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, v) = gw
+            .call(
+                "PUT",
+                &format!("/v1/accounts/{account}/shards/s1"),
+                Some(json!({ "shard": B64.encode(format!("{account} shard")) })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    Some(gw)
+}
+
+impl Gw {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        common::call(&self.app, &self.tokens.admin, method, path, body).await
+    }
+
+    async fn get(&self, account: &str) -> (StatusCode, Value) {
+        self.call("GET", &format!("/v1/accounts/{account}/shards/s1"), None)
+            .await
+    }
+
+    async fn readyz(&self) -> Value {
+        let (s, v) = self.call("GET", "/readyz", None).await;
+        assert_eq!(s, StatusCode::OK, "another backend serves: {v}");
+        v
+    }
+}
+
+async fn breaker_opens_fails_fast_and_closes_by_probe(gw: Gw) {
+    gw.proxy.set(Fault::Drop);
+    for _ in 0..3 {
+        let (s, v) = gw.get("acct-kms").await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("backend_unavailable")),
+            "{v}"
+        );
+    }
+    let calls = gw.proxy.count(DECRYPT);
+    assert_eq!(calls, 3);
+    // Open: answered at once, without a KMS call.
+    let start = Instant::now();
+    let (s, v) = gw.get("acct-kms").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("backend_unavailable")),
+        "{v}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(gw.proxy.count(DECRYPT), calls);
+    // The other backend is unaffected, and the process stays ready.
+    let (s, _) = gw.get("acct-local").await;
+    assert_eq!(s, StatusCode::OK);
+    let r = gw.readyz().await;
+    assert_eq!(r["backends"]["kms"]["usable"], false, "{r}");
+    assert_eq!(r["backends"]["kms"]["stats"]["breaker_state"], 2, "{r}");
+    assert_eq!(r["backends"]["local"]["usable"], true, "{r}");
+    // KMS comes back; the synthetic probe closes the breaker with no user traffic.
+    gw.proxy.clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = gw.readyz().await;
+        if r["backends"]["kms"]["stats"]["breaker_state"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "probe never closed the breaker: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = gw.get("acct-kms").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        B64.decode(v["shard"].as_str().unwrap()).unwrap(),
+        b"acct-kms shard"
+    );
+}
+
+async fn refused_keys_and_tampering_never_open_the_breaker(gw: Gw) {
+    gw.proxy.set_rule(Rule {
+        fault: Fault::kms("DisabledException"),
+        target: Some(DECRYPT.into()),
+        remaining: None,
+    });
+    for _ in 0..5 {
+        let (s, _) = gw.get("acct-kms").await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY);
+    }
+    gw.proxy.clear();
+    gw.db
+        .exec("UPDATE shard_versions SET ciphertext = nonce WHERE account = 'acct-kms'")
+        .await;
+    for _ in 0..5 {
+        let (s, v) = gw.get("acct-kms").await;
+        assert_eq!(v["error"]["code"], "integrity_failure", "{v}");
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let r = gw.readyz().await;
+    assert_eq!(r["backends"]["kms"]["stats"]["breaker_state"], 0, "{r}");
+    assert_eq!(
+        r["backends"]["kms"]["stats"]["breaker_opens_total"], 0,
+        "{r}"
+    );
+}
+
+async fn operator_closes_an_open_breaker_audited(gw: Gw) {
+    gw.proxy.set(Fault::Drop);
+    for _ in 0..3 {
+        gw.get("acct-kms").await;
+    }
+    gw.proxy.clear();
+    let (s, v) = gw
+        .call("POST", "/v1/admin/backends/kms/circuit:close", None)
+        .await;
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (StatusCode::OK, Some("closed")),
+        "{v}"
+    );
+    let (s, _) = gw.get("acct-kms").await;
+    assert_eq!(s, StatusCode::OK);
+    let audited = gw
+        .db
+        .count("SELECT COUNT(*) FROM audit_events WHERE action = 'backend.circuit_close' AND backend = 'kms'")
+        .await;
+    assert_eq!(audited, 1);
+    let (s, _) = gw
+        .call("POST", "/v1/admin/backends/nope/circuit:close", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let req_as_reader = common::call(
+        &gw.app,
+        &gw.tokens.reader,
+        "POST",
+        "/v1/admin/backends/kms/circuit:close",
+        None,
+    )
+    .await;
+    assert_eq!(req_as_reader.0, StatusCode::FORBIDDEN);
+}
+
+async fn a_slow_backend_fills_only_its_own_bulkhead(gw: Gw) {
+    // One slot, no queue: a second concurrent call on kms is refused at once.
+    gw.proxy.set(Fault::Latency(Duration::from_millis(250)));
+    let gw = std::sync::Arc::new(gw);
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.get("acct-kms").await })
+    };
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let start = Instant::now();
+    let (s, v) = gw.get("acct-kms").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("backend_unavailable")),
+        "{v}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        start.elapsed()
+    );
+    // Meanwhile the local backend answers as usual.
+    let (s, _) = gw.get("acct-local").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = slow.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = gw.readyz().await;
+    assert!(
+        r["backends"]["kms"]["stats"]["bulkhead_rejected_total"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{r}"
+    );
+    // Load is not a fault: the breaker stayed closed.
+    assert_eq!(r["backends"]["kms"]["stats"]["breaker_state"], 0, "{r}");
+}
+
+macro_rules! both_stores {
+    ($($name:ident: $conc:expr, $queue:expr;)*) => {
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                if let Some(g) = super::setup(super::StoreKind::Sqlite, $conc, $queue).await { super::$name(g).await; }
+            }
+        )* }
+        mod postgres { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                if let Some(g) = super::setup(super::StoreKind::Postgres, $conc, $queue).await { super::$name(g).await; }
+            }
+        )* }
+    };
+}
+
+both_stores! {
+    breaker_opens_fails_fast_and_closes_by_probe: 64, 256;
+    refused_keys_and_tampering_never_open_the_breaker: 64, 256;
+    operator_closes_an_open_breaker_audited: 64, 256;
+    a_slow_backend_fills_only_its_own_bulkhead: 1, 0;
+}
