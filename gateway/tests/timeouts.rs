@@ -145,6 +145,28 @@ async fn request_blocked_on_the_database_answers_deadline_exceeded() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "{took:?}"
     );
+    // A caller may ask for a shorter deadline, never a longer one.
+    for (asked, min_ms, max_ms) in [("200", 150, 900), ("60000", 900, 4000)] {
+        let start = Instant::now();
+        let r = client
+            .put(format!("{base}/v1/accounts/acct-1/shards/s"))
+            .bearer_auth(&srv.tokens.admin)
+            .header("x-shardgate-deadline-ms", asked)
+            .json(&serde_json::json!({"shard":"aGk="}))
+            .send()
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(
+            r.status(),
+            reqwest::StatusCode::GATEWAY_TIMEOUT,
+            "asked {asked}"
+        );
+        assert!(
+            took >= Duration::from_millis(min_ms) && took < Duration::from_millis(max_ms),
+            "asked {asked}: {took:?}"
+        );
+    }
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut blocker)
         .await

@@ -183,13 +183,25 @@ pub fn query_error(_: axum::extract::rejection::QueryRejection) -> ApiError {
     ApiError::new(ErrorCode::InvalidRequest, "invalid query parameters")
 }
 
+/// Header by which a caller shortens its request's deadline (milliseconds).
+pub const DEADLINE_HEADER: &str = "x-shardgate-deadline-ms";
+
 /// Whole-request deadline: past it the request answers 504 `deadline_exceeded`.
 pub async fn deadline(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
-    let limit = Duration::from_millis(state.timeouts.request_ms);
+    // A caller may ask for less time than the configured deadline (never more).
+    let asked = req
+        .headers()
+        .get(DEADLINE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0);
+    let limit = Duration::from_millis(asked.map_or(state.timeouts.request_ms, |ms| {
+        ms.min(state.timeouts.request_ms)
+    }));
     // Backends see a deadline a little earlier than the request's, so a backend that runs
     // out of time answers a typed error the handler can still audit and map, instead of
     // the whole request being cut off below.
