@@ -1,0 +1,303 @@
+//! A PostgreSQL restart under traffic (a private cluster, so parallel tests are not
+//! disturbed): requests answer 503/504 while it is down and recover after, with no restart of
+//! the gateway; every write answered 201 reads back; nothing is half-written.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use axum::http::StatusCode;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::Tokens;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A throwaway PostgreSQL cluster on a free port, run as the `postgres` user when we are root.
+struct Cluster {
+    bindir: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn as_postgres(bin: &Path, args: &[&str]) -> std::process::Output {
+    let root = std::env::var("USER").as_deref() == Ok("root")
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+    let out = if root {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin)
+            .args(args)
+            .output()
+    } else {
+        Command::new(bin).args(args).output()
+    }
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}{}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        let bindir = PathBuf::from(common::require_env("SHARDGATE_TEST_PG_BINDIR")?);
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        // The cluster's files must belong to the user that runs it.
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        as_postgres(
+            &bindir.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+        );
+        let c = Cluster {
+            bindir,
+            data,
+            port,
+            _dir: dir,
+        };
+        c.up();
+        Some(c)
+    }
+
+    fn up(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.data.display()
+        );
+        let log = self.data.join("server.log");
+        as_postgres(
+            &self.bindir.join("pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stop at once, as a crash would (no checkpoint, connections cut).
+    fn down(&self) {
+        as_postgres(
+            &self.bindir.join("pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bindir.join("pg_ctl"))
+            .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// A write answered 201: shard, version, bytes.
+type Acked = (String, i64, Vec<u8>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_under_traffic_gives_503s_then_full_recovery() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &cluster.url(), &tokens);
+    cfg.timeouts.request_ms = 1500;
+    let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
+    let app = shardgate::app(state);
+    let admin = tokens.admin.clone();
+    let (s, v) = common::call(
+        &app,
+        &admin,
+        "PUT",
+        "/v1/accounts/acct-db",
+        Some(json!({"tier": "retail"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    // Writers and readers run through the whole outage.
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let statuses: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (app, admin, acked, statuses, stop) = (
+            app.clone(),
+            admin.clone(),
+            acked.clone(),
+            statuses.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let shard = format!("w{w}");
+                let data = format!("writer {w} write {n}").into_bytes();
+                let (s, v) = common::call(
+                    &app,
+                    &admin,
+                    "PUT",
+                    &format!("/v1/accounts/acct-db/shards/{shard}"),
+                    Some(json!({"shard": B64.encode(&data)})),
+                )
+                .await;
+                statuses.lock().unwrap().push(s.as_u16());
+                match s.as_u16() {
+                    201 => acked.lock().unwrap().push((
+                        shard.clone(),
+                        v["version"].as_i64().unwrap(),
+                        data,
+                    )),
+                    503 | 504 => {
+                        let code = v["error"]["code"].as_str().unwrap_or("");
+                        assert!(
+                            [
+                                "store_unavailable",
+                                "audit_unavailable",
+                                "deadline_exceeded"
+                            ]
+                            .contains(&code),
+                            "{v}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => panic!("PUT answered {other}: {v}"),
+                }
+                let (s, v) = common::call(
+                    &app,
+                    &admin,
+                    "GET",
+                    &format!("/v1/accounts/acct-db/shards/{shard}"),
+                    None,
+                )
+                .await;
+                assert!(
+                    [200, 503, 504].contains(&s.as_u16()),
+                    "GET answered {s}: {v}"
+                );
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = acked.lock().unwrap().len();
+    assert!(before > 0, "no write got through before the outage");
+    cluster.down();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = statuses
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| **s >= 500)
+        .count();
+    assert!(during > 0, "no request noticed the outage");
+    cluster.up();
+    // Recovery without restarting the gateway: writes succeed again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mark = acked.lock().unwrap().len();
+    while acked.lock().unwrap().len() < mark + 20 {
+        assert!(Instant::now() < deadline, "the gateway never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Every write answered 201 reads back exactly.
+    let acked = acked.lock().unwrap().clone();
+    for (shard, version, data) in &acked {
+        let (s, v) = common::call(
+            &app,
+            &admin,
+            "GET",
+            &format!("/v1/accounts/acct-db/shards/{shard}?version={version}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{shard} v{version}: {v}");
+        assert_eq!(&B64.decode(v["shard"].as_str().unwrap()).unwrap(), data);
+    }
+    // Nothing half-written: every stored version opens (a write answered 5xx either
+    // committed whole or not at all), and versions have no gaps.
+    let db = common::db::Db::connect(&cluster.url()).await;
+    for w in 0..4 {
+        let latest = db
+            .count(&format!(
+                "SELECT COALESCE(MAX(version), 0) FROM shard_versions WHERE shard = 'w{w}'"
+            ))
+            .await;
+        let rows = db
+            .count(&format!(
+                "SELECT COUNT(*) FROM shard_versions WHERE shard = 'w{w}'"
+            ))
+            .await;
+        assert_eq!(rows, latest, "w{w} has gaps");
+        for version in 1..=latest {
+            let (s, v) = common::call(
+                &app,
+                &admin,
+                "GET",
+                &format!("/v1/accounts/acct-db/shards/w{w}?version={version}"),
+                None,
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "w{w} v{version}: {v}");
+        }
+    }
+    println!(
+        "acked writes: {} ({} before the outage); 5xx answers: {during}",
+        acked.len(),
+        before
+    );
+}
