@@ -278,3 +278,176 @@ both_stores! {
     operator_closes_an_open_breaker_audited: 64, 256;
     a_slow_backend_fills_only_its_own_bulkhead: 1, 0;
 }
+
+/// This test's own moto_server (`SHARDGATE_TEST_MOTO_CMD`), so that pausing it with SIGSTOP
+/// disturbs no other test. Killed on drop.
+struct OwnMoto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl OwnMoto {
+    async fn start() -> Option<OwnMoto> {
+        let cmd = common::require_env("SHARDGATE_TEST_MOTO_CMD")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut parts = cmd.split_whitespace();
+        let child = std::process::Command::new(parts.next().unwrap())
+            .args(parts)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "own moto did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(OwnMoto { child, endpoint })
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for OwnMoto {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigstopped_moto_opens_the_kms_breaker_and_sigcont_lets_a_probe_close_it() {
+    let Some(moto) = OwnMoto::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(StoreKind::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
+        common::create_kms_key(&moto.endpoint).await,
+        "us-east-1",
+    );
+    kms.endpoint_url = Some(moto.endpoint.clone());
+    kms.cache.enabled = false;
+    kms.max_attempts = 2;
+    kms.call_timeout_ms = 300;
+    kms.deadline_ms = 700;
+    cfg.backends
+        .insert("kms".into(), BackendConfig::AwsKms(kms));
+    cfg.tiers.insert("retail".into(), "kms".into());
+    cfg.tiers.insert("institutional".into(), "local".into());
+    cfg.breaker.cooldown_ms = 500;
+    cfg.breaker.probe_interval_ms = 100;
+    let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
+    let app = shardgate::app(state);
+    let admin = tokens.admin.clone();
+    for (account, tier) in [("acct-kms", "retail"), ("acct-local", "institutional")] {
+        let (s, _) = common::call(
+            &app,
+            &admin,
+            "PUT",
+            &format!("/v1/accounts/{account}"),
+            Some(json!({"tier": tier})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, v) = common::call(
+            &app,
+            &admin,
+            "PUT",
+            &format!("/v1/accounts/{account}/shards/s1"),
+            Some(json!({"shard": B64.encode(b"before the pause")})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let get = |account: &'static str| {
+        let (app, admin) = (app.clone(), admin.clone());
+        async move {
+            common::call(
+                &app,
+                &admin,
+                "GET",
+                &format!("/v1/accounts/{account}/shards/s1"),
+                None,
+            )
+            .await
+        }
+    };
+
+    moto.signal("-STOP");
+    for _ in 0..3 {
+        let start = Instant::now();
+        let (s, v) = get("acct-kms").await;
+        assert!(
+            s == StatusCode::SERVICE_UNAVAILABLE || s == StatusCode::GATEWAY_TIMEOUT,
+            "{s}: {v}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(700 + 1000),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    // Open: the next one fails at once; local keeps serving; the process stays ready.
+    let start = Instant::now();
+    let (s, _) = get("acct-kms").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        start.elapsed()
+    );
+    let (s, _) = get("acct-local").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, r) = common::call(&app, &admin, "GET", "/readyz", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["backends"]["kms"]["usable"], false, "{r}");
+    assert!(
+        r["backends"]["kms"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open"),
+        "{r}"
+    );
+
+    moto.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, r) = common::call(&app, &admin, "GET", "/readyz", None).await;
+        if r["backends"]["kms"]["stats"]["breaker_state"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no probe closed the breaker: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = get("acct-kms").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        B64.decode(v["shard"].as_str().unwrap()).unwrap(),
+        b"before the pause"
+    );
+}
