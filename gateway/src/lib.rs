@@ -15,6 +15,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod files;
+pub mod hygiene;
 pub mod ids;
 pub mod jobs;
 pub mod metrics;

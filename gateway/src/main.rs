@@ -340,6 +340,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
+    // Before any secret is loaded.
+    shardgate::hygiene::harden();
     let cfg = Config::load(&sources)?;
     let (state, startup) = AppState::build(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
