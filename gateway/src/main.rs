@@ -363,14 +363,21 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     state.start_migration_workers();
     let audit = state.audit.clone();
     let timeouts = cfg.timeouts.clone();
-    shardgate::server::serve(
-        listener,
-        shardgate::app(state),
-        &timeouts,
-        shutdown_signal(),
-    )
-    .await;
+    let first = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; draining requests in flight");
+        // A second signal during the drain means "now".
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::warn!("second shutdown signal: exiting at once");
+            std::process::exit(130);
+        });
+    };
+    shardgate::server::serve(listener, shardgate::app(state.clone()), &timeouts, first).await;
+    // Workers stop claiming; an item in flight is either committed or left to its lease.
+    state.stop_migration_workers();
     audit.checkpoint().await;
+    tracing::info!("shut down");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -268,6 +268,13 @@ impl AppState {
         });
     }
 
+    /// Stop this process's migration workers from claiming more work (shutdown).
+    pub fn stop_migration_workers(&self) {
+        if let Some(sup) = self.migrations.get() {
+            sup.stop();
+        }
+    }
+
     /// The backend instance of that name.
     pub fn backend(&self, name: &str) -> Option<&Arc<dyn KeyBackend>> {
         self.backends.get(name)

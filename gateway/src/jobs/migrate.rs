@@ -185,6 +185,7 @@ pub struct Supervisor {
     worker_id: String,
     active: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Supervisor {
@@ -200,6 +201,7 @@ impl Supervisor {
             cfg,
             active: Mutex::new(BTreeSet::new()),
             wake: tokio::sync::Notify::new(),
+            stopping: Arc::default(),
         });
         let weak = Arc::downgrade(&sup);
         let every = Duration::from_millis(sup.cfg.poll_interval_ms.max(50));
@@ -217,12 +219,21 @@ impl Supervisor {
         sup
     }
 
+    /// Stop claiming: workers finish the item in hand and return (shutdown).
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Look for work now (a job was started or resumed).
     pub fn nudge(&self) {
         self.wake.notify_one();
     }
 
     async fn scan(self: &Arc<Self>) {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let jobs = match self
             .state
             .store
@@ -245,7 +256,8 @@ impl Supervisor {
                 let sup = self.clone();
                 tokio::spawn(async move {
                     let id = job.id.clone();
-                    let worker = Worker::new(&sup.state, &sup.cfg, &sup.worker_id);
+                    let worker = Worker::new(&sup.state, &sup.cfg, &sup.worker_id)
+                        .stopping(sup.stopping.clone());
                     if let Err(e) = worker.run(&id, |_| {}).await {
                         tracing::warn!(job = %id, error = %e.message, "migration worker stopped");
                     }
@@ -264,6 +276,7 @@ pub struct Worker<'a> {
     state: &'a AppState,
     cfg: &'a MigrationConfig,
     worker_id: &'a str,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a worker loop ended.
@@ -282,7 +295,14 @@ impl<'a> Worker<'a> {
             state,
             cfg,
             worker_id,
+            stopping: Arc::default(),
         }
+    }
+
+    /// Stop at the next safe point (between items) once `flag` is set.
+    pub fn stopping(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stopping = flag;
+        self
     }
 
     /// Claim, re-wrap and commit until nothing is left; `progress` sees the job after
@@ -300,7 +320,9 @@ impl<'a> Worker<'a> {
                 return Err(ApiError::new(ErrorCode::NotFound, "no such migration job"));
             };
             progress(&job);
-            if job.state != job_state::RUNNING {
+            if job.state != job_state::RUNNING
+                || self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 return Ok(Stop::NotRunning);
             }
             if last_log.elapsed() >= Duration::from_secs(5) {
@@ -331,6 +353,10 @@ impl<'a> Worker<'a> {
                 continue;
             }
             for item in items {
+                if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Unsettled claims go back to the pool when their lease runs out.
+                    return Ok(Stop::NotRunning);
+                }
                 let now = Instant::now();
                 if next_slot > now {
                     tokio::time::sleep(next_slot - now).await;
