@@ -140,6 +140,18 @@ pub fn canonical(r: &AuditRecord) -> Vec<u8> {
     out
 }
 
+/// HMAC-SHA256 under the audit key (which is not in the database) over a domain label and
+/// length-prefixed parts: a digest someone with only database access can neither forge nor
+/// use to test guesses of the parts (e.g. the stored hash of an idempotent request).
+pub fn keyed_digest(key: &AuditKey, domain: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = key.mac();
+    for part in std::iter::once(domain).chain(parts.iter().copied()) {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
 /// HMAC-SHA256 tag of an event.
 pub fn tag(key: &AuditKey, r: &AuditRecord) -> Vec<u8> {
     let mut mac = key.mac();
@@ -326,6 +338,11 @@ impl Drop for ChainGuard<'_> {
 }
 
 impl Auditor {
+    /// [`keyed_digest`] under this process's audit key.
+    pub fn keyed_digest(&self, domain: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        keyed_digest(&self.key, domain, parts)
+    }
+
     /// Start a new chain for this process: register it and spawn the batching writer and
     /// the checkpoint logger.
     pub async fn start(

@@ -59,6 +59,9 @@ pub struct Config {
     /// Circuit breaker and bulkhead of every backend instance.
     #[serde(default)]
     pub breaker: crate::breaker::BreakerConfig,
+    /// `Idempotency-Key` handling of PUT and DELETE.
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -218,6 +221,29 @@ pub struct Limits {
     /// Largest page of the shard list.
     #[serde(default = "d_page")]
     pub list_max_limit: i64,
+}
+
+/// `[idempotency]`: the stored first answers of `PUT`/`DELETE` requests made with an
+/// `Idempotency-Key` header.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long an answer is replayed to a retry with the same key, in seconds (default one
+    /// day); older records are ignored and purged.
+    #[serde(default = "d_idem_window")]
+    pub window_secs: u64,
+}
+
+fn d_idem_window() -> u64 {
+    86_400
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: d_idem_window(),
+        }
+    }
 }
 
 fn d_body() -> usize {
@@ -417,6 +443,7 @@ impl Config {
             },
             migration: MigrationConfig::default(),
             breaker: crate::breaker::BreakerConfig::default(),
+            idempotency: IdempotencyConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
         }
     }
@@ -518,6 +545,11 @@ impl Config {
                 "limits must be greater than zero".into(),
             ));
         }
+        if self.idempotency.window_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "idempotency.window_secs must be greater than zero".into(),
+            ));
+        }
         if self.limits.list_max_limit < 1 {
             return Err(ConfigError::Invalid(
                 "limits.list_max_limit must be at least 1".into(),
@@ -571,6 +603,30 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
         assert!(cfg.store_url().starts_with("sqlite:///tmp/x/"));
         assert!(cfg.tiers.contains_key("retail") && cfg.tiers.contains_key("institutional"));
+    }
+
+    #[test]
+    fn idempotency_window_defaults_and_reaches_the_limits() {
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.idempotency.window_secs, 86_400);
+        assert_eq!(cfg.idempotency.window_secs, 86_400);
+        std::env::set_var("SGIDEMTEST_IDEMPOTENCY__WINDOW_SECS", "60");
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGIDEMTEST_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.idempotency.window_secs, 60);
     }
 
     #[test]

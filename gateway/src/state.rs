@@ -39,6 +39,8 @@ pub struct Inner {
     pub timeouts: Timeouts,
     /// Migration settings.
     pub migration: crate::config::MigrationConfig,
+    /// How long `Idempotency-Key` answers are replayed.
+    pub idempotency: crate::config::IdempotencyConfig,
     /// This process's migration supervisor, once started (`serve` starts it; tests may).
     pub migrations: std::sync::OnceLock<Arc<crate::jobs::migrate::Supervisor>>,
 }
@@ -251,6 +253,7 @@ impl AppState {
                 limits: cfg.limits.clone(),
                 timeouts: cfg.timeouts.clone(),
                 migration: cfg.migration.clone(),
+                idempotency: cfg.idempotency.clone(),
                 migrations: std::sync::OnceLock::new(),
             })),
             startup,

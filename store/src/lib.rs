@@ -140,6 +140,58 @@ pub struct DeleteOutcome {
     pub versions: i64,
 }
 
+/// The stored first answer of a write made with an `Idempotency-Key`.
+///
+/// `(scope, key)` is unique: `scope` is the caller identity + method + path (built by the
+/// gateway), so two identities' keys never collide. `body_json` is the answer's JSON body;
+/// it never carries shard bytes (put and delete answers carry none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// Caller identity, method and path.
+    pub scope: String,
+    /// The client's `Idempotency-Key`.
+    pub key: String,
+    /// SHA-256 of the request (so a reuse with another request is refused).
+    pub request_hash: Vec<u8>,
+    /// HTTP status of the first answer.
+    pub status: i32,
+    /// JSON body of the first answer.
+    pub body_json: String,
+    /// When it was stored, unix milliseconds.
+    pub created_at: i64,
+}
+
+/// An idempotency record to store with a write, in the same transaction.
+///
+/// A record of the same `(scope, key)` created before `expired_before_ms` is expired: it is
+/// replaced. Otherwise the write is not made and the stored record is returned
+/// ([`Idempotent::Replay`]). On PostgreSQL the record is inserted first in the transaction,
+/// so a concurrent request with the same key waits for the first one's commit (or rollback)
+/// and then replays its answer (or proceeds); on SQLite writers are serialised anyway.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotentWrite<'a> {
+    /// The record (for a delete, rebuilt by [`Store::delete_shard_idempotent`]'s closure
+    /// once the count is known).
+    pub record: &'a IdempotencyRecord,
+    /// Records older than this (unix milliseconds) no longer count.
+    pub expired_before_ms: i64,
+}
+
+/// Builds a delete's idempotency record once the transaction knows the destroyed count.
+pub type IdempotencyForCount<'a> = &'a (dyn Fn(i64) -> IdempotencyRecord + Send + Sync);
+
+/// Builds an account delete's idempotency record once the transaction knows its outcome.
+pub type IdempotencyForOutcome<'a> = &'a (dyn Fn(DeleteOutcome) -> IdempotencyRecord + Send + Sync);
+
+/// Outcome of a write made with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotent<T> {
+    /// The write (and its record, and its audit event) committed.
+    Done(T),
+    /// A live record of the same key exists: nothing was written; this is the first answer.
+    Replay(IdempotencyRecord),
+}
+
 /// Store errors. Messages never carry shard bytes or keys.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -204,7 +256,24 @@ pub trait Store: Send + Sync + 'static {
         &self,
         account: &str,
         audit: AuditForCount<'_>,
-    ) -> Result<DeleteOutcome, StoreError>;
+    ) -> Result<DeleteOutcome, StoreError> {
+        match self.delete_account_idempotent(account, audit, None).await? {
+            Idempotent::Done(o) => Ok(o),
+            Idempotent::Replay(_) => Err(StoreError::Internal(
+                "replay without an idempotency record".to_string(),
+            )),
+        }
+    }
+
+    /// [`Store::delete_account`] with an optional idempotency record, exactly as
+    /// [`Store::delete_shard_idempotent`] (the closure gets the outcome; it is also called
+    /// with an empty outcome to learn the `(scope, key)` first).
+    async fn delete_account_idempotent(
+        &self,
+        account: &str,
+        audit: AuditForCount<'_>,
+        idem: Option<(i64, IdempotencyForOutcome<'_>)>,
+    ) -> Result<Idempotent<DeleteOutcome>, StoreError>;
 
     /// Shards of the account ordered by id bytes, ids strictly greater than `after`.
     async fn list_shards(
@@ -224,7 +293,28 @@ pub trait Store: Send + Sync + 'static {
         &self,
         row: &ShardVersionRow,
         audit: &AuditRecord,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        match self
+            .insert_shard_version_idempotent(row, audit, None)
+            .await?
+        {
+            Idempotent::Done(()) => Ok(()),
+            Idempotent::Replay(_) => Err(StoreError::Internal(
+                "replay without an idempotency record".to_string(),
+            )),
+        }
+    }
+
+    /// [`Store::insert_shard_version`], and, when `idem` is given, its idempotency record in
+    /// the same transaction (see [`IdempotentWrite`]). `Replay` when a live record of the
+    /// same `(scope, key)` exists; nothing is written then. The record is checked before
+    /// the account and version, so a retry never answers `Conflict` for its own write.
+    async fn insert_shard_version_idempotent(
+        &self,
+        row: &ShardVersionRow,
+        audit: &AuditRecord,
+        idem: Option<IdempotentWrite<'_>>,
+    ) -> Result<Idempotent<()>, StoreError>;
 
     /// One version (`None` = latest).
     async fn get_shard_version(
@@ -248,7 +338,40 @@ pub trait Store: Send + Sync + 'static {
         account: &str,
         shard: &str,
         audit: AuditForCount<'_>,
-    ) -> Result<i64, StoreError>;
+    ) -> Result<i64, StoreError> {
+        match self
+            .delete_shard_idempotent(account, shard, audit, None)
+            .await?
+        {
+            Idempotent::Done(n) => Ok(n),
+            Idempotent::Replay(_) => Err(StoreError::Internal(
+                "replay without an idempotency record".to_string(),
+            )),
+        }
+    }
+
+    /// [`Store::delete_shard`], and, when `idem` is given, the idempotency record that
+    /// `idem.1` builds for the destroyed count, in the same transaction. `idem.0` is the
+    /// window cutoff (see [`IdempotentWrite::expired_before_ms`]); the closure is also
+    /// called with 0 to learn the `(scope, key)` before anything is deleted. `Replay` when a
+    /// live record of the key exists (nothing is deleted then, so a retry never sees 404).
+    async fn delete_shard_idempotent(
+        &self,
+        account: &str,
+        shard: &str,
+        audit: AuditForCount<'_>,
+        idem: Option<(i64, IdempotencyForCount<'_>)>,
+    ) -> Result<Idempotent<i64>, StoreError>;
+
+    /// The record stored for `(scope, key)`, expired or not (the caller checks the window).
+    async fn get_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Delete every idempotency record created before `before_ms`; returns how many.
+    async fn purge_idempotency(&self, before_ms: i64) -> Result<i64, StoreError>;
 
     /// Append audit records (one chain, consecutive seqs) in one transaction.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;

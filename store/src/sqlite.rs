@@ -25,7 +25,8 @@ use sqlx::{Connection, Row, Sqlite, Transaction};
 use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, ClaimedItem, CommitResult,
-    DeleteOutcome, ItemOutcome, MigrationFailure, MigrationJob, MigrationSelector, ShardSummary,
+    DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord, Idempotent,
+    IdempotentWrite, ItemOutcome, MigrationFailure, MigrationJob, MigrationSelector, ShardSummary,
     ShardVersionRow, Store, StoreError, Transition,
 };
 
@@ -280,6 +281,101 @@ where
         .is_some())
 }
 
+const IDEM_COLUMNS: &str = "scope, key, request_hash, status, body_json, created_at";
+
+fn idem_from_row(r: &SqliteRow) -> Result<IdempotencyRecord, sqlx::Error> {
+    Ok(IdempotencyRecord {
+        scope: r.try_get("scope")?,
+        key: r.try_get("key")?,
+        request_hash: r.try_get("request_hash")?,
+        status: r.try_get("status")?,
+        body_json: r.try_get("body_json")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+async fn idem_get<'e, E>(
+    executor: E,
+    scope: &str,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    sqlx::query(&format!(
+        "SELECT {IDEM_COLUMNS} FROM idempotency_keys WHERE scope = ?1 AND key = ?2"
+    ))
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(executor)
+    .await
+    .map_err(map_err)?
+    .map(|r| idem_from_row(&r))
+    .transpose()
+    .map_err(map_err)
+}
+
+/// Claim `(scope, key)` first in a write transaction: drop an expired record of the key,
+/// then insert ours (`ON CONFLICT DO NOTHING`, which on PostgreSQL waits for a concurrent
+/// holder of the key to commit or roll back). `Some(existing)` when a live record holds it.
+async fn idem_claim(
+    conn: &mut SqliteConnection,
+    rec: &IdempotencyRecord,
+    expired_before_ms: i64,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND created_at < ?3")
+        .bind(&rec.scope)
+        .bind(&rec.key)
+        .bind(expired_before_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO idempotency_keys ({IDEM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (scope, key) DO NOTHING"
+    ))
+    .bind(&rec.scope)
+    .bind(&rec.key)
+    .bind(&rec.request_hash)
+    .bind(rec.status)
+    .bind(&rec.body_json)
+    .bind(rec.created_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(None);
+    }
+    match idem_get(&mut *conn, &rec.scope, &rec.key).await? {
+        Some(existing) => Ok(Some(existing)),
+        // Purged between our insert and read: let the client retry.
+        None => Err(StoreError::Unavailable(
+            "idempotency record changed concurrently; retry".to_string(),
+        )),
+    }
+}
+
+/// Replace the claimed record's answer (a delete learns its count late).
+async fn idem_update(
+    conn: &mut SqliteConnection,
+    rec: &IdempotencyRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET request_hash = ?3, status = ?4, body_json = ?5 \
+         WHERE scope = ?1 AND key = ?2",
+    )
+    .bind(&rec.scope)
+    .bind(&rec.key)
+    .bind(&rec.request_hash)
+    .bind(rec.status)
+    .bind(&rec.body_json)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
 fn count(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Internal("row count out of range".to_string()))
 }
@@ -390,12 +486,22 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn delete_account(
+    async fn delete_account_idempotent(
         &self,
         account: &str,
         audit: AuditForCount<'_>,
-    ) -> Result<DeleteOutcome, StoreError> {
+        idem: Option<(i64, IdempotencyForOutcome<'_>)>,
+    ) -> Result<Idempotent<DeleteOutcome>, StoreError> {
         let mut tx = self.begin_write().await?;
+        if let Some((expired_before_ms, build)) = idem {
+            let empty = DeleteOutcome {
+                shards: 0,
+                versions: 0,
+            };
+            if let Some(existing) = idem_claim(&mut tx, &build(empty), expired_before_ms).await? {
+                return Ok(Idempotent::Replay(existing));
+            }
+        }
         if !account_exists(&mut *tx, account).await.map_err(map_err)? {
             return Err(StoreError::AccountNotFound);
         }
@@ -419,8 +525,11 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?;
         insert_audit(&mut tx, &audit(versions)).await?;
+        if let Some((_, build)) = idem {
+            idem_update(&mut tx, &build(DeleteOutcome { shards, versions })).await?;
+        }
         tx.commit().await.map_err(map_err)?;
-        Ok(DeleteOutcome { shards, versions })
+        Ok(Idempotent::Done(DeleteOutcome { shards, versions }))
     }
 
     async fn list_shards(
@@ -459,14 +568,20 @@ impl Store for SqliteStore {
         latest(&self.pool, account, shard).await.map_err(map_err)
     }
 
-    async fn insert_shard_version(
+    async fn insert_shard_version_idempotent(
         &self,
         row: &ShardVersionRow,
         audit: &AuditRecord,
-    ) -> Result<(), StoreError> {
+        idem: Option<IdempotentWrite<'_>>,
+    ) -> Result<Idempotent<()>, StoreError> {
         // BEGIN IMMEDIATE: we hold the write lock from here, so the latest version cannot
         // change before our insert.
         let mut tx = self.begin_write().await?;
+        if let Some(w) = idem {
+            if let Some(existing) = idem_claim(&mut tx, w.record, w.expired_before_ms).await? {
+                return Ok(Idempotent::Replay(existing));
+            }
+        }
         if !account_exists(&mut *tx, &row.account)
             .await
             .map_err(map_err)?
@@ -516,7 +631,8 @@ impl Store for SqliteStore {
             Err(e) => return Err(map_err(e)),
         }
         insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        Ok(Idempotent::Done(()))
     }
 
     async fn get_shard_version(
@@ -606,13 +722,19 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn delete_shard(
+    async fn delete_shard_idempotent(
         &self,
         account: &str,
         shard: &str,
         audit: AuditForCount<'_>,
-    ) -> Result<i64, StoreError> {
+        idem: Option<(i64, IdempotencyForCount<'_>)>,
+    ) -> Result<Idempotent<i64>, StoreError> {
         let mut tx = self.begin_write().await?;
+        if let Some((expired_before_ms, build)) = idem {
+            if let Some(existing) = idem_claim(&mut tx, &build(0), expired_before_ms).await? {
+                return Ok(Idempotent::Replay(existing));
+            }
+        }
         let deleted = sqlx::query("DELETE FROM shard_versions WHERE account = ?1 AND shard = ?2")
             .bind(account)
             .bind(shard)
@@ -625,8 +747,31 @@ impl Store for SqliteStore {
         }
         let deleted = count(deleted)?;
         insert_audit(&mut tx, &audit(deleted)).await?;
+        if let Some((_, build)) = idem {
+            idem_update(&mut tx, &build(deleted)).await?;
+        }
         tx.commit().await.map_err(map_err)?;
-        Ok(deleted)
+        Ok(Idempotent::Done(deleted))
+    }
+
+    async fn get_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        idem_get(&self.pool, scope, key).await
+    }
+
+    async fn purge_idempotency(&self, before_ms: i64) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        tx.commit().await.map_err(map_err)?;
+        count(n)
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {

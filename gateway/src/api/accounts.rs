@@ -199,12 +199,15 @@ pub async fn get_account(
 
 /// Crypto-shred every shard version of the account, then the account.
 #[utoipa::path(delete, path = "/v1/accounts/{account}", tag = "accounts",
-    params(("account" = String, Path, description = "account id")),
+    params(("account" = String, Path, description = "account id"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "retry-safe delete: a retry with the same key replays the first answer")),
     responses((status = 200, description = "receipt", body = DeleteAccountResponse)),
     security(("bearer" = ["accounts:delete"])))]
 pub async fn delete_account(
     State(state): State<AppState>,
     ctx: Ctx,
+    headers: axum::http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let account = account_id(path)?;
@@ -214,14 +217,70 @@ pub async fn delete_account(
         Some(&account),
         "account.delete",
     )?;
+    // `Idempotency-Key`: see `shards::IdemKey`.
+    let idem = super::shards::IdemKey::from_headers(
+        &state,
+        &headers,
+        &ctx,
+        "DELETE",
+        &format!("/v1/accounts/{account}"),
+        &[],
+    )?;
+    if let Some(idem) = &idem {
+        if let Some(answer) = idem.lookup(&state).await? {
+            return Ok(answer);
+        }
+    }
     let event = ctx.event("account.delete").account(&account);
     let mut guard = state.audit.lock().await?;
     guard.arm();
     let seal = |n: i64| guard.seal(&event.clone().detail(format!("destroyed_versions={n}")));
-    let result = state.store.delete_account(&account, &seal).await;
-    let record = result.as_ref().ok().map(|o| seal(o.versions));
+    let receipt = |o: shardgate_store::DeleteOutcome| DeleteAccountResponse {
+        account: account.clone(),
+        destroyed_shards: o.shards,
+        destroyed_versions: o.versions,
+        audit_event: Auditor::event_id(&seal(o.versions)),
+    };
+    let idem_record = |o: shardgate_store::DeleteOutcome| match &idem {
+        // Serialising a receipt cannot fail.
+        Some(i) => i
+            .record(StatusCode::OK, &receipt(o))
+            .unwrap_or_else(|_| unreachable!("a receipt serialises")),
+        None => unreachable!("only called with an idempotency key"),
+    };
+    let write = idem.as_ref().map(|i| {
+        (
+            i.expired_before_ms(),
+            &idem_record as shardgate_store::IdempotencyForOutcome<'_>,
+        )
+    });
+    let result = state
+        .store
+        .delete_account_idempotent(&account, &seal, write)
+        .await;
+    let (result, replay) = match result {
+        Ok(shardgate_store::Idempotent::Done(o)) => (Ok(o), None),
+        Ok(shardgate_store::Idempotent::Replay(rec)) => (
+            Ok(shardgate_store::DeleteOutcome {
+                shards: 0,
+                versions: 0,
+            }),
+            Some(rec),
+        ),
+        Err(e) => (Err(e), None),
+    };
+    let record = match (&result, &replay) {
+        (Ok(o), None) => Some(seal(o.versions)),
+        _ => None,
+    };
     guard.finish(record.as_ref(), &result).await;
+    if let (Some(rec), Some(idem)) = (replay, &idem) {
+        return idem.replay(rec);
+    }
     let outcome = result?;
+    if let Some(idem) = &idem {
+        idem.purge_now_and_then(&state);
+    }
     Ok(json(
         StatusCode::OK,
         DeleteAccountResponse {

@@ -9,13 +9,16 @@ use crate::ids;
 use crate::state::AppState;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use shardgate_backends::ShardIdentity;
-use shardgate_store::{ShardVersionRow, StoreError};
+use shardgate_store::{
+    IdempotencyRecord, Idempotent, IdempotentWrite, ShardVersionRow, StoreError,
+};
+use std::sync::atomic::{AtomicI64, Ordering};
 use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
@@ -112,6 +115,165 @@ fn shard_ids(p: ShardPath) -> Result<(String, String), ApiError> {
     Ok((account, shard))
 }
 
+/// The request header naming a retry-safe write.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Set on an answer replayed from an earlier request with the same `Idempotency-Key`.
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// How often (at most) a process purges expired idempotency records, in milliseconds.
+const IDEMPOTENCY_PURGE_EVERY_MS: i64 = 60_000;
+
+/// A write request's `Idempotency-Key`, resolved to its scope (caller identity + method +
+/// path) and request hash.
+///
+/// A retry with the same key, scope and request gets the first answer again (same status
+/// and body, plus `Idempotent-Replayed: true`) for `[idempotency] window_secs`; the same key
+/// with another request is 400 `invalid_request`. The record commits in the same
+/// transaction as the write, so there is never a write without its key or a key without
+/// its write. Two concurrent requests with one key: exactly one writes; the other waits for
+/// it (on the key's row in PostgreSQL, on the write lock in SQLite, and on this process's
+/// audit chain lock) and then replays its answer. Only successful answers are stored: a
+/// failed request may be retried with the same key.
+pub(crate) struct IdemKey {
+    scope: String,
+    key: String,
+    hash: Vec<u8>,
+    now_ms: i64,
+    expired_before_ms: i64,
+}
+
+impl IdemKey {
+    /// The key of the request, if it carries one; 400 `invalid_request` if it is not 1 to
+    /// 128 printable ASCII characters. `request` lists the fields that define the request
+    /// (the hash is length-prefixed, salted with the scope and key).
+    pub(crate) fn from_headers(
+        state: &AppState,
+        headers: &HeaderMap,
+        ctx: &Ctx,
+        method: &str,
+        path: &str,
+        request: &[&[u8]],
+    ) -> Result<Option<IdemKey>, ApiError> {
+        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        let invalid = || {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Idempotency-Key must be 1 to 128 printable ASCII characters",
+            )
+        };
+        if values.next().is_some() {
+            return Err(invalid());
+        }
+        let key = value.to_str().map_err(|_| invalid())?;
+        if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(invalid());
+        }
+        let name = &ctx.caller.name;
+        let scope = format!("{}:{name} {method} {path}", name.len());
+        // Keyed (audit key, not in the database): the stored hash covers the shard bytes,
+        // and a plain hash would let someone with database access test guesses of them.
+        let parts: Vec<&[u8]> = [scope.as_bytes(), key.as_bytes()]
+            .into_iter()
+            .chain(request.iter().copied())
+            .collect();
+        let hash = state
+            .audit
+            .keyed_digest(b"shardgate idempotency request v1", &parts);
+        let now_ms = crate::now_ms();
+        let window_ms =
+            i64::try_from(state.idempotency.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Ok(Some(IdemKey {
+            scope,
+            key: key.to_string(),
+            hash,
+            now_ms,
+            expired_before_ms: now_ms.saturating_sub(window_ms),
+        }))
+    }
+
+    /// The record to store with the write's answer.
+    pub(crate) fn record(
+        &self,
+        status: StatusCode,
+        body: &impl Serialize,
+    ) -> Result<IdempotencyRecord, ApiError> {
+        Ok(IdempotencyRecord {
+            scope: self.scope.clone(),
+            key: self.key.clone(),
+            request_hash: self.hash.clone(),
+            status: i32::from(status.as_u16()),
+            body_json: serde_json::to_string(body)
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "answer not serialisable"))?,
+            created_at: self.now_ms,
+        })
+    }
+
+    /// The stored answer, when a live record of this key exists.
+    pub(crate) async fn lookup(&self, state: &AppState) -> Result<Option<Response>, ApiError> {
+        match state.store.get_idempotency(&self.scope, &self.key).await? {
+            Some(rec) if rec.created_at >= self.expired_before_ms => self.replay(rec).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Answer a retry with the first answer, or 400 if the key was used for another request.
+    pub(crate) fn replay(&self, rec: IdempotencyRecord) -> Result<Response, ApiError> {
+        if rec.request_hash != self.hash {
+            return Err(ApiError::new(
+                ErrorCode::VersionConflict,
+                "Idempotency-Key reused with a different request",
+            ));
+        }
+        let status = u16::try_from(rec.status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "stored answer is malformed"))?;
+        Response::builder()
+            .status(status)
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .header(IDEMPOTENT_REPLAYED, "true")
+            .body(axum::body::Body::from(rec.body_json))
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "stored answer is malformed"))
+    }
+
+    /// What the store needs to write the record with an insert.
+    pub(crate) fn write<'a>(&self, record: &'a IdempotencyRecord) -> IdempotentWrite<'a> {
+        IdempotentWrite {
+            record,
+            expired_before_ms: self.expired_before_ms,
+        }
+    }
+
+    /// Records created before this (unix milliseconds) no longer count.
+    pub(crate) fn expired_before_ms(&self) -> i64 {
+        self.expired_before_ms
+    }
+
+    /// Purge expired records, at most once a minute per process, off the request path.
+    pub(crate) fn purge_now_and_then(&self, state: &AppState) {
+        static LAST: AtomicI64 = AtomicI64::new(0);
+        let last = LAST.load(Ordering::Relaxed);
+        if self.now_ms - last < IDEMPOTENCY_PURGE_EVERY_MS
+            || LAST
+                .compare_exchange(last, self.now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let store = state.store.clone();
+        let before = self.expired_before_ms;
+        tokio::spawn(async move {
+            if let Err(e) = store.purge_idempotency(before).await {
+                tracing::warn!(error = %e, "purging expired idempotency records failed");
+            }
+        });
+    }
+}
+
 /// A decrypted shard version. Plaintext stays in zeroizing memory.
 pub(crate) struct Opened {
     pub plaintext: Zeroizing<Vec<u8>>,
@@ -195,18 +357,37 @@ pub(crate) async fn not_found(
 
 /// Store a new version of a shard.
 #[utoipa::path(put, path = "/v1/accounts/{account}/shards/{shard}", tag = "shards",
-    params(("account" = String, Path), ("shard" = String, Path)),
+    params(("account" = String, Path), ("shard" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "retry-safe write: a retry with the same key replays the first answer")),
     request_body = PutShardRequest,
     responses((status = 201, description = "stored", body = PutShardResponse)),
     security(("bearer" = ["shards:write"])))]
 pub async fn put_shard(
     State(state): State<AppState>,
     ctx: Ctx,
+    headers: HeaderMap,
     path: ShardPath,
     ApiJson(body): ApiJson<PutShardRequest>,
 ) -> Result<Response, ApiError> {
     let (account, shard) = shard_ids(path)?;
     ctx.require(&state, Scope::ShardsWrite, Some(&account), "shard.put")?;
+    let expected = body
+        .expected_version
+        .map_or_else(|| "none".to_string(), |v| v.to_string());
+    let idem = IdemKey::from_headers(
+        &state,
+        &headers,
+        &ctx,
+        "PUT",
+        &format!("/v1/accounts/{account}/shards/{shard}"),
+        &[body.shard.as_bytes(), expected.as_bytes()],
+    )?;
+    if let Some(idem) = &idem {
+        if let Some(answer) = idem.lookup(&state).await? {
+            return Ok(answer);
+        }
+    }
     let plaintext =
         Zeroizing::new(B64.decode(body.shard.as_bytes()).map_err(|_| {
             ApiError::new(ErrorCode::InvalidBase64, "shard must be standard base64")
@@ -292,22 +473,46 @@ pub async fn put_shard(
             .version(version)
             .backend(&placement.backend)
             .detail(format!("key_version={}", row.key_version));
+        let answer = PutShardResponse {
+            version,
+            backend: placement.backend.clone(),
+        };
+        let record = match &idem {
+            Some(idem) => Some(idem.record(StatusCode::CREATED, &answer)?),
+            None => None,
+        };
+        let write = idem.as_ref().zip(record.as_ref()).map(|(i, r)| i.write(r));
         let mut guard = state.audit.lock().await?;
         let audit = guard.begin(&event);
-        let result = state.store.insert_shard_version(&row, &audit).await;
-        guard.finish(Some(&audit), &result).await;
+        let result = state
+            .store
+            .insert_shard_version_idempotent(&row, &audit, write)
+            .await;
         match result {
-            Ok(()) => {
-                return Ok(json(
-                    StatusCode::CREATED,
-                    PutShardResponse {
-                        version,
-                        backend: placement.backend,
-                    },
-                ))
+            Ok(Idempotent::Replay(rec)) => {
+                // Nothing was written (nor audited): the chain head stays.
+                guard.finish(None, &Ok::<(), StoreError>(())).await;
+                return idem.as_ref().map_or_else(
+                    || Err(ApiError::new(ErrorCode::Internal, "unexpected replay")),
+                    |i| i.replay(rec),
+                );
             }
-            Err(StoreError::Conflict { .. }) if body.expected_version.is_none() => continue,
-            Err(e) => return Err(e.into()),
+            Ok(Idempotent::Done(())) => {
+                guard.finish(Some(&audit), &Ok::<(), StoreError>(())).await;
+                if let Some(idem) = &idem {
+                    idem.purge_now_and_then(&state);
+                }
+                return Ok(json(StatusCode::CREATED, answer));
+            }
+            Err(e) => {
+                let result = Err::<(), _>(e);
+                guard.finish(Some(&audit), &result).await;
+                let Err(e) = result else { unreachable!() };
+                if matches!(e, StoreError::Conflict { .. }) && body.expected_version.is_none() {
+                    continue;
+                }
+                return Err(e.into());
+            }
         }
     }
     Err(ApiError::new(
@@ -353,31 +558,83 @@ pub async fn get_shard(
 
 /// Crypto-shred every version of a shard.
 #[utoipa::path(delete, path = "/v1/accounts/{account}/shards/{shard}", tag = "shards",
-    params(("account" = String, Path), ("shard" = String, Path)),
+    params(("account" = String, Path), ("shard" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "retry-safe write: a retry with the same key replays the first answer")),
     responses((status = 200, description = "receipt", body = DeleteShardResponse)),
     security(("bearer" = ["shards:delete"])))]
 pub async fn delete_shard(
     State(state): State<AppState>,
     ctx: Ctx,
+    headers: HeaderMap,
     path: ShardPath,
 ) -> Result<Response, ApiError> {
     let (account, shard) = shard_ids(path)?;
     ctx.require(&state, Scope::ShardsDelete, Some(&account), "shard.delete")?;
+    let idem = IdemKey::from_headers(
+        &state,
+        &headers,
+        &ctx,
+        "DELETE",
+        &format!("/v1/accounts/{account}/shards/{shard}"),
+        &[],
+    )?;
+    if let Some(idem) = &idem {
+        if let Some(answer) = idem.lookup(&state).await? {
+            return Ok(answer);
+        }
+    }
     let event = ctx.event("shard.delete").account(&account).shard(&shard);
     let mut guard = state.audit.lock().await?;
     guard.arm();
     let seal = |n: i64| guard.seal(&event.clone().detail(format!("destroyed_versions={n}")));
-    let result = state.store.delete_shard(&account, &shard, &seal).await;
-    let record = result.as_ref().ok().map(|n| seal(*n));
+    let receipt = |n: i64| DeleteShardResponse {
+        destroyed_versions: n,
+        audit_event: Auditor::event_id(&seal(n)),
+    };
+    let idem_record = |n: i64| match &idem {
+        // Serialising a receipt cannot fail.
+        Some(i) => i
+            .record(StatusCode::OK, &receipt(n))
+            .unwrap_or_else(|_| unreachable!("a receipt serialises")),
+        None => unreachable!("only called with an idempotency key"),
+    };
+    let write = idem.as_ref().map(|i| {
+        (
+            i.expired_before_ms,
+            &idem_record as shardgate_store::IdempotencyForCount<'_>,
+        )
+    });
+    let result = state
+        .store
+        .delete_shard_idempotent(&account, &shard, &seal, write)
+        .await;
+    let (result, replay) = match result {
+        Ok(Idempotent::Done(n)) => (Ok(n), None),
+        Ok(Idempotent::Replay(rec)) => (Ok(0), Some(rec)),
+        Err(e) => (Err(e), None),
+    };
+    let record = match (&result, &replay) {
+        (Ok(n), None) => Some(seal(*n)),
+        _ => None,
+    };
     guard.finish(record.as_ref(), &result).await;
+    if let (Some(rec), Some(idem)) = (replay, &idem) {
+        return idem.replay(rec);
+    }
     match result {
-        Ok(n) => Ok(json(
-            StatusCode::OK,
-            DeleteShardResponse {
-                destroyed_versions: n,
-                audit_event: record.as_ref().map(Auditor::event_id).unwrap_or_default(),
-            },
-        )),
+        Ok(n) => {
+            if let Some(idem) = &idem {
+                idem.purge_now_and_then(&state);
+            }
+            Ok(json(
+                StatusCode::OK,
+                DeleteShardResponse {
+                    destroyed_versions: n,
+                    audit_event: record.as_ref().map(Auditor::event_id).unwrap_or_default(),
+                },
+            ))
+        }
         Err(StoreError::ShardNotFound) => Err(not_found(&state, &account, &shard, None).await),
         Err(e) => Err(e.into()),
     }

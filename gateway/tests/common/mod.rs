@@ -170,6 +170,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         policy: shardgate::config::PolicyConfig::default(),
         migration: shardgate::config::MigrationConfig::default(),
         breaker: shardgate::breaker::BreakerConfig::default(),
+        idempotency: shardgate::config::IdempotencyConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),
