@@ -16,33 +16,7 @@ use common::{record, shard_row, AuditGen, Harness};
 use shardgate_store::{AccountStats, DeleteOutcome, ShardSummary, Store, StoreError};
 use tokio::task::JoinSet;
 
-/// Generate `postgres::$case` and `sqlite::$case` for every suite function.
-macro_rules! conformance {
-    ($($case:ident),+ $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(h) = crate::common::Harness::postgres().await else {
-                        return;
-                    };
-                    super::$case(&h).await;
-                }
-            )+
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let h = crate::common::Harness::sqlite().await;
-                    super::$case(&h).await;
-                }
-            )+
-        }
-    };
-}
-
-conformance!(
+both_stores!(
     kind_and_ping,
     migrate_is_idempotent,
     account_put_get_update_returns_previous_tier,

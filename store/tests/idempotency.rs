@@ -14,32 +14,7 @@ use common::{shard_row, AuditGen, Harness};
 use shardgate_store::{IdempotencyRecord, Idempotent, IdempotentWrite, Store, StoreError};
 use tokio::task::JoinSet;
 
-macro_rules! suite {
-    ($($case:ident),+ $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(h) = crate::common::Harness::postgres().await else {
-                        return;
-                    };
-                    super::$case(&h).await;
-                }
-            )+
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let h = crate::common::Harness::sqlite().await;
-                    super::$case(&h).await;
-                }
-            )+
-        }
-    };
-}
-
-suite!(
+both_stores!(
     insert_with_key_then_retry_replays_first_answer,
     expired_record_is_replaced,
     delete_with_key_then_retry_replays_receipt,

@@ -16,33 +16,7 @@ use shardgate_store::{
 };
 use tokio::task::JoinSet;
 
-/// Generate `postgres::$case` and `sqlite::$case` for every suite function.
-macro_rules! migration_suite {
-    ($($case:ident),+ $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(h) = crate::common::Harness::postgres().await else {
-                        return;
-                    };
-                    super::$case(&h).await;
-                }
-            )+
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let h = crate::common::Harness::sqlite().await;
-                    super::$case(&h).await;
-                }
-            )+
-        }
-    };
-}
-
-migration_suite!(
+both_stores!(
     create_snapshots_matching_versions_for_each_selector,
     create_duplicate_id_is_refused_without_audit,
     claim_returns_rows_and_current_tier_in_order,

@@ -298,3 +298,31 @@ pub fn shard_row(account: &str, shard: &str, version: i64, backend: &str) -> Sha
         created_by: "writer".to_string(),
     }
 }
+
+/// Generate `postgres::$case` and `sqlite::$case` for every suite function named: one suite,
+/// both stores.
+#[macro_export]
+macro_rules! both_stores {
+    ($($case:ident),+ $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(h) = crate::common::Harness::postgres().await else {
+                        return;
+                    };
+                    super::$case(&h).await;
+                }
+            )+
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let h = crate::common::Harness::sqlite().await;
+                    super::$case(&h).await;
+                }
+            )+
+        }
+    };
+}
