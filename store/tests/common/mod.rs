@@ -308,7 +308,7 @@ macro_rules! both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    let Some(h) = crate::common::Harness::postgres().await else {
+                    let Some(h) = $crate::common::Harness::postgres().await else {
                         return;
                     };
                     super::$case(&h).await;
@@ -319,7 +319,7 @@ macro_rules! both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    let h = crate::common::Harness::sqlite().await;
+                    let h = $crate::common::Harness::sqlite().await;
                     super::$case(&h).await;
                 }
             )+
