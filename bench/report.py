@@ -12,6 +12,13 @@ Results layout (written by scripts/bench.sh):
   runs/NAME/cpu.{before,after}, clk_tck  gateway process CPU ticks (utime+stime)
   raw/kms_decrypt.{json,cmd}   bare KMS Decrypt latency (shardgate-bench kms-decrypt)
   raw/pool_vs_login.{out,cmd}  pkcs11 pooled unwraps vs per-op login (softhsm-tests example)
+  migration/                   tier-migration figures: raw.json (shardgate-bench migrate-raw),
+                               job.json (bench/migrate.py run), lat-{on,off}-rN.{before,after}.json
+                               (job state around the GET runs of kind mig_on / mig_off), load.jsonl,
+                               *.cmd
+
+With --only-migration (scripts/bench.sh --only migration), only the migration goals, figures
+and section of the existing --json / --md files are replaced; the rest is kept.
 """
 
 import argparse
@@ -151,15 +158,262 @@ def met(v, ok):
     return "n/a" if v is None else ("yes" if ok(v) else "**NO**")
 
 
+# ---------------------------------------------------------------------------------------------
+# Tier migration (issue 5): results/migration/ and the mig_off / mig_on wrk runs.
+# ---------------------------------------------------------------------------------------------
+MIG_PREFIX = "tier migration"  # every migration goal's figure starts with it (merge mode)
+MIG_HEADING = "## 6. Tier migration"
+
+
+def jread(path):
+    try:
+        return json.loads(read(path, "") or "null")
+    except ValueError:
+        return None
+
+
+def migration_report(res, runs, machine):
+    """(goals, figures, md lines) of the migration figures, or None when they were not run."""
+    mdir = os.path.join(res, "migration")
+    if not os.path.isdir(mdir):
+        return None
+    raw = jread(os.path.join(mdir, "raw.json")) or {}
+    job = jread(os.path.join(mdir, "job.json")) or {}
+    acct = jread(os.path.join(mdir, "account-after.json")) or {}
+    loads = [json.loads(l) for l in (read(os.path.join(mdir, "load.jsonl"), "") or "").splitlines() if l.strip()]
+    raw_ps, job_ps = raw.get("per_sec"), job.get("per_sec")
+    r_tput = ratio(job_ps, raw_ps)
+    job_ok = job.get("state") == "completed" and job.get("failed") == 0
+    stalled = bool(job.get("stalled"))
+    cpu_per_item = None
+    try:
+        tck = float(read(os.path.join(mdir, "clk_tck"), "100"))
+        ticks = float(read(os.path.join(mdir, "cpu.after"))) - float(read(os.path.join(mdir, "cpu.before")))
+        cpu_per_item = ticks / tck * 1e6 / job["total"] if job.get("total") else None
+    except (TypeError, ValueError):
+        pass
+    shards = int(machine.get("migration_shards") or job.get("total") or 0)
+    default_rate = machine.get("migration_default_rate", "500")
+
+    # Latency: p99 of the hsm-set GETs with the job running vs paused, per round.
+    rounds = sorted({r["round"] for r in runs if r["kind"] in ("mig_on", "mig_off")})
+    per_round = []
+    for i in rounds:
+        on = [r for r in runs if r["kind"] == "mig_on" and r["round"] == i]
+        off = [r for r in runs if r["kind"] == "mig_off" and r["round"] == i]
+        b = jread(os.path.join(mdir, "lat-on-r%d.before.json" % i)) or {}
+        a = jread(os.path.join(mdir, "lat-on-r%d.after.json" % i)) or {}
+        secs = on[0]["seconds"] if on else None
+        moved = (a.get("done", 0) or 0) - (b.get("done", 0) or 0) if a and b else None
+        running = b.get("state") == "running" and a.get("state") == "running" and (a.get("remaining") or 0) > 0
+        per_round.append({
+            "round": i,
+            "off": {k: off[0][k] for k in ("rps", "p50_ms", "p99_ms", "not_ok")} if off else None,
+            "on": {k: on[0][k] for k in ("rps", "p50_ms", "p99_ms", "not_ok")} if on else None,
+            "job_before": {k: b.get(k) for k in ("state", "done", "remaining", "total")},
+            "job_after": {k: a.get(k) for k in ("state", "done", "remaining", "total")},
+            "job_running_whole_window": running,
+            "job_rewraps_per_sec_in_window": moved / secs if moved is not None and secs else None,
+        })
+    p99_on = med([x["on"]["p99_ms"] for x in per_round if x["on"]])
+    p99_off = med([x["off"]["p99_ms"] for x in per_round if x["off"]])
+    r_p99 = ratio(p99_on, p99_off)
+    all_running = bool(per_round) and all(x["job_running_whole_window"] for x in per_round)
+    lat_cmd = next((r["cmd"] for r in runs if r["kind"] == "mig_on"), None)
+
+    goals = [
+        {"id": "migration_job_vs_raw", "figure":
+            "%s: job re-wraps/s vs a raw loop of the same calls (local -> pkcs11, %s shards)" % (MIG_PREFIX, "{:,}".format(shards)),
+         "goal": ">= 0.7x", "measured": r_tput, "unit": "x",
+         "met": None if r_tput is None or not job_ok else r_tput >= 0.7},
+        {"id": "migration_get_p99_job_vs_none", "figure":
+            "%s: GET p99 (hsm set) with a job at the default %s/s vs no job" % (MIG_PREFIX, default_rate),
+         "goal": "<= 1.5x", "measured": r_p99, "unit": "x",
+         "met": None if r_p99 is None or not all_running else r_p99 <= 1.5},
+    ]
+    figures = {
+        "measured": {k: machine.get(k) for k in ("date", "git_rev", "git_dirty", "command")},
+        "throughput": {"shards": shards, "shard_bytes": machine.get("shard_bytes"),
+                       "rate_per_sec": machine.get("migration_rate"), "job": job, "raw": raw,
+                       "ratio": r_tput, "job_ok": job_ok, "gateway_cpu_us_per_item": cpu_per_item,
+                       "account_after": acct,
+                       "cmd_job": (read(os.path.join(mdir, "job.cmd"), "") or "").strip(),
+                       "cmd_raw": (read(os.path.join(mdir, "raw.cmd"), "") or "").strip()},
+        "latency": {"default_rate_per_sec": default_rate, "job_shards": machine.get("migration_lat_shards"),
+                    "p99_ms_job": p99_on, "p99_ms_no_job": p99_off, "ratio": r_p99,
+                    "p50_ms_job": med([x["on"]["p50_ms"] for x in per_round if x["on"]]),
+                    "p50_ms_no_job": med([x["off"]["p50_ms"] for x in per_round if x["off"]]),
+                    "rps_job": med([x["on"]["rps"] for x in per_round if x["on"]]),
+                    "rps_no_job": med([x["off"]["rps"] for x in per_round if x["off"]]),
+                    "job_running_whole_windows": all_running, "per_round": per_round, "cmd": lat_cmd},
+        "load": loads,
+        "cmd_load": (read(os.path.join(mdir, "load.cmd"), "") or "").strip(),
+    }
+
+    lat = figures["latency"]
+    o = []
+    w = o.append
+    w("%s (local -> pkcs11)" % MIG_HEADING)
+    w("")
+    w("Measured by `%s` on %s (git `%s`%s)." % (
+        machine.get("command", "scripts/bench.sh"), machine.get("date", "?"), machine.get("git_rev", "?"),
+        ", with uncommitted changes" if machine.get("git_dirty") == "yes" else ""))
+    w("Each job moves one account's shards of %s B from the `local` backend to `hsm` (pkcs11, SoftHSM2, "
+      "pool 8): `PUT /v1/accounts/{id}` to tier `bench-hsm` starts it; PostgreSQL store; a worker re-wraps "
+      "one item at a time (unwrap on local, wrap on pkcs11, verify = unwrap on pkcs11, then a commit "
+      "with its audit event)." % machine.get("shard_bytes", "?"))
+    w("")
+    w("**Throughput.** The gateway is restarted with `SHARDGATE_MIGRATION__RATE_PER_SEC=%s` so the rate "
+      "does not bound it; the job's time runs from the `PUT` to the first poll (every 100 ms) that "
+      "sees it settled. The raw loop (`shardgate-bench migrate-raw`, `bench/src/main.rs`) makes the same "
+      "backend calls (`rewrap_from` local -> pkcs11, then `verify` on pkcs11) for as many shard identities, "
+      "one at a time, with `LocalBackend` and `Pkcs11Backend` on the gateway's keyring file and token, "
+      "without HTTP or database, on the idle gateway just before the job." % machine.get("migration_rate", "?"))
+    w("")
+    w("| | shards | seconds | re-wraps/s | state |")
+    w("|---|---|---|---|---|")
+    w("| raw loop (no HTTP, no database) | %s | %s | %s | |" % (
+        raw.get("n", "n/a"), fmt(raw.get("seconds"), 2), fmt(raw_ps, 0)))
+    w("| migration job | %s | %s | %s | %s (done %s, failed %s, skipped %s) |" % (
+        job.get("total", "n/a"), fmt(job.get("seconds"), 2), fmt(job_ps, 0), job.get("state", "n/a"),
+        job.get("done", "?"), job.get("failed", "?"), job.get("skipped", "?")))
+    w("| **job / raw** | | | **%s** (goal >= 0.7x) | |" % fmt(r_tput, 2, "x"))
+    w("")
+    extra = []
+    if job.get("put_seconds") is not None:
+        extra.append("the `PUT` that snapshots the job's items took %s s of it" % fmt(job["put_seconds"], 2))
+    if cpu_per_item is not None:
+        extra.append("gateway CPU %s µs per item" % fmt(cpu_per_item, 0))
+    if acct.get("versions_on_other_backends") is not None:
+        extra.append("afterwards the account reports %s shard versions off its policy backend"
+                     % acct["versions_on_other_backends"])
+    if stalled:
+        w("**The job stalled**: it made no progress from %s s after the `PUT` on (%s of %s done, state `%s`, "
+          "%s re-wraps/s until then); the bench stopped waiting %s s later. No throughput ratio is given."
+          % (fmt(job.get("seconds_to_last_progress"), 1), job.get("done"), job.get("total"), job.get("job_state"),
+             fmt(job.get("per_sec_until_stall"), 0), fmt((job.get("seconds") or 0) - (job.get("seconds_to_last_progress") or 0), 0)))
+        w("")
+    elif extra:
+        w("In the job's time: " + "; ".join(extra) + ".")
+        w("")
+    w("```sh")
+    for k in ("cmd_raw", "cmd_job"):
+        if figures["throughput"][k]:
+            w(figures["throughput"][k])
+    w("```")
+    w("")
+    w("**GET latency next to a job.** Closed-loop GETs on the hsm set (other accounts than the one "
+      "migrated, on the backend the job wraps on), same wrk settings as section 1, while a job of %s shards "
+      "runs at the default `rate_per_sec` (%s) vs while it is paused (no job running). One job, resumed for "
+      "each \"job\" window (1 s before wrk starts) and paused after it; the order alternates per round. "
+      "Its state is read before and after each window: it must be `running` with work left at both ends."
+      % (lat["job_shards"] or "?", default_rate))
+    w("")
+    w("| round | no job: req/s | p50 ms | p99 ms | job: req/s | p50 ms | p99 ms | job state before -> after | re-wraps/s in window |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for x in per_round:
+        off, on = x["off"] or {}, x["on"] or {}
+        jb, ja = x["job_before"], x["job_after"]
+        w("| %d | %s | %s | %s | %s | %s | %s | %s (%s left) -> %s (%s left)%s | %s |" % (
+            x["round"], fmt(off.get("rps"), 0), fmt(off.get("p50_ms"), 2), fmt(off.get("p99_ms"), 2),
+            fmt(on.get("rps"), 0), fmt(on.get("p50_ms"), 2), fmt(on.get("p99_ms"), 2),
+            jb.get("state"), jb.get("remaining"), ja.get("state"), ja.get("remaining"),
+            "" if x["job_running_whole_window"] else " **not running throughout**",
+            fmt(x["job_rewraps_per_sec_in_window"], 0)))
+    w("| **median** | %s | %s | %s | %s | %s | %s | | |" % (
+        fmt(lat["rps_no_job"], 0), fmt(lat["p50_ms_no_job"], 2), fmt(p99_off, 2),
+        fmt(lat["rps_job"], 0), fmt(lat["p50_ms_job"], 2), fmt(p99_on, 2)))
+    w("")
+    w("p99 with the job / without: **%s** (goal <= 1.5x)%s." % (
+        fmt(r_p99, 2, "x"), "" if all_running else "; **the job was not running for every window, so this is not a valid measurement**"))
+    w("")
+    w("```sh")
+    w("SG_TOKEN=$TOKEN python3 bench/migrate.py --base URL tier mig-lat-000000 bench-hsm   # then pause; resume/pause around each job window")
+    if lat_cmd:
+        w(lat_cmd)
+    w("```")
+    w("")
+    if loads:
+        w("Data sets (PUT shard over HTTP, durable and audited, 8 keep-alive workers, not read back):")
+        w("")
+        w("| account | shards | seconds | shards/s | errors |")
+        w("|---|---|---|---|---|")
+        for l in loads:
+            w("| %s000000 | %s | %s | %s | %s |" % (l["prefix"], l["accounts"] * l.get("shards_per_account", 1),
+                                                l["seconds"], l.get("shards_per_sec", "?"), l["errors"]))
+        w("")
+        w("```sh")
+        w(figures["cmd_load"])
+        w("```")
+        w("")
+    return goals, figures, o
+
+
+def goal_row(g):
+    m = g["measured"]
+    ms = "n/a" if m is None else ("%.2f%s" % (m, g["unit"]) if g["unit"] != "" else "%.2f" % m)
+    status = "reported" if g["goal"] == "reported" and m is not None else met(m, lambda _v: g["met"])
+    return "| %s | %s | %s | %s |" % (g["figure"], g["goal"], ms, status)
+
+
+def merge_migration(a, res, machine, runs):
+    """--only-migration: replace the migration goals, figures, runs and section of the
+    existing BENCHMARKS.json/md, keeping everything else as it is."""
+    mig = migration_report(res, runs, machine)
+    if mig is None:
+        raise SystemExit("no migration results in " + res)
+    goals, figures, section = mig
+    with open(a.json) as f:
+        prev = json.load(f)
+    prev["goals"] = [g for g in prev.get("goals", []) if not g["id"].startswith("migration_")] + goals
+    prev.setdefault("figures", {})["migration"] = figures
+    prev["runs"] = [r for r in prev.get("runs", []) if not r["kind"].startswith("mig_")] + \
+        [r for r in runs if r["kind"].startswith("mig_")]
+    prev["machine_migration"] = machine
+    with open(a.json, "w") as f:
+        json.dump(prev, f, indent=1)
+        f.write("\n")
+    lines = (read(a.md, "") or "").splitlines()
+    # Goals table: drop the old migration rows, append the new ones after its last row.
+    lines = [l for l in lines if not l.startswith("| " + MIG_PREFIX)]
+    try:
+        start = lines.index("## Goals")
+        i = start + 1
+        while i < len(lines) and not lines[i].startswith("|"):
+            i += 1
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        lines[i:i] = [goal_row(g) for g in goals]
+    except ValueError:
+        raise SystemExit("no '## Goals' table in " + a.md)
+    # The section: replace the old one, or put it before the data-set load.
+    old = next((i for i, l in enumerate(lines) if l.startswith(MIG_HEADING)), None)
+    if old is not None:
+        end = next((i for i in range(old + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        del lines[old:end]
+        at = old
+    else:
+        at = next((i for i, l in enumerate(lines) if l.startswith("## Data set load") or l.startswith("## Reproduce")),
+                  len(lines))
+    lines[at:at] = section
+    with open(a.md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
     ap.add_argument("--md", required=True)
     ap.add_argument("--json", required=True)
+    ap.add_argument("--only-migration", action="store_true")
     a = ap.parse_args()
     res = a.results
     machine = json.loads(read(os.path.join(res, "machine.json"), "{}"))
     runs = load_runs(res)
+    if a.only_migration:
+        merge_migration(a, res, machine, runs)
+        return
+    mig = migration_report(res, runs, machine)
     load = [json.loads(l) for l in (read(os.path.join(res, "load.jsonl"), "") or "").splitlines() if l.strip()]
 
     def pick(kind, backend):
@@ -265,6 +519,8 @@ def main():
          "goal": "< 1.5 ms", "measured": added_over_bare, "unit": " ms",
          "met": None if added_over_bare is None else added_over_bare < 1.5},
     ]
+    if mig:
+        goals += mig[0]
 
     figures = {
         "get": get,
@@ -286,6 +542,8 @@ def main():
                         "cmd_bare": kd_cmd, "cmd_get": lat_cmds},
         "load": load,
     }
+    if mig:
+        figures["migration"] = mig[1]
     with open(a.json, "w") as f:
         json.dump({"machine": machine, "goals": goals, "figures": figures, "runs": runs}, f, indent=1)
         f.write("\n")
@@ -324,10 +582,7 @@ def main():
     w("| figure | goal | measured | met? |")
     w("|---|---|---|---|")
     for g in goals:
-        m = g["measured"]
-        ms = "n/a" if m is None else ("%.2f%s" % (m, g["unit"]) if g["unit"] != "" else "%.2f" % m)
-        status = "reported" if g["goal"] == "reported" and m is not None else met(m, lambda _v: g["met"])
-        w("| %s | %s | %s | %s |" % (g["figure"], g["goal"], ms, status))
+        w(goal_row(g))
     if not metrics_present or dec_on is None or find_hsm is None:
         w("")
         w("`n/a`: the gateway's `/metrics` did not expose the backend call counters "
@@ -455,6 +710,8 @@ def main():
     w("```")
     w("")
 
+    if mig:
+        o.extend(mig[2])
     w("## Data set load (informational)")
     w("")
     w("PUT account + PUT shard (durable, audited) + GET back and compare, per account, 8 keep-alive workers.")
@@ -471,7 +728,11 @@ def main():
     w("## Reproduce")
     w("")
     w("```sh")
-    w("scripts/bench.sh            # everything above: about 5 minutes with the defaults, after the release build")
+    w("scripts/bench.sh                      # everything above%s" % (
+        ": %.0f minutes for this run, release build included" % (float(machine["elapsed_seconds"]) / 60)
+        if machine.get("elapsed_seconds") else ", after the release build"))
+    w("scripts/bench.sh --only migration     # only section 6; keeps the other figures of BENCHMARKS.md/json")
+    w("scripts/bench.sh --only migration --migration-shards 20000   # the same with a smaller job")
     w("```")
     w("")
     w("It builds with `CARGO_TARGET_DIR=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}`, creates a throw-away "

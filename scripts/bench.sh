@@ -8,6 +8,7 @@
 #
 #   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
 #                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
+#                    [--only all|migration] [--migration-shards N] [--migration-rate R]
 #
 #   --accounts N      accounts per backend tier, one shard `s0` each (default 1000)
 #   --shard-bytes B   shard size in bytes (default 64)
@@ -16,6 +17,13 @@
 #   --threads T / --connections C   wrk closed-loop settings (default 2 / 16)
 #   --out DIR         where BENCHMARKS.md/json go (default: the repo root)
 #   --keep-logs       keep the gateway/moto logs and raw results (kept anyway when a step fails)
+#   --only migration  only the tier-migration figures (issue 5); the other sections of an
+#                     existing BENCHMARKS.md/json in --out are kept as they are (default: all)
+#   --migration-shards N  shards of the local -> pkcs11 throughput job, on one account, loaded
+#                     over HTTP (default 100000, issue 5's size: loading them takes about 3.5 of
+#                     the whole bench's ~15 minutes on 2 cores; 20000 saves about 5 minutes)
+#   --migration-rate R    the throughput job's [migration] rate_per_sec, high enough not to be
+#                     the limit (default 1000000); the latency figure runs at the default (500)
 #
 # Environment:
 #   SHARDGATE_BENCH_TARGET  cargo target dir of the release build (default /tmp/sg-bench-target,
@@ -49,6 +57,10 @@ RAW_UNWRAPS=5000
 DECRYPT_N=100000
 OUT_DIR=$REPO_ROOT
 KEEP_LOGS=0
+ONLY=all
+MIG_SHARDS=100000
+MIG_RATE=1000000
+MIG_DEFAULT_RATE=500 # the gateway's default [migration] rate_per_sec (gateway/src/config.rs)
 TARGET=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
@@ -64,11 +76,21 @@ while [ "$#" -gt 0 ]; do
         --connections) CONNS=$(num "$1" "${2:-}"); shift 2 ;;
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
+        --only)
+            case "${2:-}" in all | migration) ONLY=$2 ;; *) sg_die "--only is all or migration, got '${2:-}'" ;; esac
+            shift 2 ;;
+        --migration-shards) MIG_SHARDS=$(num "$1" "${2:-}"); shift 2 ;;
+        --migration-rate) MIG_RATE=$(num "$1" "${2:-}"); shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) sg_die "unknown argument: $1 (see scripts/bench.sh --help)" ;;
     esac
 done
 [ "$ACCOUNTS" -le 999999 ] || sg_die "--accounts is at most 999999 (ids are PREFIX%06d)"
+[ "$MIG_SHARDS" -le 999999 ] || sg_die "--migration-shards is at most 999999 (ids are s%06d)"
+[ "$MIG_RATE" -le 4294967295 ] || sg_die "--migration-rate is at most 4294967295"
+if [ "$ONLY" = migration ] && [ ! -f "$OUT_DIR/BENCHMARKS.json" ]; then
+    sg_die "--only migration keeps the other figures of $OUT_DIR/BENCHMARKS.json, which does not exist: run the whole bench once"
+fi
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 
@@ -154,7 +176,7 @@ blog "release build (CARGO_TARGET_DIR=$TARGET)"
 # feature (a softhsm-tests dev-dependency), which must not reach the measured gateway binary.
 CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate
 CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-bench
-CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-softhsm-tests --example pool_vs_login
+[ "$ONLY" = migration ] || CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-softhsm-tests --example pool_vs_login
 BIN=$TARGET/release/shardgate
 BENCH_BIN=$TARGET/release/shardgate-bench
 POOL_VS_LOGIN=$TARGET/release/examples/pool_vs_login
@@ -265,22 +287,35 @@ blog "provisioning the HSM KEK"
 "${GW_ENV[@]}" "$BIN" hsm init-key --backend hsm --config "$CFG" >"$LOG/init-key.log" 2>&1 ||
     { cat "$LOG/init-key.log" >&2; sg_die "shardgate hsm init-key failed"; }
 
-"${GW_ENV[@]}" RUST_LOG=warn "$BIN" serve --config "$CFG" >"$LOG/gateway.stdout" 2>"$LOG/gateway.stderr" </dev/null &
-GW_PID=$!
-write_state
-BASE=""
-for _ in $(seq 1 120); do
-    BASE=$(sed -n 's/^shardgate listening on //p' "$LOG/gateway.stdout" | head -n1)
-    [ -n "$BASE" ] && break
-    kill -0 "$GW_PID" 2>/dev/null || break
-    sleep 0.25
-done
-if [ -z "$BASE" ]; then
-    tail -n 30 "$LOG/gateway.stderr" >&2 || true
-    sg_die "the gateway did not start (logs: $LOG)"
-fi
-blog "gateway (pid $GW_PID) on $BASE"
-curl -sf -o "$RES/readyz.json" "$BASE/readyz" || sg_die "gateway not ready: $(cat "$RES/readyz.json" 2>/dev/null)"
+# start_gateway TAG [VAR=VALUE ...]: the gateway with extra environment overrides (e.g. the
+# migration rate); logs $LOG/gateway-TAG.{stdout,stderr}; sets GW_PID and BASE.
+start_gateway() {
+    local tag=$1
+    shift
+    "${GW_ENV[@]}" RUST_LOG=warn "$@" "$BIN" serve --config "$CFG" \
+        >"$LOG/gateway-$tag.stdout" 2>"$LOG/gateway-$tag.stderr" </dev/null &
+    GW_PID=$!
+    write_state
+    BASE=""
+    for _ in $(seq 1 120); do
+        BASE=$(sed -n 's/^shardgate listening on //p' "$LOG/gateway-$tag.stdout" | head -n1)
+        [ -n "$BASE" ] && break
+        kill -0 "$GW_PID" 2>/dev/null || break
+        sleep 0.25
+    done
+    if [ -z "$BASE" ]; then
+        tail -n 30 "$LOG/gateway-$tag.stderr" >&2 || true
+        sg_die "the gateway did not start (logs: $LOG)"
+    fi
+    blog "gateway $tag (pid $GW_PID) on $BASE"
+    curl -sf -o "$RES/readyz-$tag.json" "$BASE/readyz" || sg_die "gateway not ready: $(cat "$RES/readyz-$tag.json" 2>/dev/null)"
+}
+stop_gateway() {
+    sg_stop_pid "$GW_PID"
+    GW_PID=""
+    write_state
+}
+start_gateway main
 
 scrape_metrics() { curl -s -m 5 -H @"$WORK/secrets/auth.header" "$BASE/metrics" >"$1" 2>/dev/null || true; }
 CLK_TCK=$(getconf CLK_TCK)
@@ -291,9 +326,12 @@ gw_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$GW_PID/stat" 2>/dev/null || e
 # ---------------------------------------------------------------------------------------------
 prefix_of() { echo "$1-"; } # backend instance name -> account id prefix of its data set
 load_sets=()
-for b in "${BACKENDS[@]}"; do load_sets+=("bench-$b=$(prefix_of "$b")"); done
+LOAD_BACKENDS=("${BACKENDS[@]}")
+# Only the migration figures: the GETs next to the job read the hsm set.
+[ "$ONLY" = migration ] && LOAD_BACKENDS=(hsm)
+for b in "${LOAD_BACKENDS[@]}"; do load_sets+=("bench-$b=$(prefix_of "$b")"); done
 LOAD_CMD="SG_TOKEN=\$TOKEN python3 bench/load.py --base $BASE --accounts $ACCOUNTS --shard-bytes $SHARD_BYTES ${load_sets[*]}"
-blog "loading $ACCOUNTS accounts x 1 shard of $SHARD_BYTES B per backend tier"
+blog "loading $ACCOUNTS accounts x 1 shard of $SHARD_BYTES B per backend tier (${LOAD_BACKENDS[*]})"
 echo "$LOAD_CMD" >"$RES/load.cmd"
 SG_TOKEN=$TOKEN python3 bench/load.py --base "$BASE" --accounts "$ACCOUNTS" \
     --shard-bytes "$SHARD_BYTES" "${load_sets[@]}" | tee "$RES/load.jsonl" >&2 ||
@@ -341,12 +379,13 @@ PY
 }
 
 blog "warm-up (${WARMUP_SECS}s per backend; not reported)"
-for b in "${BACKENDS[@]}"; do
+for b in "${LOAD_BACKENDS[@]}"; do
     run_wrk "warmup-get-$b" warmup "$b" get "$THREADS" "$CONNS" "$WARMUP_SECS" 0
 done
+mkdir -p "$RES/raw"
+if [ "$ONLY" = all ]; then
 run_wrk "warmup-batch-hsm" warmup hsm batch "$THREADS" "$CONNS" "$WARMUP_SECS" 0
 
-mkdir -p "$RES/raw"
 DECRYPT_CMD="$BENCH_BIN kms-decrypt --endpoint $MOTO_URL --key-id \$KMS_KEY_ARN --n $DECRYPT_N --seconds $DURATION"
 for r in $(seq 1 "$ROUNDS"); do
     # Each round starts at another backend, so that a drift of the machine does not always
@@ -377,9 +416,84 @@ env -u SOFTHSM2_CONF TMPDIR="$WORK/tmp" SHARDGATE_TEST_SOFTHSM_MODULE="$SG_SOFTH
     "$POOL_VS_LOGIN" "$RAW_UNWRAPS" >"$RES/raw/pool_vs_login.out" 2>&1 ||
     { cat "$RES/raw/pool_vs_login.out" >&2; sg_die "pool_vs_login failed"; }
 cat "$RES/raw/pool_vs_login.out" >&2
+fi # ONLY=all
 
 # ---------------------------------------------------------------------------------------------
-# 7. Report
+# 7. Tier migration (issue 5), local -> pkcs11, on accounts of their own:
+#    a. p99 of GETs on the hsm set (other accounts; the pkcs11 backend the job wraps on) with
+#       a job running at the default rate vs none. One job on account mig-lat-000000, paused
+#       outside the "job" windows, resumed for each; its state is recorded before and after
+#       every window (it must be running, and still have work left, for the whole window).
+#    b. throughput of a job of --migration-shards shards on mig-tput-000000 (gateway restarted
+#       with rate_per_sec = --migration-rate) vs the raw loop of the same calls without HTTP
+#       or database (shardgate-bench migrate-raw), on the same keyring file and token.
+# ---------------------------------------------------------------------------------------------
+MIG=$RES/migration
+mkdir -p "$MIG"
+mig() { SG_TOKEN=$TOKEN python3 bench/migrate.py --base "$BASE" "$@"; }
+jfield() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1]))' "$1"; }
+# Job windows + the settling second around each, with room to spare.
+LAT_SHARDS=$((ROUNDS * (DURATION + 4) * MIG_DEFAULT_RATE + 3000))
+blog "migration: loading 1 account x $LAT_SHARDS shards (latency job) and 1 account x $MIG_SHARDS shards (throughput job), $SHARD_BYTES B, tier bench-local"
+MIG_LOAD_CMD="SG_TOKEN=\$TOKEN python3 bench/load.py --base $BASE --accounts 1 --shards-per-account N --shard-bytes $SHARD_BYTES bench-local=mig-lat- | bench-local=mig-tput-"
+echo "$MIG_LOAD_CMD" >"$MIG/load.cmd"
+SG_TOKEN=$TOKEN python3 bench/load.py --base "$BASE" --accounts 1 --shards-per-account "$LAT_SHARDS" \
+    --shard-bytes "$SHARD_BYTES" bench-local=mig-lat- | tee "$MIG/load.jsonl" >&2 ||
+    sg_die "loading the migration data set failed"
+SG_TOKEN=$TOKEN python3 bench/load.py --base "$BASE" --accounts 1 --shards-per-account "$MIG_SHARDS" \
+    --shard-bytes "$SHARD_BYTES" bench-local=mig-tput- | tee -a "$MIG/load.jsonl" >&2 ||
+    sg_die "loading the migration data set failed"
+
+# a. Latency: job at the default rate (this gateway has no [migration] settings).
+blog "migration: p99 of GETs (hsm set) with a job at the default rate ($MIG_DEFAULT_RATE/s) vs none, $ROUNDS round(s)"
+mig tier mig-lat-000000 bench-hsm >"$MIG/lat-start.json"
+LAT_JOB=$(jfield migration_job <"$MIG/lat-start.json")
+[ -n "$LAT_JOB" ] && [ "$LAT_JOB" != None ] || sg_die "no migration job started: $(cat "$MIG/lat-start.json")"
+mig pause "$LAT_JOB" >/dev/null
+echo "$LAT_JOB" >"$MIG/lat-job"
+lat_window() { # lat_window off|on ROUND
+    local on=$1 r=$2
+    if [ "$on" = on ]; then
+        mig resume "$LAT_JOB" >/dev/null
+        sleep 1 # the worker picks it up at once (a resume nudges it); let it reach its pace
+    fi
+    mig state "$LAT_JOB" >"$MIG/lat-$on-r$r.before.json"
+    run_wrk "mig-$on-hsm-r$r" "mig_$on" hsm get "$THREADS" "$CONNS" "$DURATION" "$r"
+    mig state "$LAT_JOB" >"$MIG/lat-$on-r$r.after.json"
+    if [ "$on" = on ]; then
+        mig pause "$LAT_JOB" >/dev/null
+        blog "  job during mig-on-hsm-r$r: $(jfield state <"$MIG/lat-on-r$r.before.json") -> $(jfield state <"$MIG/lat-on-r$r.after.json"), done $(jfield done <"$MIG/lat-on-r$r.before.json") -> $(jfield done <"$MIG/lat-on-r$r.after.json") of $(jfield total <"$MIG/lat-on-r$r.after.json")"
+    fi
+}
+for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then lat_window off "$r"; lat_window on "$r"; else lat_window on "$r"; lat_window off "$r"; fi
+done
+mig cancel "$LAT_JOB" >"$MIG/lat-end.json"
+
+# b. Throughput: restart with a rate that is not the limit; the raw loop first, on the idle gateway.
+stop_gateway
+start_gateway migrate "SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE"
+RAW_MIG_CMD="$BENCH_BIN migrate-raw --keyring \$DATA/local.keyring --module $SG_SOFTHSM_MODULE --token-label $HSM_LABEL --pin-file \$PIN_FILE --kek-label shardgate-kek --pool-size 8 --n $MIG_SHARDS"
+echo "$RAW_MIG_CMD" >"$MIG/raw.cmd"
+blog "migration: raw loop, $MIG_SHARDS x (unwrap local, wrap pkcs11, unwrap pkcs11), no HTTP or database"
+"$BENCH_BIN" migrate-raw --keyring "$WORK/data/local.keyring" --module "$SG_SOFTHSM_MODULE" \
+    --token-label "$HSM_LABEL" --pin-file "$WORK/secrets/hsm.pin" --kek-label shardgate-kek \
+    --pool-size 8 --n "$MIG_SHARDS" >"$MIG/raw.json" || sg_die "shardgate-bench migrate-raw failed"
+blog "  raw: $(cat "$MIG/raw.json")"
+blog "migration: job of $MIG_SHARDS shards, local -> pkcs11 (rate_per_sec $MIG_RATE)"
+echo "SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE shardgate serve --config ...; SG_TOKEN=\$TOKEN python3 bench/migrate.py --base $BASE run mig-tput-000000 bench-hsm" >"$MIG/job.cmd"
+scrape_metrics "$MIG/metrics.before"
+gw_cpu_ticks >"$MIG/cpu.before"
+mig run mig-tput-000000 bench-hsm >"$MIG/job.json" || sg_die "the throughput job failed"
+gw_cpu_ticks >"$MIG/cpu.after"
+echo "$CLK_TCK" >"$MIG/clk_tck"
+scrape_metrics "$MIG/metrics.after"
+blog "  job: $(cat "$MIG/job.json")"
+grep -q '"stalled": true' "$MIG/job.json" && blog "  WARNING: the job stalled (no progress for 60 s); reported as such"
+curl -s -H @"$WORK/secrets/auth.header" "$BASE/v1/accounts/mig-tput-000000" >"$MIG/account-after.json" || true
+
+# ---------------------------------------------------------------------------------------------
+# 8. Report
 # ---------------------------------------------------------------------------------------------
 ver() { "$@" 2>/dev/null | head -n1 || true; }
 python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dumps(dict(zip(k, v)), indent=1))' \
@@ -398,7 +512,11 @@ python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dump
     accounts "$ACCOUNTS" shard_bytes "$SHARD_BYTES" duration "$DURATION" rounds "$ROUNDS" \
     threads "$THREADS" connections "$CONNS" batch "$BATCH" warmup_secs "$WARMUP_SECS" \
     raw_unwraps "$RAW_UNWRAPS" decrypt_n "$DECRYPT_N" \
+    elapsed_seconds "$SECONDS" only "$ONLY" migration_shards "$MIG_SHARDS" migration_rate "$MIG_RATE" \
+    migration_default_rate "$MIG_DEFAULT_RATE" migration_lat_shards "$LAT_SHARDS" \
     command "scripts/bench.sh${ORIG_ARGS[*]:+ ${ORIG_ARGS[*]}}" >"$RES/machine.json"
-python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json"
+REPORT_ARGS=()
+[ "$ONLY" = migration ] && REPORT_ARGS=(--only-migration)
+python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json" "${REPORT_ARGS[@]}"
 blog "wrote $OUT_DIR/BENCHMARKS.md and $OUT_DIR/BENCHMARKS.json"
 OK=1

@@ -10,14 +10,24 @@
 //!     of its blob (KeyId pinned, same context) on one client with the aws-kms backend's
 //!     client settings, N calls or for S seconds, whichever ends first: the bare cost of the
 //!     call the backend makes on a cache miss. Prints latency percentiles in ms.
+//! shardgate-bench migrate-raw --keyring FILE --module SO --token-label L --pin-file F
+//!                             --kek-label K [--pool-size P] [--n N] [--warmup W]
+//!     the re-wrap loop of a local -> pkcs11 migration job without HTTP or database: for N
+//!     shard identities (data keys wrapped on the local keyring first, not timed), unwrap on
+//!     the local backend, wrap on the pkcs11 backend, verify (unwrap) on the pkcs11 backend,
+//!     one at a time like a job's worker. Prints {"n", "seconds", "per_sec", ...}.
 //! ```
 //! Credentials come from the standard provider chain (the script exports moto's dummies).
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
+use shardgate_backends::local::LocalBackend;
+use shardgate_backends::pkcs11::{Pkcs11Backend, Pkcs11Config};
+use shardgate_backends::{KeyBackend, ShardIdentity};
 use std::collections::HashMap;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// `--name value` pairs after the subcommand.
 struct Args(HashMap<String, String>);
@@ -173,16 +183,71 @@ async fn kms_decrypt(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The per-item calls of a local -> pkcs11 migration worker (`KeyBackend::rewrap_from`'s
+/// default, then `verify`), on the same keyring file and token as the gateway's, one process,
+/// one PKCS#11 context.
+async fn migrate_raw(a: &Args) -> Result<()> {
+    let n = a.num("n", 100_000)?.max(1);
+    let warmup = a.num("warmup", 200)?;
+    let local = LocalBackend::open(
+        "local",
+        &PathBuf::from(a.req("keyring")?),
+        Duration::from_secs(3600),
+    )
+    .context("open the local keyring")?;
+    let mut cfg = Pkcs11Config::new(a.req("token-label")?, a.req("kek-label")?);
+    cfg.module = PathBuf::from(a.req("module")?);
+    cfg.pin_file = Some(PathBuf::from(a.req("pin-file")?));
+    cfg.pool_size = a.num("pool-size", 8)?;
+    let hsm = Pkcs11Backend::open("hsm", &cfg).context("open the pkcs11 backend")?;
+    // The source rows: one local wrap per identity, like the loaded shards (not timed).
+    let t = Instant::now();
+    let mut rows = Vec::with_capacity(warmup + n);
+    for i in 0..warmup + n {
+        let id = ShardIdentity::new("mig-raw", format!("s{i:07}"), 1);
+        let (_dek, w) = local.generate_data_key(&id).await?;
+        rows.push((id, w));
+    }
+    let prepare = t.elapsed().as_secs_f64();
+    let mut started = Instant::now();
+    for (i, (id, w)) in rows.iter().enumerate() {
+        if i == warmup {
+            started = Instant::now();
+        }
+        // What a worker calls per item (`rewrap_from`'s default: unwrap on the source, wrap
+        // here), then the proof that the target opens the new wrap.
+        let new = hsm
+            .rewrap_from(id, &local, w)
+            .await
+            .context("re-wrap local -> pkcs11")?;
+        hsm.verify(id, &new).await.context("verify on pkcs11")?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "n": n,
+            "warmup": warmup,
+            "seconds": secs,
+            "per_sec": n as f64 / secs,
+            "prepare_seconds": prepare,
+            "pool_size": cfg.pool_size,
+        })
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
-        bail!("usage: shardgate-bench <kms-create-key|kms-decrypt> [--name value ...]");
+        bail!("usage: shardgate-bench <kms-create-key|kms-decrypt|migrate-raw> [--name value ...]");
     };
     let args = Args::parse(rest)?;
     match cmd.as_str() {
         "kms-create-key" => kms_create_key(&args).await,
         "kms-decrypt" => kms_decrypt(&args).await,
+        "migrate-raw" => migrate_raw(&args).await,
         other => bail!("unknown subcommand {other:?}"),
     }
 }

@@ -13,6 +13,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use shardgate_policy::Placement;
 use shardgate_store::AccountRecord;
+use std::time::Duration;
 use utoipa::ToSchema;
 
 /// `PUT /v1/accounts/{account}` body.
@@ -137,14 +138,32 @@ pub async fn put_account(
                     account: Some(account.clone()),
                     ..Default::default()
                 };
-                let job = crate::jobs::migrate::start(
-                    &state,
-                    selector,
-                    &ctx.caller.name,
-                    &ctx.request_id,
-                )
-                .await?;
-                migration_job = Some(job.id);
+                // The snapshot of a large account can outlast the request's deadline: create
+                // the job in the background and answer with its id now.
+                let id = uuid::Uuid::new_v4().to_string();
+                let (st, job_id, actor, request_id) = (
+                    state.clone(),
+                    id.clone(),
+                    ctx.caller.name.clone(),
+                    ctx.request_id.clone(),
+                );
+                let mut creating = tokio::spawn(async move {
+                    if let Err(e) = crate::jobs::migrate::start_with_id(
+                        &st,
+                        &job_id,
+                        selector,
+                        &actor,
+                        &request_id,
+                    )
+                    .await
+                    {
+                        tracing::error!(job = %job_id, error = %e.message, "the migration job of a tier change could not be created");
+                    }
+                });
+                // Usually done in milliseconds: wait a little so the job exists when the
+                // answer names it; a huge snapshot goes on after the answer.
+                let _ = tokio::time::timeout(Duration::from_millis(1000), &mut creating).await;
+                migration_job = Some(id);
             }
         }
     }

@@ -64,6 +64,19 @@ pub async fn start(
     actor: &str,
     request_id: &str,
 ) -> Result<MigrationJob, ApiError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    start_with_id(state, &id, selector, actor, request_id).await
+}
+
+/// [`start`] with a job id chosen by the caller (a tier change answers with the id at once
+/// and creates the job, whose snapshot may take a while, in the background).
+pub async fn start_with_id(
+    state: &AppState,
+    id: &str,
+    selector: MigrationSelector,
+    actor: &str,
+    request_id: &str,
+) -> Result<MigrationJob, ApiError> {
     if selector.account.is_some() == selector.from_backend.is_some() {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
@@ -99,16 +112,15 @@ pub async fn start(
             "key_version_below must be 1 or more",
         ));
     }
-    let id = uuid::Uuid::new_v4().to_string();
     let mut event =
-        Event::new(request_id, actor, "migration.start").detail(describe(&id, &selector));
+        Event::new(request_id, actor, "migration.start").detail(describe(id, &selector));
     event.account = selector.account.clone();
     event.backend = selector.from_backend.clone();
     let mut guard = state.audit.lock().await?;
     let record = guard.begin(&event);
     let result = state
         .store
-        .create_migration_job(&id, &selector, crate::now_ms(), actor, &record)
+        .create_migration_job(id, &selector, crate::now_ms(), actor, &record)
         .await;
     guard.finish(Some(&record), &result).await;
     let job = result?;
@@ -254,12 +266,26 @@ impl Supervisor {
                 .insert(job.id.clone());
             if fresh {
                 let sup = self.clone();
+                let id = job.id.clone();
+                let work = {
+                    let (sup, id) = (sup.clone(), id.clone());
+                    tokio::spawn(async move {
+                        let worker = Worker::new(&sup.state, &sup.cfg, &sup.worker_id)
+                            .stopping(sup.stopping.clone());
+                        worker.run(&id, |_| {}).await
+                    })
+                };
+                // However the worker ends (done, error, even a panic), the job is free to be
+                // picked up again at the next scan: its claims expire with their leases.
                 tokio::spawn(async move {
-                    let id = job.id.clone();
-                    let worker = Worker::new(&sup.state, &sup.cfg, &sup.worker_id)
-                        .stopping(sup.stopping.clone());
-                    if let Err(e) = worker.run(&id, |_| {}).await {
-                        tracing::warn!(job = %id, error = %e.message, "migration worker stopped");
+                    match work.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(job = %id, error = %e.message, "migration worker stopped");
+                        }
+                        Err(e) => {
+                            tracing::error!(job = %id, panic = e.is_panic(), "migration worker died");
+                        }
                     }
                     sup.active
                         .lock()
