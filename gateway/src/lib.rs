@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod breaker;
 pub mod cluster;
 pub mod config;

@@ -83,6 +83,16 @@ enum Command {
         #[command(subcommand)]
         command: MigrateCommand,
     },
+    /// Copy an SQLite store to a new file while gateways keep serving (a consistent
+    /// snapshot). A PostgreSQL store is backed up with `pg_dump -Fc` instead. Keyring files,
+    /// the audit key and KEK references are not in the copy: it lists them.
+    Backup {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The new backup file (an existing path is refused, never overwritten).
+        #[arg(long, value_name = "PATH")]
+        to: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +324,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: PolicyCommand::Check { config },
         } => Ok(policy_check(&config)),
         Command::Migrate { command } => migrate_command(command).await,
+        Command::Backup { config, to } => {
+            let cfg = Config::load(&config.sources(None))?;
+            let written = shardgate::backup::backup(&cfg, &to).await?;
+            println!(
+                "backup written: {} ({} bytes, one consistent snapshot of the database)",
+                written.path.display(),
+                written.bytes
+            );
+            println!("not in the backup; keep these with it (README, \"Backup and restore\"):");
+            for line in shardgate::backup::kept_elsewhere(&cfg, config.config.as_deref()) {
+                println!("  {line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => {
@@ -501,7 +525,7 @@ async fn policy_explain(
             let url = cfg.store_url();
             // Connecting to SQLite creates a missing file: a mistyped data dir must not leave
             // an empty database behind, and it certainly holds no account.
-            if let Some(path) = sqlite_file(&url) {
+            if let Some(path) = shardgate::backup::sqlite_file(&url) {
                 if !path.exists() {
                     anyhow::bail!(
                         "account {account:?} does not exist: there is no database at {} (pass --tier to explain a placement anyway)",
@@ -524,16 +548,6 @@ async fn policy_explain(
         .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
     println!("{explanation}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// The file of a `sqlite:` URL, unless it is in memory.
-fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or_default();
-    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory"))
-        .then(|| PathBuf::from(path))
 }
 
 /// `policy check`: every problem on stderr and exit 1, or a one-line summary and exit 0.

@@ -26,6 +26,7 @@ pub use migration::{
 };
 
 use async_trait::async_trait;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// An account row.
@@ -216,6 +217,35 @@ pub enum StoreError {
     /// Anything else (schema mismatch, bug).
     #[error("store error: {0}")]
     Internal(String),
+}
+
+/// Why [`Store::backup_to`] made no copy. Messages carry paths, never row data.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A PostgreSQL store is backed up by the database's own tools, which take a consistent
+    /// snapshot of the server (and of every replica's writes) without going through a
+    /// gateway.
+    #[error(
+        "a PostgreSQL store is backed up with `pg_dump -Fc` (see README, \"Backup and restore\"), not by shardgate"
+    )]
+    UsePgDump,
+    /// The target path exists (a file, a directory, a link): a backup never replaces one.
+    #[error("{0} already exists; a backup never overwrites a file: choose a new path")]
+    Exists(PathBuf),
+    /// The target path is not valid UTF-8 (SQLite takes the name as text).
+    #[error("backup path {0} is not valid UTF-8")]
+    PathNotUtf8(PathBuf),
+    /// Creating, syncing or cleaning up the target failed.
+    #[error("backup file {path}: {source}")]
+    Io {
+        /// The target.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database refused or failed the copy.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The persistence contract shared by PostgreSQL and SQLite.
@@ -466,6 +496,14 @@ pub trait Store: Send + Sync + 'static {
         job_id: &str,
         limit: i64,
     ) -> Result<Vec<MigrationFailure>, StoreError>;
+
+    // ----- backup -----
+
+    /// Write a consistent copy of the whole database to `path`, a new file (mode 0600), while
+    /// other connections keep reading and writing. Refuses an existing path
+    /// ([`BackupError::Exists`]) and leaves nothing behind when it fails. SQLite only:
+    /// PostgreSQL answers [`BackupError::UsePgDump`].
+    async fn backup_to(&self, path: &Path) -> Result<(), BackupError>;
 }
 
 /// Open the store a URL names (`postgres://…` or `sqlite://…`), without migrating.

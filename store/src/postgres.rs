@@ -11,6 +11,7 @@
 //!   leave a half-begun transaction behind, and the pool's `after_release` hook closes any
 //!   connection that comes back still inside a transaction.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -21,10 +22,10 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 
 use crate::migration::Settlement;
 use crate::{
-    job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, ClaimedItem, CommitResult,
-    DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord, Idempotent,
-    IdempotentWrite, ItemOutcome, MigrationFailure, MigrationJob, MigrationSelector, ShardSummary,
-    ShardVersionRow, Store, StoreError, Transition,
+    job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
+    CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
+    Idempotent, IdempotentWrite, ItemOutcome, MigrationFailure, MigrationJob, MigrationSelector,
+    ShardSummary, ShardVersionRow, Store, StoreError, Transition,
 };
 
 /// How long a request waits for a pooled connection (or a new one) before the store answers
@@ -1244,5 +1245,9 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(map_err)
+    }
+
+    async fn backup_to(&self, _path: &Path) -> Result<(), BackupError> {
+        Err(BackupError::UsePgDump)
     }
 }

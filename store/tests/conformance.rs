@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{record, shard_row, AuditGen, Harness};
-use shardgate_store::{AccountStats, DeleteOutcome, ShardSummary, Store, StoreError};
+use shardgate_store::{AccountStats, BackupError, DeleteOutcome, ShardSummary, Store, StoreError};
 use tokio::task::JoinSet;
 
 both_stores!(
@@ -39,6 +39,7 @@ both_stores!(
     audit_unwritable_fails_other_writes_atomically,
     audit_unwritable_fails_append,
     cancelled_writes_leave_no_open_transaction,
+    backup_to_copies_sqlite_and_refuses_postgres,
 );
 
 const ACCT: &str = "acct-1";
@@ -1125,4 +1126,55 @@ async fn sqlite_in_memory_store_keeps_one_database() {
         .await
         .unwrap();
     assert_eq!(store.latest_version(ACCT, "s").await.unwrap(), Some(1));
+}
+
+/// SQLite: a copy in a new 0600 file, readable as a store of its own and unchanged by later
+/// writes; an existing path is refused and left as it was; a path in a missing directory is an
+/// I/O error. PostgreSQL: `UsePgDump`, and nothing is created.
+async fn backup_to_copies_sqlite_and_refuses_postgres(h: &Harness) {
+    use std::os::unix::fs::PermissionsExt;
+    let s = &*h.store;
+    let audit = AuditGen::new("chain-backup");
+    put(s, &audit, ACCT, "retail").await;
+    insert(s, &audit, ACCT, "s1", 1, "local").await.unwrap();
+    insert(s, &audit, ACCT, "s1", 2, "local").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("copy.db");
+    if h.url.starts_with("postgres") {
+        let err = s.backup_to(&to).await.unwrap_err();
+        assert!(matches!(err, BackupError::UsePgDump), "{err:?}");
+        assert!(err.to_string().contains("pg_dump"), "{err}");
+        assert!(!to.exists());
+        return;
+    }
+    s.backup_to(&to).await.unwrap();
+    let mode = std::fs::metadata(&to).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let copy =
+        shardgate_store::sqlite::SqliteStore::connect(&format!("sqlite://{}", to.display()), 1)
+            .await
+            .unwrap();
+    for v in [1, 2] {
+        assert_eq!(
+            copy.get_shard_version(ACCT, "s1", Some(v)).await.unwrap(),
+            Some(shard_row(ACCT, "s1", v, "local"))
+        );
+    }
+    assert_eq!(
+        events(&copy, "chain-backup").await,
+        events(s, "chain-backup").await
+    );
+    // The original keeps taking writes; the copy is the snapshot.
+    insert(s, &audit, ACCT, "s1", 3, "local").await.unwrap();
+    assert_eq!(copy.latest_version(ACCT, "s1").await.unwrap(), Some(2));
+
+    let before = std::fs::read(&to).unwrap();
+    let err = s.backup_to(&to).await.unwrap_err();
+    assert!(matches!(err, BackupError::Exists(_)), "{err:?}");
+    assert_eq!(std::fs::read(&to).unwrap(), before);
+
+    let nowhere = dir.path().join("missing-dir").join("copy.db");
+    let err = s.backup_to(&nowhere).await.unwrap_err();
+    assert!(matches!(err, BackupError::Io { .. }), "{err:?}");
+    assert!(!nowhere.exists());
 }
