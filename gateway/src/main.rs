@@ -282,7 +282,9 @@ impl Command {
 
 /// The log format the command's configuration asks for. Read before the command runs, so
 /// that its first line is already in that format; a configuration that does not load falls
-/// back to the default here and is reported by the command itself.
+/// back to the default here and is reported by the command itself. Loading it before
+/// `serve` hardens the process is fine: the configuration holds no secret (token hashes,
+/// key and PIN file paths, PIN variable names).
 fn log_format(cli: &Cli) -> LogFormat {
     cli.command
         .config_sources()
