@@ -379,6 +379,19 @@ impl Auditor {
         &self.chain_id
     }
 
+    /// Requests waiting for the batching writer (each with one or more events).
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Set the queue gauges (the writer keeps them current; a scrape refreshes them too, so
+    /// an idle writer never leaves a stale depth behind).
+    #[allow(clippy::cast_precision_loss)] // bounded by audit.queue_capacity
+    pub fn publish_queue_metrics(&self) {
+        metrics::gauge!("shardgate_audit_queue_depth").set(self.queue_depth() as f64);
+        metrics::gauge!("shardgate_audit_queue_capacity").set(self.queue.max_capacity() as f64);
+    }
+
     fn seal_at(&self, e: &Event, seq: i64, prev_tag: Vec<u8>) -> AuditRecord {
         let mut r = AuditRecord {
             chain_id: self.chain_id.clone(),
@@ -501,7 +514,13 @@ impl Auditor {
             ids.push(mine);
         }
         guard.in_flight = true;
+        let started = std::time::Instant::now();
         let result = self.store.append_audit(&records).await;
+        metrics::histogram!(
+            "shardgate_audit_write_duration_seconds",
+            "outcome" => if result.is_ok() { "ok" } else { "error" }
+        )
+        .record(started.elapsed().as_secs_f64());
         let last = records.last();
         guard.finish(last, &result).await;
         match result {
@@ -539,6 +558,7 @@ async fn writer(auditor: std::sync::Weak<Auditor>, mut rx: mpsc::Receiver<Pendin
             }
         }
         let Some(a) = auditor.upgrade() else { break };
+        a.publish_queue_metrics();
         let result = a.write_batch(&batch).await;
         drop(a);
         match result {

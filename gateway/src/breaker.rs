@@ -71,6 +71,8 @@ enum Admit {
 }
 
 struct Breaker {
+    /// The backend instance, for the transition counter's label.
+    backend: String,
     cfg: BreakerConfig,
     state: Mutex<(State, Instant)>,
     opens: AtomicU64,
@@ -98,6 +100,7 @@ impl Breaker {
         match st.0 {
             State::Closed { .. } => Ok(Admit::Normal),
             State::Open { until, cooldown } if now >= until => {
+                self.transition("half-open");
                 *st = (
                     State::HalfOpen {
                         trial: true,
@@ -165,6 +168,7 @@ impl Breaker {
             (s, _, _) => s,
         };
         if std::mem::discriminant(&next) != std::mem::discriminant(&st.0) {
+            self.transition(state_name(&next));
             *st = (next, now);
         } else {
             st.0 = next;
@@ -172,18 +176,36 @@ impl Breaker {
     }
 
     fn force_close(&self) {
-        *self.lock() = (State::Closed { failures: 0 }, Instant::now());
+        let mut st = self.lock();
+        if !matches!(st.0, State::Closed { .. }) {
+            self.transition("closed");
+        }
+        *st = (State::Closed { failures: 0 }, Instant::now());
     }
 
     /// `closed`, `open` or `half-open`, and since when.
     fn describe(&self) -> (&'static str, Instant) {
         let st = self.lock();
-        let name = match st.0 {
-            State::Closed { .. } => "closed",
-            State::Open { .. } => "open",
-            State::HalfOpen { .. } => "half-open",
-        };
-        (name, st.1)
+        (state_name(&st.0), st.1)
+    }
+
+    /// Count a change of state (labels: the backend instance and the state entered, a
+    /// bounded set).
+    fn transition(&self, to: &'static str) {
+        metrics::counter!(
+            "shardgate_breaker_transitions_total",
+            "backend" => self.backend.clone(),
+            "to" => to
+        )
+        .increment(1);
+    }
+}
+
+fn state_name(s: &State) -> &'static str {
+    match s {
+        State::Closed { .. } => "closed",
+        State::Open { .. } => "open",
+        State::HalfOpen { .. } => "half-open",
     }
 }
 
@@ -214,15 +236,16 @@ impl Guarded {
     /// present.
     pub fn new(inner: Arc<dyn KeyBackend>, cfg: BreakerConfig) -> Arc<Self> {
         let g = Arc::new(Self {
-            inner,
             slots: Semaphore::new(cfg.max_concurrent.max(1)),
             breaker: Breaker {
+                backend: inner.name().to_string(),
                 cfg,
                 state: Mutex::new((State::Closed { failures: 0 }, Instant::now())),
                 opens: AtomicU64::new(0),
             },
             waiting: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
+            inner,
         });
         if g.breaker.cfg.probe_interval_ms > 0 {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -245,8 +268,10 @@ impl Guarded {
 
     /// Run `op` through the breaker and the bulkhead; `fault_of` says whether its output
     /// counts as a fault of the backend. `Err` only when the call was not admitted.
+    /// `name` labels the operation's latency (time on the backend, not in the queue).
     async fn admit_run<T, F, Fut>(
         &self,
+        name: &'static str,
         op: F,
         fault_of: impl Fn(&T) -> bool,
     ) -> Result<T, BackendError>
@@ -254,6 +279,9 @@ impl Guarded {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
+        // Noted before admission: a request refused by this backend's breaker was still
+        // served (and answered 503) on its account.
+        crate::metrics::note_backend(self.inner.name());
         let admit = self.breaker.admit(Instant::now())?;
         let mut outcome = Outcome {
             breaker: &self.breaker,
@@ -281,20 +309,32 @@ impl Guarded {
                 }
             }
         };
+        let started = Instant::now();
         let out = op().await;
         drop(permit);
+        self.record_latency(name, started);
         // A refused key or a bad ciphertext says nothing about availability: not a fault.
         outcome.fault = Some(fault_of(&out));
         drop(outcome);
         Ok(out)
     }
 
-    async fn guard<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
+    fn record_latency(&self, op: &'static str, started: Instant) {
+        metrics::histogram!(
+            "shardgate_backend_op_duration_seconds",
+            "backend" => self.inner.name().to_string(),
+            "op" => op
+        )
+        .record(started.elapsed().as_secs_f64());
+    }
+
+    async fn guard<T, F, Fut>(&self, name: &'static str, op: F) -> Result<T, BackendError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, BackendError>>,
     {
         self.admit_run(
+            name,
             op,
             |r: &Result<T, BackendError>| matches!(r, Err(e) if is_fault(e)),
         )
@@ -329,7 +369,7 @@ async fn probe_loop(weak: Weak<Guarded>) {
             continue;
         }
         let probe = g
-            .guard(|| async {
+            .guard("probe", || async {
                 let dek = DataKey::generate();
                 let wrapped = g.inner.wrap(&id, &dek).await?;
                 let back = g.inner.unwrap(&id, &wrapped).await?;
@@ -362,11 +402,12 @@ impl KeyBackend for Guarded {
         &self,
         id: &ShardIdentity,
     ) -> Result<(DataKey, WrappedKey), BackendError> {
-        self.guard(|| self.inner.generate_data_key(id)).await
+        self.guard("generate_data_key", || self.inner.generate_data_key(id))
+            .await
     }
 
     async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError> {
-        self.guard(|| self.inner.wrap(id, dek)).await
+        self.guard("wrap", || self.inner.wrap(id, dek)).await
     }
 
     async fn unwrap(
@@ -374,7 +415,8 @@ impl KeyBackend for Guarded {
         id: &ShardIdentity,
         wrapped: &WrappedKey,
     ) -> Result<DataKey, BackendError> {
-        self.guard(|| self.inner.unwrap(id, wrapped)).await
+        self.guard("unwrap", || self.inner.unwrap(id, wrapped))
+            .await
     }
 
     async fn unwrap_many(
@@ -385,6 +427,7 @@ impl KeyBackend for Guarded {
         // counts as a fault when any item failed for the backend's sake.
         let out = self
             .admit_run(
+                "unwrap_many",
                 || self.inner.unwrap_many(items),
                 |res: &Vec<Result<DataKey, BackendError>>| {
                     res.iter().any(|r| matches!(r, Err(e) if is_fault(e)))
@@ -398,7 +441,8 @@ impl KeyBackend for Guarded {
     }
 
     async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {
-        self.guard(|| self.inner.verify(id, wrapped)).await
+        self.guard("verify", || self.inner.verify(id, wrapped))
+            .await
     }
 
     async fn rewrap_from(
@@ -407,12 +451,14 @@ impl KeyBackend for Guarded {
         source: &dyn KeyBackend,
         wrapped: &WrappedKey,
     ) -> Result<WrappedKey, BackendError> {
-        self.guard(|| self.inner.rewrap_from(id, source, wrapped))
+        self.guard("rewrap", || self.inner.rewrap_from(id, source, wrapped))
             .await
     }
 
     async fn health(&self) -> Health {
+        let started = Instant::now();
         let inner = self.inner.health().await;
+        self.record_latency("health", started);
         let state = self.breaker_state();
         Health {
             usable: inner.usable && state != "open",
@@ -460,6 +506,7 @@ mod tests {
 
     fn breaker(threshold: u32, cooldown_ms: u64, max_ms: u64) -> Breaker {
         Breaker {
+            backend: "test".into(),
             cfg: BreakerConfig {
                 failure_threshold: threshold,
                 cooldown_ms,

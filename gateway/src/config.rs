@@ -62,6 +62,9 @@ pub struct Config {
     /// `Idempotency-Key` handling of PUT and DELETE.
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -341,6 +344,39 @@ impl Default for MigrationConfig {
     }
 }
 
+/// `[log]`: how log lines are written (to stderr). The level filter is `RUST_LOG`
+/// (default `info`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json`, `text` or `auto` (the default).
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text when stderr is a terminal (a person is reading), JSON otherwise (a collector is).
+    #[default]
+    Auto,
+    /// One JSON object per line, with the request id of the request it was logged in.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl LogFormat {
+    /// Whether to write JSON, resolving `auto` against whether stderr is a terminal.
+    pub fn is_json(self) -> bool {
+        match self {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+}
+
 /// Audit settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -444,6 +480,7 @@ impl Config {
             migration: MigrationConfig::default(),
             breaker: crate::breaker::BreakerConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            log: LogConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
         }
     }
@@ -603,6 +640,27 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
         assert!(cfg.store_url().starts_with("sqlite:///tmp/x/"));
         assert!(cfg.tiers.contains_key("retail") && cfg.tiers.contains_key("institutional"));
+    }
+
+    #[test]
+    fn log_format_defaults_to_auto_and_takes_an_env_override() {
+        let sources = Sources {
+            data_dir: Some("/tmp/x".into()),
+            ..Sources::default()
+        };
+        let cfg =
+            Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Auto);
+        std::env::set_var("SGLOGTEST_LOG__FORMAT", "json");
+        let cfg = Config::load_with_env(&sources, Env::prefixed("SGLOGTEST_")).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert!(cfg.log.format.is_json());
+        std::env::set_var("SGLOGTEST_LOG__FORMAT", "text");
+        let cfg = Config::load_with_env(&sources, Env::prefixed("SGLOGTEST_")).unwrap();
+        assert!(!cfg.log.format.is_json());
+        std::env::set_var("SGLOGTEST_LOG__FORMAT", "xml");
+        assert!(Config::load_with_env(&sources, Env::prefixed("SGLOGTEST_")).is_err());
+        std::env::remove_var("SGLOGTEST_LOG__FORMAT");
     }
 
     #[test]

@@ -27,8 +27,7 @@ pub mod state;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post, put};
 use axum::Router;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 pub use state::AppState;
@@ -44,7 +43,6 @@ pub fn now_ms() -> i64 {
 /// The HTTP API.
 pub fn app(state: AppState) -> Router {
     use api::{accounts, admin, batch, health, shards};
-    let request_id = axum::http::HeaderName::from_static(api::REQUEST_ID);
     Router::new()
         .route(
             "/v1/accounts/{account}",
@@ -86,13 +84,14 @@ pub fn app(state: AppState) -> Router {
         .fallback(api::not_found)
         .layer(from_fn_with_state(state.clone(), api::deadline))
         .layer(from_fn(api::no_store))
-        .route_layer(from_fn(metrics::track))
+        // Every route and the fallbacks: unknown paths are counted as route `unmatched`.
+        .layer(from_fn(metrics::track))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(api::request_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost: the id is decided before the request's span is made.
+        .layer(from_fn(api::assign_request_id))
         .with_state(state)
 }

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
-use shardgate::config::{BackendConfig, Config, Sources};
+use shardgate::config::{BackendConfig, Config, LogFormat, Sources};
 use shardgate::state::AppState;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -255,19 +255,79 @@ enum AuditCommand {
     },
 }
 
-fn init_logging() {
+impl Command {
+    /// Where this command reads its configuration from, if it reads one.
+    fn config_sources(&self) -> Option<Sources> {
+        let args = match self {
+            Command::Serve { config, listen } => return Some(config.sources(*listen)),
+            Command::Token { .. } => return None,
+            Command::Db {
+                command: DbCommand::Migrate { config },
+            }
+            | Command::Keys {
+                command: KeysCommand::Rotate { config, .. } | KeysCommand::Promote { config, .. },
+            }
+            | Command::Audit {
+                command: AuditCommand::Verify { config },
+            }
+            | Command::Hsm {
+                command: HsmCommand::InitKey { config, .. },
+            }
+            | Command::Policy {
+                command: PolicyCommand::Explain { config, .. } | PolicyCommand::Check { config },
+            }
+            | Command::Migrate {
+                command:
+                    MigrateCommand::Start { config, .. }
+                    | MigrateCommand::Run { config, .. }
+                    | MigrateCommand::Status { config, .. }
+                    | MigrateCommand::Pause { config, .. }
+                    | MigrateCommand::Resume { config, .. }
+                    | MigrateCommand::Cancel { config, .. },
+            } => config,
+        };
+        Some(args.sources(None))
+    }
+}
+
+/// The log format the command's configuration asks for. Read before the command runs, so
+/// that its first line is already in that format; a configuration that does not load falls
+/// back to the default here and is reported by the command itself. Loading it before
+/// `serve` hardens the process is fine: the configuration holds no secret (token hashes,
+/// key and PIN file paths, PIN variable names).
+fn log_format(cli: &Cli) -> LogFormat {
+    cli.command
+        .config_sources()
+        .and_then(|s| Config::load(&s).ok())
+        .map(|c| c.log.format)
+        .unwrap_or_default()
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format.is_json() {
+        // Event fields at the top level; the request span (with `request_id`) in `span`
+        // and every enclosing span in `spans`.
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        // Colour codes only for a person at a terminal, never into a file or a collector.
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(log_format(&cli));
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -1,5 +1,12 @@
 //! Prometheus metrics: one process-wide recorder, rendered at `GET /metrics` (scope
-//! `metrics`). Labels carry route templates and codes, never ids or secrets.
+//! `metrics`). Labels carry route templates, status codes, configured backend names and
+//! fixed operation names: never an account, shard, token or any other caller-chosen value,
+//! so every family's cardinality is bounded by the configuration.
+//!
+//! Families recorded elsewhere: `shardgate_backend_op_duration_seconds` and
+//! `shardgate_breaker_transitions_total` in [`crate::breaker`], `shardgate_audit_*` in
+//! [`crate::audit`], `shardgate_migration_*` in [`crate::jobs::migrate`]. README
+//! ("Operations", "Metrics") lists them all.
 
 use crate::api::Ctx;
 use crate::auth::Scope;
@@ -9,33 +16,150 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Upper bounds of the latency buckets (seconds) of every `*_seconds` histogram: from a
+/// cached local unwrap (well under a millisecond) to a request near its deadline.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Install the recorder once per process (several gateways in one test process share it).
 pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            // Real histograms (not the exporter's default summaries): buckets add up across
+            // replicas, quantiles do not.
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.install_recorder())
+                .ok();
+            describe();
+            handle
+        })
         .as_ref()
 }
 
-/// Count and time every request by route template and status.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "shardgate_http_requests_total",
+        "HTTP requests by method, route template, status and the backend that served them"
+    );
+    describe_histogram!(
+        "shardgate_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by method, route template, status and backend"
+    );
+    describe_histogram!(
+        "shardgate_backend_op_duration_seconds",
+        Unit::Seconds,
+        "Time on a backend (after admission by its breaker and bulkhead) by backend and operation"
+    );
+    describe_counter!(
+        "shardgate_breaker_transitions_total",
+        "Circuit breaker state changes by backend and the state entered"
+    );
+    describe_gauge!(
+        "shardgate_audit_queue_depth",
+        "Requests waiting for the batching audit writer"
+    );
+    describe_gauge!(
+        "shardgate_audit_queue_capacity",
+        "Capacity of the audit queue (audit.queue_capacity)"
+    );
+    describe_histogram!(
+        "shardgate_audit_write_duration_seconds",
+        Unit::Seconds,
+        "Latency of one batched audit write by outcome"
+    );
+    describe_counter!(
+        "shardgate_audit_events_total",
+        "Audit events written by the batching writer"
+    );
+    describe_counter!(
+        "shardgate_audit_failures_total",
+        "Batched audit writes that failed"
+    );
+}
+
+tokio::task_local! {
+    /// The backend that served the request running on this task (set by the breaker wrapper
+    /// each backend sits behind).
+    static SERVED_BY: Cell<Served>;
+}
+
+/// Which backend served a request. Names are configured backend instances: a bounded set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    None,
+    One(&'static str),
+    Multiple,
+}
+
+/// Interned backend names: the task-local holds `&'static str` so that noting a backend
+/// costs no allocation per call; the set is the configured backends, so it stays small.
+fn intern(name: &str) -> &'static str {
+    static NAMES: OnceLock<std::sync::Mutex<Vec<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(n);
+    n
+}
+
+/// Record that the current request used backend `name` (a no-op outside a request: probes,
+/// migration workers, CLI commands).
+pub fn note_backend(name: &str) {
+    let _ = SERVED_BY.try_with(|cell| {
+        let next = match cell.get() {
+            Served::None => Served::One(intern(name)),
+            Served::One(n) if n == name => Served::One(n),
+            _ => Served::Multiple,
+        };
+        cell.set(next);
+    });
+}
+
+/// Count and time every request by method, route template, status and backend (`none` when
+/// no backend was called, `multiple` when several were, e.g. a batch across tiers).
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+    let method = req.method().as_str().to_string();
     let start = Instant::now();
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("shardgate_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("shardgate_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(start.elapsed().as_secs_f64());
+    let (resp, served) = SERVED_BY
+        .scope(Cell::new(Served::None), async {
+            let resp = next.run(req).await;
+            (resp, SERVED_BY.with(Cell::get))
+        })
+        .await;
+    let backend = match served {
+        Served::None => "none",
+        Served::One(n) => n,
+        Served::Multiple => "multiple",
+    };
+    let status = resp.status().as_str().to_string();
+    metrics::counter!("shardgate_http_requests_total",
+        "method" => method.clone(), "route" => route.clone(),
+        "status" => status.clone(), "backend" => backend)
+    .increment(1);
+    metrics::histogram!("shardgate_http_request_duration_seconds",
+        "method" => method, "route" => route, "status" => status, "backend" => backend)
+    .record(start.elapsed().as_secs_f64());
     resp
 }
 
@@ -46,6 +170,7 @@ pub async fn track(req: Request, next: Next) -> Response {
 pub async fn render(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
     ctx.require(&state, Scope::Metrics, None, "metrics")?;
     publish_backend_stats(&state);
+    state.audit.publish_queue_metrics();
     let body = handle().map(|h| h.render()).unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -15,7 +15,10 @@ fn serve_disables_core_dumps() {
         .arg(dir.path().join("data"))
         .env_remove("SHARDGATE_TEST_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(common::child_log(
+            &common::log_dir("hygiene"),
+            "serve.stderr.log",
+        ))
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

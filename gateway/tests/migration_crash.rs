@@ -186,6 +186,7 @@ async fn migration_survives_repeated_sigkill_and_finishes_identical() {
         .env_remove("SHARDGATE_TEST_DATABASE_URL")
         .output()
         .unwrap();
+    common::keep_output(&logs, "final-run", &out);
     assert!(
         out.status.success(),
         "{}",
@@ -243,6 +244,7 @@ async fn migration_survives_repeated_sigkill_and_finishes_identical() {
         .env_remove("SHARDGATE_TEST_DATABASE_URL")
         .output()
         .unwrap();
+    common::keep_output(&logs, "audit-verify", &out);
     assert!(
         out.status.success(),
         "audit verify: {}{}",
@@ -361,8 +363,10 @@ async fn two_worker_processes_move_every_row_exactly_once() {
             .unwrap()
     };
     let (a, b) = (spawn(), spawn());
-    for child in [a, b] {
+    let logs = common::log_dir("migration_two_workers");
+    for (i, child) in [a, b].into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
+        common::keep_output(&logs, &format!("worker-{i}"), &out);
         assert!(
             out.status.success(),
             "{}",

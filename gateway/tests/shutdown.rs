@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn serve(config: &std::path::Path) -> (Child, String) {
+fn serve(config: &std::path::Path, name: &str) -> (Child, String) {
+    let logs = common::log_dir("shutdown");
     let mut child = Command::new(common::shardgate_bin())
         .args(["serve", "--config", config.to_str().unwrap()])
         .env_remove("SHARDGATE_TEST_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(common::child_log(&logs, &format!("{name}.stderr.log")))
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -51,7 +52,7 @@ async fn sigterm_under_write_load_loses_no_acknowledged_write() {
     cfg.timeouts.shutdown_grace_ms = 5000;
     let config = dir.path().join("shardgate.toml");
     common::write_config(&cfg, &config);
-    let (mut child, base) = serve(&config);
+    let (mut child, base) = serve(&config, "first");
     let client = reqwest::Client::new();
     let r = client
         .put(format!("{base}/v1/accounts/acct-sd"))
@@ -125,7 +126,7 @@ async fn sigterm_under_write_load_loses_no_acknowledged_write() {
     }
     assert!(status.success(), "{status:?}");
 
-    let (mut child, base) = serve(&config);
+    let (mut child, base) = serve(&config, "restarted");
     let acked = acked.lock().unwrap().clone();
     for (shard, version, data) in &acked {
         let r = client

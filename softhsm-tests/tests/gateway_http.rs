@@ -136,6 +136,8 @@ create_key = true
         .env_remove("SHARDGATE_TEST_DATABASE_URL")
         .output()
         .unwrap();
+    // Kept for the run's secret scan, like the serving gateway's log.
+    std::fs::write(logs.join("serve-without-kek.stderr"), &out.stderr).unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kek"), "{err}");
@@ -153,6 +155,8 @@ create_key = true
         .env_remove("SHARDGATE_TEST_DATABASE_URL")
         .output()
         .unwrap();
+    std::fs::write(logs.join("init-key.stderr"), &init.stderr).unwrap();
+    std::fs::write(logs.join("init-key.stdout"), &init.stdout).unwrap();
     assert!(
         init.status.success(),
         "{}",

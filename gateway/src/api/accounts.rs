@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use shardgate_policy::Placement;
 use shardgate_store::AccountRecord;
 use std::time::Duration;
+use tracing::Instrument as _;
 use utoipa::ToSchema;
 
 /// `PUT /v1/accounts/{account}` body.
@@ -147,19 +148,23 @@ pub async fn put_account(
                     ctx.caller.name.clone(),
                     ctx.request_id.clone(),
                 );
-                let mut creating = tokio::spawn(async move {
-                    if let Err(e) = crate::jobs::migrate::start_with_id(
-                        &st,
-                        &job_id,
-                        selector,
-                        &actor,
-                        &request_id,
-                    )
-                    .await
-                    {
-                        tracing::error!(job = %job_id, error = %e.message, "the migration job of a tier change could not be created");
+                // In the request's span: its log lines keep the request id.
+                let mut creating = tokio::spawn(
+                    async move {
+                        if let Err(e) = crate::jobs::migrate::start_with_id(
+                            &st,
+                            &job_id,
+                            selector,
+                            &actor,
+                            &request_id,
+                        )
+                        .await
+                        {
+                            tracing::error!(job = %job_id, error = %e.message, "the migration job of a tier change could not be created");
+                        }
                     }
-                });
+                    .in_current_span(),
+                );
                 // Usually done in milliseconds: wait a little so the job exists when the
                 // answer names it; a huge snapshot goes on after the answer.
                 let _ = tokio::time::timeout(Duration::from_millis(1000), &mut creating).await;

@@ -18,8 +18,71 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-/// Header carrying the request id (set by the gateway when the client sent none).
+/// Header carrying the request id: the client's when well-formed ([`is_valid_request_id`]),
+/// otherwise one the gateway generates; echoed on every response.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request id decided for a request by [`assign_request_id`] (a request extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// A client-supplied request id is kept only when it is 1 to 64 bytes of `[A-Za-z0-9._-]`:
+/// it lands in every log line and audit event of the request, so it must not be able to
+/// forge log structure (newlines, quotes), carry a secret-sized blob or grow without bound.
+pub fn is_valid_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The one place that decides a request's id: the client's `X-Request-Id` when well-formed,
+/// else a fresh UUID. It replaces the request header (so everything downstream reads the
+/// decided id), is stored as a [`RequestId`] extension for the request's span, and is echoed
+/// on the response.
+pub async fn assign_request_id(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| v.to_str().is_ok_and(is_valid_request_id))
+        .cloned();
+    let value = match given {
+        Some(v) => Some(v),
+        None => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok(),
+    };
+    let id = value
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    req.headers_mut().remove(REQUEST_ID);
+    if let Some(v) = &value {
+        req.headers_mut().insert(REQUEST_ID, v.clone());
+    }
+    req.extensions_mut().insert(RequestId(id));
+    let mut resp = next.run(req).await;
+    if let Some(v) = value {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// The span every line logged while serving a request is recorded in: it carries the
+/// request id. Made at ERROR level so that no log filter can disable it while letting the
+/// request's warnings through without their id.
+pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.as_str())
+        .unwrap_or_default();
+    tracing::error_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    )
+}
 
 /// An authenticated request: who is calling, and the request id.
 #[derive(Debug, Clone)]
@@ -39,11 +102,10 @@ impl Ctx {
 
 fn request_id(parts: &Parts) -> String {
     parts
-        .headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
 }
 
 impl FromRequestParts<AppState> for Ctx {

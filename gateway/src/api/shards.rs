@@ -19,6 +19,7 @@ use shardgate_store::{
     IdempotencyRecord, Idempotent, IdempotentWrite, ShardVersionRow, StoreError,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
+use tracing::Instrument as _;
 use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
@@ -266,11 +267,14 @@ impl IdemKey {
         }
         let store = state.store.clone();
         let before = self.expired_before_ms;
-        tokio::spawn(async move {
-            if let Err(e) = store.purge_idempotency(before).await {
-                tracing::warn!(error = %e, "purging expired idempotency records failed");
+        tokio::spawn(
+            async move {
+                if let Err(e) = store.purge_idempotency(before).await {
+                    tracing::warn!(error = %e, "purging expired idempotency records failed");
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 }
 

@@ -55,6 +55,18 @@ pub fn log_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// A file in a test's log directory for a child process's output (so the run's secret scan
+/// reads everything a child gateway logged).
+pub fn child_log(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(name)).unwrap()
+}
+
+/// Keep a finished child's output in the log dir (`NAME.stdout.log`, `NAME.stderr.log`).
+pub fn keep_output(dir: &Path, name: &str, out: &std::process::Output) {
+    std::fs::write(dir.join(format!("{name}.stdout.log")), &out.stdout).unwrap();
+    std::fs::write(dir.join(format!("{name}.stderr.log")), &out.stderr).unwrap();
+}
+
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
@@ -171,6 +183,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         migration: shardgate::config::MigrationConfig::default(),
         breaker: shardgate::breaker::BreakerConfig::default(),
         idempotency: shardgate::config::IdempotencyConfig::default(),
+        log: shardgate::config::LogConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),
