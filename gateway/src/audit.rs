@@ -296,6 +296,25 @@ impl ChainGuard<'_> {
         self.seal(event)
     }
 
+    /// Seal `events` at the next positions of the chain, each after the one before, and mark
+    /// the write in flight until [`ChainGuard::finish`] (with the last record).
+    pub fn begin_many(&mut self, events: &[Event]) -> Vec<AuditRecord> {
+        self.arm();
+        let (mut seq, mut prev) = match &*self.head {
+            Some(h) => (h.seq, h.tag.clone()),
+            None => (0, vec![0u8; 32]),
+        };
+        events
+            .iter()
+            .map(|e| {
+                seq += 1;
+                let r = self.auditor.seal_at(e, seq, std::mem::take(&mut prev));
+                prev = r.tag.clone();
+                r
+            })
+            .collect()
+    }
+
     /// Mark a write in flight (its event sealed by [`ChainGuard::seal`] inside the store
     /// call) until [`ChainGuard::finish`]; if the request is cancelled first, the head is
     /// re-read before the next event.

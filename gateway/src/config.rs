@@ -321,8 +321,11 @@ impl Default for Timeouts {
 pub struct MigrationConfig {
     /// Re-wraps per second per process, so online traffic keeps its latency.
     pub rate_per_sec: u32,
-    /// Items claimed at a time.
+    /// Items claimed, and committed in one transaction, at a time.
     pub batch_size: u32,
+    /// Re-wraps of a batch in flight at once (each holds a backend call, e.g. an HSM
+    /// session).
+    pub concurrency: u32,
     /// How long a claim holds its items; a worker killed mid-batch frees them after this.
     pub lease_ms: u64,
     /// How often the process looks for live jobs (started elsewhere, resumed, or left by a
@@ -337,6 +340,7 @@ impl Default for MigrationConfig {
         Self {
             rate_per_sec: 500,
             batch_size: 16,
+            concurrency: 4,
             lease_ms: 30_000,
             poll_interval_ms: 2_000,
             workers: true,

@@ -276,6 +276,7 @@ impl Command {
             | Command::Policy {
                 command: PolicyCommand::Explain { config, .. } | PolicyCommand::Check { config },
             }
+            | Command::Backup { config, .. }
             | Command::Migrate {
                 command:
                     MigrateCommand::Start { config, .. }

@@ -87,6 +87,9 @@ async fn setup(kind: StoreKind, rate: u32) -> Option<Fx> {
     cfg.tiers.insert("kms".into(), "kms".into());
     cfg.migration.rate_per_sec = rate;
     cfg.migration.batch_size = 4;
+    // One KMS call at a time: the throttling test counts on no call overtaking another, so
+    // that each operation sees at most one burst of throttles.
+    cfg.migration.concurrency = 1;
     cfg.migration.poll_interval_ms = 200;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     state.start_migration_workers();
@@ -334,17 +337,20 @@ async fn one_refused_encrypt_leaves_its_row_readable_on_local_then_a_second_job_
         (Some(12), Some(11), Some(1), Some(0), Some(0)),
         "{done}"
     );
-    // Exactly the row whose wrap was refused: the first one the job reached.
+    // Exactly one row failed: whichever one's wrap was refused (a batch re-wraps several
+    // rows at once, so which one reached KMS first is not fixed).
     let errors = done["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{done}");
     let failed = &errors[0];
-    assert_eq!(
-        (
-            failed["account"].as_str(),
-            failed["shard"].as_str(),
-            failed["version"].as_i64()
-        ),
-        (Some(ACCOUNT), Some("s00"), Some(1)),
+    assert_eq!(failed["account"].as_str(), Some(ACCOUNT), "{done}");
+    let failed_at = (
+        failed["shard"].as_str().unwrap().to_string(),
+        failed["version"].as_i64().unwrap(),
+    );
+    assert!(
+        shards
+            .iter()
+            .any(|(shard, v, _)| *shard == failed_at.0 && *v == failed_at.1),
         "{done}"
     );
     let message = failed["error"].as_str().unwrap();
@@ -364,7 +370,7 @@ async fn one_refused_encrypt_leaves_its_row_readable_on_local_then_a_second_job_
 
     // The failed row stayed on local; the others are on kms.
     let on = |shard: &str, version: i64| {
-        if (shard, version) == ("s00", 1) {
+        if (shard, version) == (failed_at.0.as_str(), failed_at.1) {
             "local"
         } else {
             "kms"

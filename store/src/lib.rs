@@ -21,7 +21,7 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use migration::{
-    job_state, ClaimedItem, CommitResult, ItemOutcome, MigrationFailure, MigrationJob,
+    job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
     MigrationSelector, Transition,
 };
 
@@ -470,12 +470,24 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<ClaimedItem>, StoreError>;
 
-    /// Settle one item this worker claimed, in one transaction with its audit event:
-    /// `Moved` replaces the version's backend, key ref, key version and wrapped DEK only if
-    /// the wrapped DEK is still `old_wrapped_dek` (else `RowChanged`, counted as skipped);
-    /// `Skipped` / `Failed` record the item (a failure also sets the job's `last_error`).
-    /// `NotClaimed` (nothing changes) when the item is settled, held by another worker, or
-    /// the job is not running.
+    /// Settle a batch of items this worker claimed, in one transaction with one audit event
+    /// per item (their records chained in order): `Moved` replaces the version's backend, key
+    /// ref, key version and wrapped DEK only if the wrapped DEK is still `old_wrapped_dek`
+    /// (else `RowChanged`, counted as skipped); `Skipped` / `Failed` record the item (a
+    /// failure also sets the job's `last_error`). One result per item, in order.
+    ///
+    /// `None`, and nothing changes (no audit event either), when any item is settled or held
+    /// by another worker, or the job is not running: the batch is all or nothing so its
+    /// chained audit records are stored without a gap.
+    async fn commit_migration_batch(
+        &self,
+        job_id: &str,
+        worker: &str,
+        items: &[ItemCommit<'_>],
+        now_ms: i64,
+    ) -> Result<Option<Vec<CommitResult>>, StoreError>;
+
+    /// [`Store::commit_migration_batch`] of one item; `NotClaimed` for `None`.
     #[allow(clippy::too_many_arguments)]
     async fn commit_migration_item(
         &self,
@@ -488,7 +500,22 @@ pub trait Store: Send + Sync + 'static {
         outcome: &ItemOutcome,
         now_ms: i64,
         audit: &AuditRecord,
-    ) -> Result<CommitResult, StoreError>;
+    ) -> Result<CommitResult, StoreError> {
+        let item = ItemCommit {
+            account,
+            shard,
+            version,
+            old_wrapped_dek,
+            outcome,
+            audit,
+        };
+        let results = self
+            .commit_migration_batch(job_id, worker, std::slice::from_ref(&item), now_ms)
+            .await?;
+        Ok(results
+            .and_then(|r| r.into_iter().next())
+            .unwrap_or(CommitResult::NotClaimed))
+    }
 
     /// Failed items of a job, in (account, shard, version) order, at most `limit`.
     async fn migration_failures(

@@ -119,6 +119,23 @@ impl std::fmt::Debug for ItemOutcome {
     }
 }
 
+/// One item of a batch commit: the version, the wrap the worker read (the compare-and-swap's
+/// expected value), what the worker reports, and the audit event sealed for it.
+pub struct ItemCommit<'a> {
+    /// Account id.
+    pub account: &'a str,
+    /// Shard id.
+    pub shard: &'a str,
+    /// Version.
+    pub version: i64,
+    /// The wrapped DEK as claimed.
+    pub old_wrapped_dek: &'a [u8],
+    /// What happened to it.
+    pub outcome: &'a ItemOutcome,
+    /// Its audit event, chained after the previous item's.
+    pub audit: &'a crate::AuditRecord,
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitResult {
@@ -195,5 +212,33 @@ impl<'a> Settlement<'a> {
             skipped: 0,
             failed: 1,
         }
+    }
+}
+
+/// What a batch of settlements adds to its job's counters; `error` is the batch's last
+/// failure (it becomes the job's `last_error`).
+pub(crate) struct Totals<'a> {
+    pub(crate) done: i64,
+    pub(crate) skipped: i64,
+    pub(crate) failed: i64,
+    pub(crate) error: Option<&'a str>,
+}
+
+impl<'a> Settlement<'a> {
+    pub(crate) fn sum(all: &[Settlement<'a>]) -> Totals<'a> {
+        all.iter().fold(
+            Totals {
+                done: 0,
+                skipped: 0,
+                failed: 0,
+                error: None,
+            },
+            |t, s| Totals {
+                done: t.done + s.done,
+                skipped: t.skipped + s.skipped,
+                failed: t.failed + s.failed,
+                error: s.error.or(t.error),
+            },
+        )
     }
 }

@@ -24,8 +24,8 @@ use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
     CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
-    Idempotent, IdempotentWrite, ItemOutcome, MigrationFailure, MigrationJob, MigrationSelector,
-    ShardSummary, ShardVersionRow, Store, StoreError, Transition,
+    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
+    MigrationSelector, ShardSummary, ShardVersionRow, Store, StoreError, Transition,
 };
 
 /// How long a request waits for a pooled connection (or a new one) before the store answers
@@ -185,6 +185,66 @@ async fn insert_audit(conn: &mut PgConnection, a: &AuditRecord) -> Result<(), St
     .await
     .map(|_| ())
     .map_err(audit_err)
+}
+
+/// Insert several audit records in one statement (one round trip for a batch).
+async fn insert_audits(
+    conn: &mut PgConnection,
+    records: &[&AuditRecord],
+) -> Result<(), StoreError> {
+    match records {
+        [] => Ok(()),
+        [one] => insert_audit(conn, one).await,
+        _ => {
+            let col =
+                |f: fn(&AuditRecord) -> &str| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+            let opt = |f: fn(&AuditRecord) -> Option<&str>| {
+                records.iter().map(|r| f(r)).collect::<Vec<_>>()
+            };
+            sqlx::query(&format!(
+                "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
+                 SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], \
+                     $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::BIGINT[], $10::TEXT[], \
+                     $11::TEXT[], $12::TEXT[], $13::BYTEA[], $14::BYTEA[])"
+            ))
+            .bind(col(|r| &r.chain_id))
+            .bind(records.iter().map(|r| r.seq).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| r.ts_ms).collect::<Vec<_>>())
+            .bind(col(|r| &r.request_id))
+            .bind(col(|r| &r.actor))
+            .bind(col(|r| &r.action))
+            .bind(opt(|r| r.account.as_deref()))
+            .bind(opt(|r| r.shard.as_deref()))
+            .bind(records.iter().map(|r| r.version).collect::<Vec<_>>())
+            .bind(opt(|r| r.backend.as_deref()))
+            .bind(col(|r| &r.outcome))
+            .bind(col(|r| &r.detail))
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.prev_tag.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(|r| r.tag.as_slice()).collect::<Vec<_>>())
+            .execute(conn)
+            .await
+            .map(|_| ())
+            .map_err(audit_err)
+        }
+    }
+}
+
+/// The columns of the compare-and-swap of a batch's moved items, one array per column.
+#[derive(Default)]
+struct MovedColumns<'a> {
+    account: Vec<&'a str>,
+    shard: Vec<&'a str>,
+    version: Vec<i64>,
+    old: Vec<&'a [u8]>,
+    backend: Vec<&'a str>,
+    key_ref: Vec<&'a str>,
+    key_version: Vec<i64>,
+    new: Vec<&'a [u8]>,
 }
 
 fn shard_from_row(r: &PgRow) -> Result<ShardVersionRow, sqlx::Error> {
@@ -792,9 +852,8 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for record in records {
-            insert_audit(&mut tx, record).await?;
-        }
+        let records: Vec<&AuditRecord> = records.iter().collect();
+        insert_audits(&mut tx, &records).await?;
         tx.commit().await.map_err(audit_err)
     }
 
@@ -1109,90 +1168,141 @@ impl Store for PgStore {
         Ok(claimed)
     }
 
-    async fn commit_migration_item(
+    async fn commit_migration_batch(
         &self,
         job_id: &str,
         worker: &str,
-        account: &str,
-        shard: &str,
-        version: i64,
-        old_wrapped_dek: &[u8],
-        outcome: &ItemOutcome,
+        items: &[ItemCommit<'_>],
         now_ms: i64,
-        audit: &AuditRecord,
-    ) -> Result<CommitResult, StoreError> {
+    ) -> Result<Option<Vec<CommitResult>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let accounts: Vec<&str> = items.iter().map(|i| i.account).collect();
+        let shards: Vec<&str> = items.iter().map(|i| i.shard).collect();
+        let versions: Vec<i64> = items.iter().map(|i| i.version).collect();
         let mut tx = self.begin().await?;
-        // Lock order: the item, then the shard version, then the job (claims lock items, then
-        // the job), so commits, claims and state changes cannot deadlock.
-        let item = sqlx::query(
-            "SELECT state, claimed_by FROM migration_items \
-             WHERE job_id = $1 AND account = $2 AND shard = $3 AND version = $4 FOR UPDATE",
+        // Lock order: the items (in key order, so two workers whose leases overlapped cannot
+        // deadlock), then the shard versions, then the job (claims lock items, then the job).
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM ( \
+                 SELECT 1 FROM migration_items i \
+                 JOIN unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[]) AS u(account, shard, version) \
+                   ON i.account = u.account AND i.shard = u.shard AND i.version = u.version \
+                 WHERE i.job_id = $1 AND i.state = 'pending' AND i.claimed_by = $5 \
+                 ORDER BY i.account, i.shard, i.version \
+                 FOR UPDATE OF i \
+             ) held",
         )
         .bind(job_id)
-        .bind(account)
-        .bind(shard)
-        .bind(version)
-        .fetch_optional(&mut *tx)
+        .bind(&accounts)
+        .bind(&shards)
+        .bind(&versions)
+        .bind(worker)
+        .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
-        let Some(item) = item else {
-            return Ok(CommitResult::NotClaimed);
-        };
-        let state: String = item.try_get("state").map_err(map_err)?;
-        let claimed_by: Option<String> = item.try_get("claimed_by").map_err(map_err)?;
-        if state != "pending" || claimed_by.as_deref() != Some(worker) {
-            return Ok(CommitResult::NotClaimed);
+        if usize::try_from(held).ok() != Some(items.len()) {
+            return Ok(None);
         }
-        let mut result = CommitResult::Committed;
-        let settlement = match outcome {
-            ItemOutcome::Moved {
-                backend,
-                key_ref,
-                key_version,
-                wrapped_dek,
-            } => {
-                // Compare-and-swap on the wrap the worker read: a user write or a delete since
-                // then wins. Nonce and ciphertext are never touched.
-                let replaced = sqlx::query(
-                    "UPDATE shard_versions \
-                     SET backend = $5, key_ref = $6, key_version = $7, wrapped_dek = $8 \
-                     WHERE account = $1 AND shard = $2 AND version = $3 AND wrapped_dek = $4",
-                )
-                .bind(account)
-                .bind(shard)
-                .bind(version)
-                .bind(old_wrapped_dek)
-                .bind(backend)
-                .bind(key_ref)
-                .bind(key_version)
-                .bind(wrapped_dek)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
-                if replaced == 1 {
-                    Settlement::done()
-                } else {
-                    result = CommitResult::RowChanged;
-                    Settlement::skipped()
+        // Compare-and-swap on the wraps the worker read: a user write or a delete since then
+        // wins. Nonce and ciphertext are never touched.
+        let moved: Vec<(usize, &ItemCommit<'_>)> = items
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| matches!(i.outcome, ItemOutcome::Moved { .. }))
+            .collect();
+        let mut replaced = std::collections::HashSet::new();
+        if !moved.is_empty() {
+            let mut cols = MovedColumns::default();
+            for (_, i) in &moved {
+                if let ItemOutcome::Moved {
+                    backend,
+                    key_ref,
+                    key_version,
+                    wrapped_dek,
+                } = i.outcome
+                {
+                    cols.account.push(i.account);
+                    cols.shard.push(i.shard);
+                    cols.version.push(i.version);
+                    cols.old.push(i.old_wrapped_dek);
+                    cols.backend.push(backend);
+                    cols.key_ref.push(key_ref);
+                    cols.key_version.push(*key_version);
+                    cols.new.push(wrapped_dek);
                 }
             }
-            ItemOutcome::Skipped => Settlement::skipped(),
-            ItemOutcome::Failed { error } => Settlement::failed(error),
-        };
+            let rows = sqlx::query(
+                "UPDATE shard_versions s \
+                 SET backend = u.backend, key_ref = u.key_ref, key_version = u.key_version, \
+                     wrapped_dek = u.new_dek \
+                 FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BYTEA[], $5::TEXT[], \
+                             $6::TEXT[], $7::BIGINT[], $8::BYTEA[]) \
+                      AS u(account, shard, version, old_dek, backend, key_ref, key_version, new_dek) \
+                 WHERE s.account = u.account AND s.shard = u.shard AND s.version = u.version \
+                   AND s.wrapped_dek = u.old_dek \
+                 RETURNING s.account, s.shard, s.version",
+            )
+            .bind(&cols.account)
+            .bind(&cols.shard)
+            .bind(&cols.version)
+            .bind(&cols.old)
+            .bind(&cols.backend)
+            .bind(&cols.key_ref)
+            .bind(&cols.key_version)
+            .bind(&cols.new)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            for r in rows {
+                let key: (String, String, i64) = (
+                    r.try_get("account").map_err(map_err)?,
+                    r.try_get("shard").map_err(map_err)?,
+                    r.try_get("version").map_err(map_err)?,
+                );
+                replaced.insert(key);
+            }
+        }
+        let mut results = Vec::with_capacity(items.len());
+        let mut settlements = Vec::with_capacity(items.len());
+        for i in items {
+            let (result, settlement) = match i.outcome {
+                ItemOutcome::Moved { .. } => {
+                    let key = (i.account.to_string(), i.shard.to_string(), i.version);
+                    if replaced.contains(&key) {
+                        (CommitResult::Committed, Settlement::done())
+                    } else {
+                        (CommitResult::RowChanged, Settlement::skipped())
+                    }
+                }
+                ItemOutcome::Skipped => (CommitResult::Committed, Settlement::skipped()),
+                ItemOutcome::Failed { error } => {
+                    (CommitResult::Committed, Settlement::failed(error))
+                }
+            };
+            results.push(result);
+            settlements.push(settlement);
+        }
+        let item_states: Vec<&str> = settlements.iter().map(|s| s.item_state).collect();
+        let errors: Vec<Option<&str>> = settlements.iter().map(|s| s.error).collect();
         sqlx::query(
-            "UPDATE migration_items SET state = $5, error = $6, lease_until = NULL \
-             WHERE job_id = $1 AND account = $2 AND shard = $3 AND version = $4",
+            "UPDATE migration_items i SET state = u.state, error = u.error, lease_until = NULL \
+             FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[]) \
+                  AS u(account, shard, version, state, error) \
+             WHERE i.job_id = $1 AND i.account = u.account AND i.shard = u.shard \
+               AND i.version = u.version",
         )
         .bind(job_id)
-        .bind(account)
-        .bind(shard)
-        .bind(version)
-        .bind(settlement.item_state)
-        .bind(settlement.error)
+        .bind(&accounts)
+        .bind(&shards)
+        .bind(&versions)
+        .bind(&item_states)
+        .bind(&errors)
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        let total = Settlement::sum(&settlements);
         // Checked last, under the job's row lock: a pause or cancel that committed before
         // this point wins, and everything above is rolled back.
         let running = sqlx::query(
@@ -1202,21 +1312,22 @@ impl Store for PgStore {
              WHERE id = $1 AND state = 'running'",
         )
         .bind(job_id)
-        .bind(settlement.done)
-        .bind(settlement.skipped)
-        .bind(settlement.failed)
-        .bind(settlement.error)
+        .bind(total.done)
+        .bind(total.skipped)
+        .bind(total.failed)
+        .bind(total.error)
         .bind(now_ms)
         .execute(&mut *tx)
         .await
         .map_err(map_err)?
         .rows_affected();
         if running == 0 {
-            return Ok(CommitResult::NotClaimed);
+            return Ok(None);
         }
-        insert_audit(&mut tx, audit).await?;
+        let records: Vec<&AuditRecord> = items.iter().map(|i| i.audit).collect();
+        insert_audits(&mut tx, &records).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(result)
+        Ok(Some(results))
     }
 
     async fn migration_failures(

@@ -28,8 +28,8 @@ use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
     CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
-    Idempotent, IdempotentWrite, ItemOutcome, MigrationFailure, MigrationJob, MigrationSelector,
-    ShardSummary, ShardVersionRow, Store, StoreError, Transition,
+    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
+    MigrationSelector, ShardSummary, ShardVersionRow, Store, StoreError, Transition,
 };
 
 /// How long a writer waits for the database write lock before answering
@@ -1105,92 +1105,102 @@ impl Store for SqliteStore {
         Ok(claimed)
     }
 
-    async fn commit_migration_item(
+    async fn commit_migration_batch(
         &self,
         job_id: &str,
         worker: &str,
-        account: &str,
-        shard: &str,
-        version: i64,
-        old_wrapped_dek: &[u8],
-        outcome: &ItemOutcome,
+        items: &[ItemCommit<'_>],
         now_ms: i64,
-        audit: &AuditRecord,
-    ) -> Result<CommitResult, StoreError> {
+    ) -> Result<Option<Vec<CommitResult>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
         // BEGIN IMMEDIATE: the item, job and row checks below hold until we commit.
         let mut tx = self.begin_write().await?;
-        let item = sqlx::query(
-            "SELECT i.state, i.claimed_by, j.state AS job_state \
-             FROM migration_items i JOIN migration_jobs j ON j.id = i.job_id \
-             WHERE i.job_id = ?1 AND i.account = ?2 AND i.shard = ?3 AND i.version = ?4",
-        )
-        .bind(job_id)
-        .bind(account)
-        .bind(shard)
-        .bind(version)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let Some(item) = item else {
-            return Ok(CommitResult::NotClaimed);
-        };
-        let state: String = item.try_get("state").map_err(map_err)?;
-        let claimed_by: Option<String> = item.try_get("claimed_by").map_err(map_err)?;
-        let job: String = item.try_get("job_state").map_err(map_err)?;
-        if state != "pending" || claimed_by.as_deref() != Some(worker) || job != job_state::RUNNING
-        {
-            return Ok(CommitResult::NotClaimed);
-        }
-        let mut result = CommitResult::Committed;
-        let settlement = match outcome {
-            ItemOutcome::Moved {
-                backend,
-                key_ref,
-                key_version,
-                wrapped_dek,
-            } => {
-                // Compare-and-swap on the wrap the worker read: a user write or a delete since
-                // then wins. Nonce and ciphertext are never touched.
-                let replaced = sqlx::query(
-                    "UPDATE shard_versions \
-                     SET backend = ?5, key_ref = ?6, key_version = ?7, wrapped_dek = ?8 \
-                     WHERE account = ?1 AND shard = ?2 AND version = ?3 AND wrapped_dek = ?4",
-                )
-                .bind(account)
-                .bind(shard)
-                .bind(version)
-                .bind(old_wrapped_dek)
-                .bind(backend)
-                .bind(key_ref)
-                .bind(key_version)
-                .bind(wrapped_dek)
-                .execute(&mut *tx)
+        let job: Option<String> =
+            sqlx::query_scalar("SELECT state FROM migration_jobs WHERE id = ?1")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(map_err)?
-                .rows_affected();
-                if replaced == 1 {
-                    Settlement::done()
-                } else {
-                    result = CommitResult::RowChanged;
-                    Settlement::skipped()
-                }
+                .map_err(map_err)?;
+        if job.as_deref() != Some(job_state::RUNNING) {
+            return Ok(None);
+        }
+        for i in items {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM migration_items \
+                 WHERE job_id = ?1 AND account = ?2 AND shard = ?3 AND version = ?4 \
+                   AND state = 'pending' AND claimed_by = ?5",
+            )
+            .bind(job_id)
+            .bind(i.account)
+            .bind(i.shard)
+            .bind(i.version)
+            .bind(worker)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if held.is_none() {
+                return Ok(None);
             }
-            ItemOutcome::Skipped => Settlement::skipped(),
-            ItemOutcome::Failed { error } => Settlement::failed(error),
-        };
-        sqlx::query(
-            "UPDATE migration_items SET state = ?5, error = ?6, lease_until = NULL \
-             WHERE job_id = ?1 AND account = ?2 AND shard = ?3 AND version = ?4",
-        )
-        .bind(job_id)
-        .bind(account)
-        .bind(shard)
-        .bind(version)
-        .bind(settlement.item_state)
-        .bind(settlement.error)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        }
+        let mut results = Vec::with_capacity(items.len());
+        let mut settlements = Vec::with_capacity(items.len());
+        for i in items {
+            let (result, settlement) = match i.outcome {
+                ItemOutcome::Moved {
+                    backend,
+                    key_ref,
+                    key_version,
+                    wrapped_dek,
+                } => {
+                    // Compare-and-swap on the wrap the worker read: a user write or a delete
+                    // since then wins. Nonce and ciphertext are never touched.
+                    let replaced = sqlx::query(
+                        "UPDATE shard_versions \
+                         SET backend = ?5, key_ref = ?6, key_version = ?7, wrapped_dek = ?8 \
+                         WHERE account = ?1 AND shard = ?2 AND version = ?3 AND wrapped_dek = ?4",
+                    )
+                    .bind(i.account)
+                    .bind(i.shard)
+                    .bind(i.version)
+                    .bind(i.old_wrapped_dek)
+                    .bind(backend)
+                    .bind(key_ref)
+                    .bind(key_version)
+                    .bind(wrapped_dek)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .rows_affected();
+                    if replaced == 1 {
+                        (CommitResult::Committed, Settlement::done())
+                    } else {
+                        (CommitResult::RowChanged, Settlement::skipped())
+                    }
+                }
+                ItemOutcome::Skipped => (CommitResult::Committed, Settlement::skipped()),
+                ItemOutcome::Failed { error } => {
+                    (CommitResult::Committed, Settlement::failed(error))
+                }
+            };
+            sqlx::query(
+                "UPDATE migration_items SET state = ?5, error = ?6, lease_until = NULL \
+                 WHERE job_id = ?1 AND account = ?2 AND shard = ?3 AND version = ?4",
+            )
+            .bind(job_id)
+            .bind(i.account)
+            .bind(i.shard)
+            .bind(i.version)
+            .bind(settlement.item_state)
+            .bind(settlement.error)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            results.push(result);
+            settlements.push(settlement);
+        }
+        let total = Settlement::sum(&settlements);
         sqlx::query(
             "UPDATE migration_jobs \
              SET done = done + ?2, skipped = skipped + ?3, failed = failed + ?4, \
@@ -1198,17 +1208,19 @@ impl Store for SqliteStore {
              WHERE id = ?1",
         )
         .bind(job_id)
-        .bind(settlement.done)
-        .bind(settlement.skipped)
-        .bind(settlement.failed)
-        .bind(settlement.error)
+        .bind(total.done)
+        .bind(total.skipped)
+        .bind(total.failed)
+        .bind(total.error)
         .bind(now_ms)
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        insert_audit(&mut tx, audit).await?;
+        for i in items {
+            insert_audit(&mut tx, i.audit).await?;
+        }
         tx.commit().await.map_err(map_err)?;
-        Ok(result)
+        Ok(Some(results))
     }
 
     async fn migration_failures(

@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use common::{shard_row, AuditGen, Harness};
 use shardgate_store::{
-    job_state, ClaimedItem, CommitResult, ItemOutcome, MigrationFailure, MigrationJob,
+    job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
     MigrationSelector, ShardVersionRow, Store, StoreError, Transition,
 };
 use tokio::task::JoinSet;
 
 both_stores!(
+    batch_commits_every_outcome_in_one_transaction,
+    batch_with_an_item_not_held_changes_nothing,
+    batch_loses_to_a_pause,
     create_snapshots_matching_versions_for_each_selector,
     create_duplicate_id_is_refused_without_audit,
     claim_returns_rows_and_current_tier_in_order,
@@ -1316,4 +1319,166 @@ async fn cancelled_calls_leave_no_open_transaction(h: &Harness) {
     }
     let j = job(s, "job").await;
     assert_eq!((j.done, j.remaining()), (100, 0));
+}
+
+/// Commits `outcomes` for `items` as one batch, with one chained record each.
+async fn commit_batch(
+    s: &dyn Store,
+    audit: &AuditGen,
+    job: &str,
+    worker: &str,
+    rows: &[ShardVersionRow],
+    outcomes: &[ItemOutcome],
+) -> Result<Option<Vec<CommitResult>>, StoreError> {
+    let records: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            audit.next(
+                "migration.commit",
+                Some(&r.account),
+                Some(&r.shard),
+                Some(r.version),
+            )
+        })
+        .collect();
+    let items: Vec<ItemCommit<'_>> = rows
+        .iter()
+        .zip(outcomes)
+        .zip(&records)
+        .map(|((r, outcome), audit)| ItemCommit {
+            account: &r.account,
+            shard: &r.shard,
+            version: r.version,
+            old_wrapped_dek: &r.wrapped_dek,
+            outcome,
+            audit,
+        })
+        .collect();
+    s.commit_migration_batch(job, worker, &items, 3000).await
+}
+
+async fn batch_commits_every_outcome_in_one_transaction(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new(CHAIN);
+    fixture(s, &audit).await;
+    create(s, &audit, "job", sel(Some(A), None, None)).await;
+    let items = claim(s, "job", "w", 5000, 100).await;
+    assert_eq!(items.len(), 4);
+    let before = event_count(s, CHAIN).await;
+    let mut rows: Vec<ShardVersionRow> = items.iter().map(|c| c.row.clone()).collect();
+    // The second item's wrap changed since the claim: its compare-and-swap must lose.
+    let current_second = rows[1].clone();
+    rows[1].wrapped_dek = b"stale".to_vec();
+    let outcomes = [
+        moved("w", &rows[0]),
+        moved("w", &rows[1]),
+        ItemOutcome::Failed {
+            error: "kms said no".to_string(),
+        },
+        ItemOutcome::Skipped,
+    ];
+    let results = commit_batch(s, &audit, "job", "w", &rows, &outcomes)
+        .await
+        .unwrap()
+        .expect("the batch is held by w");
+    assert_eq!(
+        results,
+        vec![
+            CommitResult::Committed,
+            CommitResult::RowChanged,
+            CommitResult::Committed,
+            CommitResult::Committed
+        ]
+    );
+    let first = row(s, A, &rows[0].shard, rows[0].version).await;
+    assert_eq!(first.backend, "target-1");
+    assert_eq!(
+        first.wrapped_dek,
+        format!("new:w:{}/{}/{}", A, rows[0].shard, rows[0].version).into_bytes()
+    );
+    assert_eq!(first.ciphertext, items[0].row.ciphertext);
+    assert_eq!(first.nonce, items[0].row.nonce);
+    assert_eq!(
+        row(s, A, &rows[1].shard, rows[1].version).await,
+        current_second
+    );
+    let j = job(s, "job").await;
+    assert_eq!((j.done, j.skipped, j.failed), (1, 2, 1));
+    assert_eq!(j.last_error.as_deref(), Some("kms said no"));
+    assert_eq!(event_count(s, CHAIN).await, before + 4);
+    let failures = s.migration_failures("job", 10).await.unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].shard, rows[2].shard);
+    // Settled: the same batch again is refused as a whole.
+    assert_eq!(
+        commit_batch(s, &audit, "job", "w", &rows, &outcomes)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(job(s, "job").await, j);
+    assert_eq!(event_count(s, CHAIN).await, before + 4);
+}
+
+async fn batch_with_an_item_not_held_changes_nothing(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new(CHAIN);
+    fixture(s, &audit).await;
+    create(s, &audit, "job", sel(Some(A), None, None)).await;
+    let mine = claim(s, "job", "w1", 5000, 2).await;
+    let theirs = claim(s, "job", "w2", 5000, 1).await;
+    let unclaimed = claim(s, "job", "w3", 5000, 0).await;
+    assert!(unclaimed.is_empty());
+    let snapshot = job(s, "job").await;
+    let before = event_count(s, CHAIN).await;
+    let originals: Vec<ShardVersionRow> =
+        mine.iter().chain(&theirs).map(|c| c.row.clone()).collect();
+    let outcomes: Vec<ItemOutcome> = originals.iter().map(|r| moved("w1", r)).collect();
+    // Two items held by w1 and one by w2: w1's batch is all or nothing.
+    assert_eq!(
+        commit_batch(s, &audit, "job", "w1", &originals, &outcomes)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(job(s, "job").await, snapshot);
+    assert_eq!(event_count(s, CHAIN).await, before);
+    for r in &originals {
+        assert_eq!(&row(s, A, &r.shard, r.version).await, r);
+    }
+    // Its own items alone commit.
+    assert_eq!(
+        commit_batch(s, &audit, "job", "w1", &originals[..2], &outcomes[..2])
+            .await
+            .unwrap(),
+        Some(vec![CommitResult::Committed; 2])
+    );
+    assert_eq!(job(s, "job").await.done, 2);
+    assert_eq!(event_count(s, CHAIN).await, before + 2);
+}
+
+async fn batch_loses_to_a_pause(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new(CHAIN);
+    fixture(s, &audit).await;
+    create(s, &audit, "job", sel(Some(A), None, None)).await;
+    let items = claim(s, "job", "w", 5000, 3).await;
+    let rows: Vec<ShardVersionRow> = items.iter().map(|c| c.row.clone()).collect();
+    let outcomes: Vec<ItemOutcome> = rows.iter().map(|r| moved("w", r)).collect();
+    set_state(s, &audit, "job", &[job_state::RUNNING], job_state::PAUSED)
+        .await
+        .unwrap();
+    let snapshot = job(s, "job").await;
+    let before = event_count(s, CHAIN).await;
+    assert_eq!(
+        commit_batch(s, &audit, "job", "w", &rows, &outcomes)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(job(s, "job").await, snapshot);
+    assert_eq!(event_count(s, CHAIN).await, before);
+    for r in &rows {
+        assert_eq!(&row(s, A, &r.shard, r.version).await, r);
+    }
 }

@@ -17,7 +17,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use shardgate_backends::{BackendError, ShardIdentity};
 use shardgate_store::{
-    job_state, ClaimedItem, CommitResult, ItemOutcome, MigrationJob, MigrationSelector, Transition,
+    job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationJob, MigrationSelector,
+    Transition,
 };
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -378,17 +379,22 @@ impl<'a> Worker<'a> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            for item in items {
-                if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                    // Unsettled claims go back to the pool when their lease runs out.
-                    return Ok(Stop::NotRunning);
+            // Pace per batch: the batch's re-wraps take their slots up front.
+            let now = Instant::now();
+            if next_slot > now {
+                tokio::time::sleep(next_slot - now).await;
+            }
+            let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
+            next_slot = next_slot.max(now) + pace.saturating_mul(n);
+            // Whatever a batch waits on (a backend, the database, the audit chain), it never
+            // holds the job past its lease: once that ran out its items are free for anyone,
+            // so the worker drops the batch (a dropped commit rolls back) and claims again.
+            let lease = Duration::from_millis(self.cfg.lease_ms.max(1));
+            match tokio::time::timeout(lease, self.batch(&job, &items)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    tracing::warn!(job = %id, items = items.len(), lease_ms = self.cfg.lease_ms, "migration batch outlived its lease; dropped (its items are claimed again)");
                 }
-                let now = Instant::now();
-                if next_slot > now {
-                    tokio::time::sleep(next_slot - now).await;
-                }
-                next_slot = next_slot.max(now) + pace;
-                self.one(&job, &item).await?;
             }
         }
     }
@@ -421,50 +427,109 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Re-wrap one item (or decide it needs nothing) and commit the outcome.
-    async fn one(&self, job: &MigrationJob, item: &ClaimedItem) -> Result<CommitResult, ApiError> {
-        let job_id = job.id.as_str();
-        let row = &item.row;
-        // A backend that is down (or behind an open breaker) is not a verdict on the row:
-        // wait and try again for a while before recording it as failed.
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 1;
-        let (outcome, from, to) = loop {
-            let (outcome, from, to, transient) =
-                self.rewrap(job.selector.key_version_below, item).await;
-            if !transient || attempt >= TRANSIENT_ATTEMPTS {
-                break (outcome, from, to);
-            }
-            tracing::debug!(job = %job_id, attempt, "backend unavailable during a re-wrap; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-            attempt += 1;
-        };
+    /// Re-wrap a claimed batch (up to `concurrency` items at once) and commit every outcome
+    /// in one transaction, one audit event per item.
+    async fn batch(&self, job: &MigrationJob, items: &[ClaimedItem]) -> Result<(), ApiError> {
+        use futures::StreamExt as _;
+        let started = Instant::now();
+        // Built up front (not mapped inside the stream) so the worker's future stays `Send`
+        // for any lifetime `tokio::spawn` asks of it.
+        let pending: Vec<_> = items.iter().map(|item| self.decide(job, item)).collect();
+        let decided: Vec<Decided> = futures::stream::iter(pending)
+            .buffered(usize::try_from(self.cfg.concurrency.max(1)).unwrap_or(1))
+            .collect()
+            .await;
         failpoint("before_commit");
-        let mut event = Event::new("", ACTOR, "migration.rewrap")
-            .account(&row.account)
-            .shard(&row.shard)
-            .detail(format!("job={job_id} from={from} to={to}"));
-        event.version = Some(row.version);
-        event.backend = Some(to.clone());
-        event.outcome = match &outcome {
-            ItemOutcome::Moved { .. } => "ok".into(),
-            ItemOutcome::Skipped => "skipped".into(),
-            ItemOutcome::Failed { .. } => "failed".into(),
+        let events: Vec<Event> = items
+            .iter()
+            .zip(&decided)
+            .map(|(item, d)| rewrap_event(&job.id, item, d))
+            .collect();
+        let mut guard = self.state.audit.lock().await?;
+        let records = guard.begin_many(&events);
+        let commits: Vec<ItemCommit<'_>> = items
+            .iter()
+            .zip(&decided)
+            .zip(&records)
+            .map(|((item, d), audit)| ItemCommit {
+                account: &item.row.account,
+                shard: &item.row.shard,
+                version: item.row.version,
+                old_wrapped_dek: &item.row.wrapped_dek,
+                outcome: &d.outcome,
+                audit,
+            })
+            .collect();
+        let result = self
+            .state
+            .store
+            .commit_migration_batch(&job.id, self.worker_id, &commits, crate::now_ms())
+            .await;
+        // Nothing is stored for `None`: the chain head stays where it was.
+        let last = match &result {
+            Ok(Some(_)) => records.last(),
+            _ => None,
         };
+        guard.finish(last, &result).await;
+        let results = match result? {
+            Some(r) => r,
+            None => {
+                // Some item is no longer this worker's (its lease ran out and another worker
+                // took it) or the job stopped: settle what is still ours one at a time.
+                let mut r = Vec::with_capacity(items.len());
+                for (item, d) in items.iter().zip(&decided) {
+                    r.push(self.commit_one(job, item, d).await?);
+                }
+                r
+            }
+        };
+        failpoint("after_commit");
+        let mut notes = Vec::new();
+        for ((item, d), res) in items.iter().zip(&decided).zip(&results) {
+            let outcome = match (res, &d.outcome) {
+                (CommitResult::NotClaimed, _) => continue,
+                (CommitResult::RowChanged, _) | (_, ItemOutcome::Skipped) => "skipped",
+                (_, ItemOutcome::Moved { .. }) => "done",
+                (_, ItemOutcome::Failed { .. }) => "failed",
+            };
+            metrics::counter!("shardgate_migration_items_total", "outcome" => outcome).increment(1);
+            if *res == CommitResult::RowChanged {
+                notes.push(superseded_event(&job.id, item));
+            }
+        }
+        if !notes.is_empty() {
+            // The records above were sealed before the outcome was known; say what happened.
+            self.state.audit.record_all(notes).await?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            metrics::gauge!("shardgate_migration_items_per_second").set(items.len() as f64 / secs);
+        }
+        Ok(())
+    }
+
+    /// Commit one item on its own (the fallback when its batch could not commit as a whole).
+    async fn commit_one(
+        &self,
+        job: &MigrationJob,
+        item: &ClaimedItem,
+        d: &Decided,
+    ) -> Result<CommitResult, ApiError> {
+        let row = &item.row;
+        let event = rewrap_event(&job.id, item, d);
         let mut guard = self.state.audit.lock().await?;
         let record = guard.begin(&event);
         let result = self
             .state
             .store
             .commit_migration_item(
-                job_id,
+                &job.id,
                 self.worker_id,
                 &row.account,
                 &row.shard,
                 row.version,
                 &row.wrapped_dek,
-                &outcome,
+                &d.outcome,
                 crate::now_ms(),
                 &record,
             )
@@ -475,20 +540,26 @@ impl<'a> Worker<'a> {
             Ok(CommitResult::Committed | CommitResult::RowChanged)
         );
         guard.finish(stored.then_some(&record), &result).await;
-        failpoint("after_commit");
-        if matches!(result, Ok(CommitResult::RowChanged)) {
-            // The record above was sealed before the outcome was known; say what happened.
-            let mut note = Event::new("", ACTOR, "migration.rewrap_superseded")
-                .account(&row.account)
-                .shard(&row.shard)
-                .detail(format!(
-                    "job={job_id}: the row changed or was deleted meanwhile; left as it is"
-                ));
-            note.version = Some(row.version);
-            note.outcome = "skipped".into();
-            self.state.audit.record(note).await?;
-        }
         Ok(result?)
+    }
+
+    /// Re-wrap one item (or decide it needs nothing), retrying while a backend is
+    /// unavailable: a backend that is down (or behind an open breaker) is not a verdict on
+    /// the row.
+    async fn decide(&self, job: &MigrationJob, item: &ClaimedItem) -> Decided {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            let (outcome, from, to, transient) =
+                self.rewrap(job.selector.key_version_below, item).await;
+            if !transient || attempt >= TRANSIENT_ATTEMPTS {
+                return Decided { outcome, from, to };
+            }
+            tracing::debug!(job = %job.id, attempt, "backend unavailable during a re-wrap; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            attempt += 1;
+        }
     }
 
     /// What should happen to one item: its outcome, source and target backend names, and
@@ -573,4 +644,43 @@ fn transient(e: &BackendError) -> bool {
 /// Secret-free text of a backend error (the variants never carry key material).
 fn backend_text(e: &BackendError) -> String {
     e.to_string()
+}
+
+/// What a worker decided for one item, with its source and target backend names.
+struct Decided {
+    outcome: ItemOutcome,
+    from: String,
+    to: String,
+}
+
+/// The audit event of one item's re-wrap (sealed before the commit says whether the row
+/// changed meanwhile; see [`superseded_event`]).
+fn rewrap_event(job_id: &str, item: &ClaimedItem, d: &Decided) -> Event {
+    let row = &item.row;
+    let mut event = Event::new("", ACTOR, "migration.rewrap")
+        .account(&row.account)
+        .shard(&row.shard)
+        .detail(format!("job={job_id} from={} to={}", d.from, d.to));
+    event.version = Some(row.version);
+    event.backend = Some(d.to.clone());
+    event.outcome = match &d.outcome {
+        ItemOutcome::Moved { .. } => "ok".into(),
+        ItemOutcome::Skipped => "skipped".into(),
+        ItemOutcome::Failed { .. } => "failed".into(),
+    };
+    event
+}
+
+/// Says that a re-wrap lost its compare-and-swap: the row changed or was deleted meanwhile.
+fn superseded_event(job_id: &str, item: &ClaimedItem) -> Event {
+    let row = &item.row;
+    let mut note = Event::new("", ACTOR, "migration.rewrap_superseded")
+        .account(&row.account)
+        .shard(&row.shard)
+        .detail(format!(
+            "job={job_id}: the row changed or was deleted meanwhile; left as it is"
+        ));
+    note.version = Some(row.version);
+    note.outcome = "skipped".into();
+    note
 }
