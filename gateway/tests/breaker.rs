@@ -337,50 +337,14 @@ async fn sigstopped_moto_opens_the_kms_breaker_and_sigcont_lets_a_probe_close_it
     let Some(moto) = OwnMoto::start().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let url = common::store_url(StoreKind::Sqlite, dir.path())
-        .await
-        .unwrap();
-    let tokens = Tokens::new();
-    let mut cfg = common::config(dir.path(), &url, &tokens);
-    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
-        common::create_kms_key(&moto.endpoint).await,
-        "us-east-1",
-    );
-    kms.endpoint_url = Some(moto.endpoint.clone());
-    kms.cache.enabled = false;
-    kms.max_attempts = 2;
-    kms.call_timeout_ms = 300;
-    kms.deadline_ms = 700;
-    cfg.backends
-        .insert("kms".into(), BackendConfig::AwsKms(kms));
-    cfg.tiers.insert("retail".into(), "kms".into());
-    cfg.tiers.insert("institutional".into(), "local".into());
-    cfg.breaker.cooldown_ms = 500;
-    cfg.breaker.probe_interval_ms = 100;
-    let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
-    let app = shardgate::app(state);
-    let admin = tokens.admin.clone();
-    for (account, tier) in [("acct-kms", "retail"), ("acct-local", "institutional")] {
-        let (s, _) = common::call(
-            &app,
-            &admin,
-            "PUT",
-            &format!("/v1/accounts/{account}"),
-            Some(json!({"tier": tier})),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED);
-        let (s, v) = common::call(
-            &app,
-            &admin,
-            "PUT",
-            &format!("/v1/accounts/{account}/shards/s1"),
-            Some(json!({"shard": B64.encode(b"before the pause")})),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-    }
+    let (app, admin, _dir) = moto_gateway(&moto, |kms, breaker| {
+        kms.max_attempts = 2;
+        kms.call_timeout_ms = 300;
+        kms.deadline_ms = 700;
+        breaker.cooldown_ms = 500;
+        breaker.probe_interval_ms = 100;
+    })
+    .await;
     let get = |account: &'static str| {
         let (app, admin) = (app.clone(), admin.clone());
         async move {
@@ -450,4 +414,147 @@ async fn sigstopped_moto_opens_the_kms_breaker_and_sigcont_lets_a_probe_close_it
         B64.decode(v["shard"].as_str().unwrap()).unwrap(),
         b"before the pause"
     );
+}
+
+/// An in-process gateway (SQLite) with `kms` on `moto` for tier `retail` and `local` for tier
+/// `institutional`, one shard `s1` on each of `acct-kms` and `acct-local`.
+async fn moto_gateway(
+    moto: &OwnMoto,
+    tweak: impl FnOnce(
+        &mut shardgate_backends::aws_kms::KmsConfig,
+        &mut shardgate::breaker::BreakerConfig,
+    ),
+) -> (axum::Router, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(StoreKind::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
+        common::create_kms_key(&moto.endpoint).await,
+        "us-east-1",
+    );
+    kms.endpoint_url = Some(moto.endpoint.clone());
+    kms.cache.enabled = false;
+    tweak(&mut kms, &mut cfg.breaker);
+    cfg.backends
+        .insert("kms".into(), BackendConfig::AwsKms(kms));
+    cfg.tiers.insert("retail".into(), "kms".into());
+    cfg.tiers.insert("institutional".into(), "local".into());
+    let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
+    let app = shardgate::app(state);
+    let admin = tokens.admin.clone();
+    for (account, tier) in [("acct-kms", "retail"), ("acct-local", "institutional")] {
+        let (s, _) = common::call(
+            &app,
+            &admin,
+            "PUT",
+            &format!("/v1/accounts/{account}"),
+            Some(json!({"tier": tier})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, v) = common::call(
+            &app,
+            &admin,
+            "PUT",
+            &format!("/v1/accounts/{account}/shards/s1"),
+            Some(json!({"shard": B64.encode(b"before the pause")})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    (app, admin, dir)
+}
+
+/// GET `acct-local`'s shard `n` times, one after another; the median time.
+async fn local_p50(app: &axum::Router, admin: &str, n: usize) -> Duration {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let (s, v) =
+            common::call(app, admin, "GET", "/v1/accounts/acct-local/shards/s1", None).await;
+        took.push(start.elapsed());
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    took.sort();
+    took[n / 2]
+}
+
+/// 200 GETs hang on a SIGSTOPped KMS (its breaker set never to open, so they really wait):
+/// while they do, GETs on `local` keep their median time within 2x of before (plus 1 ms, as
+/// in-process medians are a fraction of a millisecond), and every hung GET ends 504 or 503
+/// within its deadline (set by the caller's header) + 250 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hung_kms_calls_starve_nothing_else_and_end_by_their_deadline() {
+    const HUNG: usize = 200;
+    const DEADLINE_MS: u64 = 2500;
+    let Some(moto) = OwnMoto::start().await else {
+        return;
+    };
+    let (app, admin, _dir) = moto_gateway(&moto, |kms, breaker| {
+        kms.max_attempts = 1;
+        kms.call_timeout_ms = 60_000;
+        kms.deadline_ms = 60_000;
+        breaker.failure_threshold = 100_000;
+        breaker.max_concurrent = 64;
+        breaker.max_queue = 256;
+    })
+    .await;
+    let before = local_p50(&app, &admin, 101).await;
+
+    moto.signal("-STOP");
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut hung = tokio::task::JoinSet::new();
+    for _ in 0..HUNG {
+        let (app, admin, finished) = (app.clone(), admin.clone(), finished.clone());
+        hung.spawn(async move {
+            use tower::ServiceExt;
+            let req = axum::http::Request::builder()
+                .method("GET")
+                .uri("/v1/accounts/acct-kms/shards/s1")
+                .header("authorization", format!("Bearer {admin}"))
+                .header("x-shardgate-deadline-ms", DEADLINE_MS.to_string())
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let start = Instant::now();
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let _ = axum::body::to_bytes(resp.into_body(), usize::MAX).await;
+            finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (status, start.elapsed())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let measured = Instant::now();
+    let during = local_p50(&app, &admin, 101).await;
+    let still_hung = HUNG - finished.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "local p50 before {before:?}, with {still_hung} KMS GETs hung {during:?} (measured in {:?})",
+        measured.elapsed()
+    );
+    assert_eq!(
+        still_hung,
+        HUNG,
+        "the KMS GETs must still hang while local is measured (took {:?})",
+        measured.elapsed()
+    );
+    assert!(
+        during <= before * 2 + Duration::from_millis(1),
+        "local p50 {during:?} with KMS hung vs {before:?} before"
+    );
+
+    while let Some(r) = hung.join_next().await {
+        let (status, took) = r.unwrap();
+        assert!(
+            status == StatusCode::GATEWAY_TIMEOUT || status == StatusCode::SERVICE_UNAVAILABLE,
+            "{status}"
+        );
+        assert!(
+            took <= Duration::from_millis(DEADLINE_MS + 250),
+            "a hung GET took {took:?} with a {DEADLINE_MS} ms deadline"
+        );
+    }
+    moto.signal("-CONT");
 }

@@ -196,3 +196,32 @@ async fn idle_keep_alive_connection_still_serves_requests() {
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+/// Keep-alive idle time is bounded by `header_read_ms` too: hyper starts the header timer as
+/// soon as a connection waits for its next request, so an idle client cannot hold a
+/// connection (and its memory) open forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let srv = start(StoreKind::Sqlite).await.unwrap();
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The connection is kept alive (a second request works at once) ...
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // ... and closed once idle for the 500 ms header-read timeout, without a byte more.
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let closed = closed.expect("the idle connection was not closed within 5 s");
+    assert!(rest.is_empty(), "{rest}");
+    assert!(
+        closed >= Duration::from_millis(400),
+        "closed after {closed:?}: before the timeout"
+    );
+}

@@ -143,6 +143,42 @@ async fn logout_under_http_traffic_recovers_and_never_returns_a_wrong_shard() {
     );
 }
 
+/// One recoverable session loss (the token logged out under the pool) is the pool's business:
+/// the pool logs in again, at most the request that met it fails, and the breaker, which
+/// counts consecutive faults, never opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_recoverable_session_loss_does_not_open_the_breaker() {
+    let Some(gw) = Gw::start("one_logout", "pool_size = 2", HSM_TIER).await else {
+        return;
+    };
+    let shards = gw.load("inst-one", 4).await;
+    let rec0 = gw.hsm().pool_status().recoveries;
+    gw.hsm().inject_logout().await.unwrap();
+    let mut failed = 0;
+    for round in 0..5 {
+        for (k, data) in shards.iter().enumerate() {
+            let (s, v) = gw.get("inst-one", k).await;
+            if s == 200 {
+                assert_eq!(&B64.decode(v["shard"].as_str().unwrap()).unwrap(), data);
+            } else {
+                assert_eq!(
+                    (s, round),
+                    (503, 0),
+                    "only the first reads may meet the loss: {v}"
+                );
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed <= 1, "{failed} reads failed after one session loss");
+    assert!(gw.hsm().pool_status().recoveries > rec0);
+    let (s, v) = gw.call("GET", "/readyz", None).await;
+    assert_eq!(s, 200);
+    let stats = &v["backends"]["hsm"]["stats"];
+    assert_eq!(stats["breaker_state"], 0, "{v}");
+    assert_eq!(stats["breaker_opens_total"], 0, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn token_deleted_and_recreated_answers_503_then_serves_again_without_restart() {
     let keyring = tempfile::tempdir().unwrap();
