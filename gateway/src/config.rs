@@ -286,6 +286,10 @@ pub struct Timeouts {
     /// Time for the whole request, after which it answers 504 `deadline_exceeded`.
     #[serde(default = "d_request")]
     pub request_ms: u64,
+    /// How long a keep-alive connection may sit idle between requests before it is closed
+    /// (longer than a load balancer's own idle timeout, so the balancer closes first).
+    #[serde(default = "d_keepalive_idle")]
+    pub keepalive_idle_ms: u64,
     /// How long a graceful shutdown waits for requests in flight.
     #[serde(default = "d_shutdown")]
     pub shutdown_grace_ms: u64,
@@ -300,6 +304,9 @@ fn d_body_read() -> u64 {
 fn d_request() -> u64 {
     30_000
 }
+fn d_keepalive_idle() -> u64 {
+    120_000
+}
 fn d_shutdown() -> u64 {
     10_000
 }
@@ -310,6 +317,7 @@ impl Default for Timeouts {
             header_read_ms: d_header(),
             body_read_ms: d_body_read(),
             request_ms: d_request(),
+            keepalive_idle_ms: d_keepalive_idle(),
             shutdown_grace_ms: d_shutdown(),
         }
     }

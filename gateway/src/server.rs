@@ -1,7 +1,11 @@
 //! Serving with real timeouts: `axum::serve` sets no hyper timer, so header-read timeouts
-//! never fire with it (DESIGN.md). Each connection is served by hyper's HTTP/1 builder with
-//! a Tokio timer and a header-read timeout; body-read and whole-request deadlines are
-//! enforced in the router (`api::ApiJson`, `api::deadline`).
+//! never fire with it (DESIGN.md). Each connection is served by hyper's HTTP/1 builder and
+//! watched by [`ConnClock`]: a request head must arrive within `header_read_ms` of its first
+//! byte, and a connection idle between requests is closed after `keepalive_idle_ms`. (Hyper's
+//! own header timer cannot do both: it starts as soon as a connection waits for its next
+//! request, so it would close every idle keep-alive connection after `header_read_ms`.)
+//! Body-read and whole-request deadlines are enforced in the router (`api::ApiJson`,
+//! `api::deadline`).
 
 use crate::config::Timeouts;
 use axum::Router;
@@ -9,8 +13,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
-use std::time::Duration;
-use tokio::net::TcpListener;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt as _;
 
 /// Serve `app` on `listener` until `shutdown` resolves, then let requests in flight finish
 /// (up to `timeouts.shutdown_grace_ms`).
@@ -22,6 +32,7 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let header_timeout = Duration::from_millis(timeouts.header_read_ms);
+    let idle_timeout = Duration::from_millis(timeouts.keepalive_idle_ms);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -36,17 +47,47 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(app.clone());
+                let clock = Arc::new(ConnClock::new());
+                let svc = {
+                    let (app, clock) = (app.clone(), clock.clone());
+                    tower::service_fn(move |req: axum::extract::Request<hyper::body::Incoming>| {
+                        let busy = clock.request_started();
+                        let app = app.clone();
+                        async move {
+                            let r = app.oneshot(req).await;
+                            drop(busy);
+                            r
+                        }
+                    })
+                };
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
+                    .header_read_timeout(None)
                     .keep_alive(true);
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let io = TokioIo::new(Watched { inner: stream, clock: clock.clone() });
+                let conn = builder.serve_connection(io, TowerToHyperService::new(svc));
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection closed with an error");
+                    tokio::pin!(conn);
+                    loop {
+                        let wake = clock.next_check(header_timeout, idle_timeout);
+                        tokio::select! {
+                            r = conn.as_mut() => {
+                                if let Err(e) = r {
+                                    tracing::debug!(error = %e, "connection closed with an error");
+                                }
+                                break;
+                            }
+                            () = clock.changed.notified() => {}
+                            () = tokio::time::sleep_until(wake.into()) => {
+                                if let Some(why) = clock.expired(header_timeout, idle_timeout) {
+                                    // Dropping the connection closes it; no request is in flight.
+                                    tracing::debug!(reason = why, "connection closed by its timer");
+                                    break;
+                                }
+                            }
+                        }
                     }
                 });
             }
@@ -61,5 +102,149 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period passed with connections still open");
+    }
+}
+
+/// No request head has started arriving.
+const NO_HEAD: u64 = u64::MAX;
+
+/// What a connection's timer needs to know: when bytes last arrived, when the current request
+/// head began (its first byte while no request was in flight), how many requests are in
+/// flight. Times are milliseconds since the connection was accepted.
+struct ConnClock {
+    start: Instant,
+    idle_since: AtomicU64,
+    head_since: AtomicU64,
+    in_flight: AtomicUsize,
+    /// A head began or a request ended: the timer's next check moves.
+    changed: tokio::sync::Notify,
+}
+
+/// Marks a request in flight until dropped (also when the request is cancelled).
+struct Busy(Arc<ConnClock>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.idle_since.store(self.0.now(), Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
+}
+
+impl ConnClock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(NO_HEAD),
+            in_flight: AtomicUsize::new(0),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// Bytes arrived: the first ones while nothing is in flight start a request head.
+    fn read(&self) {
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            let began = self
+                .head_since
+                .compare_exchange(NO_HEAD, self.now(), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            if began {
+                self.changed.notify_one();
+            }
+        }
+    }
+
+    /// Hyper parsed a head and called the service.
+    fn request_started(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.head_since.store(NO_HEAD, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// When to look again.
+    fn next_check(&self, header: Duration, idle: Duration) -> Instant {
+        let now = Instant::now();
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            // The request's own deadline bounds it; look again later.
+            return now + header.max(Duration::from_millis(100));
+        }
+        match self.head_since.load(Ordering::SeqCst) {
+            NO_HEAD => self.at(self.idle_since.load(Ordering::SeqCst)) + idle,
+            since => self.at(since) + header,
+        }
+        .max(now + Duration::from_millis(1))
+    }
+
+    /// Why the connection should close now, if it should.
+    fn expired(&self, header: Duration, idle: Duration) -> Option<&'static str> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let now = Instant::now();
+        match self.head_since.load(Ordering::SeqCst) {
+            NO_HEAD => (now >= self.at(self.idle_since.load(Ordering::SeqCst)) + idle)
+                .then_some("keep-alive idle timeout"),
+            since => (now >= self.at(since) + header).then_some("header read timeout"),
+        }
+    }
+}
+
+/// The connection's socket, telling its [`ConnClock`] when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    clock: Arc<ConnClock>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
