@@ -259,9 +259,10 @@ def migration_report(res, runs, machine):
         machine.get("command", "scripts/bench.sh"), machine.get("date", "?"), machine.get("git_rev", "?"),
         ", with uncommitted changes" if machine.get("git_dirty") == "yes" else ""))
     w("Each job moves one account's shards of %s B from the `local` backend to `hsm` (pkcs11, SoftHSM2, "
-      "pool 8): `PUT /v1/accounts/{id}` to tier `bench-hsm` starts it; PostgreSQL store; a worker re-wraps "
-      "one item at a time (unwrap on local, wrap on pkcs11, verify = unwrap on pkcs11, then a commit "
-      "with its audit event)." % machine.get("shard_bytes", "?"))
+      "pool 8): `PUT /v1/accounts/{id}` to tier `bench-hsm` starts it; PostgreSQL store; a worker claims "
+      "a batch (`[migration] batch_size`, default 16), re-wraps its items `concurrency` (default 4) at a "
+      "time (unwrap on local, wrap on pkcs11, verify = unwrap on pkcs11) and commits the batch in one "
+      "transaction with one audit event per item." % machine.get("shard_bytes", "?"))
     w("")
     w("**Throughput.** The gateway is restarted with `SHARDGATE_MIGRATION__RATE_PER_SEC=%s` so the rate "
       "does not bound it; the job's time runs from the `PUT` to the first poll (every 100 ms) that "
