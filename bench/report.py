@@ -34,6 +34,8 @@ M_GDK = "shardgate_backend_kms_generate_data_key_calls_total"
 M_HITS = "shardgate_backend_cache_hits_total"
 M_MISSES = "shardgate_backend_cache_misses_total"
 M_FIND = "shardgate_backend_find_objects_calls_total"
+# The part of M_FIND made by the periodic KEK refresh task, off every request's path.
+M_FIND_BG = "shardgate_backend_find_objects_background_calls_total"
 M_POOL_IN_USE = "shardgate_backend_pool_in_use"
 M_POOL_SIZE = "shardgate_backend_pool_size"
 
@@ -107,6 +109,16 @@ def load_runs(res):
             r["gateway_cpu_us_per_req"] = ticks / tck * 1e6 / r["requests"] if r["requests"] else None
         except (TypeError, ValueError):
             r["gateway_cpu_us_per_req"] = None
+        try:
+            tck = float(read(os.path.join(d, "clk_tck"), "100"))
+            pg = float(read(os.path.join(d, "pg_cpu.after"))) - float(read(os.path.join(d, "pg_cpu.before")))
+            r["pg_cpu_us_per_req"] = pg / tck * 1e6 / r["requests"] if r["requests"] else None
+        except (TypeError, ValueError):
+            r["pg_cpu_us_per_req"] = None
+        try:
+            r["rss_kb_mid"] = int(read(os.path.join(d, "rss_kb.mid"), "").strip())
+        except ValueError:
+            r["rss_kb_mid"] = None
         before = parse_metrics(read(os.path.join(d, "metrics.before")))
         after = parse_metrics(read(os.path.join(d, "metrics.after")))
         mid = parse_metrics(read(os.path.join(d, "metrics.mid")))
@@ -121,14 +133,21 @@ def load_runs(res):
             v = delta(metric)
             return None if v is None or not r["requests"] else v * 1000.0 / r["requests"]
 
+        def hot_finds():
+            total, bg = delta(M_FIND), delta(M_FIND_BG)
+            return None if total is None else total - (bg or 0.0)
+
         r["per_1000"] = {
             "kms_decrypt": per_1000(M_DECRYPT),
             "kms_generate_data_key": per_1000(M_GDK),
             "cache_hits": per_1000(M_HITS),
             "cache_misses": per_1000(M_MISSES),
-            "find_objects": per_1000(M_FIND),
+            "find_objects": (None if hot_finds() is None or not r["requests"]
+                             else hot_finds() * 1000.0 / r["requests"]),
+            "find_objects_background": per_1000(M_FIND_BG),
         }
-        r["calls"] = {"kms_decrypt": delta(M_DECRYPT), "find_objects": delta(M_FIND)}
+        r["calls"] = {"kms_decrypt": delta(M_DECRYPT), "find_objects": hot_finds(),
+                      "find_objects_background": delta(M_FIND_BG)}
         r["pool_mid_run"] = None
         if mid is not None and (M_POOL_SIZE, b) in mid:
             r["pool_mid_run"] = {"in_use": mid.get((M_POOL_IN_USE, b)), "size": mid[(M_POOL_SIZE, b)]}
@@ -447,7 +466,8 @@ def main():
     calls = {}
     for b in BACKENDS:
         calls[b] = {k: agg("closed", b, "per_1000", k)
-                    for k in ("kms_decrypt", "kms_generate_data_key", "cache_hits", "cache_misses", "find_objects")}
+                    for k in ("kms_decrypt", "kms_generate_data_key", "cache_hits", "cache_misses", "find_objects",
+                          "find_objects_background")}
         pools = [r["pool_mid_run"] for r in pick("closed", b) if r["pool_mid_run"]]
         calls[b]["pool_mid_run"] = pools[0] if pools else None
     metrics_present = any(r["metrics_scraped"] for r in runs)
@@ -465,11 +485,14 @@ def main():
 
     # 4. Raw pkcs11: pooled vs per-op login.
     pvl = read(os.path.join(res, "raw", "pool_vs_login.out"), "") or ""
-    m1 = re.search(r"^pooled: (\d+) unwraps, ([\d.]+)/s", pvl, re.M)
+    m1 = re.search(r"^raw pooled: (\d+) unwraps, ([\d.]+)/s", pvl, re.M)
     m2 = re.search(r"^per-op [^:]*: (\d+) unwraps, ([\d.]+)/s", pvl, re.M)
+    m3 = re.search(r"^backend pooled: (\d+) unwraps, ([\d.]+)/s", pvl, re.M)
     pooled = float(m1.group(2)) if m1 else None
     per_op = float(m2.group(2)) if m2 else None
+    backend_pooled = float(m3.group(2)) if m3 else None
     r_pool = ratio(pooled, per_op)
+    r_backend_pool = ratio(backend_pooled, per_op)
     r_http_vs_login = ratio(get["hsm"]["rps"], per_op)
     pvl_cmd = (read(os.path.join(res, "raw", "pool_vs_login.cmd"), "") or "").strip()
 
@@ -497,7 +520,99 @@ def main():
     whole_over_bare = med([x["whole_over_bare"] for x in per_round])
     lat_cmds = {b: (pick("latency", b)[0]["cmd"] if pick("latency", b) else None) for b in ("local", "kms-nocache")}
 
+    # 7. Floors: CPU per GET (gateway + PostgreSQL) vs the sum of the floors' CPU per op;
+    #    PUT vs pk_insert.
+    rawdir = os.path.join(res, "raw")
+
+    def floor(name):
+        xs = [jread(os.path.join(rawdir, f)) or {} for f in sorted(os.listdir(rawdir))
+              if re.match(re.escape(name) + r"-r\d+\.json$", f)]
+        return {"per_sec": med([x.get("per_sec") for x in xs]),
+                "cpu_us_per_op": med([x.get("cpu_us_per_op") for x in xs]),
+                "rounds": xs, "cmd": (read(os.path.join(rawdir, name + ".cmd"), "") or "").strip()}
+
+    pk_select, pk_insert = floor("pk-select"), floor("pk-insert")
+    audit_ins, raw_local = floor("audit-insert"), floor("raw-unwrap-local")
+    null_runs = pick("null_route", "local")
+    null_route = {"per_sec": agg("null_route", "local", "rps"),
+                  "cpu_us_per_op": agg("null_route", "local", "gateway_cpu_us_per_req"),
+                  "cmd": null_runs[0]["cmd"] if null_runs else None}
+
+    def total_cpu(r):
+        g, p = r.get("gateway_cpu_us_per_req"), r.get("pg_cpu_us_per_req")
+        return None if g is None or p is None else g + p
+
+    get_local_cpu = med([total_cpu(r) for r in pick("closed", "local")])
+    get_local_gw_cpu = agg("closed", "local", "gateway_cpu_us_per_req")
+    get_local_pg_cpu = agg("closed", "local", "pg_cpu_us_per_req")
+    parts = [null_route["cpu_us_per_op"], pk_select["cpu_us_per_op"], audit_ins["cpu_us_per_op"],
+             raw_local["cpu_us_per_op"]]
+    floor_sum = sum(parts) if all(v is not None for v in parts) else None
+    r_cpu = ratio(get_local_cpu, floor_sum)
+    put_runs = pick("put", "local")
+    put = {"rps": agg("put", "local", "rps"), "p50_ms": agg("put", "local", "p50_ms"),
+           "p99_ms": agg("put", "local", "p99_ms"), "not_ok": sum(r["not_ok"] for r in put_runs),
+           "cpu_us_per_req": med([total_cpu(r) for r in put_runs]),
+           "cmd": put_runs[0]["cmd"] if put_runs else None}
+    r_put = ratio(put["rps"], pk_insert["per_sec"])
+
+    # 8. Open loop at half the peak (oha, latency-corrected).
+    opens = []
+    for name in sorted(os.listdir(os.path.join(res, "runs"))):
+        if not name.startswith("open-local-r"):
+            continue
+        d = os.path.join(res, "runs", name)
+        meta, out = jread(os.path.join(d, "open.json")) or {}, jread(os.path.join(d, "oha.json")) or {}
+        pct = out.get("latencyPercentiles") or {}
+        summ = out.get("summary") or {}
+        if pct.get("p50") is None:
+            continue
+        opens.append({"round": meta.get("round"), "peak_rps": meta.get("peak_rps"), "rate": meta.get("rate"),
+                      "rps": summ.get("requestsPerSec"), "success_rate": summ.get("successRate"),
+                      "p50_ms": pct["p50"] * 1e3, "p99_ms": pct["p99"] * 1e3,
+                      "p99_over_p50": pct["p99"] / pct["p50"] if pct["p50"] else None,
+                      "status": out.get("statusCodeDistribution"),
+                      "cmd": (read(os.path.join(d, "cmd"), "") or "").strip()})
+    r_open = med([x["p99_over_p50"] for x in opens])
+
+    # 9. Memory.
+    def kb(name):
+        try:
+            return int((read(os.path.join(res, "rss", name), "") or "").strip())
+        except ValueError:
+            return None
+    rss_peak = max([r["rss_kb_mid"] for r in runs if r["kind"] == "closed" and r.get("rss_kb_mid")] or [0]) or None
+    rss = {"idle_fresh_mb": None if kb("idle_fresh_kb") is None else kb("idle_fresh_kb") / 1024,
+           "idle_mb": None if kb("idle_kb") is None else kb("idle_kb") / 1024,
+           "conns_1000_mb": None if kb("conns_1000_kb") is None else kb("conns_1000_kb") / 1024,
+           "peak_get_mb": None if rss_peak is None else rss_peak / 1024,
+           "idle_conns": (read(os.path.join(res, "rss", "idle_conns.out"), "") or "").strip()}
+
+    # 10. Profiles: the leaf frames with the most samples in each flamegraph's folded stacks.
+    profiles = {}
+    for b in ("local", "hsm", "kms"):
+        folded = read(os.path.join(rawdir, "folded-%s.txt" % b))
+        if not folded:
+            continue
+        leaves, total = {}, 0
+        for line in folded.splitlines():
+            stack, _, n = line.rpartition(" ")
+            try:
+                n = int(n)
+            except ValueError:
+                continue
+            leaf = stack.split(";")[-1]
+            leaves[leaf] = leaves.get(leaf, 0) + n
+            total += n
+        top = sorted(leaves.items(), key=lambda kv: -kv[1])[:12]
+        profiles[b] = {"samples": total, "svg": "flamegraphs/get-%s.svg" % b,
+                       "top_leaves": [{"frame": f, "share": n / total if total else None} for f, n in top]}
+    flame_cmd = (read(os.path.join(rawdir, "flame.cmd"), "") or "").strip()
+
     goals = [
+        {"id": "get_cpu_vs_floors", "figure": "GET local: CPU per request (gateway + PostgreSQL) vs null_route + "
+            "pk_select + audit_insert + raw_unwrap_local CPU per op", "goal": "<= 1.3x", "measured": r_cpu,
+         "unit": "x", "met": None if r_cpu is None else r_cpu <= 1.3},
         {"id": "get_hsm_vs_local", "figure": "GET req/s, pkcs11 (hsm) vs local", "goal": ">= 0.9x",
          "measured": r_hsm_local, "unit": "x", "met": None if r_hsm_local is None else r_hsm_local >= 0.9},
         {"id": "get_kms_cache_vs_local", "figure": "GET req/s, aws-kms cache on (hot set) vs local", "goal": ">= 0.9x",
@@ -507,18 +622,32 @@ def main():
         {"id": "kms_decrypt_reduction", "figure": "KMS Decrypt calls, cache on vs off", "goal": ">= 99% fewer",
          "measured": None if dec_reduction is None else dec_reduction * 100, "unit": "% fewer",
          "met": None if dec_reduction is None else dec_reduction >= 0.99},
-        {"id": "find_objects_per_1000", "figure": "C_FindObjects calls per 1,000 GETs (hsm, after start-up)",
+        {"id": "find_objects_per_1000", "figure": "C_FindObjects calls per 1,000 GETs on the hot path (hsm, after start-up)",
          "goal": "0", "measured": find_hsm, "unit": "", "met": None if find_hsm is None else find_hsm == 0},
         {"id": "batch_vs_single", "figure": "batchGet of %d vs %d single GETs, shards/s, hsm" % (batch_n, batch_n),
          "goal": ">= 4x", "measured": r_batch, "unit": "x", "met": None if r_batch is None else r_batch >= 4},
-        {"id": "pool_vs_login_raw", "figure": "pkcs11 raw loop: pooled unwraps vs per-op session+login",
+        {"id": "pool_vs_login_raw", "figure": "pkcs11 raw loop: pooled C_Decrypt (2 threads) vs per-op session+login",
          "goal": ">= 20x", "measured": r_pool, "unit": "x", "met": None if r_pool is None else r_pool >= 20},
+        {"id": "pool_vs_login_backend", "figure": "pkcs11 backend unwraps (pool 8, 16 tasks) vs per-op session+login",
+         "goal": "reported", "measured": r_backend_pool, "unit": "x", "met": None},
         {"id": "pool_vs_login_http", "figure": "over HTTP: hsm GET req/s vs raw per-op-login unwraps/s",
          "goal": "reported", "measured": r_http_vs_login, "unit": "x", "met": None},
         {"id": "kms_p50_added_over_bare_decrypt", "figure":
             "p50 added over a bare Decrypt, cache off: (GET p50 kms-nocache - GET p50 local) - bare Decrypt p50, -c1",
          "goal": "< 1.5 ms", "measured": added_over_bare, "unit": " ms",
          "met": None if added_over_bare is None else added_over_bare < 1.5},
+        {"id": "put_vs_pk_insert", "figure": "PUT (durable, audited, local) req/s vs pk_insert ops/s, same concurrency",
+         "goal": ">= 0.5x", "measured": r_put, "unit": "x", "met": None if r_put is None else r_put >= 0.5},
+        {"id": "open_loop_p99_over_p50", "figure": "GET local at 50% of peak, open loop: p99 / p50",
+         "goal": "<= 3", "measured": r_open, "unit": "", "met": None if r_open is None else r_open <= 3},
+        {"id": "rss_idle", "figure": "RSS idle (after the runs)", "goal": "<= 30 MB",
+         "measured": rss["idle_mb"], "unit": " MB", "met": None if rss["idle_mb"] is None else rss["idle_mb"] <= 30},
+        {"id": "rss_1000_conns", "figure": "RSS with 1,000 idle keep-alive connections", "goal": "<= 100 MB",
+         "measured": rss["conns_1000_mb"], "unit": " MB",
+         "met": None if rss["conns_1000_mb"] is None else rss["conns_1000_mb"] <= 100},
+        {"id": "rss_peak_get", "figure": "RSS at peak GET load (largest mid-run reading)", "goal": "<= 150 MB",
+         "measured": rss["peak_get_mb"], "unit": " MB",
+         "met": None if rss["peak_get_mb"] is None else rss["peak_get_mb"] <= 150},
     ]
     if mig:
         goals += mig[0]
@@ -536,12 +665,21 @@ def main():
                   "not_ok": sum(r["not_ok"] for r in batch_runs),
                   "cmd": batch_runs[0]["cmd"] if batch_runs else None},
         "pkcs11_raw": {"pooled_per_sec": pooled, "per_op_login_per_sec": per_op, "ratio": r_pool,
+                       "backend_pooled_per_sec": backend_pooled, "backend_ratio": r_backend_pool,
                        "http_hsm_get_vs_per_op_login": r_http_vs_login, "cmd": pvl_cmd},
         "kms_latency": {"bare_decrypt": kd, "get_p50_ms_c1": {"local": lat_local, "kms-nocache": lat_nocache},
                         "decrypt_path_p50_ms": decrypt_path, "added_over_bare_p50_ms": added_over_bare,
                         "whole_get_over_bare_p50_ms": whole_over_bare, "per_round": per_round,
                         "cmd_bare": kd_cmd, "cmd_get": lat_cmds},
         "load": load,
+        "floors": {"null_route": null_route, "pk_select": pk_select, "audit_insert": audit_ins,
+                   "raw_unwrap_local": raw_local, "pk_insert": pk_insert, "floor_sum_cpu_us": floor_sum,
+                   "get_local_cpu_us": get_local_cpu, "get_local_gateway_cpu_us": get_local_gw_cpu,
+                   "get_local_postgres_cpu_us": get_local_pg_cpu, "ratio": r_cpu},
+        "put": dict(put, pk_insert_per_sec=pk_insert["per_sec"], ratio=r_put),
+        "open_loop": {"rounds": opens, "p99_over_p50": r_open},
+        "rss": rss,
+        "profiles": dict(profiles, cmd=flame_cmd),
     }
     if mig:
         figures["migration"] = mig[1]
@@ -621,17 +759,19 @@ def main():
     w("")
     w("From the gateway's `/metrics` (scope `metrics`) scraped before and after each closed-loop run "
       "above; counters are labelled by backend instance. Every loaded shard was read once by the loader, "
-      "so the kms cache starts hot.")
+      "so the kms cache starts hot. The pkcs11 backend re-reads its KEK versions every "
+      "`key_refresh_interval_ms` in a background task (so a version rotated in by another replica is "
+      "seen): those find passes never run on a request and are counted apart.")
     w("")
-    w("| backend | KMS Decrypt | KMS GenerateDataKey | cache hits | cache misses | C_FindObjects | pool in use / size (mid-run) |")
-    w("|---|---|---|---|---|---|---|")
+    w("| backend | KMS Decrypt | KMS GenerateDataKey | cache hits | cache misses | C_FindObjects (hot path) | C_FindObjects (background refresh) | pool in use / size (mid-run) |")
+    w("|---|---|---|---|---|---|---|---|")
     for b in BACKENDS:
         c = calls[b]
         pool = c["pool_mid_run"]
         ps = "n/a" if not pool else "%s / %s" % (fmt(pool["in_use"], 0), fmt(pool["size"], 0))
-        w("| %s | %s | %s | %s | %s | %s | %s |" % (b, fmt(c["kms_decrypt"], 2), fmt(c["kms_generate_data_key"], 2),
-                                                   fmt(c["cache_hits"], 1), fmt(c["cache_misses"], 2),
-                                                   fmt(c["find_objects"], 2), ps))
+        w("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            b, fmt(c["kms_decrypt"], 2), fmt(c["kms_generate_data_key"], 2), fmt(c["cache_hits"], 1),
+            fmt(c["cache_misses"], 2), fmt(c["find_objects"], 2), fmt(c["find_objects_background"], 2), ps))
     w("")
     w("Decrypt calls with the cache on vs off: %s fewer (goal >= 99%%)." %
       ("n/a" if dec_reduction is None else "%.2f%%" % (dec_reduction * 100)))
@@ -659,15 +799,20 @@ def main():
 
     w("## 4. pkcs11: pooled sessions vs a login per operation")
     w("")
-    w("Raw loop without HTTP or SQL, one thread, its own SoftHSM2 token and key "
-      "(`softhsm-tests/examples/pool_vs_login.rs`): pooled unwraps through the backend (pool of 1) vs "
-      "open session + C_Login + C_FindObjects + C_Decrypt + C_Logout + close per unwrap, one login at a time.")
+    w("Loops without HTTP or SQL on their own SoftHSM2 token and key "
+      "(`softhsm-tests/examples/pool_vs_login.rs`): `raw_unwrap_pkcs11` = C_DecryptInit + C_Decrypt of a "
+      "wrapped data key on logged-in sessions opened once, one per thread, 2 threads (the cores); "
+      "the backend = `Pkcs11Backend::unwrap` (pool 8, spawn_blocking) from 16 concurrent tasks on a "
+      "2-thread runtime; `login_per_request` = open session + C_Login + C_FindObjects + C_Decrypt + "
+      "C_Logout + close per unwrap, one login at a time (a login is process-wide in PKCS#11).")
     w("")
     w("| | unwraps/s |")
     w("|---|---|")
-    w("| pooled (backend) | %s |" % fmt(pooled, 0))
-    w("| per-op session + login | %s |" % fmt(per_op, 0))
-    w("| ratio | **%s** (goal >= 20x) |" % fmt(r_pool, 1, "x"))
+    w("| raw pooled C_Decrypt (`raw_unwrap_pkcs11`) | %s |" % fmt(pooled, 0))
+    w("| backend pooled | %s |" % fmt(backend_pooled, 0))
+    w("| per-op session + login (`login_per_request`) | %s |" % fmt(per_op, 0))
+    w("| ratio raw pooled / per-op | **%s** (goal >= 20x) |" % fmt(r_pool, 1, "x"))
+    w("| ratio backend pooled / per-op | %s (reported) |" % fmt(r_backend_pool, 1, "x"))
     w("| over HTTP: hsm GET req/s / per-op login unwraps/s | %s (reported) |" % fmt(r_http_vs_login, 1, "x"))
     w("")
     w("```sh")
@@ -713,6 +858,93 @@ def main():
 
     if mig:
         o.extend(mig[2])
+
+    w("## 7. What a GET and a PUT cost beyond their floors (local backend)")
+    w("")
+    w("CPU per operation from /proc (utime + stime, every thread) over each timed window: for the gateway "
+      "runs, the gateway process plus every PostgreSQL process; for each floor, its own process plus every "
+      "PostgreSQL process (the load generator is never counted). Floors (`shardgate-bench`, `bench/src/`): "
+      "`null_route` = the shard routes on the gateway's own server code with nothing behind them (same JSON "
+      "shape and size, no auth, SQL, crypto or audit), driven by the same wrk command; `pk_select` = the "
+      "gateway's latest-version select on the same rows, plain sqlx, %s connections; `audit_insert` = the "
+      "gateway's audit writer (`Auditor::record`, its batching included), one event per op, %s callers; "
+      "`raw_unwrap_local` = keyring unwrap + shard open via `envelope::open`, one task per core; "
+      "`pk_insert` = single-row autocommit inserts of the same row shape, %s connections, default "
+      "`synchronous_commit` (the gateway's). Medians of the rounds." % (
+          machine.get("connections", "?"), machine.get("connections", "?"), machine.get("connections", "?")))
+    w("")
+    w("| | ops/s | CPU µs per op |")
+    w("|---|---|---|")
+    w("| GET, local (gateway + PostgreSQL) | %s | **%s** (gateway %s + PostgreSQL %s) |" % (
+        fmt(get["local"]["rps"], 0), fmt(get_local_cpu, 0), fmt(get_local_gw_cpu, 0), fmt(get_local_pg_cpu, 0)))
+    w("| `null_route` | %s | %s |" % (fmt(null_route["per_sec"], 0), fmt(null_route["cpu_us_per_op"], 0)))
+    w("| `pk_select` | %s | %s |" % (fmt(pk_select["per_sec"], 0), fmt(pk_select["cpu_us_per_op"], 0)))
+    w("| `audit_insert` | %s | %s |" % (fmt(audit_ins["per_sec"], 0), fmt(audit_ins["cpu_us_per_op"], 0)))
+    w("| `raw_unwrap_local` | %s | %s |" % (fmt(raw_local["per_sec"], 0), fmt(raw_local["cpu_us_per_op"], 1)))
+    w("| sum of the floors | | **%s** |" % fmt(floor_sum, 0))
+    w("| **GET / floors** | | **%s** (goal <= 1.3x) |" % fmt(r_cpu, 2, "x"))
+    w("| PUT, local (durable, audited; gateway + PostgreSQL) | %s | %s |" % (fmt(put["rps"], 0), fmt(put["cpu_us_per_req"], 0)))
+    w("| `pk_insert` | %s | %s |" % (fmt(pk_insert["per_sec"], 0), fmt(pk_insert["cpu_us_per_op"], 0)))
+    w("| **PUT / pk_insert**, ops/s | **%s** (goal >= 0.5x) | |" % fmt(r_put, 2, "x"))
+    w("")
+    w("```sh")
+    for c in (null_route["cmd"], pk_select["cmd"], audit_ins["cmd"], raw_local["cmd"], put["cmd"], pk_insert["cmd"]):
+        if c:
+            w(c)
+    w("```")
+    w("")
+
+    w("## 8. Latency at half the peak rate, open loop")
+    w("")
+    w("oha offers GETs on the local set at a fixed rate of half the same round's closed-loop peak (`get-local`), "
+      "with `--latency-correction`: a request is timed from when it was due, so a stall is not hidden by "
+      "the requests it delayed (coordinated omission).")
+    w("")
+    w("| round | peak req/s | offered req/s | achieved req/s | success | p50 ms | p99 ms | p99 / p50 |")
+    w("|---|---|---|---|---|---|---|---|")
+    for x in opens:
+        w("| %s | %s | %s | %s | %s | %s | %s | %s |" % (x["round"], x["peak_rps"], x["rate"], fmt(x["rps"], 0),
+                                                   fmt(x["success_rate"], 4), fmt(x["p50_ms"], 2), fmt(x["p99_ms"], 2),
+                                                   fmt(x["p99_over_p50"], 2)))
+    w("| **median** | | | | | | | **%s** (goal <= 3) |" % fmt(r_open, 2))
+    w("")
+    if opens:
+        w("```sh")
+        w(opens[0]["cmd"])
+        w("```")
+        w("")
+
+    w("## 9. Memory (gateway RSS)")
+    w("")
+    w("| state | RSS MB | goal |")
+    w("|---|---|---|")
+    w("| just started (no request yet) | %s | |" % fmt(rss["idle_fresh_mb"], 1))
+    w("| idle after the runs above | %s | <= 30 |" % fmt(rss["idle_mb"], 1))
+    w("| 1,000 idle keep-alive connections (`bench/idle_conns.py`: one GET /healthz each, then idle) | %s | <= 100 |" % fmt(rss["conns_1000_mb"], 1))
+    w("| peak GET load (largest VmRSS read mid-run of the closed-loop GET runs) | %s | <= 150 |" % fmt(rss["peak_get_mb"], 1))
+    w("")
+    if rss["idle_conns"]:
+        w("Idle-connection holder: `%s`." % rss["idle_conns"].replace("\n", "; "))
+        w("")
+
+    w("## 10. Profiles")
+    w("")
+    if profiles:
+        w("Flamegraphs of the gateway at peak GET load (not a measured run; perf costs CPU): "
+          + ", ".join("[%s](%s)" % (b, p["svg"]) for b, p in profiles.items()) + ". The leaf frames with the "
+          "most samples (self time):")
+        w("")
+        for b, p in profiles.items():
+            w("**%s** (%d samples): %s" % (b, p["samples"], "; ".join(
+                "`%s` %.1f%%" % (t["frame"][:80].replace("`", "'"), (t["share"] or 0) * 100) for t in p["top_leaves"][:8])))
+            w("")
+        w("```sh")
+        w(flame_cmd)
+        w("```")
+    else:
+        w("No profile in this run (perf or inferno missing).")
+    w("")
+
     w("## Data set load (informational)")
     w("")
     w("PUT account + PUT shard (durable, audited) + GET back and compare, per account, 8 keep-alive workers.")

@@ -6,6 +6,8 @@
 --   SG_ACCOUNTS  number of loaded accounts
 --   SG_MODE      "get" (default): GET /v1/accounts/{a}/shards/s0
 --                "batch": POST /v1/shards:batchGet with SG_BATCH (default 10) random items
+--                "put": PUT /v1/accounts/{a}/shards/put of SG_SHARD_BYTES (default 64) bytes
+--                (a new version each time; 201 is success)
 --
 -- done() prints one line `SGJSON {...}`: requests, duration, errors, responses that were not
 -- 200 (or a batch result carrying an error), latency percentiles in microseconds.
@@ -15,6 +17,14 @@ local prefix = os.getenv("SG_PREFIX") or error("SG_PREFIX is not set")
 local accounts = tonumber(os.getenv("SG_ACCOUNTS") or "") or error("SG_ACCOUNTS is not set")
 local mode = os.getenv("SG_MODE") or "get"
 local batch = tonumber(os.getenv("SG_BATCH") or "10")
+local shard_bytes = tonumber(os.getenv("SG_SHARD_BYTES") or "64")
+
+-- Standard base64 of shard_bytes zero bytes.
+local function zero_b64(n)
+   local tail = ({ [0] = "", [1] = "AA==", [2] = "AAA=" })[n % 3]
+   return string.rep("AAAA", math.floor(n / 3)) .. tail
+end
+local put_body = '{"shard":"' .. zero_b64(shard_bytes) .. '"}'
 
 local threads = {}
 local next_id = 1
@@ -33,6 +43,8 @@ function init(args)
       wrk.method = "POST"
       wrk.path = "/v1/shards:batchGet"
       wrk.headers["Content-Type"] = "application/json"
+   elseif mode == "put" then
+      wrk.headers["Content-Type"] = "application/json"
    end
 end
 
@@ -48,11 +60,18 @@ function request()
       end
       return wrk.format(nil, nil, nil, '{"items":[' .. table.concat(items, ",") .. ']}')
    end
+   if mode == "put" then
+      return wrk.format("PUT", "/v1/accounts/" .. account() .. "/shards/put", nil, put_body)
+   end
    return wrk.format("GET", "/v1/accounts/" .. account() .. "/shards/s0")
 end
 
 function response(status, headers, body)
-   if status ~= 200 then
+   if mode == "put" then
+      if status ~= 201 then
+         bad = bad + 1
+      end
+   elseif status ~= 200 then
       bad = bad + 1
    elseif mode == "batch" and string.find(body, '"error"', 1, true) then
       bad = bad + 1

@@ -100,7 +100,7 @@ blog() { printf '[bench] %s\n' "$*" >&2; }
 # Per-run state and cleanup (also on Ctrl-C / TERM). Background jobs of this non-interactive
 # script ignore SIGINT, so the trap is what stops them.
 # ---------------------------------------------------------------------------------------------
-WORK="" DB_NAME="" GW_PID="" SG_MOTO_PID="" MID_PID="" STATE_FILE="" OK=0
+WORK="" DB_NAME="" GW_PID="" SG_MOTO_PID="" MID_PID="" STATE_FILE="" OK=0 NULL_PID=""
 STATE_DIR="${TMPDIR:-/tmp}/shardgate-bench-state-$(id -u)"
 
 # shellcheck disable=SC2317 # invoked by the traps
@@ -110,6 +110,7 @@ cleanup() {
     trap - EXIT INT TERM HUP
     [ -n "$MID_PID" ] && { pkill -P "$MID_PID" 2>/dev/null; kill "$MID_PID" 2>/dev/null; }
     [ -n "$GW_PID" ] && sg_stop_pid "$GW_PID"
+    [ -n "$NULL_PID" ] && sg_stop_pid "$NULL_PID"
     [ -n "$SG_MOTO_PID" ] && sg_stop_pid "$SG_MOTO_PID"
     [ -n "$DB_NAME" ] && sg_pg_drop_db_family "$DB_NAME"
     [ -n "$STATE_FILE" ] && rm -f "$STATE_FILE"
@@ -316,10 +317,17 @@ stop_gateway() {
     write_state
 }
 start_gateway main
+mkdir -p "$RES/rss"
+sleep 1
+rss_kb >"$RES/rss/idle_fresh_kb"
 
 scrape_metrics() { curl -s -m 5 -H @"$WORK/secrets/auth.header" "$BASE/metrics" >"$1" 2>/dev/null || true; }
 CLK_TCK=$(getconf CLK_TCK)
-gw_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$GW_PID/stat" 2>/dev/null || echo 0; }
+gw_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/${RUN_PID:-$GW_PID}/stat" 2>/dev/null || echo 0; }
+# utime + stime of every PostgreSQL process (server and backends), in clock ticks ("postgres"
+# holds no space, so the fields count from the left; cat skips processes that just ended).
+pg_cpu_ticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" { t += $14 + $15 } END { print t + 0 }'; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/${1:-$GW_PID}/status" 2>/dev/null || echo 0; }
 
 # ---------------------------------------------------------------------------------------------
 # 4. Data set
@@ -346,23 +354,28 @@ run_wrk() {
     local dir=$RES/runs/$name prefix cmd
     prefix=$(prefix_of "$backend")
     mkdir -p "$dir"
-    cmd="SG_TOKEN=\$TOKEN SG_PREFIX=$prefix SG_ACCOUNTS=$ACCOUNTS SG_MODE=$mode SG_BATCH=$BATCH wrk -t$t -c$c -d${secs}s --latency -s bench/wrk.lua $BASE"
+    local base=${RUN_BASE:-$BASE}
+    cmd="SG_TOKEN=\$TOKEN SG_PREFIX=$prefix SG_ACCOUNTS=$ACCOUNTS SG_MODE=$mode SG_BATCH=$BATCH SG_SHARD_BYTES=$SHARD_BYTES wrk -t$t -c$c -d${secs}s --latency -s bench/wrk.lua $base"
     echo "$cmd" >"$dir/cmd"
     python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dumps(dict(zip(k, v))))' \
         name "$name" kind "$kind" backend "$backend" mode "$mode" threads "$t" connections "$c" \
         seconds "$secs" round "$round" batch "$BATCH" >"$dir/meta.json"
-    scrape_metrics "$dir/metrics.before"
+    echo "${RUN_TARGET:-gateway}" >"$dir/target"
+    [ -n "${RUN_PID:-}" ] || scrape_metrics "$dir/metrics.before"
     gw_cpu_ticks >"$dir/cpu.before"
-    (sleep "$(awk -v s="$secs" 'BEGIN { print s / 2 }')" && scrape_metrics "$dir/metrics.mid") &
+    pg_cpu_ticks >"$dir/pg_cpu.before"
+    (sleep "$(awk -v s="$secs" 'BEGIN { print s / 2 }')" && rss_kb "${RUN_PID:-$GW_PID}" >"$dir/rss_kb.mid" &&
+        { [ -n "${RUN_PID:-}" ] || scrape_metrics "$dir/metrics.mid"; }) &
     MID_PID=$!
-    SG_TOKEN=$TOKEN SG_PREFIX=$prefix SG_ACCOUNTS=$ACCOUNTS SG_MODE=$mode SG_BATCH=$BATCH \
-        wrk "-t$t" "-c$c" "-d${secs}s" --timeout 10s --latency -s bench/wrk.lua "$BASE" >"$dir/wrk.out" 2>&1 ||
+    SG_TOKEN=$TOKEN SG_PREFIX=$prefix SG_ACCOUNTS=$ACCOUNTS SG_MODE=$mode SG_BATCH=$BATCH SG_SHARD_BYTES=$SHARD_BYTES \
+        wrk "-t$t" "-c$c" "-d${secs}s" --timeout 10s --latency -s bench/wrk.lua "$base" >"$dir/wrk.out" 2>&1 ||
         { cat "$dir/wrk.out" >&2; sg_die "wrk failed: $name"; }
     wait "$MID_PID" 2>/dev/null || true
     MID_PID=""
     gw_cpu_ticks >"$dir/cpu.after"
+    pg_cpu_ticks >"$dir/pg_cpu.after"
     echo "$CLK_TCK" >"$dir/clk_tck"
-    scrape_metrics "$dir/metrics.after"
+    [ -n "${RUN_PID:-}" ] || scrape_metrics "$dir/metrics.after"
     python3 - "$dir" <<'PY' >&2
 import json, sys
 d = sys.argv[1]
@@ -386,6 +399,73 @@ mkdir -p "$RES/raw"
 if [ "$ONLY" = all ]; then
 run_wrk "warmup-batch-hsm" warmup hsm batch "$THREADS" "$CONNS" "$WARMUP_SECS" 0
 
+# The floors of a GET and a PUT, measured in every round next to the gateway's figures:
+# null_route (the HTTP floor, its own process on the gateway's server code), pk_select and
+# pk_insert (plain sqlx on the gateway's database), audit_insert (the gateway's audit writer
+# without HTTP), raw_unwrap_local (keyring unwrap + shard open, no HTTP, no SQL).
+"$BENCH_BIN" null-route --listen 127.0.0.1:0 --shard-bytes "$SHARD_BYTES" >"$LOG/null-route.stdout" 2>"$LOG/null-route.stderr" &
+NULL_PID=$!
+NULL_BASE=""
+for _ in $(seq 1 40); do
+    NULL_BASE=$(sed -n 's/.*"listening":"\([^"]*\)".*/http:\/\/\1/p' "$LOG/null-route.stdout" | head -n1)
+    [ -n "$NULL_BASE" ] && break
+    sleep 0.25
+done
+[ -n "$NULL_BASE" ] || sg_die "null-route did not start: $(cat "$LOG/null-route.stderr")"
+blog "null_route (pid $NULL_PID) on $NULL_BASE"
+floor() { # floor NAME ROUND ARGS...: one shardgate-bench baseline, its JSON in raw/
+    local name=$1 r=$2
+    shift 2
+    echo "$BENCH_BIN $name $*" | sed "s#$PG_URL#\$PG_URL#; s#$WORK/data#\$DATA#" >"$RES/raw/$name.cmd"
+    "$BENCH_BIN" "$name" "$@" >"$RES/raw/$name-r$r.json" || sg_die "shardgate-bench $name failed"
+    blog "$name-r$r: $(cat "$RES/raw/$name-r$r.json")"
+}
+run_floors() { # run_floors ROUND
+    local r=$1
+    RUN_PID=$NULL_PID RUN_BASE=$NULL_BASE RUN_TARGET=null_route \
+        run_wrk "null-route-r$r" null_route local get "$THREADS" "$CONNS" "$DURATION" "$r"
+    floor pk-select "$r" --url "$PG_URL" --prefix "$(prefix_of local)" --accounts "$ACCOUNTS" \
+        --concurrency "$CONNS" --seconds "$DURATION"
+    floor audit-insert "$r" --url "$PG_URL" --concurrency "$CONNS" --seconds "$DURATION"
+    floor raw-unwrap-local "$r" --keyring "$WORK/data/local.keyring" --shard-bytes "$SHARD_BYTES" \
+        --threads "$(nproc)" --seconds "$DURATION"
+    run_wrk "put-local-r$r" put local put "$THREADS" "$CONNS" "$DURATION" "$r"
+    floor pk-insert "$r" --url "$PG_URL" --shard-bytes "$SHARD_BYTES" --concurrency "$CONNS" --seconds "$DURATION"
+}
+
+# Open loop: GETs on the local set at half of this round's closed-loop peak, with oha's
+# latency correction (a request is timed from when it was due, not when a connection was free).
+OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
+run_open_loop() { # run_open_loop ROUND
+    local r=$1 peak rate dir=$RES/runs/open-local-r$1 url
+    peak=$(python3 -c 'import json,sys; l=[x for x in open(sys.argv[1]) if x.startswith("SGJSON ")][0]; w=json.loads(l[7:]); print(int(w["requests"] / (w["duration_us"] / 1e6)))' "$RES/runs/get-local-r$r/wrk.out")
+    rate=$((peak / 2))
+    mkdir -p "$dir"
+    # A regex that oha expands: the dots of the address are escaped.
+    url="$(printf '%s' "$BASE" | sed 's/\./\\./g')/v1/accounts/$(prefix_of local)$(open_loop_regex)/shards/s0"
+    echo "oha --no-tui --output-format json -z ${DURATION}s -q $rate -c $CONNS --latency-correction -H 'Authorization: Bearer \$TOKEN' --rand-regex-url '$url'" >"$dir/cmd"
+    echo "{\"peak_rps\": $peak, \"rate\": $rate, \"round\": $r}" >"$dir/open.json"
+    "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNS" --latency-correction \
+        -H "Authorization: Bearer $TOKEN" --rand-regex-url "$url" \
+        >"$dir/oha.json" 2>"$dir/oha.stderr" || { cat "$dir/oha.stderr" >&2; sg_die "oha failed"; }
+    blog "open-local-r$r: $rate req/s offered (half of $peak): $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); p=d["latencyPercentiles"]; print("p50 %.2f ms, p99 %.2f ms, status %s" % (p["p50"]*1e3, p["p99"]*1e3, d.get("statusCodeDistribution")))' "$dir/oha.json")"
+}
+# The account ids of the loaded local set, 000000 .. ACCOUNTS-1, as a regex oha expands.
+open_loop_regex() {
+    python3 - "$ACCOUNTS" <<'PY'
+import sys
+n = int(sys.argv[1]) - 1  # largest id
+s = "%06d" % n
+alts = []
+# ids <= s: for each position, a smaller digit there followed by anything, plus s itself.
+for i, ch in enumerate(s):
+    if ch != "0":
+        alts.append(s[:i] + ("[0-%d]" % (int(ch) - 1) if ch != "1" else "0") + "[0-9]" * (len(s) - i - 1))
+alts.append(s)
+print("(" + "|".join(alts) + ")")
+PY
+}
+
 DECRYPT_CMD="$BENCH_BIN kms-decrypt --endpoint $MOTO_URL --key-id \$KMS_KEY_ARN --n $DECRYPT_N --seconds $DURATION"
 for r in $(seq 1 "$ROUNDS"); do
     # Each round starts at another backend, so that a drift of the machine does not always
@@ -396,6 +476,10 @@ for r in $(seq 1 "$ROUNDS"); do
         run_wrk "get-$b-r$r" closed "$b" get "$THREADS" "$CONNS" "$DURATION" "$r"
     done
     run_wrk "batch$BATCH-hsm-r$r" batch hsm batch "$THREADS" "$CONNS" "$DURATION" "$r"
+    blog "round $r/$ROUNDS: floors (null_route, pk_select, audit_insert, raw_unwrap_local; PUT vs pk_insert)"
+    run_floors "$r"
+    blog "round $r/$ROUNDS: open loop at half the local peak (oha)"
+    run_open_loop "$r"
     # One connection: GET on local, the bare Decrypt, GET on kms-nocache, back to back.
     blog "round $r/$ROUNDS: latency at one connection, wrk -t1 -c1 -d${DURATION}s; bare KMS Decrypt"
     run_wrk "lat-local-r$r" latency local get 1 1 "$DURATION" "$r"
@@ -405,6 +489,68 @@ for r in $(seq 1 "$ROUNDS"); do
     blog "kms-decrypt-r$r (bare, Rust SDK): $(cat "$RES/raw/kms_decrypt-r$r.json")"
     run_wrk "lat-kms-nocache-r$r" latency kms-nocache get 1 1 "$DURATION" "$r"
 done
+
+# ---------------------------------------------------------------------------------------------
+# 5b. Memory: RSS idle (after the runs, settled), with 1,000 idle keep-alive connections; the
+#     peak under load is the largest mid-run reading of the closed-loop GET runs.
+# ---------------------------------------------------------------------------------------------
+sg_stop_pid "$NULL_PID"
+NULL_PID=""
+blog "RSS: idle, then with 1000 idle keep-alive connections"
+sleep 2
+rss_kb >"$RES/rss/idle_kb"
+IDLE_IN=$WORK/tmp/idle-conns.in
+mkfifo "$IDLE_IN"
+python3 bench/idle_conns.py "$BASE" 1000 <"$IDLE_IN" >"$RES/rss/idle_conns.out" 2>&1 &
+IDLE_PY=$!
+exec 7>"$IDLE_IN"
+for _ in $(seq 1 240); do
+    grep -q '^ready' "$RES/rss/idle_conns.out" 2>/dev/null && break
+    kill -0 "$IDLE_PY" 2>/dev/null || break
+    sleep 0.25
+done
+grep -q '^ready 1000' "$RES/rss/idle_conns.out" || sg_die "idle connections: $(cat "$RES/rss/idle_conns.out")"
+sleep 2
+rss_kb >"$RES/rss/conns_1000_kb"
+exec 7>&-
+wait "$IDLE_PY" || sg_die "idle connections: $(cat "$RES/rss/idle_conns.out")"
+blog "  RSS idle $(cat "$RES/rss/idle_kb") kB; 1000 idle connections $(cat "$RES/rss/conns_1000_kb") kB ($(tail -n1 "$RES/rss/idle_conns.out"))"
+
+# ---------------------------------------------------------------------------------------------
+# 5c. Profiles: the gateway at peak GET load on each backend, sampled by perf (cpu-clock,
+#     DWARF call graphs), folded and drawn by inferno into flamegraphs/get-BACKEND.svg next to
+#     BENCHMARKS.md. Not a measured run (perf costs the gateway CPU).
+# ---------------------------------------------------------------------------------------------
+FLAME_DIR=$OUT_DIR/flamegraphs
+if ! command -v perf >/dev/null 2>&1; then sg_apt_install linux-perf || true; fi
+INFERNO_COLLAPSE=$(command -v inferno-collapse-perf || echo "$HOME/.cargo/bin/inferno-collapse-perf")
+INFERNO_FLAME=$(command -v inferno-flamegraph || echo "$HOME/.cargo/bin/inferno-flamegraph")
+if [ ! -x "$INFERNO_FLAME" ]; then cargo install inferno --locked >"$LOG/inferno-install.log" 2>&1 || true; fi
+if command -v perf >/dev/null 2>&1 && [ -x "$INFERNO_FLAME" ] && [ -x "$INFERNO_COLLAPSE" ]; then
+    mkdir -p "$FLAME_DIR"
+    for b in local hsm kms; do
+        blog "profile: GET on $b under wrk -t$THREADS -c$CONNS"
+        SG_TOKEN=$TOKEN SG_PREFIX=$(prefix_of "$b") SG_ACCOUNTS=$ACCOUNTS SG_MODE=get \
+            wrk "-t$THREADS" "-c$CONNS" "-d$((DURATION + 2))s" -s bench/wrk.lua "$BASE" >"$RES/raw/flame-$b.wrk" 2>&1 &
+        FLAME_WRK=$!
+        sleep 1
+        perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$GW_PID" -o "$WORK/tmp/perf-$b.data" \
+            -- sleep "$DURATION" >"$LOG/perf-$b.log" 2>&1 || blog "  perf record failed: $(tail -n2 "$LOG/perf-$b.log")"
+        wait "$FLAME_WRK" || true
+        if perf script -i "$WORK/tmp/perf-$b.data" 2>>"$LOG/perf-$b.log" | "$INFERNO_COLLAPSE" >"$WORK/tmp/folded-$b.txt" 2>>"$LOG/perf-$b.log" &&
+            "$INFERNO_FLAME" --title "shardgate GET, $b backend (wrk -t$THREADS -c$CONNS; perf cpu-clock 499 Hz)" \
+                <"$WORK/tmp/folded-$b.txt" >"$FLAME_DIR/get-$b.svg" 2>>"$LOG/perf-$b.log"; then
+            cp "$WORK/tmp/folded-$b.txt" "$RES/raw/folded-$b.txt"
+            blog "  wrote $FLAME_DIR/get-$b.svg"
+        else
+            blog "  no flamegraph for $b: $(tail -n2 "$LOG/perf-$b.log")"
+        fi
+        rm -f "$WORK/tmp/perf-$b.data"
+    done
+    echo "perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p \$GATEWAY_PID -- sleep $DURATION (under wrk -t$THREADS -c$CONNS GETs); perf script | inferno-collapse-perf | inferno-flamegraph" >"$RES/raw/flame.cmd"
+else
+    blog "profiles skipped: perf or inferno (cargo install inferno) is missing"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 6. Raw baselines (no HTTP, no SQL)

@@ -16,8 +16,25 @@
 //!     shard identities (data keys wrapped on the local keyring first, not timed), unwrap on
 //!     the local backend, wrap on the pkcs11 backend, verify (unwrap) on the pkcs11 backend,
 //!     one at a time like a job's worker. Prints {"n", "seconds", "per_sec", ...}.
+//! shardgate-bench null-route --listen ADDR [--shard-bytes B]
+//!     the HTTP floor: the shard routes on the gateway's server with nothing behind them
+//! shardgate-bench pk-select --url PG --prefix P --accounts N [--concurrency C] [--seconds S]
+//! shardgate-bench pk-insert --url PG [--shard-bytes B] [--concurrency C] [--seconds S]
+//!     the database floor of a GET / a PUT (plain sqlx on the gateway's database)
+//! shardgate-bench audit-insert --url PG [--concurrency C] [--seconds S]
+//!     the gateway's audit write path (its batching included), one event per operation
+//! shardgate-bench raw-unwrap-local --keyring FILE [--shard-bytes B] [--threads T] [--seconds S]
+//!     keyring unwrap + shard open through `envelope::open`, no HTTP, no SQL
 //! ```
+//! The baselines print {"baseline", "ops", "per_sec", "cpu_us_per_op", ...}: CPU of the
+//! process itself plus every PostgreSQL process, from /proc, over the timed window.
 //! Credentials come from the standard provider chain (the script exports moto's dummies).
+
+mod audit_insert;
+mod null_route;
+mod proc_cpu;
+mod raw_unwrap;
+mod sql;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_kms::primitives::Blob;
@@ -237,17 +254,59 @@ async fn migrate_raw(a: &Args) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main(flavor = "current_thread")]
+/// A multi-thread runtime as wide as the gateway's (`#[tokio::main]`: one worker per core).
+#[tokio::main]
 async fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
-        bail!("usage: shardgate-bench <kms-create-key|kms-decrypt|migrate-raw> [--name value ...]");
+        bail!("usage: shardgate-bench <kms-create-key|kms-decrypt|migrate-raw|null-route|pk-select|pk-insert|audit-insert|raw-unwrap-local> [--name value ...]");
     };
     let args = Args::parse(rest)?;
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
     match cmd.as_str() {
         "kms-create-key" => kms_create_key(&args).await,
         "kms-decrypt" => kms_decrypt(&args).await,
         "migrate-raw" => migrate_raw(&args).await,
+        "null-route" => {
+            null_route::run(&args.opt("listen", "127.0.0.1:0"), args.num("shard-bytes", 64)?)
+                .await
+        }
+        "pk-select" => {
+            sql::pk_select(
+                args.req("url")?,
+                args.req("prefix")?,
+                args.num("accounts", 1000)?.max(1),
+                args.num("concurrency", 16)?.max(1),
+                args.num("seconds", 10)? as u64,
+            )
+            .await
+        }
+        "pk-insert" => {
+            sql::pk_insert(
+                args.req("url")?,
+                args.num("shard-bytes", 64)?,
+                args.num("concurrency", 16)?.max(1),
+                args.num("seconds", 10)? as u64,
+            )
+            .await
+        }
+        "audit-insert" => {
+            audit_insert::run(
+                args.req("url")?,
+                args.num("concurrency", 16)?.max(1),
+                args.num("seconds", 10)? as u64,
+            )
+            .await
+        }
+        "raw-unwrap-local" => {
+            raw_unwrap::run(
+                &PathBuf::from(args.req("keyring")?),
+                args.num("shard-bytes", 64)?,
+                args.num("threads", cores)?.max(1),
+                args.num("seconds", 10)? as u64,
+            )
+            .await
+        }
         other => bail!("unknown subcommand {other:?}"),
     }
 }

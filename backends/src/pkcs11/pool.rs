@@ -59,6 +59,8 @@ pub(crate) struct Stats {
     pub(crate) peak_busy: AtomicUsize,
     pub(crate) overlaps: AtomicU64,
     pub(crate) finds: AtomicU64,
+    /// The part of `finds` made by the periodic background refresh (never on a request).
+    pub(crate) background_finds: AtomicU64,
 }
 
 /// Marks a session busy for the duration of one PKCS#11 call sequence.

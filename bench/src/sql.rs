@@ -1,0 +1,189 @@
+//! `pk_select` and `pk_insert`: the database floor of a GET and of a PUT. Plain sqlx on a
+//! pool, at the gateway's concurrency: the latest-version primary-key select the gateway's
+//! GET makes, on the very rows it reads; and a single-row insert of the same row shape, one
+//! autocommit transaction each, with the server's default `synchronous_commit` (the gateway
+//! does not change it).
+
+use crate::proc_cpu::Reading;
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The columns the gateway's store reads (`SHARD_COLUMNS` in `store/src/postgres.rs`).
+const COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, key_version, \
+                       wrapped_dek, nonce, ciphertext, created_at, created_by";
+
+async fn pool(url: &str, connections: u32) -> Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .min_connections(connections)
+        .connect(url)
+        .await
+        .context("connect to PostgreSQL")
+}
+
+/// Run `op` from `concurrency` tasks for `seconds` after a warm-up; prints ops/s and CPU.
+async fn drive<F, Fut>(name: &str, concurrency: usize, seconds: u64, op: F) -> Result<()>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (op, measuring, stop, done, seq) = (
+            op.clone(),
+            measuring.clone(),
+            stop.clone(),
+            done.clone(),
+            seq.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                op(seq.fetch_add(1, Ordering::Relaxed)).await?;
+                if measuring.load(Ordering::Relaxed) {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu = Reading::now();
+    let t = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let secs = t.elapsed().as_secs_f64();
+    let (own, pg) = cpu.since();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.context("worker task")??;
+    }
+    let n = done.load(Ordering::Relaxed);
+    if n == 0 {
+        bail!("{name}: no operation completed");
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "baseline": name,
+            "ops": n,
+            "seconds": secs,
+            "per_sec": n as f64 / secs,
+            "concurrency": concurrency,
+            "cpu_seconds_own": own,
+            "cpu_seconds_postgres": pg,
+            "cpu_us_per_op": (own + pg) * 1e6 / n as f64,
+        })
+    );
+    Ok(())
+}
+
+/// Latest-version selects of `PREFIX%06d`/`s0` rows (the loaded data set).
+pub async fn pk_select(
+    url: &str,
+    prefix: &str,
+    accounts: usize,
+    concurrency: usize,
+    seconds: u64,
+) -> Result<()> {
+    let pool = pool(url, concurrency as u32).await?;
+    let sql: Arc<str> = format!(
+        "SELECT {COLUMNS} FROM shard_versions \
+         WHERE account = $1 AND shard = $2 ORDER BY version DESC LIMIT 1"
+    )
+    .into();
+    let prefix: Arc<str> = prefix.into();
+    // Every account of the set must be there, or the figure would time misses.
+    let probe = format!("{prefix}{:06}", accounts.saturating_sub(1));
+    let found = sqlx::query(&sql)
+        .bind(&probe)
+        .bind("s0")
+        .fetch_optional(&pool)
+        .await?;
+    if found.is_none() {
+        bail!("pk_select: {probe}/s0 is not loaded");
+    }
+    drive("pk_select", concurrency, seconds, move |_| {
+        let (pool, sql, prefix) = (pool.clone(), sql.clone(), prefix.clone());
+        async move {
+            let account = format!("{prefix}{:06}", rand::thread_rng().gen_range(0..accounts));
+            let row = sqlx::query(&sql)
+                .bind(account)
+                .bind("s0")
+                .fetch_one(&pool)
+                .await?;
+            let ct: Vec<u8> = row.try_get("ciphertext")?;
+            if ct.is_empty() {
+                bail!("empty ciphertext");
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Single-row inserts into a table shaped like `shard_versions` (`LIKE ... INCLUDING ALL`:
+/// its primary key and index, not its foreign key), created fresh and dropped after.
+pub async fn pk_insert(
+    url: &str,
+    shard_bytes: usize,
+    concurrency: usize,
+    seconds: u64,
+) -> Result<()> {
+    let pool = pool(url, concurrency as u32).await?;
+    let table = format!("bench_pk_insert_{}", std::process::id());
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (LIKE shard_versions INCLUDING ALL)"
+    ))
+    .execute(&pool)
+    .await
+    .context("create the insert table (run on the gateway's database)")?;
+    let sql: Arc<str> = format!(
+        "INSERT INTO {table} ({COLUMNS}) VALUES ($1, $2, 1, 1, 'local', $3, 1, $4, $5, $6, $7, 'bench')"
+    )
+    .into();
+    let out = drive("pk_insert", concurrency, seconds, {
+        let pool = pool.clone();
+        move |i| {
+            let (pool, sql) = (pool.clone(), sql.clone());
+            async move {
+                let (wrapped, nonce, ct) = {
+                    let mut rng = rand::thread_rng();
+                    let mut wrapped = vec![0u8; 60];
+                    let mut nonce = vec![0u8; 12];
+                    let mut ct = vec![0u8; shard_bytes + 16];
+                    rng.fill(&mut wrapped[..]);
+                    rng.fill(&mut nonce[..]);
+                    rng.fill(&mut ct[..]);
+                    (wrapped, nonce, ct)
+                };
+                sqlx::query(&sql)
+                    .bind(format!("bench-{i:09}"))
+                    .bind("s0")
+                    .bind("0123456789abcdef")
+                    .bind(wrapped)
+                    .bind(nonce)
+                    .bind(ct)
+                    .bind(0i64)
+                    .execute(&pool)
+                    .await?;
+                Ok(())
+            }
+        }
+    })
+    .await;
+    let _ = sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&pool)
+        .await;
+    out
+}
