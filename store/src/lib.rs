@@ -62,7 +62,7 @@ pub struct ShardVersionRow {
     pub shard: String,
     /// Version, starting at 1.
     pub version: i64,
-    /// Envelope format version (1).
+    /// Envelope format version (1 or 2; FORMAT.md §1).
     pub format_version: i16,
     /// Backend instance name that wrapped the DEK.
     pub backend: String,
@@ -76,6 +76,9 @@ pub struct ShardVersionRow {
     pub nonce: Vec<u8>,
     /// Shard ciphertext followed by the 16-byte GCM tag.
     pub ciphertext: Vec<u8>,
+    /// Format 2: the 32-byte commitment to the data key (FORMAT.md §3a); format 1: `None`.
+    /// Never changed by a re-wrap.
+    pub key_commitment: Option<Vec<u8>>,
     /// Creation time, unix milliseconds.
     pub created_at: i64,
     /// Token identity (never the token) that wrote it.

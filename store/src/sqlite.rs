@@ -44,7 +44,7 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH_CHUNK: usize = 1000;
 
 const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, \
-     key_version, wrapped_dek, nonce, ciphertext, created_at, created_by";
+     key_version, wrapped_dek, nonce, ciphertext, key_commitment, created_at, created_by";
 
 const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
      version, backend, outcome, detail, prev_tag, tag";
@@ -213,6 +213,7 @@ fn shard_from_row(r: &SqliteRow) -> Result<ShardVersionRow, sqlx::Error> {
         wrapped_dek: r.try_get("wrapped_dek")?,
         nonce: r.try_get("nonce")?,
         ciphertext: r.try_get("ciphertext")?,
+        key_commitment: r.try_get("key_commitment")?,
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
     })
@@ -603,7 +604,7 @@ impl Store for SqliteStore {
         }
         let inserted = sqlx::query(&format!(
             "INSERT INTO shard_versions ({SHARD_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ))
         .bind(&row.account)
         .bind(&row.shard)
@@ -615,6 +616,7 @@ impl Store for SqliteStore {
         .bind(&row.wrapped_dek)
         .bind(&row.nonce)
         .bind(&row.ciphertext)
+        .bind(&row.key_commitment)
         .bind(row.created_at)
         .bind(&row.created_by)
         .execute(&mut *tx)
@@ -1037,7 +1039,8 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT i.account, i.shard, i.version, sv.version IS NOT NULL AS present, \
                     sv.format_version, sv.backend, sv.key_ref, sv.key_version, \
-                    sv.wrapped_dek, sv.nonce, sv.ciphertext, sv.created_at, sv.created_by, \
+                    sv.wrapped_dek, sv.nonce, sv.ciphertext, sv.key_commitment, \
+                    sv.created_at, sv.created_by, \
                     a.tier \
              FROM migration_items i \
              LEFT JOIN shard_versions sv ON sv.account = i.account AND sv.shard = i.shard \

@@ -467,6 +467,7 @@ pub async fn put_shard(
             wrapped_dek: sealed.wrapped.blob,
             nonce: sealed.nonce.to_vec(),
             ciphertext: sealed.ciphertext,
+            key_commitment: Some(sealed.commitment.to_vec()),
             created_at: crate::now_ms(),
             created_by: ctx.caller.name.clone(),
         };
