@@ -1220,6 +1220,7 @@ fn openapi_document_lists_every_route() {
         "/v1/accounts/{account}",
         "/v1/accounts/{account}/shards",
         "/v1/accounts/{account}/shards/{shard}",
+        "/v1/accounts/{account}/shards/{shard}/versions/{version}",
         "/v1/shards:batchGet",
         "/healthz",
         "/readyz",
