@@ -66,7 +66,7 @@ pub async fn run(backend: &dyn KeyBackend) -> Result<(), Failure> {
         ShardIdentity::new("acct-conf", "shard-2", 1),
         ShardIdentity::new("acct-conf", "shard-1", 2),
         ShardIdentity {
-            format_version: 2,
+            format_version: id.format_version.wrapping_add(1),
             ..id.clone()
         },
     ] {

@@ -1,5 +1,6 @@
-/// The envelope format version this code writes (FORMAT.md).
-pub const FORMAT_VERSION: u8 = 1;
+/// The envelope format version this code writes (FORMAT.md §1, "Format versions"): 2, an
+/// envelope with a key commitment. Readers also accept format 1 (no commitment).
+pub const FORMAT_VERSION: u8 = 2;
 
 /// What a ciphertext and its wrapped data key are bound to: a shard version of an account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,7 +66,7 @@ mod tests {
         let id = ShardIdentity::new("ab", "c", 2);
         let expected: Vec<u8> = [
             b"SGID".as_slice(),
-            &[1],
+            &[2],
             &[0, 0, 0, 2],
             b"ab",
             &[0, 0, 0, 1],

@@ -136,7 +136,7 @@ async fn kms_decrypt(a: &Args) -> Result<()> {
     let client = kms_client(a).await?;
     // Same shape as the backend's context (FORMAT.md): four short entries.
     let ctx: HashMap<String, String> = [
-        ("shardgate:format", "1"),
+        ("shardgate:format", "2"),
         ("shardgate:account", "bench-acct-000001"),
         ("shardgate:shard", "s0"),
         ("shardgate:version", "1"),

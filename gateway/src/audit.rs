@@ -315,6 +315,22 @@ impl ChainGuard<'_> {
             .collect()
     }
 
+    /// Seal `events` at the positions right after `prev` (a record sealed by this guard for
+    /// the same write), each after the one before: the further events of one write, e.g. one
+    /// per version its retention pruned. Deterministic, like [`ChainGuard::seal`].
+    pub fn seal_after(&self, prev: &AuditRecord, events: &[Event]) -> Vec<AuditRecord> {
+        let (mut seq, mut prev_tag) = (prev.seq, prev.tag.clone());
+        events
+            .iter()
+            .map(|e| {
+                seq += 1;
+                let r = self.auditor.seal_at(e, seq, std::mem::take(&mut prev_tag));
+                prev_tag = r.tag.clone();
+                r
+            })
+            .collect()
+    }
+
     /// Mark a write in flight (its event sealed by [`ChainGuard::seal`] inside the store
     /// call) until [`ChainGuard::finish`]; if the request is cancelled first, the head is
     /// re-read before the next event.

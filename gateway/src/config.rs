@@ -65,6 +65,9 @@ pub struct Config {
     /// Log output.
     #[serde(default)]
     pub log: LogConfig,
+    /// Version retention.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -356,6 +359,19 @@ impl Default for MigrationConfig {
     }
 }
 
+/// `[retention]`: how many versions of each shard are kept.
+///
+/// At every shard write, in the write's transaction, the versions of that shard older than
+/// the newest `keep_versions` are crypto-shredded (their rows deleted, one audit event
+/// each); `0` (the default) keeps every version. An account's own `keep_versions` (set with
+/// `PUT /v1/accounts/{account}`) overrides it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Versions kept per shard (0 = all).
+    pub keep_versions: u32,
+}
+
 /// `[log]`: how log lines are written (to stderr). The level filter is `RUST_LOG`
 /// (default `info`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -493,6 +509,7 @@ impl Config {
             breaker: crate::breaker::BreakerConfig::default(),
             idempotency: IdempotencyConfig::default(),
             log: LogConfig::default(),
+            retention: RetentionConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
         }
     }

@@ -25,7 +25,7 @@ pub mod server;
 pub mod state;
 
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -56,6 +56,10 @@ pub fn app(state: AppState) -> Router {
             put(shards::put_shard)
                 .get(shards::get_shard)
                 .delete(shards::delete_shard),
+        )
+        .route(
+            "/v1/accounts/{account}/shards/{shard}/versions/{version}",
+            delete(shards::delete_shard_version),
         )
         .route("/v1/shards:batchGet", post(batch::batch_get))
         .route("/v1/admin/migrations", post(admin::start_migration))

@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         shards::put_shard,
         shards::get_shard,
         shards::delete_shard,
+        shards::delete_shard_version,
         batch::batch_get,
         admin::start_migration,
         admin::get_migration,

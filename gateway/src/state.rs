@@ -41,6 +41,8 @@ pub struct Inner {
     pub migration: crate::config::MigrationConfig,
     /// How long `Idempotency-Key` answers are replayed.
     pub idempotency: crate::config::IdempotencyConfig,
+    /// Versions kept per shard by default.
+    pub retention: crate::config::RetentionConfig,
     /// This process's migration supervisor, once started (`serve` starts it; tests may).
     pub migrations: std::sync::OnceLock<Arc<crate::jobs::migrate::Supervisor>>,
 }
@@ -254,6 +256,7 @@ impl AppState {
                 timeouts: cfg.timeouts.clone(),
                 migration: cfg.migration.clone(),
                 idempotency: cfg.idempotency.clone(),
+                retention: cfg.retention.clone(),
                 migrations: std::sync::OnceLock::new(),
             })),
             startup,

@@ -1146,9 +1146,9 @@ async fn stored_shard_decrypts_with_the_format_md_recipe(h: Harness) {
     h.put("acct-1", "s:1", &data).await;
     let cols = h
         .db
-        .all_bytes("SELECT key_ref, wrapped_dek, nonce, ciphertext FROM shard_versions WHERE account='acct-1'")
+        .all_bytes("SELECT key_ref, wrapped_dek, nonce, ciphertext, key_commitment FROM shard_versions WHERE account='acct-1'")
         .await;
-    let (key_ref, wrapped, nonce, ct) = (&cols[0], &cols[1], &cols[2], &cols[3]);
+    let (key_ref, wrapped, nonce, ct, stored) = (&cols[0], &cols[1], &cols[2], &cols[3], &cols[4]);
     let ring: Value =
         serde_json::from_slice(&std::fs::read(h._dir.path().join("local.keyring")).unwrap())
             .unwrap();
@@ -1156,7 +1156,7 @@ async fn stored_shard_decrypts_with_the_format_md_recipe(h: Harness) {
     let kek = B64
         .decode(ring["versions"][0]["key"].as_str().unwrap())
         .unwrap();
-    let mut aad = b"SGID\x01".to_vec();
+    let mut aad = b"SGID\x02".to_vec();
     for f in [b"acct-1".as_slice(), b"s:1".as_slice()] {
         aad.extend_from_slice(&(f.len() as u32).to_be_bytes());
         aad.extend_from_slice(f);
@@ -1172,6 +1172,16 @@ async fn stored_shard_decrypts_with_the_format_md_recipe(h: Harness) {
             },
         )
         .unwrap();
+    // Format 2: the key commitment (FORMAT.md §3a) of that data key is the stored one.
+    {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&dek).unwrap();
+        mac.update(b"shardgate commit key");
+        let commit_key = mac.finalize().into_bytes();
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&commit_key).unwrap();
+        mac.update(&aad);
+        assert_eq!(mac.finalize().into_bytes().as_slice(), stored.as_slice());
+    }
     let plain = Aes256Gcm::new_from_slice(&dek)
         .unwrap()
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
@@ -1210,6 +1220,7 @@ fn openapi_document_lists_every_route() {
         "/v1/accounts/{account}",
         "/v1/accounts/{account}/shards",
         "/v1/accounts/{account}/shards/{shard}",
+        "/v1/accounts/{account}/shards/{shard}/versions/{version}",
         "/v1/shards:batchGet",
         "/healthz",
         "/readyz",

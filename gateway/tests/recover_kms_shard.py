@@ -7,7 +7,8 @@ boto3 and `cryptography`:
 1. read the row (account, shard, version) of `shard_versions` from the SQLite store file;
 2. KMS `Decrypt` of `wrapped_dek` with `KeyId = key_ref` and the encryption context
    {shardgate:format, shardgate:account, shardgate:shard, shardgate:version};
-3. open `ciphertext` with AES-256-GCM under that data key, `nonce`, and the identity AAD.
+3. format 2: check the key commitment (section 3a) of that data key against the stored one;
+4. open `ciphertext` with AES-256-GCM under that data key, `nonce`, and the identity AAD.
 
 Prints the shard as standard base64 on stdout and exits 0; on any failure (no such row, KMS
 refusal, a tag that does not verify) prints the reason on stderr and exits non-zero, never
@@ -20,6 +21,8 @@ printing partial plaintext. Credentials and region come from boto3's usual chain
 
 import argparse
 import base64
+import hashlib
+import hmac
 import os
 import sqlite3
 import struct
@@ -43,6 +46,12 @@ def identity(fmt: int, account: bytes, shard: bytes, version: int) -> bytes:
     )
 
 
+def commitment(dek: bytes, aad: bytes) -> bytes:
+    """FORMAT.md section 3a: HMAC-SHA256 under HMAC-SHA256(DEK, "shardgate commit key")."""
+    commit_key = hmac.new(dek, b"shardgate commit key", hashlib.sha256).digest()
+    return hmac.new(commit_key, aad, hashlib.sha256).digest()
+
+
 def encryption_context(fmt: int, account: str, shard: str, version: int) -> dict:
     """FORMAT.md section 4b: the KMS encryption context (decimal / exact strings)."""
     return {
@@ -59,7 +68,7 @@ def read_row(db: str, account: str, shard: str, version):
     try:
         sql = (
             "SELECT account, shard, version, format_version, key_ref, key_version, "
-            "wrapped_dek, nonce, ciphertext FROM shard_versions "
+            "wrapped_dek, nonce, ciphertext, key_commitment FROM shard_versions "
             "WHERE account = ? AND shard = ?"
         )
         params = [account, shard]
@@ -90,8 +99,9 @@ def main() -> int:
     if row is None:
         print("no such shard version", file=sys.stderr)
         return 2
-    account, shard, version, fmt, key_ref, _key_version, wrapped_dek, nonce, ciphertext = row
-    if fmt != 1:
+    (account, shard, version, fmt, key_ref, _key_version, wrapped_dek, nonce, ciphertext,
+     key_commitment) = row
+    if fmt not in (1, 2):
         print(f"unsupported format_version {fmt}", file=sys.stderr)
         return 2
 
@@ -111,6 +121,15 @@ def main() -> int:
         return 3
 
     aad = identity(fmt, account.encode("ascii"), shard.encode("ascii"), version)
+    if fmt == 2 and (
+        key_commitment is None
+        or not hmac.compare_digest(commitment(dek, aad), bytes(key_commitment))
+    ):
+        print("key commitment mismatch: this is not the row's data key", file=sys.stderr)
+        return 4
+    if fmt == 1 and key_commitment is not None:
+        print("a format 1 row carries a key commitment", file=sys.stderr)
+        return 4
     try:
         plaintext = AESGCM(dek).decrypt(bytes(nonce), bytes(ciphertext), aad)
     except InvalidTag:

@@ -40,6 +40,9 @@ pub struct AccountRecord {
     pub created_at: i64,
     /// Last tier change, unix milliseconds.
     pub updated_at: i64,
+    /// Versions of each shard kept at write time (`Some(0)` = every version); `None` = the
+    /// gateway's `[retention] keep_versions`.
+    pub keep_versions: Option<i64>,
 }
 
 /// Counts shown by `GET /v1/accounts/{account}`.
@@ -62,7 +65,7 @@ pub struct ShardVersionRow {
     pub shard: String,
     /// Version, starting at 1.
     pub version: i64,
-    /// Envelope format version (1).
+    /// Envelope format version (1 or 2; FORMAT.md §1).
     pub format_version: i16,
     /// Backend instance name that wrapped the DEK.
     pub backend: String,
@@ -76,6 +79,9 @@ pub struct ShardVersionRow {
     pub nonce: Vec<u8>,
     /// Shard ciphertext followed by the 16-byte GCM tag.
     pub ciphertext: Vec<u8>,
+    /// Format 2: the 32-byte commitment to the data key (FORMAT.md §3a); format 1: `None`.
+    /// Never changed by a re-wrap.
+    pub key_commitment: Option<Vec<u8>>,
     /// Creation time, unix milliseconds.
     pub created_at: i64,
     /// Token identity (never the token) that wrote it.
@@ -184,6 +190,44 @@ pub type IdempotencyForCount<'a> = &'a (dyn Fn(i64) -> IdempotencyRecord + Send 
 /// Builds an account delete's idempotency record once the transaction knows its outcome.
 pub type IdempotencyForOutcome<'a> = &'a (dyn Fn(DeleteOutcome) -> IdempotencyRecord + Send + Sync);
 
+/// Builds the audit records of the versions a write pruned (ascending), one per version,
+/// chained after the write's own record.
+pub type AuditForPruned<'a> = &'a (dyn Fn(&[i64]) -> Vec<AuditRecord> + Send + Sync);
+
+/// Builds a write's idempotency record once the transaction knows what it pruned.
+pub type IdempotencyForPruned<'a> = &'a (dyn Fn(&[i64]) -> IdempotencyRecord + Send + Sync);
+
+/// Version retention applied by a shard write, in its transaction: after the new version is
+/// inserted, every version of the shard but the newest `keep` is deleted (crypto-shredded),
+/// where `keep` is the account's `keep_versions`, or `default_keep` when the account sets
+/// none; 0 keeps every version. Each pruned version gets its own audit event.
+#[derive(Clone, Copy)]
+pub struct Retention<'a> {
+    /// Versions kept when the account sets none (0 = every version).
+    pub default_keep: i64,
+    /// The audit records of the pruned versions.
+    pub audit: AuditForPruned<'a>,
+    /// With an idempotency key: the record to store, rebuilt with the pruned versions.
+    pub idem: Option<IdempotencyForPruned<'a>>,
+}
+
+impl std::fmt::Debug for Retention<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("default_keep", &self.default_keep)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change of an account's `keep_versions` made with [`Store::put_account_with_retention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepVersions {
+    /// Leave it as it is (a new account gets `None`: the gateway default).
+    Unchanged,
+    /// Set it: `Some(n)` (0 = every version), or `None` to follow the gateway default.
+    Set(Option<i64>),
+}
+
 /// Outcome of a write made with an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Idempotent<T> {
@@ -268,6 +312,20 @@ pub trait Store: Send + Sync + 'static {
         tier: &str,
         now_ms: i64,
         audit: &AuditRecord,
+    ) -> Result<Option<String>, StoreError> {
+        self.put_account_with_retention(account, tier, KeepVersions::Unchanged, now_ms, audit)
+            .await
+    }
+
+    /// [`Store::put_account`], also setting the account's `keep_versions` (retention of
+    /// its shards' versions, applied at each write).
+    async fn put_account_with_retention(
+        &self,
+        account: &str,
+        tier: &str,
+        keep: KeepVersions,
+        now_ms: i64,
+        audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError>;
 
     /// The account row, if it exists.
@@ -344,7 +402,29 @@ pub trait Store: Send + Sync + 'static {
         row: &ShardVersionRow,
         audit: &AuditRecord,
         idem: Option<IdempotentWrite<'_>>,
-    ) -> Result<Idempotent<()>, StoreError>;
+    ) -> Result<Idempotent<()>, StoreError> {
+        Ok(
+            match self
+                .insert_shard_version_retained(row, audit, idem, None)
+                .await?
+            {
+                Idempotent::Done(_) => Idempotent::Done(()),
+                Idempotent::Replay(rec) => Idempotent::Replay(rec),
+            },
+        )
+    }
+
+    /// [`Store::insert_shard_version_idempotent`] that also applies `retention` in the same
+    /// transaction (see [`Retention`]): the versions it pruned, ascending. The audit records
+    /// of the pruned versions are inserted after `audit`; with both an idempotency key and
+    /// `retention.idem`, the stored record is replaced by `retention.idem(pruned)`.
+    async fn insert_shard_version_retained(
+        &self,
+        row: &ShardVersionRow,
+        audit: &AuditRecord,
+        idem: Option<IdempotentWrite<'_>>,
+        retention: Option<Retention<'_>>,
+    ) -> Result<Idempotent<Vec<i64>>, StoreError>;
 
     /// One version (`None` = latest).
     async fn get_shard_version(
@@ -392,6 +472,38 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditForCount<'_>,
         idem: Option<(i64, IdempotencyForCount<'_>)>,
     ) -> Result<Idempotent<i64>, StoreError>;
+
+    /// Delete (crypto-shred) one version of a shard with its audit event in one
+    /// transaction; `ShardNotFound` if that version does not exist. Other versions are left
+    /// as they are; deleting the latest makes the newest remaining one the latest.
+    async fn delete_shard_version(
+        &self,
+        account: &str,
+        shard: &str,
+        version: i64,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        match self
+            .delete_shard_version_idempotent(account, shard, version, audit, None)
+            .await?
+        {
+            Idempotent::Done(()) => Ok(()),
+            Idempotent::Replay(_) => Err(StoreError::Internal(
+                "replay without an idempotency record".to_string(),
+            )),
+        }
+    }
+
+    /// [`Store::delete_shard_version`] with an optional idempotency record (the receipt is
+    /// known before the write), as [`Store::insert_shard_version_idempotent`].
+    async fn delete_shard_version_idempotent(
+        &self,
+        account: &str,
+        shard: &str,
+        version: i64,
+        audit: &AuditRecord,
+        idem: Option<IdempotentWrite<'_>>,
+    ) -> Result<Idempotent<()>, StoreError>;
 
     /// The record stored for `(scope, key)`, expired or not (the caller checks the window).
     async fn get_idempotency(

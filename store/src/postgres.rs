@@ -24,8 +24,9 @@ use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
     CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
-    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
-    MigrationSelector, ShardSummary, ShardVersionRow, Store, StoreError, Transition,
+    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, MigrationFailure,
+    MigrationJob, MigrationSelector, Retention, ShardSummary, ShardVersionRow, Store, StoreError,
+    Transition,
 };
 
 /// How long a request waits for a pooled connection (or a new one) before the store answers
@@ -36,7 +37,7 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const BATCH_CHUNK: usize = 1000;
 
 const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, \
-     key_version, wrapped_dek, nonce, ciphertext, created_at, created_by";
+     key_version, wrapped_dek, nonce, ciphertext, key_commitment, created_at, created_by";
 
 const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
      version, backend, outcome, detail, prev_tag, tag";
@@ -259,6 +260,7 @@ fn shard_from_row(r: &PgRow) -> Result<ShardVersionRow, sqlx::Error> {
         wrapped_dek: r.try_get("wrapped_dek")?,
         nonce: r.try_get("nonce")?,
         ciphertext: r.try_get("ciphertext")?,
+        key_commitment: r.try_get("key_commitment")?,
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
     })
@@ -435,10 +437,11 @@ impl Store for PgStore {
             .map_err(map_err)
     }
 
-    async fn put_account(
+    async fn put_account_with_retention(
         &self,
         account: &str,
         tier: &str,
+        keep: KeepVersions,
         now_ms: i64,
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError> {
@@ -491,6 +494,14 @@ impl Store for PgStore {
                 "account {account} is being created and deleted concurrently"
             )));
         }
+        if let KeepVersions::Set(keep) = keep {
+            sqlx::query("UPDATE accounts SET keep_versions = $2 WHERE account = $1")
+                .bind(account)
+                .bind(keep)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
         insert_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(previous)
@@ -498,7 +509,8 @@ impl Store for PgStore {
 
     async fn get_account(&self, account: &str) -> Result<Option<AccountRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT account, tier, created_at, updated_at FROM accounts WHERE account = $1",
+            "SELECT account, tier, created_at, updated_at, keep_versions FROM accounts \
+             WHERE account = $1",
         )
         .bind(account)
         .fetch_optional(&self.pool)
@@ -510,6 +522,7 @@ impl Store for PgStore {
                 tier: r.try_get("tier")?,
                 created_at: r.try_get("created_at")?,
                 updated_at: r.try_get("updated_at")?,
+                keep_versions: r.try_get("keep_versions")?,
             })
         })
         .transpose()
@@ -621,12 +634,13 @@ impl Store for PgStore {
         latest(&self.pool, account, shard).await.map_err(map_err)
     }
 
-    async fn insert_shard_version_idempotent(
+    async fn insert_shard_version_retained(
         &self,
         row: &ShardVersionRow,
         audit: &AuditRecord,
         idem: Option<IdempotentWrite<'_>>,
-    ) -> Result<Idempotent<()>, StoreError> {
+        retention: Option<Retention<'_>>,
+    ) -> Result<Idempotent<Vec<i64>>, StoreError> {
         let mut tx = self.begin().await?;
         if let Some(w) = idem {
             if let Some(existing) = idem_claim(&mut tx, w.record, w.expired_before_ms).await? {
@@ -635,15 +649,15 @@ impl Store for PgStore {
         }
         // FOR SHARE: concurrent inserts into the account proceed; a delete or tier change
         // (FOR UPDATE) cannot interleave.
-        let exists = sqlx::query("SELECT 1 FROM accounts WHERE account = $1 FOR SHARE")
-            .bind(&row.account)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .is_some();
-        if !exists {
+        let account_keep: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT keep_versions FROM accounts WHERE account = $1 FOR SHARE")
+                .bind(&row.account)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let Some(account_keep) = account_keep else {
             return Err(StoreError::AccountNotFound);
-        }
+        };
         let current = latest(&mut *tx, &row.account, &row.shard)
             .await
             .map_err(map_err)?;
@@ -657,7 +671,7 @@ impl Store for PgStore {
         }
         let inserted = sqlx::query(&format!(
             "INSERT INTO shard_versions ({SHARD_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ))
         .bind(&row.account)
         .bind(&row.shard)
@@ -669,6 +683,7 @@ impl Store for PgStore {
         .bind(&row.wrapped_dek)
         .bind(&row.nonce)
         .bind(&row.ciphertext)
+        .bind(&row.key_commitment)
         .bind(row.created_at)
         .bind(&row.created_by)
         .execute(&mut *tx)
@@ -687,8 +702,37 @@ impl Store for PgStore {
             Err(e) => return Err(map_err(e)),
         }
         insert_audit(&mut tx, audit).await?;
+        let mut pruned = Vec::new();
+        if let Some(retention) = retention {
+            let keep = account_keep.unwrap_or(retention.default_keep);
+            if keep > 0 {
+                // Every version but the newest `keep` (counted, not numbered: a shard may
+                // have gaps where versions were deleted), the one just inserted included.
+                pruned = sqlx::query_scalar(
+                    "DELETE FROM shard_versions WHERE account = $1 AND shard = $2 \
+                     AND version NOT IN (SELECT version FROM shard_versions \
+                         WHERE account = $1 AND shard = $2 ORDER BY version DESC LIMIT $3) \
+                     RETURNING version",
+                )
+                .bind(&row.account)
+                .bind(&row.shard)
+                .bind(keep)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                pruned.sort_unstable();
+            }
+            if !pruned.is_empty() {
+                let records = (retention.audit)(&pruned);
+                let records: Vec<&AuditRecord> = records.iter().collect();
+                insert_audits(&mut tx, &records).await?;
+            }
+            if let (Some(_), Some(build)) = (idem, retention.idem) {
+                idem_update(&mut tx, &build(&pruned)).await?;
+            }
+        }
         tx.commit().await.map_err(map_err)?;
-        Ok(Idempotent::Done(()))
+        Ok(Idempotent::Done(pruned))
     }
 
     async fn get_shard_version(
@@ -826,6 +870,49 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(map_err)?;
         Ok(Idempotent::Done(deleted))
+    }
+
+    async fn delete_shard_version_idempotent(
+        &self,
+        account: &str,
+        shard: &str,
+        version: i64,
+        audit: &AuditRecord,
+        idem: Option<IdempotentWrite<'_>>,
+    ) -> Result<Idempotent<()>, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(w) = idem {
+            if let Some(existing) = idem_claim(&mut tx, w.record, w.expired_before_ms).await? {
+                return Ok(Idempotent::Replay(existing));
+            }
+        }
+        // As `delete_shard`: serialised with inserts into the account (FOR SHARE), so a
+        // write's version check and retention never interleave with this delete.
+        let exists = sqlx::query("SELECT 1 FROM accounts WHERE account = $1 FOR UPDATE")
+            .bind(account)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .is_some();
+        if !exists {
+            return Err(StoreError::ShardNotFound);
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM shard_versions WHERE account = $1 AND shard = $2 AND version = $3",
+        )
+        .bind(account)
+        .bind(shard)
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::ShardNotFound);
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Idempotent::Done(()))
     }
 
     async fn get_idempotency(
@@ -1125,7 +1212,7 @@ impl Store for PgStore {
              ) \
              SELECT c.state AS item_state, c.account, c.shard, c.version, sv.format_version, \
                     sv.backend, sv.key_ref, sv.key_version, sv.wrapped_dek, sv.nonce, \
-                    sv.ciphertext, sv.created_at, sv.created_by, a.tier \
+                    sv.ciphertext, sv.key_commitment, sv.created_at, sv.created_by, a.tier \
              FROM claimed c \
              LEFT JOIN shard_versions sv ON sv.account = c.account AND sv.shard = c.shard \
                  AND sv.version = c.version \

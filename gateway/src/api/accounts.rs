@@ -23,6 +23,29 @@ use utoipa::ToSchema;
 pub struct PutAccountRequest {
     /// A tier declared in the config, e.g. `retail`.
     pub tier: String,
+    /// Versions of each shard kept at every write of this account (older ones are
+    /// crypto-shredded in the write's transaction); `0` keeps every version; `null` follows
+    /// the gateway's `[retention] keep_versions`. Absent: unchanged (a new account follows
+    /// the gateway's setting).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 0)]
+    pub keep_versions: Option<Option<u32>>,
+}
+
+/// A field that is present (`Some`), with `null` as `Some(None)`; `#[serde(default)]` makes
+/// an absent field `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+/// Where an account's effective `keep_versions` comes from.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepVersionsSource {
+    /// The account's own setting.
+    Account,
+    /// The gateway's `[retention] keep_versions`.
+    Default,
 }
 
 /// An account as the API shows it.
@@ -46,6 +69,18 @@ pub struct AccountResponse {
     /// The migration job a tier change started (its versions move in the background).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration_job: Option<String>,
+    /// Versions of each shard a write keeps (0 = every version).
+    pub keep_versions: u32,
+    /// Whether `keep_versions` is the account's own or the gateway default.
+    pub keep_versions_source: KeepVersionsSource,
+}
+
+/// The effective retention of an account record.
+fn retention_of(state: &AppState, record: &AccountRecord) -> (u32, KeepVersionsSource) {
+    match record.keep_versions.and_then(|k| u32::try_from(k).ok()) {
+        Some(k) => (k, KeepVersionsSource::Account),
+        None => (state.retention.keep_versions, KeepVersionsSource::Default),
+    }
 }
 
 /// Receipt of a crypto-shred.
@@ -107,16 +142,26 @@ pub async fn put_account(
             "the tier is not declared in the configuration",
         )
     })?;
+    let (keep, keep_detail) = match body.keep_versions {
+        None => (shardgate_store::KeepVersions::Unchanged, String::new()),
+        Some(k) => (
+            shardgate_store::KeepVersions::Set(k.map(i64::from)),
+            format!(
+                " keep_versions={}",
+                k.map_or_else(|| "default".to_string(), |k| k.to_string())
+            ),
+        ),
+    };
     let event = ctx
         .event("account.put")
         .account(&account)
         .backend(&placement.backend)
-        .detail(format!("tier={}", body.tier));
+        .detail(format!("tier={}{keep_detail}", body.tier));
     let mut guard = state.audit.lock().await?;
     let record = guard.begin(&event);
     let result = state
         .store
-        .put_account(&account, &body.tier, crate::now_ms(), &record)
+        .put_account_with_retention(&account, &body.tier, keep, crate::now_ms(), &record)
         .await;
     guard.finish(Some(&record), &result).await;
     let previous = result?;
@@ -172,6 +217,14 @@ pub async fn put_account(
             }
         }
     }
+    let (keep_versions, keep_versions_source) = match body.keep_versions {
+        Some(Some(k)) => (k, KeepVersionsSource::Account),
+        Some(None) => (state.retention.keep_versions, KeepVersionsSource::Default),
+        None => match state.store.get_account(&account).await? {
+            Some(record) => retention_of(&state, &record),
+            None => (state.retention.keep_versions, KeepVersionsSource::Default),
+        },
+    };
     Ok(json(
         if created {
             StatusCode::CREATED
@@ -186,6 +239,8 @@ pub async fn put_account(
             shard_count: None,
             versions_on_other_backends: None,
             migration_job,
+            keep_versions,
+            keep_versions_source,
         },
     ))
 }
@@ -207,6 +262,7 @@ pub async fn get_account(
         .store
         .account_stats(&account, &placement.backend)
         .await?;
+    let (keep_versions, keep_versions_source) = retention_of(&state, &record);
     Ok(json(
         StatusCode::OK,
         AccountResponse {
@@ -217,6 +273,8 @@ pub async fn get_account(
             shard_count: Some(stats.shard_count),
             versions_on_other_backends: Some(stats.versions_elsewhere),
             migration_job: None,
+            keep_versions,
+            keep_versions_source,
         },
     ))
 }

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use shardgate_backends::ShardIdentity;
 use shardgate_store::{
-    IdempotencyRecord, Idempotent, IdempotentWrite, ShardVersionRow, StoreError,
+    IdempotencyRecord, Idempotent, IdempotentWrite, Retention, ShardVersionRow, StoreError,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 use tracing::Instrument as _;
@@ -45,6 +45,19 @@ pub struct PutShardResponse {
     pub version: i64,
     /// The backend that wrapped its data key.
     pub backend: String,
+    /// Versions of the shard this write crypto-shredded under the `keep_versions` retention
+    /// (account or `[retention]`), oldest first; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pruned_versions: Vec<PrunedVersion>,
+}
+
+/// Receipt of one version crypto-shredded by retention.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrunedVersion {
+    /// The destroyed version.
+    pub version: i64,
+    /// Its audit event id (`<chain>:<seq>`).
+    pub audit_event: String,
 }
 
 /// A shard and its version.
@@ -98,7 +111,7 @@ pub struct ShardListResponse {
     pub next_after: Option<String>,
 }
 
-/// Receipt of a shard crypto-shred.
+/// Receipt of a shard (or shard version) crypto-shred.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeleteShardResponse {
     /// Versions destroyed.
@@ -419,6 +432,9 @@ pub async fn put_shard(
         .backend(&placement.backend)
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "placement names no backend"))?
         .clone();
+    // Stamped once, so that re-sealing a pruned version's event gives the same record.
+    let prune_base = ctx.event("shard.prune").account(&account).shard(&shard);
+    let default_keep = i64::from(state.retention.keep_versions);
 
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let latest = state
@@ -467,6 +483,7 @@ pub async fn put_shard(
             wrapped_dek: sealed.wrapped.blob,
             nonce: sealed.nonce.to_vec(),
             ciphertext: sealed.ciphertext,
+            key_commitment: Some(sealed.commitment.to_vec()),
             created_at: crate::now_ms(),
             created_by: ctx.caller.name.clone(),
         };
@@ -477,20 +494,55 @@ pub async fn put_shard(
             .version(version)
             .backend(&placement.backend)
             .detail(format!("key_version={}", row.key_version));
-        let answer = PutShardResponse {
+        let mut guard = state.audit.lock().await?;
+        let audit = guard.begin(&event);
+        // Retention (account `keep_versions`, else `[retention]`) runs in the write's
+        // transaction; each pruned version gets an event chained after the write's own.
+        let prune_events = |pruned: &[i64]| -> Vec<crate::audit::Event> {
+            pruned
+                .iter()
+                .map(|v| {
+                    prune_base.clone().version(*v).detail(format!(
+                        "retention: pruned by the write of version {version}"
+                    ))
+                })
+                .collect()
+        };
+        let prune_records = |pruned: &[i64]| guard.seal_after(&audit, &prune_events(pruned));
+        let answer_for = |pruned: &[i64]| PutShardResponse {
             version,
             backend: placement.backend.clone(),
+            pruned_versions: pruned
+                .iter()
+                .zip(prune_records(pruned))
+                .map(|(v, r)| PrunedVersion {
+                    version: *v,
+                    audit_event: Auditor::event_id(&r),
+                })
+                .collect(),
+        };
+        let idem_for = |pruned: &[i64]| match &idem {
+            // Serialising an answer cannot fail.
+            Some(i) => i
+                .record(StatusCode::CREATED, &answer_for(pruned))
+                .unwrap_or_else(|_| unreachable!("an answer serialises")),
+            None => unreachable!("only called with an idempotency key"),
         };
         let record = match &idem {
-            Some(idem) => Some(idem.record(StatusCode::CREATED, &answer)?),
+            Some(idem) => Some(idem.record(StatusCode::CREATED, &answer_for(&[]))?),
             None => None,
         };
         let write = idem.as_ref().zip(record.as_ref()).map(|(i, r)| i.write(r));
-        let mut guard = state.audit.lock().await?;
-        let audit = guard.begin(&event);
+        let retention = Retention {
+            default_keep,
+            audit: &prune_records,
+            idem: idem
+                .is_some()
+                .then_some(&idem_for as shardgate_store::IdempotencyForPruned<'_>),
+        };
         let result = state
             .store
-            .insert_shard_version_idempotent(&row, &audit, write)
+            .insert_shard_version_retained(&row, &audit, write, Some(retention))
             .await;
         match result {
             Ok(Idempotent::Replay(rec)) => {
@@ -501,8 +553,19 @@ pub async fn put_shard(
                     |i| i.replay(rec),
                 );
             }
-            Ok(Idempotent::Done(())) => {
-                guard.finish(Some(&audit), &Ok::<(), StoreError>(())).await;
+            Ok(Idempotent::Done(pruned)) => {
+                let answer = answer_for(&pruned);
+                let last = prune_records(&pruned).pop().unwrap_or(audit);
+                guard.finish(Some(&last), &Ok::<(), StoreError>(())).await;
+                if !pruned.is_empty() {
+                    tracing::info!(
+                        account = %account,
+                        shard = %shard,
+                        version,
+                        pruned = ?pruned,
+                        "retention crypto-shredded older versions"
+                    );
+                }
                 if let Some(idem) = &idem {
                     idem.purge_now_and_then(&state);
                 }
@@ -641,6 +704,115 @@ pub async fn delete_shard(
         }
         Err(StoreError::ShardNotFound) => Err(not_found(&state, &account, &shard, None).await),
         Err(e) => Err(e.into()),
+    }
+}
+
+type VersionPath = Result<Path<(String, String, String)>, PathRejection>;
+
+/// Crypto-shred one version of a shard (e.g. the old share after an MPC key refresh).
+///
+/// Deletes the version's row (wrapped DEK, nonce, ciphertext, commitment) with its audit
+/// event in one transaction and answers a receipt. The other versions stay; deleting the
+/// latest makes the newest remaining version the one a read without `?version` answers (and
+/// the next write numbers from it); deleting the last one leaves no shard (404
+/// `shard_not_found`, as after a shard delete).
+#[utoipa::path(delete, path = "/v1/accounts/{account}/shards/{shard}/versions/{version}",
+    tag = "shards",
+    params(("account" = String, Path), ("shard" = String, Path),
+        ("version" = i64, Path, description = "the version to destroy, 1 or more"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "retry-safe delete: a retry with the same key replays the first answer")),
+    responses((status = 200, description = "receipt (destroyed_versions is 1)",
+        body = DeleteShardResponse)),
+    security(("bearer" = ["shards:delete"])))]
+pub async fn delete_shard_version(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    path: VersionPath,
+) -> Result<Response, ApiError> {
+    let Path((account, shard, version)) = path.map_err(path_error)?;
+    ids::check("account", &account)?;
+    ids::check("shard", &shard)?;
+    ctx.require(
+        &state,
+        Scope::ShardsDelete,
+        Some(&account),
+        "shard.version_delete",
+    )?;
+    let version = version
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "version must be an integer, 1 or more",
+            )
+        })?;
+    let idem = IdemKey::from_headers(
+        &state,
+        &headers,
+        &ctx,
+        "DELETE",
+        &format!("/v1/accounts/{account}/shards/{shard}/versions/{version}"),
+        &[],
+    )?;
+    if let Some(idem) = &idem {
+        if let Some(answer) = idem.lookup(&state).await? {
+            return Ok(answer);
+        }
+    }
+    let event = ctx
+        .event("shard.version_delete")
+        .account(&account)
+        .shard(&shard)
+        .version(version)
+        .detail("destroyed_versions=1");
+    let mut guard = state.audit.lock().await?;
+    let record = guard.begin(&event);
+    let receipt = DeleteShardResponse {
+        destroyed_versions: 1,
+        audit_event: Auditor::event_id(&record),
+    };
+    let idem_record = match &idem {
+        Some(i) => Some(i.record(StatusCode::OK, &receipt)?),
+        None => None,
+    };
+    let write = idem
+        .as_ref()
+        .zip(idem_record.as_ref())
+        .map(|(i, r)| i.write(r));
+    let result = state
+        .store
+        .delete_shard_version_idempotent(&account, &shard, version, &record, write)
+        .await;
+    match result {
+        Ok(Idempotent::Replay(rec)) => {
+            guard.finish(None, &Ok::<(), StoreError>(())).await;
+            idem.as_ref().map_or_else(
+                || Err(ApiError::new(ErrorCode::Internal, "unexpected replay")),
+                |i| i.replay(rec),
+            )
+        }
+        Ok(Idempotent::Done(())) => {
+            guard.finish(Some(&record), &Ok::<(), StoreError>(())).await;
+            if let Some(idem) = &idem {
+                idem.purge_now_and_then(&state);
+            }
+            Ok(json(StatusCode::OK, receipt))
+        }
+        Err(e) => {
+            let result = Err::<(), _>(e);
+            guard.finish(Some(&record), &result).await;
+            match result {
+                Err(StoreError::ShardNotFound) => {
+                    Err(not_found(&state, &account, &shard, Some(version)).await)
+                }
+                Err(e) => Err(e.into()),
+                Ok(()) => Err(ApiError::new(ErrorCode::Internal, "unreachable")),
+            }
+        }
     }
 }
 

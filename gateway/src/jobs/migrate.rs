@@ -15,7 +15,7 @@ use crate::config::MigrationConfig;
 use crate::envelope;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use shardgate_backends::{BackendError, ShardIdentity};
+use shardgate_backends::BackendError;
 use shardgate_store::{
     job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationJob, MigrationSelector,
     Transition,
@@ -600,9 +600,10 @@ impl<'a> Worker<'a> {
                 false,
             );
         };
-        let id = ShardIdentity::new(&row.account, &row.shard, row.version.unsigned_abs());
-        let wrapped = match envelope::wrapped_of(row) {
-            Ok((_, w)) => w,
+        // The row's own identity (its format included): a re-wrap keeps the row's format,
+        // so its ciphertext and key commitment stay valid.
+        let (id, wrapped) = match envelope::wrapped_of(row) {
+            Ok(pair) => pair,
             Err(e) => return (failed(backend_text(&e)), from, target, false),
         };
         let new = match dest.rewrap_from(&id, source.as_ref(), &wrapped).await {

@@ -184,6 +184,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         breaker: shardgate::breaker::BreakerConfig::default(),
         idempotency: shardgate::config::IdempotencyConfig::default(),
         log: shardgate::config::LogConfig::default(),
+        retention: shardgate::config::RetentionConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),

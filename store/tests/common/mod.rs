@@ -283,7 +283,7 @@ pub fn shard_row(account: &str, shard: &str, version: i64, backend: &str) -> Sha
         account: account.to_string(),
         shard: shard.to_string(),
         version,
-        format_version: 1,
+        format_version: 2,
         backend: backend.to_string(),
         key_ref: format!("{backend}/key"),
         key_version: 3,
@@ -294,6 +294,7 @@ pub fn shard_row(account: &str, shard: &str, version: i64, backend: &str) -> Sha
             &[0u8, 255, 7][..],
         ]
         .concat(),
+        key_commitment: Some(vec![(version as u8) ^ 0x3c; 32]),
         created_at: 1_700_000_000_000 + version,
         created_by: "writer".to_string(),
     }
