@@ -38,6 +38,7 @@ pub async fn run(keyring: &Path, shard_bytes: usize, threads: usize, seconds: u6
             ciphertext: sealed.ciphertext,
             created_at: 0,
             created_by: "bench".into(),
+            key_commitment: Some(sealed.commitment.to_vec()),
         });
     }
     let rows = Arc::new(rows);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// The columns the gateway's store reads (`SHARD_COLUMNS` in `store/src/postgres.rs`).
 const COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, key_version, \
-                       wrapped_dek, nonce, ciphertext, created_at, created_by";
+                       wrapped_dek, nonce, ciphertext, created_at, created_by, key_commitment";
 
 async fn pool(url: &str, connections: u32) -> Result<PgPool> {
     PgPoolOptions::new()
@@ -149,7 +149,7 @@ pub async fn pk_insert(
     .await
     .context("create the insert table (run on the gateway's database)")?;
     let sql: Arc<str> = format!(
-        "INSERT INTO {table} ({COLUMNS}) VALUES ($1, $2, 1, 1, 'local', $3, 1, $4, $5, $6, $7, 'bench')"
+        "INSERT INTO {table} ({COLUMNS}) VALUES ($1, $2, 1, 2, 'local', $3, 1, $4, $5, $6, $7, 'bench', $8)"
     )
     .into();
     let out = drive("pk_insert", concurrency, seconds, {
@@ -157,15 +157,17 @@ pub async fn pk_insert(
         move |i| {
             let (pool, sql) = (pool.clone(), sql.clone());
             async move {
-                let (wrapped, nonce, ct) = {
+                let (wrapped, nonce, ct, commitment) = {
                     let mut rng = rand::thread_rng();
                     let mut wrapped = vec![0u8; 60];
                     let mut nonce = vec![0u8; 12];
                     let mut ct = vec![0u8; shard_bytes + 16];
+                    let mut commitment = vec![0u8; 32];
                     rng.fill(&mut wrapped[..]);
                     rng.fill(&mut nonce[..]);
                     rng.fill(&mut ct[..]);
-                    (wrapped, nonce, ct)
+                    rng.fill(&mut commitment[..]);
+                    (wrapped, nonce, ct, commitment)
                 };
                 sqlx::query(&sql)
                     .bind(format!("bench-{i:09}"))
@@ -175,6 +177,7 @@ pub async fn pk_insert(
                     .bind(nonce)
                     .bind(ct)
                     .bind(0i64)
+                    .bind(commitment)
                     .execute(&pool)
                     .await?;
                 Ok(())
