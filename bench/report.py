@@ -594,19 +594,27 @@ def main():
         folded = read(os.path.join(rawdir, "folded-%s.txt" % b))
         if not folded:
             continue
-        leaves, total = {}, 0
+        leaves, incl, total = {}, {}, 0
         for line in folded.splitlines():
             stack, _, n = line.rpartition(" ")
             try:
                 n = int(n)
             except ValueError:
                 continue
-            leaf = stack.split(";")[-1]
-            leaves[leaf] = leaves.get(leaf, 0) + n
+            frames = stack.split(";")
+            leaves[frames[-1]] = leaves.get(frames[-1], 0) + n
+            for f in set(frames):
+                incl[f] = incl.get(f, 0) + n
             total += n
         top = sorted(leaves.items(), key=lambda kv: -kv[1])[:12]
-        profiles[b] = {"samples": total, "svg": "flamegraphs/get-%s.svg" % b,
-                       "top_leaves": [{"frame": f, "share": n / total if total else None} for f, n in top]}
+        # Inclusive shares of the project's own functions (and the store/HSM calls they make).
+        ours = sorted(((f, n) for f, n in incl.items()
+                       if re.match(r"<?(shardgate|sqlx_core::pool|sqlx_postgres::connection::PgConnection as "
+                                   r"sqlx_core::connection::Connection>::ping|C_Decrypt|C_Encrypt)", f)),
+                      key=lambda kv: -kv[1])[:10]
+        profiles[b] = {"weight": total, "svg": "flamegraphs/get-%s.svg" % b,
+                       "top_leaves": [{"frame": f, "share": n / total if total else None} for f, n in top],
+                       "top_inclusive_ours": [{"frame": f, "share": n / total if total else None} for f, n in ours]}
     flame_cmd = (read(os.path.join(rawdir, "flame.cmd"), "") or "").strip()
 
     goals = [
@@ -935,8 +943,12 @@ def main():
           "most samples (self time):")
         w("")
         for b, p in profiles.items():
-            w("**%s** (%d samples): %s" % (b, p["samples"], "; ".join(
+            w("**%s**, self: %s" % (b, "; ".join(
                 "`%s` %.1f%%" % (t["frame"][:80].replace("`", "'"), (t["share"] or 0) * 100) for t in p["top_leaves"][:8])))
+            w("")
+            w("**%s**, inclusive (our functions, the pool, the HSM): %s" % (b, "; ".join(
+                "`%s` %.1f%%" % (t["frame"][:90].replace("`", "'"), (t["share"] or 0) * 100)
+                for t in p["top_inclusive_ours"])))
             w("")
         w("```sh")
         w(flame_cmd)

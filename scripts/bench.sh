@@ -317,9 +317,6 @@ stop_gateway() {
     write_state
 }
 start_gateway main
-mkdir -p "$RES/rss"
-sleep 1
-rss_kb >"$RES/rss/idle_fresh_kb"
 
 scrape_metrics() { curl -s -m 5 -H @"$WORK/secrets/auth.header" "$BASE/metrics" >"$1" 2>/dev/null || true; }
 CLK_TCK=$(getconf CLK_TCK)
@@ -328,6 +325,9 @@ gw_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/${RUN_PID:-$GW_PID}/stat" 2>/d
 # holds no space, so the fields count from the left; cat skips processes that just ended).
 pg_cpu_ticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" { t += $14 + $15 } END { print t + 0 }'; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/${1:-$GW_PID}/status" 2>/dev/null || echo 0; }
+mkdir -p "$RES/rss"
+sleep 1
+rss_kb >"$RES/rss/idle_fresh_kb"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Data set
@@ -441,8 +441,8 @@ run_open_loop() { # run_open_loop ROUND
     peak=$(python3 -c 'import json,sys; l=[x for x in open(sys.argv[1]) if x.startswith("SGJSON ")][0]; w=json.loads(l[7:]); print(int(w["requests"] / (w["duration_us"] / 1e6)))' "$RES/runs/get-local-r$r/wrk.out")
     rate=$((peak / 2))
     mkdir -p "$dir"
-    # A regex that oha expands: the dots of the address are escaped.
-    url="$(printf '%s' "$BASE" | sed 's/\./\\./g')/v1/accounts/$(prefix_of local)$(open_loop_regex)/shards/s0"
+    # A regex that oha expands: the dots of the address as [.] (oha does not honour \.).
+    url="$(printf '%s' "$BASE" | sed 's/\./[.]/g')/v1/accounts/$(prefix_of local)$(open_loop_regex)/shards/s0"
     echo "oha --no-tui --output-format json -z ${DURATION}s -q $rate -c $CONNS --latency-correction -H 'Authorization: Bearer \$TOKEN' --rand-regex-url '$url'" >"$dir/cmd"
     echo "{\"peak_rps\": $peak, \"rate\": $rate, \"round\": $r}" >"$dir/open.json"
     "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNS" --latency-correction \
