@@ -18,6 +18,7 @@ pub mod error;
 pub mod files;
 pub mod hygiene;
 pub mod ids;
+pub mod integrity;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
