@@ -22,6 +22,7 @@ pub mod integrity;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 
