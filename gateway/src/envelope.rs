@@ -81,6 +81,10 @@ pub fn wrapped_of(row: &ShardVersionRow) -> Result<(ShardIdentity, WrappedKey), 
 
 /// Open a row's ciphertext with its already unwrapped data key.
 pub fn open_with(dek: &DataKey, row: &ShardVersionRow) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    if row.nonce.len() != NONCE_LEN {
+        // `Nonce::from_slice` would panic on any other length (found by fuzz/open_row).
+        return Err(BackendError::Integrity);
+    }
     let id = identity_of(row)?;
     let aad = id.aad();
     let plain = Aes256Gcm::new(dek.expose().into())

@@ -18,6 +18,7 @@
 //! | slowloris headers | connection closed `header_read_ms` after its first byte | `timeouts.rs::slow_headers_are_cut_off_by_the_header_read_timeout`; many at once: [`many_slowloris_connections_do_not_starve_real_requests`] |
 //! | slow body (declared length / chunked) | 400 `invalid_request` after `body_read_ms` | `timeouts.rs::trickled_body_is_cut_off_by_the_body_read_timeout`; chunked: [`trickled_chunked_body_is_cut_off_by_the_body_read_timeout`] |
 //! | a request flood from one identity | 429 `rate_limited` + `Retry-After` past `[limits] rate_per_identity_per_sec`; other identities unaffected; spoofed forwarding headers do not help | [`a_flood_from_one_identity_is_rate_limited_and_others_are_not`] |
+//! | a stored nonce of the wrong length handed to `envelope::open_with` (found by `fuzz/open_row`) | `Integrity`, no panic | [`open_with_refuses_a_nonce_of_the_wrong_length_without_panicking`]; the fuzz targets themselves run in `scripts/test.sh` |
 //! | a secret (token, shard, key) in a log or the audit table | never | `api.rs::tokens_never_appear_in_audit_rows`, `api.rs::stored_bytes_never_contain_the_plaintext`, the secret scan of `scripts/test.sh` over every log |
 //!
 //! Not covered by the envelope (by design): deleting a newer version's row rolls a shard back
@@ -1608,4 +1609,37 @@ async fn a_flood_from_one_identity_is_rate_limited_and_others_are_not() {
         )
         .await;
     assert_eq!(r.code(), "unauthenticated");
+}
+
+// ------------------------------------------------------------------------------------------
+// Regressions found by the fuzzers (fuzz/)
+// ------------------------------------------------------------------------------------------
+
+/// Found by `fuzz/open_row` (its input is kept in `fuzz/seeds/open_row/`): `open_with`
+/// panicked in `Nonce::from_slice` on a stored nonce that is not 12 bytes. The routes check
+/// the length first (`wrapped_of`); `open_with` no longer relies on it.
+#[test]
+fn open_with_refuses_a_nonce_of_the_wrong_length_without_panicking() {
+    let key = shardgate_backends::DataKey::from_slice(&[7u8; 32]).unwrap();
+    for len in [0, 1, 11, 13, 64] {
+        let row = shardgate_store::ShardVersionRow {
+            account: "acct-1".into(),
+            shard: "s".into(),
+            version: 1,
+            format_version: 1,
+            backend: "local".into(),
+            key_ref: "k".into(),
+            key_version: 1,
+            wrapped_dek: vec![0; 60],
+            nonce: vec![0; len],
+            ciphertext: vec![0; 32],
+            created_at: 0,
+            created_by: "t".into(),
+        };
+        assert_eq!(
+            shardgate::envelope::open_with(&key, &row).unwrap_err(),
+            shardgate_backends::BackendError::Integrity,
+            "nonce of {len} bytes"
+        );
+    }
 }
