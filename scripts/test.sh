@@ -18,6 +18,8 @@
 #                                 the secret scan, clean up; no cargo
 #   SHARDGATE_TEST_NEXTEST_PROFILE  nextest profile (default: ci from .config/nextest.toml)
 #   SHARDGATE_TEST_NO_NEXTEST=1   use `cargo test --workspace` even if cargo-nextest is installed
+#   SHARDGATE_TEST_FUZZ_SECS      seconds each fuzz target runs after the suite (default 30; 0
+#                                 skips the fuzz smoke run; it only runs without extra arguments)
 #
 # Exported to the tests:
 #   SHARDGATE_TEST_DATABASE_URL   postgres://postgres@127.0.0.1:5432/shardgate_test_XXXXXXXX
@@ -45,6 +47,8 @@ source "$SCRIPT_DIR/lib/common.sh"
 source "$SCRIPT_DIR/lib/services.sh"
 # shellcheck source=scripts/lib/secret-scan.sh
 source "$SCRIPT_DIR/lib/secret-scan.sh"
+# shellcheck source=scripts/lib/fuzz.sh
+source "$SCRIPT_DIR/lib/fuzz.sh"
 
 RUN_CMD=()
 if [ "${1:-}" = "--run" ]; then
@@ -252,6 +256,22 @@ elif [ "$USE_NEXTEST" = 1 ]; then
 else
     # cargo test runs unit, integration and doc tests in one go.
     run_logged cargo test "${scope_args[@]}" --no-fail-fast "$@"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6b. Fuzz smoke run (after the suite; only for a whole run): every target keeps building and
+#     finds nothing in SHARDGATE_TEST_FUZZ_SECS seconds. A crash fails the run.
+# ---------------------------------------------------------------------------------------------
+FUZZ_SECS=${SHARDGATE_TEST_FUZZ_SECS:-30}
+if [ "${SHARDGATE_TEST_SETUP_ONLY:-}" != 1 ] && [ "${#RUN_CMD[@]}" -eq 0 ] && [ "$#" -eq 0 ]; then
+    if [ "$FUZZ_SECS" = 0 ]; then
+        sg_log "SHARDGATE_TEST_FUZZ_SECS=0: fuzz smoke run skipped"
+    elif sg_ensure_cargo_fuzz; then
+        # (outside strict mode a cargo-fuzz that cannot be installed was a loud skip)
+        run_logged sg_fuzz_smoke "$FUZZ_SECS" "$LOG_DIR/fuzz"
+    fi
+elif [ "$#" -gt 0 ]; then
+    sg_log "extra arguments given: fuzz smoke run skipped"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,16 @@ pub async fn run(backend: &dyn KeyBackend) -> Result<(), Failure> {
         "unwrap returned another key",
     )?;
 
+    // It recognises the key reference of its own wraps, and claims no other.
+    check(
+        backend.holds_key_ref(&wrapped.key_ref),
+        "does not hold the key_ref of its own wrap",
+    )?;
+    check(
+        !backend.holds_key_ref("shardgate-conformance:not-a-key-ref"),
+        "claims a foreign key_ref",
+    )?;
+
     let (dek2, wrapped2) = backend
         .generate_data_key(&id)
         .await

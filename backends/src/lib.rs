@@ -139,6 +139,15 @@ pub trait KeyBackend: Send + Sync + 'static {
         out
     }
 
+    /// Whether `key_ref` names a KEK of this backend instance, i.e. whether a wrap with this
+    /// reference can only have been made here (no I/O). The gateway asks it when a stored
+    /// row's backend refuses its key: a reference that another configured instance holds
+    /// means the row's `backend` column was changed (tampering), not that a key is missing.
+    /// The default (`false`) claims nothing.
+    fn holds_key_ref(&self, _key_ref: &str) -> bool {
+        false
+    }
+
     /// Current health, cheap enough for a readiness probe.
     async fn health(&self) -> Health;
 

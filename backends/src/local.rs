@@ -534,6 +534,10 @@ impl KeyBackend for LocalBackend {
         "local"
     }
 
+    fn holds_key_ref(&self, key_ref: &str) -> bool {
+        self.with_keyring(|k| k.id == key_ref)
+    }
+
     async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError> {
         self.with_keyring(|k| {
             let version = k

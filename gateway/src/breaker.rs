@@ -394,6 +394,10 @@ impl KeyBackend for Guarded {
         self.inner.name()
     }
 
+    fn holds_key_ref(&self, key_ref: &str) -> bool {
+        self.inner.holds_key_ref(key_ref)
+    }
+
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }

@@ -227,6 +227,15 @@ pub struct Limits {
     /// Largest page of the shard list.
     #[serde(default = "d_page")]
     pub list_max_limit: i64,
+    /// Requests per second one authenticated identity (token name) may make, as a token
+    /// bucket refilled at this rate; past it, 429 `rate_limited` with `Retry-After`. `0`
+    /// (the default) turns the limit off.
+    #[serde(default)]
+    pub rate_per_identity_per_sec: u32,
+    /// Requests an identity may make at once after being idle (the bucket's size); `0` (the
+    /// default) means one second's worth, `rate_per_identity_per_sec`.
+    #[serde(default)]
+    pub rate_per_identity_burst: u32,
 }
 
 /// `[idempotency]`: the stored first answers of `PUT`/`DELETE` requests made with an
@@ -272,6 +281,8 @@ impl Default for Limits {
             max_shard_bytes: d_shard(),
             batch_max_items: d_batch(),
             list_max_limit: d_page(),
+            rate_per_identity_per_sec: 0,
+            rate_per_identity_burst: 0,
         }
     }
 }
@@ -614,6 +625,11 @@ impl Config {
         if self.idempotency.window_secs == 0 {
             return Err(ConfigError::Invalid(
                 "idempotency.window_secs must be greater than zero".into(),
+            ));
+        }
+        if self.limits.rate_per_identity_per_sec == 0 && self.limits.rate_per_identity_burst != 0 {
+            return Err(ConfigError::Invalid(
+                "limits.rate_per_identity_burst needs limits.rate_per_identity_per_sec (0 turns the rate limit off)".into(),
             ));
         }
         if self.limits.list_max_limit < 1 {

@@ -163,6 +163,10 @@ pub fn wrapped_of(row: &ShardVersionRow) -> Result<(ShardIdentity, WrappedKey), 
 /// Open a row's ciphertext with its already unwrapped data key: for format 2, only once the
 /// key matches the row's commitment (a wrong key is refused even if it opens the ciphertext).
 pub fn open_with(dek: &DataKey, row: &ShardVersionRow) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    if row.nonce.len() != NONCE_LEN {
+        // `Nonce::from_slice` would panic on any other length (found by fuzz/open_row).
+        return Err(BackendError::Integrity);
+    }
     let (id, _) = wrapped_of(row)?;
     check_commitment(dek, &id, row)?;
     let aad = id.aad();

@@ -178,17 +178,12 @@ impl IntoResponse for ApiError {
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         match e {
-            BackendError::Integrity => {
-                tracing::error!(
-                    alert = "integrity_failure",
-                    "stored envelope failed to open"
-                );
-                metrics::counter!("shardgate_integrity_failures_total").increment(1);
-                ApiError::new(
-                    ErrorCode::IntegrityFailure,
-                    "the stored envelope failed its integrity check",
-                )
-            }
+            // Logged and counted (with the row's backend) where a stored row is opened:
+            // `crate::integrity::open_error`.
+            BackendError::Integrity => ApiError::new(
+                ErrorCode::IntegrityFailure,
+                "the stored envelope failed its integrity check",
+            ),
             BackendError::KeyUnusable(reason) => {
                 tracing::warn!(%reason, "backend refused the key");
                 ApiError::new(ErrorCode::KeyUnusable, "the backend refused the key")

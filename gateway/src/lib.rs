@@ -18,9 +18,11 @@ pub mod error;
 pub mod files;
 pub mod hygiene;
 pub mod ids;
+pub mod integrity;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 

@@ -83,6 +83,10 @@ fn describe() {
         "Audit events written by the batching writer"
     );
     describe_counter!(
+        "shardgate_integrity_failures_total",
+        "Stored shard versions that failed their integrity check when opened (tampering or corruption), by the row's backend"
+    );
+    describe_counter!(
         "shardgate_audit_failures_total",
         "Batched audit writes that failed"
     );

@@ -35,6 +35,8 @@ pub struct Inner {
     pub audit: Arc<Auditor>,
     /// Size limits.
     pub limits: Limits,
+    /// Per-identity request rate limit (`None`: off).
+    pub rate_limiter: Option<crate::ratelimit::IdentityLimiter>,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Migration settings.
@@ -253,6 +255,7 @@ impl AppState {
                 auth,
                 audit,
                 limits: cfg.limits.clone(),
+                rate_limiter: crate::ratelimit::IdentityLimiter::from_limits(&cfg.limits),
                 timeouts: cfg.timeouts.clone(),
                 migration: cfg.migration.clone(),
                 idempotency: cfg.idempotency.clone(),

@@ -238,7 +238,9 @@ async fn batch_get_isolates_a_tampered_item(h: Harness) {
     h.db
         .exec("UPDATE shard_versions SET wrapped_dek = (SELECT wrapped_dek FROM shard_versions WHERE shard='a') WHERE shard='b'")
         .await;
-    h.db.exec("UPDATE shard_versions SET backend = 'nowhere' WHERE shard='c'")
+    // A key reference no configured backend holds: key_unusable. (A rewritten `backend`
+    // column is an integrity failure: attacks.rs.)
+    h.db.exec("UPDATE shard_versions SET key_ref = 'nowhere' WHERE shard='c'")
         .await;
     let r = h
         .call(

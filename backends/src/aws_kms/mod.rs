@@ -131,6 +131,9 @@ pub struct KmsBackend {
     generate_calls: AtomicU64,
     encrypt_calls: AtomicU64,
     reencrypt_calls: AtomicU64,
+    /// The key ARN KMS answered for this instance's wraps (learned from the first answer:
+    /// the configured `key_id` may be an alias).
+    answered_key_ref: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for KmsBackend {
@@ -280,6 +283,7 @@ impl KmsBackend {
             generate_calls: AtomicU64::new(0),
             encrypt_calls: AtomicU64::new(0),
             reencrypt_calls: AtomicU64::new(0),
+            answered_key_ref: std::sync::OnceLock::new(),
         })
     }
 
@@ -288,6 +292,14 @@ impl KmsBackend {
         let mut s = self.cache.as_ref().map(DekCache::stats).unwrap_or_default();
         s.decrypt_calls = self.decrypt_calls.load(Ordering::Relaxed);
         s
+    }
+
+    /// The key reference of a wrap KMS answered (its key ARN, else the configured id), noted
+    /// for [`KeyBackend::holds_key_ref`].
+    fn key_ref_of(&self, answered: Option<String>) -> String {
+        let key_ref = answered.unwrap_or_else(|| self.key_id.clone());
+        let _ = self.answered_key_ref.set(key_ref.clone());
+        key_ref
     }
 
     /// The configured key id (as given: id, ARN or alias).
@@ -349,7 +361,7 @@ impl KmsBackend {
             .await
             .map_err(gave_up)??;
         Ok(WrappedKey {
-            key_ref: out.key_id.unwrap_or_else(|| self.key_id.clone()),
+            key_ref: self.key_ref_of(out.key_id),
             key_version: KMS_KEY_VERSION,
             blob: out
                 .ciphertext_blob
@@ -367,6 +379,18 @@ impl KeyBackend for KmsBackend {
 
     fn kind(&self) -> &'static str {
         "aws-kms"
+    }
+
+    /// Wraps record the key ARN KMS answers. It is recognised when the configured `key_id`
+    /// is that ARN or the bare key id in it, or once this process has seen KMS answer it (a
+    /// key configured by alias is known after its first wrap).
+    fn holds_key_ref(&self, key_ref: &str) -> bool {
+        key_ref == self.key_id
+            || self.answered_key_ref.get().is_some_and(|k| k == key_ref)
+            || (key_ref.starts_with("arn:")
+                && key_ref
+                    .rsplit_once(":key/")
+                    .is_some_and(|(_, id)| id == self.key_id))
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -403,7 +427,7 @@ impl KeyBackend for KmsBackend {
         Ok((
             dek,
             WrappedKey {
-                key_ref: out.key_id.take().unwrap_or_else(|| self.key_id.clone()),
+                key_ref: self.key_ref_of(out.key_id.take()),
                 key_version: KMS_KEY_VERSION,
                 blob,
             },
@@ -428,7 +452,7 @@ impl KeyBackend for KmsBackend {
             .await
             .map_err(gave_up)??;
         Ok(WrappedKey {
-            key_ref: out.key_id.unwrap_or_else(|| self.key_id.clone()),
+            key_ref: self.key_ref_of(out.key_id),
             key_version: KMS_KEY_VERSION,
             blob: out
                 .ciphertext_blob

@@ -949,6 +949,10 @@ impl KeyBackend for Pkcs11Backend {
         &self.inner.core.name
     }
 
+    fn holds_key_ref(&self, key_ref: &str) -> bool {
+        key_ref == self.inner.core.cfg.kek_label
+    }
+
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
     }

@@ -1,6 +1,6 @@
 //! `POST /v1/shards:batchGet`: many reads in one request, one result per item, in order.
 
-use super::shards::{row_backend, Opened};
+use super::shards::Opened;
 use super::{json, ApiJson, Ctx};
 use crate::auth::Scope;
 use crate::envelope;
@@ -121,18 +121,14 @@ pub async fn batch_get(
         }
     }
     for (name, indices) in by_backend {
-        let backend = match indices.first().and_then(|i| rows[*i].as_ref()) {
-            Some(row) => row_backend(&state, row),
-            None => continue,
-        };
-        let backend = match backend {
-            Ok(b) => b,
-            Err(e) => {
-                for i in indices {
-                    opened[i] = Some(Err(e.clone()));
+        let Some(backend) = state.backend(&name).cloned() else {
+            // Not configured: each row's own verdict (a misfiled row is an integrity failure).
+            for i in indices {
+                if let Some(row) = rows[i].as_ref() {
+                    opened[i] = Some(Err(crate::integrity::unconfigured_backend(&state, row)));
                 }
-                continue;
             }
+            continue;
         };
         let mut pending = Vec::with_capacity(indices.len());
         let mut pairs = Vec::with_capacity(indices.len());
@@ -145,7 +141,7 @@ pub async fn batch_get(
                     pending.push(i);
                     pairs.push(pair);
                 }
-                Err(e) => opened[i] = Some(Err(e.into())),
+                Err(e) => opened[i] = Some(Err(crate::integrity::open_error(&state, row, e))),
             }
         }
         let deks = backend.unwrap_many(&pairs).await;
@@ -163,7 +159,7 @@ pub async fn batch_get(
                     version: row.version,
                     backend: row.backend.clone(),
                 })
-                .map_err(ApiError::from);
+                .map_err(|e| crate::integrity::open_error(&state, row, e));
             opened[i] = Some(result);
         }
     }

@@ -116,15 +116,30 @@ impl FromRequestParts<AppState> for Ctx {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let rid = request_id(parts);
-        let authz = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or("\u{0}"));
-        match state.auth.authenticate(authz) {
-            Ok(caller) => Ok(Ctx {
-                caller,
-                request_id: rid,
-            }),
+        let mut presented = parts.headers.get_all(header::AUTHORIZATION).iter();
+        let first = presented.next();
+        let authenticated = if presented.next().is_some() {
+            // Two credentials are ambiguous (which one is the caller?): neither counts.
+            Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "more than one Authorization header",
+            ))
+        } else {
+            state
+                .auth
+                .authenticate(first.map(|v| v.to_str().unwrap_or("\u{0}")))
+        };
+        match authenticated {
+            Ok(caller) => {
+                // After authentication: the bucket is the verified identity's.
+                if let Some(limiter) = &state.rate_limiter {
+                    limiter.check(&caller.name)?;
+                }
+                Ok(Ctx {
+                    caller,
+                    request_id: rid,
+                })
+            }
             Err(e) => {
                 let mut ev = Event::new(&rid, "anonymous", "auth").detail(format!(
                     "{} {}",

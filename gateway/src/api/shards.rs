@@ -306,8 +306,10 @@ pub(crate) async fn fetch(
     version: Option<i64>,
 ) -> Result<Opened, ApiError> {
     let row = load(state, account, shard, version).await?;
-    let backend = row_backend(state, &row)?;
-    let plaintext = envelope::open(backend.as_ref(), &row).await?;
+    let backend = crate::integrity::row_backend(state, &row)?;
+    let plaintext = envelope::open(backend.as_ref(), &row)
+        .await
+        .map_err(|e| crate::integrity::open_error(state, &row, e))?;
     Ok(Opened {
         plaintext,
         version: row.version,
@@ -338,20 +340,6 @@ pub(crate) async fn load(
         Some(row) => Ok(row),
         None => Err(not_found(state, account, shard, version).await),
     }
-}
-
-/// The backend recorded on a row. Reads never consult the policy.
-pub(crate) fn row_backend(
-    state: &AppState,
-    row: &ShardVersionRow,
-) -> Result<std::sync::Arc<dyn shardgate_backends::KeyBackend>, ApiError> {
-    state.backend(&row.backend).cloned().ok_or_else(|| {
-        tracing::error!(backend = %row.backend, "stored version names a backend that is not configured");
-        ApiError::new(
-            ErrorCode::KeyUnusable,
-            "the version's backend is not configured on this gateway",
-        )
-    })
 }
 
 pub(crate) async fn not_found(
