@@ -170,6 +170,16 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 command -v wrk >/dev/null 2>&1 || sg_die "wrk is required (apt-get install wrk)"
 command -v curl >/dev/null 2>&1 || sg_apt_install curl || sg_die "curl is required"
+# oha (open-loop latency) and inferno (flamegraphs) come from crates.io, built once.
+export PATH="$PATH:$HOME/.cargo/bin"
+if ! command -v oha >/dev/null 2>&1 && [ "$ONLY" = all ]; then
+    blog "installing oha (cargo install oha --locked; once)"
+    cargo install oha --locked >&2 || sg_die "oha is required for the open-loop figure (cargo install oha)"
+fi
+if ! command -v inferno-flamegraph >/dev/null 2>&1 && [ "$ONLY" = all ]; then
+    blog "installing inferno (cargo install inferno --locked; once)"
+    cargo install inferno --locked >&2 || blog "inferno could not be installed: no flamegraphs"
+fi
 sweep_stale_runs
 
 blog "release build (CARGO_TARGET_DIR=$TARGET)"
@@ -435,7 +445,7 @@ run_floors() { # run_floors ROUND
 
 # Open loop: GETs on the local set at half of this round's closed-loop peak, with oha's
 # latency correction (a request is timed from when it was due, not when a connection was free).
-OHA=$(command -v oha || echo "$HOME/.cargo/bin/oha")
+OHA=$(command -v oha)
 run_open_loop() { # run_open_loop ROUND
     local r=$1 peak rate dir=$RES/runs/open-local-r$1 url
     peak=$(python3 -c 'import json,sys; l=[x for x in open(sys.argv[1]) if x.startswith("SGJSON ")][0]; w=json.loads(l[7:]); print(int(w["requests"] / (w["duration_us"] / 1e6)))' "$RES/runs/get-local-r$r/wrk.out")
@@ -525,7 +535,6 @@ FLAME_DIR=$OUT_DIR/flamegraphs
 if ! command -v perf >/dev/null 2>&1; then sg_apt_install linux-perf || true; fi
 INFERNO_COLLAPSE=$(command -v inferno-collapse-perf || echo "$HOME/.cargo/bin/inferno-collapse-perf")
 INFERNO_FLAME=$(command -v inferno-flamegraph || echo "$HOME/.cargo/bin/inferno-flamegraph")
-if [ ! -x "$INFERNO_FLAME" ]; then cargo install inferno --locked >"$LOG/inferno-install.log" 2>&1 || true; fi
 if command -v perf >/dev/null 2>&1 && [ -x "$INFERNO_FLAME" ] && [ -x "$INFERNO_COLLAPSE" ]; then
     mkdir -p "$FLAME_DIR"
     for b in local hsm kms; do

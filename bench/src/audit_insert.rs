@@ -34,8 +34,12 @@ pub async fn run(url: &str, concurrency: usize, seconds: u64) -> Result<()> {
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let (auditor, measuring, stop, done) =
-            (auditor.clone(), measuring.clone(), stop.clone(), done.clone());
+        let (auditor, measuring, stop, done) = (
+            auditor.clone(),
+            measuring.clone(),
+            stop.clone(),
+            done.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {

@@ -268,8 +268,11 @@ async fn main() -> Result<()> {
         "kms-decrypt" => kms_decrypt(&args).await,
         "migrate-raw" => migrate_raw(&args).await,
         "null-route" => {
-            null_route::run(&args.opt("listen", "127.0.0.1:0"), args.num("shard-bytes", 64)?)
-                .await
+            null_route::run(
+                &args.opt("listen", "127.0.0.1:0"),
+                args.num("shard-bytes", 64)?,
+            )
+            .await
         }
         "pk-select" => {
             sql::pk_select(

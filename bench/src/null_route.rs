@@ -39,46 +39,51 @@ struct PutShardResponse {
 /// Serve on `listen` until killed; prints `{"listening": ADDR}` once bound.
 pub async fn run(listen: &str, shard_bytes: usize) -> Result<()> {
     let body: Arc<str> = B64.encode(vec![0x5au8; shard_bytes]).into();
-    let app = Router::new().route(
-        "/v1/accounts/{account}/shards/{shard}",
-        get({
-            let body = body.clone();
-            move |Path((account, shard)): Path<(String, String)>| {
+    let app =
+        Router::new().route(
+            "/v1/accounts/{account}/shards/{shard}",
+            get({
                 let body = body.clone();
-                async move {
-                    // The same work on the ids a real route does first: look at them.
-                    let ok = !account.is_empty() && !shard.is_empty();
-                    let status = if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST };
-                    (
-                        status,
-                        [(header::CACHE_CONTROL, "no-store")],
-                        Json(ShardResponse {
-                            shard: &body,
-                            version: 1,
-                            backend: "local",
-                        }),
-                    )
-                        .into_response()
+                move |Path((account, shard)): Path<(String, String)>| {
+                    let body = body.clone();
+                    async move {
+                        // The same work on the ids a real route does first: look at them.
+                        let ok = !account.is_empty() && !shard.is_empty();
+                        let status = if ok {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::BAD_REQUEST
+                        };
+                        (
+                            status,
+                            [(header::CACHE_CONTROL, "no-store")],
+                            Json(ShardResponse {
+                                shard: &body,
+                                version: 1,
+                                backend: "local",
+                            }),
+                        )
+                            .into_response()
+                    }
                 }
-            }
-        })
-        .put(
-            |Path((_account, _shard)): Path<(String, String)>,
-             Json(req): Json<PutShardRequest>| async move {
-                match B64.decode(req.shard.as_bytes()) {
-                    Ok(_) => (
-                        StatusCode::CREATED,
-                        Json(PutShardResponse {
-                            version: 1,
-                            backend: "local",
-                        }),
-                    )
-                        .into_response(),
-                    Err(_) => StatusCode::BAD_REQUEST.into_response(),
-                }
-            },
-        ),
-    );
+            })
+            .put(
+                |Path((_account, _shard)): Path<(String, String)>,
+                 Json(req): Json<PutShardRequest>| async move {
+                    match B64.decode(req.shard.as_bytes()) {
+                        Ok(_) => (
+                            StatusCode::CREATED,
+                            Json(PutShardResponse {
+                                version: 1,
+                                backend: "local",
+                            }),
+                        )
+                            .into_response(),
+                        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+                    }
+                },
+            ),
+        );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;

@@ -33,7 +33,12 @@ pub fn postgres_ticks() -> u64 {
         return 0;
     };
     dir.filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
         .filter_map(|s| ticks_of(&s))
         .filter(|(comm, _)| comm == "postgres")

@@ -934,7 +934,11 @@ impl Inner {
         let before = core.stats.finds.load(Ordering::Relaxed);
         let out = core.establish(false);
         if background {
-            let made = core.stats.finds.load(Ordering::Relaxed).saturating_sub(before);
+            let made = core
+                .stats
+                .finds
+                .load(Ordering::Relaxed)
+                .saturating_sub(before);
             core.stats
                 .background_finds
                 .fetch_add(made, Ordering::Relaxed);
@@ -969,7 +973,10 @@ impl KeyBackend for Pkcs11Backend {
             Stat::new("pool_recoveries_total", p.recoveries),
             Stat::new("pool_session_overlaps_total", p.session_overlaps),
             Stat::new("find_objects_calls_total", p.find_calls),
-            Stat::new("find_objects_background_calls_total", p.background_find_calls),
+            Stat::new(
+                "find_objects_background_calls_total",
+                p.background_find_calls,
+            ),
         ]
     }
 

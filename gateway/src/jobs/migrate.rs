@@ -379,18 +379,20 @@ impl<'a> Worker<'a> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            // Pace per batch: the batch's re-wraps take their slots up front.
+            // Pace per item: a batch's re-wraps start at their own slots, `pace` apart, so a
+            // batch re-wrapped `concurrency` at a time is not a burst on the target backend
+            // (online reads share it); at a rate that does not bound the job the slots are
+            // all due at once.
             let now = Instant::now();
-            if next_slot > now {
-                tokio::time::sleep(next_slot - now).await;
-            }
+            let first = next_slot.max(now);
             let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
-            next_slot = next_slot.max(now) + pace.saturating_mul(n);
+            next_slot = first + pace.saturating_mul(n);
             // Whatever a batch waits on (a backend, the database, the audit chain), it never
             // holds the job past its lease: once that ran out its items are free for anyone,
             // so the worker drops the batch (a dropped commit rolls back) and claims again.
-            let lease = Duration::from_millis(self.cfg.lease_ms.max(1));
-            match tokio::time::timeout(lease, self.batch(&job, &items)).await {
+            // (The lease counts from the claim; waiting for the slots is not the batch's fault.)
+            let lease = Duration::from_millis(self.cfg.lease_ms.max(1)) + (next_slot - now);
+            match tokio::time::timeout(lease, self.batch(&job, &items, first, pace)).await {
                 Ok(r) => r?,
                 Err(_) => {
                     tracing::warn!(job = %id, items = items.len(), lease_ms = self.cfg.lease_ms, "migration batch outlived its lease; dropped (its items are claimed again)");
@@ -429,12 +431,29 @@ impl<'a> Worker<'a> {
 
     /// Re-wrap a claimed batch (up to `concurrency` items at once) and commit every outcome
     /// in one transaction, one audit event per item.
-    async fn batch(&self, job: &MigrationJob, items: &[ClaimedItem]) -> Result<(), ApiError> {
+    async fn batch(
+        &self,
+        job: &MigrationJob,
+        items: &[ClaimedItem],
+        first: Instant,
+        pace: Duration,
+    ) -> Result<(), ApiError> {
         use futures::StreamExt as _;
         let started = Instant::now();
         // Built up front (not mapped inside the stream) so the worker's future stays `Send`
         // for any lifetime `tokio::spawn` asks of it.
-        let pending: Vec<_> = items.iter().map(|item| self.decide(job, item)).collect();
+        let pending: Vec<_> = items
+            .iter()
+            .zip(0u32..)
+            .map(|(item, i)| {
+                let due = tokio::time::Instant::from_std(first + pace.saturating_mul(i));
+                let decide = self.decide(job, item);
+                async move {
+                    tokio::time::sleep_until(due).await;
+                    decide.await
+                }
+            })
+            .collect();
         let decided: Vec<Decided> = futures::stream::iter(pending)
             .buffered(usize::try_from(self.cfg.concurrency.max(1)).unwrap_or(1))
             .collect()
