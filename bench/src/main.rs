@@ -31,6 +31,7 @@
 //! Credentials come from the standard provider chain (the script exports moto's dummies).
 
 mod audit_insert;
+mod drive;
 mod null_route;
 mod proc_cpu;
 mod raw_unwrap;

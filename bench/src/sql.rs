@@ -4,14 +4,12 @@
 //! autocommit transaction each, with the server's default `synchronous_commit` (the gateway
 //! does not change it).
 
-use crate::proc_cpu::Reading;
+use crate::drive::drive;
 use anyhow::{bail, Context, Result};
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// The columns the gateway's store reads (`SHARD_COLUMNS` in `store/src/postgres.rs`).
 const COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, key_version, \
@@ -24,68 +22,6 @@ async fn pool(url: &str, connections: u32) -> Result<PgPool> {
         .connect(url)
         .await
         .context("connect to PostgreSQL")
-}
-
-/// Run `op` from `concurrency` tasks for `seconds` after a warm-up; prints ops/s and CPU.
-async fn drive<F, Fut>(name: &str, concurrency: usize, seconds: u64, op: F) -> Result<()>
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let op = Arc::new(op);
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let seq = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (op, measuring, stop, done, seq) = (
-            op.clone(),
-            measuring.clone(),
-            stop.clone(),
-            done.clone(),
-            seq.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                op(seq.fetch_add(1, Ordering::Relaxed)).await?;
-                if measuring.load(Ordering::Relaxed) {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu = Reading::now();
-    let t = Instant::now();
-    measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let secs = t.elapsed().as_secs_f64();
-    let (own, pg) = cpu.since();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.context("worker task")??;
-    }
-    let n = done.load(Ordering::Relaxed);
-    if n == 0 {
-        bail!("{name}: no operation completed");
-    }
-    println!(
-        "{}",
-        serde_json::json!({
-            "baseline": name,
-            "ops": n,
-            "seconds": secs,
-            "per_sec": n as f64 / secs,
-            "concurrency": concurrency,
-            "cpu_seconds_own": own,
-            "cpu_seconds_postgres": pg,
-            "cpu_us_per_op": (own + pg) * 1e6 / n as f64,
-        })
-    );
-    Ok(())
 }
 
 /// Latest-version selects of `PREFIX%06d`/`s0` rows (the loaded data set).
@@ -113,7 +49,7 @@ pub async fn pk_select(
     if found.is_none() {
         bail!("pk_select: {probe}/s0 is not loaded");
     }
-    drive("pk_select", concurrency, seconds, move |_| {
+    drive("pk_select", concurrency, seconds, true, move |_| {
         let (pool, sql, prefix) = (pool.clone(), sql.clone(), prefix.clone());
         async move {
             let account = format!("{prefix}{:06}", rand::thread_rng().gen_range(0..accounts));
@@ -152,7 +88,7 @@ pub async fn pk_insert(
         "INSERT INTO {table} ({COLUMNS}) VALUES ($1, $2, 1, 2, 'local', $3, 1, $4, $5, $6, $7, 'bench', $8)"
     )
     .into();
-    let out = drive("pk_insert", concurrency, seconds, {
+    let out = drive("pk_insert", concurrency, seconds, true, {
         let pool = pool.clone();
         move |i| {
             let (pool, sql) = (pool.clone(), sql.clone());
