@@ -26,6 +26,7 @@
 //! `shard.put` event, so the rollback is visible there, not at read time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod common;
 
 use axum::body::Body;
@@ -327,27 +328,6 @@ fn assert_refused(r: &Resp, status: StatusCode, code: &str, secret: &[u8], what:
         !r.text.contains(&B64.encode(secret)),
         "{what}: the plaintext leaked"
     );
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::StoreKind::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::StoreKind::Postgres).await;
-                }
-            )*
-        }
-    };
 }
 
 both_stores!(

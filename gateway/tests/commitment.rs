@@ -10,6 +10,7 @@
 //! to the data key and checks it before opening, so only the committed key opens the row.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -437,27 +438,6 @@ impl Gw {
 
 fn shard_of(v: &Value) -> Vec<u8> {
     B64.decode(v["shard"].as_str().unwrap()).unwrap()
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::StoreKind::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::StoreKind::Postgres).await;
-                }
-            )*
-        }
-    };
 }
 
 both_stores!(

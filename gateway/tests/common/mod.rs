@@ -257,3 +257,27 @@ pub async fn call(
         serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// `both_stores!(test_a, test_b)`: each `async fn test_a(kind: StoreKind)` of the calling file
+/// runs once on SQLite and once on PostgreSQL (`#[macro_use] mod common;`).
+#[allow(unused_macros)]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::StoreKind::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::StoreKind::Postgres).await;
+                }
+            )*
+        }
+    };
+}
