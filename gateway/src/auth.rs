@@ -115,6 +115,19 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A caller authenticated by other means than a bearer token (e.g. a client
+    /// certificate), with the same scopes and account reach a token would carry.
+    pub fn new(name: &str, scopes: &[Scope], account_prefix: Option<String>) -> Self {
+        let mut scopes = scopes.to_vec();
+        scopes.sort();
+        scopes.dedup();
+        Self {
+            name: name.to_string(),
+            scopes,
+            account_prefix,
+        }
+    }
+
     /// Whether the caller holds `scope`.
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
