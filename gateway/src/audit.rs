@@ -19,8 +19,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex, MutexGuard};
 use zeroize::Zeroizing;
 
-/// Magic that starts every canonical event encoding.
+/// Magic that starts the canonical encoding of an event without a credential (every event
+/// written before credentials were recorded is one).
 pub const AUDIT_MAGIC: &[u8; 8] = b"SGAUDIT1";
+
+/// Magic that starts the canonical encoding of an event that names its credential: the
+/// same fields, then the credential.
+pub const AUDIT_MAGIC_V2: &[u8; 8] = b"SGAUDIT2";
 
 /// The HMAC key of the audit chains. Never in the database, never printed.
 pub struct AuditKey(SecretBox<[u8; 32]>);
@@ -117,7 +122,11 @@ fn put_opt(out: &mut Vec<u8>, v: Option<&str>) {
 /// The canonical encoding of an event, everything but its own tag (FORMAT.md).
 pub fn canonical(r: &AuditRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(AUDIT_MAGIC);
+    out.extend_from_slice(if r.credential.is_some() {
+        AUDIT_MAGIC_V2
+    } else {
+        AUDIT_MAGIC
+    });
     put_field(&mut out, r.chain_id.as_bytes());
     out.extend_from_slice(&r.seq.to_be_bytes());
     out.extend_from_slice(&r.ts_ms.to_be_bytes());
@@ -136,6 +145,9 @@ pub fn canonical(r: &AuditRecord) -> Vec<u8> {
     put_opt(&mut out, r.backend.as_deref());
     put_field(&mut out, r.outcome.as_bytes());
     put_field(&mut out, r.detail.as_bytes());
+    if let Some(c) = &r.credential {
+        put_field(&mut out, c.as_bytes());
+    }
     put_field(&mut out, &r.prev_tag);
     out
 }
@@ -186,6 +198,8 @@ pub struct Event {
     pub outcome: String,
     /// Secret-free detail.
     pub detail: String,
+    /// HMAC of the presented credential's token id ([`crate::auth::credential_id`]).
+    pub credential: Option<String>,
     /// Event time; fixed when the event is made so re-sealing is deterministic.
     pub ts_ms: i64,
 }
@@ -441,6 +455,7 @@ impl Auditor {
             backend: e.backend.clone(),
             outcome: e.outcome.clone(),
             detail: e.detail.clone(),
+            credential: e.credential.clone(),
             prev_tag,
             tag: Vec::new(),
         };
@@ -733,6 +748,7 @@ mod tests {
             backend: None,
             outcome: "ok".into(),
             detail: String::new(),
+            credential: None,
             prev_tag: vec![0; 32],
             tag: vec![],
         }
@@ -761,9 +777,26 @@ mod tests {
         let mut r = record();
         r.prev_tag[0] = 1;
         variants.push(r);
+        let mut r = record();
+        r.credential = Some(String::new());
+        variants.push(r);
+        let mut r = record();
+        r.credential = Some("c0ffee".into());
+        variants.push(r);
         for v in variants {
             assert_ne!(tag(&key, &v), base);
         }
+    }
+
+    #[test]
+    fn events_without_a_credential_keep_the_first_encoding() {
+        // Every event written before credentials were recorded must still verify.
+        let r = record();
+        assert!(canonical(&r).starts_with(AUDIT_MAGIC));
+        let mut r2 = record();
+        r2.credential = Some("ab".into());
+        assert!(canonical(&r2).starts_with(AUDIT_MAGIC_V2));
+        assert_ne!(canonical(&r)[8..], canonical(&r2)[8..]);
     }
 
     #[test]

@@ -1,13 +1,17 @@
-//! Bearer-token authentication: tokens are configured as SHA-256 hashes with scopes and an
-//! optional account prefix; the presented token is hashed and compared in constant time
-//! against every configured hash (no early exit, so timing reveals nothing).
+//! Bearer-token authentication: tokens are configured as SHA-256 hashes with scopes, an
+//! optional account prefix and an optional expiry; the presented token is hashed and compared
+//! in constant time against every known hash (no early exit, so timing reveals nothing), then
+//! refused when it has expired or its id is revoked. Where the set of tokens comes from and
+//! how it is reloaded is [`crate::tokens`].
 
+use crate::audit::{keyed_digest, AuditKey};
 use crate::error::{ApiError, ErrorCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use subtle::ConstantTimeEq;
 
 /// Token prefix, so leaked tokens are easy to grep for in secret scanners.
@@ -67,7 +71,7 @@ impl Scope {
     }
 }
 
-/// A configured token (hash only).
+/// A known token (hash only).
 #[derive(Debug, Clone)]
 pub struct TokenEntry {
     /// Identity name.
@@ -75,6 +79,29 @@ pub struct TokenEntry {
     hash: [u8; 32],
     scopes: Vec<Scope>,
     account_prefix: Option<String>,
+    expires_ms: Option<i64>,
+}
+
+/// Length of a token id in hex digits: 64 bits of the token's SHA-256.
+pub const TOKEN_ID_HEX: usize = 16;
+
+/// The id of a token given its hex SHA-256: its first 16 hex digits. Ids name tokens in
+/// `token list` and `token revoke`; the audit log records only their HMAC
+/// ([`credential_id`]).
+pub fn token_id(sha256_hex: &str) -> String {
+    sha256_hex
+        .get(..TOKEN_ID_HEX)
+        .unwrap_or(sha256_hex)
+        .to_ascii_lowercase()
+}
+
+/// What the audit log records of a credential: HMAC-SHA256 of its token id under the
+/// deployment's audit key (domain `shardgate token id`), first 128 bits in hex. Someone
+/// with the audit table alone can neither recover the id nor test a guess; an investigator
+/// with the key computes it with `shardgate audit credential-id`.
+pub fn credential_id(key: &AuditKey, token_id: &str) -> String {
+    let d = keyed_digest(key, b"shardgate token id", &[token_id.as_bytes()]);
+    hex::encode(d.get(..16).unwrap_or(&d))
 }
 
 impl TokenEntry {
@@ -101,7 +128,19 @@ impl TokenEntry {
             hash,
             scopes: parsed,
             account_prefix,
+            expires_ms: None,
         })
+    }
+
+    /// The same token, valid until `expires_ms` (unix milliseconds) when given.
+    pub fn expiring(mut self, expires_ms: Option<i64>) -> Self {
+        self.expires_ms = expires_ms;
+        self
+    }
+
+    /// Its token id.
+    pub fn id(&self) -> String {
+        token_id(&hex::encode(self.hash))
     }
 }
 
@@ -112,6 +151,8 @@ pub struct Caller {
     pub name: String,
     scopes: Vec<Scope>,
     account_prefix: Option<String>,
+    /// The credential's [`credential_id`], recorded with every audit event of the request.
+    pub credential: Option<String>,
 }
 
 impl Caller {
@@ -125,6 +166,7 @@ impl Caller {
             name: name.to_string(),
             scopes,
             account_prefix,
+            credential: None,
         }
     }
 
@@ -160,10 +202,29 @@ impl Caller {
     }
 }
 
-/// Verifies bearer tokens.
+/// Verifies bearer tokens against one snapshot of the known tokens and revocations.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    tokens: Vec<TokenEntry>,
+    tokens: Vec<Known>,
+    key: Option<std::sync::Arc<AuditKey>>,
+}
+
+#[derive(Debug, Clone)]
+struct Known {
+    entry: TokenEntry,
+    revoked: bool,
+    credential: Option<String>,
+}
+
+/// Why a presented credential was refused, with what the audit event of the refusal names.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The answer (always 401 `unauthenticated`).
+    pub error: ApiError,
+    /// The identity whose token it was (expired or revoked), else `anonymous`.
+    pub actor: String,
+    /// The presented token's [`credential_id`], when a token was presented.
+    pub credential: Option<String>,
 }
 
 /// SHA-256 of a token, lower-case hex (what the config stores).
@@ -182,44 +243,103 @@ pub fn generate_token() -> SecretString {
 }
 
 impl Authenticator {
-    /// From configured entries.
+    /// From entries, without revocations or credential ids (tests, tools).
     pub fn new(tokens: Vec<TokenEntry>) -> Self {
-        Self { tokens }
+        Self::with_revocations(tokens, &HashSet::new(), None)
     }
 
-    /// Number of configured tokens.
+    /// From entries and the revoked token ids; with the audit key, callers carry their
+    /// [`credential_id`].
+    pub fn with_revocations(
+        tokens: Vec<TokenEntry>,
+        revoked: &HashSet<String>,
+        key: Option<std::sync::Arc<AuditKey>>,
+    ) -> Self {
+        let tokens = tokens
+            .into_iter()
+            .map(|entry| {
+                let id = entry.id();
+                Known {
+                    revoked: revoked.contains(&id),
+                    credential: key.as_deref().map(|k| credential_id(k, &id)),
+                    entry,
+                }
+            })
+            .collect();
+        Self { tokens, key }
+    }
+
+    /// Number of known tokens.
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
 
-    /// Whether no token is configured.
+    /// Whether no token is known.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
 
-    /// The caller a presented `Authorization` header value belongs to.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
-        let unauth = |m: &str| ApiError::new(ErrorCode::Unauthenticated, m);
-        let value = authorization.ok_or_else(|| unauth("missing bearer token"))?;
-        let token = value
+    /// The caller a presented `Authorization` header value belongs to, at `now_ms`.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Caller, Refusal> {
+        let refuse = |m: &str, actor: &str, credential: Option<String>| Refusal {
+            error: ApiError::new(ErrorCode::Unauthenticated, m),
+            actor: actor.to_string(),
+            credential,
+        };
+        let Some(value) = authorization else {
+            return Err(refuse("missing bearer token", "anonymous", None));
+        };
+        let Some(token) = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| unauth("authorization must be a bearer token"))?;
+        else {
+            return Err(refuse(
+                "authorization must be a bearer token",
+                "anonymous",
+                None,
+            ));
+        };
         let token = SecretString::from(token.trim().to_string());
         let presented: [u8; 32] = Sha256::digest(token.expose_secret().as_bytes()).into();
-        let mut found: Option<&TokenEntry> = None;
-        for entry in &self.tokens {
+        let mut found: Option<&Known> = None;
+        for known in &self.tokens {
             // Visit every entry whatever matched, so timing does not depend on which did.
-            let eq: bool = entry.hash.ct_eq(&presented).into();
+            let eq: bool = known.entry.hash.ct_eq(&presented).into();
             if eq && found.is_none() {
-                found = Some(entry);
+                found = Some(known);
             }
         }
-        let entry = found.ok_or_else(|| unauth("invalid bearer token"))?;
+        let Some(known) = found else {
+            let credential = self
+                .key
+                .as_deref()
+                .map(|k| credential_id(k, &token_id(&hex::encode(presented))));
+            return Err(refuse("invalid bearer token", "anonymous", credential));
+        };
+        let entry = &known.entry;
+        if known.revoked {
+            return Err(refuse(
+                "bearer token revoked",
+                &entry.name,
+                known.credential.clone(),
+            ));
+        }
+        if entry.expires_ms.is_some_and(|at| now_ms >= at) {
+            return Err(refuse(
+                "bearer token expired",
+                &entry.name,
+                known.credential.clone(),
+            ));
+        }
         Ok(Caller {
             name: entry.name.clone(),
             scopes: entry.scopes.clone(),
             account_prefix: entry.account_prefix.clone(),
+            credential: known.credential.clone(),
         })
     }
 }
@@ -243,7 +363,7 @@ mod tests {
     #[test]
     fn right_token_authenticates_and_scopes_apply() {
         let a = auth_with("sgt_abc", &["shards:read"], None);
-        let c = a.authenticate(Some("Bearer sgt_abc")).unwrap();
+        let c = a.authenticate(Some("Bearer sgt_abc"), 0).unwrap();
         assert!(c.require(Scope::ShardsRead, Some("x")).is_ok());
         assert_eq!(
             c.require(Scope::ShardsWrite, None).unwrap_err().code,
@@ -261,7 +381,7 @@ mod tests {
             Some("Bearer "),
         ] {
             assert_eq!(
-                a.authenticate(h).unwrap_err().code,
+                a.authenticate(h, 0).unwrap_err().error.code,
                 ErrorCode::Unauthenticated
             );
         }
@@ -270,10 +390,61 @@ mod tests {
     #[test]
     fn prefix_is_exact_bytes() {
         let a = auth_with("sgt_abc", &["*"], Some("acct-A"));
-        let c = a.authenticate(Some("Bearer sgt_abc")).unwrap();
+        let c = a.authenticate(Some("Bearer sgt_abc"), 0).unwrap();
         assert!(c.reaches("acct-A1"));
         assert!(!c.reaches("acct-a1"));
         assert!(!c.reaches("acct-"));
+    }
+
+    fn entry(token: &str, expires_ms: Option<i64>) -> TokenEntry {
+        TokenEntry::new("signer", &hash_token(token), &["*".to_string()], None)
+            .unwrap()
+            .expiring(expires_ms)
+    }
+
+    #[test]
+    fn expired_token_is_refused_from_its_expiry_on() {
+        let a = Authenticator::new(vec![entry("sgt_x", Some(1_000))]);
+        assert!(a.authenticate(Some("Bearer sgt_x"), 999).is_ok());
+        let r = a.authenticate(Some("Bearer sgt_x"), 1_000).unwrap_err();
+        assert_eq!(r.error.code, ErrorCode::Unauthenticated);
+        assert_eq!(r.error.message, "bearer token expired");
+        assert_eq!(r.actor, "signer");
+    }
+
+    #[test]
+    fn revoked_token_is_refused_and_others_are_not() {
+        let (a, b) = (entry("sgt_a", None), entry("sgt_b", None));
+        let revoked = HashSet::from([a.id()]);
+        let key = std::sync::Arc::new(AuditKey::from_bytes([3; 32]));
+        let auth = Authenticator::with_revocations(vec![a.clone(), b], &revoked, Some(key.clone()));
+        let r = auth.authenticate(Some("Bearer sgt_a"), 0).unwrap_err();
+        assert_eq!(r.error.message, "bearer token revoked");
+        assert_eq!(r.credential, Some(credential_id(&key, &a.id())));
+        let c = auth.authenticate(Some("Bearer sgt_b"), 0).unwrap();
+        assert_eq!(c.credential.as_deref().map(str::len), Some(32));
+        assert_ne!(c.credential, r.credential);
+    }
+
+    #[test]
+    fn unknown_token_is_named_by_its_credential_id_only() {
+        let key = std::sync::Arc::new(AuditKey::from_bytes([3; 32]));
+        let auth = Authenticator::with_revocations(vec![], &HashSet::new(), Some(key.clone()));
+        let r = auth.authenticate(Some("Bearer sgt_guess"), 0).unwrap_err();
+        assert_eq!(r.actor, "anonymous");
+        let id = token_id(&hash_token("sgt_guess"));
+        assert_eq!(r.credential, Some(credential_id(&key, &id)));
+        // The credential id is keyed: another deployment's key gives another value.
+        let other = AuditKey::from_bytes([4; 32]);
+        assert_ne!(credential_id(&other, &id), credential_id(&key, &id));
+        assert!(!r.credential.unwrap_or_default().contains(&id));
+    }
+
+    #[test]
+    fn token_id_is_the_hash_prefix() {
+        let h = hash_token("sgt_abc");
+        assert_eq!(token_id(&h), h[..16]);
+        assert_eq!(entry("sgt_abc", None).id(), h[..16]);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct Config {
     /// Version retention.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Token reloading.
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -209,6 +212,50 @@ pub struct TokenConfig {
     /// When set, the token only reaches accounts whose id starts with these exact bytes.
     #[serde(default)]
     pub account_prefix: Option<String>,
+    /// When set (RFC 3339, e.g. `2027-01-31T00:00:00Z`), the token is refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+impl TokenConfig {
+    /// `expires_at` in unix milliseconds.
+    pub fn expires_ms(&self) -> Result<Option<i64>, ConfigError> {
+        self.expires_at
+            .as_deref()
+            .map(|t| {
+                parse_time_ms(t).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "token {:?}: expires_at {t:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)",
+                        self.name
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// An RFC 3339 time in unix milliseconds.
+pub fn parse_time_ms(t: &str) -> Option<i64> {
+    let at = humantime::parse_rfc3339_weak(t).ok()?;
+    let d = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+/// `[auth]`: how often every replica re-reads the tokens and revocations kept in the
+/// database (`shardgate token create --save`, `shardgate token revoke`). SIGHUP re-reads
+/// them at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Milliseconds between reloads (0: only on SIGHUP). A revocation takes effect on every
+    /// replica within this time.
+    pub refresh_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { refresh_ms: 5_000 }
+    }
 }
 
 /// Size limits.
@@ -521,6 +568,7 @@ impl Config {
             idempotency: IdempotencyConfig::default(),
             log: LogConfig::default(),
             retention: RetentionConfig::default(),
+            auth: AuthConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
         }
     }
@@ -644,6 +692,7 @@ impl Config {
                     t.name
                 )));
             }
+            t.expires_ms()?;
             for s in &t.scopes {
                 if s != "*" && crate::auth::Scope::parse(s).is_none() {
                     return Err(ConfigError::Invalid(format!(

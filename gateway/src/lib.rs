@@ -25,6 +25,8 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod server;
 pub mod state;
+pub mod token_admin;
+pub mod tokens;
 
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post, put};

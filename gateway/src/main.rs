@@ -207,7 +207,9 @@ enum DbCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a token: prints it ONCE, and the config lines holding only its SHA-256.
+    /// Create a token: prints it ONCE, and either the config lines holding only its SHA-256,
+    /// or (with --save) stores that hash in the database, where every gateway picks it up
+    /// within `[auth] refresh_ms` (or at once on SIGHUP).
     Create {
         /// Comma-separated scopes: accounts:read, accounts:write, accounts:delete,
         /// shards:read, shards:write, shards:delete, admin, metrics, or `*` for all.
@@ -219,6 +221,31 @@ enum TokenCommand {
         /// Identity name recorded in the audit log.
         #[arg(long, default_value = "token")]
         name: String,
+        /// The token is refused after this long (e.g. `90d`, `12h`).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<humantime::Duration>,
+        /// Store the hash in the configured database instead of printing config lines.
+        #[arg(long)]
+        save: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Every token (config file, admin token file, database): id, name, scopes, expiry,
+    /// revocation. Never a token or its hash.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Revoke a token by id (from `token list`), config-file tokens included: every gateway
+    /// refuses it within `[auth] refresh_ms`, or at once on SIGHUP.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Token id (16 hex digits).
+        id: String,
+        /// Why (recorded with the revocation; no secrets).
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
     },
 }
 
@@ -253,6 +280,17 @@ enum AuditCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Print the `credential` value the audit log records for a token (an HMAC of its id
+    /// under this deployment's audit key), to find the events a token made. Give the token
+    /// id, or pipe the token itself on stdin.
+    CredentialId {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Token id (16 hex digits, from `token list`); without it, the token is read from
+        /// stdin.
+        #[arg(long)]
+        token_id: Option<String>,
+    },
 }
 
 impl Command {
@@ -260,15 +298,23 @@ impl Command {
     fn config_sources(&self) -> Option<Sources> {
         let args = match self {
             Command::Serve { config, listen } => return Some(config.sources(*listen)),
-            Command::Token { .. } => return None,
-            Command::Db {
+            Command::Token {
+                command: TokenCommand::Create { save: false, .. },
+            } => return None,
+            Command::Token {
+                command:
+                    TokenCommand::Create { config, .. }
+                    | TokenCommand::List { config }
+                    | TokenCommand::Revoke { config, .. },
+            }
+            | Command::Db {
                 command: DbCommand::Migrate { config },
             }
             | Command::Keys {
                 command: KeysCommand::Rotate { config, .. } | KeysCommand::Promote { config, .. },
             }
             | Command::Audit {
-                command: AuditCommand::Verify { config },
+                command: AuditCommand::Verify { config } | AuditCommand::CredentialId { config, .. },
             }
             | Command::Hsm {
                 command: HsmCommand::InitKey { config, .. },
@@ -350,14 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied ({})", store.kind());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    scopes,
-                    account_prefix,
-                    name,
-                },
-        } => token_create(&scopes, account_prefix, &name),
+        Command::Token { command } => token(command).await,
         Command::Keys { command } => keys(command),
         Command::Hsm {
             command: HsmCommand::InitKey { config, backend },
@@ -397,6 +436,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for line in shardgate::backup::kept_elsewhere(&cfg, config.config.as_deref()) {
                 println!("  {line}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::CredentialId { config, token_id },
+        } => {
+            let cfg = Config::load(&config.sources(None))?;
+            let key = shardgate::state::audit_key(&cfg)?;
+            let id = match token_id {
+                Some(id) => id.trim().to_ascii_lowercase(),
+                None => {
+                    // The token itself, from stdin, so it never sits in shell history.
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin().read_line(&mut line)?;
+                    shardgate::auth::token_id(&shardgate::auth::hash_token(line.trim()))
+                }
+            };
+            println!("{}", shardgate::auth::credential_id(&key, &id));
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
@@ -446,6 +502,7 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     println!("shardgate listening on http://{addr}");
     tracing::info!(%addr, store = state.store.kind(), backends = ?state.backends.keys().collect::<Vec<_>>(), "serving");
     state.start_migration_workers();
+    state.start_token_refresh(&cfg.auth);
     let audit = state.audit.clone();
     let timeouts = cfg.timeouts.clone();
     let first = async {
@@ -484,40 +541,117 @@ async fn shutdown_signal() {
     }
 }
 
-fn token_create(
-    scopes: &[String],
-    account_prefix: Option<String>,
-    name: &str,
-) -> anyhow::Result<ExitCode> {
-    for s in scopes {
-        if s != "*" && shardgate::auth::Scope::parse(s).is_none() {
-            anyhow::bail!("unknown scope {s:?}");
+async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    use shardgate::token_admin;
+    match command {
+        TokenCommand::Create {
+            scopes,
+            account_prefix,
+            name,
+            expires_in,
+            save,
+            config,
+        } => {
+            token_admin::validate(&name, &scopes, account_prefix.as_deref())?;
+            let expires_ms = expires_in
+                .map(|d| {
+                    i64::try_from(d.as_millis()).map(|ms| shardgate::now_ms().saturating_add(ms))
+                })
+                .transpose()?;
+            let token = shardgate::auth::generate_token();
+            let hash = shardgate::auth::hash_token(token.expose_secret());
+            if save {
+                let cfg = Config::load(&config.sources(None))?;
+                let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
+                store.migrate().await?;
+                let id = token_admin::save(
+                    store.as_ref(),
+                    &name,
+                    &hash,
+                    &scopes,
+                    account_prefix,
+                    expires_ms,
+                    shardgate::now_ms(),
+                )
+                .await?;
+                println!("token (shown once; store it now):");
+                println!("{}", token.expose_secret());
+                println!();
+                println!("saved as id {id}: every gateway accepts it within [auth] refresh_ms (or at once on SIGHUP)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("token (shown once; store it now):");
+            println!("{}", token.expose_secret());
+            println!();
+            println!("add to the config file:");
+            println!("[[tokens]]");
+            println!("name = {}", toml::Value::String(name));
+            println!("sha256 = \"{hash}\"");
+            let scopes: Vec<toml::Value> = scopes.into_iter().map(toml::Value::String).collect();
+            println!("scopes = {}", toml::Value::Array(scopes));
+            if let Some(p) = account_prefix {
+                println!("account_prefix = {}", toml::Value::String(p));
+            }
+            if let Some(ms) = expires_ms {
+                println!("expires_at = \"{}\"", format_ms(ms));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::List { config } => {
+            let cfg = Config::load(&config.sources(None))?;
+            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
+            store.migrate().await?;
+            let now = shardgate::now_ms();
+            println!(
+                "{:<17} {:<20} {:<11} {:<8} {:<21} SCOPES [PREFIX]",
+                "ID", "NAME", "SOURCE", "STATE", "EXPIRES"
+            );
+            for t in token_admin::list(&cfg, store.as_ref()).await? {
+                let state = if t.revoked_ms.is_some() {
+                    "revoked"
+                } else if t.expires_ms.is_some_and(|e| now >= e) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<17} {:<20} {:<11} {:<8} {:<21} {}{}",
+                    t.id,
+                    t.name,
+                    t.source.as_str(),
+                    state,
+                    t.expires_ms
+                        .map(format_ms)
+                        .unwrap_or_else(|| "never".into()),
+                    t.scopes.join(","),
+                    t.account_prefix
+                        .map(|p| format!(" [{p}]"))
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Revoke { config, id, reason } => {
+            let cfg = Config::load(&config.sources(None))?;
+            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
+            store.migrate().await?;
+            let now = shardgate::now_ms();
+            if token_admin::revoke(&cfg, store.as_ref(), &id, &reason, now).await? {
+                println!(
+                    "token {id} revoked: every gateway refuses it within [auth] refresh_ms ({} ms here), or at once on SIGHUP",
+                    cfg.auth.refresh_ms
+                );
+            } else {
+                println!("token {id} was already revoked");
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
-    if let Some(p) = &account_prefix {
-        if p.is_empty()
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
-        {
-            anyhow::bail!("account prefix must be non-empty [A-Za-z0-9._:-]");
-        }
-    }
-    let token = shardgate::auth::generate_token();
-    let hash = shardgate::auth::hash_token(token.expose_secret());
-    println!("token (shown once; store it now):");
-    println!("{}", token.expose_secret());
-    println!();
-    println!("add to the config file:");
-    println!("[[tokens]]");
-    println!("name = {}", toml::Value::String(name.to_string()));
-    println!("sha256 = \"{hash}\"");
-    let scopes: Vec<toml::Value> = scopes.iter().cloned().map(toml::Value::String).collect();
-    println!("scopes = {}", toml::Value::Array(scopes));
-    if let Some(p) = account_prefix {
-        println!("account_prefix = {}", toml::Value::String(p));
-    }
-    Ok(ExitCode::SUCCESS)
+}
+
+fn format_ms(ms: i64) -> String {
+    let since = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + since).to_string()
 }
 
 fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {

@@ -2,7 +2,7 @@
 //! auditor, built once from a [`Config`].
 
 use crate::audit::{AuditKey, Auditor};
-use crate::auth::{hash_token, Authenticator, TokenEntry};
+use crate::auth::{hash_token, TokenEntry};
 use crate::config::{BackendConfig, Config, Limits, Timeouts};
 use secrecy::ExposeSecret;
 use shardgate_backends::local::LocalBackend;
@@ -29,8 +29,8 @@ pub struct Inner {
     pub breakers: BTreeMap<String, Arc<crate::breaker::Guarded>>,
     /// Tier, pin and rollout rules.
     pub policy: Policy,
-    /// Token verification.
-    pub auth: Authenticator,
+    /// Token verification: the current tokens and revocations, reloaded without a restart.
+    pub auth: Arc<crate::tokens::Tokens>,
     /// This process's audit chain.
     pub audit: Arc<Auditor>,
     /// Size limits.
@@ -176,12 +176,14 @@ pub fn audit_key(cfg: &Config) -> Result<AuditKey, StartError> {
     Ok(AuditKey::load(&path)?)
 }
 
-fn tokens(cfg: &Config, startup: &mut Startup) -> Result<Authenticator, StartError> {
+/// The tokens of the config file and the admin token file (creating the latter when the
+/// embedded default needs one).
+pub fn config_tokens(cfg: &Config, startup: &mut Startup) -> Result<Vec<TokenEntry>, StartError> {
     let mut entries = Vec::new();
     for t in &cfg.tokens {
         let e = TokenEntry::new(&t.name, &t.sha256, &t.scopes, t.account_prefix.clone())
             .ok_or_else(|| StartError::Io(format!("token {:?} is invalid", t.name)))?;
-        entries.push(e);
+        entries.push(e.expiring(t.expires_ms()?));
     }
     if let Some(path) = &cfg.admin_token_file {
         ensure_private_dir(path.parent())?;
@@ -209,7 +211,7 @@ fn tokens(cfg: &Config, startup: &mut Startup) -> Result<Authenticator, StartErr
             "no tokens are configured: shardgate never starts without authentication".into(),
         ));
     }
-    Ok(Authenticator::new(entries))
+    Ok(entries)
 }
 
 impl AppState {
@@ -234,10 +236,12 @@ impl AppState {
             backends.insert(name.clone(), guarded.clone() as Arc<dyn KeyBackend>);
             breakers.insert(name, guarded);
         }
-        let auth = tokens(cfg, &mut startup)?;
+        let from_config = config_tokens(cfg, &mut startup)?;
         let key = Arc::new(audit_key(cfg)?);
         let store = shardgate_store::connect(&cfg.store_url(), cfg.store.max_connections).await?;
         store.migrate().await?;
+        let auth =
+            Arc::new(crate::tokens::Tokens::load(from_config, store.clone(), key.clone()).await?);
         let audit = Auditor::start(
             store.clone(),
             key,
@@ -275,6 +279,13 @@ impl AppState {
         self.migrations.get_or_init(|| {
             crate::jobs::migrate::Supervisor::spawn(self.clone(), self.migration.clone())
         });
+    }
+
+    /// Reload tokens and revocations every `[auth] refresh_ms` and on SIGHUP (`serve`
+    /// starts it; tests may).
+    pub fn start_token_refresh(&self, cfg: &crate::config::AuthConfig) {
+        self.auth
+            .spawn_refresher(Duration::from_millis(cfg.refresh_ms));
     }
 
     /// Stop this process's migration workers from claiming more work (shutdown).

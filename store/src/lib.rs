@@ -128,10 +128,43 @@ pub struct AuditRecord {
     pub outcome: String,
     /// Free text without secrets.
     pub detail: String,
+    /// HMAC of the credential's token id under the deployment's audit key (never the token
+    /// id itself), when a credential was presented.
+    pub credential: Option<String>,
     /// Tag of the previous event of the chain.
     pub prev_tag: Vec<u8>,
     /// HMAC-SHA256 tag of this event.
     pub tag: Vec<u8>,
+}
+
+/// An API token kept in the database: its hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// First 16 hex digits of the token's SHA-256 (what `token revoke` names).
+    pub token_id: String,
+    /// Identity recorded in the audit log.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
+    /// Scope names (`*` = all).
+    pub scopes: Vec<String>,
+    /// Exact-byte account prefix the token is restricted to.
+    pub account_prefix: Option<String>,
+    /// Creation time, unix milliseconds.
+    pub created_ms: i64,
+    /// Expiry, unix milliseconds (`None`: never).
+    pub expires_ms: Option<i64>,
+}
+
+/// A revoked token id (of a database or config-file token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRevocation {
+    /// The token id.
+    pub token_id: String,
+    /// When, unix milliseconds.
+    pub revoked_ms: i64,
+    /// Why, as the operator gave it (no secret).
+    pub reason: String,
 }
 
 /// Builds the audit record of a delete once the transaction knows how many versions it
@@ -531,6 +564,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every chain id: registered chains and chains that have events.
     async fn audit_chains(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Add a token. `Conflict` when its id or hash is already stored.
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    /// Every token kept in the database, by id.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Revoke a token id (idempotent: `false` when it was already revoked; the first
+    /// revocation's time and reason stay).
+    async fn revoke_token(
+        &self,
+        token_id: &str,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Every revocation, by token id.
+    async fn token_revocations(&self) -> Result<Vec<TokenRevocation>, StoreError>;
 
     /// Events of a chain with `seq > after_seq`, ordered by seq, at most `limit`.
     async fn audit_events(

@@ -26,7 +26,7 @@ use crate::{
     CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
     Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, MigrationFailure,
     MigrationJob, MigrationSelector, Retention, ShardSummary, ShardVersionRow, Store, StoreError,
-    Transition,
+    TokenRecord, TokenRevocation, Transition,
 };
 
 /// How long a request waits for a pooled connection (or a new one) before the store answers
@@ -40,7 +40,7 @@ const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, k
      key_version, wrapped_dek, nonce, ciphertext, key_commitment, created_at, created_by";
 
 const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
-     version, backend, outcome, detail, prev_tag, tag";
+     version, backend, outcome, detail, prev_tag, tag, credential";
 
 const JOB_COLUMNS: &str = "id, sel_account, sel_from_backend, sel_key_version_below, state, \
      total, done, failed, skipped, last_error, created_at, updated_at, created_by";
@@ -181,7 +181,7 @@ fn migrate_err(e: MigrateError) -> StoreError {
 async fn insert_audit(conn: &mut PgConnection, a: &AuditRecord) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     ))
     .bind(&a.chain_id)
     .bind(a.seq)
@@ -197,6 +197,7 @@ async fn insert_audit(conn: &mut PgConnection, a: &AuditRecord) -> Result<(), St
     .bind(&a.detail)
     .bind(&a.prev_tag)
     .bind(&a.tag)
+    .bind(&a.credential)
     .execute(conn)
     .await
     .map(|_| ())
@@ -221,7 +222,7 @@ async fn insert_audits(
                 "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
                  SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], \
                      $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::BIGINT[], $10::TEXT[], \
-                     $11::TEXT[], $12::TEXT[], $13::BYTEA[], $14::BYTEA[])"
+                     $11::TEXT[], $12::TEXT[], $13::BYTEA[], $14::BYTEA[], $15::TEXT[])"
             ))
             .bind(col(|r| &r.chain_id))
             .bind(records.iter().map(|r| r.seq).collect::<Vec<_>>())
@@ -242,6 +243,7 @@ async fn insert_audits(
                     .collect::<Vec<_>>(),
             )
             .bind(records.iter().map(|r| r.tag.as_slice()).collect::<Vec<_>>())
+            .bind(opt(|r| r.credential.as_deref()))
             .execute(conn)
             .await
             .map(|_| ())
@@ -281,6 +283,32 @@ fn shard_from_row(r: &PgRow) -> Result<ShardVersionRow, sqlx::Error> {
     })
 }
 
+fn token_from_row(r: &PgRow) -> Result<TokenRecord, sqlx::Error> {
+    let scopes: String = r.try_get("scopes")?;
+    Ok(TokenRecord {
+        token_id: r.try_get("token_id")?,
+        name: r.try_get("name")?,
+        sha256: r.try_get("sha256")?,
+        scopes: scopes
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        account_prefix: r.try_get("account_prefix")?,
+        created_ms: r.try_get("created_ms")?,
+        expires_ms: r.try_get("expires_ms")?,
+    })
+}
+
+/// A token whose id or hash is already stored is the caller's mistake, not a fault.
+fn token_insert_err(e: sqlx::Error) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Internal("a token with that id or hash is already stored".into())
+    } else {
+        map_err(e)
+    }
+}
+
 fn audit_from_row(r: &PgRow) -> Result<AuditRecord, sqlx::Error> {
     Ok(AuditRecord {
         chain_id: r.try_get("chain_id")?,
@@ -295,6 +323,7 @@ fn audit_from_row(r: &PgRow) -> Result<AuditRecord, sqlx::Error> {
         backend: r.try_get("backend")?,
         outcome: r.try_get("outcome")?,
         detail: r.try_get("detail")?,
+        credential: r.try_get("credential")?,
         prev_tag: r.try_get("prev_tag")?,
         tag: r.try_get("tag")?,
     })
@@ -1013,6 +1042,78 @@ impl Store for PgStore {
         })
         .transpose()
         .map_err(map_err)
+    }
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let q = sqlx::query(
+            "INSERT INTO api_tokens \
+             (token_id, name, sha256, scopes, account_prefix, created_ms, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&token.token_id)
+        .bind(&token.name)
+        .bind(&token.sha256)
+        .bind(token.scopes.join(","))
+        .bind(&token.account_prefix)
+        .bind(token.created_ms)
+        .bind(token.expires_ms);
+        q.execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(token_insert_err)
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT token_id, name, sha256, scopes, account_prefix, created_ms, expires_ms \
+             FROM api_tokens ORDER BY token_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(token_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
+    }
+
+    async fn revoke_token(
+        &self,
+        token_id: &str,
+        at_ms: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO token_revocations (token_id, revoked_ms, reason) VALUES ($1, $2, $3) \
+             ON CONFLICT (token_id) DO NOTHING",
+        )
+        .bind(token_id)
+        .bind(at_ms)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn token_revocations(&self) -> Result<Vec<TokenRevocation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT token_id, revoked_ms, reason FROM token_revocations ORDER BY token_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| -> Result<TokenRevocation, sqlx::Error> {
+                Ok(TokenRevocation {
+                    token_id: r.try_get("token_id")?,
+                    revoked_ms: r.try_get("revoked_ms")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
     }
 
     async fn audit_chains(&self) -> Result<Vec<String>, StoreError> {

@@ -96,7 +96,9 @@ pub struct Ctx {
 impl Ctx {
     /// An audit event for this request.
     pub fn event(&self, action: &str) -> Event {
-        Event::new(&self.request_id, &self.caller.name, action)
+        let mut ev = Event::new(&self.request_id, &self.caller.name, action);
+        ev.credential = self.caller.credential.clone();
+        ev
     }
 }
 
@@ -120,14 +122,31 @@ impl FromRequestParts<AppState> for Ctx {
         let first = presented.next();
         let authenticated = if presented.next().is_some() {
             // Two credentials are ambiguous (which one is the caller?): neither counts.
-            Err(ApiError::new(
-                ErrorCode::Unauthenticated,
-                "more than one Authorization header",
+            Err((
+                ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "more than one Authorization header",
+                ),
+                None,
             ))
         } else {
             state
                 .auth
-                .authenticate(first.map(|v| v.to_str().unwrap_or("\u{0}")))
+                .current()
+                .authenticate(
+                    first.map(|v| v.to_str().unwrap_or("\u{0}")),
+                    crate::now_ms(),
+                )
+                .map_err(|r| {
+                    let mut ev = Event::new(&rid, &r.actor, "auth").detail(format!(
+                        "{} {}: {}",
+                        parts.method,
+                        parts.uri.path(),
+                        r.error.message
+                    ));
+                    ev.credential = r.credential;
+                    (r.error, Some(ev))
+                })
         };
         match authenticated {
             Ok(caller) => {
@@ -140,12 +159,15 @@ impl FromRequestParts<AppState> for Ctx {
                     request_id: rid,
                 })
             }
-            Err(e) => {
-                let mut ev = Event::new(&rid, "anonymous", "auth").detail(format!(
-                    "{} {}",
-                    parts.method,
-                    parts.uri.path()
-                ));
+            Err((e, ev)) => {
+                let mut ev = ev.unwrap_or_else(|| {
+                    Event::new(&rid, "anonymous", "auth").detail(format!(
+                        "{} {}: {}",
+                        parts.method,
+                        parts.uri.path(),
+                        e.message
+                    ))
+                });
                 ev.outcome = e.code.as_str().to_string();
                 state.audit.record_detached(ev);
                 Err(e)

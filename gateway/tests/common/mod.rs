@@ -130,18 +130,21 @@ impl Tokens {
                 sha256: hash_token(&self.admin),
                 scopes: vec!["*".into()],
                 account_prefix: None,
+                expires_at: None,
             },
             TokenConfig {
                 name: "reader".into(),
                 sha256: hash_token(&self.reader),
                 scopes: vec!["shards:read".into()],
                 account_prefix: None,
+                expires_at: None,
             },
             TokenConfig {
                 name: "prefixed".into(),
                 sha256: hash_token(&self.prefixed),
                 scopes: vec!["*".into()],
                 account_prefix: Some("acct-A".into()),
+                expires_at: None,
             },
         ]
     }
@@ -185,6 +188,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         idempotency: shardgate::config::IdempotencyConfig::default(),
         log: shardgate::config::LogConfig::default(),
         retention: shardgate::config::RetentionConfig::default(),
+        auth: shardgate::config::AuthConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),

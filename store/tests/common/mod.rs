@@ -260,6 +260,8 @@ pub fn record(
         backend: version.map(|_| "local-1".to_string()),
         outcome: "ok".to_string(),
         detail: detail.to_string(),
+        // Half the records carry a credential, so both shapes round-trip.
+        credential: (seq % 2 == 0).then(|| format!("cred-{seq}")),
         prev_tag: tag(seq - 1),
         tag: tag(seq),
     }
