@@ -16,9 +16,18 @@ use std::time::Duration;
 use support::gateway::fresh_pg;
 
 fn shardgate_bin() -> PathBuf {
-    // target/<profile>/deps/<this test> -> target/<profile>/shardgate
+    // target/<profile>/deps/<this test> -> target/<profile>/shardgate; with a separate
+    // `build.build-dir` the binary is in the workspace's own target/<profile> instead.
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("shardgate");
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let mut bin = profile_dir.join("shardgate");
+    if !bin.exists() {
+        let profile = profile_dir.file_name().unwrap();
+        bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(profile)
+            .join("shardgate");
+    }
     assert!(
         bin.exists(),
         "{} is missing: build the gateway (cargo build -p shardgate) or run the workspace suite",
