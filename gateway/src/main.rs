@@ -198,7 +198,9 @@ enum HsmCommand {
 
 #[derive(Subcommand)]
 enum DbCommand {
-    /// Apply pending migrations (serve also does this at start-up).
+    /// Apply pending migrations (serve also does this at start-up unless `[store] migrate =
+    /// false`). Run it as the database role that owns the tables; with a PostgreSQL role
+    /// layout, then apply scripts/sql/grants.sql (README, "Database least privilege").
     Migrate {
         #[command(flatten)]
         config: ConfigArgs,
@@ -345,7 +347,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: DbCommand::Migrate { config },
         } => {
             let cfg = Config::load(&config.sources(None))?;
-            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
+            // Always migrates, whatever `[store] migrate` says: run it as the migration role.
+            let store = shardgate::state::open_store(&cfg, 2).await?;
             store.migrate().await?;
             println!("migrations applied ({})", store.kind());
             Ok(ExitCode::SUCCESS)
@@ -404,8 +407,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = Config::load(&config.sources(None))?;
             let key = shardgate::state::audit_key(&cfg)?;
-            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
-            store.migrate().await?;
+            let store = shardgate::state::open_store(&cfg, 2).await?;
+            shardgate::state::prepare_schema(&cfg, store.as_ref()).await?;
             match shardgate::audit::verify(store.as_ref(), &key).await {
                 Ok(r) => {
                     println!(
@@ -594,7 +597,7 @@ async fn policy_explain(
                     );
                 }
             }
-            let store = shardgate_store::connect(&url, 1).await?;
+            let store = shardgate::state::open_store(&cfg, 1).await?;
             match store.get_account(account).await? {
                 Some(record) => record.tier,
                 None => anyhow::bail!(
