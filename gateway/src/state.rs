@@ -283,8 +283,9 @@ fn tokens(cfg: &Config, startup: &mut Startup) -> Result<Authenticator, StartErr
 }
 
 impl AppState {
-    /// Build everything: connect and migrate the store, open backends, load tokens and the
-    /// audit key, and start this process's audit chain.
+    /// Build everything: connect to the store and migrate it (or, with `[store] migrate =
+    /// false`, check its schema and privileges: [`prepare_schema`]), open backends, load
+    /// tokens and the audit key, and start this process's audit chain.
     pub async fn build(cfg: &Config) -> Result<(Self, Startup), StartError> {
         let mut startup = Startup::default();
         crate::metrics::handle();
