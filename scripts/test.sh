@@ -20,6 +20,7 @@
 #   SHARDGATE_TEST_NO_NEXTEST=1   use `cargo test --workspace` even if cargo-nextest is installed
 #   SHARDGATE_TEST_FUZZ_SECS      seconds each fuzz target runs after the suite (default 30; 0
 #                                 skips the fuzz smoke run; it only runs without extra arguments)
+#   (without extra arguments, `cargo deny check bans licenses sources` also runs: deny.toml)
 #
 # Exported to the tests:
 #   SHARDGATE_TEST_DATABASE_URL   postgres://postgres@127.0.0.1:5432/shardgate_test_XXXXXXXX
@@ -49,6 +50,8 @@ source "$SCRIPT_DIR/lib/services.sh"
 source "$SCRIPT_DIR/lib/secret-scan.sh"
 # shellcheck source=scripts/lib/fuzz.sh
 source "$SCRIPT_DIR/lib/fuzz.sh"
+# shellcheck source=scripts/lib/deny.sh
+source "$SCRIPT_DIR/lib/deny.sh"
 
 RUN_CMD=()
 if [ "${1:-}" = "--run" ]; then
@@ -272,6 +275,16 @@ if [ "${SHARDGATE_TEST_SETUP_ONLY:-}" != 1 ] && [ "${#RUN_CMD[@]}" -eq 0 ] && [ 
     fi
 elif [ "$#" -gt 0 ]; then
     sg_log "extra arguments given: fuzz smoke run skipped"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6c. Supply chain (only for a whole run): cargo deny check bans licenses sources (deny.toml;
+#     no advisories: their database cannot be fetched here).
+# ---------------------------------------------------------------------------------------------
+if [ "${SHARDGATE_TEST_SETUP_ONLY:-}" != 1 ] && [ "${#RUN_CMD[@]}" -eq 0 ] && [ "$#" -eq 0 ]; then
+    if sg_ensure_cargo_deny; then
+        run_logged sg_deny_check
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------

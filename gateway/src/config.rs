@@ -117,19 +117,42 @@ impl PolicyConfig {
 }
 
 /// Database settings.
+///
+/// ```toml
+/// [store]
+/// url = "postgres://shardgate_app@db.internal:5432/shardgate?sslmode=verify-full&sslrootcert=/etc/shardgate/db-ca.pem"
+/// password_file = "/run/secrets/shardgate-db"
+/// migrate = false
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `postgres://…` or `sqlite://…`; default `sqlite://<data_dir>/shardgate.db`.
+    /// `postgres://…` or `sqlite://…`; default `sqlite://<data_dir>/shardgate.db`. TLS
+    /// settings go in the URL (`sslmode=verify-full&sslrootcert=…`); the password does not
+    /// (`password_file`).
     #[serde(default)]
     pub url: Option<String>,
     /// Pool size.
     #[serde(default = "default_pool")]
     pub max_connections: u32,
+    /// PostgreSQL only: a file (mode 0600 or stricter) holding the database password; one
+    /// trailing newline is ignored. The URL must then carry no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Apply pending migrations at start-up (`serve`, `audit verify`, `migrate …`). `false`
+    /// for a runtime role that may not run DDL: start-up then only checks that the schema is
+    /// current and the role holds its privileges, and `shardgate db migrate` is run
+    /// separately under the migration role.
+    #[serde(default = "default_migrate")]
+    pub migrate: bool,
 }
 
 fn default_pool() -> u32 {
     16
+}
+
+fn default_migrate() -> bool {
+    true
 }
 
 impl Default for StoreConfig {
@@ -137,6 +160,8 @@ impl Default for StoreConfig {
         Self {
             url: None,
             max_connections: default_pool(),
+            password_file: None,
+            migrate: default_migrate(),
         }
     }
 }
@@ -551,6 +576,7 @@ impl Config {
             store: StoreConfig {
                 url: Some(sqlite_url(&data_dir.join("shardgate.db"))),
                 max_connections: 8,
+                ..StoreConfig::default()
             },
             backends,
             tiers,
@@ -700,6 +726,14 @@ impl Config {
                         t.name
                     )));
                 }
+            }
+        }
+        if self.store.password_file.is_some() {
+            let url = self.store_url();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid(
+                    "store.password_file applies to a postgres:// store url only".into(),
+                ));
             }
         }
         if self.tokens.is_empty() && self.admin_token_file.is_none() {
@@ -1013,5 +1047,28 @@ scopes = ["*"]
         assert!(cfg.policy.is_empty());
         assert!(!toml::to_string(&cfg).unwrap().contains("policy"));
         assert!(cfg.policy().is_ok());
+    }
+
+    #[test]
+    fn store_password_file_and_migrate_parse_and_default() {
+        let base = "[backends.local]\nkind = \"local\"\nkey_file = \"k\"\n\
+                    [[tokens]]\nname = \"a\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nscopes = [\"*\"]\n";
+        let cfg = load_file(base, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert!(cfg.store.migrate);
+        assert!(cfg.store.password_file.is_none());
+        let text = format!(
+            "{base}[store]\nurl = \"postgres://shardgate_app@db:5432/shardgate?sslmode=verify-full&sslrootcert=/ca.pem\"\n\
+             password_file = \"/run/secrets/pg\"\nmigrate = false\n"
+        );
+        let cfg = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert!(!cfg.store.migrate);
+        assert_eq!(
+            cfg.store.password_file.as_deref(),
+            Some(Path::new("/run/secrets/pg"))
+        );
+        // A password file for SQLite (which takes none) is a mistake.
+        let text = format!("{base}[store]\npassword_file = \"/run/secrets/pg\"\n");
+        let err = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap_err();
+        assert!(err.to_string().contains("password_file"), "{err}");
     }
 }

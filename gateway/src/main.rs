@@ -198,7 +198,9 @@ enum HsmCommand {
 
 #[derive(Subcommand)]
 enum DbCommand {
-    /// Apply pending migrations (serve also does this at start-up).
+    /// Apply pending migrations (serve also does this at start-up unless `[store] migrate =
+    /// false`). Run it as the database role that owns the tables; with a PostgreSQL role
+    /// layout, then apply scripts/sql/grants.sql (README, "Database least privilege").
     Migrate {
         #[command(flatten)]
         config: ConfigArgs,
@@ -391,7 +393,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: DbCommand::Migrate { config },
         } => {
             let cfg = Config::load(&config.sources(None))?;
-            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
+            // Always migrates, whatever `[store] migrate` says: run it as the migration role.
+            let store = shardgate::state::open_store(&cfg, 2).await?;
             store.migrate().await?;
             println!("migrations applied ({})", store.kind());
             Ok(ExitCode::SUCCESS)
@@ -460,8 +463,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = Config::load(&config.sources(None))?;
             let key = shardgate::state::audit_key(&cfg)?;
-            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
-            store.migrate().await?;
+            let store = shardgate::state::open_store(&cfg, 2).await?;
+            shardgate::state::prepare_schema(&cfg, store.as_ref()).await?;
             match shardgate::audit::verify(store.as_ref(), &key).await {
                 Ok(r) => {
                     println!(
@@ -562,8 +565,8 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             let hash = shardgate::auth::hash_token(token.expose_secret());
             if save {
                 let cfg = Config::load(&config.sources(None))?;
-                let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
-                store.migrate().await?;
+                let store = shardgate::state::open_store(&cfg, 2).await?;
+                shardgate::state::prepare_schema(&cfg, store.as_ref()).await?;
                 let id = token_admin::save(
                     store.as_ref(),
                     &name,
@@ -599,8 +602,8 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::List { config } => {
             let cfg = Config::load(&config.sources(None))?;
-            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
-            store.migrate().await?;
+            let store = shardgate::state::open_store(&cfg, 2).await?;
+            shardgate::state::prepare_schema(&cfg, store.as_ref()).await?;
             let now = shardgate::now_ms();
             println!(
                 "{:<17} {:<20} {:<11} {:<8} {:<21} SCOPES [PREFIX]",
@@ -633,8 +636,8 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::Revoke { config, id, reason } => {
             let cfg = Config::load(&config.sources(None))?;
-            let store = shardgate_store::connect(&cfg.store_url(), 2).await?;
-            store.migrate().await?;
+            let store = shardgate::state::open_store(&cfg, 2).await?;
+            shardgate::state::prepare_schema(&cfg, store.as_ref()).await?;
             let now = shardgate::now_ms();
             if token_admin::revoke(&cfg, store.as_ref(), &id, &reason, now).await? {
                 println!(
@@ -728,7 +731,7 @@ async fn policy_explain(
                     );
                 }
             }
-            let store = shardgate_store::connect(&url, 1).await?;
+            let store = shardgate::state::open_store(&cfg, 1).await?;
             match store.get_account(account).await? {
                 Some(record) => record.tier,
                 None => anyhow::bail!(

@@ -4,7 +4,7 @@
 use crate::audit::{AuditKey, Auditor};
 use crate::auth::{hash_token, TokenEntry};
 use crate::config::{BackendConfig, Config, Limits, Timeouts};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use shardgate_backends::local::LocalBackend;
 use shardgate_backends::KeyBackend;
 use shardgate_policy::Policy;
@@ -166,6 +166,76 @@ fn ensure_private_dir(dir: Option<&std::path::Path>) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The database password of `[store] password_file`: a private file (mode 0600 or stricter),
+/// one trailing newline ignored. Error texts name the file, never its content.
+pub fn store_password(cfg: &Config) -> Result<Option<SecretString>, StartError> {
+    let Some(path) = &cfg.store.password_file else {
+        return Ok(None);
+    };
+    let what = || format!("store password file {}", path.display());
+    crate::files::check_private(path).map_err(|e| StartError::Io(format!("{}: {e}", what())))?;
+    let text = Zeroizing::new(
+        std::fs::read(path).map_err(|e| StartError::Io(format!("{}: cannot read: {e}", what())))?,
+    );
+    let mut bytes: &[u8] = &text;
+    bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Err(StartError::Io(format!("{} is empty", what())));
+    }
+    if bytes.contains(&b'\n') {
+        return Err(StartError::Io(format!(
+            "{} holds more than one line: it must hold the password alone",
+            what()
+        )));
+    }
+    let password = std::str::from_utf8(bytes)
+        .map_err(|_| StartError::Io(format!("{} is not UTF-8", what())))?;
+    Ok(Some(SecretString::from(password.to_string())))
+}
+
+/// Connect to the configured store (with the password of `[store] password_file`), without
+/// migrating or checking the schema.
+pub async fn open_store(cfg: &Config, max_connections: u32) -> Result<Arc<dyn Store>, StartError> {
+    let url = cfg.store_url();
+    let password = store_password(cfg)?;
+    if password.is_none() && shardgate_store::postgres::url_has_password(&url) {
+        tracing::warn!(
+            "the store url carries the database password: move it to [store] password_file (a 0600 file) so that it is in no configuration or environment variable"
+        );
+    }
+    Ok(shardgate_store::connect_with_password(
+        &url,
+        password.as_ref().map(ExposeSecret::expose_secret),
+        max_connections,
+    )
+    .await?)
+}
+
+/// Bring the schema up to date (`[store] migrate = true`, the default), or, for a runtime
+/// role that runs no DDL (`migrate = false`), check that it is current and that the role
+/// holds what it needs, warning when it could also rewrite the audit log.
+pub async fn prepare_schema(cfg: &Config, store: &dyn Store) -> Result<(), StartError> {
+    if cfg.store.migrate {
+        store.migrate().await?;
+        return Ok(());
+    }
+    let check = store.check_schema().await?;
+    if !check.audit_writable.is_empty() {
+        tracing::warn!(
+            privileges = %check.audit_writable.join(", "),
+            "[store] migrate = false, but the database role may rewrite the audit log: connect as a runtime role without UPDATE/DELETE/TRUNCATE on the audit tables (README, \"Database least privilege\")"
+        );
+    }
+    if !check.newer_migrations.is_empty() {
+        tracing::warn!(
+            versions = ?check.newer_migrations,
+            "the database has migrations this build does not know (migrated by a newer shardgate)"
+        );
+    }
+    Ok(())
+}
+
 /// The audit key a config names (created when `audit.create_key`).
 pub fn audit_key(cfg: &Config) -> Result<AuditKey, StartError> {
     let path = cfg.audit_key_file();
@@ -215,8 +285,9 @@ pub fn config_tokens(cfg: &Config, startup: &mut Startup) -> Result<Vec<TokenEnt
 }
 
 impl AppState {
-    /// Build everything: connect and migrate the store, open backends, load tokens and the
-    /// audit key, and start this process's audit chain.
+    /// Build everything: connect to the store and migrate it (or, with `[store] migrate =
+    /// false`, check its schema and privileges: [`prepare_schema`]), open backends, load
+    /// tokens and the audit key, and start this process's audit chain.
     pub async fn build(cfg: &Config) -> Result<(Self, Startup), StartError> {
         let mut startup = Startup::default();
         crate::metrics::handle();
@@ -238,8 +309,8 @@ impl AppState {
         }
         let from_config = config_tokens(cfg, &mut startup)?;
         let key = Arc::new(audit_key(cfg)?);
-        let store = shardgate_store::connect(&cfg.store_url(), cfg.store.max_connections).await?;
-        store.migrate().await?;
+        let store = open_store(cfg, cfg.store.max_connections).await?;
+        prepare_schema(cfg, store.as_ref()).await?;
         let auth =
             Arc::new(crate::tokens::Tokens::load(from_config, store.clone(), key.clone()).await?);
         let audit = Auditor::start(

@@ -334,6 +334,15 @@ pub trait Store: Send + Sync + 'static {
     /// Apply pending migrations from `migrations/<kind>`.
     async fn migrate(&self) -> Result<(), StoreError>;
 
+    /// Instead of [`Store::migrate`], for a gateway that must not run DDL (`[store] migrate =
+    /// false`: a runtime database role, migrations run separately by the owner role). Checks,
+    /// without changing anything, that every migration of this build is applied and unchanged
+    /// and, on PostgreSQL, that the connected role holds every privilege of
+    /// [`RUNTIME_PRIVILEGES`]. An error names what is missing and how to fix it; the answer
+    /// reports what the operator should know (a role that could rewrite the audit log, a
+    /// database migrated by a newer build).
+    async fn check_schema(&self) -> Result<SchemaCheck, StoreError>;
+
     /// Cheap round trip for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -696,13 +705,119 @@ pub trait Store: Send + Sync + 'static {
     async fn backup_to(&self, path: &Path) -> Result<(), BackupError>;
 }
 
+/// The table privileges the gateway's runtime PostgreSQL role needs, and nothing more: what
+/// `scripts/sql/grants.sql` grants (a test compares the two after applying the script). The
+/// append-only tables ([`APPEND_ONLY_TABLES`]) get SELECT and INSERT only: nothing at
+/// runtime updates or deletes an audit row. `SELECT … FOR UPDATE/FOR SHARE` needs UPDATE,
+/// which the tables locked that way have.
+pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
+    ("accounts", &["SELECT", "INSERT", "UPDATE", "DELETE"]),
+    ("shard_versions", &["SELECT", "INSERT", "UPDATE", "DELETE"]),
+    ("audit_events", &["SELECT", "INSERT"]),
+    ("audit_chains", &["SELECT", "INSERT"]),
+    ("migration_jobs", &["SELECT", "INSERT", "UPDATE"]),
+    ("migration_items", &["SELECT", "INSERT", "UPDATE"]),
+    (
+        "idempotency_keys",
+        &["SELECT", "INSERT", "UPDATE", "DELETE"],
+    ),
+    // Tokens and revocations are read (reloaded) at runtime; only the owner role adds or
+    // revokes them (`token create --save`, `token revoke`), so the runtime role's
+    // credentials cannot mint a token or undo a revocation.
+    ("api_tokens", &["SELECT"]),
+    ("token_revocations", &["SELECT"]),
+    // Read by `check_schema` to see that the schema is current.
+    ("_sqlx_migrations", &["SELECT"]),
+];
+
+/// Tables whose rows are never updated or deleted once written: the runtime role holds no
+/// UPDATE, DELETE or TRUNCATE on them.
+pub const APPEND_ONLY_TABLES: &[&str] = &["audit_events", "audit_chains"];
+
+/// What [`Store::check_schema`] found besides missing pieces (which are errors).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaCheck {
+    /// Privileges the connected role holds on [`APPEND_ONLY_TABLES`] that a runtime role
+    /// should not (`"UPDATE on audit_events"`, ...): empty when the role layout of README,
+    /// "Database least privilege", is in place. Always empty on SQLite, which has no roles.
+    pub audit_writable: Vec<String>,
+    /// Applied migration versions this build does not know (the database was migrated by a
+    /// newer build).
+    pub newer_migrations: Vec<i64>,
+}
+
+/// Compare the applied migrations (`version, success, checksum` rows of `_sqlx_migrations`)
+/// with a build's: `Err` naming the pending, failed or changed ones, else the versions this
+/// build does not know.
+fn compare_migrations(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[(i64, bool, Vec<u8>)],
+) -> Result<Vec<i64>, StoreError> {
+    let mut pending = Vec::new();
+    for m in migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+    {
+        match applied.iter().find(|(v, _, _)| *v == m.version) {
+            None => pending.push(format!("{:04}_{}", m.version, m.description)),
+            Some((_, false, _)) => {
+                return Err(StoreError::Internal(format!(
+                    "migration {:04} ({}) failed part-way and is marked dirty: fix the database, then run `shardgate db migrate`",
+                    m.version, m.description
+                )))
+            }
+            Some((_, true, checksum)) if checksum.as_slice() != &*m.checksum => {
+                return Err(StoreError::Internal(format!(
+                    "migration {:04} ({}) was applied from a different file than this build's",
+                    m.version, m.description
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if !pending.is_empty() {
+        return Err(StoreError::Internal(format!(
+            "the database schema is behind this build (not applied: {}); with `[store] migrate = false` the gateway runs no DDL: run `shardgate db migrate` as the migration role (README, \"Database least privilege\")",
+            pending.join(", ")
+        )));
+    }
+    Ok(applied
+        .iter()
+        .map(|(v, _, _)| *v)
+        .filter(|v| migrator.iter().all(|m| m.version != *v))
+        .collect())
+}
+
+/// The answer of [`Store::check_schema`] on a database never migrated.
+fn no_schema_error() -> StoreError {
+    StoreError::Internal(
+        "the database has no shardgate schema (no _sqlx_migrations table): run `shardgate db migrate` as the migration role first (README, \"Database least privilege\")".to_string(),
+    )
+}
+
 /// Open the store a URL names (`postgres://…` or `sqlite://…`), without migrating.
 pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
+    connect_with_password(url, None, max_connections).await
+}
+
+/// [`connect`] with the PostgreSQL password given apart from the URL (read from a private
+/// file by the gateway, so that it is in no URL, log line or error text). The password must
+/// not also be in the URL; SQLite takes none.
+pub async fn connect_with_password(
+    url: &str,
+    password: Option<&str>,
+    max_connections: u32,
+) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(
-            postgres::PgStore::connect(url, max_connections).await?,
+            postgres::PgStore::connect_with_password(url, password, max_connections).await?,
         ))
     } else if url.starts_with("sqlite:") {
+        if password.is_some() {
+            return Err(StoreError::Internal(
+                "a password applies to a PostgreSQL store only, not to sqlite".to_string(),
+            ));
+        }
         Ok(Arc::new(
             sqlite::SqliteStore::connect(url, max_connections).await?,
         ))

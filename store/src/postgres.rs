@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::MigrateError;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use crate::migration::Settlement;
@@ -58,10 +58,35 @@ impl PgStore {
     /// [`StoreError::Unavailable`] within [`ACQUIRE_TIMEOUT`]; a malformed URL is
     /// [`StoreError::Internal`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with_password(url, None, max_connections).await
+    }
+
+    /// [`PgStore::connect`] with the password given apart from the URL (which must then carry
+    /// none). TLS settings are the URL's: `sslmode=verify-full&sslrootcert=/path/ca.pem`
+    /// verifies the server's certificate chain and host name; a connection to a host that is
+    /// not a loopback address or a Unix socket without `verify-full` is logged as a warning.
+    ///
+    /// sqlx keeps the password in its connect options (a plain `String`) for as long as the
+    /// pool lives, to open new connections; it never appears in this store's `Debug` or
+    /// errors.
+    pub async fn connect_with_password(
+        url: &str,
+        password: Option<&str>,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
-        let options = PgConnectOptions::from_str(url)
+        let mut options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Internal(format!("invalid postgres store url: {e}")))?
             .application_name("shardgate");
+        if let Some(password) = password {
+            if url_has_password(url) {
+                return Err(StoreError::Internal(
+                    "the postgres store url carries a password and a password was given apart from it: keep it in one place (the password file)".to_string(),
+                ));
+            }
+            options = options.password(password);
+        }
+        warn_unless_verified(&options);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -105,6 +130,43 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Internal(format!("transaction task failed: {e}")))?
             .map_err(map_err)
+    }
+}
+
+/// Whether a `postgres://` URL carries a password: in its user-info part
+/// (`user:password@host`) or as a `password=` query parameter.
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || query
+            .split('&')
+            .any(|kv| kv.split('=').next() == Some("password"))
+}
+
+/// Warn when a connection to another machine does not verify the server: without
+/// `sslmode=verify-full` (sqlx's default is `prefer`, which falls back to plain text and
+/// checks no certificate), whoever sits on the network path can read or change every row.
+fn warn_unless_verified(options: &PgConnectOptions) {
+    if options.get_socket().is_some() || matches!(options.get_ssl_mode(), PgSslMode::VerifyFull) {
+        return;
+    }
+    let host = options.get_host();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        tracing::warn!(
+            host,
+            sslmode = ?options.get_ssl_mode(),
+            "the PostgreSQL store connection does not verify the server: add sslmode=verify-full&sslrootcert=<CA file> to [store] url (README, \"Database least privilege\")"
+        );
     }
 }
 
@@ -459,6 +521,26 @@ where
     .await
 }
 
+/// Of the `(table, privilege)` pairs, those the current role holds (`held`) or lacks
+/// (`!held`), as `"PRIVILEGE on table"`.
+async fn privilege_rows(
+    pool: &PgPool,
+    tables: &[&str],
+    privileges: &[&str],
+    held: bool,
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar::<_, String>(
+        "SELECT p || ' on ' || t FROM unnest($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS r(t, p, n) \
+         WHERE has_table_privilege(t, p) = $3 ORDER BY n",
+    )
+    .bind(tables)
+    .bind(privileges)
+    .bind(held)
+    .fetch_all(pool)
+    .await
+    .map_err(map_err)
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn kind(&self) -> &'static str {
@@ -471,6 +553,51 @@ impl Store for PgStore {
             .run(&self.pool)
             .await
             .map_err(migrate_err)
+    }
+
+    async fn check_schema(&self) -> Result<crate::SchemaCheck, StoreError> {
+        let applied = sqlx::query_as::<_, (i64, bool, Vec<u8>)>(
+            "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
+                crate::no_schema_error()
+            }
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                StoreError::Internal(
+                    "the database role may not read _sqlx_migrations (SQLSTATE 42501): apply scripts/sql/grants.sql after every `shardgate db migrate` (README, \"Database least privilege\")".to_string(),
+                )
+            }
+            _ => map_err(e),
+        })?;
+        let newer_migrations =
+            crate::compare_migrations(&sqlx::migrate!("../migrations/postgres"), &applied)?;
+        let (tables, privileges): (Vec<&str>, Vec<&str>) = crate::RUNTIME_PRIVILEGES
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |p| (*t, *p)))
+            .unzip();
+        let missing = privilege_rows(&self.pool, &tables, &privileges, false).await?;
+        if !missing.is_empty() {
+            let role: String = sqlx::query_scalar("SELECT current_user::text")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+            return Err(StoreError::Internal(format!(
+                "database role {role} lacks {}: apply scripts/sql/grants.sql after every `shardgate db migrate` (README, \"Database least privilege\")",
+                missing.join(", ")
+            )));
+        }
+        let (tables, privileges): (Vec<&str>, Vec<&str>) = crate::APPEND_ONLY_TABLES
+            .iter()
+            .flat_map(|t| ["UPDATE", "DELETE", "TRUNCATE"].map(move |p| (*t, p)))
+            .unzip();
+        let audit_writable = privilege_rows(&self.pool, &tables, &privileges, true).await?;
+        Ok(crate::SchemaCheck {
+            audit_writable,
+            newer_migrations,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1563,5 +1690,24 @@ impl Store for PgStore {
 
     async fn backup_to(&self, _path: &Path) -> Result<(), BackupError> {
         Err(BackupError::UsePgDump)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_has_password;
+
+    #[test]
+    fn url_has_password_finds_userinfo_and_query_passwords() {
+        assert!(url_has_password("postgres://u:pw@h:5432/db"));
+        assert!(url_has_password("postgresql://u:@h/db"));
+        assert!(url_has_password(
+            "postgres://u@h/db?sslmode=verify-full&password=pw"
+        ));
+        assert!(!url_has_password("postgres://u@h:5432/db"));
+        assert!(!url_has_password(
+            "postgres://h/db?sslmode=verify-full&sslrootcert=/a:b@c"
+        ));
+        assert!(!url_has_password("postgres://u@h/db?passwordless=1"));
     }
 }

@@ -425,6 +425,30 @@ impl Store for SqliteStore {
             .map_err(migrate_err)
     }
 
+    async fn check_schema(&self) -> Result<crate::SchemaCheck, StoreError> {
+        let exists: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if exists.is_none() {
+            return Err(crate::no_schema_error());
+        }
+        let applied = sqlx::query_as::<_, (i64, bool, Vec<u8>)>(
+            "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let newer_migrations =
+            crate::compare_migrations(&sqlx::migrate!("../migrations/sqlite"), &applied)?;
+        Ok(crate::SchemaCheck {
+            audit_writable: Vec::new(),
+            newer_migrations,
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

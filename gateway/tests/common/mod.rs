@@ -2,6 +2,7 @@
 //! log directories, tokens.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cluster;
 pub mod db;
 pub mod openapi;
 
@@ -179,6 +180,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         store: shardgate::config::StoreConfig {
             url: Some(store_url.to_string()),
             max_connections: 8,
+            ..shardgate::config::StoreConfig::default()
         },
         backends,
         tiers,

@@ -1,0 +1,47 @@
+-- shardgate on PostgreSQL: the runtime role's table privileges (README, "Database least
+-- privilege"). The whole set, and nothing more: it is `RUNTIME_PRIVILEGES` in
+-- store/src/lib.rs, and the gateway checks at start-up (`[store] migrate = false`) that it
+-- holds every one of them. A test applies this file and compares the two.
+--
+-- Run after EVERY `shardgate db migrate` (a migration may add a table), as the owner role or
+-- a superuser, connected to the shardgate database:
+--
+--   psql -X -v ON_ERROR_STOP=1 -d shardgate -f scripts/sql/grants.sql   # -v app=NAME
+--
+-- Nothing the gateway does at runtime updates or deletes an audit row: the audit log has no
+-- retention or pruning of its own (pruned shard versions get NEW audit events), and the
+-- chain-head checkpoints are log lines, not rows. So the audit tables are append-only for
+-- the runtime role: SELECT and INSERT, no UPDATE, DELETE or TRUNCATE.
+
+\set ON_ERROR_STOP on
+\if :{?app}
+\else
+\set app shardgate_app
+\endif
+
+BEGIN;
+
+-- Start from nothing on every table and sequence of the schema (also PUBLIC's), so that
+-- what follows is the complete set.
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC, :"app";
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM PUBLIC, :"app";
+
+-- Accounts, shard versions (written, re-wrapped by tier migration, crypto-shredded by
+-- deletes and retention) and idempotency records (claimed, answered, purged).
+GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, shard_versions, idempotency_keys TO :"app";
+
+-- Tier-migration jobs and their items: created, claimed and settled; never deleted.
+GRANT SELECT, INSERT, UPDATE ON migration_jobs, migration_items TO :"app";
+
+-- The audit log: append-only.
+GRANT SELECT, INSERT ON audit_events, audit_chains TO :"app";
+
+-- API tokens and revocations: reloaded by every gateway, written only by the owner role
+-- (`shardgate token create --save`, `shardgate token revoke`), so the runtime role's
+-- credentials can neither mint a token nor undo a revocation.
+GRANT SELECT ON api_tokens, token_revocations TO :"app";
+
+-- Read at start-up to check that the schema is current; migrations run as the owner.
+GRANT SELECT ON _sqlx_migrations TO :"app";
+
+COMMIT;
