@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post, put};

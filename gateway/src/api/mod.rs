@@ -10,6 +10,7 @@ use crate::audit::Event;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
+use crate::tls::identity::CertIdentity;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -108,6 +109,59 @@ fn request_id(parts: &Parts) -> String {
         .unwrap_or_default()
 }
 
+/// Who is calling: the bearer token, or the connection's verified client certificate.
+///
+/// - No client certificate (plain HTTP, TLS without mutual TLS, or `client_auth =
+///   "optional"` and none presented): the bearer token decides, as always.
+/// - A certificate that a `[[tls.clients]]` entry maps: that identity, and no
+///   `Authorization` header may come with it. A token as well is two credentials, and which
+///   one is the caller would be a guess: the request is refused `unauthenticated` (as two
+///   `Authorization` headers are), whatever the token.
+/// - A verified certificate that no entry maps: it proved only that the client holds a
+///   certificate of the client CA (mutual TLS as a network gate); the bearer token decides,
+///   and without one the request is refused `unauthenticated`.
+fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, (ApiError, String)> {
+    let mut presented = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let first = presented.next();
+    if presented.next().is_some() {
+        // Two credentials are ambiguous (which one is the caller?): neither counts.
+        return Err((
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "more than one Authorization header",
+            ),
+            String::new(),
+        ));
+    }
+    let token = |note: String| {
+        state
+            .auth
+            .authenticate(first.map(|v| v.to_str().unwrap_or("\u{0}")))
+            .map_err(|e| (e, note))
+    };
+    let Some(peer) = parts.extensions.get::<crate::tls::PeerCertificate>() else {
+        return token(String::new());
+    };
+    match peer.identity() {
+        CertIdentity::Mapped(caller) if first.is_none() => Ok(caller),
+        CertIdentity::Mapped(caller) => Err((
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "a client certificate that maps to an identity and a bearer token were both presented: present one",
+            ),
+            format!("certificate identity {:?} and a bearer token", caller.name),
+        )),
+        CertIdentity::Unmapped(why) if first.is_none() => Err((
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the client certificate maps to no identity and no bearer token was presented",
+            ),
+            why,
+        )),
+        CertIdentity::Unmapped(why) => token(why),
+    }
+}
+
 impl FromRequestParts<AppState> for Ctx {
     type Rejection = ApiError;
 
@@ -116,20 +170,7 @@ impl FromRequestParts<AppState> for Ctx {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let rid = request_id(parts);
-        let mut presented = parts.headers.get_all(header::AUTHORIZATION).iter();
-        let first = presented.next();
-        let authenticated = if presented.next().is_some() {
-            // Two credentials are ambiguous (which one is the caller?): neither counts.
-            Err(ApiError::new(
-                ErrorCode::Unauthenticated,
-                "more than one Authorization header",
-            ))
-        } else {
-            state
-                .auth
-                .authenticate(first.map(|v| v.to_str().unwrap_or("\u{0}")))
-        };
-        match authenticated {
+        match authenticate(parts, state) {
             Ok(caller) => {
                 // After authentication: the bucket is the verified identity's.
                 if let Some(limiter) = &state.rate_limiter {
@@ -140,12 +181,12 @@ impl FromRequestParts<AppState> for Ctx {
                     request_id: rid,
                 })
             }
-            Err(e) => {
-                let mut ev = Event::new(&rid, "anonymous", "auth").detail(format!(
-                    "{} {}",
-                    parts.method,
-                    parts.uri.path()
-                ));
+            Err((e, note)) => {
+                let mut detail = format!("{} {}", parts.method, parts.uri.path());
+                if !note.is_empty() {
+                    detail = format!("{detail} ({note})");
+                }
+                let mut ev = Event::new(&rid, "anonymous", "auth").detail(detail);
                 ev.outcome = e.code.as_str().to_string();
                 state.audit.record_detached(ev);
                 Err(e)
