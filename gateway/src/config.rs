@@ -1125,6 +1125,88 @@ scopes = ["*"]
         assert!(load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
     }
 
+    const TLS_FILE: &str = r#"
+[backends.local]
+kind = "local"
+key_file = "k"
+[tiers]
+retail = "local"
+[tls]
+cert_file = "/etc/shardgate/server.pem"
+key_file = "/etc/shardgate/server.key"
+client_ca_file = "/etc/shardgate/clients-ca.pem"
+client_auth = "optional"
+[[tls.clients]]
+name = "signer"
+subject_cn = "signer.internal"
+scopes = ["shards:read", "shards:write"]
+account_prefix = "acct-eu-"
+[[tls.clients]]
+name = "ops"
+uri = "spiffe://prod/ops"
+scopes = ["*"]
+"#;
+
+    #[test]
+    fn tls_section_parses_and_client_entries_alone_are_authentication() {
+        // No [[tokens]]: certificate identities are authentication enough.
+        let cfg = load_file(TLS_FILE, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        let tls = cfg.tls.as_ref().unwrap();
+        assert_eq!(tls.client_auth, Some(ClientAuth::Optional));
+        assert!(!tls.requires_client_cert());
+        assert_eq!(tls.clients.len(), 2);
+        assert_eq!(tls.clients[1].uri.as_deref(), Some("spiffe://prod/ops"));
+        // What the tests write with `toml::to_string` reads back the same.
+        let again: Config = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again.tls, cfg.tls);
+        // client_auth defaults to required once a client CA is set.
+        let text = TLS_FILE.replace("client_auth = \"optional\"\n", "");
+        let cfg = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert!(cfg.tls.unwrap().requires_client_cert());
+    }
+
+    #[test]
+    fn tls_client_entries_are_validated() {
+        let bad = |from: &str, to: &str, expect: &str| {
+            let text = TLS_FILE.replacen(from, to, 1);
+            assert_ne!(text, TLS_FILE, "{from}");
+            let err = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{from} -> {to}: {err}");
+        };
+        bad(
+            "client_ca_file = \"/etc/shardgate/clients-ca.pem\"\n",
+            "",
+            "needs client_ca_file",
+        );
+        bad(
+            "subject_cn = \"signer.internal\"",
+            "subject_cn = \"signer.internal\"\ndns = \"signer.svc\"",
+            "exactly one of",
+        );
+        bad("subject_cn = \"signer.internal\"\n", "", "exactly one of");
+        bad("\"shards:write\"", "\"shards:wirte\"", "unknown scope");
+        bad("\"acct-eu-\"", "\"acct/eu\"", "account_prefix");
+        bad(
+            "uri = \"spiffe://prod/ops\"",
+            "subject_cn = \"signer.internal\"",
+            "already maps",
+        );
+        bad("name = \"ops\"", "name = \"\"", "client name");
+        bad(
+            "client_auth = \"optional\"",
+            "client_auth = \"sometimes\"",
+            "sometimes",
+        );
+        bad("cert_file", "cert_flie", "cert_flie");
+        // DNS names collide ignoring case.
+        let text = TLS_FILE
+            .replace("subject_cn = \"signer.internal\"", "dns = \"Signer.Svc\"")
+            .replace("uri = \"spiffe://prod/ops\"", "dns = \"signer.svc\"");
+        assert!(load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
+    }
+
     #[test]
     fn config_without_policy_section_serializes_without_one() {
         let cfg = Config::embedded(Path::new("/tmp/x"));

@@ -263,6 +263,28 @@ mod tests {
     }
 
     #[test]
+    fn names_are_read_from_a_real_certificate() {
+        let mut p = rcgen::CertificateParams::new(vec!["Signer.svc".to_string()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "signer\nforged");
+        p.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://prod/signer".try_into().unwrap(),
+        ));
+        p.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "ops@example.com".try_into().unwrap(),
+        ));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let n = CertNames::parse(cert.der());
+        assert_eq!(n.common_names, ["signer\nforged"]);
+        assert_eq!(n.dns, ["Signer.svc"]);
+        assert_eq!(n.uris, ["spiffe://prod/signer"]);
+        assert_eq!(n.emails, ["ops@example.com"]);
+        assert!(!n.subject.contains('\n'), "{}", n.subject);
+        assert!(n.subject.contains("signer"), "{}", n.subject);
+    }
+
+    #[test]
     fn garbage_is_a_certificate_without_names() {
         let n = CertNames::parse(b"not a certificate");
         assert!(n.common_names.is_empty() && n.dns.is_empty());

@@ -287,3 +287,123 @@ where
         metrics::counter!("shardgate_tls_reloads_total", "outcome" => outcome).increment(1);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config::{ClientAuth, TlsClientConfig};
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        cfg: TlsConfig,
+    }
+
+    /// A self-signed server certificate and its key (0600), and a client CA file.
+    fn files() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TlsConfig {
+            cert_file: dir.path().join("server.pem"),
+            key_file: dir.path().join("server.key"),
+            client_ca_file: Some(dir.path().join("ca.pem")),
+            client_auth: Some(ClientAuth::Required),
+            clients: vec![TlsClientConfig {
+                name: "signer".into(),
+                subject_cn: Some("signer".into()),
+                dns: None,
+                uri: None,
+                email: None,
+                scopes: vec!["shards:read".into()],
+                account_prefix: None,
+            }],
+        };
+        write_pair(&cfg, "gateway");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".to_string()]).unwrap();
+        std::fs::write(cfg.client_ca_file.as_ref().unwrap(), ca.cert.pem()).unwrap();
+        Files { _dir: dir, cfg }
+    }
+
+    fn write_pair(cfg: &TlsConfig, name: &str) -> rcgen::CertifiedKey<rcgen::KeyPair> {
+        let pair = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        std::fs::write(&cfg.cert_file, pair.cert.pem()).unwrap();
+        crate::files::write_private(&cfg.key_file, pair.signing_key.serialize_pem().as_bytes())
+            .unwrap();
+        pair
+    }
+
+    fn server_ptr(tls: &Tls) -> *const ServerConfig {
+        Arc::as_ptr(&tls.0.load().server)
+    }
+
+    #[test]
+    fn good_files_load_and_reload_swaps_the_settings() {
+        let f = files();
+        let tls = Tls::load(&f.cfg).unwrap();
+        assert_eq!(tls.client_entries(), 1);
+        let before = server_ptr(&tls);
+        write_pair(&f.cfg, "gateway-2");
+        let mut cfg = f.cfg.clone();
+        cfg.clients.clear();
+        tls.reload(&cfg).unwrap();
+        assert_ne!(server_ptr(&tls), before);
+        assert_eq!(tls.client_entries(), 0);
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_settings_in_force() {
+        let f = files();
+        let tls = Tls::load(&f.cfg).unwrap();
+        let before = server_ptr(&tls);
+        let mut cfg = f.cfg.clone();
+        cfg.clients.clear();
+        // Missing, not PEM, a key of another certificate, a CA file without certificates.
+        cfg.cert_file = f.cfg.cert_file.with_extension("missing");
+        assert!(tls.reload(&cfg).is_err());
+        std::fs::write(&f.cfg.cert_file, "garbage").unwrap();
+        assert!(tls.reload(&f.cfg).is_err());
+        let pair = write_pair(&f.cfg, "gateway");
+        let other = rcgen::generate_simple_self_signed(vec!["other".to_string()]).unwrap();
+        crate::files::write_private(
+            &f.cfg.key_file,
+            other.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let e = tls.reload(&f.cfg).unwrap_err().to_string();
+        assert!(e.contains("do not make a certificate and its key"), "{e}");
+        crate::files::write_private(&f.cfg.key_file, pair.signing_key.serialize_pem().as_bytes())
+            .unwrap();
+        std::fs::write(f.cfg.client_ca_file.as_ref().unwrap(), "").unwrap();
+        assert!(tls.reload(&f.cfg).is_err());
+        assert_eq!(server_ptr(&tls), before);
+        assert_eq!(tls.client_entries(), 1);
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused_without_quoting_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = files();
+        std::fs::set_permissions(&f.cfg.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Tls::load(&f.cfg).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        // A key file that is not PEM: the message names the file, never its content.
+        std::fs::set_permissions(&f.cfg.key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let secret =
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0IGtleSBieXRlcw=!!\n-----END PRIVATE KEY-----\n";
+        crate::files::write_private(&f.cfg.key_file, secret.as_bytes()).unwrap();
+        let e = Tls::load(&f.cfg).unwrap_err().to_string();
+        assert!(e.contains("server.key"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+    }
+
+    #[test]
+    fn without_a_client_ca_no_peer_certificate_is_read() {
+        let f = files();
+        let mut cfg = f.cfg.clone();
+        cfg.client_ca_file = None;
+        cfg.client_auth = None;
+        cfg.clients.clear();
+        let tls = Tls::load(&cfg).unwrap();
+        assert!(!tls.0.load().mutual);
+        assert!(format!("{tls:?}").contains("mutual: false"));
+    }
+}
