@@ -830,3 +830,35 @@ async fn sighup_reloads_certificates_and_keeps_open_connections() {
     assert_eq!(st, 200);
     assert!(gw.alive());
 }
+
+#[test]
+fn serve_refuses_to_start_with_a_key_file_others_may_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(true, None);
+    std::fs::set_permissions(&s.key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let config_file = s.dir.join("shardgate.toml");
+    common::write_config(&s.cfg, &config_file);
+    let out = Command::new(common::shardgate_bin())
+        .args(["serve", "--config", config_file.to_str().unwrap()])
+        .env_remove("SHARDGATE_TEST_DATABASE_URL")
+        .output()
+        .unwrap();
+    common::keep_output(&common::log_dir("tls"), "bad-key-mode", &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("server.key") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    // A certificate file without a certificate stops start-up the same way.
+    std::fs::set_permissions(&s.key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&s.cert_file, "").unwrap();
+    let out = Command::new(common::shardgate_bin())
+        .args(["serve", "--config", config_file.to_str().unwrap()])
+        .env_remove("SHARDGATE_TEST_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no PEM CERTIFICATE"), "{stderr}");
+}
