@@ -187,14 +187,14 @@ impl Caller {
         if !self.has(scope) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
-                format!("this token lacks the {} scope", scope.as_str()),
+                format!("this identity lacks the {} scope", scope.as_str()),
             ));
         }
         if let Some(a) = account {
             if !self.reaches(a) {
                 return Err(ApiError::new(
                     ErrorCode::Forbidden,
-                    "this token may not reach that account",
+                    "this identity may not reach that account",
                 ));
             }
         }

@@ -74,6 +74,9 @@ pub struct Config {
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    /// TLS (and mutual TLS) on the listener; without it the listener speaks plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -281,6 +284,165 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self { refresh_ms: 5_000 }
     }
+}
+
+/// `[tls]`: serve HTTPS, and with `client_ca_file` verify client certificates (mutual
+/// TLS) and map them to identities (`[[tls.clients]]`).
+///
+/// ```toml
+/// [tls]
+/// cert_file = "/etc/shardgate/server.pem"      # chain, leaf first
+/// key_file = "/etc/shardgate/server.key"       # mode 0600
+/// client_ca_file = "/etc/shardgate/clients-ca.pem"
+/// client_auth = "required"                     # or "optional"
+///
+/// [[tls.clients]]
+/// name = "signer-eu"
+/// subject_cn = "signer-eu.internal"
+/// scopes = ["shards:read", "shards:write"]
+/// account_prefix = "acct-eu-"
+/// ```
+///
+/// SIGHUP re-reads the configuration's `[tls]` section and the files it names; new
+/// handshakes use them, open connections keep theirs (`crate::tls`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain (PEM, leaf first).
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1); refused unless mode 0600 or
+    /// stricter.
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) client certificates are verified against. Setting it turns on
+    /// mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a client must present a certificate (`required`, the default with a
+    /// `client_ca_file`) or may connect without one and use a bearer token (`optional`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// Verified client certificates -> identities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<TlsClientConfig>,
+}
+
+/// Whether mutual TLS requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// The handshake fails without a certificate from `client_ca_file`.
+    Required,
+    /// A client may connect without a certificate (and authenticate with a bearer token);
+    /// a certificate it does present must still verify.
+    Optional,
+}
+
+/// One `[[tls.clients]]` entry: which verified client certificate is which identity, with
+/// the same scopes and account reach a `[[tokens]]` entry carries. Exactly one of
+/// `subject_cn`, `dns`, `uri` and `email` names the certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientConfig {
+    /// Identity recorded in the audit log and used as the rate-limit bucket.
+    pub name: String,
+    /// The subject's common name (the subject must carry exactly one CN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_cn: Option<String>,
+    /// A DNS name among the certificate's subject alternative names (ASCII case ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    /// A URI among the subject alternative names (e.g. a SPIFFE id), exact bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// An email address (rfc822Name) among the subject alternative names, exact bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Scopes; `*` grants every scope.
+    pub scopes: Vec<String>,
+    /// When set, the identity only reaches accounts whose id starts with these exact bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_prefix: Option<String>,
+}
+
+impl TlsConfig {
+    /// Structural checks that need no I/O (the files are read by `crate::tls`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("tls: {m}")));
+        if self.client_ca_file.is_none() {
+            if self.client_auth.is_some() {
+                return invalid("client_auth needs client_ca_file (the CA client certificates are verified against)".into());
+            }
+            if !self.clients.is_empty() {
+                return invalid("[[tls.clients]] needs client_ca_file: only verified client certificates map to identities".into());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for c in &self.clients {
+            if c.name.is_empty() || c.name.len() > 128 || c.name.chars().any(char::is_control) {
+                return invalid(format!(
+                    "client name {:?} must be 1 to 128 characters without control characters",
+                    c.name
+                ));
+            }
+            let matchers = [
+                ("subject_cn", &c.subject_cn),
+                ("dns", &c.dns),
+                ("uri", &c.uri),
+                ("email", &c.email),
+            ];
+            let given: Vec<_> = matchers
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
+                .collect();
+            let [(kind, value)] = given.as_slice() else {
+                return invalid(format!(
+                    "client {:?} must name its certificate by exactly one of subject_cn, dns, uri, email",
+                    c.name
+                ));
+            };
+            if value.is_empty() {
+                return invalid(format!("client {:?}: {kind} is empty", c.name));
+            }
+            let key = if *kind == "dns" {
+                value.to_ascii_lowercase()
+            } else {
+                (*value).clone()
+            };
+            if !seen.insert((*kind, key)) {
+                return invalid(format!(
+                    "client {:?}: another entry already maps {kind} {value:?}",
+                    c.name
+                ));
+            }
+            for s in &c.scopes {
+                if s != "*" && crate::auth::Scope::parse(s).is_none() {
+                    return invalid(format!("client {:?}: unknown scope {s:?}", c.name));
+                }
+            }
+            if let Some(p) = &c.account_prefix {
+                if !is_account_prefix(p) {
+                    return invalid(format!(
+                        "client {:?}: account_prefix must be non-empty [A-Za-z0-9._:-]",
+                        c.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether clients must present a certificate.
+    pub fn requires_client_cert(&self) -> bool {
+        self.client_ca_file.is_some()
+            && self.client_auth.unwrap_or(ClientAuth::Required) == ClientAuth::Required
+    }
+}
+
+/// An account prefix: non-empty `[A-Za-z0-9._:-]`.
+pub fn is_account_prefix(p: &str) -> bool {
+    !p.is_empty()
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
 }
 
 /// Size limits.
@@ -596,6 +758,7 @@ impl Config {
             retention: RetentionConfig::default(),
             auth: AuthConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
+            tls: None,
         }
     }
 
@@ -736,9 +899,13 @@ impl Config {
                 ));
             }
         }
-        if self.tokens.is_empty() && self.admin_token_file.is_none() {
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
+        let cert_identities = self.tls.as_ref().is_some_and(|t| !t.clients.is_empty());
+        if self.tokens.is_empty() && self.admin_token_file.is_none() && !cert_identities {
             return Err(ConfigError::Invalid(
-                "no tokens are configured: shardgate never starts without authentication (create one with `shardgate token create`)".into(),
+                "no tokens are configured: shardgate never starts without authentication (create one with `shardgate token create`, or map client certificates with [[tls.clients]])".into(),
             ));
         }
         Ok(())
@@ -1038,6 +1205,88 @@ scopes = ["*"]
         let err = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap_err();
         assert!(err.to_string().contains("precent"), "{err}");
         let text = POLICY_FILE.replace("[[policy.pins]]", "[[policy.pin]]");
+        assert!(load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
+    }
+
+    const TLS_FILE: &str = r#"
+[backends.local]
+kind = "local"
+key_file = "k"
+[tiers]
+retail = "local"
+[tls]
+cert_file = "/etc/shardgate/server.pem"
+key_file = "/etc/shardgate/server.key"
+client_ca_file = "/etc/shardgate/clients-ca.pem"
+client_auth = "optional"
+[[tls.clients]]
+name = "signer"
+subject_cn = "signer.internal"
+scopes = ["shards:read", "shards:write"]
+account_prefix = "acct-eu-"
+[[tls.clients]]
+name = "ops"
+uri = "spiffe://prod/ops"
+scopes = ["*"]
+"#;
+
+    #[test]
+    fn tls_section_parses_and_client_entries_alone_are_authentication() {
+        // No [[tokens]]: certificate identities are authentication enough.
+        let cfg = load_file(TLS_FILE, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        let tls = cfg.tls.as_ref().unwrap();
+        assert_eq!(tls.client_auth, Some(ClientAuth::Optional));
+        assert!(!tls.requires_client_cert());
+        assert_eq!(tls.clients.len(), 2);
+        assert_eq!(tls.clients[1].uri.as_deref(), Some("spiffe://prod/ops"));
+        // What the tests write with `toml::to_string` reads back the same.
+        let again: Config = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again.tls, cfg.tls);
+        // client_auth defaults to required once a client CA is set.
+        let text = TLS_FILE.replace("client_auth = \"optional\"\n", "");
+        let cfg = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert!(cfg.tls.unwrap().requires_client_cert());
+    }
+
+    #[test]
+    fn tls_client_entries_are_validated() {
+        let bad = |from: &str, to: &str, expect: &str| {
+            let text = TLS_FILE.replacen(from, to, 1);
+            assert_ne!(text, TLS_FILE, "{from}");
+            let err = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{from} -> {to}: {err}");
+        };
+        bad(
+            "client_ca_file = \"/etc/shardgate/clients-ca.pem\"\n",
+            "",
+            "needs client_ca_file",
+        );
+        bad(
+            "subject_cn = \"signer.internal\"",
+            "subject_cn = \"signer.internal\"\ndns = \"signer.svc\"",
+            "exactly one of",
+        );
+        bad("subject_cn = \"signer.internal\"\n", "", "exactly one of");
+        bad("\"shards:write\"", "\"shards:wirte\"", "unknown scope");
+        bad("\"acct-eu-\"", "\"acct/eu\"", "account_prefix");
+        bad(
+            "uri = \"spiffe://prod/ops\"",
+            "subject_cn = \"signer.internal\"",
+            "already maps",
+        );
+        bad("name = \"ops\"", "name = \"\"", "client name");
+        bad(
+            "client_auth = \"optional\"",
+            "client_auth = \"sometimes\"",
+            "sometimes",
+        );
+        bad("cert_file", "cert_flie", "cert_flie");
+        // DNS names collide ignoring case.
+        let text = TLS_FILE
+            .replace("subject_cn = \"signer.internal\"", "dns = \"Signer.Svc\"")
+            .replace("uri = \"spiffe://prod/ops\"", "dns = \"signer.svc\"");
         assert!(load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
     }
 

@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod token_admin;
 pub mod tokens;
 

@@ -487,6 +487,12 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     // Before any secret is loaded.
     shardgate::hygiene::harden();
     let cfg = Config::load(&sources)?;
+    // Before anything is opened: a bad certificate or key stops start-up with its reason.
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(shardgate::tls::Tls::load)
+        .transpose()?;
     let (state, startup) = AppState::build(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
@@ -502,8 +508,17 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
             shown.display()
         );
     }
-    println!("shardgate listening on http://{addr}");
-    tracing::info!(%addr, store = state.store.kind(), backends = ?state.backends.keys().collect::<Vec<_>>(), "serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("shardgate listening on {scheme}://{addr}");
+    tracing::info!(%addr, %scheme, store = state.store.kind(), backends = ?state.backends.keys().collect::<Vec<_>>(), "serving");
+    // SIGHUP re-reads the configuration and reloads its [tls] section (certificates, key,
+    // client CA, [[tls.clients]]); nothing else of the configuration changes without a
+    // restart. Installed with or without TLS, so a SIGHUP never kills the gateway.
+    tokio::spawn(shardgate::tls::reload_on_hangup(tls.clone(), move || {
+        Config::load(&sources)
+            .map(|c| c.tls)
+            .map_err(|e| e.to_string())
+    }));
     state.start_migration_workers();
     state.start_token_refresh(&cfg.auth);
     let audit = state.audit.clone();
@@ -518,7 +533,14 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
             std::process::exit(130);
         });
     };
-    shardgate::server::serve(listener, shardgate::app(state.clone()), &timeouts, first).await;
+    shardgate::server::serve_with_tls(
+        listener,
+        shardgate::app(state.clone()),
+        &timeouts,
+        tls,
+        first,
+    )
+    .await;
     // Workers stop claiming; an item in flight is either committed or left to its lease.
     state.stop_migration_workers();
     audit.checkpoint().await;

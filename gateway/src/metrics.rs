@@ -5,7 +5,8 @@
 //!
 //! Families recorded elsewhere: `shardgate_backend_op_duration_seconds` and
 //! `shardgate_breaker_transitions_total` in [`crate::breaker`], `shardgate_audit_*` in
-//! [`crate::audit`], `shardgate_migration_*` in [`crate::jobs::migrate`]. README
+//! [`crate::audit`], `shardgate_migration_*` in [`crate::jobs::migrate`], `shardgate_tls_*`
+//! in [`crate::server`] and [`crate::tls`]. README
 //! ("Operations", "Metrics") lists them all.
 
 use crate::api::Ctx;
@@ -89,6 +90,14 @@ fn describe() {
     describe_counter!(
         "shardgate_audit_failures_total",
         "Batched audit writes that failed"
+    );
+    describe_counter!(
+        "shardgate_tls_handshake_failures_total",
+        "TLS handshakes that failed (refused: bad or missing client certificate, not TLS, no common protocol; timeout: not finished within timeouts.header_read_ms)"
+    );
+    describe_counter!(
+        "shardgate_tls_reloads_total",
+        "SIGHUP reloads of the TLS settings by outcome (reloaded, failed, unchanged)"
     );
 }
 

@@ -5,7 +5,8 @@
 //! own header timer cannot do both: it starts as soon as a connection waits for its next
 //! request, so it would close every idle keep-alive connection after `header_read_ms`.)
 //! Body-read and whole-request deadlines are enforced in the router (`api::ApiJson`,
-//! `api::deadline`).
+//! `api::deadline`). With TLS ([`serve_with_tls`], `crate::tls`) the handshake has its own
+//! deadline, `header_read_ms`, and the clock then watches the decrypted bytes.
 
 use crate::config::Timeouts;
 use axum::Router;
@@ -19,15 +20,29 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-/// Serve `app` on `listener` until `shutdown` resolves, then let requests in flight finish
-/// (up to `timeouts.shutdown_grace_ms`).
+/// Serve `app` on `listener` (plain HTTP) until `shutdown` resolves, then let requests in
+/// flight finish (up to `timeouts.shutdown_grace_ms`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     timeouts: &Timeouts,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with_tls(listener, app, timeouts, None, shutdown).await;
+}
+
+/// [`serve`], over TLS when `tls` is given: each connection's handshake (with the settings
+/// in force when it was accepted) must finish within `timeouts.header_read_ms`, and a
+/// verified client certificate rides along with each of its requests as a
+/// [`crate::tls::PeerCertificate`] extension.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    app: Router,
+    timeouts: &Timeouts,
+    tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -47,49 +62,40 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let clock = Arc::new(ConnClock::new());
-                let svc = {
-                    let (app, clock) = (app.clone(), clock.clone());
-                    tower::service_fn(move |req: axum::extract::Request<hyper::body::Incoming>| {
-                        let busy = clock.request_started();
-                        let app = app.clone();
-                        async move {
-                            let r = app.oneshot(req).await;
-                            drop(busy);
-                            r
-                        }
-                    })
+                let conn = Conn {
+                    app: app.clone(),
+                    // Held from accept on: a shutdown waits for this connection, handshake
+                    // included (bounded by the handshake timeout and the grace period).
+                    watcher: graceful.watcher(),
+                    header_timeout,
+                    idle_timeout,
                 };
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(None)
-                    .keep_alive(true);
-                let io = TokioIo::new(Watched { inner: stream, clock: clock.clone() });
-                let conn = builder.serve_connection(io, TowerToHyperService::new(svc));
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    tokio::pin!(conn);
-                    loop {
-                        let wake = clock.next_check(header_timeout, idle_timeout);
-                        tokio::select! {
-                            r = conn.as_mut() => {
-                                if let Err(e) = r {
-                                    tracing::debug!(error = %e, "connection closed with an error");
-                                }
-                                break;
-                            }
-                            () = clock.changed.notified() => {}
-                            () = tokio::time::sleep_until(wake.into()) => {
-                                if let Some(why) = clock.expired(header_timeout, idle_timeout) {
-                                    // Dropping the connection closes it; no request is in flight.
-                                    tracing::debug!(reason = why, "connection closed by its timer");
-                                    break;
-                                }
-                            }
-                        }
+                match &tls {
+                    None => {
+                        tokio::spawn(conn.serve(stream, None));
                     }
-                });
+                    Some(tls) => {
+                        let tls = tls.clone();
+                        tokio::spawn(async move {
+                            let handshake = tls.acceptor().accept(stream);
+                            match tokio::time::timeout(header_timeout, handshake).await {
+                                Ok(Ok(stream)) => {
+                                    let peer = tls.peer(stream.get_ref().1);
+                                    conn.serve(stream, peer).await;
+                                }
+                                Ok(Err(e)) => {
+                                    // Scanners and misconfigured clients: debug, and counted.
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    metrics::counter!("shardgate_tls_handshake_failures_total", "reason" => "refused").increment(1);
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    metrics::counter!("shardgate_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+                                }
+                            }
+                        });
+                    }
+                }
             }
             () = &mut shutdown => break,
         }
@@ -102,6 +108,78 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period passed with connections still open");
+    }
+}
+
+/// One accepted connection, before it is served.
+struct Conn {
+    app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Conn {
+    /// Serve HTTP/1.1 on `io` until the client closes, a timer closes it, or shutdown.
+    async fn serve<S>(self, io: S, peer: Option<crate::tls::PeerCertificate>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            app,
+            watcher,
+            header_timeout,
+            idle_timeout,
+        } = self;
+        let clock = Arc::new(ConnClock::new());
+        let svc = {
+            let clock = clock.clone();
+            tower::service_fn(
+                move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    let busy = clock.request_started();
+                    if let Some(peer) = &peer {
+                        req.extensions_mut().insert(peer.clone());
+                    }
+                    let app = app.clone();
+                    async move {
+                        let r = app.oneshot(req).await;
+                        drop(busy);
+                        r
+                    }
+                },
+            )
+        };
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true);
+        let io = TokioIo::new(Watched {
+            inner: io,
+            clock: clock.clone(),
+        });
+        let conn = builder.serve_connection(io, TowerToHyperService::new(svc));
+        let conn = watcher.watch(conn);
+        tokio::pin!(conn);
+        loop {
+            let wake = clock.next_check(header_timeout, idle_timeout);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection closed with an error");
+                    }
+                    break;
+                }
+                () = clock.changed.notified() => {}
+                () = tokio::time::sleep_until(wake.into()) => {
+                    if let Some(why) = clock.expired(header_timeout, idle_timeout) {
+                        // Dropping the connection closes it; no request is in flight.
+                        tracing::debug!(reason = why, "connection closed by its timer");
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -198,13 +276,14 @@ impl ConnClock {
     }
 }
 
-/// The connection's socket, telling its [`ConnClock`] when bytes arrive.
-struct Watched {
-    inner: TcpStream,
+/// The connection's stream (the socket, or the TLS stream over it: bytes counted are
+/// plaintext), telling its [`ConnClock`] when bytes arrive.
+struct Watched<S> {
+    inner: S,
     clock: Arc<ConnClock>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,7 +298,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

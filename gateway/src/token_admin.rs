@@ -177,11 +177,7 @@ pub fn validate(
         }
     }
     if let Some(p) = account_prefix {
-        if p.is_empty()
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
-        {
+        if !crate::config::is_account_prefix(p) {
             return Err(TokenAdminError::Invalid(
                 "account prefix must be non-empty [A-Za-z0-9._:-]".into(),
             ));

@@ -10,6 +10,7 @@ use crate::audit::Event;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
+use crate::tls::identity::CertIdentity;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -110,6 +111,90 @@ fn request_id(parts: &Parts) -> String {
         .unwrap_or_default()
 }
 
+/// Who is calling: the bearer token, or the connection's verified client certificate.
+///
+/// - No client certificate (plain HTTP, TLS without mutual TLS, or `client_auth =
+///   "optional"` and none presented): the bearer token decides, as always.
+/// - A certificate that a `[[tls.clients]]` entry maps: that identity, and no
+///   `Authorization` header may come with it. A token as well is two credentials, and which
+///   one is the caller would be a guess: the request is refused `unauthenticated` (as two
+///   `Authorization` headers are), whatever the token.
+/// - A verified certificate that no entry maps: it proved only that the client holds a
+///   certificate of the client CA (mutual TLS as a network gate); the bearer token decides,
+///   and without one the request is refused `unauthenticated`.
+fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Refused> {
+    let mut presented = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let first = presented.next();
+    if presented.next().is_some() {
+        // Two credentials are ambiguous (which one is the caller?): neither counts.
+        return Err(Refused::anonymous(
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "more than one Authorization header",
+            ),
+            String::new(),
+        ));
+    }
+    let token = |note: String| {
+        state
+            .auth
+            .current()
+            .authenticate(
+                first.map(|v| v.to_str().unwrap_or("\u{0}")),
+                crate::now_ms(),
+            )
+            .map_err(|r| Refused {
+                error: r.error,
+                actor: r.actor,
+                credential: r.credential,
+                note,
+            })
+    };
+    let Some(peer) = parts.extensions.get::<crate::tls::PeerCertificate>() else {
+        return token(String::new());
+    };
+    match peer.identity() {
+        CertIdentity::Mapped(caller) if first.is_none() => Ok(caller),
+        CertIdentity::Mapped(caller) => Err(Refused::anonymous(
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "a client certificate that maps to an identity and a bearer token were both presented: present one",
+            ),
+            format!("certificate identity {:?} and a bearer token", caller.name),
+        )),
+        CertIdentity::Unmapped(why) if first.is_none() => Err(Refused::anonymous(
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the client certificate maps to no identity and no bearer token was presented",
+            ),
+            why,
+        )),
+        CertIdentity::Unmapped(why) => token(why),
+    }
+}
+
+/// A refused credential, with what its audit event names.
+struct Refused {
+    error: ApiError,
+    /// The identity of an expired or revoked token, else `anonymous`.
+    actor: String,
+    /// The presented token's credential id.
+    credential: Option<String>,
+    /// What the certificate side adds (secret-free).
+    note: String,
+}
+
+impl Refused {
+    fn anonymous(error: ApiError, note: String) -> Self {
+        Self {
+            error,
+            actor: "anonymous".into(),
+            credential: None,
+            note,
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Ctx {
     type Rejection = ApiError;
 
@@ -118,37 +203,7 @@ impl FromRequestParts<AppState> for Ctx {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let rid = request_id(parts);
-        let mut presented = parts.headers.get_all(header::AUTHORIZATION).iter();
-        let first = presented.next();
-        let authenticated = if presented.next().is_some() {
-            // Two credentials are ambiguous (which one is the caller?): neither counts.
-            Err((
-                ApiError::new(
-                    ErrorCode::Unauthenticated,
-                    "more than one Authorization header",
-                ),
-                None,
-            ))
-        } else {
-            state
-                .auth
-                .current()
-                .authenticate(
-                    first.map(|v| v.to_str().unwrap_or("\u{0}")),
-                    crate::now_ms(),
-                )
-                .map_err(|r| {
-                    let mut ev = Event::new(&rid, &r.actor, "auth").detail(format!(
-                        "{} {}: {}",
-                        parts.method,
-                        parts.uri.path(),
-                        r.error.message
-                    ));
-                    ev.credential = r.credential;
-                    (r.error, Some(ev))
-                })
-        };
-        match authenticated {
+        match authenticate(parts, state) {
             Ok(caller) => {
                 // After authentication: the bucket is the verified identity's.
                 if let Some(limiter) = &state.rate_limiter {
@@ -159,15 +214,15 @@ impl FromRequestParts<AppState> for Ctx {
                     request_id: rid,
                 })
             }
-            Err((e, ev)) => {
-                let mut ev = ev.unwrap_or_else(|| {
-                    Event::new(&rid, "anonymous", "auth").detail(format!(
-                        "{} {}: {}",
-                        parts.method,
-                        parts.uri.path(),
-                        e.message
-                    ))
-                });
+            Err(r) => {
+                let mut detail =
+                    format!("{} {}: {}", parts.method, parts.uri.path(), r.error.message);
+                if !r.note.is_empty() {
+                    detail = format!("{detail} ({})", r.note);
+                }
+                let mut ev = Event::new(&rid, &r.actor, "auth").detail(detail);
+                ev.credential = r.credential;
+                let e = r.error;
                 ev.outcome = e.code.as_str().to_string();
                 state.audit.record_detached(ev);
                 Err(e)

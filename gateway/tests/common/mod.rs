@@ -200,6 +200,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
             ..AuditConfig::default()
         },
         admin_token_file: None,
+        tls: None,
     }
 }
 
