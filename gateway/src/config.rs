@@ -68,6 +68,9 @@ pub struct Config {
     /// Version retention.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Key lifecycle: state refresh and the wrap counter.
+    #[serde(default)]
+    pub keys: crate::keys::KeysConfig,
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -521,6 +524,7 @@ impl Config {
             idempotency: IdempotencyConfig::default(),
             log: LogConfig::default(),
             retention: RetentionConfig::default(),
+            keys: crate::keys::KeysConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
         }
     }

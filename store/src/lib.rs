@@ -16,10 +16,15 @@
 //! Error texts carry SQLSTATE/result codes, database messages and ids, never row data.
 //! A commit that fails with `Unavailable` may or may not have been applied.
 
+pub mod keys;
 pub mod migration;
 pub mod postgres;
 pub mod sqlite;
 
+pub use keys::{
+    key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
+    Reservation,
+};
 pub use migration::{
     job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
     MigrationSelector, Transition,
@@ -251,6 +256,15 @@ pub enum StoreError {
     Conflict {
         /// The latest version now stored, if any.
         latest: Option<i64>,
+    },
+    /// The row's (or re-wrap's) key version is `destroyed` (see [`keys`]): nothing was
+    /// written.
+    #[error("key version {key_version} of backend {backend} is destroyed")]
+    KeyDestroyed {
+        /// Backend instance name.
+        backend: String,
+        /// KEK version.
+        key_version: i64,
     },
     /// Writing the audit event failed: the whole transaction was rolled back.
     #[error("audit log unavailable: {0}")]
@@ -635,6 +649,40 @@ pub trait Store: Send + Sync + 'static {
         job_id: &str,
         limit: i64,
     ) -> Result<Vec<MigrationFailure>, StoreError>;
+
+    // ----- key lifecycle (see `keys`) -----
+
+    /// Every registered KEK version of every backend, ordered by backend and version.
+    async fn list_key_versions(&self) -> Result<Vec<KeyVersionRecord>, StoreError>;
+
+    /// Register versions the table does not have yet (`registered` as `changed_by`); existing
+    /// ones are left as they are. One transaction. Returns how many rows were added.
+    async fn register_key_versions(
+        &self,
+        versions: &[NewKeyVersion],
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Change a version's state with its audit event, in one transaction (rules in [`keys`]).
+    /// Nothing is written (nor audited) unless the answer is [`KeyTransition::Done`].
+    async fn set_key_state(
+        &self,
+        change: &KeyStateChange<'_>,
+        audit: &AuditRecord,
+    ) -> Result<KeyTransition, StoreError>;
+
+    /// Reserve up to `block` wraps under an `active` version, never past `limit`, with one
+    /// transaction (the block is this caller's alone, whichever replica asks).
+    async fn reserve_key_wraps(
+        &self,
+        backend: &str,
+        key_version: i64,
+        block: i64,
+        limit: i64,
+    ) -> Result<Reservation, StoreError>;
+
+    /// Shard versions per (backend, key version) that has any.
+    async fn key_ref_counts(&self) -> Result<Vec<KeyRefCount>, StoreError>;
 
     // ----- backup -----
 

@@ -185,6 +185,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         idempotency: shardgate::config::IdempotencyConfig::default(),
         log: shardgate::config::LogConfig::default(),
         retention: shardgate::config::RetentionConfig::default(),
+        keys: shardgate::keys::KeysConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),
