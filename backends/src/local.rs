@@ -351,18 +351,14 @@ impl Keyring {
     }
 
     /// Mark `version` destroyed and erase its key bytes (zeroized in memory; gone from the
-    /// file once saved). Refuses the active version.
+    /// file once saved). The gateway's key lifecycle decides whether it may be (never while
+    /// shard versions reference it).
     pub fn destroy(&mut self, version: u32) -> Result<(), KeyringError> {
         let v = self
             .versions
             .iter_mut()
             .find(|v| v.version == version)
             .ok_or_else(|| KeyringError::Lifecycle(format!("no key version {version}")))?;
-        if v.state == KeyState::Active {
-            return Err(KeyringError::Lifecycle(format!(
-                "key version {version} is active: promote another version first"
-            )));
-        }
         v.state = KeyState::Destroyed;
         v.key = None;
         Ok(())
@@ -775,6 +771,47 @@ mod tests {
             b.unwrap(&id, &w1).await.is_ok(),
             "old version must still unwrap"
         );
+    }
+
+    #[tokio::test]
+    async fn wrap_under_uses_the_version_asked_and_destroy_erases_its_key() {
+        let (_d, path) = temp_keyring();
+        let b = LocalBackend::open("local", &path, Duration::from_millis(0)).unwrap();
+        let mut k = Keyring::load(&path).unwrap();
+        assert_eq!(k.rotate(), 2);
+        k.save(&path).unwrap();
+        let id = ShardIdentity::new("acct", "s", 1);
+        let dek = DataKey::generate();
+        // Version 2 is decrypt-only in the file; the gateway's lifecycle may still pick it.
+        let w2 = b.wrap_under(2, &id, &dek).await.unwrap();
+        assert_eq!(w2.key_version, 2);
+        assert_eq!(b.unwrap(&id, &w2).await.unwrap().expose(), dek.expose());
+        assert!(matches!(
+            b.wrap_under(3, &id, &dek).await,
+            Err(BackendError::KeyUnusable(_))
+        ));
+        let listed: Vec<(u32, KeyState)> = b
+            .kek_versions()
+            .into_iter()
+            .map(|v| (v.version, v.state))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(1, KeyState::Active), (2, KeyState::DecryptOnly)]
+        );
+
+        let mut k = Keyring::load(&path).unwrap();
+        k.destroy(2).unwrap();
+        k.save(&path).unwrap();
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(file["versions"][1]["state"], "destroyed");
+        assert!(file["versions"][1].get("key").is_none(), "key bytes erased");
+        assert!(file["versions"][0].get("key").is_some());
+        assert!(matches!(
+            b.unwrap(&id, &w2).await,
+            Err(BackendError::KeyUnusable(_))
+        ));
     }
 
     #[test]

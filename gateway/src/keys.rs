@@ -562,6 +562,10 @@ pub struct KeyView {
 
 /// The key states of every backend, with reference counts and wrap counters.
 pub async fn list(state: &AppState) -> Result<Vec<KeyView>, ApiError> {
+    // Versions a backend holds that no replica registered yet (just rotated) are listed too.
+    for name in state.backends.keys() {
+        state.keys.sync(name).await?;
+    }
     let records = state.store.list_key_versions().await?;
     let refs: HashMap<(String, i64), i64> = state
         .store
@@ -580,11 +584,7 @@ fn view(state: &AppState, r: KeyVersionRecord, refs: &HashMap<(String, i64), i64
     let backend = state.backend(&r.backend);
     let kind = backend.map(|b| b.kind().to_string());
     let counted = kind.as_deref().is_some_and(counts_wraps);
-    let held_here = backend.is_some_and(|b| {
-        b.kek_versions()
-            .iter()
-            .any(|k| i64::from(k.version) == r.key_version)
-    });
+    let held_here = backend.is_some_and(|b| holds(b.as_ref(), r.key_version));
     KeyView {
         shard_versions: refs
             .get(&(r.backend.clone(), r.key_version))
@@ -601,6 +601,14 @@ fn view(state: &AppState, r: KeyVersionRecord, refs: &HashMap<(String, i64), i64
         changed_by: r.changed_by,
         held_here,
     }
+}
+
+/// Whether the backend holds the key of `version` (a version destroyed in a keyring file
+/// has no key any more).
+fn holds(backend: &dyn KeyBackend, version: i64) -> bool {
+    backend.kek_versions().iter().any(|k| {
+        i64::from(k.version) == version && k.state != shardgate_backends::KeyState::Destroyed
+    })
 }
 
 /// What a state change did.
@@ -669,11 +677,7 @@ pub async fn transition(
         )));
     }
     let demote = if to == key_state::ACTIVE {
-        let held = b
-            .kek_versions()
-            .iter()
-            .any(|k| i64::from(k.version) == version);
-        if !held {
+        if !holds(b.as_ref(), version) {
             return Err(conflict(format!(
                 "backend {backend} of this gateway does not hold key version {version}: \
                  distribute it to every replica (the keyring file, the HSM) before promoting it"

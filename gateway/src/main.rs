@@ -596,21 +596,29 @@ async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     // The keyring file follows the database, so that it describes itself (FORMAT.md) and a
     // destroyed version's key bytes leave the file that is distributed to the replicas.
     if let Some(BackendConfig::Local { key_file, .. }) = cfg.backends.get(&backend) {
-        let mut keyring = shardgate_backends::local::Keyring::load(key_file)?;
-        let before = keyring.versions();
-        match to.as_str() {
-            "active" => keyring.promote(version)?,
-            "decrypt-only" => keyring.demote(version)?,
-            _ => keyring.destroy(version)?,
-        }
-        if keyring.versions() != before {
-            keyring.save(key_file)?;
-            if to == "destroyed" {
-                println!(
-                    "its key bytes are erased from {}: copy this file to every replica.",
-                    key_file.display()
-                );
+        // The database already holds the change: a file that cannot follow is reported, not
+        // a failure of the command.
+        let synced = (|| -> Result<bool, shardgate_backends::local::KeyringError> {
+            let mut keyring = shardgate_backends::local::Keyring::load(key_file)?;
+            let before = keyring.versions();
+            match to.as_str() {
+                "active" => keyring.promote(version)?,
+                "decrypt-only" => keyring.demote(version)?,
+                _ => keyring.destroy(version)?,
             }
+            let changed = keyring.versions() != before;
+            if changed {
+                keyring.save(key_file)?;
+            }
+            Ok(changed)
+        })();
+        match synced {
+            Ok(true) if to == "destroyed" => println!(
+                "its key bytes are erased from {}: copy this file to every replica.",
+                key_file.display()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: the keyring file was not updated: {e}"),
         }
     }
     if to == "active" {
