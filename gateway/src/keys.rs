@@ -574,10 +574,7 @@ pub async fn list(state: &AppState) -> Result<Vec<KeyView>, ApiError> {
         .into_iter()
         .map(|c| ((c.backend, c.key_version), c.shard_versions))
         .collect();
-    Ok(records
-        .into_iter()
-        .map(|r| view(state, r, &refs))
-        .collect())
+    Ok(records.into_iter().map(|r| view(state, r, &refs)).collect())
 }
 
 fn view(state: &AppState, r: KeyVersionRecord, refs: &HashMap<(String, i64), i64>) -> KeyView {
@@ -653,7 +650,11 @@ pub async fn transition(
     // Fresh from the store (and any version the backend holds but the table lacks).
     state.keys.sync(backend).await?;
     let records = state.store.list_key_versions().await?;
-    let find = |v: i64| records.iter().find(|r| r.backend == backend && r.key_version == v);
+    let find = |v: i64| {
+        records
+            .iter()
+            .find(|r| r.backend == backend && r.key_version == v)
+    };
     let Some(current) = find(version).cloned() else {
         return Err(ApiError::new(
             ErrorCode::NotFound,

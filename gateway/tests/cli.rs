@@ -1052,7 +1052,16 @@ async fn keys_state_destroys_a_retired_version_and_erases_it_from_the_keyring() 
     assert_eq!(before.len(), 2);
     // An active version is never destroyed in one step.
     let r = run(
-        &["keys", "state", "--backend", "local", "--version", "1", "--to", "destroyed"],
+        &[
+            "keys",
+            "state",
+            "--backend",
+            "local",
+            "--version",
+            "1",
+            "--to",
+            "destroyed",
+        ],
         "destroy-active",
     );
     assert_ne!(r.code(), Some(0), "{}", r.stdout);
@@ -1062,16 +1071,33 @@ async fn keys_state_destroys_a_retired_version_and_erases_it_from_the_keyring() 
         "promote",
     );
     assert_eq!(r.code(), Some(0), "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("version 1 is decrypt-only"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("version 1 is decrypt-only"),
+        "{}",
+        r.stdout
+    );
     let r = run(
-        &["keys", "state", "--backend", "local", "--version", "1", "--to", "destroyed"],
+        &[
+            "keys",
+            "state",
+            "--backend",
+            "local",
+            "--version",
+            "1",
+            "--to",
+            "destroyed",
+        ],
         "destroy",
     );
     assert_eq!(r.code(), Some(0), "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("erased"), "{}", r.stdout);
     assert_eq!(mode(&env.keyring()), 0o600);
     let after = keyring_keys(&env.keyring());
-    assert_eq!(after, vec![before[1].clone()], "only version 2 keeps its key bytes");
+    assert_eq!(
+        after,
+        vec![before[1].clone()],
+        "only version 2 keeps its key bytes"
+    );
     let r = run(&["keys", "list"], "list");
     assert_eq!(r.code(), Some(0), "{}", r.stderr);
     let line = |v: &str| {
@@ -1081,10 +1107,23 @@ async fn keys_state_destroys_a_retired_version_and_erases_it_from_the_keyring() 
             .unwrap_or_else(|| panic!("no line for v{v}: {}", r.stdout))
             .to_string()
     };
-    assert!(line("1").contains("destroyed") && line("1").contains("by cli"), "{}", r.stdout);
+    assert!(
+        line("1").contains("destroyed") && line("1").contains("by cli"),
+        "{}",
+        r.stdout
+    );
     assert!(line("2").contains("active"), "{}", r.stdout);
     let r = run(
-        &["keys", "state", "--backend", "local", "--version", "1", "--to", "active"],
+        &[
+            "keys",
+            "state",
+            "--backend",
+            "local",
+            "--version",
+            "1",
+            "--to",
+            "active",
+        ],
         "revive",
     );
     assert_ne!(r.code(), Some(0), "destroyed is final: {}", r.stdout);

@@ -69,7 +69,8 @@ impl Gw {
     ) -> (u16, Value) {
         let (status, v) = common::call(app, &self.tokens.admin, method, path, body).await;
         let status = status.as_u16();
-        self.api.check(method, path.split('?').next().unwrap(), status, &v);
+        self.api
+            .check(method, path.split('?').next().unwrap(), status, &v);
         (status, v)
     }
 
@@ -79,7 +80,11 @@ impl Gw {
 
     async fn account(&self) {
         let (s, v) = self
-            .call("PUT", "/v1/accounts/acct-1", Some(json!({"tier": "retail"})))
+            .call(
+                "PUT",
+                "/v1/accounts/acct-1",
+                Some(json!({"tier": "retail"})),
+            )
             .await;
         assert!(s == 200 || s == 201, "{v}");
     }
@@ -159,7 +164,11 @@ async fn transitions_are_listed_audited_and_timestamped(kind: StoreKind) {
     };
     let v1 = gw.key(1).await;
     assert_eq!(
-        (v1["state"].as_str(), v1["changed_by"].as_str(), v1["kind"].as_str()),
+        (
+            v1["state"].as_str(),
+            v1["changed_by"].as_str(),
+            v1["kind"].as_str()
+        ),
         (Some("active"), Some("registered"), Some("local"))
     );
     assert_eq!(v1["shard_versions"], 0);
@@ -170,13 +179,19 @@ async fn transitions_are_listed_audited_and_timestamped(kind: StoreKind) {
     assert_eq!(gw.put("s1").await.0, 201);
     let v1 = gw.key(1).await;
     assert_eq!(v1["shard_versions"], 1);
-    assert_eq!(v1["wraps_reserved"], 1024, "one block reserved, not one write per wrap");
+    assert_eq!(
+        v1["wraps_reserved"], 1024,
+        "one block reserved, not one write per wrap"
+    );
     assert_eq!(gw.put("s2").await.0, 201);
     assert_eq!(gw.key(1).await["wraps_reserved"], 1024);
 
     let v2 = gw.rotate();
     let listed = gw.key(v2).await;
-    assert_eq!(listed["state"], "decrypt-only", "a rotated version does not wrap yet");
+    assert_eq!(
+        listed["state"], "decrypt-only",
+        "a rotated version does not wrap yet"
+    );
     assert_eq!(gw.put("s3").await.0, 201);
     assert_eq!(gw.key_version_of("s3").await, 1);
 
@@ -192,7 +207,11 @@ async fn transitions_are_listed_audited_and_timestamped(kind: StoreKind) {
     let event_id = v["audit_event"].as_str().unwrap().to_string();
     assert_eq!(gw.key(1).await["state"], "decrypt-only");
     assert_eq!(gw.put("s4").await.0, 201);
-    assert_eq!(gw.key_version_of("s4").await, v2, "the promoted version wraps");
+    assert_eq!(
+        gw.key_version_of("s4").await,
+        v2,
+        "the promoted version wraps"
+    );
     // Old versions still open.
     for s in ["s1", "s2", "s3", "s4"] {
         assert_eq!(gw.get(s).await.0, 200);
@@ -205,19 +224,17 @@ async fn transitions_are_listed_audited_and_timestamped(kind: StoreKind) {
 
     // The audit event: who, when, what (and the chain verifies).
     let (chain, seq) = event_id.rsplit_once(':').unwrap();
-    let events = gw
-        .state
-        .store
-        .audit_events(chain, 0, 10_000)
-        .await
-        .unwrap();
+    let events = gw.state.store.audit_events(chain, 0, 10_000).await.unwrap();
     let key_events: Vec<_> = events.iter().filter(|e| e.action == "key.state").collect();
     assert_eq!(key_events.len(), 1);
     let e = key_events[0];
     assert_eq!(e.seq.to_string(), seq);
     assert_eq!(e.actor, "admin");
     assert_eq!(e.backend.as_deref(), Some("local"));
-    assert_eq!(e.detail, format!("key_version={v2} from=decrypt-only to=active demoted=1"));
+    assert_eq!(
+        e.detail,
+        format!("key_version={v2} from=decrypt-only to=active demoted=1")
+    );
     assert_eq!(e.ts_ms, changed);
     let key = shardgate::state::audit_key(&gw.cfg).unwrap();
     shardgate::audit::verify(gw.state.store.as_ref(), &key)
@@ -226,9 +243,16 @@ async fn transitions_are_listed_audited_and_timestamped(kind: StoreKind) {
 
     // Bad requests.
     let (s, v) = gw.set(v2, "retired").await;
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_request")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
     let (s, _) = gw
-        .call("POST", "/v1/admin/keys/nope/1/state", Some(json!({"state": "active"})))
+        .call(
+            "POST",
+            "/v1/admin/keys/nope/1/state",
+            Some(json!({"state": "active"})),
+        )
         .await;
     assert_eq!(s, 404);
     let (s, _) = gw.set(9, "active").await;
@@ -258,11 +282,19 @@ async fn destroy_is_refused_while_referenced_and_allowed_after_migrating_away(ki
     let v2 = gw.rotate();
     // An active version is never destroyed directly.
     let (s, v) = gw.set(1, "destroyed").await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("version_conflict")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("version_conflict")),
+        "{v}"
+    );
     assert_eq!(gw.set(v2, "active").await.0, 200);
 
     let (s, v) = gw.set(1, "destroyed").await;
-    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("version_conflict")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("version_conflict")),
+        "{v}"
+    );
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("referenced by 3 shard version(s)"), "{msg}");
     assert_eq!(gw.key(1).await["state"], "decrypt-only");
@@ -299,12 +331,19 @@ async fn destroy_is_refused_while_referenced_and_allowed_after_migrating_away(ki
     for s in ["s1", "s2", "s3"] {
         let (st, body) = gw.get(s).await;
         assert_eq!(st, 200, "{body}");
-        assert_eq!(B64.decode(body["shard"].as_str().unwrap()).unwrap(), s.as_bytes());
+        assert_eq!(
+            B64.decode(body["shard"].as_str().unwrap()).unwrap(),
+            s.as_bytes()
+        );
     }
     // Final.
     for to in ["active", "decrypt-only"] {
         let (s, v) = gw.set(1, to).await;
-        assert_eq!((s, v["error"]["code"].as_str()), (409, Some("version_conflict")), "{v}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (409, Some("version_conflict")),
+            "{v}"
+        );
     }
     assert_eq!(gw.key(1).await["state"], "destroyed");
 }
@@ -326,9 +365,16 @@ async fn unwrap_under_a_destroyed_version_is_key_unusable_not_an_integrity_failu
         .await;
     gw.state.keys.refresh().await.unwrap();
     let (s, v) = gw.get("old").await;
-    assert_eq!((s, v["error"]["code"].as_str()), (502, Some("key_unusable")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (502, Some("key_unusable")),
+        "{v}"
+    );
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("destroyed"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("destroyed"),
         "{v}"
     );
     let (s, v) = gw
@@ -355,9 +401,16 @@ async fn wraps_are_refused_at_the_limit_until_a_new_version_is_promoted(kind: St
         assert_eq!(s, 201, "wrap {i}: {v}");
     }
     let (s, v) = gw.put("s5").await;
-    assert_eq!((s, v["error"]["code"].as_str()), (502, Some("key_unusable")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (502, Some("key_unusable")),
+        "{v}"
+    );
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("wrap limit") && msg.contains("rotate"), "{msg}");
+    assert!(
+        msg.contains("wrap limit") && msg.contains("rotate"),
+        "{msg}"
+    );
     assert_eq!(gw.key(1).await["wraps_reserved"], 5);
     assert_eq!(
         gw.db.count("SELECT COUNT(*) FROM shard_versions").await,

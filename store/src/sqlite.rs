@@ -26,15 +26,15 @@ use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use crate::migration::Settlement;
 use crate::{
-    key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
-    Reservation,
-};
-use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
     CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
     Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, MigrationFailure,
     MigrationJob, MigrationSelector, Retention, ShardSummary, ShardVersionRow, Store, StoreError,
     Transition,
+};
+use crate::{
+    key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
+    Reservation,
 };
 
 /// How long a writer waits for the database write lock before answering

@@ -18,6 +18,8 @@ both_stores!(
     destroy_is_refused_while_referenced_then_final,
     no_row_commits_under_a_destroyed_version,
     wrap_reservations_of_two_stores_never_overlap_and_stop_at_the_limit,
+    the_last_block_is_cut_at_the_limit,
+    a_transition_whose_audit_event_cannot_be_written_changes_nothing,
 );
 
 const B: &str = "local-1";
@@ -84,9 +86,9 @@ async fn registering_never_makes_two_active_versions(h: &Harness) {
         .unwrap();
     assert_eq!(again, 0);
     let rows = s.list_key_versions().await.unwrap();
-    assert!(rows.iter().all(|r| r.changed_by == "registered"
-        && r.created_ms == 5
-        && r.reserved_upto == 0));
+    assert!(rows
+        .iter()
+        .all(|r| r.changed_by == "registered" && r.created_ms == 5 && r.reserved_upto == 0));
     assert_eq!(state_of(s, 1).await, key_state::ACTIVE);
 }
 
@@ -117,7 +119,11 @@ async fn promote_demotes_the_previous_active_version_with_one_audit_event(h: &Ha
     assert_eq!(done.changed_ms, 1_800_000_000_000);
     assert_eq!(done.changed_by, "ops");
     assert_eq!(state_of(s, 1).await, key_state::DECRYPT_ONLY);
-    assert_eq!(key_events(s, "chain-k").await, 1, "one audit event per change");
+    assert_eq!(
+        key_events(s, "chain-k").await,
+        1,
+        "one audit event per change"
+    );
 
     // A stale `from` is refused; so is a transition the state machine does not have.
     let rec2 = audit.next("key.state", None, None, None);
@@ -146,9 +152,14 @@ async fn promote_demotes_the_previous_active_version_with_one_audit_event(h: &Ha
 async fn destroy_is_refused_while_referenced_then_final(h: &Harness) {
     let s = h.store.as_ref();
     let audit = AuditGen::new("chain-d");
-    s.put_account("acct-1", "retail", 1, &audit.next("account.put", None, None, None))
-        .await
-        .unwrap();
+    s.put_account(
+        "acct-1",
+        "retail",
+        1,
+        &audit.next("account.put", None, None, None),
+    )
+    .await
+    .unwrap();
     // `shard_row` wraps under key version 3.
     for shard in ["s1", "s2"] {
         s.insert_shard_version(
@@ -199,7 +210,11 @@ async fn destroy_is_refused_while_referenced_then_final(h: &Harness) {
             )
             .await
             .unwrap();
-        assert_eq!(r, KeyTransition::WrongState("destroyed".into()), "destroyed is final");
+        assert_eq!(
+            r,
+            KeyTransition::WrongState("destroyed".into()),
+            "destroyed is final"
+        );
     }
     assert_eq!(state_of(s, 3).await, key_state::DESTROYED);
 }
@@ -207,9 +222,14 @@ async fn destroy_is_refused_while_referenced_then_final(h: &Harness) {
 async fn no_row_commits_under_a_destroyed_version(h: &Harness) {
     let s = h.store.as_ref();
     let audit = AuditGen::new("chain-x");
-    s.put_account("acct-1", "retail", 1, &audit.next("account.put", None, None, None))
-        .await
-        .unwrap();
+    s.put_account(
+        "acct-1",
+        "retail",
+        1,
+        &audit.next("account.put", None, None, None),
+    )
+    .await
+    .unwrap();
     s.register_key_versions(&[new(3, "decrypt-only"), new(4, "active")], 5)
         .await
         .unwrap();
@@ -297,11 +317,65 @@ async fn wrap_reservations_of_two_stores_never_overlap_and_stop_at_the_limit(h: 
     );
     // Only an active version hands out wraps.
     assert_eq!(
-        stores[1].reserve_key_wraps(B, 2, BLOCK, LIMIT).await.unwrap(),
+        stores[1]
+            .reserve_key_wraps(B, 2, BLOCK, LIMIT)
+            .await
+            .unwrap(),
         Reservation::NotActive
     );
     assert_eq!(
-        stores[1].reserve_key_wraps(B, 9, BLOCK, LIMIT).await.unwrap(),
+        stores[1]
+            .reserve_key_wraps(B, 9, BLOCK, LIMIT)
+            .await
+            .unwrap(),
         Reservation::NotActive
     );
+}
+
+async fn the_last_block_is_cut_at_the_limit(h: &Harness) {
+    let s = h.store.as_ref();
+    s.register_key_versions(&[new(1, "active")], 5)
+        .await
+        .unwrap();
+    h.exec("UPDATE key_versions SET reserved_upto = 990 WHERE key_version = 1")
+        .await;
+    assert_eq!(
+        s.reserve_key_wraps(B, 1, 64, 1_000).await.unwrap(),
+        Reservation::Granted {
+            from: 990,
+            to: 1_000
+        }
+    );
+    assert_eq!(
+        s.reserve_key_wraps(B, 1, 64, 1_000).await.unwrap(),
+        Reservation::Exhausted { reserved: 1_000 }
+    );
+}
+
+async fn a_transition_whose_audit_event_cannot_be_written_changes_nothing(h: &Harness) {
+    let s = h.store.as_ref();
+    let audit = AuditGen::new("chain-a");
+    s.register_key_versions(&[new(1, "active"), new(2, "decrypt-only")], 5)
+        .await
+        .unwrap();
+    h.break_audit().await;
+    let err = s
+        .set_key_state(
+            &change(2, "decrypt-only", "active", Some(1)),
+            &audit.next("key.state", None, None, None),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AuditUnavailable(_)), "{err:?}");
+    assert_eq!(state_of(s, 1).await, key_state::ACTIVE);
+    assert_eq!(state_of(s, 2).await, key_state::DECRYPT_ONLY);
+    h.repair_audit().await;
+    let r = s
+        .set_key_state(
+            &change(2, "decrypt-only", "active", Some(1)),
+            &audit.next("key.state", None, None, None),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r, KeyTransition::Done(_)), "{r:?}");
 }

@@ -4,7 +4,8 @@
 //! * Wrap/unwrap: `C_Encrypt`/`C_Decrypt` with `CKM_AES_GCM` under the KEK, the shard
 //!   identity as AAD (see [`session`] for the blob format). `WrappedKey::key_ref` is the
 //!   configured `kek_label`, `key_version` the KEK version (see [`provision`] for labels).
-//!   The newest version wraps; every version on the token unwraps.
+//!   `wrap` uses the newest version; the gateway's key lifecycle picks the version with
+//!   `wrap_under` (the active one); every version on the token unwraps.
 //! * One `cryptoki` context per process, shared by every instance ([`shared_context`]).
 //! * Every PKCS#11 call runs on a blocking thread (`tokio::task::spawn_blocking`).
 //! * Tampering vs faults: SoftHSM2 answers a bad GCM tag with `CKR_GENERAL_ERROR`, like a
@@ -31,7 +32,8 @@ pub use context::shared_context;
 pub use provision::{init_key, rotate_key, version_label};
 
 use crate::{
-    BackendError, DataKey, Health, KekVersion, KeyBackend, KeyState, ShardIdentity, Stat, WrappedKey,
+    BackendError, DataKey, Health, KekVersion, KeyBackend, KeyState, ShardIdentity, Stat,
+    WrappedKey,
 };
 use async_trait::async_trait;
 use context::{ck_name, find_slot, login, login_error, rv, Global};
