@@ -20,6 +20,7 @@ both_stores!(
     wrap_reservations_of_two_stores_never_overlap_and_stop_at_the_limit,
     the_last_block_is_cut_at_the_limit,
     a_transition_whose_audit_event_cannot_be_written_changes_nothing,
+    a_destroy_racing_writes_never_leaves_a_row_under_the_destroyed_version,
 );
 
 const B: &str = "local-1";
@@ -378,4 +379,94 @@ async fn a_transition_whose_audit_event_cannot_be_written_changes_nothing(h: &Ha
         .await
         .unwrap();
     assert!(matches!(r, KeyTransition::Done(_)), "{r:?}");
+}
+
+async fn a_destroy_racing_writes_never_leaves_a_row_under_the_destroyed_version(h: &Harness) {
+    let audit = std::sync::Arc::new(AuditGen::new("chain-r"));
+    h.store
+        .put_account(
+            "acct-1",
+            "retail",
+            1,
+            &audit.next("account.put", None, None, None),
+        )
+        .await
+        .unwrap();
+    h.store
+        .register_key_versions(&[new(100, "active")], 5)
+        .await
+        .unwrap();
+    let mut destroyed_rounds = 0;
+    for round in 0..12i64 {
+        let version = round + 1;
+        h.store
+            .register_key_versions(&[new(version, "decrypt-only")], 5)
+            .await
+            .unwrap();
+        let mut tasks = JoinSet::new();
+        // Writers that wrapped under `version` before they could know of the destroy.
+        for w in 0..8 {
+            let (store, audit) = (h.store.clone(), audit.clone());
+            tasks.spawn(async move {
+                // Spread the writers around the destroy.
+                tokio::time::sleep(std::time::Duration::from_millis(w * 2)).await;
+                let shard = format!("r{version}-w{w}");
+                let mut row = shard_row("acct-1", &shard, 1, B);
+                row.key_version = version;
+                match store
+                    .insert_shard_version(
+                        &row,
+                        &audit.next("shard.put", Some("acct-1"), Some(&shard), Some(1)),
+                    )
+                    .await
+                {
+                    Ok(()) | Err(StoreError::KeyDestroyed { .. }) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            });
+        }
+        let (store, audit2) = (h.store.clone(), audit.clone());
+        let destroy = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(
+                u64::try_from(round).unwrap(),
+            ))
+            .await;
+            store
+                .set_key_state(
+                    &change(version, "decrypt-only", "destroyed", None),
+                    &audit2.next("key.state", None, None, None),
+                )
+                .await
+                .unwrap()
+        });
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let outcome = destroy.await.unwrap();
+        let rows = h
+            .store
+            .key_ref_counts()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.backend == B && c.key_version == version)
+            .map_or(0, |c| c.shard_versions);
+        match outcome {
+            KeyTransition::Done(_) => {
+                destroyed_rounds += 1;
+                assert_eq!(
+                    rows, 0,
+                    "round {round}: rows committed under a destroyed version"
+                );
+            }
+            KeyTransition::Referenced(n) => {
+                assert!(
+                    n > 0 && n <= rows,
+                    "round {round}: {n} referenced, {rows} stored"
+                );
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    eprintln!("destroy won {destroyed_rounds} of 12 rounds");
 }
