@@ -44,6 +44,44 @@ impl std::fmt::Debug for WrappedKey {
     }
 }
 
+/// Lifecycle state of a KEK version (NIST SP 800-57 terms, as Tink uses them).
+///
+/// Which version wraps is decided by the gateway's key lifecycle (a table in its database,
+/// shared by every replica); the state a backend reports itself ([`KekVersion::state`]) is
+/// only the state a version starts in when the gateway first sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyState {
+    /// Wraps new data keys, and unwraps.
+    Active,
+    /// Unwraps only (a rotated-but-not-promoted version, or a retired one).
+    DecryptOnly,
+    /// Gone: never used again.
+    Destroyed,
+}
+
+impl KeyState {
+    /// `active`, `decrypt-only` or `destroyed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::DecryptOnly => "decrypt-only",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// One KEK version a backend instance holds, as the backend itself sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KekVersion {
+    /// The key reference its wraps record (keyring id, HSM key label, KMS key id).
+    pub key_ref: String,
+    /// The version number.
+    pub version: u32,
+    /// The backend's own view of its state (see [`KeyState`]).
+    pub state: KeyState,
+}
+
 /// Why a backend operation failed. Messages never carry key material or shard bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
@@ -54,6 +92,11 @@ pub enum BackendError {
     /// The backend refuses the key: unknown, disabled, destroyed, access denied, wrong key.
     #[error("key unusable: {0}")]
     KeyUnusable(String),
+    /// The gateway's key lifecycle refuses the key version: it is destroyed, it is not the
+    /// active version, or its wrap limit is reached. The text is written for the caller
+    /// (no secret, no backend internals); not retried, never a backend fault.
+    #[error("{0}")]
+    Refused(String),
     /// The backend cannot be reached or is overloaded; worth retrying later.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
@@ -146,6 +189,56 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// The default (`false`) claims nothing.
     fn holds_key_ref(&self, _key_ref: &str) -> bool {
         false
+    }
+
+    /// The KEK versions this instance holds now (no I/O beyond what a wrap would do), for
+    /// the gateway's key lifecycle. The default (empty) claims none.
+    fn kek_versions(&self) -> Vec<KekVersion> {
+        Vec::new()
+    }
+
+    /// Wrap under KEK version `version` (the version the gateway's key lifecycle made
+    /// active). The default wraps with [`KeyBackend::wrap`] and refuses a wrap made under
+    /// any other version; backends holding several versions override it.
+    async fn wrap_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        dek: &DataKey,
+    ) -> Result<WrappedKey, BackendError> {
+        let wrapped = self.wrap(id, dek).await?;
+        if wrapped.key_version == version {
+            Ok(wrapped)
+        } else {
+            Err(BackendError::KeyUnusable(format!(
+                "this backend cannot wrap under key version {version}"
+            )))
+        }
+    }
+
+    /// [`KeyBackend::generate_data_key`] under KEK version `version`.
+    async fn generate_data_key_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        let dek = DataKey::generate();
+        let wrapped = self.wrap_under(version, id, &dek).await?;
+        Ok((dek, wrapped))
+    }
+
+    /// [`KeyBackend::rewrap_from`] under KEK version `version`.
+    async fn rewrap_from_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        let dek = source.unwrap(id, wrapped).await?;
+        let out = self.wrap_under(version, id, &dek).await;
+        drop(dek);
+        out
     }
 
     /// Current health, cheap enough for a readiness probe.

@@ -5,7 +5,7 @@
 //! same file is distributed to every replica. The backend re-reads it when it changes, so
 //! `keys rotate` / `keys promote` reach a running gateway without a restart.
 
-use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, WrappedKey};
+use crate::{BackendError, DataKey, Health, KekVersion, KeyBackend, ShardIdentity, WrappedKey};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use async_trait::async_trait;
@@ -22,17 +22,7 @@ use zeroize::Zeroizing;
 const FILE_FORMAT: &str = "shardgate-local-keyring-v1";
 const NONCE_LEN: usize = 12;
 
-/// Lifecycle state of a KEK version (NIST SP 800-57 terms, as Tink uses them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyState {
-    /// Wraps new data keys, and unwraps.
-    Active,
-    /// Unwraps only (a rotated-but-not-promoted version, or a retired one).
-    DecryptOnly,
-    /// Gone: its key bytes are erased from the file.
-    Destroyed,
-}
+pub use crate::KeyState;
 
 /// Keyring file errors. Never carry key bytes.
 #[derive(Debug, thiserror::Error)]
@@ -238,9 +228,11 @@ impl Keyring {
             .iter()
             .filter(|v| v.state == KeyState::Active)
             .count();
-        if active != 1 {
+        // No active version is allowed: the gateway's key lifecycle (its database) decides
+        // which version wraps, and it may have retired every version of this backend.
+        if active > 1 {
             return Err(invalid(format!(
-                "exactly one version must be active, found {active}"
+                "at most one version may be active, found {active}"
             )));
         }
         Ok(Self {
@@ -338,6 +330,37 @@ impl Keyring {
                 v.state = KeyState::Active;
             }
         }
+        Ok(())
+    }
+
+    /// Mark `version` decrypt-only (it was active): the file then names no wrapping version
+    /// of its own, which the gateway's key lifecycle allows (it decides which version wraps).
+    pub fn demote(&mut self, version: u32) -> Result<(), KeyringError> {
+        let v = self
+            .versions
+            .iter_mut()
+            .find(|v| v.version == version)
+            .ok_or_else(|| KeyringError::Lifecycle(format!("no key version {version}")))?;
+        if v.state == KeyState::Destroyed {
+            return Err(KeyringError::Lifecycle(format!(
+                "key version {version} is destroyed"
+            )));
+        }
+        v.state = KeyState::DecryptOnly;
+        Ok(())
+    }
+
+    /// Mark `version` destroyed and erase its key bytes (zeroized in memory; gone from the
+    /// file once saved). The gateway's key lifecycle decides whether it may be (never while
+    /// shard versions reference it).
+    pub fn destroy(&mut self, version: u32) -> Result<(), KeyringError> {
+        let v = self
+            .versions
+            .iter_mut()
+            .find(|v| v.version == version)
+            .ok_or_else(|| KeyringError::Lifecycle(format!("no key version {version}")))?;
+        v.state = KeyState::Destroyed;
+        v.key = None;
         Ok(())
     }
 
@@ -554,6 +577,47 @@ impl KeyBackend for LocalBackend {
         })
     }
 
+    fn kek_versions(&self) -> Vec<KekVersion> {
+        self.with_keyring(|k| {
+            k.versions
+                .iter()
+                .map(|v| KekVersion {
+                    key_ref: k.id.clone(),
+                    version: v.version,
+                    state: v.state,
+                })
+                .collect()
+        })
+    }
+
+    async fn wrap_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        dek: &DataKey,
+    ) -> Result<WrappedKey, BackendError> {
+        let attempt = || {
+            self.with_keyring(|k| match k.key(version) {
+                Some(kek) => Ok(WrappedKey {
+                    key_ref: k.id.clone(),
+                    key_version: version,
+                    blob: seal_dek(kek, id, dek)?,
+                }),
+                None => Err(BackendError::KeyUnusable(format!(
+                    "key version {version} is not in this replica's keyring (copy the keyring file here)"
+                ))),
+            })
+        };
+        match attempt() {
+            // Promoted after the file reached this replica, before this process re-read it.
+            Err(BackendError::KeyUnusable(_)) => {
+                self.reload();
+                attempt()
+            }
+            other => other,
+        }
+    }
+
     async fn unwrap(
         &self,
         id: &ShardIdentity,
@@ -597,9 +661,15 @@ impl KeyBackend for LocalBackend {
                 usable: true,
                 detail: format!("active version {v}; last reload failed: {err}"),
             },
+            // Which version wraps is the gateway's key lifecycle's decision; a file that marks
+            // none active (every version retired, or demoted by `keys state`) still unwraps.
+            (_, None) if st.keyring.versions.iter().any(|v| v.key.is_some()) => Health {
+                usable: true,
+                detail: "keyring loaded, no version marked active in the file".into(),
+            },
             (_, None) => Health {
                 usable: false,
-                detail: "no active key version".into(),
+                detail: "no key version".into(),
             },
         }
     }
@@ -701,6 +771,47 @@ mod tests {
             b.unwrap(&id, &w1).await.is_ok(),
             "old version must still unwrap"
         );
+    }
+
+    #[tokio::test]
+    async fn wrap_under_uses_the_version_asked_and_destroy_erases_its_key() {
+        let (_d, path) = temp_keyring();
+        let b = LocalBackend::open("local", &path, Duration::from_millis(0)).unwrap();
+        let mut k = Keyring::load(&path).unwrap();
+        assert_eq!(k.rotate(), 2);
+        k.save(&path).unwrap();
+        let id = ShardIdentity::new("acct", "s", 1);
+        let dek = DataKey::generate();
+        // Version 2 is decrypt-only in the file; the gateway's lifecycle may still pick it.
+        let w2 = b.wrap_under(2, &id, &dek).await.unwrap();
+        assert_eq!(w2.key_version, 2);
+        assert_eq!(b.unwrap(&id, &w2).await.unwrap().expose(), dek.expose());
+        assert!(matches!(
+            b.wrap_under(3, &id, &dek).await,
+            Err(BackendError::KeyUnusable(_))
+        ));
+        let listed: Vec<(u32, KeyState)> = b
+            .kek_versions()
+            .into_iter()
+            .map(|v| (v.version, v.state))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(1, KeyState::Active), (2, KeyState::DecryptOnly)]
+        );
+
+        let mut k = Keyring::load(&path).unwrap();
+        k.destroy(2).unwrap();
+        k.save(&path).unwrap();
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(file["versions"][1]["state"], "destroyed");
+        assert!(file["versions"][1].get("key").is_none(), "key bytes erased");
+        assert!(file["versions"][0].get("key").is_some());
+        assert!(matches!(
+            b.unwrap(&id, &w2).await,
+            Err(BackendError::KeyUnusable(_))
+        ));
     }
 
     #[test]

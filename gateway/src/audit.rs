@@ -364,7 +364,9 @@ impl ChainGuard<'_> {
             (Ok(_), None) => {}
             // Not found / conflict happen before the audit insert: the head is unchanged.
             (Err(StoreError::AccountNotFound | StoreError::ShardNotFound), _)
-            | (Err(StoreError::Conflict { .. }), _) => {}
+            | (Err(StoreError::Conflict { .. }), _)
+            // Refused under a destroyed key version: rolled back before the audit insert.
+            | (Err(StoreError::KeyDestroyed { .. }), _) => {}
             // A lost commit may or may not have landed: read the head back.
             (Err(_), _) => {
                 *self.head = self.auditor.read_head().await.ok().flatten();

@@ -459,6 +459,44 @@ impl KeyBackend for Guarded {
             .await
     }
 
+    fn kek_versions(&self) -> Vec<shardgate_backends::KekVersion> {
+        self.inner.kek_versions()
+    }
+
+    async fn wrap_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        dek: &DataKey,
+    ) -> Result<WrappedKey, BackendError> {
+        self.guard("wrap", || self.inner.wrap_under(version, id, dek))
+            .await
+    }
+
+    async fn generate_data_key_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        self.guard("generate_data_key", || {
+            self.inner.generate_data_key_under(version, id)
+        })
+        .await
+    }
+
+    async fn rewrap_from_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        self.guard("rewrap", || {
+            self.inner.rewrap_from_under(version, id, source, wrapped)
+        })
+        .await
+    }
+
     async fn health(&self) -> Health {
         let started = Instant::now();
         let inner = self.inner.health().await;

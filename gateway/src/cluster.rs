@@ -74,6 +74,39 @@ impl KeyBackend for ClusterGated {
         self.inner.rewrap_from(id, source, wrapped).await
     }
 
+    fn kek_versions(&self) -> Vec<shardgate_backends::KekVersion> {
+        self.inner.kek_versions()
+    }
+
+    async fn wrap_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        dek: &DataKey,
+    ) -> Result<WrappedKey, BackendError> {
+        self.inner.wrap_under(version, id, dek).await
+    }
+
+    async fn generate_data_key_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        self.inner.generate_data_key_under(version, id).await
+    }
+
+    async fn rewrap_from_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        self.inner
+            .rewrap_from_under(version, id, source, wrapped)
+            .await
+    }
+
     fn stats(&self) -> Vec<Stat> {
         let mut s = self.inner.stats();
         let c = self.monitor.status();

@@ -71,6 +71,9 @@ pub struct Config {
     /// Token reloading.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Key lifecycle: state refresh and the wrap counter.
+    #[serde(default)]
+    pub keys: crate::keys::KeysConfig,
     /// When set, also accept the token in this file (the embedded default's admin token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -757,6 +760,7 @@ impl Config {
             log: LogConfig::default(),
             retention: RetentionConfig::default(),
             auth: AuthConfig::default(),
+            keys: crate::keys::KeysConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
             tls: None,
         }

@@ -188,6 +188,8 @@ impl From<BackendError> for ApiError {
                 tracing::warn!(%reason, "backend refused the key");
                 ApiError::new(ErrorCode::KeyUnusable, "the backend refused the key")
             }
+            // The gateway's key lifecycle: the text is written for the caller.
+            BackendError::Refused(message) => ApiError::new(ErrorCode::KeyUnusable, message),
             BackendError::Unavailable(reason) => {
                 tracing::warn!(%reason, "backend unavailable");
                 ApiError::new(
@@ -219,6 +221,13 @@ impl From<StoreError> for ApiError {
                     "the shard's latest version is {}",
                     latest.map_or("none".to_string(), |v| v.to_string())
                 ),
+            ),
+            StoreError::KeyDestroyed {
+                backend,
+                key_version,
+            } => ApiError::new(
+                ErrorCode::KeyUnusable,
+                crate::keys::destroyed_message(&backend, key_version),
             ),
             StoreError::AuditUnavailable(reason) => {
                 tracing::error!(%reason, "audit write failed; request refused");

@@ -20,6 +20,7 @@ pub mod hygiene;
 pub mod ids;
 pub mod integrity;
 pub mod jobs;
+pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
@@ -80,6 +81,11 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/admin/migrations/{id}/cancel",
             post(admin::cancel_migration),
+        )
+        .route("/v1/admin/keys", get(admin::list_keys))
+        .route(
+            "/v1/admin/keys/{backend}/{version}/state",
+            post(admin::set_key_state),
         )
         .route(
             "/v1/admin/backends/{name}/circuit:close",

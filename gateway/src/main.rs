@@ -262,7 +262,9 @@ enum KeysCommand {
         #[arg(long)]
         backend: String,
     },
-    /// Make a version the wrapping version (the previous one becomes decrypt-only).
+    /// Make a version the wrapping version of every replica (the previous one becomes
+    /// decrypt-only): a state change in the database, audited, also written to the keyring
+    /// file of a `local` backend.
     Promote {
         #[command(flatten)]
         config: ConfigArgs,
@@ -272,6 +274,28 @@ enum KeysCommand {
         /// The version to promote.
         #[arg(long)]
         version: u32,
+    },
+    /// List every key version of every backend: state, last change, shard versions wrapped
+    /// under it, wraps reserved.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Change a key version's state: active, decrypt-only or destroyed (audited). Destroying
+    /// is refused while shard versions reference it, and is final; for a `local` backend it
+    /// also erases the version's key bytes from the keyring file.
+    State {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Backend instance name.
+        #[arg(long)]
+        backend: String,
+        /// The key version.
+        #[arg(long)]
+        version: u32,
+        /// The new state: active, decrypt-only or destroyed.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -313,7 +337,11 @@ impl Command {
                 command: DbCommand::Migrate { config },
             }
             | Command::Keys {
-                command: KeysCommand::Rotate { config, .. } | KeysCommand::Promote { config, .. },
+                command:
+                    KeysCommand::Rotate { config, .. }
+                    | KeysCommand::Promote { config, .. }
+                    | KeysCommand::List { config }
+                    | KeysCommand::State { config, .. },
             }
             | Command::Audit {
                 command: AuditCommand::Verify { config } | AuditCommand::CredentialId { config, .. },
@@ -400,7 +428,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { command } => token(command).await,
-        Command::Keys { command } => keys(command),
+        Command::Keys { command } => keys(command).await,
         Command::Hsm {
             command: HsmCommand::InitKey { config, backend },
         } => {
@@ -679,30 +707,130 @@ fn format_ms(ms: i64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + since).to_string()
 }
 
-fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
-    let (config, backend) = match &command {
-        KeysCommand::Rotate { config, backend }
-        | KeysCommand::Promote {
-            config, backend, ..
-        } => (config.clone(), backend.clone()),
+async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    let (config, backend, change) = match command {
+        KeysCommand::Rotate { config, backend } => return keys_rotate(&config, &backend),
+        KeysCommand::List { config } => return keys_list(&config).await,
+        KeysCommand::Promote {
+            config,
+            backend,
+            version,
+        } => (config, backend, (version, "active".to_string())),
+        KeysCommand::State {
+            config,
+            backend,
+            version,
+            to,
+        } => (config, backend, (version, to)),
     };
+    let (version, to) = change;
     let cfg = Config::load(&config.sources(None))?;
-    let key_file = match cfg.backends.get(&backend) {
+    if !cfg.backends.contains_key(&backend) {
+        anyhow::bail!("no backend named {backend:?} in the configuration");
+    }
+    let (state, _) = AppState::build(&cfg).await?;
+    let answer = shardgate::keys::transition(
+        &state,
+        &backend,
+        i64::from(version),
+        &to,
+        "cli",
+        &format!("cli-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    state.audit.checkpoint().await;
+    if !answer.changed {
+        println!("key version {version} of backend {backend} is already {to}.");
+    } else {
+        println!(
+            "key version {version} of backend {backend} is now {to}{} (audit event {}).",
+            answer
+                .demoted
+                .map(|d| format!("; version {d} is decrypt-only"))
+                .unwrap_or_default(),
+            answer.audit_event.as_deref().unwrap_or("-")
+        );
+    }
+    // The keyring file follows the database, so that it describes itself (FORMAT.md) and a
+    // destroyed version's key bytes leave the file that is distributed to the replicas.
+    if let Some(BackendConfig::Local { key_file, .. }) = cfg.backends.get(&backend) {
+        // The database already holds the change: a file that cannot follow is reported, not
+        // a failure of the command.
+        let synced = (|| -> Result<bool, shardgate_backends::local::KeyringError> {
+            let mut keyring = shardgate_backends::local::Keyring::load(key_file)?;
+            let before = keyring.versions();
+            match to.as_str() {
+                "active" => keyring.promote(version)?,
+                "decrypt-only" => keyring.demote(version)?,
+                _ => keyring.destroy(version)?,
+            }
+            let changed = keyring.versions() != before;
+            if changed {
+                keyring.save(key_file)?;
+            }
+            Ok(changed)
+        })();
+        match synced {
+            Ok(true) if to == "destroyed" => println!(
+                "its key bytes are erased from {}: copy this file to every replica.",
+                key_file.display()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: the keyring file was not updated: {e}"),
+        }
+    }
+    if to == "active" {
+        println!("every replica wraps new data keys with it within [keys] refresh_interval_ms.");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys_list(config: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&config.sources(None))?;
+    let (state, _) = AppState::build(&cfg).await?;
+    let keys = shardgate::keys::list(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    println!(
+        "{:<16} {:>7} {:<13} {:>14} {:>14} {:<5} changed",
+        "backend", "version", "state", "shard_versions", "wraps_reserved", "here"
+    );
+    for k in keys {
+        println!(
+            "{:<16} {:>7} {:<13} {:>14} {:>14} {:<5} {} by {}",
+            k.backend,
+            k.version,
+            k.state,
+            k.shard_versions,
+            k.wraps_reserved
+                .map_or_else(|| "-".to_string(), |w| w.to_string()),
+            if k.held_here { "yes" } else { "no" },
+            k.changed_ms,
+            k.changed_by
+        );
+    }
+    let c = state.keys.config();
+    println!(
+        "wraps: warning at {} reserved, refused at {} (per version)",
+        c.wrap_warn_at, c.wrap_limit
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys_rotate(config: &ConfigArgs, backend: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&config.sources(None))?;
+    let key_file = match cfg.backends.get(backend) {
         Some(BackendConfig::Local { key_file, .. }) => key_file,
         Some(BackendConfig::Pkcs11(entry)) => {
-            return match command {
-                KeysCommand::Rotate { .. } => {
-                    let v = shardgate_backends::pkcs11::rotate_key(&entry.hsm)?;
-                    println!(
-                        "created {}/v{v} in the HSM; it wraps new data keys as soon as gateways reload, and every version still unwraps.",
-                        entry.hsm.kek_label
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                KeysCommand::Promote { .. } => anyhow::bail!(
-                    "pkcs11 backends wrap with their newest key version; there is nothing to promote"
-                ),
-            };
+            let v = shardgate_backends::pkcs11::rotate_key(&entry.hsm)?;
+            println!(
+                "created {}/v{v} in the HSM (decrypt-only: every replica can unwrap with it).",
+                entry.hsm.kek_label
+            );
+            println!("make it the wrapping version:");
+            println!("  shardgate keys promote --backend {backend} --version {v}");
+            return Ok(ExitCode::SUCCESS);
         }
         Some(BackendConfig::AwsKms(_)) => {
             anyhow::bail!("aws-kms keys rotate inside KMS (enable automatic rotation on the key)")
@@ -710,20 +838,11 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         None => anyhow::bail!("no backend named {backend:?} in the configuration"),
     };
     let mut keyring = shardgate_backends::local::Keyring::load(key_file)?;
-    match command {
-        KeysCommand::Rotate { .. } => {
-            let v = keyring.rotate();
-            keyring.save(key_file)?;
-            println!("added key version {v} to backend {backend} (decrypt-only).");
-            println!("copy {} to every replica, then run:", key_file.display());
-            println!("  shardgate keys promote --backend {backend} --version {v}");
-        }
-        KeysCommand::Promote { version, .. } => {
-            keyring.promote(version)?;
-            keyring.save(key_file)?;
-            println!("key version {version} of backend {backend} now wraps new data keys.");
-        }
-    }
+    let v = keyring.rotate();
+    keyring.save(key_file)?;
+    println!("added key version {v} to backend {backend} (decrypt-only).");
+    println!("copy {} to every replica, then run:", key_file.display());
+    println!("  shardgate keys promote --backend {backend} --version {v}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,8 +6,8 @@
 //! Families recorded elsewhere: `shardgate_backend_op_duration_seconds` and
 //! `shardgate_breaker_transitions_total` in [`crate::breaker`], `shardgate_audit_*` in
 //! [`crate::audit`], `shardgate_migration_*` in [`crate::jobs::migrate`], `shardgate_tls_*`
-//! in [`crate::server`] and [`crate::tls`]. README
-//! ("Operations", "Metrics") lists them all.
+//! in [`crate::server`] and [`crate::tls`], `shardgate_key_*` in [`crate::keys`],
+//! `shardgate_tokens_*` in [`crate::tokens`]. README ("Operations", "Metrics") lists them all.
 
 use crate::api::Ctx;
 use crate::auth::Scope;
@@ -48,6 +48,22 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "shardgate_key_wraps_reserved",
+        "Wraps of a local/pkcs11 KEK version reserved by the replicas (key lifecycle counter)"
+    );
+    describe_gauge!(
+        "shardgate_key_wrap_warn_at",
+        "Reserved wraps of one KEK version past which the gateway warns ([keys] wrap_warn_at)"
+    );
+    describe_gauge!(
+        "shardgate_key_wrap_limit",
+        "Reserved wraps of one KEK version at which new wraps are refused ([keys] wrap_limit)"
+    );
+    describe_counter!(
+        "shardgate_key_wrap_refusals_total",
+        "Wraps refused because the active KEK version reached its wrap limit"
+    );
     describe_counter!(
         "shardgate_http_requests_total",
         "HTTP requests by method, route template, status and the backend that served them"

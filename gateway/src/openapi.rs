@@ -28,6 +28,8 @@ use utoipa::{Modify, OpenApi};
         admin::pause_migration,
         admin::resume_migration,
         admin::cancel_migration,
+        admin::list_keys,
+        admin::set_key_state,
         admin::close_circuit,
         health::healthz,
         health::readyz,

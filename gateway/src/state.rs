@@ -33,6 +33,8 @@ pub struct Inner {
     pub auth: Arc<crate::tokens::Tokens>,
     /// This process's audit chain.
     pub audit: Arc<Auditor>,
+    /// Key lifecycle: key states, wrap counters.
+    pub keys: Arc<crate::keys::KeyLifecycle>,
     /// Size limits.
     pub limits: Limits,
     /// Per-identity request rate limit (`None`: off).
@@ -300,11 +302,11 @@ impl AppState {
         for w in policy.warnings() {
             tracing::warn!("policy: {w}");
         }
-        let mut backends = BTreeMap::new();
+        let mut guarded_backends = BTreeMap::new();
         let mut breakers = BTreeMap::new();
         for (name, b) in open_backends(cfg).await? {
             let guarded = crate::breaker::Guarded::new(b, cfg.breaker.clone());
-            backends.insert(name.clone(), guarded.clone() as Arc<dyn KeyBackend>);
+            guarded_backends.insert(name.clone(), guarded.clone() as Arc<dyn KeyBackend>);
             breakers.insert(name, guarded);
         }
         let from_config = config_tokens(cfg, &mut startup)?;
@@ -321,10 +323,27 @@ impl AppState {
             Duration::from_secs(cfg.audit.checkpoint_interval_secs),
         )
         .await?;
+        // Every use of a backend goes through the key lifecycle (outside its breaker: a
+        // refused key version is not a backend fault).
+        let keys = crate::keys::KeyLifecycle::start(
+            store.clone(),
+            guarded_backends.clone(),
+            cfg.keys.clone(),
+        )
+        .await?;
+        let backends: BTreeMap<String, Arc<dyn KeyBackend>> = guarded_backends
+            .into_iter()
+            .map(|(name, b)| {
+                let b: Arc<dyn KeyBackend> =
+                    Arc::new(crate::keys::Lifecycled::new(b, keys.clone()));
+                (name, b)
+            })
+            .collect();
         Ok((
             Self(Arc::new(Inner {
                 store,
                 backends,
+                keys,
                 breakers,
                 policy,
                 auth,

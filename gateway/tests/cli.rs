@@ -1030,6 +1030,108 @@ async fn rotated_key_unwraps_but_wraps_only_after_promote() {
     }
 }
 
+/// `keys state` / `keys list` through the CLI: a retired version is destroyed (audited, in
+/// the database), its key bytes leave the keyring file, and nothing brings it back.
+#[tokio::test]
+async fn keys_state_destroys_a_retired_version_and_erases_it_from_the_keyring() {
+    let logs = common::log_dir("keys_state_destroy");
+    let env = Env::new(StoreKind::Sqlite).await.unwrap();
+    let run = |args: &[&str], name: &str| {
+        let mut all = args.to_vec();
+        all.extend(["--config", env.config_arg()]);
+        cli(&all, &logs, name, false)
+    };
+    // The first command that opens the configuration creates the keyring (version 1).
+    let r = run(&["keys", "list"], "list-first");
+    assert_eq!(r.code(), Some(0), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("active"), "{}", r.stdout);
+    let r = run(&["keys", "rotate", "--backend", "local"], "rotate");
+    assert_eq!(r.code(), Some(0), "{}\n{}", r.stdout, r.stderr);
+    env.plant_keys();
+    let before = keyring_keys(&env.keyring());
+    assert_eq!(before.len(), 2);
+    // An active version is never destroyed in one step.
+    let r = run(
+        &[
+            "keys",
+            "state",
+            "--backend",
+            "local",
+            "--version",
+            "1",
+            "--to",
+            "destroyed",
+        ],
+        "destroy-active",
+    );
+    assert_ne!(r.code(), Some(0), "{}", r.stdout);
+    assert!(r.stderr.contains("is active"), "{}", r.stderr);
+    let r = run(
+        &["keys", "promote", "--backend", "local", "--version", "2"],
+        "promote",
+    );
+    assert_eq!(r.code(), Some(0), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("version 1 is decrypt-only"),
+        "{}",
+        r.stdout
+    );
+    let r = run(
+        &[
+            "keys",
+            "state",
+            "--backend",
+            "local",
+            "--version",
+            "1",
+            "--to",
+            "destroyed",
+        ],
+        "destroy",
+    );
+    assert_eq!(r.code(), Some(0), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("erased"), "{}", r.stdout);
+    assert_eq!(mode(&env.keyring()), 0o600);
+    let after = keyring_keys(&env.keyring());
+    assert_eq!(
+        after,
+        vec![before[1].clone()],
+        "only version 2 keeps its key bytes"
+    );
+    let r = run(&["keys", "list"], "list");
+    assert_eq!(r.code(), Some(0), "{}", r.stderr);
+    let line = |v: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.split_whitespace().take(2).eq(["local", v]))
+            .unwrap_or_else(|| panic!("no line for v{v}: {}", r.stdout))
+            .to_string()
+    };
+    assert!(
+        line("1").contains("destroyed") && line("1").contains("by cli"),
+        "{}",
+        r.stdout
+    );
+    assert!(line("2").contains("active"), "{}", r.stdout);
+    let r = run(
+        &[
+            "keys",
+            "state",
+            "--backend",
+            "local",
+            "--version",
+            "1",
+            "--to",
+            "active",
+        ],
+        "revive",
+    );
+    assert_ne!(r.code(), Some(0), "destroyed is final: {}", r.stdout);
+    for k in &before {
+        assert!(!r.stdout.contains(k) && !r.stderr.contains(k));
+    }
+}
+
 /// `keys promote` rewrites the keyring with the same length as the rotated one ("active" and
 /// "decrypt-only" swap places). On a filesystem with coarse timestamps (or when a deployment
 /// tool preserves mtimes), the promoted file can carry the rotated file's mtime: the running

@@ -253,8 +253,16 @@ async fn kek_rotation_rewraps_versions_below_the_new_key(gw: Gw) {
     let keyring = gw.dir.path().join("local.keyring");
     let mut k = shardgate_backends::local::Keyring::load(&keyring).unwrap();
     let v2 = k.rotate();
-    k.promote(v2).unwrap();
     k.save(&keyring).unwrap();
+    // The wrapping version is the key lifecycle's (the database's) decision, not the file's.
+    let (s, v) = gw
+        .call(
+            "POST",
+            &format!("/v1/admin/keys/local/{v2}/state"),
+            Some(json!({"state": "active"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = gw
         .call(
             "POST",

@@ -36,6 +36,10 @@ GRANT SELECT, INSERT, UPDATE ON migration_jobs, migration_items TO :"app";
 -- The audit log: append-only.
 GRANT SELECT, INSERT ON audit_events, audit_chains TO :"app";
 
+-- KEK versions: registered when first seen, moved through active / decrypt-only / destroyed
+-- by the admin API, wrap counters advanced in reserved blocks; never deleted.
+GRANT SELECT, INSERT, UPDATE ON key_versions TO :"app";
+
 -- API tokens and revocations: reloaded by every gateway, written only by the owner role
 -- (`shardgate token create --save`, `shardgate token revoke`), so the runtime role's
 -- credentials can neither mint a token nor undo a revocation.

@@ -16,10 +16,15 @@
 //! Error texts carry SQLSTATE/result codes, database messages and ids, never row data.
 //! A commit that fails with `Unavailable` may or may not have been applied.
 
+pub mod keys;
 pub mod migration;
 pub mod postgres;
 pub mod sqlite;
 
+pub use keys::{
+    key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
+    Reservation,
+};
 pub use migration::{
     job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
     MigrationSelector, Transition,
@@ -284,6 +289,15 @@ pub enum StoreError {
     Conflict {
         /// The latest version now stored, if any.
         latest: Option<i64>,
+    },
+    /// The row's (or re-wrap's) key version is `destroyed` (see [`keys`]): nothing was
+    /// written.
+    #[error("key version {key_version} of backend {backend} is destroyed")]
+    KeyDestroyed {
+        /// Backend instance name.
+        backend: String,
+        /// KEK version.
+        key_version: i64,
     },
     /// Writing the audit event failed: the whole transaction was rolled back.
     #[error("audit log unavailable: {0}")]
@@ -696,6 +710,40 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<MigrationFailure>, StoreError>;
 
+    // ----- key lifecycle (see `keys`) -----
+
+    /// Every registered KEK version of every backend, ordered by backend and version.
+    async fn list_key_versions(&self) -> Result<Vec<KeyVersionRecord>, StoreError>;
+
+    /// Register versions the table does not have yet (`registered` as `changed_by`); existing
+    /// ones are left as they are. One transaction. Returns how many rows were added.
+    async fn register_key_versions(
+        &self,
+        versions: &[NewKeyVersion],
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Change a version's state with its audit event, in one transaction (rules in [`keys`]).
+    /// Nothing is written (nor audited) unless the answer is [`KeyTransition::Done`].
+    async fn set_key_state(
+        &self,
+        change: &KeyStateChange<'_>,
+        audit: &AuditRecord,
+    ) -> Result<KeyTransition, StoreError>;
+
+    /// Reserve up to `block` wraps under an `active` version, never past `limit`, with one
+    /// transaction (the block is this caller's alone, whichever replica asks).
+    async fn reserve_key_wraps(
+        &self,
+        backend: &str,
+        key_version: i64,
+        block: i64,
+        limit: i64,
+    ) -> Result<Reservation, StoreError>;
+
+    /// Shard versions per (backend, key version) that has any.
+    async fn key_ref_counts(&self) -> Result<Vec<KeyRefCount>, StoreError>;
+
     // ----- backup -----
 
     /// Write a consistent copy of the whole database to `path`, a new file (mode 0600), while
@@ -721,6 +769,10 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
         "idempotency_keys",
         &["SELECT", "INSERT", "UPDATE", "DELETE"],
     ),
+    // KEK versions: registered when first seen, moved through their states by the admin
+    // API, and their wrap counters advanced in reserved blocks; never deleted (a destroyed
+    // version stays listed).
+    ("key_versions", &["SELECT", "INSERT", "UPDATE"]),
     // Tokens and revocations are read (reloaded) at runtime; only the owner role adds or
     // revokes them (`token create --save`, `token revoke`), so the runtime role's
     // credentials cannot mint a token or undo a revocation.

@@ -28,6 +28,10 @@ use crate::{
     MigrationJob, MigrationSelector, Retention, ShardSummary, ShardVersionRow, Store, StoreError,
     TokenRecord, TokenRevocation, Transition,
 };
+use crate::{
+    key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
+    Reservation,
+};
 
 /// How long a request waits for a pooled connection (or a new one) before the store answers
 /// [`StoreError::Unavailable`]: a database that is down must fail fast, not hang requests.
@@ -41,6 +45,9 @@ const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, k
 
 const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
      version, backend, outcome, detail, prev_tag, tag, credential";
+
+const KEY_COLUMNS: &str = "backend, key_version, key_ref, state, created_ms, changed_ms, \
+     changed_by, reserved_upto";
 
 const JOB_COLUMNS: &str = "id, sel_account, sel_from_backend, sel_key_version_below, state, \
      total, done, failed, skipped, last_error, created_at, updated_at, created_by";
@@ -264,6 +271,49 @@ async fn insert_audit(conn: &mut PgConnection, a: &AuditRecord) -> Result<(), St
     .await
     .map(|_| ())
     .map_err(audit_err)
+}
+
+fn key_from_row(r: &PgRow) -> Result<KeyVersionRecord, sqlx::Error> {
+    Ok(KeyVersionRecord {
+        backend: r.try_get("backend")?,
+        key_version: r.try_get("key_version")?,
+        key_ref: r.try_get("key_ref")?,
+        state: r.try_get("state")?,
+        created_ms: r.try_get("created_ms")?,
+        changed_ms: r.try_get("changed_ms")?,
+        changed_by: r.try_get("changed_by")?,
+        reserved_upto: r.try_get("reserved_upto")?,
+    })
+}
+
+/// Refuse row changes under a destroyed key version. Run AFTER the transaction's own
+/// statement on `shard_versions` (which holds ROW EXCLUSIVE on the table): a destroy holds
+/// SHARE on it from before its reference count until its commit, so this read, a new
+/// statement with a new snapshot in READ COMMITTED, either sees that destroy committed or
+/// the destroy's count waits for (and then sees) this transaction's rows.
+async fn refuse_destroyed(
+    conn: &mut PgConnection,
+    backends: &[&str],
+    key_versions: &[i64],
+) -> Result<(), StoreError> {
+    let hit: Option<(String, i64)> = sqlx::query_as(
+        "SELECT k.backend, k.key_version FROM key_versions k \
+         JOIN unnest($1::TEXT[], $2::BIGINT[]) AS u(backend, key_version) \
+           ON k.backend = u.backend AND k.key_version = u.key_version \
+         WHERE k.state = 'destroyed' LIMIT 1",
+    )
+    .bind(backends)
+    .bind(key_versions)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    match hit {
+        Some((backend, key_version)) => Err(StoreError::KeyDestroyed {
+            backend,
+            key_version,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Insert several audit records in one statement (one round trip for a batch).
@@ -872,6 +922,7 @@ impl Store for PgStore {
             Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::AccountNotFound),
             Err(e) => return Err(map_err(e)),
         }
+        refuse_destroyed(&mut tx, &[row.backend.as_str()], &[row.key_version]).await?;
         insert_audit(&mut tx, audit).await?;
         let mut pruned = Vec::new();
         if let Some(retention) = retention {
@@ -1585,6 +1636,7 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
+            refuse_destroyed(&mut tx, &cols.backend, &cols.key_version).await?;
             for r in rows {
                 let key: (String, String, i64) = (
                     r.try_get("account").map_err(map_err)?,
@@ -1686,6 +1738,212 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(map_err)
+    }
+
+    async fn list_key_versions(&self) -> Result<Vec<KeyVersionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM key_versions ORDER BY backend, key_version"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(key_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
+    }
+
+    async fn register_key_versions(
+        &self,
+        versions: &[NewKeyVersion],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        if versions.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        let mut added = 0;
+        for v in versions {
+            // A second `active` version of a backend hits the partial unique index; DO
+            // NOTHING (no conflict target: any unique index) skips it, and the version is
+            // registered as decrypt-only instead. A concurrent registration of the same row
+            // waits for the other transaction and is skipped the same way.
+            for state in [v.state.as_str(), key_state::DECRYPT_ONLY] {
+                let n = sqlx::query(&format!(
+                    "INSERT INTO key_versions ({KEY_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $5, 'registered', 0) ON CONFLICT DO NOTHING"
+                ))
+                .bind(&v.backend)
+                .bind(v.key_version)
+                .bind(&v.key_ref)
+                .bind(state)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                added += n;
+                let exists: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM key_versions WHERE backend = $1 AND key_version = $2",
+                )
+                .bind(&v.backend)
+                .bind(v.key_version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if exists.is_some() {
+                    break;
+                }
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(added)
+    }
+
+    async fn set_key_state(
+        &self,
+        change: &KeyStateChange<'_>,
+        audit: &AuditRecord,
+    ) -> Result<KeyTransition, StoreError> {
+        let mut tx = self.begin().await?;
+        if change.to == key_state::DESTROYED {
+            // SHARE conflicts with the ROW EXCLUSIVE of every insert, update and delete of
+            // shard versions: in-flight writes finish before the count below, and new ones
+            // wait for our commit, after which they see the version destroyed (see
+            // `refuse_destroyed`). Held only for the count (an index range scan).
+            sqlx::query("LOCK TABLE shard_versions IN SHARE MODE")
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        // The backend's rows in version order, so two transitions of one backend lock them
+        // in the same order.
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT key_version, state FROM key_versions WHERE backend = $1 \
+             ORDER BY key_version FOR UPDATE",
+        )
+        .bind(change.backend)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(current) = rows
+            .iter()
+            .find(|(v, _)| *v == change.key_version)
+            .map(|(_, s)| s.clone())
+        else {
+            return Ok(KeyTransition::NotFound);
+        };
+        if current != change.from || !crate::keys::allowed(&current, change.to) {
+            return Ok(KeyTransition::WrongState(current));
+        }
+        if change.to == key_state::ACTIVE {
+            let active = rows
+                .iter()
+                .find(|(_, s)| s == key_state::ACTIVE)
+                .map(|(v, _)| *v);
+            if active != change.demote {
+                return Ok(KeyTransition::WrongState(current));
+            }
+            sqlx::query(
+                "UPDATE key_versions SET state = 'decrypt-only', changed_ms = $2, changed_by = $3 \
+                 WHERE backend = $1 AND state = 'active'",
+            )
+            .bind(change.backend)
+            .bind(change.now_ms)
+            .bind(change.actor)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        if change.to == key_state::DESTROYED {
+            let refs: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM shard_versions WHERE backend = $1 AND key_version = $2",
+            )
+            .bind(change.backend)
+            .bind(change.key_version)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if refs > 0 {
+                return Ok(KeyTransition::Referenced(refs));
+            }
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE key_versions SET state = $3, changed_ms = $4, changed_by = $5 \
+             WHERE backend = $1 AND key_version = $2 RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(change.backend)
+        .bind(change.key_version)
+        .bind(change.to)
+        .bind(change.now_ms)
+        .bind(change.actor)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let record = key_from_row(&row).map_err(map_err)?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(KeyTransition::Done(record))
+    }
+
+    async fn reserve_key_wraps(
+        &self,
+        backend: &str,
+        key_version: i64,
+        block: i64,
+        limit: i64,
+    ) -> Result<Reservation, StoreError> {
+        let mut tx = self.begin().await?;
+        // The row lock makes concurrent reservations (any replica) take turns: each reads the
+        // counter the previous one committed, so no two get overlapping ranges.
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT state, reserved_upto FROM key_versions \
+             WHERE backend = $1 AND key_version = $2 FOR UPDATE",
+        )
+        .bind(backend)
+        .bind(key_version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some((state, from)) = row else {
+            return Ok(Reservation::NotActive);
+        };
+        if state != key_state::ACTIVE {
+            return Ok(Reservation::NotActive);
+        }
+        if from >= limit {
+            return Ok(Reservation::Exhausted { reserved: from });
+        }
+        let to = from.saturating_add(block.max(1)).min(limit);
+        sqlx::query(
+            "UPDATE key_versions SET reserved_upto = $3 WHERE backend = $1 AND key_version = $2",
+        )
+        .bind(backend)
+        .bind(key_version)
+        .bind(to)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Reservation::Granted { from, to })
+    }
+
+    async fn key_ref_counts(&self) -> Result<Vec<KeyRefCount>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT backend, key_version, COUNT(*) FROM shard_versions \
+             GROUP BY backend, key_version ORDER BY backend, key_version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(backend, key_version, shard_versions)| KeyRefCount {
+                backend,
+                key_version,
+                shard_versions,
+            })
+            .collect())
     }
 
     async fn backup_to(&self, _path: &Path) -> Result<(), BackupError> {

@@ -32,6 +32,10 @@ use crate::{
     MigrationJob, MigrationSelector, Retention, ShardSummary, ShardVersionRow, Store, StoreError,
     TokenRecord, TokenRevocation, Transition,
 };
+use crate::{
+    key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
+    Reservation,
+};
 
 /// How long a writer waits for the database write lock before answering
 /// [`StoreError::Unavailable`].
@@ -49,6 +53,9 @@ const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, k
 
 const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
      version, backend, outcome, detail, prev_tag, tag, credential";
+
+const KEY_COLUMNS: &str = "backend, key_version, key_ref, state, created_ms, changed_ms, \
+     changed_by, reserved_upto";
 
 const JOB_COLUMNS: &str = "id, sel_account, sel_from_backend, sel_key_version_below, state, \
      total, done, failed, skipped, last_error, created_at, updated_at, created_by";
@@ -408,6 +415,43 @@ async fn idem_update(
     Ok(())
 }
 
+fn key_from_row(r: &SqliteRow) -> Result<KeyVersionRecord, sqlx::Error> {
+    Ok(KeyVersionRecord {
+        backend: r.try_get("backend")?,
+        key_version: r.try_get("key_version")?,
+        key_ref: r.try_get("key_ref")?,
+        state: r.try_get("state")?,
+        created_ms: r.try_get("created_ms")?,
+        changed_ms: r.try_get("changed_ms")?,
+        changed_by: r.try_get("changed_by")?,
+        reserved_upto: r.try_get("reserved_upto")?,
+    })
+}
+
+/// Refuse a row change under a destroyed key version (run inside the write transaction,
+/// which holds the write lock, so no destroy can interleave).
+async fn refuse_destroyed(
+    conn: &mut SqliteConnection,
+    backend: &str,
+    key_version: i64,
+) -> Result<(), StoreError> {
+    let state: Option<String> = sqlx::query_scalar(
+        "SELECT state FROM key_versions WHERE backend = ?1 AND key_version = ?2",
+    )
+    .bind(backend)
+    .bind(key_version)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    if state.as_deref() == Some(key_state::DESTROYED) {
+        return Err(StoreError::KeyDestroyed {
+            backend: backend.to_string(),
+            key_version,
+        });
+    }
+    Ok(())
+}
+
 fn count(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Internal("row count out of range".to_string()))
 }
@@ -702,6 +746,7 @@ impl Store for SqliteStore {
             Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::AccountNotFound),
             Err(e) => return Err(map_err(e)),
         }
+        refuse_destroyed(&mut tx, &row.backend, row.key_version).await?;
         insert_audit(&mut tx, audit).await?;
         let mut pruned = Vec::new();
         if let Some(retention) = retention {
@@ -1382,6 +1427,7 @@ impl Store for SqliteStore {
                     .map_err(map_err)?
                     .rows_affected();
                     if replaced == 1 {
+                        refuse_destroyed(&mut tx, backend, *key_version).await?;
                         (CommitResult::Committed, Settlement::done())
                     } else {
                         (CommitResult::RowChanged, Settlement::skipped())
@@ -1457,6 +1503,197 @@ impl Store for SqliteStore {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(map_err)
+    }
+
+    async fn list_key_versions(&self) -> Result<Vec<KeyVersionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM key_versions ORDER BY backend, key_version"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(key_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
+    }
+
+    async fn register_key_versions(
+        &self,
+        versions: &[NewKeyVersion],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        if versions.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut added = 0;
+        for v in versions {
+            // An `active` row that would be a second active version of its backend hits
+            // the partial unique index and is skipped by DO NOTHING: it is registered as
+            // decrypt-only instead.
+            for state in [v.state.as_str(), key_state::DECRYPT_ONLY] {
+                let n = sqlx::query(&format!(
+                    "INSERT INTO key_versions ({KEY_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, 'registered', 0) ON CONFLICT DO NOTHING"
+                ))
+                .bind(&v.backend)
+                .bind(v.key_version)
+                .bind(&v.key_ref)
+                .bind(state)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                added += n;
+                let exists: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM key_versions WHERE backend = ?1 AND key_version = ?2",
+                )
+                .bind(&v.backend)
+                .bind(v.key_version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if exists.is_some() {
+                    break;
+                }
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(added)
+    }
+
+    async fn set_key_state(
+        &self,
+        change: &KeyStateChange<'_>,
+        audit: &AuditRecord,
+    ) -> Result<KeyTransition, StoreError> {
+        // BEGIN IMMEDIATE: one writer, so the reference count below cannot change before the
+        // state does (every shard write re-checks the state under the same lock).
+        let mut tx = self.begin_write().await?;
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM key_versions WHERE backend = ?1 AND key_version = ?2",
+        )
+        .bind(change.backend)
+        .bind(change.key_version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(current) = current else {
+            return Ok(KeyTransition::NotFound);
+        };
+        if current != change.from || !crate::keys::allowed(&current, change.to) {
+            return Ok(KeyTransition::WrongState(current));
+        }
+        if change.to == key_state::ACTIVE {
+            let active: Option<i64> = sqlx::query_scalar(
+                "SELECT key_version FROM key_versions WHERE backend = ?1 AND state = 'active'",
+            )
+            .bind(change.backend)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if active != change.demote {
+                return Ok(KeyTransition::WrongState(current));
+            }
+            sqlx::query(
+                "UPDATE key_versions SET state = 'decrypt-only', changed_ms = ?2, changed_by = ?3 \
+                 WHERE backend = ?1 AND state = 'active'",
+            )
+            .bind(change.backend)
+            .bind(change.now_ms)
+            .bind(change.actor)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        if change.to == key_state::DESTROYED {
+            let refs: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM shard_versions WHERE backend = ?1 AND key_version = ?2",
+            )
+            .bind(change.backend)
+            .bind(change.key_version)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if refs > 0 {
+                return Ok(KeyTransition::Referenced(refs));
+            }
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE key_versions SET state = ?3, changed_ms = ?4, changed_by = ?5 \
+             WHERE backend = ?1 AND key_version = ?2 RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(change.backend)
+        .bind(change.key_version)
+        .bind(change.to)
+        .bind(change.now_ms)
+        .bind(change.actor)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let record = key_from_row(&row).map_err(map_err)?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(KeyTransition::Done(record))
+    }
+
+    async fn reserve_key_wraps(
+        &self,
+        backend: &str,
+        key_version: i64,
+        block: i64,
+        limit: i64,
+    ) -> Result<Reservation, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT state, reserved_upto FROM key_versions WHERE backend = ?1 AND key_version = ?2",
+        )
+        .bind(backend)
+        .bind(key_version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some((state, from)) = row else {
+            return Ok(Reservation::NotActive);
+        };
+        if state != key_state::ACTIVE {
+            return Ok(Reservation::NotActive);
+        }
+        if from >= limit {
+            return Ok(Reservation::Exhausted { reserved: from });
+        }
+        let to = from.saturating_add(block.max(1)).min(limit);
+        sqlx::query(
+            "UPDATE key_versions SET reserved_upto = ?3 WHERE backend = ?1 AND key_version = ?2",
+        )
+        .bind(backend)
+        .bind(key_version)
+        .bind(to)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Reservation::Granted { from, to })
+    }
+
+    async fn key_ref_counts(&self) -> Result<Vec<KeyRefCount>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT backend, key_version, COUNT(*) FROM shard_versions \
+             GROUP BY backend, key_version ORDER BY backend, key_version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(backend, key_version, shard_versions)| KeyRefCount {
+                backend,
+                key_version,
+                shard_versions,
+            })
+            .collect())
     }
 
     async fn backup_to(&self, path: &Path) -> Result<(), BackupError> {

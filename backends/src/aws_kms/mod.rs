@@ -26,7 +26,9 @@
 pub mod cache;
 pub mod retry;
 
-use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, Stat, WrappedKey};
+use crate::{
+    BackendError, DataKey, Health, KekVersion, KeyBackend, ShardIdentity, Stat, WrappedKey,
+};
 use async_trait::async_trait;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
@@ -371,6 +373,17 @@ impl KmsBackend {
     }
 }
 
+/// A KMS backend has one KEK version, [`KMS_KEY_VERSION`].
+fn only_version(version: u32) -> Result<(), BackendError> {
+    if version == KMS_KEY_VERSION {
+        Ok(())
+    } else {
+        Err(BackendError::KeyUnusable(format!(
+            "an aws-kms backend has only key version {KMS_KEY_VERSION}, not {version}"
+        )))
+    }
+}
+
 #[async_trait]
 impl KeyBackend for KmsBackend {
     fn name(&self) -> &str {
@@ -479,6 +492,39 @@ impl KeyBackend for KmsBackend {
 
     async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {
         self.reencrypt_from(self, id, wrapped).await.map(drop)
+    }
+
+    /// One version: KMS rotates key material inside the key, under the same ARN.
+    fn kek_versions(&self) -> Vec<KekVersion> {
+        vec![KekVersion {
+            key_ref: self
+                .answered_key_ref
+                .get()
+                .cloned()
+                .unwrap_or_else(|| self.key_id.clone()),
+            version: KMS_KEY_VERSION,
+            state: crate::KeyState::Active,
+        }]
+    }
+
+    async fn generate_data_key_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        only_version(version)?;
+        self.generate_data_key(id).await
+    }
+
+    async fn rewrap_from_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        only_version(version)?;
+        self.rewrap_from(id, source, wrapped).await
     }
 
     async fn rewrap_from(

@@ -4,7 +4,8 @@
 //! * Wrap/unwrap: `C_Encrypt`/`C_Decrypt` with `CKM_AES_GCM` under the KEK, the shard
 //!   identity as AAD (see [`session`] for the blob format). `WrappedKey::key_ref` is the
 //!   configured `kek_label`, `key_version` the KEK version (see [`provision`] for labels).
-//!   The newest version wraps; every version on the token unwraps.
+//!   `wrap` uses the newest version; the gateway's key lifecycle picks the version with
+//!   `wrap_under` (the active one); every version on the token unwraps.
 //! * One `cryptoki` context per process, shared by every instance ([`shared_context`]).
 //! * Every PKCS#11 call runs on a blocking thread (`tokio::task::spawn_blocking`).
 //! * Tampering vs faults: SoftHSM2 answers a bad GCM tag with `CKR_GENERAL_ERROR`, like a
@@ -30,7 +31,10 @@ pub mod session;
 pub use context::shared_context;
 pub use provision::{init_key, rotate_key, version_label};
 
-use crate::{BackendError, DataKey, Health, KeyBackend, ShardIdentity, Stat, WrappedKey};
+use crate::{
+    BackendError, DataKey, Health, KekVersion, KeyBackend, KeyState, ShardIdentity, Stat,
+    WrappedKey,
+};
 use async_trait::async_trait;
 use context::{ck_name, find_slot, login, login_error, rv, Global};
 use cryptoki::error::{Error as CkError, RvError};
@@ -1001,6 +1005,57 @@ impl KeyBackend for Pkcs11Backend {
                 Ok(WrappedKey {
                     key_ref: core.cfg.kek_label.clone(),
                     key_version: v,
+                    blob,
+                })
+            })
+            .await
+    }
+
+    /// Every version on the token; the newest is the one this backend would wrap with on
+    /// its own (so it starts `active` when the gateway first sees the backend).
+    fn kek_versions(&self) -> Vec<KekVersion> {
+        let versions = self.key_versions();
+        let newest = versions.last().copied();
+        versions
+            .into_iter()
+            .map(|v| KekVersion {
+                key_ref: self.inner.core.cfg.kek_label.clone(),
+                version: v,
+                state: if Some(v) == newest {
+                    KeyState::Active
+                } else {
+                    KeyState::DecryptOnly
+                },
+            })
+            .collect()
+    }
+
+    async fn wrap_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        dek: &DataKey,
+    ) -> Result<WrappedKey, BackendError> {
+        if !self.inner.core.keks().handles.contains_key(&version) {
+            // Rotated in by another process since this one last looked.
+            let _ = self.refresh_keys().await;
+        }
+        let aad = id.aad();
+        let dek = dek.clone();
+        self.inner
+            .execute(move |core, s, keks| {
+                let Some(&h) = keks.handles.get(&version) else {
+                    return Err(OpError::Final(BackendError::KeyUnusable(format!(
+                        "KEK version {version} is not on the token"
+                    ))));
+                };
+                let blob = seal(s, h, core.cfg.iv, &aad, dek.expose()).map_err(|e| match e {
+                    SealError::Hsm(e) => classify(&e),
+                    other => OpError::Final(seal_error(&other)),
+                })?;
+                Ok(WrappedKey {
+                    key_ref: core.cfg.kek_label.clone(),
+                    key_version: version,
                     blob,
                 })
             })

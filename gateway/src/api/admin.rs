@@ -1,4 +1,4 @@
-//! Admin routes (scope `admin`): tier-migration jobs.
+//! Admin routes (scope `admin`): tier-migration jobs, key lifecycle states, breakers.
 
 use super::{json, ApiJson, Ctx};
 use crate::auth::Scope;
@@ -276,4 +276,76 @@ pub async fn close_circuit(
             state: guarded.breaker_state().to_string(),
         },
     ))
+}
+
+/// `GET /v1/admin/keys` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeysResponse {
+    /// Every registered KEK version of every backend, by backend and version.
+    pub keys: Vec<crate::keys::KeyView>,
+    /// Reserved wraps of one version past which the gateway warns.
+    pub wrap_warn_at: u64,
+    /// Reserved wraps of one version at which new wraps are refused.
+    pub wrap_limit: u64,
+}
+
+/// Every KEK version of every backend: state, when and by whom it last changed, the shard
+/// versions wrapped under it, and its wrap counter.
+#[utoipa::path(get, path = "/v1/admin/keys", tag = "admin",
+    responses((status = 200, description = "key versions", body = KeysResponse)),
+    security(("bearer" = ["admin"])))]
+pub async fn list_keys(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
+    ctx.require(&state, Scope::Admin, None, "key.list")?;
+    let keys = crate::keys::list(&state).await?;
+    let cfg = state.keys.config();
+    Ok(json(
+        StatusCode::OK,
+        KeysResponse {
+            keys,
+            wrap_warn_at: cfg.wrap_warn_at,
+            wrap_limit: cfg.wrap_limit,
+        },
+    ))
+}
+
+/// `POST /v1/admin/keys/{backend}/{version}/state` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyStateRequest {
+    /// `active` (promote: the backend's active version becomes `decrypt-only`),
+    /// `decrypt-only` or `destroyed` (only from `decrypt-only`, and only once no shard
+    /// version references it).
+    pub state: String,
+}
+
+/// Change a KEK version's lifecycle state (audited). `destroyed` is final and refused with
+/// 409 while shard versions still reference the version.
+#[utoipa::path(post, path = "/v1/admin/keys/{backend}/{version}/state", tag = "admin",
+    params(("backend" = String, Path, description = "backend instance"),
+           ("version" = i64, Path, description = "KEK version")),
+    request_body = KeyStateRequest,
+    responses((status = 200, description = "the version now", body = crate::keys::TransitionResponse)),
+    security(("bearer" = ["admin"])))]
+pub async fn set_key_state(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<(String, String)>, PathRejection>,
+    ApiJson(body): ApiJson<KeyStateRequest>,
+) -> Result<Response, ApiError> {
+    ctx.require(&state, Scope::Admin, None, "key.state")?;
+    let Path((backend, version)) =
+        path.map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid backend or version"))?;
+    let version = version
+        .parse::<u32>()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidId, "a key version is a number"))?;
+    let answer = crate::keys::transition(
+        &state,
+        &backend,
+        i64::from(version),
+        &body.state,
+        &ctx.caller.name,
+        &ctx.request_id,
+    )
+    .await?;
+    Ok(json(StatusCode::OK, answer))
 }

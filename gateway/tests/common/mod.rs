@@ -191,6 +191,7 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         log: shardgate::config::LogConfig::default(),
         retention: shardgate::config::RetentionConfig::default(),
         auth: shardgate::config::AuthConfig::default(),
+        keys: shardgate::keys::KeysConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),

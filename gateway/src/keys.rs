@@ -1,0 +1,749 @@
+//! Key lifecycle (NIST SP 800-57): every KEK version of every backend instance is `active`,
+//! `decrypt-only` or `destroyed`, and the database (table `key_versions`, shared by every
+//! replica) is where that is decided, not a keyring file.
+//!
+//! - [`KeyLifecycle`] keeps this process's copy of the table (re-read every
+//!   `[keys] refresh_interval_ms`, at once after a transition made here, and whenever a
+//!   backend's own list of versions changes, e.g. a keyring file edited by `keys rotate`),
+//!   registers versions the backends report that the table lacks, and counts wraps.
+//! - [`Lifecycled`] wraps each backend instance: a wrap (a write, a migration re-wrap) uses the
+//!   backend's `active` version only, and takes one wrap from the process's reserved block
+//!   of that version's counter; an unwrap under a `destroyed` version is refused with
+//!   `key_unusable` (never `integrity_failure`: nothing was tampered with).
+//! - [`transition`] is the one way a state changes (admin API and CLI): checked, audited and
+//!   committed in one transaction; `destroyed` is refused while any shard version
+//!   references the version, and the store fences it against concurrent writes.
+//!
+//! Wrap counter: AES-GCM with random 96-bit nonces stays within its collision bound for
+//! 2^32 encryptions under one key; `local` and `pkcs11` wraps are AES-GCM under the KEK, so
+//! each of their versions counts wraps. A replica reserves blocks of `wrap_block` wraps with
+//! one transaction (`reserve_key_wraps`) and counts inside the block in an atomic: no
+//! database write per wrap, and no two replicas ever share a range. Past `wrap_warn_at`
+//! reserved wraps the gateway warns (log, `shardgate_key_wraps_reserved`); at `wrap_limit`
+//! it refuses new wraps under that version (`key_unusable`, "rotate the key"). Reserved but
+//! unused wraps (a replica that stops) count as used: the counter only errs on the safe side.
+
+use crate::audit::{Auditor, Event};
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use shardgate_backends::{
+    BackendError, DataKey, Health, KekVersion, KeyBackend, ShardIdentity, Stat, WrappedKey,
+};
+use shardgate_store::{
+    key_state, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion, Reservation, Store,
+    StoreError,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+/// `[keys]`: the key lifecycle's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// How often this process re-reads the key states (a transition made on another replica
+    /// or by the CLI takes effect here within this time).
+    pub refresh_interval_ms: u64,
+    /// Wraps a replica reserves at a time.
+    pub wrap_block: u64,
+    /// Reserved wraps of one version past which the gateway warns (default 2^30).
+    pub wrap_warn_at: u64,
+    /// Reserved wraps of one version at which new wraps are refused (default 2^31, half the
+    /// AES-GCM random-nonce bound). Lower it only for tests; never raise it.
+    pub wrap_limit: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval_ms: 1_000,
+            wrap_block: 1_024,
+            wrap_warn_at: 1 << 30,
+            wrap_limit: 1 << 31,
+        }
+    }
+}
+
+/// Whether wraps of this backend kind are counted (AES-GCM under a KEK whose nonces the
+/// gateway or the HSM draws). KMS manages its key material and nonces itself.
+pub fn counts_wraps(kind: &str) -> bool {
+    matches!(kind, "local" | "pkcs11")
+}
+
+/// The caller-facing text for a use of a destroyed key version.
+pub fn destroyed_message(backend: &str, version: i64) -> String {
+    format!(
+        "key version {version} of backend {backend} is destroyed: shard versions wrapped under \
+         it can no longer be opened or written"
+    )
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The per-(backend, version) wrap budget of this process.
+#[derive(Default)]
+struct Counter {
+    /// Wraps left in the blocks this process reserved.
+    budget: AtomicU64,
+    /// One reservation at a time per version in this process.
+    reserving: tokio::sync::Mutex<()>,
+    last_warn: Mutex<Option<Instant>>,
+}
+
+impl Counter {
+    fn take(&self) -> bool {
+        self.budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
+            .is_ok()
+    }
+}
+
+enum Slot {
+    Taken,
+    NotActive,
+}
+
+/// This process's view of the key states, and its wrap counters.
+pub struct KeyLifecycle {
+    store: Arc<dyn Store>,
+    cfg: KeysConfig,
+    /// The instances (inside their breakers), for their versions.
+    backends: BTreeMap<String, Arc<dyn KeyBackend>>,
+    table: RwLock<BTreeMap<(String, i64), KeyVersionRecord>>,
+    /// What each backend reported last: a change triggers registration and a re-read.
+    seen: Mutex<HashMap<String, Vec<KekVersion>>>,
+    counters: Mutex<HashMap<(String, u32), Arc<Counter>>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for KeyLifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyLifecycle")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyLifecycle {
+    /// Register every backend's versions, read the table, and keep it fresh in the
+    /// background while the returned value lives.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        backends: BTreeMap<String, Arc<dyn KeyBackend>>,
+        cfg: KeysConfig,
+    ) -> Result<Arc<Self>, StoreError> {
+        let keys = Arc::new(Self {
+            store,
+            cfg,
+            backends,
+            table: RwLock::new(BTreeMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            counters: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+        });
+        metrics::gauge!("shardgate_key_wrap_warn_at").set(keys.cfg.wrap_warn_at as f64);
+        metrics::gauge!("shardgate_key_wrap_limit").set(keys.cfg.wrap_limit as f64);
+        keys.refresh().await?;
+        let names: Vec<String> = keys.backends.keys().cloned().collect();
+        for name in names {
+            keys.sync(&name).await?;
+        }
+        let weak = Arc::downgrade(&keys);
+        let every = Duration::from_millis(keys.cfg.refresh_interval_ms.max(50));
+        tokio::spawn(refresh_loop(weak, every));
+        Ok(keys)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &KeysConfig {
+        &self.cfg
+    }
+
+    /// Re-read the table.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let _one = self.refreshing.lock().await;
+        let rows = self.store.list_key_versions().await?;
+        for r in &rows {
+            if self.backends.contains_key(&r.backend) && counts_wraps(self.kind(&r.backend)) {
+                metrics::gauge!(
+                    "shardgate_key_wraps_reserved",
+                    "backend" => r.backend.clone(),
+                    "version" => r.key_version.to_string()
+                )
+                .set(r.reserved_upto as f64);
+            }
+        }
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        *table = rows
+            .into_iter()
+            .map(|r| ((r.backend.clone(), r.key_version), r))
+            .collect();
+        Ok(())
+    }
+
+    fn kind(&self, backend: &str) -> &'static str {
+        self.backends.get(backend).map_or("", |b| b.kind())
+    }
+
+    /// Register the versions `backend` reports that the table lacks (the backend's own view
+    /// is their starting state; never a second active one), then re-read the table.
+    pub async fn sync(&self, backend: &str) -> Result<(), StoreError> {
+        let Some(b) = self.backends.get(backend) else {
+            return Ok(());
+        };
+        let inventory = b.kek_versions();
+        let missing: Vec<NewKeyVersion> = {
+            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+            inventory
+                .iter()
+                .filter(|v| !table.contains_key(&(backend.to_string(), i64::from(v.version))))
+                .map(|v| NewKeyVersion {
+                    backend: backend.to_string(),
+                    key_version: i64::from(v.version),
+                    key_ref: v.key_ref.clone(),
+                    state: v.state.as_str().to_string(),
+                })
+                .collect()
+        };
+        if !missing.is_empty() {
+            let added = self
+                .store
+                .register_key_versions(&missing, crate::now_ms())
+                .await?;
+            if added > 0 {
+                tracing::info!(backend, versions = ?missing.iter().map(|m| m.key_version).collect::<Vec<_>>(), "key versions registered");
+            }
+        }
+        self.refresh().await?;
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(backend.to_string(), inventory);
+        Ok(())
+    }
+
+    /// When `backend`'s own list of versions changed since last seen (a keyring file
+    /// rotated, promoted or replaced; a new HSM key object), register and re-read now.
+    async fn sync_if_changed(&self, backend: &str, inner: &dyn KeyBackend) {
+        let now = inner.kek_versions();
+        let changed = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(backend)
+            .is_none_or(|before| *before != now);
+        if changed {
+            if let Err(e) = self.sync(backend).await {
+                tracing::warn!(backend, error = %e, "key versions could not be registered");
+            }
+        }
+    }
+
+    /// The stored state of a version, as this process last read it.
+    pub fn state(&self, backend: &str, version: i64) -> Option<String> {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(backend.to_string(), version))
+            .map(|r| r.state.clone())
+    }
+
+    /// The backend's active version, as this process last read it.
+    pub fn active(&self, backend: &str) -> Option<u32> {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|r| r.backend == backend && r.state == key_state::ACTIVE)
+            .and_then(|r| u32::try_from(r.key_version).ok())
+    }
+
+    /// Refuse any use of a destroyed version.
+    fn refuse_destroyed(&self, backend: &str, version: u32) -> Result<(), BackendError> {
+        if self.state(backend, i64::from(version)).as_deref() == Some(key_state::DESTROYED) {
+            return Err(BackendError::Refused(destroyed_message(
+                backend,
+                i64::from(version),
+            )));
+        }
+        Ok(())
+    }
+
+    /// The version a new wrap of `backend` must use, with one wrap of its counter taken.
+    async fn wrap_version(&self, backend: &str, kind: &str) -> Result<u32, BackendError> {
+        for _ in 0..2 {
+            let Some(v) = self.active(backend) else {
+                return Err(BackendError::Refused(format!(
+                    "backend {backend} has no active key version: promote one \
+                     (shardgate keys promote, or POST /v1/admin/keys/{backend}/N/state)"
+                )));
+            };
+            if !counts_wraps(kind) {
+                return Ok(v);
+            }
+            match self.take_wrap(backend, v).await? {
+                Slot::Taken => return Ok(v),
+                // Another replica (or the CLI) changed the active version: read again.
+                Slot::NotActive => {
+                    self.refresh().await.map_err(counter_unavailable)?;
+                }
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "the active key version of backend {backend} changed during the wrap; retry"
+        )))
+    }
+
+    fn counter(&self, backend: &str, version: u32) -> Arc<Counter> {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((backend.to_string(), version))
+            .or_default()
+            .clone()
+    }
+
+    async fn take_wrap(&self, backend: &str, version: u32) -> Result<Slot, BackendError> {
+        let counter = self.counter(backend, version);
+        if counter.take() {
+            return Ok(Slot::Taken);
+        }
+        let _one = counter.reserving.lock().await;
+        // Another request of this process may have reserved while we waited.
+        if counter.take() {
+            return Ok(Slot::Taken);
+        }
+        let reserved = self
+            .store
+            .reserve_key_wraps(
+                backend,
+                i64::from(version),
+                i64_of(self.cfg.wrap_block.max(1)),
+                i64_of(self.cfg.wrap_limit),
+            )
+            .await
+            .map_err(counter_unavailable)?;
+        match reserved {
+            Reservation::Granted { from, to } => {
+                let got = u64::try_from(to - from).unwrap_or(0);
+                // One of them is this wrap.
+                counter
+                    .budget
+                    .fetch_add(got.saturating_sub(1), Ordering::AcqRel);
+                metrics::gauge!(
+                    "shardgate_key_wraps_reserved",
+                    "backend" => backend.to_string(),
+                    "version" => version.to_string()
+                )
+                .set(to as f64);
+                tracing::debug!(backend, version, from, to, "reserved a block of wraps");
+                if u64::try_from(to).unwrap_or(u64::MAX) >= self.cfg.wrap_warn_at {
+                    self.warn(&counter, backend, version, to);
+                }
+                Ok(Slot::Taken)
+            }
+            Reservation::NotActive => Ok(Slot::NotActive),
+            Reservation::Exhausted { reserved } => {
+                metrics::counter!("shardgate_key_wrap_refusals_total", "backend" => backend.to_string())
+                    .increment(1);
+                tracing::error!(backend, version, reserved, limit = self.cfg.wrap_limit, "key version reached its wrap limit: new wraps are refused until a new version is promoted");
+                Err(BackendError::Refused(format!(
+                    "key version {version} of backend {backend} has reached its wrap limit \
+                     ({} wraps, the AES-GCM random-nonce bound): rotate the key \
+                     (shardgate keys rotate, then keys promote)",
+                    self.cfg.wrap_limit
+                )))
+            }
+        }
+    }
+
+    fn warn(&self, counter: &Counter, backend: &str, version: u32, reserved: i64) {
+        let mut last = counter.last_warn.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(
+            backend,
+            version,
+            reserved,
+            warn_at = self.cfg.wrap_warn_at,
+            limit = self.cfg.wrap_limit,
+            "key version nears its wrap limit: rotate it (shardgate keys rotate, then keys promote)"
+        );
+    }
+}
+
+fn counter_unavailable(e: StoreError) -> BackendError {
+    tracing::warn!(error = %e, "key usage counter: the store cannot be reached");
+    BackendError::Unavailable("the key usage counter cannot be reserved (store unavailable)".into())
+}
+
+async fn refresh_loop(weak: Weak<KeyLifecycle>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(keys) = weak.upgrade() else { return };
+        let names: Vec<String> = keys.backends.keys().cloned().collect();
+        for name in names {
+            if let Some(b) = keys.backends.get(&name).cloned() {
+                keys.sync_if_changed(&name, b.as_ref()).await;
+            }
+        }
+        if let Err(e) = keys.refresh().await {
+            tracing::warn!(error = %e, "key states could not be re-read; keeping the last ones");
+        }
+    }
+}
+
+/// A backend instance under the key lifecycle (see the module docs).
+pub struct Lifecycled {
+    inner: Arc<dyn KeyBackend>,
+    keys: Arc<KeyLifecycle>,
+}
+
+impl Lifecycled {
+    /// `inner` under `keys`.
+    pub fn new(inner: Arc<dyn KeyBackend>, keys: Arc<KeyLifecycle>) -> Self {
+        Self { inner, keys }
+    }
+
+    async fn version_for_wrap(&self) -> Result<u32, BackendError> {
+        let name = self.inner.name();
+        self.keys.sync_if_changed(name, self.inner.as_ref()).await;
+        self.keys.wrap_version(name, self.inner.kind()).await
+    }
+}
+
+#[async_trait]
+impl KeyBackend for Lifecycled {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn holds_key_ref(&self, key_ref: &str) -> bool {
+        self.inner.holds_key_ref(key_ref)
+    }
+
+    async fn generate_data_key(
+        &self,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        let v = self.version_for_wrap().await?;
+        self.inner.generate_data_key_under(v, id).await
+    }
+
+    async fn wrap(&self, id: &ShardIdentity, dek: &DataKey) -> Result<WrappedKey, BackendError> {
+        let v = self.version_for_wrap().await?;
+        self.inner.wrap_under(v, id, dek).await
+    }
+
+    async fn unwrap(
+        &self,
+        id: &ShardIdentity,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, BackendError> {
+        self.keys
+            .refuse_destroyed(self.inner.name(), wrapped.key_version)?;
+        self.inner.unwrap(id, wrapped).await
+    }
+
+    async fn unwrap_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<DataKey, BackendError>> {
+        let name = self.inner.name();
+        let refused: Vec<Option<BackendError>> = items
+            .iter()
+            .map(|(_, w)| self.keys.refuse_destroyed(name, w.key_version).err())
+            .collect();
+        if refused.iter().all(Option::is_none) {
+            return self.inner.unwrap_many(items).await;
+        }
+        let allowed: Vec<(ShardIdentity, WrappedKey)> = items
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|(item, _)| item.clone())
+            .collect();
+        let mut opened = self.inner.unwrap_many(&allowed).await.into_iter();
+        refused
+            .into_iter()
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => opened
+                    .next()
+                    .unwrap_or_else(|| Err(BackendError::Internal("batch item lost".into()))),
+            })
+            .collect()
+    }
+
+    async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {
+        self.keys
+            .refuse_destroyed(self.inner.name(), wrapped.key_version)?;
+        self.inner.verify(id, wrapped).await
+    }
+
+    async fn rewrap_from(
+        &self,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        // KMS -> KMS re-encrypts without unwrapping here: check the source version first.
+        self.keys
+            .refuse_destroyed(source.name(), wrapped.key_version)?;
+        let v = self.version_for_wrap().await?;
+        self.inner.rewrap_from_under(v, id, source, wrapped).await
+    }
+
+    fn kek_versions(&self) -> Vec<KekVersion> {
+        self.inner.kek_versions()
+    }
+
+    async fn health(&self) -> Health {
+        let inner = self.inner.health().await;
+        let name = self.inner.name();
+        let detail = match self.keys.active(name) {
+            Some(v) => format!("{}; key version {v} active", inner.detail),
+            None => format!("{}; no active key version (wraps refused)", inner.detail),
+        };
+        Health {
+            usable: inner.usable,
+            detail,
+        }
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        self.inner.stats()
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
+    }
+}
+
+/// One KEK version as the admin API and the CLI show it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct KeyView {
+    /// Backend instance.
+    pub backend: String,
+    /// Backend kind (`local`, `pkcs11`, `aws-kms`); `null` when no longer configured.
+    pub kind: Option<String>,
+    /// KEK version.
+    pub version: i64,
+    /// The backend's key reference when the version was registered.
+    pub key_ref: String,
+    /// `active`, `decrypt-only` or `destroyed`.
+    pub state: String,
+    /// When the version was registered, unix milliseconds.
+    pub created_ms: i64,
+    /// Last state change, unix milliseconds.
+    pub changed_ms: i64,
+    /// Who made it (`registered` for a version first seen on its backend).
+    pub changed_by: String,
+    /// Shard versions whose data key is wrapped under this version.
+    pub shard_versions: i64,
+    /// Wraps reserved by replicas so far (`null` for backends whose wraps are not counted:
+    /// aws-kms).
+    pub wraps_reserved: Option<i64>,
+    /// Whether this gateway's backend holds the version's key (a keyring file copied here,
+    /// an object on the token).
+    pub held_here: bool,
+}
+
+/// The key states of every backend, with reference counts and wrap counters.
+pub async fn list(state: &AppState) -> Result<Vec<KeyView>, ApiError> {
+    // Versions a backend holds that no replica registered yet (just rotated) are listed too.
+    for name in state.backends.keys() {
+        state.keys.sync(name).await?;
+    }
+    let records = state.store.list_key_versions().await?;
+    let refs: HashMap<(String, i64), i64> = state
+        .store
+        .key_ref_counts()
+        .await?
+        .into_iter()
+        .map(|c| ((c.backend, c.key_version), c.shard_versions))
+        .collect();
+    Ok(records.into_iter().map(|r| view(state, r, &refs)).collect())
+}
+
+fn view(state: &AppState, r: KeyVersionRecord, refs: &HashMap<(String, i64), i64>) -> KeyView {
+    let backend = state.backend(&r.backend);
+    let kind = backend.map(|b| b.kind().to_string());
+    let counted = kind.as_deref().is_some_and(counts_wraps);
+    let held_here = backend.is_some_and(|b| holds(b.as_ref(), r.key_version));
+    KeyView {
+        shard_versions: refs
+            .get(&(r.backend.clone(), r.key_version))
+            .copied()
+            .unwrap_or(0),
+        wraps_reserved: counted.then_some(r.reserved_upto),
+        backend: r.backend,
+        kind,
+        version: r.key_version,
+        key_ref: r.key_ref,
+        state: r.state,
+        created_ms: r.created_ms,
+        changed_ms: r.changed_ms,
+        changed_by: r.changed_by,
+        held_here,
+    }
+}
+
+/// Whether the backend holds the key of `version` (a version destroyed in a keyring file
+/// has no key any more).
+fn holds(backend: &dyn KeyBackend, version: i64) -> bool {
+    backend.kek_versions().iter().any(|k| {
+        i64::from(k.version) == version && k.state != shardgate_backends::KeyState::Destroyed
+    })
+}
+
+/// What a state change did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TransitionResponse {
+    /// The version as it is now.
+    pub key: KeyView,
+    /// Whether anything changed (asking for the current state changes nothing and is not
+    /// audited).
+    pub changed: bool,
+    /// The version a promote demoted to `decrypt-only`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demoted: Option<i64>,
+    /// The audit event of the change (`<chain>:<seq>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_event: Option<String>,
+}
+
+fn conflict(message: String) -> ApiError {
+    ApiError::new(ErrorCode::VersionConflict, message)
+}
+
+/// Move `backend`'s key `version` to state `to` (the admin API and the CLI): checked,
+/// audited and committed in one transaction.
+pub async fn transition(
+    state: &AppState,
+    backend: &str,
+    version: i64,
+    to: &str,
+    actor: &str,
+    request_id: &str,
+) -> Result<TransitionResponse, ApiError> {
+    if !key_state::is_valid(to) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "state must be active, decrypt-only or destroyed",
+        ));
+    }
+    let Some(b) = state.backend(backend).cloned() else {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such backend"));
+    };
+    // Fresh from the store (and any version the backend holds but the table lacks).
+    state.keys.sync(backend).await?;
+    let records = state.store.list_key_versions().await?;
+    let find = |v: i64| {
+        records
+            .iter()
+            .find(|r| r.backend == backend && r.key_version == v)
+    };
+    let Some(current) = find(version).cloned() else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("backend {backend} has no key version {version}"),
+        ));
+    };
+    let refs_of = |n: i64| HashMap::from([((backend.to_string(), version), n)]);
+    if current.state == to {
+        return Ok(TransitionResponse {
+            key: view(state, current, &refs_of(0)),
+            changed: false,
+            demoted: None,
+            audit_event: None,
+        });
+    }
+    if !shardgate_store::keys::allowed(&current.state, to) {
+        return Err(conflict(format!(
+            "key version {version} of backend {backend} is {}; it cannot become {to} \
+             (active -> decrypt-only -> destroyed, decrypt-only -> active; destroyed is final)",
+            current.state
+        )));
+    }
+    let demote = if to == key_state::ACTIVE {
+        if !holds(b.as_ref(), version) {
+            return Err(conflict(format!(
+                "backend {backend} of this gateway does not hold key version {version}: \
+                 distribute it to every replica (the keyring file, the HSM) before promoting it"
+            )));
+        }
+        records
+            .iter()
+            .find(|r| r.backend == backend && r.state == key_state::ACTIVE)
+            .map(|r| r.key_version)
+    } else {
+        None
+    };
+    let mut detail = format!("key_version={version} from={} to={to}", current.state);
+    if let Some(d) = demote {
+        detail.push_str(&format!(" demoted={d}"));
+    }
+    let event = Event::new(request_id, actor, "key.state")
+        .backend(backend)
+        .detail(detail);
+    let change = KeyStateChange {
+        backend,
+        key_version: version,
+        from: &current.state,
+        to,
+        demote,
+        actor,
+        now_ms: crate::now_ms(),
+    };
+    let mut guard = state.audit.lock().await?;
+    let record = guard.begin(&event);
+    let result = state.store.set_key_state(&change, &record).await;
+    let committed = matches!(result, Ok(KeyTransition::Done(_)));
+    guard.finish(committed.then_some(&record), &result).await;
+    let done = match result? {
+        KeyTransition::Done(r) => r,
+        KeyTransition::NotFound => {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("backend {backend} has no key version {version}"),
+            ))
+        }
+        KeyTransition::WrongState(now) => {
+            return Err(conflict(format!(
+                "key version {version} of backend {backend} (or its active version) changed \
+                 meanwhile; it is {now} now: look again and retry"
+            )))
+        }
+        KeyTransition::Referenced(n) => {
+            return Err(conflict(format!(
+                "key version {version} of backend {backend} is still referenced by {n} shard \
+                 version(s): move them first (POST /v1/admin/migrations \
+                 {{\"from_backend\":\"{backend}\",\"key_version_below\":{}}}, or shardgate \
+                 migrate start), then destroy it",
+                version + 1
+            )))
+        }
+    };
+    tracing::info!(backend, version, from = %current.state, to, demoted = ?demote, actor, "key state changed");
+    if let Err(e) = state.keys.refresh().await {
+        tracing::warn!(error = %e, "key states could not be re-read after a change");
+    }
+    Ok(TransitionResponse {
+        key: view(state, done, &refs_of(0)),
+        changed: true,
+        demoted: demote,
+        audit_event: Some(Auditor::event_id(&record)),
+    })
+}
