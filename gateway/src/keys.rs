@@ -265,7 +265,16 @@ impl KeyLifecycle {
 
     /// Refuse any use of a destroyed version.
     fn refuse_destroyed(&self, backend: &str, version: u32) -> Result<(), BackendError> {
-        if self.state(backend, i64::from(version)).as_deref() == Some(key_state::DESTROYED) {
+        // On every unwrap: scan the few rows in place rather than build an owned key and
+        // clone the state for a map lookup (two allocations per request on the hot path).
+        let v = i64::from(version);
+        let destroyed = self
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|((b, kv), r)| *kv == v && b == backend && r.state == key_state::DESTROYED);
+        if destroyed {
             return Err(BackendError::Refused(destroyed_message(
                 backend,
                 i64::from(version),
