@@ -279,9 +279,10 @@ def migration_report(res, runs, machine):
         ", with uncommitted changes" if machine.get("git_dirty") == "yes" else ""))
     w("Each job moves one account's shards of %s B from the `local` backend to `hsm` (pkcs11, SoftHSM2, "
       "pool 8): `PUT /v1/accounts/{id}` to tier `bench-hsm` starts it; PostgreSQL store; a worker claims "
-      "a batch (`[migration] batch_size`, default 16), re-wraps its items `concurrency` (default 4) at a "
+      "a batch (`[migration] batch_size`, default 64), re-wraps its items `concurrency` (default 4) at a "
       "time (unwrap on local, wrap on pkcs11, verify = unwrap on pkcs11) and commits the batch in one "
-      "transaction with one audit event per item." % machine.get("shard_bytes", "?"))
+      "transaction with one audit event per item, taking the audit chain only for the audit insert and "
+      "the commit; `pipeline` (default 2) batches are in flight at once." % machine.get("shard_bytes", "?"))
     w("")
     w("**Throughput.** The gateway is restarted with `SHARDGATE_MIGRATION__RATE_PER_SEC=%s` so the rate "
       "does not bound it; the job's time runs from the `PUT` to the first poll (every 100 ms) that "
@@ -723,6 +724,9 @@ def main():
     w("The gateway, PostgreSQL, moto_server, SoftHSM2 and wrk share the same %s cores (and other builds may "
       "run at the same time), so absolute numbers drift from run to run: compare the ratios, which are "
       "measured side by side in the same run." % machine.get("nproc", "?"))
+    w("")
+    w("PostgreSQL is reached over loopback without TLS (`sslmode=disable`), by the gateway and the floors "
+      "alike; the gateway runs with `MALLOC_ARENA_MAX=2`, as the README's production notes recommend.")
     w("")
     w("## Goals")
     w("")

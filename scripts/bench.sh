@@ -198,6 +198,10 @@ GW_ENV=(env)
 for v in $(compgen -e); do
     case "$v" in SHARDGATE_*) GW_ENV+=(-u "$v") ;; esac
 done
+# As the README recommends for a deployment: glibc's malloc otherwise keeps one arena per
+# thread that ever allocated (the runtime's and spawn_blocking's), which holds memory after a
+# load peak has passed.
+GW_ENV+=(MALLOC_ARENA_MAX=2)
 
 # ---------------------------------------------------------------------------------------------
 # 2. PostgreSQL database, moto + KMS key, SoftHSM2 token
@@ -206,7 +210,10 @@ DB_NAME="shardgate_bench_$(sg_rand_hex)"
 STATE_FILE="$STATE_DIR/$DB_NAME"
 write_state
 sg_pg_create_db "$DB_NAME" || sg_die "could not create database $DB_NAME"
-PG_URL="postgres://postgres@$SG_PG_HOST:$SG_PG_PORT/$DB_NAME"
+# Loopback, so no TLS (sqlx would otherwise negotiate it with a server that has ssl=on): the
+# gateway and the floors use this same URL, so both skip it alike. TLS to a remote database is
+# set up as in the README ("Database least privilege": sslmode=verify-full).
+PG_URL="postgres://postgres@$SG_PG_HOST:$SG_PG_PORT/$DB_NAME?sslmode=disable"
 
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
 unset AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_PROFILE AWS_ENDPOINT_URL
@@ -332,8 +339,9 @@ scrape_metrics() { curl -s -m 5 -H @"$WORK/secrets/auth.header" "$BASE/metrics" 
 CLK_TCK=$(getconf CLK_TCK)
 gw_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/${RUN_PID:-$GW_PID}/stat" 2>/dev/null || echo 0; }
 # utime + stime of every PostgreSQL process (server and backends), in clock ticks ("postgres"
-# holds no space, so the fields count from the left; cat skips processes that just ended).
-pg_cpu_ticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" { t += $14 + $15 } END { print t + 0 }'; }
+# holds no space, so the fields count from the left; cat skips processes that just ended, and
+# its non-zero status then must not end the bench under pipefail).
+pg_cpu_ticks() { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '$2 == "(postgres)" { t += $14 + $15 } END { print t + 0 }'; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/${1:-$GW_PID}/status" 2>/dev/null || echo 0; }
 mkdir -p "$RES/rss"
 sleep 1

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
-use shardgate_store::{AuditRecord, Store, StoreError};
+use shardgate_store::{AuditRecord, LateSeal, Store, StoreError};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -385,6 +385,123 @@ impl Drop for ChainGuard<'_> {
             // The request was cancelled mid-write: whether the event committed is unknown.
             *self.head = None;
         }
+    }
+}
+
+/// How long a write that holds rows waits for the audit chain before it rolls back and tries
+/// again (see [`LateSeal`]): a writer that took the chain first may be waiting for one of
+/// those rows. Far longer than a busy chain's queue (each holder keeps it for one audit insert
+/// and commit).
+pub const CHAIN_WAIT: Duration = Duration::from_millis(250);
+
+/// Events of the versions a write pruned, built once the store knows them.
+pub type PruneEvents<'a> = &'a (dyn Fn(&[i64]) -> Vec<Event> + Send + Sync);
+
+/// A [`LateSeal`] on this process's chain: the chain is taken only when the store asks for
+/// the records (after the write's rows are in place), waiting at most `wait`, and held until
+/// [`ChainSeal::finish`] learns whether they were stored.
+pub struct ChainSeal<'a> {
+    auditor: &'a Auditor,
+    events: &'a [Event],
+    prunes: Option<PruneEvents<'a>>,
+    published: Option<&'a std::sync::OnceLock<Vec<AuditRecord>>>,
+    wait: Duration,
+    guard: Option<ChainGuard<'a>>,
+    records: Vec<AuditRecord>,
+    timed_out: bool,
+}
+
+impl<'a> ChainSeal<'a> {
+    /// Seal `events` (in order, at the chain's next positions) when the store asks.
+    pub fn new(auditor: &'a Auditor, events: &'a [Event], wait: Duration) -> Self {
+        Self {
+            auditor,
+            events,
+            prunes: None,
+            published: None,
+            wait,
+            guard: None,
+            records: Vec::new(),
+            timed_out: false,
+        }
+    }
+
+    /// After `events`, one event per version the write pruned.
+    pub fn with_prunes(mut self, prunes: PruneEvents<'a>) -> Self {
+        self.prunes = Some(prunes);
+        self
+    }
+
+    /// Also put the sealed records in `cell`, for what the store builds after sealing in
+    /// the same transaction (an idempotent answer naming the events).
+    pub fn publish_to(mut self, cell: &'a std::sync::OnceLock<Vec<AuditRecord>>) -> Self {
+        self.published = Some(cell);
+        self
+    }
+
+    /// The chain stayed busy for longer than `wait`: the store call rolled back and nothing
+    /// was stored; worth another try.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// The records sealed (empty until the store asked).
+    pub fn records(&self) -> &[AuditRecord] {
+        &self.records
+    }
+
+    /// Release the chain, recording whether the sealed records were `stored` by the store
+    /// call that ended with `result`.
+    pub async fn finish<T>(self, stored: bool, result: &Result<T, StoreError>) {
+        if let Some(guard) = self.guard {
+            guard
+                .finish(stored.then(|| self.records.last()).flatten(), result)
+                .await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LateSeal for ChainSeal<'_> {
+    async fn hold(&mut self) -> Result<(), StoreError> {
+        if self.guard.is_none() {
+            // Taken before the transaction begins: the order every writer used to follow,
+            // so no wait bound is needed.
+            let guard = self
+                .auditor
+                .lock()
+                .await
+                .map_err(|_| StoreError::AuditUnavailable("audit chain head unknown".into()))?;
+            self.guard = Some(guard);
+        }
+        Ok(())
+    }
+
+    async fn seal(&mut self, pruned: &[i64]) -> Result<Vec<AuditRecord>, StoreError> {
+        if self.guard.is_none() {
+            let Ok(guard) = tokio::time::timeout(self.wait, self.auditor.lock()).await else {
+                self.timed_out = true;
+                return Err(StoreError::AuditUnavailable(
+                    "the audit chain stayed busy; the write was rolled back".into(),
+                ));
+            };
+            self.guard =
+                Some(guard.map_err(|_| {
+                    StoreError::AuditUnavailable("audit chain head unknown".into())
+                })?);
+        }
+        let mut events = self.events.to_vec();
+        if let Some(prunes) = self.prunes {
+            events.extend(prunes(pruned));
+        }
+        let Some(guard) = self.guard.as_mut() else {
+            return Err(StoreError::AuditUnavailable("audit chain not held".into()));
+        };
+        self.records = guard.begin_many(&events);
+        if let Some(cell) = self.published {
+            let _ = cell.set(self.records.clone());
+        }
+        Ok(self.records.clone())
     }
 }
 

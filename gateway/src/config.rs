@@ -585,6 +585,9 @@ pub struct MigrationConfig {
     /// Re-wraps of a batch in flight at once (each holds a backend call, e.g. an HSM
     /// session).
     pub concurrency: u32,
+    /// Batches a worker has in flight at once: while one commits (a database round trip and
+    /// a flush to disk), the next is claimed and re-wrapped. `1` runs them one after another.
+    pub pipeline: u32,
     /// How long a claim holds its items; a worker killed mid-batch frees them after this.
     pub lease_ms: u64,
     /// How often the process looks for live jobs (started elsewhere, resumed, or left by a
@@ -598,8 +601,9 @@ impl Default for MigrationConfig {
     fn default() -> Self {
         Self {
             rate_per_sec: 500,
-            batch_size: 16,
+            batch_size: 64,
             concurrency: 4,
+            pipeline: 2,
             lease_ms: 30_000,
             poll_interval_ms: 2_000,
             workers: true,

@@ -20,6 +20,7 @@ use tower::ServiceExt;
 
 struct Gw {
     app: axum::Router,
+    state: shardgate::AppState,
     tokens: Tokens,
     db: Db,
     dir: tempfile::TempDir,
@@ -62,7 +63,8 @@ async fn setup(kind: StoreKind, rate: u32, with_kms: bool) -> Option<Gw> {
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     state.start_migration_workers();
     Some(Gw {
-        app: shardgate::app(state),
+        app: shardgate::app(state.clone()),
+        state,
         tokens,
         db: Db::connect(&url).await,
         dir,
@@ -412,6 +414,102 @@ async fn reads_keep_working_and_a_user_write_wins_during_a_job(gw: Gw) {
     assert_eq!(gw.read("acct-r", "s029", 1).await, shards[29].2);
 }
 
+async fn a_batch_commit_waits_out_a_busy_audit_chain(gw: Gw) {
+    gw.account("acct-c", "retail").await;
+    let shards = gw.load("acct-c", 12, 1).await;
+    let job = gw.account("acct-c", "gold").await["migration_job"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = gw
+        .call("POST", &format!("/v1/admin/migrations/{job}/pause"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let done_before = gw.job(&job).await["done"].as_i64().unwrap();
+    let (s, v) = gw
+        .call("POST", &format!("/v1/admin/migrations/{job}/resume"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Held for several times a batch's bounded wait: every commit in that time rolls back
+    // and is tried again; none may land without the chain.
+    let held = gw.state.audit.lock().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(gw.job(&job).await["done"].as_i64().unwrap(), done_before);
+    drop(held);
+    let end = gw.settle(&job, 60).await;
+    assert_eq!(end["state"], "completed", "{end}");
+    assert_eq!(end["done"].as_i64(), Some(12), "{end}");
+    for (shard, version, data) in &shards {
+        assert_eq!(&gw.read("acct-c", shard, *version).await, data);
+    }
+    assert!(gw.backends_of("acct-c").await.iter().all(|b| b == "vault"));
+    // No gap in the chain: every event from 1 to the head is stored once.
+    let counts = strings(
+        &gw.db,
+        "SELECT CAST(COUNT(*) AS TEXT) || ' ' || CAST(MAX(seq) AS TEXT) FROM audit_events GROUP BY chain_id",
+    )
+    .await;
+    for c in counts {
+        let (n, max) = c.split_once(' ').unwrap();
+        assert_eq!(n, max, "a chain has a gap");
+    }
+}
+
+async fn shard_writes_wait_out_a_busy_chain_and_race_tier_changes(gw: Gw) {
+    gw.account("acct-w", "retail").await;
+    let gw = Arc::new(gw);
+    // A write takes the chain only for its audit insert and commit: while the chain is held
+    // it cannot finish, and it finishes once the chain is free.
+    let held = gw.state.audit.lock().await.unwrap();
+    let put = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            gw.put("acct-w", "held", b"written while the chain was held")
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !put.is_finished(),
+        "a write committed without the audit chain"
+    );
+    drop(held);
+    assert_eq!(put.await.unwrap(), 1);
+    assert_eq!(
+        gw.read("acct-w", "held", 1).await,
+        b"written while the chain was held"
+    );
+    // Writes hold the account row (shared) while they wait for the chain; a tier change
+    // takes the chain, then that row: the writes give way and write again, and every one of
+    // them and every tier change succeeds.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let gw = gw.clone();
+        tasks.spawn(async move {
+            if i % 6 == 5 {
+                let tier = if i % 12 == 5 { "gold" } else { "retail" };
+                gw.account("acct-w", tier).await;
+            } else {
+                let data = format!("race {i}").into_bytes();
+                let v = gw.put("acct-w", &format!("r{i:02}"), &data).await;
+                assert_eq!(gw.read("acct-w", &format!("r{i:02}"), v).await, data);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let counts = strings(
+        &gw.db,
+        "SELECT CAST(COUNT(*) AS TEXT) || ' ' || CAST(MAX(seq) AS TEXT) FROM audit_events GROUP BY chain_id",
+    )
+    .await;
+    for c in counts {
+        let (n, max) = c.split_once(' ').unwrap();
+        assert_eq!(n, max, "a chain has a gap");
+    }
+}
+
 async fn local_to_kms_and_back(gw: Gw) {
     gw.account("acct-kms", "retail").await;
     let shards = gw.load("acct-kms", 5, 2).await;
@@ -509,6 +607,8 @@ both_stores! {
     kek_rotation_rewraps_versions_below_the_new_key: 1000, false;
     pause_resume_cancel_and_a_failing_row: 10, false;
     reads_keep_working_and_a_user_write_wins_during_a_job: 20, false;
+    a_batch_commit_waits_out_a_busy_audit_chain: 1000, false;
+    shard_writes_wait_out_a_busy_chain_and_race_tier_changes: 1000, false;
     local_to_kms_and_back: 1000, true;
     bad_requests_are_refused: 1000, false;
 }

@@ -50,6 +50,100 @@ pub struct AccountRecord {
     pub keep_versions: Option<i64>,
 }
 
+/// Seals a write's audit records at the last moment the store can take them: once the
+/// write's rows are in place and locked, right before the audit insert and the commit. The
+/// caller's audit chain is a single sequence, so whoever seals holds it until the commit's
+/// outcome is known; sealing late keeps that hold to the audit insert and the commit instead
+/// of the whole transaction, so other writers and the read path's audit batches wait less.
+///
+/// An implementation that waits for its chain must bound the wait and fail instead: a writer
+/// that took the chain first may be waiting for a row this transaction holds, and only this
+/// side giving up (its transaction rolls back) breaks that cycle.
+#[async_trait]
+pub trait LateSeal: Send {
+    /// Take the chain now, before the transaction begins. Stores with one writer at a time
+    /// (SQLite) call this first: waiting for the chain while holding the database's write
+    /// lock would stall whoever holds the chain and waits for that lock. Default: nothing
+    /// (`seal` takes the chain).
+    async fn hold(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The sealed records, in order. `pruned`: the versions a shard write's retention
+    /// removed (ascending), each of which needs its own record after the write's; empty for
+    /// every other write. Called at most once per store call.
+    async fn seal(&mut self, pruned: &[i64]) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// Records sealed up front (tests, single-item commits whose caller already holds the chain).
+#[derive(Debug)]
+pub struct Presealed(Vec<AuditRecord>);
+
+impl Presealed {
+    /// Hand these records to the store as they are.
+    pub fn new(records: Vec<AuditRecord>) -> Self {
+        Self(records)
+    }
+}
+
+#[async_trait]
+impl LateSeal for Presealed {
+    async fn seal(&mut self, _pruned: &[i64]) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(std::mem::take(&mut self.0))
+    }
+}
+
+/// A write's record sealed up front and its pruned versions' records built by a closure
+/// (the caller already holds the chain): what [`Store::insert_shard_version_retained`]
+/// hands to [`Store::insert_shard_version_sealed`].
+struct SealedWith<'a> {
+    main: Option<AuditRecord>,
+    prunes: Option<AuditForPruned<'a>>,
+}
+
+#[async_trait]
+impl LateSeal for SealedWith<'_> {
+    async fn seal(&mut self, pruned: &[i64]) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut out: Vec<AuditRecord> = self.main.take().into_iter().collect();
+        if let Some(prunes) = self.prunes {
+            out.extend(prunes(pruned));
+        }
+        Ok(out)
+    }
+}
+
+/// Retention of [`Store::insert_shard_version_sealed`]: [`Retention`] whose pruned
+/// versions' records come from the write's [`LateSeal`].
+#[derive(Clone, Copy)]
+pub struct Prune<'a> {
+    /// Versions kept when the account sets none (0 = every version).
+    pub default_keep: i64,
+    /// With an idempotency key: the record to store, rebuilt with the pruned versions
+    /// (called after the seal).
+    pub idem: Option<IdempotencyForPruned<'a>>,
+}
+
+impl std::fmt::Debug for Prune<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prune")
+            .field("default_keep", &self.default_keep)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The records a shard write must store: its own, then one per pruned version.
+pub fn check_write_records(records: &[AuditRecord], pruned: &[i64]) -> Result<(), StoreError> {
+    if records.len() == 1 + pruned.len() {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "{} audit records sealed for a write that pruned {} versions",
+            records.len(),
+            pruned.len()
+        )))
+    }
+}
+
 /// Counts shown by `GET /v1/accounts/{account}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AccountStats {
@@ -480,6 +574,31 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditRecord,
         idem: Option<IdempotentWrite<'_>>,
         retention: Option<Retention<'_>>,
+    ) -> Result<Idempotent<Vec<i64>>, StoreError> {
+        let mut seal = SealedWith {
+            main: Some(audit.clone()),
+            prunes: retention.map(|r| r.audit),
+        };
+        let prune = retention.map(|r| Prune {
+            default_keep: r.default_keep,
+            idem: r.idem,
+        });
+        self.insert_shard_version_sealed(row, idem, prune, &mut seal)
+            .await
+    }
+
+    /// [`Store::insert_shard_version_retained`] whose audit records (the write's, then one
+    /// per pruned version) come from `seal`: on PostgreSQL called once the row is inserted
+    /// and the old versions pruned, so the caller holds its audit chain only for the audit
+    /// insert and the commit (see [`LateSeal`]); on SQLite the chain is held (`hold`) before
+    /// the write transaction begins. Not called for a replay, nor when the write is refused
+    /// (not found, conflict, destroyed key) before its audit insert.
+    async fn insert_shard_version_sealed(
+        &self,
+        row: &ShardVersionRow,
+        idem: Option<IdempotentWrite<'_>>,
+        prune: Option<Prune<'_>>,
+        seal: &mut dyn LateSeal,
     ) -> Result<Idempotent<Vec<i64>>, StoreError>;
 
     /// One version (`None` = latest).
@@ -665,12 +784,19 @@ pub trait Store: Send + Sync + 'static {
     /// `None`, and nothing changes (no audit event either), when any item is settled or held
     /// by another worker, or the job is not running: the batch is all or nothing so its
     /// chained audit records are stored without a gap.
+    ///
+    /// The records (one per item, in order) come from `seal`, called at most once: on
+    /// PostgreSQL after the rows are written and locked, so the caller holds its audit chain
+    /// only for the job update, the audit insert and the commit (see [`LateSeal`]); on SQLite
+    /// (one writer at a time) before the write transaction begins. An error from `seal`
+    /// rolls everything back and is returned.
     async fn commit_migration_batch(
         &self,
         job_id: &str,
         worker: &str,
         items: &[ItemCommit<'_>],
         now_ms: i64,
+        seal: &mut dyn LateSeal,
     ) -> Result<Option<Vec<CommitResult>>, StoreError>;
 
     /// [`Store::commit_migration_batch`] of one item; `NotClaimed` for `None`.
@@ -693,10 +819,16 @@ pub trait Store: Send + Sync + 'static {
             version,
             old_wrapped_dek,
             outcome,
-            audit,
         };
+        let mut seal = Presealed::new(vec![audit.clone()]);
         let results = self
-            .commit_migration_batch(job_id, worker, std::slice::from_ref(&item), now_ms)
+            .commit_migration_batch(
+                job_id,
+                worker,
+                std::slice::from_ref(&item),
+                now_ms,
+                &mut seal,
+            )
             .await?;
         Ok(results
             .and_then(|r| r.into_iter().next())

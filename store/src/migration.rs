@@ -120,7 +120,8 @@ impl std::fmt::Debug for ItemOutcome {
 }
 
 /// One item of a batch commit: the version, the wrap the worker read (the compare-and-swap's
-/// expected value), what the worker reports, and the audit event sealed for it.
+/// expected value) and what the worker reports. Its audit record comes from the batch's
+/// [`crate::LateSeal`].
 pub struct ItemCommit<'a> {
     /// Account id.
     pub account: &'a str,
@@ -132,8 +133,6 @@ pub struct ItemCommit<'a> {
     pub old_wrapped_dek: &'a [u8],
     /// What happened to it.
     pub outcome: &'a ItemOutcome,
-    /// Its audit event, chained after the previous item's.
-    pub audit: &'a crate::AuditRecord,
 }
 
 /// What a commit did.

@@ -24,8 +24,8 @@ use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
     CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
-    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, MigrationFailure,
-    MigrationJob, MigrationSelector, Retention, ShardSummary, ShardVersionRow, Store, StoreError,
+    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, LateSeal, MigrationFailure,
+    MigrationJob, MigrationSelector, Prune, ShardSummary, ShardVersionRow, Store, StoreError,
     TokenRecord, TokenRevocation, Transition,
 };
 use crate::{
@@ -855,12 +855,12 @@ impl Store for PgStore {
         latest(&self.pool, account, shard).await.map_err(map_err)
     }
 
-    async fn insert_shard_version_retained(
+    async fn insert_shard_version_sealed(
         &self,
         row: &ShardVersionRow,
-        audit: &AuditRecord,
         idem: Option<IdempotentWrite<'_>>,
-        retention: Option<Retention<'_>>,
+        retention: Option<Prune<'_>>,
+        seal: &mut dyn LateSeal,
     ) -> Result<Idempotent<Vec<i64>>, StoreError> {
         let mut tx = self.begin().await?;
         if let Some(w) = idem {
@@ -923,7 +923,6 @@ impl Store for PgStore {
             Err(e) => return Err(map_err(e)),
         }
         refuse_destroyed(&mut tx, &[row.backend.as_str()], &[row.key_version]).await?;
-        insert_audit(&mut tx, audit).await?;
         let mut pruned = Vec::new();
         if let Some(retention) = retention {
             let keep = account_keep.unwrap_or(retention.default_keep);
@@ -944,14 +943,15 @@ impl Store for PgStore {
                 .map_err(map_err)?;
                 pruned.sort_unstable();
             }
-            if !pruned.is_empty() {
-                let records = (retention.audit)(&pruned);
-                let records: Vec<&AuditRecord> = records.iter().collect();
-                insert_audits(&mut tx, &records).await?;
-            }
-            if let (Some(_), Some(build)) = (idem, retention.idem) {
-                idem_update(&mut tx, &build(&pruned)).await?;
-            }
+        }
+        // Only the audit insert and the commit run under the caller's audit chain (see
+        // `LateSeal`): concurrent writes do everything above at the same time.
+        let records = seal.seal(&pruned).await?;
+        crate::check_write_records(&records, &pruned)?;
+        let records: Vec<&AuditRecord> = records.iter().collect();
+        insert_audits(&mut tx, &records).await?;
+        if let (Some(_), Some(build)) = (idem, retention.and_then(|r| r.idem)) {
+            idem_update(&mut tx, &build(&pruned)).await?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(Idempotent::Done(pruned))
@@ -1450,6 +1450,24 @@ impl Store for PgStore {
         .await
         .map_err(map_err)?;
         let job = job_from_row(&row).map_err(map_err)?;
+        if to == job_state::RUNNING {
+            // A resumed job's items held by batches cut short by the pause are free again
+            // at once instead of after their leases. Items a commit is settling right now
+            // are skipped (locked): that commit settles them or leaves them for the lease.
+            // A worker whose batch is still running loses nothing: a commit needs the items
+            // pending and still its own, so each item is settled once whoever claims it.
+            sqlx::query(
+                "UPDATE migration_items SET claimed_by = NULL, lease_until = NULL \
+                 WHERE (job_id, account, shard, version) IN ( \
+                     SELECT job_id, account, shard, version FROM migration_items \
+                     WHERE job_id = $1 AND state = 'pending' AND claimed_by IS NOT NULL \
+                     FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
         insert_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Transition::Done(job))
@@ -1467,6 +1485,14 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let mut tx = self.begin().await?;
+        // A claim need not survive a database crash: a lost claim only makes its items
+        // claimable again (the holder's commit then finds them not its own), and the skipped
+        // count is lost with the skips it counted. Not waiting for the flush saves one disk
+        // flush per batch; the batch's own commit is durable, and flushes this claim with it.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         // A plain read: a job paused right after it may still hand out this batch, but
         // commits re-check the state under the job's row lock, so nothing moves once paused.
         let state: Option<String> =
@@ -1555,6 +1581,7 @@ impl Store for PgStore {
         worker: &str,
         items: &[ItemCommit<'_>],
         now_ms: i64,
+        seal: &mut dyn LateSeal,
     ) -> Result<Option<Vec<CommitResult>>, StoreError> {
         if items.is_empty() {
             return Ok(Some(Vec::new()));
@@ -1685,6 +1712,18 @@ impl Store for PgStore {
         .await
         .map_err(map_err)?;
         let total = Settlement::sum(&settlements);
+        // Everything above holds row locks but not the caller's audit chain; from here to the
+        // commit it holds both (see `LateSeal`). The job row is locked only now, under the
+        // chain: a pause or cancel takes the chain first, then that row, so they cannot wait
+        // on each other in a cycle.
+        let records = seal.seal(&[]).await?;
+        if records.len() != items.len() {
+            return Err(StoreError::Internal(format!(
+                "{} audit records sealed for {} migration items",
+                records.len(),
+                items.len()
+            )));
+        }
         // Checked last, under the job's row lock: a pause or cancel that committed before
         // this point wins, and everything above is rolled back.
         let running = sqlx::query(
@@ -1706,7 +1745,7 @@ impl Store for PgStore {
         if running == 0 {
             return Ok(None);
         }
-        let records: Vec<&AuditRecord> = items.iter().map(|i| i.audit).collect();
+        let records: Vec<&AuditRecord> = records.iter().collect();
         insert_audits(&mut tx, &records).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(results))

@@ -28,8 +28,8 @@ use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
     CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
-    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, MigrationFailure,
-    MigrationJob, MigrationSelector, Retention, ShardSummary, ShardVersionRow, Store, StoreError,
+    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, LateSeal, MigrationFailure,
+    MigrationJob, MigrationSelector, Prune, ShardSummary, ShardVersionRow, Store, StoreError,
     TokenRecord, TokenRevocation, Transition,
 };
 use crate::{
@@ -679,13 +679,15 @@ impl Store for SqliteStore {
         latest(&self.pool, account, shard).await.map_err(map_err)
     }
 
-    async fn insert_shard_version_retained(
+    async fn insert_shard_version_sealed(
         &self,
         row: &ShardVersionRow,
-        audit: &AuditRecord,
         idem: Option<IdempotentWrite<'_>>,
-        retention: Option<Retention<'_>>,
+        retention: Option<Prune<'_>>,
+        seal: &mut dyn LateSeal,
     ) -> Result<Idempotent<Vec<i64>>, StoreError> {
+        // The chain first, then the write lock (see `LateSeal::hold`).
+        seal.hold().await?;
         // BEGIN IMMEDIATE: we hold the write lock from here, so the latest version cannot
         // change before our insert.
         let mut tx = self.begin_write().await?;
@@ -747,7 +749,6 @@ impl Store for SqliteStore {
             Err(e) => return Err(map_err(e)),
         }
         refuse_destroyed(&mut tx, &row.backend, row.key_version).await?;
-        insert_audit(&mut tx, audit).await?;
         let mut pruned = Vec::new();
         if let Some(retention) = retention {
             let keep = account_keep.unwrap_or(retention.default_keep);
@@ -768,12 +769,14 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
                 pruned.sort_unstable();
             }
-            for record in (retention.audit)(&pruned) {
-                insert_audit(&mut tx, &record).await?;
-            }
-            if let (Some(_), Some(build)) = (idem, retention.idem) {
-                idem_update(&mut tx, &build(&pruned)).await?;
-            }
+        }
+        let records = seal.seal(&pruned).await?;
+        crate::check_write_records(&records, &pruned)?;
+        for record in &records {
+            insert_audit(&mut tx, record).await?;
+        }
+        if let (Some(_), Some(build)) = (idem, retention.and_then(|r| r.idem)) {
+            idem_update(&mut tx, &build(&pruned)).await?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(Idempotent::Done(pruned))
@@ -1258,6 +1261,20 @@ impl Store for SqliteStore {
         .await
         .map_err(map_err)?;
         let job = job_from_row(&row).map_err(map_err)?;
+        if to == job_state::RUNNING {
+            // A resumed job's items held by batches cut short by the pause are free again
+            // at once instead of after their leases. A worker whose batch is still running
+            // loses nothing: a commit needs the items pending and still its own, so each
+            // item is settled once whoever claims it.
+            sqlx::query(
+                "UPDATE migration_items SET claimed_by = NULL, lease_until = NULL \
+                 WHERE job_id = ?1 AND state = 'pending' AND claimed_by IS NOT NULL",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
         insert_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Transition::Done(job))
@@ -1364,9 +1381,22 @@ impl Store for SqliteStore {
         worker: &str,
         items: &[ItemCommit<'_>],
         now_ms: i64,
+        seal: &mut dyn LateSeal,
     ) -> Result<Option<Vec<CommitResult>>, StoreError> {
         if items.is_empty() {
             return Ok(Some(Vec::new()));
+        }
+        // The chain is held before the write lock is taken: SQLite has one writer, so a
+        // caller waiting for its audit chain while holding that lock could stall every other
+        // writer.
+        seal.hold().await?;
+        let records = seal.seal(&[]).await?;
+        if records.len() != items.len() {
+            return Err(StoreError::Internal(format!(
+                "{} audit records sealed for {} migration items",
+                records.len(),
+                items.len()
+            )));
         }
         // BEGIN IMMEDIATE: the item, job and row checks below hold until we commit.
         let mut tx = self.begin_write().await?;
@@ -1470,8 +1500,8 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        for i in items {
-            insert_audit(&mut tx, i.audit).await?;
+        for r in &records {
+            insert_audit(&mut tx, r).await?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(Some(results))

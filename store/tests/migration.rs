@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use common::{shard_row, AuditGen, Harness};
 use shardgate_store::{
-    job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
-    MigrationSelector, ShardVersionRow, Store, StoreError, Transition,
+    job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, LateSeal, MigrationFailure,
+    MigrationJob, MigrationSelector, Presealed, ShardVersionRow, Store, StoreError, Transition,
 };
 use tokio::task::JoinSet;
 
 both_stores!(
     batch_commits_every_outcome_in_one_transaction,
+    failed_seal_rolls_the_whole_batch_back,
     batch_with_an_item_not_held_changes_nothing,
     batch_loses_to_a_pause,
     create_snapshots_matching_versions_for_each_selector,
@@ -476,12 +477,23 @@ async fn claim_nothing_unless_running(h: &Harness) {
     let j = job(s, "job").await;
     assert_eq!((j.done, j.skipped, j.failed), (0, 0, 0));
 
-    // Resumed: the paused claim is still w's and can be committed; the rest are claimable.
+    // Resumed: claims cut short by the pause are released, so their items are claimable at
+    // once rather than after their leases; the old holder's late commit changes nothing.
     set_state(s, &audit, "job", &[job_state::PAUSED], job_state::RUNNING)
         .await
         .unwrap();
     assert_eq!(
         commit(s, &audit, "job", "w", &r, &moved("w", &r))
+            .await
+            .unwrap(),
+        CommitResult::NotClaimed
+    );
+    assert_eq!(row(s, A, &r.shard, r.version).await, r);
+    let again = claim(s, "job", "w2", 5000, 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].row, r);
+    assert_eq!(
+        commit(s, &audit, "job", "w2", &r, &moved("w2", &r))
             .await
             .unwrap(),
         CommitResult::Committed
@@ -1344,17 +1356,89 @@ async fn commit_batch(
     let items: Vec<ItemCommit<'_>> = rows
         .iter()
         .zip(outcomes)
-        .zip(&records)
-        .map(|((r, outcome), audit)| ItemCommit {
+        .map(|(r, outcome)| ItemCommit {
             account: &r.account,
             shard: &r.shard,
             version: r.version,
             old_wrapped_dek: &r.wrapped_dek,
             outcome,
-            audit,
         })
         .collect();
-    s.commit_migration_batch(job, worker, &items, 3000).await
+    s.commit_migration_batch(job, worker, &items, 3000, &mut Presealed::new(records))
+        .await
+}
+
+/// A [`LateSeal`] that counts its calls and refuses (the chain stayed busy), or hands out
+/// the wrong number of records.
+struct RefusingSeal {
+    calls: usize,
+    give: Option<Vec<shardgate_store::AuditRecord>>,
+}
+
+#[async_trait::async_trait]
+impl LateSeal for RefusingSeal {
+    async fn seal(
+        &mut self,
+        _pruned: &[i64],
+    ) -> Result<Vec<shardgate_store::AuditRecord>, StoreError> {
+        self.calls += 1;
+        match self.give.take() {
+            Some(records) => Ok(records),
+            None => Err(StoreError::AuditUnavailable("chain busy".into())),
+        }
+    }
+}
+
+async fn failed_seal_rolls_the_whole_batch_back(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new(CHAIN);
+    fixture(s, &audit).await;
+    create(s, &audit, "job", sel(Some(A), None, None)).await;
+    let items = claim(s, "job", "w", 5000, 100).await;
+    let rows: Vec<ShardVersionRow> = items.iter().map(|c| c.row.clone()).collect();
+    let outcomes: Vec<ItemOutcome> = rows.iter().map(|r| moved("w", r)).collect();
+    let commits: Vec<ItemCommit<'_>> = rows
+        .iter()
+        .zip(&outcomes)
+        .map(|(r, outcome)| ItemCommit {
+            account: &r.account,
+            shard: &r.shard,
+            version: r.version,
+            old_wrapped_dek: &r.wrapped_dek,
+            outcome,
+        })
+        .collect();
+    let before_events = event_count(s, CHAIN).await;
+    let before_job = job(s, "job").await;
+    // Refused, then too few records: both roll back every row written before the seal.
+    let one_short = vec![audit.next("migration.rewrap", Some(A), None, None)];
+    for give in [None, Some(one_short)] {
+        let mut seal = RefusingSeal { calls: 0, give };
+        let err = s
+            .commit_migration_batch("job", "w", &commits, 3000, &mut seal)
+            .await
+            .expect_err("the seal failed");
+        assert!(
+            matches!(
+                err,
+                StoreError::AuditUnavailable(_) | StoreError::Internal(_)
+            ),
+            "{err:?}"
+        );
+        assert_eq!(seal.calls, 1);
+        for r in &rows {
+            assert_eq!(&row(s, A, &r.shard, r.version).await, r);
+        }
+        assert_eq!(job(s, "job").await, before_job);
+        assert_eq!(event_count(s, CHAIN).await, before_events);
+    }
+    // The items are still this worker's: the same batch commits on the next try.
+    let results = commit_batch(s, &audit, "job", "w", &rows, &outcomes)
+        .await
+        .unwrap()
+        .expect("still held by w");
+    assert!(results.iter().all(|r| *r == CommitResult::Committed));
+    assert_eq!(job(s, "job").await.done, i64::try_from(rows.len()).unwrap());
 }
 
 async fn batch_commits_every_outcome_in_one_transaction(h: &Harness) {

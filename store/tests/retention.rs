@@ -8,7 +8,7 @@ mod common;
 use common::{shard_row, AuditGen, Harness};
 use shardgate_store::{
     IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions,
-    MigrationSelector, Retention, Store, StoreError,
+    MigrationSelector, Presealed, Retention, Store, StoreError,
 };
 
 both_stores!(
@@ -161,17 +161,15 @@ async fn commitment_roundtrips_on_every_read_path_and_survives_a_rewrap(h: &Harn
         .collect();
     let items: Vec<ItemCommit<'_>> = rows
         .iter()
-        .zip(&records)
-        .map(|(r, a)| ItemCommit {
+        .map(|r| ItemCommit {
             account: &r.account,
             shard: &r.shard,
             version: r.version,
             old_wrapped_dek: &r.wrapped_dek,
             outcome: &outcome,
-            audit: a,
         })
         .collect();
-    s.commit_migration_batch("job-c", "w-1", &items, 4000)
+    s.commit_migration_batch("job-c", "w-1", &items, 4000, &mut Presealed::new(records))
         .await
         .unwrap()
         .unwrap();

@@ -1,7 +1,7 @@
 //! `/v1/accounts/{account}/shards[/{shard}]`: list, put a new version, get, crypto-shred.
 
 use super::{json, path_error, query_error, ApiJson, Ctx};
-use crate::audit::Auditor;
+use crate::audit::{Auditor, ChainSeal, CHAIN_WAIT};
 use crate::auth::Scope;
 use crate::envelope;
 use crate::error::{ApiError, ErrorCode};
@@ -16,7 +16,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use shardgate_backends::ShardIdentity;
 use shardgate_store::{
-    IdempotencyRecord, Idempotent, IdempotentWrite, Retention, ShardVersionRow, StoreError,
+    AuditRecord, IdempotencyRecord, Idempotent, IdempotentWrite, LateSeal as _, Prune,
+    ShardVersionRow, StoreError,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 use tracing::Instrument as _;
@@ -482,8 +483,6 @@ pub async fn put_shard(
             .version(version)
             .backend(&placement.backend)
             .detail(format!("key_version={}", row.key_version));
-        let mut guard = state.audit.lock().await?;
-        let audit = guard.begin(&event);
         // Retention (account `keep_versions`, else `[retention]`) runs in the write's
         // transaction; each pruned version gets an event chained after the write's own.
         let prune_events = |pruned: &[i64]| -> Vec<crate::audit::Event> {
@@ -496,55 +495,72 @@ pub async fn put_shard(
                 })
                 .collect()
         };
-        let prune_records = |pruned: &[i64]| guard.seal_after(&audit, &prune_events(pruned));
-        let answer_for = |pruned: &[i64]| PutShardResponse {
+        // The records are sealed inside the store call, once the row is in place (see
+        // `LateSeal`): the idempotent answer, stored in the same transaction, names the
+        // pruned versions' events from there.
+        let sealed = std::sync::OnceLock::<Vec<AuditRecord>>::new();
+        let answer_for = |pruned: &[i64], records: &[AuditRecord]| PutShardResponse {
             version,
             backend: placement.backend.clone(),
             pruned_versions: pruned
                 .iter()
-                .zip(prune_records(pruned))
+                .zip(records.iter().skip(1))
                 .map(|(v, r)| PrunedVersion {
                     version: *v,
-                    audit_event: Auditor::event_id(&r),
+                    audit_event: Auditor::event_id(r),
                 })
                 .collect(),
         };
         let idem_for = |pruned: &[i64]| match &idem {
             // Serialising an answer cannot fail.
             Some(i) => i
-                .record(StatusCode::CREATED, &answer_for(pruned))
+                .record(
+                    StatusCode::CREATED,
+                    &answer_for(pruned, sealed.get().map_or(&[], Vec::as_slice)),
+                )
                 .unwrap_or_else(|_| unreachable!("an answer serialises")),
             None => unreachable!("only called with an idempotency key"),
         };
         let record = match &idem {
-            Some(idem) => Some(idem.record(StatusCode::CREATED, &answer_for(&[]))?),
+            Some(idem) => Some(idem.record(StatusCode::CREATED, &answer_for(&[], &[]))?),
             None => None,
         };
         let write = idem.as_ref().zip(record.as_ref()).map(|(i, r)| i.write(r));
-        let retention = Retention {
+        let retention = Prune {
             default_keep,
-            audit: &prune_records,
             idem: idem
                 .is_some()
                 .then_some(&idem_for as shardgate_store::IdempotencyForPruned<'_>),
         };
+        let events = [event];
+        let mut seal = ChainSeal::new(&state.audit, &events, CHAIN_WAIT)
+            .with_prunes(&prune_events)
+            .publish_to(&sealed);
+        // The chain is taken before the transaction, as every other account-level writer
+        // does. Sealing after the row work (holding the chain only for the audit insert and
+        // the commit) needs those writers to do the same first: a tier change or delete holds
+        // the chain while it waits for the account row that concurrent writes hold shared,
+        // and the writes would then time out waiting for the chain, over and over, while
+        // every read's audit event waited behind them
+        // (`shard_writes_wait_out_a_busy_chain_and_race_tier_changes` shows it).
+        seal.hold().await.map_err(ApiError::from)?;
         let result = state
             .store
-            .insert_shard_version_retained(&row, &audit, write, Some(retention))
+            .insert_shard_version_sealed(&row, write, Some(retention), &mut seal)
             .await;
+        let busy = seal.timed_out();
         match result {
             Ok(Idempotent::Replay(rec)) => {
                 // Nothing was written (nor audited): the chain head stays.
-                guard.finish(None, &Ok::<(), StoreError>(())).await;
+                seal.finish(false, &Ok::<(), StoreError>(())).await;
                 return idem.as_ref().map_or_else(
                     || Err(ApiError::new(ErrorCode::Internal, "unexpected replay")),
                     |i| i.replay(rec),
                 );
             }
             Ok(Idempotent::Done(pruned)) => {
-                let answer = answer_for(&pruned);
-                let last = prune_records(&pruned).pop().unwrap_or(audit);
-                guard.finish(Some(&last), &Ok::<(), StoreError>(())).await;
+                let answer = answer_for(&pruned, seal.records());
+                seal.finish(true, &Ok::<(), StoreError>(())).await;
                 if !pruned.is_empty() {
                     tracing::info!(
                         account = %account,
@@ -561,8 +577,13 @@ pub async fn put_shard(
             }
             Err(e) => {
                 let result = Err::<(), _>(e);
-                guard.finish(Some(&audit), &result).await;
+                seal.finish(false, &result).await;
                 let Err(e) = result else { unreachable!() };
+                if busy {
+                    // Rolled back while another writer held the chain: nothing was stored.
+                    tracing::debug!("audit chain busy at a shard write; writing again");
+                    continue;
+                }
                 if matches!(e, StoreError::Conflict { .. }) && body.expected_version.is_none() {
                     continue;
                 }

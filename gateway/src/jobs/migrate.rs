@@ -10,7 +10,7 @@
 //! item either committed or pending (its lease expires), so starting again finishes the job;
 //! several processes share one job.
 
-use crate::audit::Event;
+use crate::audit::{ChainSeal, Event, CHAIN_WAIT};
 use crate::config::MigrationConfig;
 use crate::envelope;
 use crate::error::{ApiError, ErrorCode};
@@ -333,27 +333,47 @@ impl<'a> Worker<'a> {
     }
 
     /// Claim, re-wrap and commit until nothing is left; `progress` sees the job after
-    /// every batch.
+    /// every batch. Up to `pipeline` batches are in flight at once (see
+    /// [`MigrationConfig::pipeline`]), sharing one pace.
     pub async fn run(
         &self,
         id: &str,
-        mut progress: impl FnMut(&MigrationJob),
+        progress: impl FnMut(&MigrationJob),
     ) -> Result<Stop, ApiError> {
         let pace = Duration::from_secs(1) / self.cfg.rate_per_sec.max(1);
-        let mut next_slot = Instant::now();
-        let mut last_log = Instant::now();
+        let lanes = usize::try_from(self.cfg.pipeline.clamp(1, 16)).unwrap_or(1);
+        let shared = Lanes {
+            next_slot: Mutex::new(Instant::now()),
+            last_log: Mutex::new(Instant::now()),
+            progress: Mutex::new(progress),
+        };
+        let stops =
+            futures::future::try_join_all((0..lanes).map(|_| self.lane(id, pace, &shared))).await?;
+        Ok(if stops.contains(&Stop::Settled) {
+            Stop::Settled
+        } else {
+            Stop::NotRunning
+        })
+    }
+
+    /// One claim / re-wrap / commit loop of [`Worker::run`].
+    async fn lane<F: FnMut(&MigrationJob)>(
+        &self,
+        id: &str,
+        pace: Duration,
+        shared: &Lanes<F>,
+    ) -> Result<Stop, ApiError> {
         loop {
             let Some(job) = self.state.store.get_migration_job(id).await? else {
                 return Err(ApiError::new(ErrorCode::NotFound, "no such migration job"));
             };
-            progress(&job);
+            shared.progress(&job);
             if job.state != job_state::RUNNING
                 || self.stopping.load(std::sync::atomic::Ordering::SeqCst)
             {
                 return Ok(Stop::NotRunning);
             }
-            if last_log.elapsed() >= Duration::from_secs(5) {
-                last_log = Instant::now();
+            if shared.due_for_log() {
                 tracing::info!(job = %id, done = job.done, failed = job.failed, skipped = job.skipped, total = job.total, "migration progress");
             }
             let items = self
@@ -371,22 +391,22 @@ impl<'a> Worker<'a> {
                 if job.remaining() == 0 {
                     self.settle(&job).await?;
                     if let Some(job) = self.state.store.get_migration_job(id).await? {
-                        progress(&job);
+                        shared.progress(&job);
                     }
                     return Ok(Stop::Settled);
                 }
-                // Others hold the rest (or a killed worker's lease has yet to expire).
+                // Others hold the rest (another lane, another worker, or a killed worker
+                // whose lease has yet to expire).
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             // Pace per item: a batch's re-wraps start at their own slots, `pace` apart, so a
             // batch re-wrapped `concurrency` at a time is not a burst on the target backend
             // (online reads share it); at a rate that does not bound the job the slots are
-            // all due at once.
+            // all due at once. The lanes share the slots, so the pace is the job's.
             let now = Instant::now();
-            let first = next_slot.max(now);
             let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
-            next_slot = first + pace.saturating_mul(n);
+            let (first, next_slot) = shared.reserve(now, pace.saturating_mul(n));
             // Whatever a batch waits on (a backend, the database, the audit chain), it never
             // holds the job past its lease: once that ran out its items are free for anyone,
             // so the worker drops the batch (a dropped commit rolls back) and claims again.
@@ -464,32 +484,41 @@ impl<'a> Worker<'a> {
             .zip(&decided)
             .map(|(item, d)| rewrap_event(&job.id, item, d))
             .collect();
-        let mut guard = self.state.audit.lock().await?;
-        let records = guard.begin_many(&events);
         let commits: Vec<ItemCommit<'_>> = items
             .iter()
             .zip(&decided)
-            .zip(&records)
-            .map(|((item, d), audit)| ItemCommit {
+            .map(|(item, d)| ItemCommit {
                 account: &item.row.account,
                 shard: &item.row.shard,
                 version: item.row.version,
                 old_wrapped_dek: &item.row.wrapped_dek,
                 outcome: &d.outcome,
-                audit,
             })
             .collect();
-        let result = self
-            .state
-            .store
-            .commit_migration_batch(&job.id, self.worker_id, &commits, crate::now_ms())
-            .await;
-        // Nothing is stored for `None`: the chain head stays where it was.
-        let last = match &result {
-            Ok(Some(_)) => records.last(),
-            _ => None,
+        // The chain is taken only once the batch's rows are written (see `LateSeal`): online
+        // requests' audit events wait for the audit insert and the commit, not the batch.
+        let result = loop {
+            let mut seal = ChainSeal::new(&self.state.audit, &events, CHAIN_WAIT);
+            let result = self
+                .state
+                .store
+                .commit_migration_batch(
+                    &job.id,
+                    self.worker_id,
+                    &commits,
+                    crate::now_ms(),
+                    &mut seal,
+                )
+                .await;
+            let busy = seal.timed_out();
+            // Nothing is stored for `None`: the chain head stays where it was.
+            seal.finish(matches!(result, Ok(Some(_))), &result).await;
+            if !busy {
+                break result;
+            }
+            metrics::counter!("shardgate_migration_chain_waits_total").increment(1);
+            tracing::debug!(job = %job.id, "audit chain busy at a batch commit; rolled back, committing again");
         };
-        guard.finish(last, &result).await;
         let results = match result? {
             Some(r) => r,
             None => {
@@ -664,6 +693,37 @@ fn transient(e: &BackendError) -> bool {
 /// Secret-free text of a backend error (the variants never carry key material).
 fn backend_text(e: &BackendError) -> String {
     e.to_string()
+}
+
+/// What the lanes of one [`Worker::run`] share.
+struct Lanes<F> {
+    next_slot: Mutex<Instant>,
+    last_log: Mutex<Instant>,
+    progress: Mutex<F>,
+}
+
+impl<F: FnMut(&MigrationJob)> Lanes<F> {
+    fn progress(&self, job: &MigrationJob) {
+        (self.progress.lock().unwrap_or_else(|e| e.into_inner()))(job);
+    }
+
+    /// At most one progress line every 5 s, whichever lane sees it due.
+    fn due_for_log(&self) -> bool {
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= Duration::from_secs(5) {
+            *last = Instant::now();
+            return true;
+        }
+        false
+    }
+
+    /// The first slot of a batch needing `span`, and the slot after it.
+    fn reserve(&self, now: Instant, span: Duration) -> (Instant, Instant) {
+        let mut next = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+        let first = (*next).max(now);
+        *next = first + span;
+        (first, *next)
+    }
 }
 
 /// What a worker decided for one item, with its source and target backend names.
