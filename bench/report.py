@@ -988,6 +988,11 @@ def main():
       "PostgreSQL database, a SoftHSM2 token (`hsm init-key`) and a moto_server with one KMS key, starts the "
       "gateway with backends `local`, `hsm` (pkcs11), `kms` and `kms-nocache` (aws-kms, data-key cache on/off) "
       "on one tier each, and removes all of it on exit.")
+    # The hand-kept record of what each change did (a run cannot know its own "before").
+    history = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history.md")
+    if os.path.exists(history):
+        w("")
+        w(open(history).read().rstrip("\n"))
     with open(a.md, "w") as f:
         f.write("\n".join(o) + "\n")
 
