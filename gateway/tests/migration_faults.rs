@@ -87,9 +87,11 @@ async fn setup(kind: StoreKind, rate: u32) -> Option<Fx> {
     cfg.tiers.insert("kms".into(), "kms".into());
     cfg.migration.rate_per_sec = rate;
     cfg.migration.batch_size = 4;
-    // One KMS call at a time: the throttling test counts on no call overtaking another, so
-    // that each operation sees at most one burst of throttles.
+    // One KMS call at a time (one batch in flight, one re-wrap per batch): the throttling
+    // test counts on no call overtaking another, so that each operation sees at most one
+    // burst of throttles.
     cfg.migration.concurrency = 1;
+    cfg.migration.pipeline = 1;
     cfg.migration.poll_interval_ms = 200;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     state.start_migration_workers();
