@@ -69,8 +69,15 @@ def main():
             sys.exit("PUT /v1/accounts/%s answered no migration_job: %s" % (acct, json.dumps(ans)))
         last, last_t, stalled = None, t0, False
         while True:
-            j = c.call("GET", "/v1/admin/migrations/" + job_id)
+            # A tier change answers after at most 1 s; a larger snapshot is still being
+            # written then, and the job answers 404 until it is committed.
+            j = c.call("GET", "/v1/admin/migrations/" + job_id, ok=(200, 404))
             secs = time.monotonic() - t0
+            if j.get("error", {}).get("code") == "not_found":
+                if secs > 120:
+                    sys.exit("job %s still not created after %.0f s" % (job_id, secs))
+                time.sleep(a.poll_ms / 1000.0)
+                continue
             if j.get("state") in SETTLED:
                 break
             progress = (j.get("done"), j.get("failed"), j.get("skipped"))
