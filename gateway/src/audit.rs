@@ -490,10 +490,14 @@ impl LateSeal for ChainSeal<'_> {
                     StoreError::AuditUnavailable("audit chain head unknown".into())
                 })?);
         }
-        let mut events = self.events.to_vec();
-        if let Some(prunes) = self.prunes {
-            events.extend(prunes(pruned));
-        }
+        let events: std::borrow::Cow<'_, [Event]> = match self.prunes {
+            Some(prunes) if !pruned.is_empty() => {
+                let mut all = self.events.to_vec();
+                all.extend(prunes(pruned));
+                all.into()
+            }
+            _ => self.events.into(),
+        };
         let Some(guard) = self.guard.as_mut() else {
             return Err(StoreError::AuditUnavailable("audit chain not held".into()));
         };

@@ -184,6 +184,19 @@ impl Gw {
     }
 }
 
+/// No gap in any audit chain: every event from 1 to the head is stored once.
+async fn assert_chains_gapless(db: &Db) {
+    let counts = strings(
+        db,
+        "SELECT CAST(COUNT(*) AS TEXT) || ' ' || CAST(MAX(seq) AS TEXT) FROM audit_events GROUP BY chain_id",
+    )
+    .await;
+    for c in counts {
+        let (n, max) = c.split_once(' ').unwrap();
+        assert_eq!(n, max, "a chain has a gap");
+    }
+}
+
 async fn strings(db: &Db, sql: &str) -> Vec<String> {
     db.all_bytes(sql)
         .await
@@ -447,16 +460,7 @@ async fn a_batch_commit_waits_out_a_busy_audit_chain(gw: Gw) {
         assert_eq!(&gw.read("acct-c", shard, *version).await, data);
     }
     assert!(gw.backends_of("acct-c").await.iter().all(|b| b == "vault"));
-    // No gap in the chain: every event from 1 to the head is stored once.
-    let counts = strings(
-        &gw.db,
-        "SELECT CAST(COUNT(*) AS TEXT) || ' ' || CAST(MAX(seq) AS TEXT) FROM audit_events GROUP BY chain_id",
-    )
-    .await;
-    for c in counts {
-        let (n, max) = c.split_once(' ').unwrap();
-        assert_eq!(n, max, "a chain has a gap");
-    }
+    assert_chains_gapless(&gw.db).await;
 }
 
 async fn shard_writes_wait_out_a_busy_chain_and_race_tier_changes(gw: Gw) {
@@ -503,15 +507,7 @@ async fn shard_writes_wait_out_a_busy_chain_and_race_tier_changes(gw: Gw) {
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
-    let counts = strings(
-        &gw.db,
-        "SELECT CAST(COUNT(*) AS TEXT) || ' ' || CAST(MAX(seq) AS TEXT) FROM audit_events GROUP BY chain_id",
-    )
-    .await;
-    for c in counts {
-        let (n, max) = c.split_once(' ').unwrap();
-        assert_eq!(n, max, "a chain has a gap");
-    }
+    assert_chains_gapless(&gw.db).await;
 }
 
 async fn local_to_kms_and_back(gw: Gw) {

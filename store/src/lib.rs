@@ -131,6 +131,18 @@ impl std::fmt::Debug for Prune<'_> {
     }
 }
 
+/// The records a migration batch must store: one per item.
+pub fn check_batch_records(records: &[AuditRecord], items: usize) -> Result<(), StoreError> {
+    if records.len() == items {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
+            "{} audit records sealed for {items} migration items",
+            records.len()
+        )))
+    }
+}
+
 /// The records a shard write must store: its own, then one per pruned version.
 pub fn check_write_records(records: &[AuditRecord], pruned: &[i64]) -> Result<(), StoreError> {
     if records.len() == 1 + pruned.len() {

@@ -1717,13 +1717,7 @@ impl Store for PgStore {
         // chain: a pause or cancel takes the chain first, then that row, so they cannot wait
         // on each other in a cycle.
         let records = seal.seal(&[]).await?;
-        if records.len() != items.len() {
-            return Err(StoreError::Internal(format!(
-                "{} audit records sealed for {} migration items",
-                records.len(),
-                items.len()
-            )));
-        }
+        crate::check_batch_records(&records, items.len())?;
         // Checked last, under the job's row lock: a pause or cancel that committed before
         // this point wins, and everything above is rolled back.
         let running = sqlx::query(

@@ -1391,13 +1391,7 @@ impl Store for SqliteStore {
         // writer.
         seal.hold().await?;
         let records = seal.seal(&[]).await?;
-        if records.len() != items.len() {
-            return Err(StoreError::Internal(format!(
-                "{} audit records sealed for {} migration items",
-                records.len(),
-                items.len()
-            )));
-        }
+        crate::check_batch_records(&records, items.len())?;
         // BEGIN IMMEDIATE: the item, job and row checks below hold until we commit.
         let mut tx = self.begin_write().await?;
         let job: Option<String> =

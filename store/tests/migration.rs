@@ -1353,8 +1353,17 @@ async fn commit_batch(
             )
         })
         .collect();
-    let items: Vec<ItemCommit<'_>> = rows
-        .iter()
+    let items = item_commits(rows, outcomes);
+    s.commit_migration_batch(job, worker, &items, 3000, &mut Presealed::new(records))
+        .await
+}
+
+/// One batch item per row, with its outcome.
+fn item_commits<'a>(
+    rows: &'a [ShardVersionRow],
+    outcomes: &'a [ItemOutcome],
+) -> Vec<ItemCommit<'a>> {
+    rows.iter()
         .zip(outcomes)
         .map(|(r, outcome)| ItemCommit {
             account: &r.account,
@@ -1363,9 +1372,7 @@ async fn commit_batch(
             old_wrapped_dek: &r.wrapped_dek,
             outcome,
         })
-        .collect();
-    s.commit_migration_batch(job, worker, &items, 3000, &mut Presealed::new(records))
-        .await
+        .collect()
 }
 
 /// A [`LateSeal`] that counts its calls and refuses (the chain stayed busy), or hands out
@@ -1397,17 +1404,7 @@ async fn failed_seal_rolls_the_whole_batch_back(h: &Harness) {
     let items = claim(s, "job", "w", 5000, 100).await;
     let rows: Vec<ShardVersionRow> = items.iter().map(|c| c.row.clone()).collect();
     let outcomes: Vec<ItemOutcome> = rows.iter().map(|r| moved("w", r)).collect();
-    let commits: Vec<ItemCommit<'_>> = rows
-        .iter()
-        .zip(&outcomes)
-        .map(|(r, outcome)| ItemCommit {
-            account: &r.account,
-            shard: &r.shard,
-            version: r.version,
-            old_wrapped_dek: &r.wrapped_dek,
-            outcome,
-        })
-        .collect();
+    let commits = item_commits(&rows, &outcomes);
     let before_events = event_count(s, CHAIN).await;
     let before_job = job(s, "job").await;
     // Refused, then too few records: both roll back every row written before the seal.
