@@ -279,7 +279,7 @@ def migration_report(res, runs, machine):
         ", with uncommitted changes" if machine.get("git_dirty") == "yes" else ""))
     w("Each job moves one account's shards of %s B from the `local` backend to `hsm` (pkcs11, SoftHSM2, "
       "pool 8): `PUT /v1/accounts/{id}` to tier `bench-hsm` starts it; PostgreSQL store; a worker claims "
-      "a batch (`[migration] batch_size`, default 64), re-wraps its items `concurrency` (default 4) at a "
+      "a batch (`[migration] batch_size`, default 128), re-wraps its items `concurrency` (default 4) at a "
       "time (unwrap on local, wrap on pkcs11, verify = unwrap on pkcs11) and commits the batch in one "
       "transaction with one audit event per item, taking the audit chain only for the audit insert and "
       "the commit; `pipeline` (default 2) batches are in flight at once." % machine.get("shard_bytes", "?"))

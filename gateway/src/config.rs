@@ -601,7 +601,7 @@ impl Default for MigrationConfig {
     fn default() -> Self {
         Self {
             rate_per_sec: 500,
-            batch_size: 64,
+            batch_size: 128,
             concurrency: 4,
             pipeline: 2,
             lease_ms: 30_000,
