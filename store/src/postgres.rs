@@ -1630,6 +1630,11 @@ impl Store for PgStore {
             .await
             .map_err(map_err)?;
         if usize::try_from(held).ok() != Some(items.len()) {
+            // Rolled back now, not on drop: a dropped transaction's rollback reaches the
+            // server only when its pooled connection is next used, and until then the item
+            // locks taken above hide those items from SKIP LOCKED readers (a resume releasing
+            // claims, other workers claiming).
+            tx.rollback().await.map_err(map_err)?;
             return Ok(None);
         }
         // Compare-and-swap on the wraps the worker read: a user write or a delete since then
@@ -1756,6 +1761,8 @@ impl Store for PgStore {
         .map_err(map_err)?
         .rows_affected();
         if running == 0 {
+            // As above: release the item locks before answering.
+            tx.rollback().await.map_err(map_err)?;
             return Ok(None);
         }
         let records: Vec<&AuditRecord> = records.iter().collect();
