@@ -286,47 +286,6 @@ fn key_from_row(r: &PgRow) -> Result<KeyVersionRecord, sqlx::Error> {
     })
 }
 
-/// Refuse row changes under a destroyed key version. Run AFTER the transaction's own
-/// statement on `shard_versions` (which holds ROW EXCLUSIVE on the table): a destroy holds
-/// SHARE on it from before its reference count until its commit, so this read, a new
-/// statement with a new snapshot in READ COMMITTED, either sees that destroy committed or
-/// the destroy's count waits for (and then sees) this transaction's rows.
-/// The job's state, read in the claim's transaction with the settings the claim runs under
-/// (see `claim_migration_items`).
-const CLAIM_SETTINGS_SQL: &str = "SELECT (SELECT state FROM migration_jobs WHERE id = $1) \
-     FROM (SELECT set_config('synchronous_commit', 'off', true), \
-                  set_config('enable_bitmapscan', 'off', true)) settings";
-
-/// Claim up to `$5` pending items of job `$1` for worker `$2` (see `claim_migration_items`).
-const CLAIM_SQL: &str = "WITH picked AS ( \
-         SELECT i.account, i.shard, i.version, sv.version IS NOT NULL AS present \
-         FROM migration_items i \
-         LEFT JOIN shard_versions sv ON sv.account = i.account \
-             AND sv.shard = i.shard AND sv.version = i.version \
-         WHERE i.job_id = $1 AND i.state = 'pending' \
-           AND (i.lease_until IS NULL OR i.lease_until <= $3) \
-         ORDER BY i.account, i.shard, i.version \
-         LIMIT $5 \
-         FOR UPDATE OF i SKIP LOCKED \
-     ), claimed AS ( \
-         UPDATE migration_items i \
-         SET state = CASE WHEN p.present THEN 'pending' ELSE 'skipped' END, \
-             claimed_by = $2, \
-             lease_until = CASE WHEN p.present THEN $4::BIGINT ELSE NULL END \
-         FROM picked p \
-         WHERE i.job_id = $1 AND i.account = p.account AND i.shard = p.shard \
-           AND i.version = p.version \
-         RETURNING i.account, i.shard, i.version, i.state \
-     ) \
-     SELECT c.state AS item_state, c.account, c.shard, c.version, sv.format_version, \
-            sv.backend, sv.key_ref, sv.key_version, sv.wrapped_dek, sv.nonce, \
-            sv.ciphertext, sv.key_commitment, sv.created_at, sv.created_by, a.tier \
-     FROM claimed c \
-     LEFT JOIN shard_versions sv ON sv.account = c.account AND sv.shard = c.shard \
-         AND sv.version = c.version \
-     LEFT JOIN accounts a ON a.account = c.account \
-     ORDER BY c.account, c.shard, c.version";
-
 /// Lock the batch's items still pending and held by worker `$5` (see
 /// `commit_migration_batch`).
 const HELD_ITEMS_SQL: &str = "SELECT COUNT(*) FROM ( \
@@ -340,6 +299,11 @@ const HELD_ITEMS_SQL: &str = "SELECT COUNT(*) FROM ( \
          FOR UPDATE \
      ) held";
 
+/// Refuse row changes under a destroyed key version. Run AFTER the transaction's own
+/// statement on `shard_versions` (which holds ROW EXCLUSIVE on the table): a destroy holds
+/// SHARE on it from before its reference count until its commit, so this read, a new
+/// statement with a new snapshot in READ COMMITTED, either sees that destroy committed or
+/// the destroy's count waits for (and then sees) this transaction's rows.
 async fn refuse_destroyed(
     conn: &mut PgConnection,
     backends: &[&str],
@@ -1548,11 +1512,15 @@ impl Store for PgStore {
         // The state is a plain read: a job paused right after it may still hand out this
         // batch, but commits re-check the state under the job's row lock, so nothing moves
         // once paused.
-        let state: Option<String> = sqlx::query_scalar(CLAIM_SETTINGS_SQL)
-            .bind(job_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT (SELECT state FROM migration_jobs WHERE id = $1) \
+             FROM (SELECT set_config('synchronous_commit', 'off', true), \
+                          set_config('enable_bitmapscan', 'off', true)) settings",
+        )
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
         if state.as_deref() != Some(job_state::RUNNING) {
             return Ok(Vec::new());
         }
@@ -1561,15 +1529,44 @@ impl Store for PgStore {
         // the lease condition after locking, so two workers never hold one item. Items whose
         // version is gone are settled as skipped in the same statement. Every CTE sees the
         // same snapshot, so `present` and the returned row agree.
-        let rows = sqlx::query(CLAIM_SQL)
-            .bind(job_id)
-            .bind(worker)
-            .bind(now_ms)
-            .bind(now_ms.saturating_add(lease_ms))
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        let rows = sqlx::query(
+            "WITH picked AS ( \
+                 SELECT i.account, i.shard, i.version, sv.version IS NOT NULL AS present \
+                 FROM migration_items i \
+                 LEFT JOIN shard_versions sv ON sv.account = i.account \
+                     AND sv.shard = i.shard AND sv.version = i.version \
+                 WHERE i.job_id = $1 AND i.state = 'pending' \
+                   AND (i.lease_until IS NULL OR i.lease_until <= $3) \
+                 ORDER BY i.account, i.shard, i.version \
+                 LIMIT $5 \
+                 FOR UPDATE OF i SKIP LOCKED \
+             ), claimed AS ( \
+                 UPDATE migration_items i \
+                 SET state = CASE WHEN p.present THEN 'pending' ELSE 'skipped' END, \
+                     claimed_by = $2, \
+                     lease_until = CASE WHEN p.present THEN $4::BIGINT ELSE NULL END \
+                 FROM picked p \
+                 WHERE i.job_id = $1 AND i.account = p.account AND i.shard = p.shard \
+                   AND i.version = p.version \
+                 RETURNING i.account, i.shard, i.version, i.state \
+             ) \
+             SELECT c.state AS item_state, c.account, c.shard, c.version, sv.format_version, \
+                    sv.backend, sv.key_ref, sv.key_version, sv.wrapped_dek, sv.nonce, \
+                    sv.ciphertext, sv.key_commitment, sv.created_at, sv.created_by, a.tier \
+             FROM claimed c \
+             LEFT JOIN shard_versions sv ON sv.account = c.account AND sv.shard = c.shard \
+                 AND sv.version = c.version \
+             LEFT JOIN accounts a ON a.account = c.account \
+             ORDER BY c.account, c.shard, c.version",
+        )
+        .bind(job_id)
+        .bind(worker)
+        .bind(now_ms)
+        .bind(now_ms.saturating_add(lease_ms))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut skipped = 0i64;
         for r in &rows {
