@@ -12,7 +12,8 @@ Results layout (written by scripts/bench.sh):
   runs/NAME/cpu.{before,after}, clk_tck  gateway process CPU ticks (utime+stime)
   raw/kms_decrypt.{json,cmd}   bare KMS Decrypt latency (shardgate-bench kms-decrypt)
   raw/pool_vs_login.{out,cmd}  pkcs11 pooled unwraps vs per-op login (softhsm-tests example)
-  migration/                   tier-migration figures: raw.json (shardgate-bench migrate-raw),
+  migration/                   tier-migration figures: raw.json and raw-batched.json
+                               (shardgate-bench migrate-raw, single calls / --batch),
                                job.json (bench/migrate.py run), lat-{on,off}-rN.{before,after}.json
                                (job state around the GET runs of kind mig_on / mig_off), load.jsonl,
                                *.cmd
@@ -200,8 +201,13 @@ def migration_report(res, runs, machine):
     job = jread(os.path.join(mdir, "job.json")) or {}
     acct = jread(os.path.join(mdir, "account-after.json")) or {}
     loads = [json.loads(l) for l in (read(os.path.join(mdir, "load.jsonl"), "") or "").splitlines() if l.strip()]
-    raw_ps, job_ps = raw.get("per_sec"), job.get("per_sec")
-    r_tput = ratio(job_ps, raw_ps)
+    rawb = jread(os.path.join(mdir, "raw-batched.json")) or {}
+    raw_ps, rawb_ps, job_ps = raw.get("per_sec"), rawb.get("per_sec"), job.get("per_sec")
+    # The goal's raw loop makes the job's own calls: since the worker sends a batch to the
+    # backends in chunks (one HSM checkout per chunk), that is the batched loop; the loop of
+    # single calls (how a hand-written client calls) is shown beside it.
+    r_tput = ratio(job_ps, rawb_ps)
+    r_single = ratio(job_ps, raw_ps)
     job_ok = job.get("state") == "completed" and job.get("failed") == 0
     stalled = bool(job.get("stalled"))
     cpu_per_item = None
@@ -242,7 +248,7 @@ def migration_report(res, runs, machine):
 
     goals = [
         {"id": "migration_job_vs_raw", "figure":
-            "%s: job re-wraps/s vs a raw loop of the same calls (local -> pkcs11, %s shards)" % (MIG_PREFIX, "{:,}".format(shards)),
+            "%s: job re-wraps/s vs a raw loop of the same calls, %s items per call (local -> pkcs11, %s shards)" % (MIG_PREFIX, rawb.get("batch", "?"), "{:,}".format(shards)),
          "goal": ">= 0.7x", "measured": r_tput, "unit": "x",
          "met": None if r_tput is None or not job_ok else r_tput >= 0.7},
         {"id": "migration_get_p99_job_vs_none", "figure":
@@ -254,10 +260,12 @@ def migration_report(res, runs, machine):
         "measured": {k: machine.get(k) for k in ("date", "git_rev", "git_dirty", "command")},
         "throughput": {"shards": shards, "shard_bytes": machine.get("shard_bytes"),
                        "rate_per_sec": machine.get("migration_rate"), "job": job, "raw": raw,
-                       "ratio": r_tput, "job_ok": job_ok, "gateway_cpu_us_per_item": cpu_per_item,
+                       "raw_batched": rawb, "ratio": r_tput, "ratio_vs_single_calls": r_single,
+                       "job_ok": job_ok, "gateway_cpu_us_per_item": cpu_per_item,
                        "account_after": acct,
                        "cmd_job": (read(os.path.join(mdir, "job.cmd"), "") or "").strip(),
-                       "cmd_raw": (read(os.path.join(mdir, "raw.cmd"), "") or "").strip()},
+                       "cmd_raw": (read(os.path.join(mdir, "raw.cmd"), "") or "").strip(),
+                       "cmd_raw_batched": (read(os.path.join(mdir, "raw-batched.cmd"), "") or "").strip()},
         "latency": {"default_rate_per_sec": default_rate, "job_shards": machine.get("migration_lat_shards"),
                     "p99_ms_job": p99_on, "p99_ms_no_job": p99_off, "ratio": r_p99,
                     "p50_ms_job": med([x["on"]["p50_ms"] for x in per_round if x["on"]]),
@@ -279,26 +287,32 @@ def migration_report(res, runs, machine):
         ", with uncommitted changes" if machine.get("git_dirty") == "yes" else ""))
     w("Each job moves one account's shards of %s B from the `local` backend to `hsm` (pkcs11, SoftHSM2, "
       "pool 8): `PUT /v1/accounts/{id}` to tier `bench-hsm` starts it; PostgreSQL store; a worker claims "
-      "a batch (`[migration] batch_size`, default 128), re-wraps its items `concurrency` (default 4) at a "
-      "time (unwrap on local, wrap on pkcs11, verify = unwrap on pkcs11) and commits the batch in one "
+      "a batch (`[migration] batch_size`, default 128), re-wraps it in up to `concurrency` (default 4) "
+      "chunks at once, each one call per step (unwrap on local, wrap on pkcs11 on one HSM checkout, "
+      "verify = unwrap on pkcs11 on one checkout; at the default rate a chunk is one item) and commits the batch in one "
       "transaction with one audit event per item, taking the audit chain only for the audit insert and "
       "the commit; `pipeline` (default 2) batches are in flight at once." % machine.get("shard_bytes", "?"))
     w("")
     w("**Throughput.** The gateway is restarted with `SHARDGATE_MIGRATION__RATE_PER_SEC=%s` so the rate "
       "does not bound it; the job's time runs from the `PUT` to the first poll (every 100 ms) that "
-      "sees it settled. The raw loop (`shardgate-bench migrate-raw`, `bench/src/main.rs`) makes the same "
-      "backend calls (`rewrap_from` local -> pkcs11, then `verify` on pkcs11) for as many shard identities, "
-      "one at a time, with `LocalBackend` and `Pkcs11Backend` on the gateway's keyring file and token, "
-      "without HTTP or database, on the idle gateway just before the job." % machine.get("migration_rate", "?"))
+      "sees it settled. The raw loops (`shardgate-bench migrate-raw`, `bench/src/main.rs`) make the same "
+      "backend calls for as many shard identities, one call after another, with `LocalBackend` and "
+      "`Pkcs11Backend` on the gateway's keyring file and token, without HTTP or database, on the idle "
+      "gateway just before the job: the goal's loop as the job calls them at this rate (`rewrap_many_from` "
+      "local -> pkcs11, then `verify_many` on pkcs11, %s items per call), and beside it the loop of single "
+      "calls (`rewrap_from`, then `verify`, one item at a time)." % (machine.get("migration_rate", "?"), rawb.get("batch", "?")))
     w("")
     w("| | shards | seconds | re-wraps/s | state |")
     w("|---|---|---|---|---|")
-    w("| raw loop (no HTTP, no database) | %s | %s | %s | |" % (
+    w("| raw loop, %s items per call (no HTTP, no database) | %s | %s | %s | |" % (
+        rawb.get("batch", "?"), rawb.get("n", "n/a"), fmt(rawb.get("seconds"), 2), fmt(rawb_ps, 0)))
+    w("| raw loop, single calls | %s | %s | %s | |" % (
         raw.get("n", "n/a"), fmt(raw.get("seconds"), 2), fmt(raw_ps, 0)))
     w("| migration job | %s | %s | %s | %s (done %s, failed %s, skipped %s) |" % (
         job.get("total", "n/a"), fmt(job.get("seconds"), 2), fmt(job_ps, 0), job.get("state", "n/a"),
         job.get("done", "?"), job.get("failed", "?"), job.get("skipped", "?")))
-    w("| **job / raw** | | | **%s** (goal >= 0.7x) | |" % fmt(r_tput, 2, "x"))
+    w("| **job / raw (batched, the job's calls)** | | | **%s** (goal >= 0.7x) | |" % fmt(r_tput, 2, "x"))
+    w("| job / raw (single calls) | | | %s | |" % fmt(r_single, 2, "x"))
     w("")
     extra = []
     if job.get("put_seconds") is not None:
@@ -318,7 +332,7 @@ def migration_report(res, runs, machine):
         w("In the job's time: " + "; ".join(extra) + ".")
         w("")
     w("```sh")
-    for k in ("cmd_raw", "cmd_job"):
+    for k in ("cmd_raw_batched", "cmd_raw", "cmd_job"):
         if figures["throughput"][k]:
             w(figures["throughput"][k])
     w("```")

@@ -643,6 +643,16 @@ blog "migration: raw loop, $MIG_SHARDS x (unwrap local, wrap pkcs11, unwrap pkcs
     --token-label "$HSM_LABEL" --pin-file "$WORK/secrets/hsm.pin" --kek-label shardgate-kek \
     --pool-size 8 --n "$MIG_SHARDS" >"$MIG/raw.json" || sg_die "shardgate-bench migrate-raw failed"
 blog "  raw: $(cat "$MIG/raw.json")"
+# The same calls as the job's at this rate: its batches go to the backends in chunks of
+# batch_size / concurrency items (128 / 4 by default, gateway/src/jobs/migrate.rs chunk_len).
+RAW_CHUNK=32
+echo "$RAW_MIG_CMD --batch $RAW_CHUNK" >"$MIG/raw-batched.cmd"
+blog "migration: raw loop, $MIG_SHARDS items in calls of $RAW_CHUNK (rewrap_many_from, verify_many), no HTTP or database"
+"$BENCH_BIN" migrate-raw --keyring "$WORK/data/local.keyring" --module "$SG_SOFTHSM_MODULE" \
+    --token-label "$HSM_LABEL" --pin-file "$WORK/secrets/hsm.pin" --kek-label shardgate-kek \
+    --pool-size 8 --n "$MIG_SHARDS" --batch "$RAW_CHUNK" >"$MIG/raw-batched.json" ||
+    sg_die "shardgate-bench migrate-raw --batch failed"
+blog "  raw (batched): $(cat "$MIG/raw-batched.json")"
 blog "migration: job of $MIG_SHARDS shards, local -> pkcs11 (rate_per_sec $MIG_RATE)"
 echo "SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE shardgate serve --config ...; SG_TOKEN=\$TOKEN python3 bench/migrate.py --base $BASE run mig-tput-000000 bench-hsm" >"$MIG/job.cmd"
 scrape_metrics "$MIG/metrics.before"

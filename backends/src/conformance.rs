@@ -103,5 +103,68 @@ pub async fn run(backend: &dyn KeyBackend) -> Result<(), Failure> {
         backend.unwrap(&id, &truncated).await.is_err(),
         "truncated wrapped key opened",
     )?;
+    batches(backend).await
+}
+
+/// The batch calls a migration makes answer item by item, in order, as the single calls do:
+/// a bad item fails alone.
+async fn batches(backend: &dyn KeyBackend) -> Result<(), Failure> {
+    let fail = |what: &str, e: BackendError| Failure(format!("{what}: {e}"));
+    let mut items = Vec::new();
+    let mut keys = Vec::new();
+    for shard in ["batch-1", "batch-2", "batch-3"] {
+        let id = ShardIdentity::new("acct-conf", shard, 1);
+        let (dek, wrapped) = backend
+            .generate_data_key(&id)
+            .await
+            .map_err(|e| fail("generate_data_key", e))?;
+        items.push((id, wrapped));
+        keys.push(dek);
+    }
+    // The middle one is tampered with: only it fails.
+    if let Some(b) = items[1].1.blob.last_mut() {
+        *b ^= 0x01;
+    }
+    let moved = backend.rewrap_many_from(backend, &items).await;
+    check(
+        moved.len() == items.len(),
+        "rewrap_many_from: one result per item",
+    )?;
+    check(
+        moved[1].is_err(),
+        "rewrap_many_from re-wrapped a tampered key",
+    )?;
+    let mut fresh = Vec::new();
+    for i in [0, 2] {
+        let new = moved[i]
+            .clone()
+            .map_err(|e| fail("rewrap_many_from of a sound key", e))?;
+        check(
+            new.blob != items[i].1.blob,
+            "rewrap_many_from kept the old wrap",
+        )?;
+        let opened = backend
+            .unwrap(&items[i].0, &new)
+            .await
+            .map_err(|e| fail("unwrap of a batch re-wrap", e))?;
+        check(
+            opened.expose() == keys[i].expose(),
+            "rewrap_many_from changed a key",
+        )?;
+        fresh.push((items[i].0.clone(), new));
+    }
+    // Verified under its own identity, refused under another.
+    let mut swapped = fresh[0].clone();
+    swapped.0 = items[1].0.clone();
+    let checked = backend
+        .verify_many(&[fresh[0].clone(), swapped, fresh[1].clone()])
+        .await;
+    check(checked.len() == 3, "verify_many: one result per item")?;
+    check(checked[0].is_ok(), "verify_many refused a sound wrap")?;
+    check(
+        checked[1].is_err(),
+        "verify_many accepted a wrap under another identity",
+    )?;
+    check(checked[2].is_ok(), "verify_many refused a sound wrap")?;
     Ok(())
 }

@@ -265,6 +265,48 @@ pub trait KeyBackend: Send + Sync + 'static {
         out
     }
 
+    /// [`KeyBackend::rewrap_from`] for many items, one result per item in order. The default
+    /// re-wraps one by one; a backend with a per-operation cost (an HSM session checkout and
+    /// a hop to a blocking thread) overrides it to pay that cost once for the batch.
+    async fn rewrap_many_from(
+        &self,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (id, wrapped) in items {
+            out.push(self.rewrap_from(id, source, wrapped).await);
+        }
+        out
+    }
+
+    /// [`KeyBackend::rewrap_many_from`] under KEK version `version`.
+    async fn rewrap_many_from_under(
+        &self,
+        version: u32,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (id, wrapped) in items {
+            out.push(self.rewrap_from_under(version, id, source, wrapped).await);
+        }
+        out
+    }
+
+    /// [`KeyBackend::verify`] for many items, one result per item in order (the default
+    /// verifies one by one; see [`KeyBackend::rewrap_many_from`]).
+    async fn verify_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<(), BackendError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (id, wrapped) in items {
+            out.push(self.verify(id, wrapped).await);
+        }
+        out
+    }
+
     /// Prove that this backend can open `wrapped` for `id` now (a migration checks its new
     /// wrap before committing it). The default unwraps and drops (zeroizes) the key at once;
     /// KMS overrides it with a `ReEncrypt` of the blob to its own key, so the data key never

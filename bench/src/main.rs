@@ -11,11 +11,13 @@
 //!     client settings, N calls or for S seconds, whichever ends first: the bare cost of the
 //!     call the backend makes on a cache miss. Prints latency percentiles in ms.
 //! shardgate-bench migrate-raw --keyring FILE --module SO --token-label L --pin-file F
-//!                             --kek-label K [--pool-size P] [--n N] [--warmup W]
+//!                             --kek-label K [--pool-size P] [--n N] [--warmup W] [--batch B]
 //!     the re-wrap loop of a local -> pkcs11 migration job without HTTP or database: for N
 //!     shard identities (data keys wrapped on the local keyring first, not timed), unwrap on
 //!     the local backend, wrap on the pkcs11 backend, verify (unwrap) on the pkcs11 backend,
-//!     one at a time like a job's worker. Prints {"n", "seconds", "per_sec", ...}.
+//!     one item at a time (B = 1, the default) or B items per call (`rewrap_many_from`,
+//!     `verify_many`: one HSM checkout each, as a worker's chunk at an unbounded rate), one
+//!     call after another. Prints {"n", "seconds", "per_sec", ...}.
 //! shardgate-bench null-route --listen ADDR [--shard-bytes B]
 //!     the HTTP floor: the shard routes on the gateway's server with nothing behind them
 //! shardgate-bench pk-select --url PG --prefix P --accounts N [--concurrency C] [--seconds S]
@@ -227,18 +229,40 @@ async fn migrate_raw(a: &Args) -> Result<()> {
         rows.push((id, w));
     }
     let prepare = t.elapsed().as_secs_f64();
+    let batch = a.num("batch", 1)?.max(1);
     let mut started = Instant::now();
-    for (i, (id, w)) in rows.iter().enumerate() {
-        if i == warmup {
-            started = Instant::now();
+    if batch == 1 {
+        for (i, (id, w)) in rows.iter().enumerate() {
+            if i == warmup {
+                started = Instant::now();
+            }
+            // One item at a time: unwrap on the source, wrap here (`rewrap_from`'s
+            // default), then the proof that the target opens the new wrap.
+            let new = hsm
+                .rewrap_from(id, &local, w)
+                .await
+                .context("re-wrap local -> pkcs11")?;
+            hsm.verify(id, &new).await.context("verify on pkcs11")?;
         }
-        // What a worker calls per item (`rewrap_from`'s default: unwrap on the source, wrap
-        // here), then the proof that the target opens the new wrap.
-        let new = hsm
-            .rewrap_from(id, &local, w)
-            .await
-            .context("re-wrap local -> pkcs11")?;
-        hsm.verify(id, &new).await.context("verify on pkcs11")?;
+    } else {
+        // What a worker calls per chunk of a batch at an unbounded rate: the same unwraps,
+        // wraps and verifies, `batch` items per HSM checkout.
+        let (warm, timed) = rows.split_at(warmup.min(rows.len()));
+        for (k, part) in [warm, timed].into_iter().enumerate() {
+            if k == 1 {
+                started = Instant::now();
+            }
+            for chunk in part.chunks(batch) {
+                let moved = hsm.rewrap_many_from(&local, chunk).await;
+                let mut new = Vec::with_capacity(chunk.len());
+                for ((id, _), m) in chunk.iter().zip(moved) {
+                    new.push((id.clone(), m.context("re-wrap local -> pkcs11")?));
+                }
+                for v in hsm.verify_many(&new).await {
+                    v.context("verify on pkcs11")?;
+                }
+            }
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -250,6 +274,7 @@ async fn migrate_raw(a: &Args) -> Result<()> {
             "per_sec": n as f64 / secs,
             "prepare_seconds": prepare,
             "pool_size": cfg.pool_size,
+            "batch": batch,
         })
     );
     Ok(())

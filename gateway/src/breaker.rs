@@ -269,6 +269,30 @@ impl Guarded {
     /// Run `op` through the breaker and the bulkhead; `fault_of` says whether its output
     /// counts as a fault of the backend. `Err` only when the call was not admitted.
     /// `name` labels the operation's latency (time on the backend, not in the queue).
+    /// One admission for a batch of `n` items (the HSM pays one checkout for it too); the
+    /// batch counts as a fault when any item failed for the backend's sake, and a refused
+    /// admission is every item's answer.
+    async fn admit_many<T, F, Fut>(
+        &self,
+        name: &'static str,
+        n: usize,
+        op: F,
+    ) -> Vec<Result<T, BackendError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Vec<Result<T, BackendError>>>,
+    {
+        let out = self
+            .admit_run(name, op, |res: &Vec<Result<T, BackendError>>| {
+                res.iter().any(|r| matches!(r, Err(e) if is_fault(e)))
+            })
+            .await;
+        match out {
+            Ok(res) => res,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     async fn admit_run<T, F, Fut>(
         &self,
         name: &'static str,
@@ -427,21 +451,39 @@ impl KeyBackend for Guarded {
         &self,
         items: &[(ShardIdentity, WrappedKey)],
     ) -> Vec<Result<DataKey, BackendError>> {
-        // One admission for the batch (the HSM pays one checkout for it too); the batch
-        // counts as a fault when any item failed for the backend's sake.
-        let out = self
-            .admit_run(
-                "unwrap_many",
-                || self.inner.unwrap_many(items),
-                |res: &Vec<Result<DataKey, BackendError>>| {
-                    res.iter().any(|r| matches!(r, Err(e) if is_fault(e)))
-                },
-            )
-            .await;
-        match out {
-            Ok(res) => res,
-            Err(e) => items.iter().map(|_| Err(e.clone())).collect(),
-        }
+        self.admit_many("unwrap_many", items.len(), || self.inner.unwrap_many(items))
+            .await
+    }
+
+    async fn verify_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<(), BackendError>> {
+        self.admit_many("verify_many", items.len(), || self.inner.verify_many(items))
+            .await
+    }
+
+    async fn rewrap_many_from(
+        &self,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        self.admit_many("rewrap_many", items.len(), || {
+            self.inner.rewrap_many_from(source, items)
+        })
+        .await
+    }
+
+    async fn rewrap_many_from_under(
+        &self,
+        version: u32,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        self.admit_many("rewrap_many", items.len(), || {
+            self.inner.rewrap_many_from_under(version, source, items)
+        })
+        .await
     }
 
     async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {

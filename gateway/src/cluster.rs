@@ -65,6 +65,32 @@ impl KeyBackend for ClusterGated {
         self.inner.verify(id, wrapped).await
     }
 
+    async fn verify_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<(), BackendError>> {
+        self.inner.verify_many(items).await
+    }
+
+    async fn rewrap_many_from(
+        &self,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        self.inner.rewrap_many_from(source, items).await
+    }
+
+    async fn rewrap_many_from_under(
+        &self,
+        version: u32,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        self.inner
+            .rewrap_many_from_under(version, source, items)
+            .await
+    }
+
     async fn rewrap_from(
         &self,
         id: &ShardIdentity,

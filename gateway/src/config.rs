@@ -582,8 +582,9 @@ pub struct MigrationConfig {
     pub rate_per_sec: u32,
     /// Items claimed, and committed in one transaction, at a time.
     pub batch_size: u32,
-    /// Re-wraps of a batch in flight at once (each holds a backend call, e.g. an HSM
-    /// session).
+    /// Backend calls of a batch in flight at once (each holds an HSM session, say). At a
+    /// rate where a batch's items fall due together, the batch goes to the backends in up to
+    /// this many chunks, one call each; at a slower pace, one item per call.
     pub concurrency: u32,
     /// Batches a worker has in flight at once: while one commits (a database round trip and
     /// a flush to disk), the next is claimed and re-wrapped. `1` runs them one after another.

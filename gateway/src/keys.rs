@@ -409,6 +409,36 @@ async fn refresh_loop(weak: Weak<KeyLifecycle>, every: Duration) {
     }
 }
 
+/// The items of a batch not refused up front, in order.
+fn allowed(
+    items: &[(ShardIdentity, WrappedKey)],
+    refused: &[Option<BackendError>],
+) -> Vec<(ShardIdentity, WrappedKey)> {
+    items
+        .iter()
+        .zip(refused)
+        .filter(|(_, r)| r.is_none())
+        .map(|(item, _)| item.clone())
+        .collect()
+}
+
+/// One result per item of a batch: its refusal, or the next result of the allowed items.
+fn merge<T>(
+    refused: Vec<Option<BackendError>>,
+    done: Vec<Result<T, BackendError>>,
+) -> Vec<Result<T, BackendError>> {
+    let mut done = done.into_iter();
+    refused
+        .into_iter()
+        .map(|r| match r {
+            Some(e) => Err(e),
+            None => done
+                .next()
+                .unwrap_or_else(|| Err(BackendError::Internal("batch item lost".into()))),
+        })
+        .collect()
+}
+
 /// A backend instance under the key lifecycle (see the module docs).
 pub struct Lifecycled {
     inner: Arc<dyn KeyBackend>,
@@ -419,6 +449,18 @@ impl Lifecycled {
     /// `inner` under `keys`.
     pub fn new(inner: Arc<dyn KeyBackend>, keys: Arc<KeyLifecycle>) -> Self {
         Self { inner, keys }
+    }
+
+    /// Per item, the refusal of its key version on `backend` (destroyed), if any.
+    fn refused(
+        &self,
+        backend: &str,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Option<BackendError>> {
+        items
+            .iter()
+            .map(|(_, w)| self.keys.refuse_destroyed(backend, w.key_version).err())
+            .collect()
     }
 
     async fn version_for_wrap(&self) -> Result<u32, BackendError> {
@@ -469,30 +511,66 @@ impl KeyBackend for Lifecycled {
         &self,
         items: &[(ShardIdentity, WrappedKey)],
     ) -> Vec<Result<DataKey, BackendError>> {
-        let name = self.inner.name();
-        let refused: Vec<Option<BackendError>> = items
-            .iter()
-            .map(|(_, w)| self.keys.refuse_destroyed(name, w.key_version).err())
-            .collect();
-        if refused.iter().all(Option::is_none) {
-            return self.inner.unwrap_many(items).await;
+        let refused = self.refused(self.inner.name(), items);
+        let opened = if refused.iter().all(Option::is_none) {
+            self.inner.unwrap_many(items).await
+        } else {
+            self.inner.unwrap_many(&allowed(items, &refused)).await
+        };
+        merge(refused, opened)
+    }
+
+    async fn verify_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<(), BackendError>> {
+        let refused = self.refused(self.inner.name(), items);
+        let verified = if refused.iter().all(Option::is_none) {
+            self.inner.verify_many(items).await
+        } else {
+            self.inner.verify_many(&allowed(items, &refused)).await
+        };
+        merge(refused, verified)
+    }
+
+    async fn rewrap_many_from(
+        &self,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        // As `rewrap_from`: the source version is checked here (KMS -> KMS never unwraps).
+        let mut refused = self.refused(source.name(), items);
+        // One wrap counted per item, as one by one; the batch goes to the backend in one
+        // call when every item got the same version (a promotion mid-batch splits it).
+        let mut versions = Vec::with_capacity(items.len());
+        for r in refused.iter_mut() {
+            if r.is_none() {
+                match self.version_for_wrap().await {
+                    Ok(v) => versions.push(v),
+                    Err(e) => *r = Some(e),
+                }
+            }
         }
-        let allowed: Vec<(ShardIdentity, WrappedKey)> = items
-            .iter()
-            .zip(&refused)
-            .filter(|(_, r)| r.is_none())
-            .map(|(item, _)| item.clone())
-            .collect();
-        let mut opened = self.inner.unwrap_many(&allowed).await.into_iter();
-        refused
-            .into_iter()
-            .map(|r| match r {
-                Some(e) => Err(e),
-                None => opened
-                    .next()
-                    .unwrap_or_else(|| Err(BackendError::Internal("batch item lost".into()))),
-            })
-            .collect()
+        let all = refused.iter().all(Option::is_none);
+        let allowed = if all {
+            Vec::new()
+        } else {
+            allowed(items, &refused)
+        };
+        let allowed = if all { items } else { &allowed[..] };
+        let wrapped = match versions.first() {
+            Some(&v) if versions.iter().all(|&w| w == v) => {
+                self.inner.rewrap_many_from_under(v, source, allowed).await
+            }
+            _ => {
+                let mut out = Vec::with_capacity(allowed.len());
+                for ((id, w), v) in allowed.iter().zip(versions) {
+                    out.push(self.inner.rewrap_from_under(v, id, source, w).await);
+                }
+                out
+            }
+        };
+        merge(refused, wrapped)
     }
 
     async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {

@@ -20,6 +20,7 @@ both_stores!(
     transitions_are_listed_audited_and_timestamped,
     destroy_is_refused_while_referenced_and_allowed_after_migrating_away,
     unwrap_under_a_destroyed_version_is_key_unusable_not_an_integrity_failure,
+    batch_calls_refuse_only_the_items_under_a_destroyed_version,
     wraps_are_refused_at_the_limit_until_a_new_version_is_promoted,
     two_gateways_on_one_database_share_one_wrap_counter,
 );
@@ -389,6 +390,54 @@ async fn unwrap_under_a_destroyed_version_is_key_unusable_not_an_integrity_failu
     // New writes use the active version and still work.
     assert_eq!(gw.put("new").await.0, 201);
     assert_eq!(gw.get("new").await.0, 200);
+}
+
+/// The batch calls a migration makes (`rewrap_many_from`, `verify_many`) go through the key
+/// lifecycle item by item: an item under a destroyed version is refused alone, and the
+/// others are re-wrapped under the active version.
+async fn batch_calls_refuse_only_the_items_under_a_destroyed_version(kind: StoreKind) {
+    use shardgate_backends::{BackendError, ShardIdentity};
+    let Some(gw) = Gw::new(kind, Default::default()).await else {
+        return;
+    };
+    let local = gw.state.backend("local").unwrap().clone();
+    let old_id = ShardIdentity::new("acct-1", "old", 1);
+    let (old_key, old_wrap) = local.generate_data_key(&old_id).await.unwrap();
+    assert_eq!(old_wrap.key_version, 1);
+    let v2 = gw.rotate();
+    assert_eq!(gw.set(v2, "active").await.0, 200);
+    let new_id = ShardIdentity::new("acct-1", "new", 1);
+    let (new_key, new_wrap) = local.generate_data_key(&new_id).await.unwrap();
+    assert_eq!(i64::from(new_wrap.key_version), v2);
+    let items = [(old_id.clone(), old_wrap), (new_id.clone(), new_wrap)];
+
+    // Both sound: both verified, both re-wrapped under the active version.
+    assert!(local.verify_many(&items).await.iter().all(Result::is_ok));
+    let moved = local.rewrap_many_from(local.as_ref(), &items).await;
+    let fresh = moved[0].clone().unwrap();
+    assert_eq!(i64::from(fresh.key_version), v2);
+    assert_eq!(
+        local.unwrap(&old_id, &fresh).await.unwrap().expose(),
+        old_key.expose()
+    );
+
+    // Version 1 destroyed behind the gateway: only the item under it is refused.
+    gw.db
+        .exec("UPDATE key_versions SET state = 'destroyed' WHERE backend = 'local' AND key_version = 1")
+        .await;
+    gw.state.keys.refresh().await.unwrap();
+    let destroyed = |r: Option<&BackendError>| matches!(r, Some(BackendError::Refused(m)) if m.contains("destroyed"));
+    let checked = local.verify_many(&items).await;
+    assert!(destroyed(checked[0].as_ref().err()), "{:?}", checked[0]);
+    assert!(checked[1].is_ok(), "{:?}", checked[1]);
+    let moved = local.rewrap_many_from(local.as_ref(), &items).await;
+    assert!(destroyed(moved[0].as_ref().err()), "{:?}", moved[0]);
+    let fresh = moved[1].clone().unwrap();
+    assert_eq!(i64::from(fresh.key_version), v2);
+    assert_eq!(
+        local.unwrap(&new_id, &fresh).await.unwrap().expose(),
+        new_key.expose()
+    );
 }
 
 async fn wraps_are_refused_at_the_limit_until_a_new_version_is_promoted(kind: StoreKind) {

@@ -61,6 +61,10 @@ cloud = "kms"
 [migration]
 poll_interval_ms = 200
 batch_size = 4
+# Unpaced, so each batch of 4 goes to the backends in 2 chunks of 2: one HSM checkout per
+# chunk for the wraps and one for the verifies (`rewrap_many_from`, `verify_many`).
+rate_per_sec = 1000000
+concurrency = 2
 "#,
         keyring = keyring.path().join("local.keyring").display()
     );

@@ -603,6 +603,91 @@ impl Pkcs11Backend {
             .collect()
     }
 
+    /// Wrap many data keys on ONE session checkout, under `version` (or the newest version
+    /// on the token when `None`); one result per item, in order. A fault during the batch
+    /// recovers and wraps the batch again (fresh IVs: nothing of the first try is kept).
+    async fn wrap_batch(
+        &self,
+        version: Option<u32>,
+        items: Vec<(Vec<u8>, DataKey)>,
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        if let Some(v) = version {
+            if !self.inner.core.keks().handles.contains_key(&v) {
+                // Rotated in by another process since this one last looked.
+                let _ = self.refresh_keys().await;
+            }
+        }
+        let n = items.len();
+        let items = Arc::new(items);
+        let res = self
+            .inner
+            .execute(move |core, s, keks| {
+                let picked = match version {
+                    Some(v) => keks.handles.get(&v).map(|&h| (v, h)),
+                    None => keks.handles.iter().next_back().map(|(&v, &h)| (v, h)),
+                };
+                let Some((v, h)) = picked else {
+                    return Err(OpError::Final(BackendError::KeyUnusable(match version {
+                        Some(v) => format!("KEK version {v} is not on the token"),
+                        None => "no KEK version".into(),
+                    })));
+                };
+                let mut out = Vec::with_capacity(items.len());
+                for (aad, dek) in items.iter() {
+                    match seal(s, h, core.cfg.iv, aad, dek.expose()) {
+                        Ok(blob) => out.push(Ok(WrappedKey {
+                            key_ref: core.cfg.kek_label.clone(),
+                            key_version: v,
+                            blob,
+                        })),
+                        Err(SealError::Hsm(e)) => match classify(&e) {
+                            OpError::Final(e) => out.push(Err(e)),
+                            other => return Err(other),
+                        },
+                        Err(other) => out.push(Err(seal_error(&other))),
+                    }
+                }
+                Ok(out)
+            })
+            .await;
+        match res {
+            Ok(out) => out,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// Unwrap every item on `source` (its own batch), then wrap the keys here on one
+    /// checkout; the plaintext keys are zeroized when the batch is done.
+    async fn rewrap_batch(
+        &self,
+        version: Option<u32>,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        let opened = source.unwrap_many(items).await;
+        let mut out: Vec<Option<Result<WrappedKey, BackendError>>> = Vec::new();
+        let mut todo = Vec::new();
+        for ((id, _), dek) in items.iter().zip(opened) {
+            match dek {
+                Ok(dek) => {
+                    todo.push((id.aad(), dek));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let mut wrapped = self.wrap_batch(version, todo).await.into_iter();
+        out.into_iter()
+            .map(|r| {
+                r.or_else(|| wrapped.next())
+                    .unwrap_or_else(|| Err(BackendError::Internal("batch item lost".into())))
+            })
+            .collect()
+    }
+
     async fn precheck(&self, w: &WrappedKey, refreshed: &mut bool) -> Result<(), BackendError> {
         let cfg = &self.inner.core.cfg;
         if w.key_ref != cfg.kek_label {
@@ -1081,6 +1166,34 @@ impl KeyBackend for Pkcs11Backend {
         items: &[(ShardIdentity, WrappedKey)],
     ) -> Vec<Result<DataKey, BackendError>> {
         self.unwrap_batch(items).await
+    }
+
+    async fn rewrap_many_from(
+        &self,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        self.rewrap_batch(None, source, items).await
+    }
+
+    async fn rewrap_many_from_under(
+        &self,
+        version: u32,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        self.rewrap_batch(Some(version), source, items).await
+    }
+
+    async fn verify_many(
+        &self,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<(), BackendError>> {
+        self.unwrap_batch(items)
+            .await
+            .into_iter()
+            .map(|r| r.map(drop))
+            .collect()
     }
 
     async fn health(&self) -> Health {

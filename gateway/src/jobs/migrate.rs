@@ -15,7 +15,7 @@ use crate::config::MigrationConfig;
 use crate::envelope;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
-use shardgate_backends::BackendError;
+use shardgate_backends::{BackendError, ShardIdentity, WrappedKey};
 use shardgate_store::{
     job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationJob, MigrationSelector,
     Transition,
@@ -449,8 +449,8 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Re-wrap a claimed batch (up to `concurrency` items at once) and commit every outcome
-    /// in one transaction, one audit event per item.
+    /// Re-wrap a claimed batch (in chunks, up to `concurrency` chunks at once) and commit
+    /// every outcome in one transaction, one audit event per item.
     async fn batch(
         &self,
         job: &MigrationJob,
@@ -460,24 +460,71 @@ impl<'a> Worker<'a> {
     ) -> Result<(), ApiError> {
         use futures::StreamExt as _;
         let started = Instant::now();
+        let mut decided: Vec<Option<Decided>> = Vec::with_capacity(items.len());
+        let mut work: Vec<Planned> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match self.plan(job.selector.key_version_below, item) {
+                Plan::Decided(d) => decided.push(Some(d)),
+                Plan::Rewrap(p) => {
+                    decided.push(None);
+                    work.push(Planned { index: i, ..p });
+                }
+            }
+        }
+        // Chunks of consecutive items with the same source and target, each started at the
+        // slot of its first item: one backend call (one HSM checkout) per chunk. At a pace
+        // where items are due further apart than `CHUNK_WINDOW` a chunk is one item, so a
+        // paced job re-wraps one at a time, as evenly as before.
+        let per_chunk = chunk_len(pace, work.len(), self.cfg.concurrency);
+        let mut chunks: Vec<Vec<Planned>> = Vec::new();
+        for p in work {
+            match chunks.last_mut() {
+                Some(c)
+                    if c.len() < per_chunk
+                        && c.first().is_some_and(|f| f.from == p.from && f.to == p.to) =>
+                {
+                    c.push(p);
+                }
+                _ => chunks.push(vec![p]),
+            }
+        }
         // Built up front (not mapped inside the stream) so the worker's future stays `Send`
         // for any lifetime `tokio::spawn` asks of it.
-        let pending: Vec<_> = items
-            .iter()
-            .zip(0u32..)
-            .map(|(item, i)| {
-                let due = tokio::time::Instant::from_std(first + pace.saturating_mul(i));
-                let decide = self.decide(job, item);
+        let pending: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let at = chunk.first().map_or(0, |p| p.index);
+                let due = tokio::time::Instant::from_std(
+                    first + pace.saturating_mul(u32::try_from(at).unwrap_or(u32::MAX)),
+                );
+                let run = self.rewrap_chunk(&job.id, chunk);
                 async move {
                     tokio::time::sleep_until(due).await;
-                    decide.await
+                    run.await
                 }
             })
             .collect();
-        let decided: Vec<Decided> = futures::stream::iter(pending)
-            .buffered(usize::try_from(self.cfg.concurrency.max(1)).unwrap_or(1))
+        let done: Vec<Vec<(usize, Decided)>> = futures::stream::iter(pending)
+            .buffer_unordered(usize::try_from(self.cfg.concurrency.max(1)).unwrap_or(1))
             .collect()
             .await;
+        for (i, d) in done.into_iter().flatten() {
+            if let Some(slot) = decided.get_mut(i) {
+                *slot = Some(d);
+            }
+        }
+        let decided: Vec<Decided> = decided
+            .into_iter()
+            .map(|d| {
+                d.unwrap_or_else(|| Decided {
+                    outcome: ItemOutcome::Failed {
+                        error: "internal: item lost in its batch".into(),
+                    },
+                    from: String::new(),
+                    to: String::new(),
+                })
+            })
+            .collect();
         failpoint("before_commit");
         let events: Vec<Event> = items
             .iter()
@@ -591,95 +638,177 @@ impl<'a> Worker<'a> {
         Ok(result?)
     }
 
-    /// Re-wrap one item (or decide it needs nothing), retrying while a backend is
-    /// unavailable: a backend that is down (or behind an open breaker) is not a verdict on
-    /// the row.
-    async fn decide(&self, job: &MigrationJob, item: &ClaimedItem) -> Decided {
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 1;
-        loop {
-            let (outcome, from, to, transient) =
-                self.rewrap(job.selector.key_version_below, item).await;
-            if !transient || attempt >= TRANSIENT_ATTEMPTS {
-                return Decided { outcome, from, to };
-            }
-            tracing::debug!(job = %job.id, attempt, "backend unavailable during a re-wrap; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-            attempt += 1;
-        }
-    }
-
-    /// What should happen to one item: its outcome, source and target backend names, and
-    /// whether a failure was transient (a backend unavailable, worth another try).
-    async fn rewrap(
-        &self,
-        key_version_below: Option<i64>,
-        item: &ClaimedItem,
-    ) -> (ItemOutcome, String, String, bool) {
+    /// What one item needs, decided without a backend call: nothing (already where the
+    /// policy wants it), a failure (no policy, no backend, a malformed row), or a re-wrap.
+    fn plan(&self, key_version_below: Option<i64>, item: &ClaimedItem) -> Plan {
         let row = &item.row;
         let from = row.backend.clone();
+        let decided = |outcome, to: String| {
+            Plan::Decided(Decided {
+                outcome,
+                from: from.clone(),
+                to,
+            })
+        };
+        let failed = |error: String| ItemOutcome::Failed { error };
         let target = match self.state.policy.place(&row.account, &item.tier) {
             Ok(p) => p.backend,
-            Err(e) => {
-                return (
-                    ItemOutcome::Failed {
-                        error: format!("policy: {e}"),
-                    },
-                    from.clone(),
-                    from,
-                    false,
-                )
-            }
+            Err(e) => return decided(failed(format!("policy: {e}")), from.clone()),
         };
         let stale_key = key_version_below.is_some_and(|n| row.key_version < n);
         if target == row.backend && !stale_key {
-            return (ItemOutcome::Skipped, from, target, false);
+            return decided(ItemOutcome::Skipped, target);
         }
-        let failed = |error: String| ItemOutcome::Failed { error };
-        let (Some(source), Some(dest)) = (
-            self.state.backend(&row.backend),
-            self.state.backend(&target),
-        ) else {
-            return (
+        if self.state.backend(&row.backend).is_none() || self.state.backend(&target).is_none() {
+            return decided(
                 failed("a backend of this row is not configured".into()),
-                from,
                 target,
-                false,
             );
-        };
+        }
         // The row's own identity (its format included): a re-wrap keeps the row's format,
         // so its ciphertext and key commitment stay valid.
-        let (id, wrapped) = match envelope::wrapped_of(row) {
-            Ok(pair) => pair,
-            Err(e) => return (failed(backend_text(&e)), from, target, false),
-        };
-        let new = match dest.rewrap_from(&id, source.as_ref(), &wrapped).await {
-            Ok(w) => w,
-            Err(e) => return (failed(backend_text(&e)), from, target, transient(&e)),
-        };
-        failpoint("after_wrap");
-        // Only a wrap the target can open is ever committed.
-        if let Err(e) = dest.verify(&id, &new).await {
-            return (
-                failed(format!("verify: {}", backend_text(&e))),
+        match envelope::wrapped_of(row) {
+            Ok((id, wrapped)) => Plan::Rewrap(Planned {
+                index: 0,
                 from,
-                target,
-                transient(&e),
-            );
+                to: target,
+                id,
+                wrapped,
+            }),
+            Err(e) => decided(failed(backend_text(&e)), target),
         }
-        (
-            ItemOutcome::Moved {
-                backend: target.clone(),
-                key_ref: new.key_ref,
-                key_version: i64::from(new.key_version),
-                wrapped_dek: new.blob,
-            },
-            from,
-            target,
-            false,
-        )
     }
+
+    /// Re-wrap a chunk (one source, one target), retrying the items whose backend was
+    /// unavailable: a backend that is down (or behind an open breaker) is not a verdict on
+    /// the row. Returns each item's index in its batch with what was decided.
+    async fn rewrap_chunk(&self, job_id: &str, chunk: Vec<Planned>) -> Vec<(usize, Decided)> {
+        let mut out = Vec::with_capacity(chunk.len());
+        let mut todo = chunk;
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        while !todo.is_empty() {
+            let results = self.rewrap_many(&todo).await;
+            let mut again = Vec::new();
+            for (p, (outcome, transient)) in todo.into_iter().zip(results) {
+                if transient && attempt < TRANSIENT_ATTEMPTS {
+                    again.push(p);
+                } else {
+                    out.push((
+                        p.index,
+                        Decided {
+                            outcome,
+                            from: p.from,
+                            to: p.to,
+                        },
+                    ));
+                }
+            }
+            if !again.is_empty() {
+                tracing::debug!(job = %job_id, attempt, items = again.len(), "backend unavailable during a re-wrap; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            todo = again;
+        }
+        out
+    }
+
+    /// One try at a chunk: wrap every item on the target, then prove the target opens each
+    /// new wrap. Per item, its outcome and whether a failure was transient.
+    async fn rewrap_many(&self, chunk: &[Planned]) -> Vec<(ItemOutcome, bool)> {
+        let failed = |error: String| ItemOutcome::Failed { error };
+        let (Some(first), Some(source), Some(dest)) = (
+            chunk.first(),
+            chunk.first().and_then(|p| self.state.backend(&p.from)),
+            chunk.first().and_then(|p| self.state.backend(&p.to)),
+        ) else {
+            return chunk
+                .iter()
+                .map(|_| {
+                    (
+                        failed("a backend of this row is not configured".into()),
+                        false,
+                    )
+                })
+                .collect();
+        };
+        let to = first.to.clone();
+        let pairs: Vec<(ShardIdentity, WrappedKey)> = chunk
+            .iter()
+            .map(|p| (p.id.clone(), p.wrapped.clone()))
+            .collect();
+        let wrapped = dest.rewrap_many_from(source.as_ref(), &pairs).await;
+        let mut out: Vec<Option<(ItemOutcome, bool)>> = Vec::with_capacity(chunk.len());
+        let mut to_verify = Vec::new();
+        for ((id, _), w) in pairs.into_iter().zip(wrapped) {
+            match w {
+                Ok(w) => {
+                    failpoint("after_wrap");
+                    to_verify.push((id, w));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some((failed(backend_text(&e)), transient(&e)))),
+            }
+        }
+        // Only a wrap the target can open is ever committed.
+        let verified = dest.verify_many(&to_verify).await;
+        let mut checked = to_verify.into_iter().zip(verified);
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| match checked.next() {
+                    Some(((_, new), Ok(()))) => (
+                        ItemOutcome::Moved {
+                            backend: to.clone(),
+                            key_ref: new.key_ref,
+                            key_version: i64::from(new.key_version),
+                            wrapped_dek: new.blob,
+                        },
+                        false,
+                    ),
+                    Some((_, Err(e))) => (
+                        failed(format!("verify: {}", backend_text(&e))),
+                        transient(&e),
+                    ),
+                    None => (failed("internal: item lost in its chunk".into()), false),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Items due within this long of each other go to the backend in one call (see
+/// [`Worker::batch`]); further apart, one at a time.
+const CHUNK_WINDOW: Duration = Duration::from_millis(2);
+
+/// How many items a chunk of a batch of `n` re-wraps holds at `pace`: as many as fall due
+/// within [`CHUNK_WINDOW`], and no more than spreads the batch over `concurrency` chunks.
+fn chunk_len(pace: Duration, n: usize, concurrency: u32) -> usize {
+    let due_together = if pace.is_zero() {
+        usize::MAX
+    } else {
+        usize::try_from(CHUNK_WINDOW.as_nanos() / pace.as_nanos()).unwrap_or(usize::MAX)
+    };
+    let lanes = usize::try_from(concurrency.max(1)).unwrap_or(1);
+    due_together.min(n.div_ceil(lanes)).max(1)
+}
+
+/// What [`Worker::plan`] found for one item.
+enum Plan {
+    /// Settled without a backend call.
+    Decided(Decided),
+    /// To re-wrap.
+    Rewrap(Planned),
+}
+
+/// An item to re-wrap: its index in the batch, source and target, identity and wrap.
+struct Planned {
+    index: usize,
+    from: String,
+    to: String,
+    id: ShardIdentity,
+    wrapped: WrappedKey,
 }
 
 /// A backend that could not answer now (down, overloaded, breaker open, out of time).
@@ -763,4 +892,34 @@ fn superseded_event(job_id: &str, item: &ClaimedItem) -> Event {
     note.version = Some(row.version);
     note.outcome = "skipped".into();
     note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_len;
+    use std::time::Duration;
+
+    #[test]
+    fn a_paced_job_rewraps_one_item_per_call() {
+        // The default rate (500/s): items 2 ms apart.
+        assert_eq!(chunk_len(Duration::from_millis(2), 128, 4), 1);
+        assert_eq!(chunk_len(Duration::from_millis(20), 128, 4), 1);
+    }
+
+    #[test]
+    fn items_due_together_share_a_call() {
+        // 1,000 re-wraps/s: two items fall due within the window.
+        assert_eq!(chunk_len(Duration::from_millis(1), 128, 4), 2);
+        assert_eq!(chunk_len(Duration::from_micros(100), 128, 4), 20);
+    }
+
+    #[test]
+    fn an_unpaced_batch_is_spread_over_concurrency_chunks() {
+        assert_eq!(chunk_len(Duration::from_micros(1), 128, 4), 32);
+        assert_eq!(chunk_len(Duration::ZERO, 128, 4), 32);
+        assert_eq!(chunk_len(Duration::ZERO, 130, 4), 33);
+        assert_eq!(chunk_len(Duration::ZERO, 3, 4), 1);
+        assert_eq!(chunk_len(Duration::ZERO, 0, 4), 1);
+        assert_eq!(chunk_len(Duration::ZERO, 128, 0), 128);
+    }
 }
