@@ -266,9 +266,6 @@ impl Guarded {
         self.breaker.describe().0
     }
 
-    /// Run `op` through the breaker and the bulkhead; `fault_of` says whether its output
-    /// counts as a fault of the backend. `Err` only when the call was not admitted.
-    /// `name` labels the operation's latency (time on the backend, not in the queue).
     /// One admission for a batch of `n` items (the HSM pays one checkout for it too); the
     /// batch counts as a fault when any item failed for the backend's sake, and a refused
     /// admission is every item's answer.
@@ -293,6 +290,9 @@ impl Guarded {
         }
     }
 
+    /// Run `op` through the breaker and the bulkhead; `fault_of` says whether its output
+    /// counts as a fault of the backend. `Err` only when the call was not admitted.
+    /// `name` labels the operation's latency (time on the backend, not in the queue).
     async fn admit_run<T, F, Fut>(
         &self,
         name: &'static str,
