@@ -580,7 +580,9 @@ impl Default for Timeouts {
 pub struct MigrationConfig {
     /// Re-wraps per second per process, so online traffic keeps its latency.
     pub rate_per_sec: u32,
-    /// Items claimed, and committed in one transaction, at a time.
+    /// Items claimed, and committed in one transaction, at a time, at most: a paced job
+    /// claims what falls due within 32 ms (16 items at 500/s), so its commits hold the audit
+    /// chain, which online requests' events wait for, only briefly.
     pub batch_size: u32,
     /// Backend calls of a batch in flight at once (each holds an HSM session, say). At a
     /// rate where a batch's items fall due together, the batch goes to the backends in up to

@@ -384,7 +384,7 @@ impl<'a> Worker<'a> {
                     self.worker_id,
                     crate::now_ms(),
                     i64::try_from(self.cfg.lease_ms).unwrap_or(i64::MAX),
-                    i64::from(self.cfg.batch_size.max(1)),
+                    claim_size(self.cfg.batch_size, self.cfg.rate_per_sec),
                 )
                 .await?;
             if items.is_empty() {
@@ -778,6 +778,21 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// A paced job claims (and commits) what falls due within this long, `batch_size` at most.
+/// Each batch commit holds the audit chain for its events, and online requests' events wait
+/// for it: at the default 500/s, batches of 128 put a GET's p99 at 1.36-1.47x of no job's,
+/// batches of 16 (this span) at 1.01-1.09x (same machine, alternated runs). An unpaced job
+/// still claims `batch_size` (fewer, larger commits are its throughput).
+const PACED_BATCH_SPAN: Duration = Duration::from_millis(32);
+
+/// How many items a claim asks for: `batch_size`, or fewer when the pace spreads them over
+/// more than [`PACED_BATCH_SPAN`].
+fn claim_size(batch_size: u32, rate_per_sec: u32) -> i64 {
+    let due =
+        u64::from(rate_per_sec) * u64::try_from(PACED_BATCH_SPAN.as_millis()).unwrap_or(0) / 1000;
+    i64::try_from(due.min(u64::from(batch_size)).max(1)).unwrap_or(1)
+}
+
 /// Items due within this long of each other go to the backend in one call (see
 /// [`Worker::batch`]); further apart, one at a time.
 const CHUNK_WINDOW: Duration = Duration::from_millis(2);
@@ -896,8 +911,23 @@ fn superseded_event(job_id: &str, item: &ClaimedItem) -> Event {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_len;
+    use super::{chunk_len, claim_size};
     use std::time::Duration;
+
+    #[test]
+    fn a_paced_job_claims_what_falls_due_within_the_span() {
+        assert_eq!(claim_size(128, 500), 16);
+        assert_eq!(claim_size(128, 1000), 32);
+        assert_eq!(claim_size(8, 700), 8);
+        assert_eq!(claim_size(128, 10), 1);
+        assert_eq!(claim_size(0, 500), 1);
+    }
+
+    #[test]
+    fn an_unpaced_job_claims_whole_batches() {
+        assert_eq!(claim_size(128, 1_000_000), 128);
+        assert_eq!(claim_size(128, u32::MAX), 128);
+    }
 
     #[test]
     fn a_paced_job_rewraps_one_item_per_call() {
