@@ -222,6 +222,12 @@ impl From<StoreError> for ApiError {
                     latest.map_or("none".to_string(), |v| v.to_string())
                 ),
             ),
+            // A shard write retries this itself; only a write that lost every try to tier
+            // changes of its account answers it.
+            StoreError::AccountChanged => ApiError::new(
+                ErrorCode::VersionConflict,
+                "the account's tier changed during the write; retry",
+            ),
             StoreError::KeyDestroyed {
                 backend,
                 key_version,

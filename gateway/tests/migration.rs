@@ -487,9 +487,10 @@ async fn shard_writes_wait_out_a_busy_chain_and_race_tier_changes(gw: Gw) {
         gw.read("acct-w", "held", 1).await,
         b"written while the chain was held"
     );
-    // Writes hold the account row (shared) while they wait for the chain; a tier change
-    // takes the chain, then that row: the writes give way and write again, and every one of
-    // them and every tier change succeeds.
+    // Writes take the chain after their row work, holding only the account row's key
+    // meanwhile (their foreign key); a tier change takes the chain, then that row, without
+    // waiting for them. A write overtaken by a tier change writes again under the new tier,
+    // and every write and every tier change succeeds.
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..24 {
         let gw = gw.clone();

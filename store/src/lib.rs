@@ -405,6 +405,10 @@ pub enum StoreError {
         /// KEK version.
         key_version: i64,
     },
+    /// The account's tier or retention changed while a shard write was in flight (after the
+    /// write read them, before it committed): nothing was written; write again.
+    #[error("the account changed during the write")]
+    AccountChanged,
     /// Writing the audit event failed: the whole transaction was rolled back.
     #[error("audit log unavailable: {0}")]
     AuditUnavailable(String),
@@ -492,6 +496,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// The account row, if it exists.
     async fn get_account(&self, account: &str) -> Result<Option<AccountRecord>, StoreError>;
+
+    /// The account row, if it exists, with the latest stored version of one of its shards:
+    /// what a shard write is placed and numbered by (two reads, not one snapshot).
+    async fn account_and_latest(
+        &self,
+        account: &str,
+        shard: &str,
+    ) -> Result<Option<(AccountRecord, Option<i64>)>, StoreError> {
+        let Some(record) = self.get_account(account).await? else {
+            return Ok(None);
+        };
+        Ok(Some((record, self.latest_version(account, shard).await?)))
+    }
 
     /// Shard count and versions whose backend differs from `current_backend`.
     async fn account_stats(

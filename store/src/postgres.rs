@@ -685,12 +685,13 @@ impl Store for PgStore {
         // If a concurrent writer creates the account between our read and our insert, the
         // next round finds (and locks) its row.
         for _ in 0..3 {
-            let existing: Option<String> =
-                sqlx::query_scalar("SELECT tier FROM accounts WHERE account = $1 FOR UPDATE")
-                    .bind(account)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT tier FROM accounts WHERE account = $1 FOR NO KEY UPDATE",
+            )
+            .bind(account)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
             if let Some(old) = existing {
                 if old != tier {
                     sqlx::query(
@@ -763,6 +764,39 @@ impl Store for PgStore {
         .map_err(map_err)
     }
 
+    async fn account_and_latest(
+        &self,
+        account: &str,
+        shard: &str,
+    ) -> Result<Option<(AccountRecord, Option<i64>)>, StoreError> {
+        // One round trip: every shard write starts with this.
+        let row = sqlx::query(
+            "SELECT a.account, a.tier, a.created_at, a.updated_at, a.keep_versions, \
+                    (SELECT MAX(s.version) FROM shard_versions s \
+                     WHERE s.account = a.account AND s.shard = $2) AS latest \
+             FROM accounts a WHERE a.account = $1",
+        )
+        .bind(account)
+        .bind(shard)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(|r| -> Result<(AccountRecord, Option<i64>), sqlx::Error> {
+            Ok((
+                AccountRecord {
+                    account: r.try_get("account")?,
+                    tier: r.try_get("tier")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                    keep_versions: r.try_get("keep_versions")?,
+                },
+                r.try_get("latest")?,
+            ))
+        })
+        .transpose()
+        .map_err(map_err)
+    }
+
     async fn account_stats(
         &self,
         account: &str,
@@ -801,7 +835,8 @@ impl Store for PgStore {
                 return Ok(Idempotent::Replay(existing));
             }
         }
-        // FOR UPDATE waits for in-flight inserts (FOR SHARE) and blocks new ones.
+        // FOR UPDATE waits for in-flight inserts (their foreign key holds KEY SHARE on the
+        // row) and blocks new ones.
         let exists = sqlx::query("SELECT 1 FROM accounts WHERE account = $1 FOR UPDATE")
             .bind(account)
             .fetch_optional(&mut *tx)
@@ -881,31 +916,30 @@ impl Store for PgStore {
                 return Ok(Idempotent::Replay(existing));
             }
         }
-        // FOR SHARE: concurrent inserts into the account proceed; a delete or tier change
-        // (FOR UPDATE) cannot interleave.
-        let account_keep: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT keep_versions FROM accounts WHERE account = $1 FOR SHARE")
-                .bind(&row.account)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        let Some(account_keep) = account_keep else {
-            return Err(StoreError::AccountNotFound);
-        };
-        let current = latest(&mut *tx, &row.account, &row.shard)
-            .await
-            .map_err(map_err)?;
+        // The account's tier and retention, and the shard's latest version, read without a
+        // lock: the account row is locked (shared) only under the audit chain, below. A
+        // write that waited for the chain holding that row would stall a tier change that
+        // holds the chain and waits for the row, and every writer behind it. The insert's
+        // foreign key holds the row's key (KEY SHARE) meanwhile, which a tier change
+        // (NO KEY UPDATE) does not wait for; an account delete does, and then this write's
+        // wait for the chain runs out and it rolls back (deletes are rare).
         let expected = if row.version == 1 {
             None
         } else {
             Some(row.version - 1)
         };
-        if current != expected {
-            return Err(StoreError::Conflict { latest: current });
-        }
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO shard_versions ({SHARD_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        // Read and insert in one round trip: the row goes in only if the shard's latest
+        // version is still the one this write numbered itself after.
+        let read = sqlx::query(&format!(
+            "WITH a AS (SELECT tier, keep_versions FROM accounts WHERE account = $1), \
+                  cur AS (SELECT MAX(version) AS latest FROM shard_versions \
+                          WHERE account = $1 AND shard = $2), \
+                  ins AS (INSERT INTO shard_versions ({SHARD_COLUMNS}) \
+                          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+                          FROM a, cur WHERE cur.latest IS NOT DISTINCT FROM $14 \
+                          RETURNING 1) \
+             SELECT a.tier, a.keep_versions, cur.latest, (SELECT COUNT(*) FROM ins) AS inserted \
+             FROM a, cur"
         ))
         .bind(&row.account)
         .bind(&row.shard)
@@ -920,10 +954,11 @@ impl Store for PgStore {
         .bind(&row.key_commitment)
         .bind(row.created_at)
         .bind(&row.created_by)
-        .execute(&mut *tx)
+        .bind(expected)
+        .fetch_optional(&mut *tx)
         .await;
-        match inserted {
-            Ok(_) => {}
+        let read = match read {
+            Ok(r) => r,
             Err(e) if is_unique_violation(&e) => {
                 // A concurrent writer stored this version first (we waited for its commit).
                 drop(tx);
@@ -934,6 +969,16 @@ impl Store for PgStore {
             }
             Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::AccountNotFound),
             Err(e) => return Err(map_err(e)),
+        };
+        let Some(read) = read else {
+            return Err(StoreError::AccountNotFound);
+        };
+        let tier: String = read.try_get("tier").map_err(map_err)?;
+        let account_keep: Option<i64> = read.try_get("keep_versions").map_err(map_err)?;
+        let current: Option<i64> = read.try_get("latest").map_err(map_err)?;
+        let inserted: i64 = read.try_get("inserted").map_err(map_err)?;
+        if inserted != 1 {
+            return Err(StoreError::Conflict { latest: current });
         }
         refuse_destroyed(&mut tx, &[row.backend.as_str()], &[row.key_version]).await?;
         let mut pruned = Vec::new();
@@ -957,10 +1002,33 @@ impl Store for PgStore {
                 pruned.sort_unstable();
             }
         }
-        // Only the audit insert and the commit run under the caller's audit chain (see
-        // `LateSeal`): concurrent writes do everything above at the same time.
-        let records = seal.seal(&pruned).await?;
+        // Only the account check, the audit insert and the commit run under the caller's
+        // audit chain (see `LateSeal`): concurrent writes do everything above at the same
+        // time.
+        let records = match seal.seal(&pruned).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Now, not on drop: the row locks taken above must not wait for the pooled
+                // connection's next use (an account delete may be waiting for them).
+                tx.rollback().await.map_err(map_err)?;
+                return Err(e);
+            }
+        };
         crate::check_write_records(&records, &pruned)?;
+        // Every writer of an account row holds the chain for its whole transaction, so no
+        // tier or retention change is in flight now and any later one waits for this
+        // commit. One that committed since the read above changed what this write was
+        // placed and pruned by: nothing is kept, and the caller writes again.
+        let now: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT tier, keep_versions FROM accounts WHERE account = $1 FOR SHARE")
+                .bind(&row.account)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if now != Some((tier, account_keep)) {
+            tx.rollback().await.map_err(map_err)?;
+            return Err(StoreError::AccountChanged);
+        }
         let records: Vec<&AuditRecord> = records.iter().collect();
         insert_audits(&mut tx, &records).await?;
         if let (Some(_), Some(build)) = (idem, retention.and_then(|r| r.idem)) {

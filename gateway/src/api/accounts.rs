@@ -106,13 +106,24 @@ pub(crate) async fn placed_account(
         .get_account(account)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
-    let placement = state.policy.place(account, &record.tier).map_err(|_| {
-        ApiError::new(
-            ErrorCode::Internal,
-            "the account's tier is no longer declared",
-        )
-    })?;
+    let placement = placement_of(state, &record)?;
     Ok((record, placement))
+}
+
+/// Where the policy places new versions of this account's shards.
+pub(crate) fn placement_of(
+    state: &AppState,
+    record: &AccountRecord,
+) -> Result<Placement, ApiError> {
+    state
+        .policy
+        .place(&record.account, &record.tier)
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::Internal,
+                "the account's tier is no longer declared",
+            )
+        })
 }
 
 fn account_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

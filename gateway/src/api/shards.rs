@@ -16,8 +16,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use shardgate_backends::ShardIdentity;
 use shardgate_store::{
-    AuditRecord, IdempotencyRecord, Idempotent, IdempotentWrite, LateSeal as _, Prune,
-    ShardVersionRow, StoreError,
+    AuditRecord, IdempotencyRecord, Idempotent, IdempotentWrite, Prune, ShardVersionRow, StoreError,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 use tracing::Instrument as _;
@@ -416,21 +415,23 @@ pub async fn put_shard(
             "expected_version must be 0 or more",
         ));
     }
-    let (_, placement) = super::accounts::placed_account(&state, &account).await?;
-    let backend = state
-        .backend(&placement.backend)
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "placement names no backend"))?
-        .clone();
     // Stamped once, so that re-sealing a pruned version's event gives the same record.
     let prune_base = ctx.event("shard.prune").account(&account).shard(&shard);
     let default_keep = i64::from(state.retention.keep_versions);
 
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        let latest = state
+        // Placed at each try: a try that lost to a tier change is placed by the new tier.
+        let (record, latest) = state
             .store
-            .latest_version(&account, &shard)
+            .account_and_latest(&account, &shard)
             .await?
-            .unwrap_or(0);
+            .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
+        let latest = latest.unwrap_or(0);
+        let placement = super::accounts::placement_of(&state, &record)?;
+        let backend = state
+            .backend(&placement.backend)
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "placement names no backend"))?
+            .clone();
         if let Some(expected) = body.expected_version {
             if expected != latest {
                 return Err(StoreError::Conflict {
@@ -536,14 +537,9 @@ pub async fn put_shard(
         let mut seal = ChainSeal::new(&state.audit, &events, CHAIN_WAIT)
             .with_prunes(&prune_events)
             .publish_to(&sealed);
-        // The chain is taken before the transaction, as every other account-level writer
-        // does. Sealing after the row work (holding the chain only for the audit insert and
-        // the commit) needs those writers to do the same first: a tier change or delete holds
-        // the chain while it waits for the account row that concurrent writes hold shared,
-        // and the writes would then time out waiting for the chain, over and over, while
-        // every read's audit event waited behind them
-        // (`shard_writes_wait_out_a_busy_chain_and_race_tier_changes` shows it).
-        seal.hold().await.map_err(ApiError::from)?;
+        // The chain is taken only once the row is in place (see `LateSeal`): concurrent
+        // writes do their row work at the same time and queue only for the audit insert and
+        // the commit.
         let result = state
             .store
             .insert_shard_version_sealed(&row, write, Some(retention), &mut seal)
@@ -585,6 +581,11 @@ pub async fn put_shard(
                     continue;
                 }
                 if matches!(e, StoreError::Conflict { .. }) && body.expected_version.is_none() {
+                    continue;
+                }
+                if matches!(e, StoreError::AccountChanged) {
+                    // A tier change committed while this write was in flight: place it again.
+                    tracing::debug!("the account changed during a shard write; writing again");
                     continue;
                 }
                 return Err(e.into());

@@ -1,6 +1,9 @@
 //! Test harness: a fresh, migrated store per test, on a real PostgreSQL database or a real
 //! SQLite file, plus raw SQL access for fault injection.
 
+// Each test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
