@@ -963,6 +963,23 @@ def main():
     w("| `pk_insert` | %s | %s |" % (fmt(pk_insert["per_sec"], 0), fmt(pk_insert["cpu_us_per_op"], 0)))
     w("| **PUT / pk_insert**, ops/s | **%s** (goal >= 0.5x) | |" % fmt(r_put, 2, "x"))
     w("")
+    if put["cpu_us_per_req"] and pk_insert["cpu_us_per_op"] and pk_insert["per_sec"]:
+        # With every core busy and nothing serialised, a PUT's CPU bounds its rate.
+        put_ceiling = cores * 1e6 / put["cpu_us_per_req"]
+        w("**What bounds PUT here.** A PUT costs %s µs of CPU (gateway + PostgreSQL), %s the %s µs "
+          "of a `pk_insert`: with all %s cores busy for PUTs alone it could reach %s/s, %s of "
+          "`pk_insert`'s rate%s. The cost is round trips, most of it in the kernel: a `pk_insert` "
+          "is one autocommit statement, while a PUT makes 7 in its transaction (account and latest "
+          "version; `BEGIN`; the insert that checks the latest version; the destroyed-key check, "
+          "which must be a later statement than the insert; under the audit chain the account "
+          "re-check, the audit insert, `COMMIT`), and sqlx pings each connection it returns to the "
+          "pool (`bench/history.md`, stop 17, counts them)." % (
+              fmt(put["cpu_us_per_req"], 0), fmt(put["cpu_us_per_req"] / pk_insert["cpu_us_per_op"], 1, "x"),
+              fmt(pk_insert["cpu_us_per_op"], 0), fmt(cores, 0), fmt(put_ceiling, 0),
+              fmt(put_ceiling / pk_insert["per_sec"], 2, "x"),
+              ": the goal is out of reach on this machine without fewer statements per write"
+              if put_ceiling / pk_insert["per_sec"] < 0.5 else ""))
+        w("")
     w("```sh")
     for c in (null_route["cmd"], pk_select["cmd"], audit_ins["cmd"], raw_local["cmd"], put["cmd"], pk_insert["cmd"]):
         if c:
