@@ -969,10 +969,10 @@ def main():
         w("**What bounds PUT here.** A PUT costs %s µs of CPU (gateway + PostgreSQL), %s the %s µs "
           "of a `pk_insert`: with all %s cores busy for PUTs alone it could reach %s/s, %s of "
           "`pk_insert`'s rate%s. The cost is round trips, most of it in the kernel: a `pk_insert` "
-          "is one autocommit statement, while a PUT makes 7 in its transaction (account and latest "
-          "version; `BEGIN`; the insert that checks the latest version; the destroyed-key check, "
-          "which must be a later statement than the insert; under the audit chain the account "
-          "re-check, the audit insert, `COMMIT`), and sqlx pings each connection it returns to the "
+          "is one autocommit statement, while a PUT makes 7: it reads its account and latest "
+          "version, then in its transaction `BEGIN`, the insert that checks the latest version, "
+          "the destroyed-key check (which must be a later statement than the insert), and under "
+          "the audit chain the account re-check, the audit insert and `COMMIT`; and sqlx pings each connection it returns to the "
           "pool (`bench/history.md`, stop 17, counts them)." % (
               fmt(put["cpu_us_per_req"], 0), fmt(put["cpu_us_per_req"] / pk_insert["cpu_us_per_op"], 1, "x"),
               fmt(pk_insert["cpu_us_per_op"], 0), fmt(cores, 0), fmt(put_ceiling, 0),
