@@ -618,8 +618,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::insert_shard_version_retained`] whose audit records (the write's, then one
     /// per pruned version) come from `seal`: on PostgreSQL called once the row is inserted
-    /// and the old versions pruned, so the caller holds its audit chain only for the audit
-    /// insert and the commit (see [`LateSeal`]); on SQLite the chain is held (`hold`) before
+    /// and the old versions pruned, so the caller holds its audit chain only for the
+    /// account re-check, the audit insert and the commit (see [`LateSeal`]); on SQLite the chain is held (`hold`) before
     /// the write transaction begins. Not called for a replay, nor when the write is refused
     /// (not found, conflict, destroyed key) before its audit insert.
     async fn insert_shard_version_sealed(

@@ -571,6 +571,17 @@ fn count(n: u64) -> Result<i64, StoreError> {
 }
 
 /// Latest stored version of a shard, read with any executor.
+/// An `accounts` row (with its column names).
+fn account_from_row(r: &PgRow) -> Result<AccountRecord, sqlx::Error> {
+    Ok(AccountRecord {
+        account: r.try_get("account")?,
+        tier: r.try_get("tier")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        keep_versions: r.try_get("keep_versions")?,
+    })
+}
+
 async fn latest<'e, E>(executor: E, account: &str, shard: &str) -> Result<Option<i64>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
@@ -751,17 +762,10 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        row.map(|r| -> Result<AccountRecord, sqlx::Error> {
-            Ok(AccountRecord {
-                account: r.try_get("account")?,
-                tier: r.try_get("tier")?,
-                created_at: r.try_get("created_at")?,
-                updated_at: r.try_get("updated_at")?,
-                keep_versions: r.try_get("keep_versions")?,
-            })
-        })
-        .transpose()
-        .map_err(map_err)
+        row.as_ref()
+            .map(account_from_row)
+            .transpose()
+            .map_err(map_err)
     }
 
     async fn account_and_latest(
@@ -781,20 +785,10 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        row.map(|r| -> Result<(AccountRecord, Option<i64>), sqlx::Error> {
-            Ok((
-                AccountRecord {
-                    account: r.try_get("account")?,
-                    tier: r.try_get("tier")?,
-                    created_at: r.try_get("created_at")?,
-                    updated_at: r.try_get("updated_at")?,
-                    keep_versions: r.try_get("keep_versions")?,
-                },
-                r.try_get("latest")?,
-            ))
-        })
-        .transpose()
-        .map_err(map_err)
+        row.as_ref()
+            .map(|r| Ok((account_from_row(r)?, r.try_get("latest")?)))
+            .transpose()
+            .map_err(map_err)
     }
 
     async fn account_stats(
