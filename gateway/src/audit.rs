@@ -461,6 +461,25 @@ impl<'a> ChainSeal<'a> {
     }
 }
 
+impl ChainSeal<'_> {
+    /// Take the chain unless held, waiting at most `wait`.
+    async fn take_chain(&mut self) -> Result<(), StoreError> {
+        if self.guard.is_none() {
+            let Ok(guard) = tokio::time::timeout(self.wait, self.auditor.lock()).await else {
+                self.timed_out = true;
+                return Err(StoreError::AuditUnavailable(
+                    "the audit chain stayed busy; the write was rolled back".into(),
+                ));
+            };
+            self.guard =
+                Some(guard.map_err(|_| {
+                    StoreError::AuditUnavailable("audit chain head unknown".into())
+                })?);
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl LateSeal for ChainSeal<'_> {
     async fn hold(&mut self) -> Result<(), StoreError> {
@@ -478,18 +497,7 @@ impl LateSeal for ChainSeal<'_> {
     }
 
     async fn seal(&mut self, pruned: &[i64]) -> Result<Vec<AuditRecord>, StoreError> {
-        if self.guard.is_none() {
-            let Ok(guard) = tokio::time::timeout(self.wait, self.auditor.lock()).await else {
-                self.timed_out = true;
-                return Err(StoreError::AuditUnavailable(
-                    "the audit chain stayed busy; the write was rolled back".into(),
-                ));
-            };
-            self.guard =
-                Some(guard.map_err(|_| {
-                    StoreError::AuditUnavailable("audit chain head unknown".into())
-                })?);
-        }
+        self.take_chain().await?;
         let events: std::borrow::Cow<'_, [Event]> = match self.prunes {
             Some(prunes) if !pruned.is_empty() => {
                 let mut all = self.events.to_vec();
@@ -505,6 +513,21 @@ impl LateSeal for ChainSeal<'_> {
         if let Some(cell) = self.published {
             let _ = cell.set(self.records.clone());
         }
+        Ok(self.records.clone())
+    }
+
+    async fn seal_rows(&mut self, rows: &[usize]) -> Result<Vec<AuditRecord>, StoreError> {
+        // Checked before the chain is taken: a wrong index must not arm it.
+        let events = rows
+            .iter()
+            .map(|&i| self.events.get(i).cloned())
+            .collect::<Option<Vec<Event>>>()
+            .ok_or_else(|| StoreError::Internal("a stored write has no event".into()))?;
+        self.take_chain().await?;
+        let Some(guard) = self.guard.as_mut() else {
+            return Err(StoreError::AuditUnavailable("audit chain not held".into()));
+        };
+        self.records = guard.begin_many(&events);
         Ok(self.records.clone())
     }
 }

@@ -151,6 +151,11 @@ pub struct StoreConfig {
     /// separately under the migration role.
     #[serde(default = "default_migrate")]
     pub migrate: bool,
+    /// PostgreSQL only: concurrent shard writes commit in groups, one transaction, one hold
+    /// of the audit chain and one WAL flush per group (see `write_group`). `false`: each
+    /// write commits alone (for comparison; slower under concurrency).
+    #[serde(default = "default_group_writes")]
+    pub group_writes: bool,
 }
 
 fn default_pool() -> u32 {
@@ -161,6 +166,10 @@ fn default_migrate() -> bool {
     true
 }
 
+fn default_group_writes() -> bool {
+    true
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
@@ -168,6 +177,7 @@ impl Default for StoreConfig {
             max_connections: default_pool(),
             password_file: None,
             migrate: default_migrate(),
+            group_writes: default_group_writes(),
         }
     }
 }

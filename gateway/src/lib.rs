@@ -29,6 +29,7 @@ pub mod state;
 pub mod tls;
 pub mod token_admin;
 pub mod tokens;
+pub mod write_group;
 
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post, put};

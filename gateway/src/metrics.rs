@@ -30,6 +30,10 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Upper bounds of the buckets of `shardgate_write_group_size` (writes per group commit,
+/// at most 64).
+const GROUP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 /// Install the recorder once per process (several gateways in one test process share it).
 pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
@@ -38,6 +42,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             // replicas, quantiles do not.
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("shardgate_write_group_size".into()),
+                        GROUP_SIZE_BUCKETS,
+                    )
+                })
                 .and_then(|b| b.install_recorder())
                 .ok();
             describe();
@@ -67,6 +77,10 @@ fn describe() {
     describe_counter!(
         "shardgate_http_requests_total",
         "HTTP requests by method, route template, status and the backend that served them"
+    );
+    describe_histogram!(
+        "shardgate_write_group_size",
+        "Shard writes stored by one group commit (PostgreSQL)"
     );
     describe_histogram!(
         "shardgate_http_request_duration_seconds",

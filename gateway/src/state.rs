@@ -19,6 +19,13 @@ use zeroize::Zeroizing;
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
+/// Most writes stored by one group commit: far more than the connections a client pool
+/// keeps busy, few enough that one statement's arrays stay small.
+const WRITE_GROUP_MAX: usize = 64;
+
+/// Group workers: one group does its row work while the other holds the audit chain.
+const WRITE_GROUP_WORKERS: usize = 2;
+
 /// The parts of [`AppState`].
 pub struct Inner {
     /// The database.
@@ -47,6 +54,8 @@ pub struct Inner {
     pub idempotency: crate::config::IdempotencyConfig,
     /// Versions kept per shard by default.
     pub retention: crate::config::RetentionConfig,
+    /// Group commit of shard writes (PostgreSQL with `[store] group_writes`).
+    pub write_groups: Option<crate::write_group::WriteGroups>,
     /// This process's migration supervisor, once started (`serve` starts it; tests may).
     pub migrations: std::sync::OnceLock<Arc<crate::jobs::migrate::Supervisor>>,
 }
@@ -339,8 +348,17 @@ impl AppState {
                 (name, b)
             })
             .collect();
+        let write_groups = (cfg.store.group_writes && store.groups_writes()).then(|| {
+            crate::write_group::WriteGroups::start(
+                store.clone(),
+                audit.clone(),
+                WRITE_GROUP_MAX,
+                WRITE_GROUP_WORKERS,
+            )
+        });
         Ok((
             Self(Arc::new(Inner {
+                write_groups,
                 store,
                 backends,
                 keys,

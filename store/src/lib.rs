@@ -73,6 +73,17 @@ pub trait LateSeal: Send {
     /// removed (ascending), each of which needs its own record after the write's; empty for
     /// every other write. Called at most once per store call.
     async fn seal(&mut self, pruned: &[i64]) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// For [`Store::insert_shard_versions_grouped`]: one record for each write at `rows`
+    /// (ascending indices into the group, the writes that were stored), in that order.
+    /// Called at most once per store call, instead of `seal`. Default: refused (a seal
+    /// that carries one write's events cannot seal a group's).
+    async fn seal_rows(&mut self, rows: &[usize]) -> Result<Vec<AuditRecord>, StoreError> {
+        Err(StoreError::Internal(format!(
+            "this seal cannot seal a group of {} writes",
+            rows.len()
+        )))
+    }
 }
 
 /// Records sealed up front (tests, single-item commits whose caller already holds the chain).
@@ -153,6 +164,30 @@ pub fn check_write_records(records: &[AuditRecord], pruned: &[i64]) -> Result<()
             records.len(),
             pruned.len()
         )))
+    }
+}
+
+/// One write of [`Store::insert_shard_versions_grouped`]: a new version of a shard,
+/// numbered after `row.version - 1`, placed by the account's tier and retention as the
+/// writer read them (re-checked under the audit chain, as a single write's are).
+#[derive(Clone, Copy)]
+pub struct GroupedWrite<'a> {
+    /// The row to insert.
+    pub row: &'a ShardVersionRow,
+    /// The account's tier the write was placed by.
+    pub tier: &'a str,
+    /// The account's `keep_versions` the write was numbered by: the caller groups only
+    /// writes that prune nothing under it.
+    pub keep_versions: Option<i64>,
+}
+
+impl std::fmt::Debug for GroupedWrite<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupedWrite")
+            .field("account", &self.row.account)
+            .field("shard", &self.row.shard)
+            .field("version", &self.row.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -629,6 +664,37 @@ pub trait Store: Send + Sync + 'static {
         prune: Option<Prune<'_>>,
         seal: &mut dyn LateSeal,
     ) -> Result<Idempotent<Vec<i64>>, StoreError>;
+
+    /// Whether [`Store::insert_shard_versions_grouped`] is worth calling: PostgreSQL, where
+    /// concurrent writes would otherwise queue one commit each on the audit chain. SQLite
+    /// (one writer at a time) writes each on its own.
+    fn groups_writes(&self) -> bool {
+        false
+    }
+
+    /// Several new shard versions (of distinct shards, none of which prunes a version) in
+    /// ONE transaction: each row inserted only if its shard's latest version is still
+    /// `row.version - 1`, its account exists and its key version is not destroyed; then,
+    /// under the caller's audit chain, the accounts re-checked (any tier or retention change
+    /// since the writers read them rolls the whole group back: `AccountChanged`), one audit
+    /// record per stored row from `seal.seal_rows`, one audit insert and one commit. Group
+    /// commit: many writers pay for one flush and one hold of the chain.
+    ///
+    /// `Ok` holds one answer per write, in order: `Ok(())` stored (and audited), or why
+    /// that write alone was refused (`Conflict`, `AccountNotFound`, `KeyDestroyed`; nothing
+    /// stored for it). `Err`: nothing of the group was stored.
+    async fn insert_shard_versions_grouped(
+        &self,
+        writes: &[GroupedWrite<'_>],
+        seal: &mut dyn LateSeal,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let _ = seal;
+        Err(StoreError::Internal(format!(
+            "{} store does not group {} writes",
+            self.kind(),
+            writes.len()
+        )))
+    }
 
     /// One version (`None` = latest).
     async fn get_shard_version(

@@ -23,10 +23,10 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
-    CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
-    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, LateSeal, MigrationFailure,
-    MigrationJob, MigrationSelector, Prune, ShardSummary, ShardVersionRow, Store, StoreError,
-    TokenRecord, TokenRevocation, Transition,
+    CommitResult, DeleteOutcome, GroupedWrite, IdempotencyForCount, IdempotencyForOutcome,
+    IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions,
+    LateSeal, MigrationFailure, MigrationJob, MigrationSelector, Prune, ShardSummary,
+    ShardVersionRow, Store, StoreError, TokenRecord, TokenRevocation, Transition,
 };
 use crate::{
     key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
@@ -132,11 +132,24 @@ impl PgStore {
     /// the task always finishes, and if nobody takes its result the `Transaction` is dropped,
     /// which rolls it back.
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.begin_with(None).await
+    }
+
+    /// [`PgStore::begin`], with `statement` (in one round trip) instead of a plain `BEGIN`.
+    async fn begin_with(
+        &self,
+        statement: Option<&'static str>,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
         let pool = self.pool.clone();
-        tokio::spawn(async move { pool.begin().await })
-            .await
-            .map_err(|e| StoreError::Internal(format!("transaction task failed: {e}")))?
-            .map_err(map_err)
+        tokio::spawn(async move {
+            match statement {
+                Some(s) => pool.begin_with(s).await,
+                None => pool.begin().await,
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("transaction task failed: {e}")))?
+        .map_err(map_err)
     }
 }
 
@@ -338,43 +351,63 @@ async fn insert_audits(
         [] => Ok(()),
         [one] => insert_audit(conn, one).await,
         _ => {
-            let col =
-                |f: fn(&AuditRecord) -> &str| records.iter().map(|r| f(r)).collect::<Vec<_>>();
-            let opt = |f: fn(&AuditRecord) -> Option<&str>| {
-                records.iter().map(|r| f(r)).collect::<Vec<_>>()
-            };
-            sqlx::query(&format!(
-                "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
-                 SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], \
-                     $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::BIGINT[], $10::TEXT[], \
-                     $11::TEXT[], $12::TEXT[], $13::BYTEA[], $14::BYTEA[], $15::TEXT[])"
-            ))
-            .bind(col(|r| &r.chain_id))
-            .bind(records.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind(records.iter().map(|r| r.ts_ms).collect::<Vec<_>>())
-            .bind(col(|r| &r.request_id))
-            .bind(col(|r| &r.actor))
-            .bind(col(|r| &r.action))
-            .bind(opt(|r| r.account.as_deref()))
-            .bind(opt(|r| r.shard.as_deref()))
-            .bind(records.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(opt(|r| r.backend.as_deref()))
-            .bind(col(|r| &r.outcome))
-            .bind(col(|r| &r.detail))
-            .bind(
-                records
-                    .iter()
-                    .map(|r| r.prev_tag.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(records.iter().map(|r| r.tag.as_slice()).collect::<Vec<_>>())
-            .bind(opt(|r| r.credential.as_deref()))
-            .execute(conn)
-            .await
-            .map(|_| ())
-            .map_err(audit_err)
+            let sql = format!(
+                "INSERT INTO audit_events ({AUDIT_COLUMNS}) {}",
+                audit_rows_sql(1)
+            );
+            bind_audit_rows(sqlx::query(&sql), records)
+                .execute(conn)
+                .await
+                .map(|_| ())
+                .map_err(audit_err)
         }
     }
+}
+
+/// `SELECT * FROM unnest(...)` of audit records, one array parameter per column of
+/// `AUDIT_COLUMNS` from `$first` on (bound by [`bind_audit_rows`]).
+fn audit_rows_sql(first: usize) -> String {
+    const TYPES: [&str; 15] = [
+        "TEXT", "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "TEXT",
+        "TEXT", "TEXT", "BYTEA", "BYTEA", "TEXT",
+    ];
+    let params = TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", first + i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT * FROM unnest({params})")
+}
+
+/// Bind `records` as the arrays of [`audit_rows_sql`].
+fn bind_audit_rows<'q>(
+    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    records: &[&'q AuditRecord],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    let col = |f: fn(&AuditRecord) -> &str| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let opt =
+        |f: fn(&AuditRecord) -> Option<&str>| records.iter().map(|r| f(r)).collect::<Vec<_>>();
+    q.bind(col(|r| &r.chain_id))
+        .bind(records.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.ts_ms).collect::<Vec<_>>())
+        .bind(col(|r| &r.request_id))
+        .bind(col(|r| &r.actor))
+        .bind(col(|r| &r.action))
+        .bind(opt(|r| r.account.as_deref()))
+        .bind(opt(|r| r.shard.as_deref()))
+        .bind(records.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(opt(|r| r.backend.as_deref()))
+        .bind(col(|r| &r.outcome))
+        .bind(col(|r| &r.detail))
+        .bind(
+            records
+                .iter()
+                .map(|r| r.prev_tag.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(records.iter().map(|r| r.tag.as_slice()).collect::<Vec<_>>())
+        .bind(opt(|r| r.credential.as_deref()))
 }
 
 /// The columns of the compare-and-swap of a batch's moved items, one array per column.
@@ -570,7 +603,6 @@ fn count(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Internal("row count out of range".to_string()))
 }
 
-/// Latest stored version of a shard, read with any executor.
 /// An `accounts` row (with its column names).
 fn account_from_row(r: &PgRow) -> Result<AccountRecord, sqlx::Error> {
     Ok(AccountRecord {
@@ -582,6 +614,7 @@ fn account_from_row(r: &PgRow) -> Result<AccountRecord, sqlx::Error> {
     })
 }
 
+/// Latest stored version of a shard, read with any executor.
 async fn latest<'e, E>(executor: E, account: &str, shard: &str) -> Result<Option<i64>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
@@ -1030,6 +1063,227 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(map_err)?;
         Ok(Idempotent::Done(pruned))
+    }
+
+    fn groups_writes(&self) -> bool {
+        true
+    }
+
+    async fn insert_shard_versions_grouped(
+        &self,
+        writes: &[GroupedWrite<'_>],
+        seal: &mut dyn LateSeal,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Inserted in key order: two groups (of this replica or another) that share keys
+        // queue for them in the same order instead of deadlocking.
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (writes[a].row, writes[b].row);
+            (a.account.as_str(), a.shard.as_str()).cmp(&(b.account.as_str(), b.shard.as_str()))
+        });
+        let rows: Vec<&ShardVersionRow> = order.iter().map(|&i| writes[i].row).collect();
+        if rows
+            .windows(2)
+            .any(|w| w[0].account == w[1].account && w[0].shard == w[1].shard)
+        {
+            // Their answers could not be told apart below.
+            return Err(StoreError::Internal(
+                "a group holds two writes of one shard".to_string(),
+            ));
+        }
+        // A generic plan, made once per connection: left to choose, PostgreSQL plans this
+        // statement anew at every call (its custom plans look cheaper than a generic one
+        // that cannot know the arrays' length), which cost more CPU than running it.
+        let mut tx = self
+            .begin_with(Some(
+                "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan",
+            ))
+            .await?;
+        // One round trip for every row: each checked (account, latest version, destroyed
+        // key; scalar subqueries, each one index probe, where EXISTS could become a scan
+        // and hash of the whole table) and inserted only if it passes; a key another transaction inserted meanwhile
+        // is skipped (ON CONFLICT waits for that commit), not an error that would undo the
+        // whole group.
+        let checked = sqlx::query(&format!(
+            "WITH r AS (SELECT * FROM unnest($1::INT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], \
+                     $5::SMALLINT[], $6::TEXT[], $7::TEXT[], $8::BIGINT[], $9::BYTEA[], \
+                     $10::BYTEA[], $11::BYTEA[], $12::BYTEA[], $13::BIGINT[], $14::TEXT[]) \
+                   AS r(idx, account, shard, version, format_version, backend, key_ref, \
+                        key_version, wrapped_dek, nonce, ciphertext, key_commitment, \
+                        created_at, created_by)), \
+                  c AS (SELECT r.idx, \
+                          COALESCE((SELECT true FROM accounts a \
+                                    WHERE a.account = r.account), false) AS has_account, \
+                          (SELECT MAX(s.version) FROM shard_versions s \
+                            WHERE s.account = r.account AND s.shard = r.shard) AS latest, \
+                          COALESCE((SELECT true FROM key_versions k \
+                                    WHERE k.backend = r.backend \
+                                      AND k.key_version = r.key_version \
+                                      AND k.state = 'destroyed'), false) AS destroyed \
+                        FROM r), \
+                  ins AS (INSERT INTO shard_versions ({SHARD_COLUMNS}) \
+                          SELECT r.account, r.shard, r.version, r.format_version, r.backend, \
+                                 r.key_ref, r.key_version, r.wrapped_dek, r.nonce, \
+                                 r.ciphertext, r.key_commitment, r.created_at, r.created_by \
+                          FROM r JOIN c ON c.idx = r.idx \
+                          WHERE c.has_account AND NOT c.destroyed \
+                            AND c.latest IS NOT DISTINCT FROM NULLIF(r.version - 1, 0) \
+                          ORDER BY r.idx \
+                          ON CONFLICT (account, shard, version) DO NOTHING \
+                          RETURNING account, shard) \
+             SELECT c.idx, c.has_account, c.latest, c.destroyed, \
+                    EXISTS (SELECT 1 FROM ins WHERE ins.account = r.account \
+                            AND ins.shard = r.shard) AS inserted \
+             FROM c JOIN r ON r.idx = c.idx ORDER BY c.idx"
+        ))
+        .bind(
+            (0..rows.len())
+                .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.shard.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.format_version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.backend.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.key_ref.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.key_version).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.wrapped_dek.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.nonce.as_slice()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.ciphertext.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.key_commitment.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.created_by.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if checked.len() != rows.len() {
+            return Err(StoreError::Internal(format!(
+                "a group of {} writes was checked as {}",
+                rows.len(),
+                checked.len()
+            )));
+        }
+        let mut answers: Vec<Result<(), StoreError>> = (0..writes.len()).map(|_| Ok(())).collect();
+        let mut stored = Vec::new();
+        for (pos, c) in checked.iter().enumerate() {
+            let i = order[pos];
+            let row = writes[i].row;
+            let inserted: bool = c.try_get("inserted").map_err(map_err)?;
+            answers[i] = if inserted {
+                stored.push(i);
+                Ok(())
+            } else if !c.try_get::<bool, _>("has_account").map_err(map_err)? {
+                Err(StoreError::AccountNotFound)
+            } else if c.try_get::<bool, _>("destroyed").map_err(map_err)? {
+                Err(StoreError::KeyDestroyed {
+                    backend: row.backend.clone(),
+                    key_version: row.key_version,
+                })
+            } else {
+                // Either the latest version moved on before the statement, or another
+                // transaction inserted this very version during it (then it is the latest).
+                let latest: Option<i64> = c.try_get("latest").map_err(map_err)?;
+                Err(StoreError::Conflict {
+                    latest: if latest == Some(row.version - 1)
+                        || (latest.is_none() && row.version == 1)
+                    {
+                        Some(row.version)
+                    } else {
+                        latest
+                    },
+                })
+            };
+        }
+        if stored.is_empty() {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(answers);
+        }
+        stored.sort_unstable();
+        // Only the account re-check, the audit insert and the commit run under the chain.
+        let records = match seal.seal_rows(&stored).await {
+            Ok(r) => r,
+            Err(e) => {
+                tx.rollback().await.map_err(map_err)?;
+                return Err(e);
+            }
+        };
+        if records.len() != stored.len() {
+            return Err(StoreError::Internal(format!(
+                "{} audit records sealed for {} stored writes",
+                records.len(),
+                stored.len()
+            )));
+        }
+        // As a single write's (see `insert_shard_version_sealed`): every writer of an account
+        // row holds the chain for its whole transaction, so none is in flight now; one that
+        // committed since the writers read their accounts undoes the group. The audit rows go
+        // in only when no account changed, in the same round trip.
+        let sql = format!(
+            "WITH e AS (SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[]) \
+                        AS e(account, tier, keep_versions)), \
+                  a AS (SELECT account, tier, keep_versions FROM accounts \
+                        WHERE account = ANY($1::TEXT[]) ORDER BY account FOR SHARE), \
+                  bad AS (SELECT 1 FROM e LEFT JOIN a ON a.account = e.account \
+                          WHERE a.account IS NULL OR a.tier <> e.tier \
+                             OR a.keep_versions IS DISTINCT FROM e.keep_versions), \
+                  ins AS (INSERT INTO audit_events ({AUDIT_COLUMNS}) {} \
+                          WHERE NOT EXISTS (SELECT 1 FROM bad) RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM bad) AS changed, (SELECT COUNT(*) FROM ins) AS audited",
+            audit_rows_sql(4)
+        );
+        let record_refs: Vec<&AuditRecord> = records.iter().collect();
+        let q = sqlx::query(&sql)
+            .bind(
+                stored
+                    .iter()
+                    .map(|&i| writes[i].row.account.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(stored.iter().map(|&i| writes[i].tier).collect::<Vec<_>>())
+            .bind(
+                stored
+                    .iter()
+                    .map(|&i| writes[i].keep_versions)
+                    .collect::<Vec<_>>(),
+            );
+        let done = bind_audit_rows(q, &record_refs)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(audit_err)?;
+        let changed: i64 = done.try_get("changed").map_err(map_err)?;
+        let audited: i64 = done.try_get("audited").map_err(map_err)?;
+        if changed > 0 {
+            tx.rollback().await.map_err(map_err)?;
+            return Err(StoreError::AccountChanged);
+        }
+        if usize::try_from(audited).ok() != Some(records.len()) {
+            return Err(StoreError::AuditUnavailable(format!(
+                "{audited} of {} audit records inserted",
+                records.len()
+            )));
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(answers)
     }
 
     async fn get_shard_version(

@@ -7,6 +7,7 @@ use crate::envelope;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids;
 use crate::state::AppState;
+use crate::write_group::Grouped;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -484,6 +485,38 @@ pub async fn put_shard(
             .version(version)
             .backend(&placement.backend)
             .detail(format!("key_version={}", row.key_version));
+        // A write that prunes nothing and carries no idempotency key joins a group commit
+        // (see `write_group`); its account and latest version are re-checked there as here.
+        let keep = record.keep_versions.unwrap_or(default_keep);
+        if let Some(groups) = state
+            .write_groups
+            .as_ref()
+            .filter(|_| idem.is_none() && (keep <= 0 || version <= keep))
+        {
+            let tier = record.tier.clone();
+            match groups
+                .write(row.clone(), tier, record.keep_versions, event.clone())
+                .await
+            {
+                Grouped::Stored => {
+                    let answer = PutShardResponse {
+                        version,
+                        backend: placement.backend.clone(),
+                        pruned_versions: Vec::new(),
+                    };
+                    return Ok(json(StatusCode::CREATED, answer));
+                }
+                Grouped::Refused(StoreError::Conflict { .. })
+                    if body.expected_version.is_none() =>
+                {
+                    continue;
+                }
+                Grouped::Refused(StoreError::AccountChanged) | Grouped::Again => continue,
+                Grouped::Refused(e) => return Err(e.into()),
+                // Nothing of the group was stored: this try goes on alone, below.
+                Grouped::Alone => {}
+            }
+        }
         // Retention (account `keep_versions`, else `[retention]`) runs in the write's
         // transaction; each pruned version gets an event chained after the write's own.
         let prune_events = |pruned: &[i64]| -> Vec<crate::audit::Event> {
