@@ -39,6 +39,7 @@ M_FIND = "shardgate_backend_find_objects_calls_total"
 M_FIND_BG = "shardgate_backend_find_objects_background_calls_total"
 M_POOL_IN_USE = "shardgate_backend_pool_in_use"
 M_POOL_SIZE = "shardgate_backend_pool_size"
+M_GROUP = "shardgate_write_group_size"
 
 LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -153,6 +154,13 @@ def load_runs(res):
         if mid is not None and (M_POOL_SIZE, b) in mid:
             r["pool_mid_run"] = {"in_use": mid.get((M_POOL_IN_USE, b)), "size": mid[(M_POOL_SIZE, b)]}
         r["metrics_scraped"] = after is not None
+        # Shard writes per group commit (unlabelled histogram; PUT runs on PostgreSQL).
+        def unlabelled(metric):
+            if after is None or (metric, None) not in after:
+                return None
+            return after[(metric, None)] - (before or {}).get((metric, None), 0.0)
+        groups, grouped = unlabelled(M_GROUP + "_count"), unlabelled(M_GROUP + "_sum")
+        r["write_group_size"] = grouped / groups if groups and grouped is not None else None
         runs.append(r)
     return runs
 
@@ -568,6 +576,7 @@ def main():
     put = {"rps": agg("put", "local", "rps"), "p50_ms": agg("put", "local", "p50_ms"),
            "p99_ms": agg("put", "local", "p99_ms"), "not_ok": sum(r["not_ok"] for r in put_runs),
            "cpu_us_per_req": med([total_cpu(r) for r in put_runs]),
+           "group": med([r.get("write_group_size") for r in put_runs]),
            "cmd": put_runs[0]["cmd"] if put_runs else None}
     r_put = ratio(put["rps"], pk_insert["per_sec"])
 
@@ -968,17 +977,20 @@ def main():
         put_ceiling = cores * 1e6 / put["cpu_us_per_req"]
         w("**What bounds PUT here.** A PUT costs %s µs of CPU (gateway + PostgreSQL), %s the %s µs "
           "of a `pk_insert`: with all %s cores busy for PUTs alone it could reach %s/s, %s of "
-          "`pk_insert`'s rate%s. The cost is round trips, most of it in the kernel: a `pk_insert` "
-          "is one autocommit statement, while a PUT makes 7: it reads its account and latest "
-          "version, then in its transaction `BEGIN`, the insert that checks the latest version, "
-          "the destroyed-key check (which must be a later statement than the insert), and under "
-          "the audit chain the account re-check, the audit insert and `COMMIT`; and sqlx pings each connection it returns to the "
-          "pool (`bench/history.md`, stop 17, counts them)." % (
+          "`pk_insert`'s rate%s. Concurrent PUTs commit in groups (%s writes per group in these runs, "
+          "from `shardgate_write_group_size`): one transaction, one hold of the audit chain, one audit "
+          "insert and one WAL flush per group (`[store] group_writes`; `bench/history.md`, stop 18). "
+          "What each PUT still pays alone is the HTTP request, its read of its account and latest "
+          "version (placement and numbering come before the envelope is sealed), the envelope and "
+          "audit crypto, and its rows in the group's statements: the checked insert of its version "
+          "and, under the chain, the re-check of its account (a shared row lock) and its audit row. "
+          "A `pk_insert` is one single-row autocommit statement." % (
               fmt(put["cpu_us_per_req"], 0), fmt(put["cpu_us_per_req"] / pk_insert["cpu_us_per_op"], 1, "x"),
               fmt(pk_insert["cpu_us_per_op"], 0), fmt(cores, 0), fmt(put_ceiling, 0),
               fmt(put_ceiling / pk_insert["per_sec"], 2, "x"),
-              ": the goal is out of reach on this machine without fewer statements per write"
-              if put_ceiling / pk_insert["per_sec"] < 0.5 else ""))
+              ": the goal is out of reach on this machine at this CPU per write"
+              if put_ceiling / pk_insert["per_sec"] < 0.5 else "",
+              fmt(put["group"], 1)))
         w("")
     w("```sh")
     for c in (null_route["cmd"], pk_select["cmd"], audit_ins["cmd"], raw_local["cmd"], put["cmd"], pk_insert["cmd"]):

@@ -312,6 +312,27 @@ const HELD_ITEMS_SQL: &str = "SELECT COUNT(*) FROM ( \
          FOR UPDATE \
      ) held";
 
+/// Settles a batch's items: each found by one primary-key probe, then updated by its
+/// physical address (stable: the row is locked, by `HELD_ITEMS_SQL` and here). As a plain
+/// `UPDATE ... FROM unnest(...)`, with the job's items underestimated by the statistics, the
+/// planner hash-joined the batch to every item of the job: each commit scanned the whole job
+/// (14 ms per commit at 20,000 items, 40 us of database time per item, growing with the
+/// job); this way 1.3 ms. `LATERAL ... FOR UPDATE` keeps the probe from being flattened
+/// back into that join.
+const SETTLE_ITEMS_SQL: &str = "WITH t AS ( \
+         SELECT l.tid, u.state, u.error \
+         FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[]) \
+              AS u(account, shard, version, state, error) \
+         CROSS JOIN LATERAL ( \
+             SELECT i.ctid AS tid FROM migration_items i \
+             WHERE i.job_id = $1 AND i.account = u.account AND i.shard = u.shard \
+               AND i.version = u.version \
+             FOR UPDATE \
+         ) l \
+     ) \
+     UPDATE migration_items i SET state = t.state, error = t.error, lease_until = NULL \
+     FROM t WHERE i.ctid = t.tid";
+
 /// Refuse row changes under a destroyed key version. Run AFTER the transaction's own
 /// statement on `shard_versions` (which holds ROW EXCLUSIVE on the table): a destroy holds
 /// SHARE on it from before its reference count until its commit, so this read, a new
@@ -1844,10 +1865,14 @@ impl Store for PgStore {
         // over, and a row claimed (and committed) since our snapshot is re-checked against
         // the lease condition after locking, so two workers never hold one item. Items whose
         // version is gone are settled as skipped in the same statement. Every CTE sees the
-        // same snapshot, so `present` and the returned row agree.
+        // same snapshot, so `present` and the returned row agree. The update finds each
+        // picked item by its physical address (stable: locked by the pick), not by a join
+        // on the key that the planner may make a scan of the whole job (see
+        // `SETTLE_ITEMS_SQL`).
         let rows = sqlx::query(
             "WITH picked AS ( \
-                 SELECT i.account, i.shard, i.version, sv.version IS NOT NULL AS present \
+                 SELECT i.ctid AS tid, i.account, i.shard, i.version, \
+                        sv.version IS NOT NULL AS present \
                  FROM migration_items i \
                  LEFT JOIN shard_versions sv ON sv.account = i.account \
                      AND sv.shard = i.shard AND sv.version = i.version \
@@ -1862,8 +1887,7 @@ impl Store for PgStore {
                      claimed_by = $2, \
                      lease_until = CASE WHEN p.present THEN $4::BIGINT ELSE NULL END \
                  FROM picked p \
-                 WHERE i.job_id = $1 AND i.account = p.account AND i.shard = p.shard \
-                   AND i.version = p.version \
+                 WHERE i.ctid = p.tid \
                  RETURNING i.account, i.shard, i.version, i.state \
              ) \
              SELECT c.state AS item_state, c.account, c.shard, c.version, sv.format_version, \
@@ -1978,15 +2002,26 @@ impl Store for PgStore {
                     cols.new.push(wrapped_dek);
                 }
             }
+            // Each row found by one primary-key probe (LATERAL, locked: see
+            // `SETTLE_ITEMS_SQL`), then updated by its physical address.
             let rows = sqlx::query(
-                "UPDATE shard_versions s \
-                 SET backend = u.backend, key_ref = u.key_ref, key_version = u.key_version, \
-                     wrapped_dek = u.new_dek \
-                 FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BYTEA[], $5::TEXT[], \
-                             $6::TEXT[], $7::BIGINT[], $8::BYTEA[]) \
-                      AS u(account, shard, version, old_dek, backend, key_ref, key_version, new_dek) \
-                 WHERE s.account = u.account AND s.shard = u.shard AND s.version = u.version \
-                   AND s.wrapped_dek = u.old_dek \
+                "WITH t AS ( \
+                     SELECT l.tid, u.backend, u.key_ref, u.key_version, u.new_dek \
+                     FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BYTEA[], \
+                                 $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BYTEA[]) \
+                          AS u(account, shard, version, old_dek, backend, key_ref, \
+                               key_version, new_dek) \
+                     CROSS JOIN LATERAL ( \
+                         SELECT s.ctid AS tid FROM shard_versions s \
+                         WHERE s.account = u.account AND s.shard = u.shard \
+                           AND s.version = u.version AND s.wrapped_dek = u.old_dek \
+                         FOR UPDATE \
+                     ) l \
+                 ) \
+                 UPDATE shard_versions s \
+                 SET backend = t.backend, key_ref = t.key_ref, key_version = t.key_version, \
+                     wrapped_dek = t.new_dek \
+                 FROM t WHERE s.ctid = t.tid \
                  RETURNING s.account, s.shard, s.version",
             )
             .bind(&cols.account)
@@ -2032,22 +2067,16 @@ impl Store for PgStore {
         }
         let item_states: Vec<&str> = settlements.iter().map(|s| s.item_state).collect();
         let errors: Vec<Option<&str>> = settlements.iter().map(|s| s.error).collect();
-        sqlx::query(
-            "UPDATE migration_items i SET state = u.state, error = u.error, lease_until = NULL \
-             FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[]) \
-                  AS u(account, shard, version, state, error) \
-             WHERE i.job_id = $1 AND i.account = u.account AND i.shard = u.shard \
-               AND i.version = u.version",
-        )
-        .bind(job_id)
-        .bind(&accounts)
-        .bind(&shards)
-        .bind(&versions)
-        .bind(&item_states)
-        .bind(&errors)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        sqlx::query(SETTLE_ITEMS_SQL)
+            .bind(job_id)
+            .bind(&accounts)
+            .bind(&shards)
+            .bind(&versions)
+            .bind(&item_states)
+            .bind(&errors)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let total = Settlement::sum(&settlements);
         // Everything above holds row locks but not the caller's audit chain; from here to the
         // commit it holds both (see `LateSeal`). The job row is locked only now, under the
