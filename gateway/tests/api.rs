@@ -157,9 +157,36 @@ impl Harness {
     }
 
     async fn get(&self, account: &str, shard: &str) -> Resp {
+        self.get_at(account, shard, "").await
+    }
+
+    async fn get_version(
+        &self,
+        account: &str,
+        shard: &str,
+        version: impl std::fmt::Display,
+    ) -> Resp {
+        self.get_at(account, shard, &format!("?version={version}"))
+            .await
+    }
+
+    /// `audit verify` of every chain, under the test config's audit key; panics if broken.
+    async fn verify_audit(&self) -> shardgate::audit::VerifyReport {
+        let key = shardgate::state::audit_key(&common::config(
+            self._dir.path(),
+            "sqlite://unused",
+            &self.tokens,
+        ))
+        .unwrap();
+        shardgate::audit::verify(self.state.store.as_ref(), &key)
+            .await
+            .unwrap()
+    }
+
+    async fn get_at(&self, account: &str, shard: &str, query: &str) -> Resp {
         self.call(
             "GET",
-            &format!("/v1/accounts/{account}/shards/{shard}"),
+            &format!("/v1/accounts/{account}/shards/{shard}{query}"),
             Some(self.admin()),
             None,
         )
@@ -546,14 +573,7 @@ async fn version_history_and_compare_and_swap(h: Harness) {
         assert_eq!(r.json["version"], v);
     }
     for v in 1..=3u8 {
-        let r = h
-            .call(
-                "GET",
-                &format!("/v1/accounts/acct-1/shards/s?version={v}"),
-                Some(h.admin()),
-                None,
-            )
-            .await;
+        let r = h.get_version("acct-1", "s", v).await;
         assert_eq!(decoded(&r), secret(33, v));
     }
     assert_eq!(h.get("acct-1", "s").await.json["version"], 3);
@@ -570,14 +590,7 @@ async fn version_history_and_compare_and_swap(h: Harness) {
         (StatusCode::NOT_FOUND, "version_not_found")
     );
     for bad in ["0", "-1", "x"] {
-        let r = h
-            .call(
-                "GET",
-                &format!("/v1/accounts/acct-1/shards/s?version={bad}"),
-                Some(h.admin()),
-                None,
-            )
-            .await;
+        let r = h.get_version("acct-1", "s", bad).await;
         assert_eq!(
             (r.status, r.code()),
             (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -641,14 +654,7 @@ async fn concurrent_writers_end_with_a_consistent_history(h: Harness) {
     versions.sort();
     assert_eq!(versions, (1..=32).collect::<Vec<_>>());
     for (v, seed) in got {
-        let r = h
-            .call(
-                "GET",
-                &format!("/v1/accounts/acct-1/shards/hot?version={v}"),
-                Some(h.admin()),
-                None,
-            )
-            .await;
+        let r = h.get_version("acct-1", "hot", v).await;
         assert_eq!(decoded(&r), secret(24, seed), "version {v}");
     }
 }
@@ -676,14 +682,7 @@ async fn concurrent_writes_of_many_shards_each_get_one_audit_event(h: Harness) {
         got.push(t.await.unwrap());
     }
     for (account, shard, v, seed) in &got {
-        let r = h
-            .call(
-                "GET",
-                &format!("/v1/accounts/{account}/shards/{shard}?version={v}"),
-                Some(h.admin()),
-                None,
-            )
-            .await;
+        let r = h.get_version(account, shard, v).await;
         assert_eq!(decoded(&r), secret(20, *seed), "{account}/{shard} v{v}");
         let events =
             h.db.count(&format!(
@@ -700,12 +699,7 @@ async fn concurrent_writes_of_many_shards_each_get_one_audit_event(h: Harness) {
             .await,
         48
     );
-    let key =
-        shardgate::state::audit_key(&common::config(h._dir.path(), "sqlite://unused", &h.tokens))
-            .unwrap();
-    shardgate::audit::verify(h.state.store.as_ref(), &key)
-        .await
-        .unwrap();
+    h.verify_audit().await;
 }
 
 async fn concurrent_creates_with_expected_zero_have_one_winner(h: Harness) {
@@ -1047,12 +1041,7 @@ async fn read_with_unwritable_audit_is_refused_and_recovers(h: Harness) {
     h.db.allow_audit_inserts().await;
     let r = h.get("acct-1", "s").await;
     assert_eq!(r.status, StatusCode::OK);
-    let key =
-        shardgate::state::audit_key(&common::config(h._dir.path(), "sqlite://unused", &h.tokens))
-            .unwrap();
-    shardgate::audit::verify(h.state.store.as_ref(), &key)
-        .await
-        .unwrap();
+    h.verify_audit().await;
 }
 
 async fn write_with_unwritable_audit_stores_nothing(h: Harness) {
@@ -1260,12 +1249,7 @@ async fn every_audit_event_verifies(h: Harness) {
         None,
     )
     .await;
-    let key =
-        shardgate::state::audit_key(&common::config(h._dir.path(), "sqlite://unused", &h.tokens))
-            .unwrap();
-    let report = shardgate::audit::verify(h.state.store.as_ref(), &key)
-        .await
-        .unwrap();
+    let report = h.verify_audit().await;
     assert_eq!(report.events, 12);
     assert_eq!(report.chains, 1);
 }
