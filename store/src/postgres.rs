@@ -1198,6 +1198,8 @@ impl Store for PgStore {
         .await
         .map_err(map_err)?;
         if checked.len() != rows.len() {
+            // Now, not on drop: the inserted rows hold locks until the rollback arrives.
+            tx.rollback().await.map_err(map_err)?;
             return Err(StoreError::Internal(format!(
                 "a group of {} writes was checked as {}",
                 rows.len(),
@@ -1249,6 +1251,8 @@ impl Store for PgStore {
             }
         };
         if records.len() != stored.len() {
+            // Now, not on drop: the inserted rows hold locks until the rollback arrives.
+            tx.rollback().await.map_err(map_err)?;
             return Err(StoreError::Internal(format!(
                 "{} audit records sealed for {} stored writes",
                 records.len(),
@@ -1298,6 +1302,8 @@ impl Store for PgStore {
             return Err(StoreError::AccountChanged);
         }
         if usize::try_from(audited).ok() != Some(records.len()) {
+            // Now, not on drop: the inserted rows hold locks until the rollback arrives.
+            tx.rollback().await.map_err(map_err)?;
             return Err(StoreError::AuditUnavailable(format!(
                 "{audited} of {} audit records inserted",
                 records.len()
