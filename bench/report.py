@@ -295,11 +295,11 @@ def migration_report(res, runs, machine):
         ", with uncommitted changes" if machine.get("git_dirty") == "yes" else ""))
     w("Each job moves one account's shards of %s B from the `local` backend to `hsm` (pkcs11, SoftHSM2, "
       "pool 8): `PUT /v1/accounts/{id}` to tier `bench-hsm` starts it; PostgreSQL store; a worker claims "
-      "a batch (`[migration] batch_size`, default 128), re-wraps it in up to `concurrency` (default 4) "
+      "a batch (`[migration] batch_size`, default 512), re-wraps it in up to `concurrency` (default 8) "
       "chunks at once, each one call per step (unwrap on local, wrap on pkcs11 on one HSM checkout, "
       "verify = unwrap on pkcs11 on one checkout; at the default rate a chunk is one item) and commits the batch in one "
       "transaction with one audit event per item, taking the audit chain only for the audit insert and "
-      "the commit; `pipeline` (default 2) batches are in flight at once." % machine.get("shard_bytes", "?"))
+      "the commit; `pipeline` (default 3) batches are in flight at once." % machine.get("shard_bytes", "?"))
     w("")
     w("**Throughput.** The gateway is restarted with `SHARDGATE_MIGRATION__RATE_PER_SEC=%s` so the rate "
       "does not bound it; the job's time runs from the `PUT` to the first poll (every 100 ms) that "
@@ -951,7 +951,9 @@ def main():
       "PostgreSQL process (the load generator is never counted). Floors (`shardgate-bench`, `bench/src/`): "
       "`null_route` = the shard routes on the gateway's own server code with nothing behind them (same JSON "
       "shape and size, no auth, SQL, crypto or audit), driven by the same wrk command; `pk_select` = the "
-      "gateway's latest-version select on the same rows, plain sqlx, %s connections; `audit_insert` = the "
+      "gateway's latest-version select on the same rows, plain sqlx (a query on the pool, which sqlx "
+      "follows with a ping round trip as the connection goes back; the gateway's one-statement reads skip "
+      "that ping, `store/src/held_conns.rs`), %s connections; `audit_insert` = the "
       "gateway's audit writer (`Auditor::record`, its batching included), one event per op, %s callers; "
       "`raw_unwrap_local` = keyring unwrap + shard open via `envelope::open`, one task per core; "
       "`pk_insert` = single-row autocommit inserts of the same row shape, %s connections, default "

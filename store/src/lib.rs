@@ -16,6 +16,7 @@
 //! Error texts carry SQLSTATE/result codes, database messages and ids, never row data.
 //! A commit that fails with `Unavailable` may or may not have been applied.
 
+mod held_conns;
 pub mod keys;
 pub mod migration;
 pub mod postgres;

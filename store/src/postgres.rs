@@ -13,6 +13,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
+use crate::held_conns::HeldConns;
 use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
@@ -40,8 +42,15 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Items per statement of a batch read.
 const BATCH_CHUNK: usize = 1000;
 
-const SHARD_COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, \
-     key_version, wrapped_dek, nonce, ciphertext, key_commitment, created_at, created_by";
+/// The `shard_versions` columns a [`ShardVersionRow`] is read from, as a macro so the hot
+/// reads' statements are `concat!`ed once at compile time.
+macro_rules! shard_columns {
+    () => {
+        "account, shard, version, format_version, backend, key_ref, \
+         key_version, wrapped_dek, nonce, ciphertext, key_commitment, created_at, created_by"
+    };
+}
+const SHARD_COLUMNS: &str = shard_columns!();
 
 const AUDIT_COLUMNS: &str = "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
      version, backend, outcome, detail, prev_tag, tag, credential";
@@ -56,6 +65,8 @@ const JOB_COLUMNS: &str = "id, sel_account, sel_from_backend, sel_key_version_be
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections of `pool` kept for the hot one-statement reads (module `held_conns`).
+    held: Arc<HeldConns>,
 }
 
 impl PgStore {
@@ -118,7 +129,11 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        Ok(Self { pool })
+        // Kept apart from the pool (which may still open `max_connections` of its own): up
+        // to half as many again.
+        let held_cap = usize::try_from(max_connections.max(1) / 2).unwrap_or(0);
+        let held = Arc::new(HeldConns::new(pool.clone(), held_cap));
+        Ok(Self { pool, held })
     }
 
     /// The underlying pool, for tests and administrative tools. Request paths go through the
@@ -808,14 +823,16 @@ impl Store for PgStore {
     }
 
     async fn get_account(&self, account: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let mut held = self.held.get().await.map_err(map_err)?;
         let row = sqlx::query(
             "SELECT account, tier, created_at, updated_at, keep_versions FROM accounts \
              WHERE account = $1",
         )
         .bind(account)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
+        .fetch_optional(held.conn())
+        .await;
+        held.finish(&row);
+        let row = row.map_err(map_err)?;
         row.as_ref()
             .map(account_from_row)
             .transpose()
@@ -828,6 +845,7 @@ impl Store for PgStore {
         shard: &str,
     ) -> Result<Option<(AccountRecord, Option<i64>)>, StoreError> {
         // One round trip: every shard write starts with this.
+        let mut held = self.held.get().await.map_err(map_err)?;
         let row = sqlx::query(
             "SELECT a.account, a.tier, a.created_at, a.updated_at, a.keep_versions, \
                     (SELECT MAX(s.version) FROM shard_versions s \
@@ -836,9 +854,10 @@ impl Store for PgStore {
         )
         .bind(account)
         .bind(shard)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
+        .fetch_optional(held.conn())
+        .await;
+        held.finish(&row);
+        let row = row.map_err(map_err)?;
         row.as_ref()
             .map(|r| Ok((account_from_row(r)?, r.try_get("latest")?)))
             .transpose()
@@ -1319,30 +1338,36 @@ impl Store for PgStore {
         shard: &str,
         version: Option<i64>,
     ) -> Result<Option<ShardVersionRow>, StoreError> {
+        let mut held = self.held.get().await.map_err(map_err)?;
         let row = match version {
             None => {
-                sqlx::query(&format!(
-                    "SELECT {SHARD_COLUMNS} FROM shard_versions \
+                sqlx::query(concat!(
+                    "SELECT ",
+                    shard_columns!(),
+                    " FROM shard_versions \
                      WHERE account = $1 AND shard = $2 ORDER BY version DESC LIMIT 1"
                 ))
                 .bind(account)
                 .bind(shard)
-                .fetch_optional(&self.pool)
+                .fetch_optional(held.conn())
                 .await
             }
             Some(v) => {
-                sqlx::query(&format!(
-                    "SELECT {SHARD_COLUMNS} FROM shard_versions \
+                sqlx::query(concat!(
+                    "SELECT ",
+                    shard_columns!(),
+                    " FROM shard_versions \
                      WHERE account = $1 AND shard = $2 AND version = $3"
                 ))
                 .bind(account)
                 .bind(shard)
                 .bind(v)
-                .fetch_optional(&self.pool)
+                .fetch_optional(held.conn())
                 .await
             }
-        }
-        .map_err(map_err)?;
+        };
+        held.finish(&row);
+        let row = row.map_err(map_err)?;
         row.as_ref()
             .map(shard_from_row)
             .transpose()
@@ -1395,7 +1420,10 @@ impl Store for PgStore {
                     .bind(shard)
                     .bind(*version);
             }
-            let rows = query.fetch_all(&self.pool).await.map_err(map_err)?;
+            let mut held = self.held.get().await.map_err(map_err)?;
+            let rows = query.fetch_all(held.conn()).await;
+            held.finish(&rows);
+            let rows = rows.map_err(map_err)?;
             for r in &rows {
                 let idx: i64 = r.try_get("idx").map_err(map_err)?;
                 if let Some(slot) = usize::try_from(idx).ok().and_then(|i| out.get_mut(i)) {
