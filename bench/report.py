@@ -991,7 +991,12 @@ def main():
               fmt(pk_insert["cpu_us_per_op"], 0), fmt(cores, 0), fmt(put_ceiling, 0),
               fmt(put_ceiling / pk_insert["per_sec"], 2, "x"),
               ": the goal is out of reach on this machine at this CPU per write"
-              if put_ceiling / pk_insert["per_sec"] < 0.5 else "",
+              if put_ceiling / pk_insert["per_sec"] < 0.5 else
+              (" if the cores were saturated; measured, PUTs kept %s of the %s cores busy (%s/s x %s µs), "
+               "so at this concurrency a PUT is bound by its latency (its read, then the group's round "
+               "trips and WAL flush), not by CPU" % (
+                   fmt(put["rps"] * put["cpu_us_per_req"] / 1e6, 1), fmt(cores, 0),
+                   fmt(put["rps"], 0), fmt(put["cpu_us_per_req"], 0))),
               fmt(put["group"], 1)))
         w("")
     w("```sh")
