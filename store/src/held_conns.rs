@@ -255,19 +255,7 @@ mod tests {
     /// A pool on the test database; `None` (after a loud notice) without
     /// `SHARDGATE_TEST_DATABASE_URL` outside CI.
     async fn pool(max: u32) -> Option<PgPool> {
-        let url = match std::env::var("SHARDGATE_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                assert!(
-                    std::env::var("CI").ok().as_deref() != Some("true"),
-                    "SHARDGATE_TEST_DATABASE_URL is not set, and CI=true: PostgreSQL tests may not be skipped"
-                );
-                eprintln!(
-                    "SKIPPED: SHARDGATE_TEST_DATABASE_URL not set (held connection test not run)"
-                );
-                return None;
-            }
-        };
+        let url = crate::test_db::url("held connection test")?;
         Some(
             PgPoolOptions::new()
                 .max_connections(max)

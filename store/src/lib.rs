@@ -21,6 +21,8 @@ pub mod keys;
 pub mod migration;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod test_db;
 
 pub use keys::{
     key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,

@@ -18,19 +18,7 @@ const BATCH: usize = 16;
 /// held by worker `w`, and statistics taken while the job had no items; `None` (after a loud
 /// notice) without `SHARDGATE_TEST_DATABASE_URL` outside CI.
 async fn stale_statistics_job() -> Option<(PgConnection, String, String)> {
-    let base = match std::env::var("SHARDGATE_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var("CI").ok().as_deref() != Some("true"),
-                "SHARDGATE_TEST_DATABASE_URL is not set, and CI=true: PostgreSQL tests may not be skipped"
-            );
-            eprintln!(
-                "SKIPPED: SHARDGATE_TEST_DATABASE_URL not set (PostgreSQL plan test not run)"
-            );
-            return None;
-        }
-    };
+    let base = crate::test_db::url("PostgreSQL plan test")?;
     let name = format!("sg_plans_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&base).await.unwrap();
     sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
