@@ -12,8 +12,9 @@
 //! others in their place), so they never starve the pool's transactions: the store opens at
 //! most `max_connections` for the pool plus `cap` kept here. When `cap` are out, further
 //! reads use the pool as usual.
-//! - A connection whose statement did not complete (the caller's future was dropped, or the
-//!   statement failed) is closed, never reused.
+//! - A connection whose statement did not complete (the caller's future was dropped, or an
+//!   I/O, protocol or decoding error) is closed, never reused; after an error the server
+//!   answered (a constraint, a cancelled statement) it is ready for the next and kept.
 //! - A connection idle here for [`IDLE_PING_AFTER`] is pinged before use, as the pool's own
 //!   `before_acquire` does; one that fails its ping is closed and replaced.
 //! - A connection kept for [`REPLACE_AFTER`] is closed after its next statement and replaced
