@@ -1060,7 +1060,12 @@ async fn migrate_command(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                 bar.finish();
             }
             print_job(&current);
-            for f in state.store.migration_failures(&job, 100).await? {
+            let failures = if current.failed > 0 {
+                state.store.migration_failures(&job, 100).await?
+            } else {
+                Vec::new()
+            };
+            for f in failures {
                 println!(
                     "  failed {}/{} v{}: {}",
                     f.account, f.shard, f.version, f.error

@@ -29,8 +29,8 @@ pub use keys::{
     Reservation,
 };
 pub use migration::{
-    job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationFailure, MigrationJob,
-    MigrationSelector, Transition,
+    job_state, ClaimedItem, CommitResult, ItemCommit, ItemKey, ItemOutcome, MigrationFailure,
+    MigrationJob, MigrationSelector, Transition,
 };
 
 use async_trait::async_trait;
@@ -864,6 +864,11 @@ pub trait Store: Send + Sync + 'static {
     /// `now_ms + lease_ms`: items nobody holds, or whose lease expired. Items whose shard
     /// version no longer exists are settled as skipped instead of returned. Empty when the
     /// job is not running or nothing is claimable.
+    ///
+    /// With `after`, only items past that key are looked at (a worker passes the last item
+    /// it claimed, so its claims do not step over everything settled before it); an empty
+    /// answer then says nothing about the items up to `after`: claim again without it.
+    /// Items come in key order.
     async fn claim_migration_items(
         &self,
         job_id: &str,
@@ -871,6 +876,7 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         lease_ms: i64,
         limit: i64,
+        after: Option<&ItemKey>,
     ) -> Result<Vec<ClaimedItem>, StoreError>;
 
     /// Settle a batch of items this worker claimed, in one transaction with one audit event
@@ -933,7 +939,9 @@ pub trait Store: Send + Sync + 'static {
             .unwrap_or(CommitResult::NotClaimed))
     }
 
-    /// Failed items of a job, in (account, shard, version) order, at most `limit`.
+    /// Failed items of a job, in (account, shard, version) order, at most `limit`. On
+    /// PostgreSQL this walks the job's items (no index holds only the failed ones: see
+    /// migration 0011), so callers skip it for a job that counts no failures.
     async fn migration_failures(
         &self,
         job_id: &str,

@@ -159,6 +159,30 @@ pub enum Transition {
     WrongState(String),
 }
 
+/// An item's key within its job, in claim order (account, shard, version; ids compared by
+/// their bytes, as the stores order them): where a worker's next claim goes on from (see
+/// [`crate::Store::claim_migration_items`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ItemKey {
+    /// Account id.
+    pub account: String,
+    /// Shard id.
+    pub shard: String,
+    /// Version.
+    pub version: i64,
+}
+
+impl ItemKey {
+    /// The key of a claimed item.
+    pub fn of(item: &ClaimedItem) -> Self {
+        Self {
+            account: item.row.account.clone(),
+            shard: item.row.shard.clone(),
+            version: item.row.version,
+        }
+    }
+}
+
 /// A failed item, for `GET /v1/admin/migrations/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationFailure {

@@ -26,7 +26,7 @@ use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
     CommitResult, DeleteOutcome, GroupedWrite, IdempotencyForCount, IdempotencyForOutcome,
-    IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions,
+    IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemKey, ItemOutcome, KeepVersions,
     LateSeal, MigrationFailure, MigrationJob, MigrationSelector, Prune, ShardSummary,
     ShardVersionRow, Store, StoreError, TokenRecord, TokenRevocation, Transition,
 };
@@ -347,6 +347,59 @@ const SETTLE_ITEMS_SQL: &str = "WITH t AS ( \
      ) \
      UPDATE migration_items i SET state = t.state, error = t.error, lease_until = NULL \
      FROM t WHERE i.ctid = t.tid";
+
+/// The claim of `claim_migration_items` (`$1` job, `$2` worker, `$3` now, `$4` lease end,
+/// `$5` limit; with `after`, `$6`-`$8` the key to start past).
+///
+/// SKIP LOCKED: items another worker is claiming or committing right now are passed
+/// over, and a row claimed (and committed) since our snapshot is re-checked against
+/// the lease condition after locking, so two workers never hold one item. Items whose
+/// version is gone are settled as skipped in the same statement. Every CTE sees the
+/// same snapshot, so `present` and the returned row agree. The update finds each
+/// picked item by its physical address (stable: locked by the pick), not by a join
+/// on the key that the planner may make a scan of the whole job (see
+/// `SETTLE_ITEMS_SQL`).
+///
+/// The items are walked in the primary key's order from `after` on (a start key of
+/// the index scan): settled items stay in that index, and a claim from the job's
+/// first item would step over every one of them (see migration 0011).
+fn claim_items_sql(after: bool) -> String {
+    let from_cursor = if after {
+        "AND (i.account, i.shard, i.version) > ($6::TEXT, $7::TEXT, $8::BIGINT)"
+    } else {
+        ""
+    };
+    format!(
+        "WITH picked AS ( \
+             SELECT i.ctid AS tid, i.account, i.shard, i.version, \
+                    sv.version IS NOT NULL AS present \
+             FROM migration_items i \
+             LEFT JOIN shard_versions sv ON sv.account = i.account \
+                 AND sv.shard = i.shard AND sv.version = i.version \
+             WHERE i.job_id = $1 {from_cursor} AND i.state = 'pending' \
+               AND (i.lease_until IS NULL OR i.lease_until <= $3) \
+             ORDER BY i.account, i.shard, i.version \
+             LIMIT $5 \
+             FOR UPDATE OF i SKIP LOCKED \
+         ), claimed AS ( \
+             UPDATE migration_items i \
+             SET state = CASE WHEN p.present THEN 'pending' ELSE 'skipped' END, \
+                 claimed_by = $2, \
+                 lease_until = CASE WHEN p.present THEN $4::BIGINT ELSE NULL END \
+             FROM picked p \
+             WHERE i.ctid = p.tid \
+             RETURNING i.account, i.shard, i.version, i.state \
+         ) \
+         SELECT c.state AS item_state, c.account, c.shard, c.version, sv.format_version, \
+                sv.backend, sv.key_ref, sv.key_version, sv.wrapped_dek, sv.nonce, \
+                sv.ciphertext, sv.key_commitment, sv.created_at, sv.created_by, a.tier \
+         FROM claimed c \
+         LEFT JOIN shard_versions sv ON sv.account = c.account AND sv.shard = c.shard \
+             AND sv.version = c.version \
+         LEFT JOIN accounts a ON a.account = c.account \
+         ORDER BY c.account, c.shard, c.version"
+    )
+}
 
 /// Refuse row changes under a destroyed key version. Run AFTER the transaction's own
 /// statement on `shard_versions` (which holds ROW EXCLUSIVE on the table): a destroy holds
@@ -1864,6 +1917,7 @@ impl Store for PgStore {
         now_ms: i64,
         lease_ms: i64,
         limit: i64,
+        after: Option<&ItemKey>,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
         if limit <= 0 {
             return Ok(Vec::new());
@@ -1895,52 +1949,18 @@ impl Store for PgStore {
         if state.as_deref() != Some(job_state::RUNNING) {
             return Ok(Vec::new());
         }
-        // SKIP LOCKED: items another worker is claiming or committing right now are passed
-        // over, and a row claimed (and committed) since our snapshot is re-checked against
-        // the lease condition after locking, so two workers never hold one item. Items whose
-        // version is gone are settled as skipped in the same statement. Every CTE sees the
-        // same snapshot, so `present` and the returned row agree. The update finds each
-        // picked item by its physical address (stable: locked by the pick), not by a join
-        // on the key that the planner may make a scan of the whole job (see
-        // `SETTLE_ITEMS_SQL`).
-        let rows = sqlx::query(
-            "WITH picked AS ( \
-                 SELECT i.ctid AS tid, i.account, i.shard, i.version, \
-                        sv.version IS NOT NULL AS present \
-                 FROM migration_items i \
-                 LEFT JOIN shard_versions sv ON sv.account = i.account \
-                     AND sv.shard = i.shard AND sv.version = i.version \
-                 WHERE i.job_id = $1 AND i.state = 'pending' \
-                   AND (i.lease_until IS NULL OR i.lease_until <= $3) \
-                 ORDER BY i.account, i.shard, i.version \
-                 LIMIT $5 \
-                 FOR UPDATE OF i SKIP LOCKED \
-             ), claimed AS ( \
-                 UPDATE migration_items i \
-                 SET state = CASE WHEN p.present THEN 'pending' ELSE 'skipped' END, \
-                     claimed_by = $2, \
-                     lease_until = CASE WHEN p.present THEN $4::BIGINT ELSE NULL END \
-                 FROM picked p \
-                 WHERE i.ctid = p.tid \
-                 RETURNING i.account, i.shard, i.version, i.state \
-             ) \
-             SELECT c.state AS item_state, c.account, c.shard, c.version, sv.format_version, \
-                    sv.backend, sv.key_ref, sv.key_version, sv.wrapped_dek, sv.nonce, \
-                    sv.ciphertext, sv.key_commitment, sv.created_at, sv.created_by, a.tier \
-             FROM claimed c \
-             LEFT JOIN shard_versions sv ON sv.account = c.account AND sv.shard = c.shard \
-                 AND sv.version = c.version \
-             LEFT JOIN accounts a ON a.account = c.account \
-             ORDER BY c.account, c.shard, c.version",
-        )
-        .bind(job_id)
-        .bind(worker)
-        .bind(now_ms)
-        .bind(now_ms.saturating_add(lease_ms))
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        // See `claim_items_sql`.
+        let sql = claim_items_sql(after.is_some());
+        let mut query = sqlx::query(&sql)
+            .bind(job_id)
+            .bind(worker)
+            .bind(now_ms)
+            .bind(now_ms.saturating_add(lease_ms))
+            .bind(limit);
+        if let Some(k) = after {
+            query = query.bind(&k.account).bind(&k.shard).bind(k.version);
+        }
+        let rows = query.fetch_all(&mut *tx).await.map_err(map_err)?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut skipped = 0i64;
         for r in &rows {

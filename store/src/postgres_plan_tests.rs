@@ -2,13 +2,14 @@
 //! item check must read about as many items as the batch holds, whatever the planner's
 //! statistics say: planned for a job far smaller than it is (statistics taken before its
 //! snapshot, or an average over many small jobs), it once walked every pending item of the
-//! job per batch, which made a 100,000-item job spend most of its database time there.
+//! job per batch, which made a 100,000-item job spend most of its database time there. A
+//! claim that goes on from the worker's last item must not step over the items before it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use sqlx::{Connection, PgConnection, Row};
 
-use super::{PgStore, HELD_ITEMS_SQL};
+use super::{claim_items_sql, PgStore, HELD_ITEMS_SQL};
 use crate::Store;
 
 const ITEMS: usize = 5000;
@@ -129,6 +130,47 @@ async fn batch_item_check_reads_only_the_batch_whatever_the_statistics() {
     assert!(
         read <= 2 * BATCH as u64,
         "the check of {BATCH} items read {read} of {ITEMS}:\n{}",
+        plan.join("\n")
+    );
+    drop_database(conn, &base, &name).await;
+}
+
+#[tokio::test]
+async fn claim_past_a_key_reads_only_what_it_claims_whatever_was_settled_before() {
+    let Some((mut conn, base, name)) = stale_statistics_job().await else {
+        return;
+    };
+    // The first half of the job is settled; settled items stay in the primary key.
+    let half = ITEMS / 2;
+    sqlx::raw_sql(&format!(
+        "UPDATE migration_items SET state = 'done', lease_until = NULL \
+         WHERE shard <= 's{half:06}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let plan = generic_plan(
+        &mut conn,
+        &format!(
+            "SET LOCAL enable_bitmapscan = off; \
+             PREPARE claim(TEXT, TEXT, BIGINT, BIGINT, BIGINT, TEXT, TEXT, BIGINT) AS {}",
+            claim_items_sql(true)
+        ),
+        &format!("EXECUTE claim('big', 'w2', 10, 100, {BATCH}, 'acct', 's{half:06}', 1)"),
+    )
+    .await;
+    let read = items_read(&plan);
+    assert!(
+        read <= 2 * BATCH as u64,
+        "a claim of {BATCH} past item {half} read {read} of {ITEMS}:\n{}",
+        plan.join("\n")
+    );
+    // ... and it did claim a whole batch.
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Update on migration_items")
+                && l.contains(&format!("rows={BATCH} "))),
+        "the claim did not claim {BATCH} items:\n{}",
         plan.join("\n")
     );
     drop_database(conn, &base, &name).await;

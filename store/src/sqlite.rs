@@ -28,9 +28,9 @@ use crate::migration::Settlement;
 use crate::{
     job_state, AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
     CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome, IdempotencyRecord,
-    Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions, LateSeal, MigrationFailure,
-    MigrationJob, MigrationSelector, Prune, ShardSummary, ShardVersionRow, Store, StoreError,
-    TokenRecord, TokenRevocation, Transition,
+    Idempotent, IdempotentWrite, ItemCommit, ItemKey, ItemOutcome, KeepVersions, LateSeal,
+    MigrationFailure, MigrationJob, MigrationSelector, Prune, ShardSummary, ShardVersionRow, Store,
+    StoreError, TokenRecord, TokenRevocation, Transition,
 };
 use crate::{
     key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
@@ -1287,6 +1287,7 @@ impl Store for SqliteStore {
         now_ms: i64,
         lease_ms: i64,
         limit: i64,
+        after: Option<&ItemKey>,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
         if limit <= 0 {
             return Ok(Vec::new());
@@ -1315,12 +1316,16 @@ impl Store for SqliteStore {
              LEFT JOIN accounts a ON a.account = i.account \
              WHERE i.job_id = ?1 AND i.state = 'pending' \
                AND (i.lease_until IS NULL OR i.lease_until <= ?2) \
+               AND (?4 IS NULL OR (i.account, i.shard, i.version) > (?4, ?5, ?6)) \
              ORDER BY i.account, i.shard, i.version \
              LIMIT ?3",
         )
         .bind(job_id)
         .bind(now_ms)
         .bind(limit)
+        .bind(after.map(|k| k.account.as_str()))
+        .bind(after.map(|k| k.shard.as_str()))
+        .bind(after.map(|k| k.version))
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::{shard_row, AuditGen, Harness};
 use shardgate_store::{
-    job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, LateSeal, MigrationFailure,
-    MigrationJob, MigrationSelector, Presealed, ShardVersionRow, Store, StoreError, Transition,
+    job_state, ClaimedItem, CommitResult, ItemCommit, ItemKey, ItemOutcome, LateSeal,
+    MigrationFailure, MigrationJob, MigrationSelector, Presealed, ShardVersionRow, Store,
+    StoreError, Transition,
 };
 use tokio::task::JoinSet;
 
@@ -25,6 +26,7 @@ both_stores!(
     create_duplicate_id_is_refused_without_audit,
     claim_returns_rows_and_current_tier_in_order,
     claim_respects_leases,
+    claim_after_a_key_goes_on_past_it,
     claim_never_returns_settled_items,
     claim_nothing_unless_running,
     commit_moved_replaces_only_the_wrap,
@@ -115,7 +117,7 @@ async fn create(
 }
 
 async fn claim(s: &dyn Store, job: &str, worker: &str, now: i64, limit: i64) -> Vec<ClaimedItem> {
-    s.claim_migration_items(job, worker, now, 1000, limit)
+    s.claim_migration_items(job, worker, now, 1000, limit, None)
         .await
         .unwrap()
 }
@@ -332,7 +334,7 @@ async fn claim_returns_rows_and_current_tier_in_order(h: &Harness) {
     assert!(claim(s, "job", "w1", 5000, 2).await.is_empty());
     // A zero or negative limit claims nothing.
     assert!(s
-        .claim_migration_items("job", "w9", 1_000_000, 10, 0)
+        .claim_migration_items("job", "w9", 1_000_000, 10, 0, None)
         .await
         .unwrap()
         .is_empty());
@@ -410,6 +412,52 @@ async fn claim_respects_leases(h: &Harness) {
     assert_eq!(keys(&last), keys(&held[3..]));
     let j = job(s, "job").await;
     assert_eq!((j.done, j.remaining()), (3, 1));
+}
+
+async fn claim_after_a_key_goes_on_past_it(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new(CHAIN);
+    fixture(s, &audit).await;
+    create(s, &audit, "job", sel(None, Some("local-1"), None)).await;
+    let after = |account: &str, shard: &str, version: i64| ItemKey {
+        account: account.to_string(),
+        shard: shard.to_string(),
+        version,
+    };
+    let claim_after = |k: ItemKey, limit: i64| async move {
+        s.claim_migration_items("job", "w1", 5000, 1000, limit, Some(&k))
+            .await
+            .unwrap()
+    };
+
+    // Strictly past the key, in key order, across accounts and versions.
+    let past = claim_after(after(A, "s2", 1), 2).await;
+    assert_eq!(keys(&past), vec![key(A, "s3", 1), key(B, "x", 1)]);
+    // A key between items (no such item) starts at the next one.
+    let next = claim_after(after(B, "x", 1), 10).await;
+    assert_eq!(keys(&next), vec![key(B, "x", 2)]);
+    // Nothing past the last item; the ones before the key are still there for a claim
+    // without one.
+    assert!(claim_after(after(B, "x", 2), 10).await.is_empty());
+    let rest = claim(s, "job", "w1", 5000, 10).await;
+    assert_eq!(keys(&rest), vec![key(A, "s1", 1), key(A, "s2", 1)]);
+    // Past the key, leases still hold: everything is w1's until 6000, then anyone's.
+    assert!(claim_after(after(A, "s1", 1), 10).await.is_empty());
+    let expired = s
+        .claim_migration_items("job", "w2", 6000, 1000, 10, Some(&after(A, "s1", 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&expired),
+        vec![
+            key(A, "s2", 1),
+            key(A, "s3", 1),
+            key(B, "x", 1),
+            key(B, "x", 2)
+        ]
+    );
+    let j = job(s, "job").await;
+    assert_eq!((j.total, j.remaining()), (5, 5));
 }
 
 async fn claim_never_returns_settled_items(h: &Harness) {
@@ -1143,7 +1191,7 @@ async fn concurrent_workers_settle_every_item_exactly_once(h: &Harness) {
             let mut idle = 0;
             loop {
                 let items = store
-                    .claim_migration_items("job", &worker, 5000, 600_000, 7)
+                    .claim_migration_items("job", &worker, 5000, 600_000, 7, None)
                     .await
                     .unwrap();
                 if items.is_empty() {
@@ -1233,7 +1281,7 @@ async fn cancelled_calls_leave_no_open_transaction(h: &Harness) {
         let fut = async move {
             let worker = format!("w{}", round % 3);
             let items = store
-                .claim_migration_items("job", &worker, 5000 + round as i64, 1, 2)
+                .claim_migration_items("job", &worker, 5000 + round as i64, 1, 2, None)
                 .await?;
             for c in items {
                 commit(

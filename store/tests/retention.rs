@@ -144,7 +144,7 @@ async fn commitment_roundtrips_on_every_read_path_and_survives_a_rewrap(h: &Harn
         .unwrap();
     assert_eq!(job.total, 2);
     let claimed = s
-        .claim_migration_items("job-c", "w-1", 3000, 60_000, 10)
+        .claim_migration_items("job-c", "w-1", 3000, 60_000, 10, None)
         .await
         .unwrap();
     let rows: Vec<_> = claimed.iter().map(|c| c.row.clone()).collect();

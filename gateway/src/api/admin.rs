@@ -89,10 +89,13 @@ pub struct MigrationJobView {
 }
 
 async fn view(state: &AppState, job: MigrationJob) -> Result<MigrationJobView, ApiError> {
-    let errors = state
-        .store
-        .migration_failures(&job.id, 100)
-        .await?
+    // Listing failures reads through the job's items: not for a job without any.
+    let failures = if job.failed > 0 {
+        state.store.migration_failures(&job.id, 100).await?
+    } else {
+        Vec::new()
+    };
+    let errors = failures
         .into_iter()
         .map(|f| MigrationFailureView {
             account: f.account,

@@ -17,8 +17,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use shardgate_backends::{BackendError, ShardIdentity, WrappedKey};
 use shardgate_store::{
-    job_state, ClaimedItem, CommitResult, ItemCommit, ItemOutcome, MigrationJob, MigrationSelector,
-    Transition,
+    job_state, ClaimedItem, CommitResult, ItemCommit, ItemKey, ItemOutcome, MigrationJob,
+    MigrationSelector, Transition,
 };
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -343,6 +343,7 @@ impl<'a> Worker<'a> {
         let pace = Duration::from_secs(1) / self.cfg.rate_per_sec.max(1);
         let lanes = usize::try_from(self.cfg.pipeline.clamp(1, 16)).unwrap_or(1);
         let shared = Lanes {
+            cursor: Mutex::new(None),
             next_slot: Mutex::new(Instant::now()),
             last_log: Mutex::new(Instant::now()),
             progress: Mutex::new(progress),
@@ -376,6 +377,7 @@ impl<'a> Worker<'a> {
             if shared.due_for_log() {
                 tracing::info!(job = %id, done = job.done, failed = job.failed, skipped = job.skipped, total = job.total, "migration progress");
             }
+            let after = shared.cursor();
             let items = self
                 .state
                 .store
@@ -385,8 +387,16 @@ impl<'a> Worker<'a> {
                     crate::now_ms(),
                     i64::try_from(self.cfg.lease_ms).unwrap_or(i64::MAX),
                     claim_size(self.cfg.batch_size, self.cfg.rate_per_sec),
+                    after.as_ref(),
                 )
                 .await?;
+            if let Some(last) = items.last() {
+                shared.advance(ItemKey::of(last));
+            } else if let Some(seen) = &after {
+                // Nothing past the cursor says nothing about the items before it.
+                shared.rewind(seen);
+                continue;
+            }
             if items.is_empty() {
                 if job.remaining() == 0 {
                     self.settle(&job).await?;
@@ -841,12 +851,41 @@ fn backend_text(e: &BackendError) -> String {
 
 /// What the lanes of one [`Worker::run`] share.
 struct Lanes<F> {
+    /// The last item any lane claimed: claims go on from there (see
+    /// [`shardgate_store::Store::claim_migration_items`]); `None` starts at the job's first.
+    cursor: Mutex<Option<ItemKey>>,
     next_slot: Mutex<Instant>,
     last_log: Mutex<Instant>,
     progress: Mutex<F>,
 }
 
 impl<F: FnMut(&MigrationJob)> Lanes<F> {
+    fn cursor(&self) -> Option<ItemKey> {
+        self.cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A lane claimed up to `last`: later claims start past it (lanes claim concurrently,
+    /// so the cursor only moves forward).
+    fn advance(&self, last: ItemKey) {
+        let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        if cursor.as_ref().is_none_or(|c| *c < last) {
+            *cursor = Some(last);
+        }
+    }
+
+    /// Nothing was claimable past `seen`: go back to the job's first item (items whose
+    /// lease ran out, claims released by a resume, items a SKIP LOCKED claim passed over),
+    /// unless another lane has moved the cursor on meanwhile.
+    fn rewind(&self, seen: &ItemKey) {
+        let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        if cursor.as_ref() == Some(seen) {
+            *cursor = None;
+        }
+    }
+
     fn progress(&self, job: &MigrationJob) {
         (self.progress.lock().unwrap_or_else(|e| e.into_inner()))(job);
     }
