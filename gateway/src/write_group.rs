@@ -4,8 +4,9 @@
 //! one sequence: written one at a time, concurrent writes would queue for the chain and pay
 //! one commit (one WAL flush) each. Here a write whose envelope is sealed joins a queue; a
 //! worker takes everything queued (up to a bound) and stores it with
-//! [`Store::insert_shard_versions_grouped`]: one transaction, one hold of the chain, one
-//! audit insert and one commit for the whole group. Each write still gets its own answer
+//! [`Store::insert_shard_versions_grouped`]: one transaction (on PostgreSQL, when every
+//! write of the group passes, one statement), one hold of the chain, one audit insert and one
+//! commit for the whole group. Each write still gets its own answer
 //! (stored, or refused for itself: conflict, account gone, destroyed key) and its own audit
 //! event; a group that fails as a whole stored nothing, and its writers write on their own
 //! (the single-write path, which reports their precise errors).
@@ -125,11 +126,14 @@ async fn worker(
 async fn store_group(store: &dyn Store, audit: &Auditor, group: Vec<Pending>) {
     let mut shards = HashSet::with_capacity(group.len());
     let mut members = Vec::with_capacity(group.len());
+    // Answered once the group is stored: a writer that re-read its shard's latest version
+    // before then would number its write the same again.
+    let mut again = Vec::new();
     for p in group {
         if shards.insert((p.row.account.clone(), p.row.shard.clone())) {
             members.push(p);
         } else {
-            let _ = p.done.send(Grouped::Again);
+            again.push(p);
         }
     }
     let events: Vec<Event> = members.iter().map(|p| p.event.clone()).collect();
@@ -168,5 +172,8 @@ async fn store_group(store: &dyn Store, audit: &Auditor, group: Vec<Pending>) {
                 let _ = p.done.send(Grouped::Alone);
             }
         }
+    }
+    for p in again {
+        let _ = p.done.send(Grouped::Again);
     }
 }

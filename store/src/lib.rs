@@ -78,9 +78,11 @@ pub trait LateSeal: Send {
     async fn seal(&mut self, pruned: &[i64]) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// For [`Store::insert_shard_versions_grouped`]: one record for each write at `rows`
-    /// (ascending indices into the group, the writes that were stored), in that order.
-    /// Called at most once per store call, instead of `seal`. Default: refused (a seal
-    /// that carries one write's events cannot seal a group's).
+    /// (ascending indices into the group, the writes that were stored), in that order,
+    /// instead of `seal`. A store may call it again after an attempt that stored nothing
+    /// (PostgreSQL first tries the whole group in one statement): each call seals from the
+    /// same chain head, and the last call's records are the ones stored. Default: refused
+    /// (a seal that carries one write's events cannot seal a group's).
     async fn seal_rows(&mut self, rows: &[usize]) -> Result<Vec<AuditRecord>, StoreError> {
         Err(StoreError::Internal(format!(
             "this seal cannot seal a group of {} writes",
@@ -681,7 +683,9 @@ pub trait Store: Send + Sync + 'static {
     /// under the caller's audit chain, the accounts re-checked (any tier or retention change
     /// since the writers read them rolls the whole group back: `AccountChanged`), one audit
     /// record per stored row from `seal.seal_rows`, one audit insert and one commit. Group
-    /// commit: many writers pay for one flush and one hold of the chain.
+    /// commit: many writers pay for one flush and one hold of the chain. PostgreSQL first
+    /// tries the whole group (every write sealed) in one statement, which stores all of it
+    /// or nothing; only when some write is refused does it take the transaction above.
     ///
     /// `Ok` holds one answer per write, in order: `Ok(())` stored (and audited), or why
     /// that write alone was refused (`Conflict`, `AccountNotFound`, `KeyDestroyed`; nothing

@@ -61,12 +61,19 @@ const KEY_COLUMNS: &str = "backend, key_version, key_ref, state, created_ms, cha
 const JOB_COLUMNS: &str = "id, sel_account, sel_from_backend, sel_key_version_below, state, \
      total, done, failed, skipped, last_error, created_at, updated_at, created_by";
 
+/// Connections for groups of shard writes stored in one statement, beside the pool.
+const GROUP_CONNECTIONS: u32 = 2;
+
 /// The PostgreSQL store: a connection pool.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
     /// Connections of `pool` kept for the hot one-statement reads (module `held_conns`).
     held: Arc<HeldConns>,
+    /// Connections for a group of shard writes stored in one statement (see
+    /// `insert_group_at_once`): generic plans only, set for the session, since such a
+    /// statement runs outside any transaction that could `SET LOCAL` it.
+    group_pool: PgPool,
 }
 
 impl PgStore {
@@ -105,6 +112,9 @@ impl PgStore {
             options = options.password(password);
         }
         warn_unless_verified(&options);
+        let group_options = options
+            .clone()
+            .options([("plan_cache_mode", "force_generic_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -133,7 +143,26 @@ impl PgStore {
         // to half as many again.
         let held_cap = usize::try_from(max_connections.max(1) / 2).unwrap_or(0);
         let held = Arc::new(HeldConns::new(pool.clone(), held_cap));
-        Ok(Self { pool, held })
+        // Opened on first use (a gateway that groups writes runs two group workers).
+        let group_pool = PgPoolOptions::new()
+            .max_connections(GROUP_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_PING_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(group_options);
+        Ok(Self {
+            pool,
+            held,
+            group_pool,
+        })
     }
 
     /// The underlying pool, for tests and administrative tools. Request paths go through the
@@ -165,6 +194,136 @@ impl PgStore {
         .await
         .map_err(|e| StoreError::Internal(format!("transaction task failed: {e}")))?
         .map_err(map_err)
+    }
+
+    /// A group of shard writes (`rows`: in key order) in ONE statement outside any
+    /// transaction, its audit records sealed up front: one round trip, where the
+    /// transaction below takes four (begin, insert, audit insert, commit). All or nothing:
+    /// `true` when every write was stored with its record; `false` when any write would be
+    /// refused (its account gone or changed, its version no longer next, its key version
+    /// destroyed) or another transaction inserted one of its keys meanwhile, and then
+    /// nothing was stored and the caller's transaction sorts the writes out (sealing again).
+    ///
+    /// The chain is held for the whole statement, so (as in the transaction) no other
+    /// writer of an account row is in flight, and the account check sees every change that
+    /// committed before it. Without `ON CONFLICT`, a key inserted by another transaction
+    /// fails the statement (a unique violation), and a failed statement stores nothing.
+    async fn insert_group_at_once(
+        &self,
+        writes: &[GroupedWrite<'_>],
+        rows: &[&ShardVersionRow],
+        seal: &mut dyn LateSeal,
+    ) -> Result<bool, StoreError> {
+        let all: Vec<usize> = (0..writes.len()).collect();
+        let records = seal.seal_rows(&all).await?;
+        if records.len() != writes.len() {
+            return Err(StoreError::Internal(format!(
+                "{} audit records sealed for a group of {} writes",
+                records.len(),
+                writes.len()
+            )));
+        }
+        let sql = format!(
+            "WITH r AS (SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], \
+                     $4::SMALLINT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BYTEA[], \
+                     $9::BYTEA[], $10::BYTEA[], $11::BYTEA[], $12::BIGINT[], $13::TEXT[]) \
+                   WITH ORDINALITY AS r(account, shard, version, format_version, backend, \
+                        key_ref, key_version, wrapped_dek, nonce, ciphertext, \
+                        key_commitment, created_at, created_by, idx)), \
+                  e AS (SELECT * FROM unnest($14::TEXT[], $15::TEXT[], $16::BIGINT[]) \
+                        AS e(account, tier, keep_versions)), \
+                  a AS (SELECT account, tier, keep_versions FROM accounts \
+                        WHERE account = ANY($14::TEXT[]) ORDER BY account FOR SHARE), \
+                  refused AS (SELECT 1 FROM r \
+                        WHERE NOT EXISTS (SELECT 1 FROM accounts x WHERE x.account = r.account) \
+                           OR (SELECT MAX(s.version) FROM shard_versions s \
+                               WHERE s.account = r.account AND s.shard = r.shard) \
+                              IS DISTINCT FROM NULLIF(r.version - 1, 0) \
+                           OR EXISTS (SELECT 1 FROM key_versions k \
+                                      WHERE k.backend = r.backend \
+                                        AND k.key_version = r.key_version \
+                                        AND k.state = 'destroyed') \
+                        UNION ALL \
+                        SELECT 1 FROM e LEFT JOIN a ON a.account = e.account \
+                        WHERE a.account IS NULL OR a.tier <> e.tier \
+                           OR a.keep_versions IS DISTINCT FROM e.keep_versions), \
+                  ok AS (SELECT NOT EXISTS (SELECT 1 FROM refused) AS ok), \
+                  ins AS (INSERT INTO shard_versions ({SHARD_COLUMNS}) \
+                          SELECT r.account, r.shard, r.version, r.format_version, r.backend, \
+                                 r.key_ref, r.key_version, r.wrapped_dek, r.nonce, \
+                                 r.ciphertext, r.key_commitment, r.created_at, r.created_by \
+                          FROM r WHERE (SELECT ok FROM ok) ORDER BY r.idx RETURNING 1), \
+                  aud AS (INSERT INTO audit_events ({AUDIT_COLUMNS}) \
+                          SELECT * FROM ({}) x WHERE (SELECT ok FROM ok) RETURNING 1) \
+             SELECT (SELECT ok FROM ok) AS ok, (SELECT COUNT(*) FROM ins) AS inserted, \
+                    (SELECT COUNT(*) FROM aud) AS audited",
+            audit_rows_sql(17)
+        );
+        let record_refs: Vec<&AuditRecord> = records.iter().collect();
+        let q = sqlx::query(&sql)
+            .bind(rows.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.shard.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.format_version).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.backend.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.key_ref.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.key_version).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.wrapped_dek.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.nonce.as_slice()).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.ciphertext.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.key_commitment.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.created_by.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                writes
+                    .iter()
+                    .map(|w| w.row.account.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(writes.iter().map(|w| w.tier).collect::<Vec<_>>())
+            .bind(writes.iter().map(|w| w.keep_versions).collect::<Vec<_>>());
+        let done = match bind_audit_rows(q, &record_refs)
+            .fetch_one(&self.group_pool)
+            .await
+        {
+            Ok(done) => done,
+            // The server refused the statement (e.g. a key another transaction inserted):
+            // it stored nothing.
+            Err(sqlx::Error::Database(e)) => {
+                tracing::debug!(error = %e, "a group of writes refused at once; stored by a transaction");
+                return Ok(false);
+            }
+            // Whether it committed is unknown.
+            Err(e) => return Err(audit_err(e)),
+        };
+        let ok: bool = done.try_get("ok").map_err(map_err)?;
+        let inserted: i64 = done.try_get("inserted").map_err(map_err)?;
+        let audited: i64 = done.try_get("audited").map_err(map_err)?;
+        let n = i64::try_from(writes.len()).unwrap_or(i64::MAX);
+        if ok && (inserted != n || audited != n) {
+            // Cannot happen (each insert inserts every row or fails the statement), and it
+            // committed: the caller reads the chain head back.
+            return Err(StoreError::AuditUnavailable(format!(
+                "a group of {n} writes stored {inserted} rows and {audited} audit records"
+            )));
+        }
+        Ok(ok)
     }
 }
 
@@ -1186,6 +1345,9 @@ impl Store for PgStore {
             return Err(StoreError::Internal(
                 "a group holds two writes of one shard".to_string(),
             ));
+        }
+        if self.insert_group_at_once(writes, &rows, seal).await? {
+            return Ok((0..writes.len()).map(|_| Ok(())).collect());
         }
         // A generic plan, made once per connection: left to choose, PostgreSQL plans this
         // statement anew at every call (its custom plans look cheaper than a generic one

@@ -14,11 +14,13 @@ use shardgate_store::{
 
 const CHAIN: &str = "chain-group";
 
-/// Seals one record per stored write, and remembers which writes it was asked for.
+/// Seals one record per stored write, and remembers which writes each call asked for (a
+/// store may seal again after an attempt that stored nothing; the last call's records are
+/// the stored ones).
 struct RowSeal<'a> {
     audit: &'a AuditGen,
     writes: Vec<(String, String, i64)>,
-    asked: Option<Vec<usize>>,
+    asked: Vec<Vec<usize>>,
 }
 
 #[async_trait::async_trait]
@@ -28,7 +30,7 @@ impl LateSeal for RowSeal<'_> {
     }
 
     async fn seal_rows(&mut self, rows: &[usize]) -> Result<Vec<AuditRecord>, StoreError> {
-        self.asked = Some(rows.to_vec());
+        self.asked.push(rows.to_vec());
         Ok(rows
             .iter()
             .map(|&i| {
@@ -46,7 +48,7 @@ fn seal_for<'a>(audit: &'a AuditGen, rows: &[ShardVersionRow]) -> RowSeal<'a> {
             .iter()
             .map(|r| (r.account.clone(), r.shard.clone(), r.version))
             .collect(),
-        asked: None,
+        asked: Vec::new(),
     }
 }
 
@@ -171,8 +173,9 @@ async fn a_group_stores_each_write_and_refuses_each_alone() {
         answers[4]
     );
     assert!(answers[5].is_ok(), "{:?}", answers[5]);
-    // Sealed for the stored writes only, in the group's order.
-    assert_eq!(seal.asked, Some(vec![0, 1, 5]));
+    // Tried at once as a whole (which stored nothing: some writes are refused), then
+    // sealed for the stored writes only, in the group's order.
+    assert_eq!(seal.asked, vec![vec![0, 1, 2, 3, 4, 5], vec![0, 1, 5]]);
     assert_eq!(s.latest_version("acct-b", "new").await.unwrap(), Some(1));
     assert_eq!(s.latest_version("acct-a", "s").await.unwrap(), Some(2));
     assert_eq!(s.latest_version("acct-a", "t").await.unwrap(), None);
@@ -190,7 +193,7 @@ async fn a_group_stores_each_write_and_refuses_each_alone() {
     );
 
     // The same versions again: each is now a conflict naming the stored latest; nothing is
-    // sealed or audited.
+    // audited (the records of the attempt at once are not stored).
     let again = vec![
         shard_row("acct-b", "new", 1, "hsm-1"),
         shard_row("acct-a", "s", 2, "hsm-1"),
@@ -208,8 +211,109 @@ async fn a_group_stores_each_write_and_refuses_each_alone() {
         answers[1],
         Err(StoreError::Conflict { latest: Some(2) })
     ));
-    assert_eq!(seal.asked, None);
+    assert_eq!(seal.asked, vec![vec![0, 1]]);
     assert_eq!(shard_puts(s).await.len(), 4);
+}
+
+#[tokio::test]
+async fn a_group_that_passes_as_a_whole_is_sealed_once() {
+    let Some((h, audit)) = setup().await else {
+        return;
+    };
+    let s = h.store.as_ref();
+    let rows = vec![
+        shard_row("acct-b", "new", 1, "hsm-1"),
+        shard_row("acct-a", "s", 2, "hsm-1"),
+        shard_row("acct-a", "t", 1, "hsm-1"),
+    ];
+    let mut seal = seal_for(&audit, &rows);
+    let answers = s
+        .insert_shard_versions_grouped(&grouped(&rows, "retail"), &mut seal)
+        .await
+        .unwrap();
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(seal.asked, vec![vec![0, 1, 2]]);
+    for r in &rows {
+        let stored = s
+            .get_shard_version(&r.account, &r.shard, Some(r.version))
+            .await
+            .unwrap();
+        assert_eq!(stored.as_ref(), Some(r));
+    }
+    // One record per write, in the group's order (not the key order the rows went in by).
+    assert_eq!(
+        shard_puts(s).await,
+        vec![
+            ("s".to_string(), 1),
+            ("new".to_string(), 1),
+            ("s".to_string(), 2),
+            ("t".to_string(), 1)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_key_another_transaction_inserts_meanwhile_is_refused_alone() {
+    use sqlx::Connection as _;
+    let Some((h, audit)) = setup().await else {
+        return;
+    };
+    let s = h.store.clone();
+    // Another writer inserts acct-a/s version 2 and holds its transaction open.
+    let mut other = sqlx::PgConnection::connect(&h.url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO shard_versions (account, shard, version, format_version, backend, \
+         key_ref, key_version, wrapped_dek, nonce, ciphertext, created_at, created_by) \
+         VALUES ('acct-a', 's', 2, 1, 'hsm-1', 'k', 1, '\\x01', '\\x02', '\\x03', 1, 'other')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let rows = vec![
+        shard_row("acct-a", "s", 2, "hsm-1"),
+        shard_row("acct-b", "new", 1, "hsm-1"),
+    ];
+    let group = {
+        let rows = rows.clone();
+        let audit = AuditGen::new("chain-group-2");
+        tokio::spawn(async move {
+            let mut seal = seal_for(&audit, &rows);
+            let answers = s
+                .insert_shard_versions_grouped(&grouped(&rows, "retail"), &mut seal)
+                .await;
+            (answers, seal.asked)
+        })
+    };
+    // The group's statement waits for that transaction's key, which then commits.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!group.is_finished());
+    tx.commit().await.unwrap();
+    let (answers, asked) = group.await.unwrap();
+    let answers = answers.unwrap();
+    assert!(
+        matches!(answers[0], Err(StoreError::Conflict { latest: Some(2) })),
+        "{:?}",
+        answers[0]
+    );
+    assert!(answers[1].is_ok(), "{:?}", answers[1]);
+    // The attempt at once failed as a whole; the transaction stored the other write.
+    assert_eq!(asked, vec![vec![0, 1], vec![1]]);
+    let s = h.store.as_ref();
+    assert_eq!(
+        s.get_shard_version("acct-b", "new", Some(1))
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&rows[1])
+    );
+    let theirs = s
+        .get_shard_version("acct-a", "s", Some(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(theirs.created_by, "other");
+    drop(audit);
 }
 
 #[tokio::test]
