@@ -260,36 +260,7 @@ impl PgStore {
             audit_rows_sql(17)
         );
         let record_refs: Vec<&AuditRecord> = records.iter().collect();
-        let q = sqlx::query(&sql)
-            .bind(rows.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.shard.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.format_version).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.backend.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.key_ref.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.key_version).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.wrapped_dek.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.nonce.as_slice()).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.ciphertext.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.key_commitment.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.created_by.as_str())
-                    .collect::<Vec<_>>(),
-            )
+        let q = bind_shard_rows(sqlx::query(&sql), rows)
             .bind(
                 writes
                     .iter()
@@ -626,6 +597,42 @@ fn audit_rows_sql(first: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!("SELECT * FROM unnest({params})")
+}
+
+/// Bind `rows` as one array per column of `SHARD_COLUMNS`, in its order.
+fn bind_shard_rows<'q>(
+    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    rows: &[&'q ShardVersionRow],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    q.bind(rows.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.shard.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.format_version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.backend.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.key_ref.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.key_version).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.wrapped_dek.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.nonce.as_slice()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.ciphertext.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.key_commitment.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.created_by.as_str())
+                .collect::<Vec<_>>(),
+        )
 }
 
 /// Bind `records` as the arrays of [`audit_rows_sql`].
@@ -1362,8 +1369,9 @@ impl Store for PgStore {
         // and hash of the whole table) and inserted only if it passes; a key another transaction inserted meanwhile
         // is skipped (ON CONFLICT waits for that commit), not an error that would undo the
         // whole group.
-        let checked = sqlx::query(&format!(
-            "WITH r AS (SELECT * FROM unnest($1::INT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], \
+        let checked = bind_shard_rows(
+            sqlx::query(&format!(
+                "WITH r AS (SELECT * FROM unnest($1::INT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], \
                      $5::SMALLINT[], $6::TEXT[], $7::TEXT[], $8::BIGINT[], $9::BYTEA[], \
                      $10::BYTEA[], $11::BYTEA[], $12::BYTEA[], $13::BIGINT[], $14::TEXT[]) \
                    AS r(idx, account, shard, version, format_version, backend, key_ref, \
@@ -1393,40 +1401,13 @@ impl Store for PgStore {
                     EXISTS (SELECT 1 FROM ins WHERE ins.account = r.account \
                             AND ins.shard = r.shard) AS inserted \
              FROM c JOIN r ON r.idx = c.idx ORDER BY c.idx"
-        ))
-        .bind(
-            (0..rows.len())
-                .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.shard.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.format_version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.backend.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.key_ref.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.key_version).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.wrapped_dek.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.nonce.as_slice()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.ciphertext.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.key_commitment.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.created_by.as_str())
-                .collect::<Vec<_>>(),
+            ))
+            .bind(
+                (0..rows.len())
+                    .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+                    .collect::<Vec<_>>(),
+            ),
+            &rows,
         )
         .fetch_all(&mut *tx)
         .await
