@@ -99,7 +99,6 @@ impl PgStore {
         password: Option<&str>,
         max_connections: u32,
     ) -> Result<Self, StoreError> {
-        const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
         let mut options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Internal(format!("invalid postgres store url: {e}")))?
             .application_name("shardgate");
@@ -115,27 +114,7 @@ impl PgStore {
         let group_options = options
             .clone()
             .options([("plan_cache_mode", "force_generic_plan")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            // A connection must never go back to the pool inside a transaction. A dropped
-            // `Transaction` has already queued its ROLLBACK (and decremented the depth), so
-            // this only closes connections left in a state sqlx could not undo.
-            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            // sqlx pings a connection when it goes back to the pool (a dead one is closed
-            // there) AND, by default, again before every acquire: a third round trip per
-            // query, which the bench's GET profile showed as ~29% of the gateway's CPU.
-            // Only a connection that sat idle (and may have died unseen, e.g. across a
-            // server restart) is pinged before use.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= IDLE_PING_AFTER {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
+        let pool = pool_options(max_connections.max(1))
             .connect_with(options)
             .await
             .map_err(map_err)?;
@@ -144,20 +123,7 @@ impl PgStore {
         let held_cap = usize::try_from(max_connections.max(1) / 2).unwrap_or(0);
         let held = Arc::new(HeldConns::new(pool.clone(), held_cap));
         // Opened on first use (a gateway that groups writes runs two group workers).
-        let group_pool = PgPoolOptions::new()
-            .max_connections(GROUP_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= IDLE_PING_AFTER {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_lazy_with(group_options);
+        let group_pool = pool_options(GROUP_CONNECTIONS).connect_lazy_with(group_options);
         Ok(Self {
             pool,
             held,
@@ -398,6 +364,32 @@ fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
+/// The settings of both of a store's pools (the main one and the grouped writes' one).
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        // A connection must never go back to the pool inside a transaction. A dropped
+        // `Transaction` has already queued its ROLLBACK (and decremented the depth), so
+        // this only closes connections left in a state sqlx could not undo.
+        .after_release(|conn, _meta| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+        // sqlx pings a connection when it goes back to the pool (a dead one is closed
+        // there) AND, by default, again before every acquire: a third round trip per
+        // query, which the bench's GET profile showed as ~29% of the gateway's CPU.
+        // Only a connection that sat idle (and may have died unseen, e.g. across a
+        // server restart) is pinged before use.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_PING_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 fn migrate_err(e: MigrateError) -> StoreError {
     match e {
         MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => map_err(e),
@@ -444,30 +436,38 @@ fn key_from_row(r: &PgRow) -> Result<KeyVersionRecord, sqlx::Error> {
     })
 }
 
-/// Lock the batch's items still pending and held by worker `$5` (see
-/// `commit_migration_batch`).
-const HELD_ITEMS_SQL: &str = "SELECT COUNT(*) FROM ( \
-         SELECT * FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[]) \
-             AS u(account, shard, version) \
-         ORDER BY u.account COLLATE \"C\", u.shard COLLATE \"C\", u.version \
-     ) u CROSS JOIN LATERAL ( \
-         SELECT 1 FROM migration_items i \
-         WHERE i.job_id = $1 AND i.account = u.account AND i.shard = u.shard \
-           AND i.version = u.version AND i.state = 'pending' AND i.claimed_by = $5 \
-         FOR UPDATE \
-     ) held";
-
-/// Settles a batch's items: each found by one primary-key probe, then updated by its
-/// physical address (stable: the row is locked, by `HELD_ITEMS_SQL` and here). As a plain
-/// `UPDATE ... FROM unnest(...)`, with the job's items underestimated by the statistics, the
-/// planner hash-joined the batch to every item of the job: each commit scanned the whole job
-/// (14 ms per commit at 20,000 items, 40 us of database time per item, growing with the
-/// job); this way 1.3 ms. `LATERAL ... FOR UPDATE` keeps the probe from being flattened
-/// back into that join.
-const SETTLE_ITEMS_SQL: &str = "WITH t AS ( \
+/// Settles a batch's items still pending and held by worker `$7` (see
+/// `commit_migration_batch`); the caller compares the count of rows it updated with the
+/// batch's size. Each item is found by one primary-key probe and locked (in key order, so two
+/// workers whose leases overlapped cannot deadlock), then updated by its physical address
+/// (stable: the row is locked). As a plain `UPDATE ... FROM unnest(...)`, with the job's
+/// items underestimated by the statistics, the planner hash-joined the batch to every item
+/// of the job: each commit scanned the whole job (14 ms per commit at 20,000 items, 40 us of
+/// database time per item, growing with the job); this way 1.3 ms. `LATERAL ... FOR UPDATE`
+/// keeps the probe from being flattened back into that join. One pass: the check that the
+/// items are still this worker's and their settlement lock and write each row once.
+const SETTLE_HELD_ITEMS_SQL: &str = "WITH t AS ( \
          SELECT l.tid, u.state, u.error \
-         FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[]) \
-              AS u(account, shard, version, state, error) \
+         FROM ( \
+             SELECT * FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], \
+                                  $6::TEXT[]) AS u(account, shard, version, state, error) \
+             ORDER BY u.account COLLATE \"C\", u.shard COLLATE \"C\", u.version \
+         ) u \
+         CROSS JOIN LATERAL ( \
+             SELECT i.ctid AS tid FROM migration_items i \
+             WHERE i.job_id = $1 AND i.account = u.account AND i.shard = u.shard \
+               AND i.version = u.version AND i.state = 'pending' AND i.claimed_by = $7 \
+             FOR UPDATE \
+         ) l \
+     ) \
+     UPDATE migration_items i SET state = t.state, error = t.error, lease_until = NULL \
+     FROM t WHERE i.ctid = t.tid";
+
+/// Items of a settled batch whose compare-and-swap found the row changed: skipped, not
+/// done (their rows are locked by this transaction's `SETTLE_HELD_ITEMS_SQL`).
+const UNSETTLE_CHANGED_SQL: &str = "WITH t AS ( \
+         SELECT l.tid FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[]) \
+             AS u(account, shard, version) \
          CROSS JOIN LATERAL ( \
              SELECT i.ctid AS tid FROM migration_items i \
              WHERE i.job_id = $1 AND i.account = u.account AND i.shard = u.shard \
@@ -475,8 +475,7 @@ const SETTLE_ITEMS_SQL: &str = "WITH t AS ( \
              FOR UPDATE \
          ) l \
      ) \
-     UPDATE migration_items i SET state = t.state, error = t.error, lease_until = NULL \
-     FROM t WHERE i.ctid = t.tid";
+     UPDATE migration_items i SET state = 'skipped' FROM t WHERE i.ctid = t.tid";
 
 /// The claim of `claim_migration_items` (`$1` job, `$2` worker, `$3` now, `$4` lease end,
 /// `$5` limit; with `after`, `$6`-`$8` the key to start past).
@@ -484,11 +483,12 @@ const SETTLE_ITEMS_SQL: &str = "WITH t AS ( \
 /// SKIP LOCKED: items another worker is claiming or committing right now are passed
 /// over, and a row claimed (and committed) since our snapshot is re-checked against
 /// the lease condition after locking, so two workers never hold one item. Items whose
-/// version is gone are settled as skipped in the same statement. Every CTE sees the
-/// same snapshot, so `present` and the returned row agree. The update finds each
+/// version is gone are settled as skipped in the same statement. The version's row is
+/// read once, by the pick (one primary-key probe of `shard_versions` per item), so
+/// `present` and the returned row agree. The update finds each
 /// picked item by its physical address (stable: locked by the pick), not by a join
 /// on the key that the planner may make a scan of the whole job (see
-/// `SETTLE_ITEMS_SQL`).
+/// `SETTLE_HELD_ITEMS_SQL`).
 ///
 /// The items are walked in the primary key's order from `after` on (a start key of
 /// the index scan): settled items stay in that index, and a claim from the job's
@@ -502,7 +502,9 @@ fn claim_items_sql(after: bool) -> String {
     format!(
         "WITH picked AS ( \
              SELECT i.ctid AS tid, i.account, i.shard, i.version, \
-                    sv.version IS NOT NULL AS present \
+                    sv.version IS NOT NULL AS present, sv.format_version, sv.backend, \
+                    sv.key_ref, sv.key_version, sv.wrapped_dek, sv.nonce, sv.ciphertext, \
+                    sv.key_commitment, sv.created_at, sv.created_by \
              FROM migration_items i \
              LEFT JOIN shard_versions sv ON sv.account = i.account \
                  AND sv.shard = i.shard AND sv.version = i.version \
@@ -518,14 +520,14 @@ fn claim_items_sql(after: bool) -> String {
                  lease_until = CASE WHEN p.present THEN $4::BIGINT ELSE NULL END \
              FROM picked p \
              WHERE i.ctid = p.tid \
-             RETURNING i.account, i.shard, i.version, i.state \
+             RETURNING i.account, i.shard, i.version, i.state, p.format_version, \
+                 p.backend, p.key_ref, p.key_version, p.wrapped_dek, p.nonce, p.ciphertext, \
+                 p.key_commitment, p.created_at, p.created_by \
          ) \
-         SELECT c.state AS item_state, c.account, c.shard, c.version, sv.format_version, \
-                sv.backend, sv.key_ref, sv.key_version, sv.wrapped_dek, sv.nonce, \
-                sv.ciphertext, sv.key_commitment, sv.created_at, sv.created_by, a.tier \
+         SELECT c.state AS item_state, c.account, c.shard, c.version, c.format_version, \
+                c.backend, c.key_ref, c.key_version, c.wrapped_dek, c.nonce, \
+                c.ciphertext, c.key_commitment, c.created_at, c.created_by, a.tier \
          FROM claimed c \
-         LEFT JOIN shard_versions sv ON sv.account = c.account AND sv.shard = c.shard \
-             AND sv.version = c.version \
          LEFT JOIN accounts a ON a.account = c.account \
          ORDER BY c.account, c.shard, c.version"
     )
@@ -2146,23 +2148,34 @@ impl Store for PgStore {
         let accounts: Vec<&str> = items.iter().map(|i| i.account).collect();
         let shards: Vec<&str> = items.iter().map(|i| i.shard).collect();
         let versions: Vec<i64> = items.iter().map(|i| i.version).collect();
+        // Settled as if every move lands: a compare-and-swap that finds its row changed is
+        // the rare case, corrected below.
+        let planned: Vec<Settlement<'_>> = items
+            .iter()
+            .map(|i| match &i.outcome {
+                ItemOutcome::Moved { .. } => Settlement::done(),
+                ItemOutcome::Skipped => Settlement::skipped(),
+                ItemOutcome::Failed { error } => Settlement::failed(error),
+            })
+            .collect();
+        let item_states: Vec<&str> = planned.iter().map(|s| s.item_state).collect();
+        let errors: Vec<Option<&str>> = planned.iter().map(|s| s.error).collect();
         let mut tx = self.begin().await?;
         // Lock order: the items (in key order, so two workers whose leases overlapped cannot
         // deadlock), then the shard versions, then the job (claims lock items, then the job).
-        // LATERAL makes each item one primary-key lookup whatever the statistics say. As a
-        // plain join, with a job's item count underestimated (statistics from before its
-        // snapshot, or an average over many small jobs), the planner walked all of the job's
-        // pending items and filtered them against the batch: 18 ms per commit at 100,000
-        // items, most of the database time of a job (0.8 ms this way).
-        let held: i64 = sqlx::query_scalar(HELD_ITEMS_SQL)
+        // The items are checked (still pending, still this worker's) and settled in one pass.
+        let held = sqlx::query(SETTLE_HELD_ITEMS_SQL)
             .bind(job_id)
             .bind(&accounts)
             .bind(&shards)
             .bind(&versions)
+            .bind(&item_states)
+            .bind(&errors)
             .bind(worker)
-            .fetch_one(&mut *tx)
+            .execute(&mut *tx)
             .await
-            .map_err(map_err)?;
+            .map_err(map_err)?
+            .rows_affected();
         if usize::try_from(held).ok() != Some(items.len()) {
             // Rolled back now, not on drop: a dropped transaction's rollback reaches the
             // server only when its pooled connection is next used, and until then the item
@@ -2173,15 +2186,14 @@ impl Store for PgStore {
         }
         // Compare-and-swap on the wraps the worker read: a user write or a delete since then
         // wins. Nonce and ciphertext are never touched.
-        let moved: Vec<(usize, &ItemCommit<'_>)> = items
+        let moved: Vec<&ItemCommit<'_>> = items
             .iter()
-            .enumerate()
-            .filter(|(_, i)| matches!(i.outcome, ItemOutcome::Moved { .. }))
+            .filter(|i| matches!(i.outcome, ItemOutcome::Moved { .. }))
             .collect();
         let mut replaced = std::collections::HashSet::new();
         if !moved.is_empty() {
             let mut cols = MovedColumns::default();
-            for (_, i) in &moved {
+            for i in &moved {
                 if let ItemOutcome::Moved {
                     backend,
                     key_ref,
@@ -2200,7 +2212,7 @@ impl Store for PgStore {
                 }
             }
             // Each row found by one primary-key probe (LATERAL, locked: see
-            // `SETTLE_ITEMS_SQL`), then updated by its physical address.
+            // `SETTLE_HELD_ITEMS_SQL`), then updated by its physical address.
             let rows = sqlx::query(
                 "WITH t AS ( \
                      SELECT l.tid, u.backend, u.key_ref, u.key_version, u.new_dek \
@@ -2244,36 +2256,36 @@ impl Store for PgStore {
         }
         let mut results = Vec::with_capacity(items.len());
         let mut settlements = Vec::with_capacity(items.len());
-        for i in items {
+        let mut changed = MovedColumns::default();
+        for (i, planned) in items.iter().zip(planned) {
             let (result, settlement) = match i.outcome {
-                ItemOutcome::Moved { .. } => {
-                    let key = (i.account.to_string(), i.shard.to_string(), i.version);
-                    if replaced.contains(&key) {
-                        (CommitResult::Committed, Settlement::done())
-                    } else {
-                        (CommitResult::RowChanged, Settlement::skipped())
-                    }
+                ItemOutcome::Moved { .. }
+                    if !replaced.contains(&(
+                        i.account.to_string(),
+                        i.shard.to_string(),
+                        i.version,
+                    )) =>
+                {
+                    changed.account.push(i.account);
+                    changed.shard.push(i.shard);
+                    changed.version.push(i.version);
+                    (CommitResult::RowChanged, Settlement::skipped())
                 }
-                ItemOutcome::Skipped => (CommitResult::Committed, Settlement::skipped()),
-                ItemOutcome::Failed { error } => {
-                    (CommitResult::Committed, Settlement::failed(error))
-                }
+                _ => (CommitResult::Committed, planned),
             };
             results.push(result);
             settlements.push(settlement);
         }
-        let item_states: Vec<&str> = settlements.iter().map(|s| s.item_state).collect();
-        let errors: Vec<Option<&str>> = settlements.iter().map(|s| s.error).collect();
-        sqlx::query(SETTLE_ITEMS_SQL)
-            .bind(job_id)
-            .bind(&accounts)
-            .bind(&shards)
-            .bind(&versions)
-            .bind(&item_states)
-            .bind(&errors)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        if !changed.account.is_empty() {
+            sqlx::query(UNSETTLE_CHANGED_SQL)
+                .bind(job_id)
+                .bind(&changed.account)
+                .bind(&changed.shard)
+                .bind(&changed.version)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
         let total = Settlement::sum(&settlements);
         // Everything above holds row locks but not the caller's audit chain; from here to the
         // commit it holds both (see `LateSeal`). The job row is locked only now, under the

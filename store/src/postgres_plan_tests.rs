@@ -1,5 +1,5 @@
 //! The migration statements' plans, pinned by how many items they read. A batch commit's
-//! item check must read about as many items as the batch holds, whatever the planner's
+//! item check and settlement must read about as many items as the batch holds, whatever the planner's
 //! statistics say: planned for a job far smaller than it is (statistics taken before its
 //! snapshot, or an average over many small jobs), it once walked every pending item of the
 //! job per batch, which made a 100,000-item job spend most of its database time there. A
@@ -9,7 +9,7 @@
 
 use sqlx::{Connection, PgConnection, Row};
 
-use super::{claim_items_sql, PgStore, HELD_ITEMS_SQL};
+use super::{claim_items_sql, PgStore, SETTLE_HELD_ITEMS_SQL};
 use crate::Store;
 
 const ITEMS: usize = 5000;
@@ -113,23 +113,38 @@ fn text_array(items: impl Iterator<Item = String>) -> String {
 }
 
 #[tokio::test]
-async fn batch_item_check_reads_only_the_batch_whatever_the_statistics() {
+async fn batch_settlement_reads_only_the_batch_whatever_the_statistics() {
     let Some((mut conn, base, name)) = stale_statistics_job().await else {
         return;
     };
     let accounts = text_array((0..BATCH).map(|_| "acct".to_string()));
     let shards = text_array((1..=BATCH).map(|i| format!("s{i:06}")));
     let versions = text_array((0..BATCH).map(|_| "1".to_string()));
+    let states = text_array((0..BATCH).map(|_| "done".to_string()));
+    let errors = text_array((0..BATCH).map(|_| "NULL".to_string()));
     let plan = generic_plan(
         &mut conn,
-        &format!("PREPARE held(TEXT, TEXT[], TEXT[], BIGINT[], TEXT) AS {HELD_ITEMS_SQL}"),
-        &format!("EXECUTE held('big', {accounts}, {shards}, {versions}, 'w')"),
+        &format!(
+            "PREPARE settle(TEXT, TEXT[], TEXT[], BIGINT[], TEXT[], TEXT[], TEXT) AS \
+             {SETTLE_HELD_ITEMS_SQL}"
+        ),
+        &format!(
+            "EXECUTE settle('big', {accounts}, {shards}, {versions}, {states}, {errors}, 'w')"
+        ),
     )
     .await;
     let read = items_read(&plan);
     assert!(
         read <= 2 * BATCH as u64,
-        "the check of {BATCH} items read {read} of {ITEMS}:\n{}",
+        "the settlement of {BATCH} items read {read} of {ITEMS}:\n{}",
+        plan.join("\n")
+    );
+    // ... one probe per item, each finding its item as this worker's.
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("on migration_items")
+                && l.contains(&format!("rows=1 loops={BATCH})"))),
+        "the settlement did not find each of the {BATCH} items by one probe:\n{}",
         plan.join("\n")
     );
     drop_database(conn, &base, &name).await;

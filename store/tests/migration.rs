@@ -1534,6 +1534,11 @@ async fn batch_commits_every_outcome_in_one_transaction(h: &Harness) {
     let j = job(s, "job").await;
     assert_eq!((j.done, j.skipped, j.failed), (1, 2, 1));
     assert_eq!(j.last_error.as_deref(), Some("kms said no"));
+    // Each item's state says the same: the one whose compare-and-swap lost is skipped.
+    assert_eq!(
+        h.item_states("job").await,
+        ["done", "skipped", "failed", "skipped"]
+    );
     assert_eq!(event_count(s, CHAIN).await, before + 4);
     let failures = s.migration_failures("job", 10).await.unwrap();
     assert_eq!(failures.len(), 1);

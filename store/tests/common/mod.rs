@@ -144,6 +144,36 @@ impl Harness {
         }
     }
 
+    /// The states of a migration job's items, in (account, shard, version) order, read over a
+    /// separate connection.
+    pub async fn item_states(&self, job: &str) -> Vec<String> {
+        let sql = "SELECT state FROM migration_items WHERE job_id = $1 \
+                   ORDER BY account, shard, version";
+        if self.pg.is_some() {
+            let mut conn = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            let states = sqlx::query_scalar(sql)
+                .bind(job)
+                .fetch_all(&mut conn)
+                .await
+                .expect("item states");
+            conn.close().await.ok();
+            states
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            let states = sqlx::query_scalar(&sql.replace("$1", "?1"))
+                .bind(job)
+                .fetch_all(&mut conn)
+                .await
+                .expect("item states");
+            conn.close().await.ok();
+            states
+        }
+    }
+
     /// Make every insert into `audit_events` fail, with a `BEFORE INSERT` trigger that raises.
     pub async fn break_audit(&self) {
         if self.pg.is_some() {
