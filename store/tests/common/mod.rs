@@ -147,30 +147,27 @@ impl Harness {
     /// The states of a migration job's items, in (account, shard, version) order, read over a
     /// separate connection.
     pub async fn item_states(&self, job: &str) -> Vec<String> {
-        let sql = "SELECT state FROM migration_items WHERE job_id = $1 \
-                   ORDER BY account, shard, version";
+        assert!(job.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        let sql = format!(
+            "SELECT state FROM migration_items WHERE job_id = '{job}' \
+             ORDER BY account, shard, version"
+        );
+        // The same read over either kind of connection.
+        macro_rules! read_over {
+            ($conn:ty) => {{
+                let mut conn = <$conn>::connect(&self.url).await.expect("connect");
+                let states = sqlx::query_scalar(&sql)
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("item states");
+                conn.close().await.ok();
+                states
+            }};
+        }
         if self.pg.is_some() {
-            let mut conn = sqlx::PgConnection::connect(&self.url)
-                .await
-                .expect("connect");
-            let states = sqlx::query_scalar(sql)
-                .bind(job)
-                .fetch_all(&mut conn)
-                .await
-                .expect("item states");
-            conn.close().await.ok();
-            states
+            read_over!(sqlx::PgConnection)
         } else {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                .await
-                .expect("connect");
-            let states = sqlx::query_scalar(&sql.replace("$1", "?1"))
-                .bind(job)
-                .fetch_all(&mut conn)
-                .await
-                .expect("item states");
-            conn.close().await.ok();
-            states
+            read_over!(sqlx::SqliteConnection)
         }
     }
 
