@@ -92,6 +92,46 @@ async fn pool_exhaustion_answers_unavailable_within_the_checkout_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_the_hsm_closed_are_replaced_without_a_recovery() {
+    let Some(tok) = token("dead_sessions") else {
+        return;
+    };
+    let mut cfg = tok.config("kek");
+    init_key(&cfg).unwrap();
+    cfg.pool_size = 4;
+    let b = Arc::new(Pkcs11Backend::open("hsm", &cfg).unwrap());
+    // Open every session of the pool: four operations at once.
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                roundtrip(&b, &ShardIdentity::new(format!("a-{t}"), "s", i))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let open = b.pool_status().open;
+    assert!(open >= 2, "{:?}", b.pool_status());
+    assert_eq!(b.inject_dead_sessions(), open);
+    // Every operation still succeeds: each dead session is found before it is used, dropped,
+    // and replaced by a new one; the login is intact, so nothing recovers.
+    for i in 0..20 {
+        roundtrip(&b, &ShardIdentity::new("after", "s", i))
+            .await
+            .unwrap();
+    }
+    let st = b.pool_status();
+    assert_eq!(st.dead_sessions, open as u64, "{st:?}");
+    assert_eq!(st.recoveries, 0, "{st:?}");
+    assert_eq!(st.session_overlaps, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logout_under_traffic_recovers_without_wrong_results() {
     let Some(tok) = token("recovery_logout") else {
         return;

@@ -239,6 +239,9 @@ pub struct PoolStatus {
     /// path; the rest (start-up, recovery, an unknown key version seen on a read) is counted
     /// against the hot path by the benchmarks.
     pub background_find_calls: u64,
+    /// Pooled sessions found closed behind the pool's back (checked before each operation)
+    /// and replaced, without a recovery.
+    pub dead_sessions: u64,
 }
 
 /// KEK handles of one context generation / login.
@@ -303,6 +306,9 @@ enum OpError {
     Fault { discard: bool, why: String },
     /// The session belongs to a replaced context: retry on another.
     Stale,
+    /// The session no longer answers `C_GetSessionInfo` (closed behind the pool's back):
+    /// discard it and retry on another, without a recovery.
+    Dead,
 }
 
 fn classify(e: &CkError) -> OpError {
@@ -348,6 +354,9 @@ impl Core {
         let Some(s) = obj.session.as_ref() else {
             return (keks.epoch, Err(OpError::Stale));
         };
+        if !obj.answers(s) {
+            return (keks.epoch, Err(OpError::Dead));
+        }
         let _busy = BusyGuard::enter(&self.stats, obj);
         (keks.epoch, f(s, &keks))
     }
@@ -536,6 +545,7 @@ impl Pkcs11Backend {
             session_overlaps: stats.overlaps.load(Ordering::Relaxed),
             find_calls: stats.finds.load(Ordering::Relaxed),
             background_find_calls: stats.background_finds.load(Ordering::Relaxed),
+            dead_sessions: stats.dead.load(Ordering::Relaxed),
         }
     }
 
@@ -742,6 +752,18 @@ impl Pkcs11Backend {
         .map_err(|_| BackendError::Internal("HSM task failed".into()))?
     }
 
+    /// TEST ONLY (cargo feature `fault-injection`): every idle pooled session answers from
+    /// now on as one the HSM closed behind the pool's back. Returns how many were marked.
+    pub fn inject_dead_sessions(&self) -> usize {
+        let mut marked = 0;
+        self.inner.pool.retain(|s, _| {
+            s.injected_dead.store(true, Ordering::Relaxed);
+            marked += 1;
+            true
+        });
+        marked
+    }
+
     /// TEST ONLY (cargo feature `fault-injection`): check out one pool session and hold it
     /// until the returned guard is dropped.
     pub async fn hold_checkout(&self) -> Result<CheckoutHold, BackendError> {
@@ -749,7 +771,9 @@ impl Pkcs11Backend {
             Ok(o) => Ok(CheckoutHold { _obj: Box::new(o) }),
             Err(OpError::Final(e)) => Err(e),
             Err(OpError::Fault { why, .. }) => Err(BackendError::Unavailable(why)),
-            Err(OpError::Stale) => Err(BackendError::Unavailable("stale session".into())),
+            Err(OpError::Stale | OpError::Dead) => {
+                Err(BackendError::Unavailable("stale session".into()))
+            }
         }
     }
 }
@@ -871,13 +895,15 @@ impl Inner {
         // Faults: one retry. A session of a replaced context is not a fault of this
         // operation (nothing ran): it waits for the recovery under way and tries again, a
         // bounded number of times.
-        let (mut faults, mut stale) = (0u32, 0u32);
-        while faults < 2 && stale < 3 {
+        let (mut faults, mut stale, mut dead) = (0u32, 0u32, 0usize);
+        // Each pooled session may turn out dead once.
+        let max_dead = self.pool.status().max_size;
+        while faults < 2 && stale < 3 && dead <= max_dead {
             let epoch = self.core.keks().epoch;
             let obj = match self.checkout().await {
                 Ok(o) => o,
                 Err(OpError::Final(e)) => return Err(e),
-                Err(OpError::Stale) => {
+                Err(OpError::Stale | OpError::Dead) => {
                     stale += 1;
                     continue;
                 }
@@ -906,6 +932,15 @@ impl Inner {
                     last = "session of a replaced context".into();
                     stale += 1;
                     self.recover(epoch).await?;
+                }
+                Err(OpError::Dead) => {
+                    // Nothing ran: discarded, the pool opens a new session in its place (as
+                    // a recycle check did). Sessions the HSM dropped with its login fail
+                    // next as not logged in, a fault that recovers.
+                    drop(Object::take(obj));
+                    self.core.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    last = "session closed behind the pool's back".into();
+                    dead += 1;
                 }
                 Err(OpError::Fault { discard, why }) => {
                     if discard {
@@ -1061,6 +1096,7 @@ impl KeyBackend for Pkcs11Backend {
             Stat::new("pool_peak_busy", n(p.peak_busy)),
             Stat::new("pool_recoveries_total", p.recoveries),
             Stat::new("pool_session_overlaps_total", p.session_overlaps),
+            Stat::new("pool_dead_sessions_total", p.dead_sessions),
             Stat::new("find_objects_calls_total", p.find_calls),
             Stat::new(
                 "find_objects_background_calls_total",

@@ -4,7 +4,8 @@
 //! made on the backend's anchor session. Sessions are opened "no close on drop": a session
 //! of the current context generation is closed explicitly when discarded, one of an older
 //! generation is simply forgotten (its handle number may belong to a new session now).
-//! Recycling checks the generation and `C_GetSessionInfo`.
+//! Recycling checks the generation; `Core::call` checks `C_GetSessionInfo` before each
+//! operation, on the operation's blocking thread.
 
 use super::context::{ck_name, Global};
 use super::Core;
@@ -22,7 +23,21 @@ pub(crate) struct PooledSession {
     /// Set while a thread runs a PKCS#11 call on it (instrumentation: must never be seen
     /// set by a second thread).
     pub(crate) busy: AtomicBool,
+    /// TEST ONLY: answer as a session the HSM closed (see `inject_dead_sessions`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) injected_dead: AtomicBool,
     global: Arc<Global>,
+}
+
+impl PooledSession {
+    /// Whether the HSM still knows this session (`C_GetSessionInfo`; blocking).
+    pub(crate) fn answers(&self, s: &Session) -> bool {
+        #[cfg(feature = "fault-injection")]
+        if self.injected_dead.load(Ordering::Relaxed) {
+            return false;
+        }
+        s.get_session_info().is_ok()
+    }
 }
 
 impl Drop for PooledSession {
@@ -61,6 +76,8 @@ pub(crate) struct Stats {
     pub(crate) finds: AtomicU64,
     /// The part of `finds` made by the periodic background refresh (never on a request).
     pub(crate) background_finds: AtomicU64,
+    /// Pooled sessions found closed behind the pool's back, and discarded.
+    pub(crate) dead: AtomicU64,
 }
 
 /// Marks a session busy for the duration of one PKCS#11 call sequence.
@@ -111,6 +128,8 @@ impl Core {
             session: Some(session),
             gen: *gen,
             busy: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
+            injected_dead: AtomicBool::new(false),
             global: self.global.clone(),
         })
     }
@@ -128,25 +147,19 @@ impl Manager for SessionManager {
     }
 
     async fn recycle(&self, obj: &mut PooledSession, _: &Metrics) -> RecycleResult<BackendError> {
-        let Some(session) = obj.session.take() else {
-            return Err(RecycleError::message("session already lost"));
+        // Only the generation, without blocking: a writer holds the gate only while it
+        // replaces the context, whose sessions are then all stale. Whether the session still
+        // answers is checked on the blocking thread that runs the operation (`Core::call`),
+        // not here: a check here took a second hop to a blocking thread per HSM call.
+        let current = match obj.global.gate.try_read() {
+            Ok(g) => Some(*g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(*p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         };
-        let gen = obj.gen;
-        let global = obj.global.clone();
-        let (session, ok) = tokio::task::spawn_blocking(move || {
-            let ok = {
-                let current = global.gate.read().unwrap_or_else(|e| e.into_inner());
-                *current == gen && session.get_session_info().is_ok()
-            };
-            (session, ok)
-        })
-        .await
-        .map_err(|_| RecycleError::message("session check task failed"))?;
-        obj.session = Some(session);
-        if ok {
+        if obj.session.is_some() && current == Some(obj.gen) {
             Ok(())
         } else {
-            Err(RecycleError::message("session failed C_GetSessionInfo"))
+            Err(RecycleError::message("session of a replaced context"))
         }
     }
 }
