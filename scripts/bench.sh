@@ -654,9 +654,9 @@ blog "migration: raw loop, $MIG_SHARDS x (unwrap local, wrap pkcs11, unwrap pkcs
     --pool-size 8 --n "$MIG_SHARDS" >"$MIG/raw.json" || sg_die "shardgate-bench migrate-raw failed"
 blog "  raw: $(cat "$MIG/raw.json")"
 # The same calls as the job's at this rate: its batches go to the backends in chunks of
-# batch_size / concurrency items (512 / 8 by default: gateway/src/config.rs, chunk_len in
+# batch_size / concurrency items (512 / 2 by default: gateway/src/config.rs, chunk_len in
 # gateway/src/jobs/migrate.rs).
-RAW_CHUNK=64
+RAW_CHUNK=256
 echo "$RAW_MIG_CMD --batch $RAW_CHUNK" >"$MIG/raw-batched.cmd"
 blog "migration: raw loop, $MIG_SHARDS items in calls of $RAW_CHUNK (rewrap_many_from, verify_many), no HTTP or database"
 "$BENCH_BIN" migrate-raw --keyring "$WORK/data/local.keyring" --module "$SG_SOFTHSM_MODULE" \

@@ -617,10 +617,14 @@ impl Default for MigrationConfig {
             rate_per_sec: 500,
             // An unpaced 50,000-shard local -> pkcs11 job (`/tmp` harness, PostgreSQL): 128 /
             // 4 / 2 left 33% of the 2 cores idle, 8,800-9,000 items/s; 512 / 8 / 3 keeps a
-            // third batch re-wrapping while two commit, 12,500-13,000/s. A paced job (the
-            // default rate) still claims 16 items and calls the backends one item at a time.
+            // third batch re-wrapping while two commit, 12,500-13,000/s. Concurrency 2 rather
+            // than 8 (100,000 shards, alternated, 3 and 2 runs): 10,628/s on average vs
+            // 10,136/s, gateway CPU per item 85 vs 94 us: more calls in flight on 2 cores only
+            // wait on SoftHSM2's lock of the one KEK object (BENCHMARKS.md, history). A paced
+            // job (the default rate) still claims 16 items and calls the backends one item at
+            // a time.
             batch_size: 512,
-            concurrency: 8,
+            concurrency: 2,
             pipeline: 3,
             lease_ms: 30_000,
             poll_interval_ms: 2_000,
