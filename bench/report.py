@@ -74,6 +74,54 @@ def parse_metrics(text):
     return out
 
 
+def hist_delta(before, after, name, want=None):
+    """Bucket counts {le: count} of histogram `name` (series whose labels include every pair
+    of `want`) gained between two scrapes' texts, or None without both scrapes."""
+    if not before or not after:
+        return None
+
+    def buckets(text):
+        out = {}
+        for line in text.splitlines():
+            m = LINE.match(line)
+            if not m or m.group(1) != name + "_bucket":
+                continue
+            labels = dict(LABEL.findall(m.group(2) or ""))
+            if any(labels.get(k) != v for k, v in (want or {}).items()):
+                continue
+            try:
+                le, v = float(labels["le"]), float(m.group(3))
+            except (KeyError, ValueError):
+                continue
+            out[le] = out.get(le, 0.0) + v
+        return out
+
+    b, a = buckets(before), buckets(after)
+    return {le: a[le] - b.get(le, 0.0) for le in a}
+
+
+def hist_share_within(h, le):
+    """Share of a bucket delta's observations at most `le` seconds."""
+    if not h:
+        return None
+    total = h.get(float("inf"), 0.0)
+    return h.get(le, 0.0) / total if total > 0 else None
+
+
+def hist_bound(h, q):
+    """The smallest bucket bound (ms) holding at least the share `q`: an upper bound of the
+    q-quantile."""
+    if not h:
+        return None
+    total = h.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    for le in sorted(h):
+        if h[le] >= q * total:
+            return le * 1e3
+    return None
+
+
 def load_runs(res):
     runs = []
     rdir = os.path.join(res, "runs")
@@ -170,6 +218,12 @@ def med(vals):
     return statistics.median(vals) if vals else None
 
 
+def rounds_text(vals):
+    """ " (rounds a, b, c)": per-round ratios beside their median."""
+    vals = [v for v in vals if v is not None]
+    return " (rounds %s)" % ", ".join("%.2f" % v for v in vals) if vals else ""
+
+
 def ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -225,6 +279,19 @@ def migration_report(res, runs, machine):
         cpu_per_item = ticks / tck * 1e6 / job["total"] if job.get("total") else None
     except (TypeError, ValueError):
         pass
+    pg_per_item = None
+    try:
+        tck = float(read(os.path.join(mdir, "clk_tck"), "100"))
+        ticks = float(read(os.path.join(mdir, "pg_cpu.after"))) - float(read(os.path.join(mdir, "pg_cpu.before")))
+        pg_per_item = ticks / tck * 1e6 / job["total"] if job.get("total") else None
+    except (TypeError, ValueError):
+        pass
+    # What 2 cores allow at the job's CPU per item (gateway + PostgreSQL), against the raw
+    # loop's rate: the ratio the job could reach with every core busy all the time.
+    ncpu = int(machine.get("nproc") or 0) or None
+    job_cpu = cpu_per_item + pg_per_item if cpu_per_item is not None and pg_per_item is not None else None
+    ceiling_ps = ncpu * 1e6 / job_cpu if ncpu and job_cpu else None
+    r_ceiling = ratio(ceiling_ps, rawb_ps)
     shards = int(machine.get("migration_shards") or job.get("total") or 0)
     default_rate = machine.get("migration_default_rate", "500")
 
@@ -270,6 +337,9 @@ def migration_report(res, runs, machine):
                        "rate_per_sec": machine.get("migration_rate"), "job": job, "raw": raw,
                        "raw_batched": rawb, "ratio": r_tput, "ratio_vs_single_calls": r_single,
                        "job_ok": job_ok, "gateway_cpu_us_per_item": cpu_per_item,
+                       "postgres_cpu_us_per_item": pg_per_item,
+                       "raw_batched_cpu_us_per_item": rawb.get("cpu_us_per_item"),
+                       "cpu_bound_per_sec": ceiling_ps, "cpu_bound_ratio": r_ceiling,
                        "account_after": acct,
                        "cmd_job": (read(os.path.join(mdir, "job.cmd"), "") or "").strip(),
                        "cmd_raw": (read(os.path.join(mdir, "raw.cmd"), "") or "").strip(),
@@ -295,7 +365,7 @@ def migration_report(res, runs, machine):
         ", with uncommitted changes" if machine.get("git_dirty") == "yes" else ""))
     w("Each job moves one account's shards of %s B from the `local` backend to `hsm` (pkcs11, SoftHSM2, "
       "pool 8): `PUT /v1/accounts/{id}` to tier `bench-hsm` starts it; PostgreSQL store; a worker claims "
-      "a batch (`[migration] batch_size`, default 512), re-wraps it in up to `concurrency` (default 8) "
+      "a batch (`[migration] batch_size`, default 512), re-wraps it in up to `concurrency` (default 2) "
       "chunks at once, each one call per step (unwrap on local, wrap on pkcs11 on one HSM checkout, "
       "verify = unwrap on pkcs11 on one checkout; at the default rate a chunk is one item) and commits the batch in one "
       "transaction with one audit event per item, taking the audit chain only for the audit insert and "
@@ -327,6 +397,8 @@ def migration_report(res, runs, machine):
         extra.append("the `PUT` that snapshots the job's items took %s s of it" % fmt(job["put_seconds"], 2))
     if cpu_per_item is not None:
         extra.append("gateway CPU %s µs per item" % fmt(cpu_per_item, 0))
+    if pg_per_item is not None:
+        extra.append("PostgreSQL CPU %s µs per item" % fmt(pg_per_item, 0))
     if acct.get("versions_on_other_backends") is not None:
         extra.append("afterwards the account reports %s shard versions off its policy backend"
                      % acct["versions_on_other_backends"])
@@ -338,6 +410,17 @@ def migration_report(res, runs, machine):
         w("")
     elif extra:
         w("In the job's time: " + "; ".join(extra) + ".")
+        w("")
+    if r_ceiling is not None and not stalled:
+        w("**What bounds it here.** The raw loop runs on one thread and spends %s µs of CPU per item (SoftHSM2 "
+          "inside it). The job spends %s µs per item in the gateway and %s µs in PostgreSQL (every PostgreSQL "
+          "process, from /proc): the claim, the compare-and-swap of each row, the settlement of each item and "
+          "one audit event per item, each a row written durably. At %s µs of CPU per item, %s cores allow at "
+          "most %s re-wraps/s with every core busy all the time: **%s** of the raw loop's rate%s."
+          % (fmt(rawb.get("cpu_us_per_item"), 0), fmt(cpu_per_item, 0), fmt(pg_per_item, 0), fmt(job_cpu, 0),
+             ncpu, fmt(ceiling_ps, 0), fmt(r_ceiling, 2, "x"),
+             ", below the goal whatever the scheduling" if r_ceiling < 0.7 else
+             "; the job reaches %s of that bound" % fmt(ratio(job_ps, ceiling_ps), 2, "x")))
         w("")
     w("```sh")
     for k in ("cmd_raw_batched", "cmd_raw", "cmd_job"):
@@ -481,8 +564,18 @@ def main():
             "gateway_cpu_us_per_req": agg("closed", b, "gateway_cpu_us_per_req"),
             "cmd": rs[0]["cmd"] if rs else None,
         }
-    r_hsm_local = ratio(get["hsm"]["rps"], get["local"]["rps"])
-    r_kms_local = ratio(get["kms"]["rps"], get["local"]["rps"])
+    # Throughput ratios: per round (its runs are back to back), then the median over rounds,
+    # so a drift of the machine between rounds does not pair one round's fast run with
+    # another's slow one.
+    def by_round(runs_a, runs_b, scale=1.0):
+        b = {r["round"]: r["rps"] for r in runs_b}
+        return [ratio(r["rps"] * scale, b.get(r["round"])) for r in sorted(runs_a, key=lambda r: r["round"])
+                if b.get(r["round"]) is not None and r.get("rps") is not None]
+
+    rounds_hsm_local = by_round(pick("closed", "hsm"), pick("closed", "local"))
+    rounds_kms_local = by_round(pick("closed", "kms"), pick("closed", "local"))
+    r_hsm_local = med(rounds_hsm_local)
+    r_kms_local = med(rounds_kms_local)
     r_kms_onoff = ratio(get["kms"]["rps"], get["kms-nocache"]["rps"])
 
     # 2. Backend calls per 1,000 GETs (closed-loop runs, /metrics before and after).
@@ -504,7 +597,8 @@ def main():
     batch_n = int(machine.get("batch", 10))
     batch_rps = agg("batch", "hsm", "rps")
     batch_shards = batch_rps * batch_n if batch_rps is not None else None
-    r_batch = ratio(batch_shards, get["hsm"]["rps"])
+    rounds_batch = by_round(batch_runs, pick("closed", "hsm"), batch_n)
+    r_batch = med(rounds_batch)
 
     # 4. Raw pkcs11: pooled vs per-op login.
     pvl = read(os.path.join(res, "raw", "pool_vs_login.out"), "") or ""
@@ -578,7 +672,13 @@ def main():
            "cpu_us_per_req": med([total_cpu(r) for r in put_runs]),
            "group": med([r.get("write_group_size") for r in put_runs]),
            "cmd": put_runs[0]["cmd"] if put_runs else None}
-    r_put = ratio(put["rps"], pk_insert["per_sec"])
+    pk_by_round = {}
+    for f in sorted(os.listdir(rawdir)):
+        m = re.match(r"pk-insert-r(\d+)\.json$", f)
+        if m:
+            pk_by_round[int(m.group(1))] = (jread(os.path.join(rawdir, f)) or {}).get("per_sec")
+    rounds_put = by_round(put_runs, [{"round": k, "rps": v} for k, v in pk_by_round.items() if v])
+    r_put = med(rounds_put)
 
     # What bounds the pkcs11 goals on this machine: the gateway, PostgreSQL and the load
     # generator share its cores, so a request's CPU bounds its rate. SoftHSM2's own decrypt
@@ -612,12 +712,26 @@ def main():
         summ = out.get("summary") or {}
         if pct.get("p50") is None:
             continue
+        null = (jread(os.path.join(d, "null-oha.json")) or {}).get("latencyPercentiles") or {}
+        before, after = read(os.path.join(d, "metrics.before")), read(os.path.join(d, "metrics.after"))
+        served = hist_delta(before, after, "shardgate_http_request_duration_seconds",
+                            {"method": "GET", "route": "/v1/accounts/{account}/shards/{shard}"})
+        waited = hist_delta(before, after, "shardgate_audit_wait_seconds")
         opens.append({"round": meta.get("round"), "peak_rps": meta.get("peak_rps"), "rate": meta.get("rate"),
                       "rps": summ.get("requestsPerSec"), "success_rate": summ.get("successRate"),
                       "p50_ms": pct["p50"] * 1e3, "p99_ms": pct["p99"] * 1e3,
                       "p99_over_p50": pct["p99"] / pct["p50"] if pct["p50"] else None,
                       "status": out.get("statusCodeDistribution"),
-                      "cmd": (read(os.path.join(d, "cmd"), "") or "").strip()})
+                      "null_p50_ms": null["p50"] * 1e3 if null.get("p50") is not None else None,
+                      "null_p99_ms": null["p99"] * 1e3 if null.get("p99") is not None else None,
+                      "null_p99_over_p50": null["p99"] / null["p50"] if null.get("p50") else None,
+                      "server_within_ms": {str(ms): hist_share_within(served, ms / 1e3) for ms in (1, 2.5, 5)},
+                      "server_p50_bound_ms": hist_bound(served, 0.5),
+                      "server_p99_bound_ms": hist_bound(served, 0.99),
+                      "audit_wait_p50_bound_ms": hist_bound(waited, 0.5),
+                      "audit_wait_p99_bound_ms": hist_bound(waited, 0.99),
+                      "cmd": (read(os.path.join(d, "cmd"), "") or "").strip(),
+                      "null_cmd": (read(os.path.join(d, "null.cmd"), "") or "").strip()})
     r_open = med([x["p99_over_p50"] for x in opens])
 
     # 9. Memory.
@@ -762,7 +876,7 @@ def main():
     w("| data set | %s accounts x 1 shard of %s B per backend tier (local, hsm, kms, kms-nocache), loaded over HTTP |" % (
         machine.get("accounts", "?"), machine.get("shard_bytes", "?")))
     w("| load | closed loop `wrk -t%s -c%s -d%ss` keep-alive, random shard of the tier's set per request; %s round(s), "
-      "figures are medians; %ss warm-up per backend first |" % (
+      "figures are medians; a throughput ratio is the median of its per-round ratios (a round's runs are back to back); %ss warm-up per backend first |" % (
         machine.get("threads", "?"), machine.get("connections", "?"), machine.get("duration", "?"),
         machine.get("rounds", "?"), machine.get("warmup_secs", "?")))
     w("")
@@ -799,8 +913,8 @@ def main():
     w("")
     w("| ratio | measured | goal |")
     w("|---|---|---|")
-    w("| hsm / local | %s | >= 0.9x |" % fmt(r_hsm_local, 2, "x"))
-    w("| kms (cache on) / local | %s | >= 0.9x |" % fmt(r_kms_local, 2, "x"))
+    w("| hsm / local | %s%s | >= 0.9x |" % (fmt(r_hsm_local, 2, "x"), rounds_text(rounds_hsm_local)))
+    w("| kms (cache on) / local | %s%s | >= 0.9x |" % (fmt(r_kms_local, 2, "x"), rounds_text(rounds_kms_local)))
     w("| kms cache on / cache off | %s | (reported) |" % fmt(r_kms_onoff, 2, "x"))
     w("")
     if bounds["softhsm_decrypt_cpu_us"] and bounds["hsm_budget_for_0_9x_us"] and bounds["get_hsm_cpu_us"]:
@@ -860,8 +974,8 @@ def main():
                                                      fmt(figures["batch"]["p50_ms"], 2),
                                                      fmt(figures["batch"]["p99_ms"], 2), figures["batch"]["not_ok"]))
     w("")
-    w("Ratio (shards/s): **%s** (goal >= 4x). A batch counts as not ok when any item carries an error." %
-      fmt(r_batch, 2, "x"))
+    w("Ratio (shards/s): **%s**%s (goal >= 4x). A batch counts as not ok when any item carries an error." %
+      (fmt(r_batch, 2, "x"), rounds_text(rounds_batch)))
     w("")
     if bounds["batch_cpu_us_per_shard"] and bounds["softhsm_decrypt_cpu_us"] and bounds["audit_insert_cpu_us"]:
         w("**What bounds it here.** Per shard, a batch costs %s µs of CPU (gateway + PostgreSQL) and a "
@@ -972,7 +1086,7 @@ def main():
     w("| **GET / floors** | | **%s** (goal <= 1.3x) |" % fmt(r_cpu, 2, "x"))
     w("| PUT, local (durable, audited; gateway + PostgreSQL) | %s | %s |" % (fmt(put["rps"], 0), fmt(put["cpu_us_per_req"], 0)))
     w("| `pk_insert` | %s | %s |" % (fmt(pk_insert["per_sec"], 0), fmt(pk_insert["cpu_us_per_op"], 0)))
-    w("| **PUT / pk_insert**, ops/s | **%s** (goal >= 0.5x) | |" % fmt(r_put, 2, "x"))
+    w("| **PUT / pk_insert**, ops/s | **%s**%s (goal >= 0.5x) | |" % (fmt(r_put, 2, "x"), rounds_text(rounds_put)))
     w("")
     if put["cpu_us_per_req"] and pk_insert["cpu_us_per_op"] and pk_insert["per_sec"]:
         # With every core busy and nothing serialised, a PUT's CPU bounds its rate.
@@ -1020,9 +1134,56 @@ def main():
                                                    fmt(x["p99_over_p50"], 2)))
     w("| **median** | | | | | | | **%s** (goal <= 3) |" % fmt(r_open, 2))
     w("")
+    if any(x.get("null_p50_ms") is not None for x in opens):
+        w("**What the tail is made of.** The same oha run at the same rate on `null_route` (the floor of this "
+          "machine and load generator: nothing behind the routes), and the gateway's own histograms over the "
+          "gateway run (bucket bounds, so \"<= 2.5\" means between 1 and 2.5 ms): how long it held the GETs, "
+          "and how long they waited for their audit events to be durable (the batch write in flight when they "
+          "queued, then their own).")
+        w("")
+        w("| round | null_route p50 ms | p99 ms | p99 / p50 | gateway GETs held: p50 ms | p99 ms | "
+          "share within 1 / 2.5 / 5 ms | audit wait: p50 ms | p99 ms |")
+        w("|---|---|---|---|---|---|---|---|---|")
+
+        def bound(v):
+            return "n/a" if v is None else "<= %g" % v
+
+        def share(x):
+            sw = x.get("server_within_ms") or {}
+            vals = [sw.get(k) for k in ("1", "2.5", "5")]
+            return " / ".join("n/a" if v is None else "%.1f%%" % (100 * v) for v in vals)
+
+        for x in opens:
+            w("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                x["round"], fmt(x.get("null_p50_ms"), 2), fmt(x.get("null_p99_ms"), 2),
+                fmt(x.get("null_p99_over_p50"), 2), bound(x.get("server_p50_bound_ms")),
+                bound(x.get("server_p99_bound_ms")), share(x), bound(x.get("audit_wait_p50_bound_ms")),
+                bound(x.get("audit_wait_p99_bound_ms"))))
+        w("")
+        within = [((x.get("server_within_ms") or {}).get("2.5"), x.get("p99_ms")) for x in opens]
+        within = [(a, b) for a, b in within if a is not None and b is not None]
+        if within:
+            inside = all(a >= 0.99 for a, _ in within)
+            w("**What bounds it here.** The gateway held %s of the GETs (per round) for at most 2.5 ms, from "
+              "the request's arrival at its router to the response (its own histogram), while oha saw a p99 of "
+              "%s ms%s. Measured beside this bench (`bench/history.md`, stop 22; `vmstat`): at half the peak "
+              "the 2 cores are about two thirds busy, with about 8 context switches per GET (oha, the "
+              "gateway's connection task, the PostgreSQL backend of its read, the audit writer and its "
+              "backend, and back); p99 / p50 is the same at a quarter of the peak as at half (so not "
+              "queueing), with PostgreSQL's `fsync` off as on (not the disk), and with oha at a higher "
+              "priority than the gateway (not the load generator being starved). The same oha run against "
+              "`null_route` (one process, no database) keeps a p99 of %s ms." % (
+                  " / ".join("%.1f%%" % (100 * a) for a, _ in within),
+                  " / ".join("%.2f" % b for _, b in within),
+                  ": the gateway's own p99 is at most 2.5 ms in every round, and the rest of oha's p99 is "
+                  "time outside the handler, waiting to be scheduled" if inside else "",
+                  " / ".join(fmt(x.get("null_p99_ms"), 2) for x in opens)))
+            w("")
     if opens:
         w("```sh")
         w(opens[0]["cmd"])
+        if opens[0].get("null_cmd"):
+            w(opens[0]["null_cmd"])
         w("```")
         w("")
 

@@ -472,11 +472,24 @@ run_open_loop() { # run_open_loop ROUND
     url="$(printf '%s' "$BASE" | sed 's/\./[.]/g')/v1/accounts/$(prefix_of local)$(open_loop_regex)/shards/s0"
     echo "oha --no-tui --output-format json -z ${DURATION}s -q $rate -c $CONNS --latency-correction -H 'Authorization: Bearer \$TOKEN' --rand-regex-url '$url'" >"$dir/cmd"
     echo "{\"peak_rps\": $peak, \"rate\": $rate, \"round\": $r}" >"$dir/open.json"
+    # The gateway's own histograms around the run: how long it held the requests (server
+    # side) and how long they waited for their audit events.
+    scrape_metrics "$dir/metrics.before"
     "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNS" --latency-correction \
         -H "Authorization: Bearer $TOKEN" --rand-regex-url "$url" \
         >"$dir/oha.json" 2>"$dir/oha.stderr" || { cat "$dir/oha.stderr" >&2; sg_die "oha failed"; }
-    blog "open-local-r$r: $rate req/s offered (half of $peak): $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); p=d["latencyPercentiles"]; print("p50 %.2f ms, p99 %.2f ms, status %s" % (p["p50"]*1e3, p["p99"]*1e3, d.get("statusCodeDistribution")))' "$dir/oha.json")"
+    scrape_metrics "$dir/metrics.after"
+    blog "open-local-r$r: $rate req/s offered (half of $peak): $(oha_summary "$dir/oha.json")"
+    # The control: the same oha run on null_route (nothing behind the routes), the floor of
+    # this machine and load generator at that rate.
+    url="$(printf '%s' "$NULL_BASE" | sed 's/\./[.]/g')/v1/accounts/$(prefix_of local)$(open_loop_regex)/shards/s0"
+    echo "oha --no-tui --output-format json -z ${DURATION}s -q $rate -c $CONNS --latency-correction --rand-regex-url '$url'" >"$dir/null.cmd"
+    "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$rate" -c "$CONNS" --latency-correction \
+        --rand-regex-url "$url" >"$dir/null-oha.json" 2>"$dir/null-oha.stderr" ||
+        { cat "$dir/null-oha.stderr" >&2; sg_die "oha (null_route) failed"; }
+    blog "open-null-r$r: $rate req/s offered: $(oha_summary "$dir/null-oha.json")"
 }
+oha_summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); p=d["latencyPercentiles"]; print("p50 %.2f ms, p99 %.2f ms, status %s" % (p["p50"]*1e3, p["p99"]*1e3, d.get("statusCodeDistribution")))' "$1"; }
 # The account ids of the loaded local set, 000000 .. ACCOUNTS-1, as a regex oha expands.
 open_loop_regex() {
     python3 - "$ACCOUNTS" <<'PY'
@@ -668,8 +681,10 @@ blog "migration: job of $MIG_SHARDS shards, local -> pkcs11 (rate_per_sec $MIG_R
 echo "SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE shardgate serve --config ...; SG_TOKEN=\$TOKEN python3 bench/migrate.py --base $BASE run mig-tput-000000 bench-hsm" >"$MIG/job.cmd"
 scrape_metrics "$MIG/metrics.before"
 gw_cpu_ticks >"$MIG/cpu.before"
+pg_cpu_ticks >"$MIG/pg_cpu.before"
 mig run mig-tput-000000 bench-hsm >"$MIG/job.json" || sg_die "the throughput job failed"
 gw_cpu_ticks >"$MIG/cpu.after"
+pg_cpu_ticks >"$MIG/pg_cpu.after"
 echo "$CLK_TCK" >"$MIG/clk_tck"
 scrape_metrics "$MIG/metrics.after"
 blog "  job: $(cat "$MIG/job.json")"

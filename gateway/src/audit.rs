@@ -642,6 +642,7 @@ impl Auditor {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let queued = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
         self.queue
             .try_send(Pending {
@@ -652,7 +653,11 @@ impl Auditor {
                 tracing::warn!("audit queue full or closed; request refused");
                 unavailable()
             })?;
-        rx.await.map_err(|_| unavailable())?
+        let ids = rx.await.map_err(|_| unavailable())?;
+        // The share of a read's latency that is its audit: the write in flight when it
+        // queued, then the batch that carries its events.
+        metrics::histogram!("shardgate_audit_wait_seconds").record(queued.elapsed().as_secs_f64());
+        ids
     }
 
     /// Record one event durably.

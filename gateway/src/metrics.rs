@@ -109,6 +109,11 @@ fn describe() {
         Unit::Seconds,
         "Latency of one batched audit write by outcome"
     );
+    describe_histogram!(
+        "shardgate_audit_wait_seconds",
+        Unit::Seconds,
+        "Time a read waits for its queued audit events to be durable (the write in flight, then its own)"
+    );
     describe_counter!(
         "shardgate_audit_events_total",
         "Audit events written by the batching writer"

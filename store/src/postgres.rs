@@ -398,6 +398,10 @@ fn migrate_err(e: MigrateError) -> StoreError {
 }
 
 async fn insert_audit(conn: &mut PgConnection, a: &AuditRecord) -> Result<(), StoreError> {
+    insert_audit_row(conn, a).await.map_err(audit_err)
+}
+
+async fn insert_audit_row(conn: &mut PgConnection, a: &AuditRecord) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
@@ -420,7 +424,6 @@ async fn insert_audit(conn: &mut PgConnection, a: &AuditRecord) -> Result<(), St
     .execute(conn)
     .await
     .map(|_| ())
-    .map_err(audit_err)
 }
 
 fn key_from_row(r: &PgRow) -> Result<KeyVersionRecord, sqlx::Error> {
@@ -568,9 +571,19 @@ async fn insert_audits(
     conn: &mut PgConnection,
     records: &[&AuditRecord],
 ) -> Result<(), StoreError> {
+    insert_audit_rows(conn, records).await.map_err(audit_err)
+}
+
+/// [`insert_audits`], with the driver's error (for [`HeldConn::finish`]).
+///
+/// [`HeldConn::finish`]: crate::held_conns::HeldConn::finish
+async fn insert_audit_rows(
+    conn: &mut PgConnection,
+    records: &[&AuditRecord],
+) -> Result<(), sqlx::Error> {
     match records {
         [] => Ok(()),
-        [one] => insert_audit(conn, one).await,
+        [one] => insert_audit_row(conn, one).await,
         _ => {
             let sql = format!(
                 "INSERT INTO audit_events ({AUDIT_COLUMNS}) {}",
@@ -580,7 +593,6 @@ async fn insert_audits(
                 .execute(conn)
                 .await
                 .map(|_| ())
-                .map_err(audit_err)
         }
     }
 }
@@ -1742,10 +1754,16 @@ impl Store for PgStore {
         if records.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin().await?;
+        // One statement outside any transaction: a multi-row INSERT is atomic on its own and
+        // durable at its implicit commit, in one round trip where BEGIN, INSERT and COMMIT
+        // take three. Every read waits for this write (its event must be durable first), and
+        // with a single writer a GET waits for the write in flight and then its own: each
+        // round trip is a wake-up of the server on shared cores.
         let records: Vec<&AuditRecord> = records.iter().collect();
-        insert_audits(&mut tx, &records).await?;
-        tx.commit().await.map_err(audit_err)
+        let mut held = self.held.get().await.map_err(audit_err)?;
+        let result = insert_audit_rows(held.conn(), &records).await;
+        held.finish(&result);
+        result.map_err(audit_err)
     }
 
     async fn register_chain(
