@@ -272,20 +272,16 @@ def migration_report(res, runs, machine):
     r_single = ratio(job_ps, raw_ps)
     job_ok = job.get("state") == "completed" and job.get("failed") == 0
     stalled = bool(job.get("stalled"))
-    cpu_per_item = None
-    try:
-        tck = float(read(os.path.join(mdir, "clk_tck"), "100"))
-        ticks = float(read(os.path.join(mdir, "cpu.after"))) - float(read(os.path.join(mdir, "cpu.before")))
-        cpu_per_item = ticks / tck * 1e6 / job["total"] if job.get("total") else None
-    except (TypeError, ValueError):
-        pass
-    pg_per_item = None
-    try:
-        tck = float(read(os.path.join(mdir, "clk_tck"), "100"))
-        ticks = float(read(os.path.join(mdir, "pg_cpu.after"))) - float(read(os.path.join(mdir, "pg_cpu.before")))
-        pg_per_item = ticks / tck * 1e6 / job["total"] if job.get("total") else None
-    except (TypeError, ValueError):
-        pass
+    def per_item(stem):
+        """CPU µs per job item of the processes counted in `<stem>.before` / `.after` (ticks)."""
+        try:
+            tck = float(read(os.path.join(mdir, "clk_tck"), "100"))
+            ticks = float(read(os.path.join(mdir, stem + ".after"))) - float(read(os.path.join(mdir, stem + ".before")))
+            return ticks / tck * 1e6 / job["total"] if job.get("total") else None
+        except (TypeError, ValueError):
+            return None
+
+    cpu_per_item, pg_per_item = per_item("cpu"), per_item("pg_cpu")
     # What 2 cores allow at the job's CPU per item (gateway + PostgreSQL), against the raw
     # loop's rate: the ratio the job could reach with every core busy all the time.
     ncpu = int(machine.get("nproc") or 0) or None
