@@ -200,8 +200,11 @@ for v in $(compgen -e); do
 done
 # As the README recommends for a deployment: glibc's malloc otherwise keeps one arena per
 # thread that ever allocated (the runtime's and spawn_blocking's), which holds memory after a
-# load peak has passed.
-GW_ENV+=(MALLOC_ARENA_MAX=2)
+# load peak has passed (RSS idle after the runs: 30.4 MB without, 29.5 MB with; the cap costs
+# HSM-heavy throughput instead: bench/history.md, stop 22). SG_BENCH_MALLOC_ARENA_MAX=N sets
+# another cap; 0 runs with glibc's default.
+ARENAS=${SG_BENCH_MALLOC_ARENA_MAX:-2}
+[ "$ARENAS" = 0 ] || GW_ENV+=(MALLOC_ARENA_MAX="$ARENAS")
 
 # ---------------------------------------------------------------------------------------------
 # 2. PostgreSQL database, moto + KMS key, SoftHSM2 token
@@ -611,7 +614,8 @@ fi # ONLY=all
 #       every window (it must be running, and still have work left, for the whole window).
 #    b. throughput of a job of --migration-shards shards on mig-tput-000000 (gateway restarted
 #       with rate_per_sec = --migration-rate) vs the raw loop of the same calls without HTTP
-#       or database (shardgate-bench migrate-raw), on the same keyring file and token.
+#       or database (shardgate-bench migrate-raw), on the same keyring file and token; in
+#       --rounds rounds (the shards moved back to local between them), the median ratio.
 # ---------------------------------------------------------------------------------------------
 MIG=$RES/migration
 mkdir -p "$MIG"
@@ -680,15 +684,34 @@ blog "  raw (batched): $(cat "$MIG/raw-batched.json")"
 blog "migration: job of $MIG_SHARDS shards, local -> pkcs11 (rate_per_sec $MIG_RATE)"
 echo "SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE shardgate serve --config ...; SG_TOKEN=\$TOKEN python3 bench/migrate.py --base $BASE run mig-tput-000000 bench-hsm" >"$MIG/job.cmd"
 scrape_metrics "$MIG/metrics.before"
-gw_cpu_ticks >"$MIG/cpu.before"
-pg_cpu_ticks >"$MIG/pg_cpu.before"
-mig run mig-tput-000000 bench-hsm >"$MIG/job.json" || sg_die "the throughput job failed"
-gw_cpu_ticks >"$MIG/cpu.after"
-pg_cpu_ticks >"$MIG/pg_cpu.after"
 echo "$CLK_TCK" >"$MIG/clk_tck"
+# mig_job SUFFIX: the measured job (local -> pkcs11), its CPU (gateway, PostgreSQL) around it.
+mig_job() {
+    local sfx=$1
+    gw_cpu_ticks >"$MIG/cpu$sfx.before"
+    pg_cpu_ticks >"$MIG/pg_cpu$sfx.before"
+    mig run mig-tput-000000 bench-hsm >"$MIG/job$sfx.json" || sg_die "the throughput job failed"
+    gw_cpu_ticks >"$MIG/cpu$sfx.after"
+    pg_cpu_ticks >"$MIG/pg_cpu$sfx.after"
+    blog "  job: $(cat "$MIG/job$sfx.json")"
+    grep -q '"stalled": true' "$MIG/job$sfx.json" && blog "  WARNING: the job stalled (no progress for 60 s); reported as such"
+    return 0
+}
+mig_job ""
 scrape_metrics "$MIG/metrics.after"
-blog "  job: $(cat "$MIG/job.json")"
-grep -q '"stalled": true' "$MIG/job.json" && blog "  WARNING: the job stalled (no progress for 60 s); reported as such"
+# More rounds of the pair (batched raw loop, then the job), as for every other ratio: the
+# shards go back to local first (the same job the other way, not measured), so each round
+# moves the same 100,000 shards local -> pkcs11.
+for r in $(seq 2 "$ROUNDS"); do
+    blog "migration round $r/$ROUNDS: the shards back to local (not measured), then the raw loop and the job"
+    mig run mig-tput-000000 bench-local >"$MIG/job-back-r$r.json" || sg_die "the job back to local failed"
+    "$BENCH_BIN" migrate-raw --keyring "$WORK/data/local.keyring" --module "$SG_SOFTHSM_MODULE" \
+        --token-label "$HSM_LABEL" --pin-file "$WORK/secrets/hsm.pin" --kek-label shardgate-kek \
+        --pool-size 8 --n "$MIG_SHARDS" --batch "$RAW_CHUNK" >"$MIG/raw-batched-r$r.json" ||
+        sg_die "shardgate-bench migrate-raw --batch failed"
+    blog "  raw (batched): $(cat "$MIG/raw-batched-r$r.json")"
+    mig_job "-r$r"
+done
 curl -s -H @"$WORK/secrets/auth.header" "$BASE/v1/accounts/mig-tput-000000" >"$MIG/account-after.json" || true
 
 # ---------------------------------------------------------------------------------------------
@@ -700,6 +723,7 @@ python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dump
     git_rev "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     git_dirty "$(if git diff --quiet HEAD -- 2>/dev/null; then echo no; else echo yes; fi)" \
     nproc "$(nproc)" \
+    malloc_arena_max "$ARENAS" \
     cpu_model "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)" \
     mem_total "$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
     kernel "$(uname -r)" \
