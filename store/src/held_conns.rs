@@ -1,17 +1,19 @@
-//! Connections kept for single-statement reads, reused without sqlx's release ping.
+//! Connections kept for hot single statements outside any transaction, reused without
+//! sqlx's release ping.
 //!
 //! sqlx tests every pooled connection as it goes back to its pool with a round trip to the
 //! server (`Sync` / `ReadyForQuery`), whatever the connection did. For the hot one-statement
-//! reads (a GET's select, a write's account read) that round trip costs nearly as much as the
-//! query: the bench's GET profile showed `return_to_pool` + `ping` at 12-13% of the gateway's
-//! CPU, beside the server's wake-up to answer it. The ping is there for connections left in
-//! an unknown state (a future dropped mid-query, an error); a read that ran to completion
-//! leaves none, so its connection goes straight back to a short list kept here.
+//! reads (a GET's select, a write's account read) and the reads' batched audit insert (one
+//! autocommit statement) that round trip costs nearly as much as the statement: the bench's
+//! GET profile showed `return_to_pool` + `ping` at 12-13% of the gateway's CPU, beside the
+//! server's wake-up to answer it. The ping is there for connections left in an unknown state
+//! (a future dropped mid-query, an error); a statement that ran to completion leaves none, so
+//! its connection goes straight back to a short list kept here.
 //!
 //! The connections kept here are taken from the pool and detached from it (the pool may open
 //! others in their place), so they never starve the pool's transactions: the store opens at
 //! most `max_connections` for the pool plus `cap` kept here. When `cap` are out, further
-//! reads use the pool as usual.
+//! statements use the pool as usual.
 //! - A connection whose statement did not complete (the caller's future was dropped, or an
 //!   I/O, protocol or decoding error) is closed, never reused; after an error the server
 //!   answered (a constraint, a cancelled statement) it is ready for the next and kept.

@@ -68,7 +68,8 @@ const GROUP_CONNECTIONS: u32 = 2;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Connections of `pool` kept for the hot one-statement reads (module `held_conns`).
+    /// Connections of `pool` kept for the hot one-statement reads and the reads' audit
+    /// insert (module `held_conns`).
     held: Arc<HeldConns>,
     /// Connections for a group of shard writes stored in one statement (see
     /// `insert_group_at_once`): generic plans only, set for the session, since such a
