@@ -594,9 +594,12 @@ pub struct MigrationConfig {
     /// claims what falls due within 32 ms (16 items at 500/s), so its commits hold the audit
     /// chain, which online requests' events wait for, only briefly.
     pub batch_size: u32,
-    /// Backend calls of a batch in flight at once (each holds an HSM session, say). At a
-    /// rate where a batch's items fall due together, the batch goes to the backends in up to
-    /// this many chunks, one call each; at a slower pace, one item per call.
+    /// Backend calls in flight at once per job and process (each holds an HSM session,
+    /// say), shared by the `pipeline` batches in flight: more calls side by side than this
+    /// only queue inside the backend (SoftHSM2 serialises them on the key object) and take
+    /// CPU from the database's share of the work. At a rate where a batch's items fall due
+    /// together, the batch goes to the backends in up to this many chunks, one call each;
+    /// at a slower pace, one item per call.
     pub concurrency: u32,
     /// Batches a worker has in flight at once: while one commits (a database round trip and
     /// a flush to disk) and another is claimed, a third is re-wrapped. `1` runs them one

@@ -6,6 +6,8 @@
 //!   second job with KMS healed moves the last row and ends `completed`.
 //! - KMS throttles for a while: each throttled call is retried inside the backend's deadline,
 //!   the job completes with no failure.
+//! - A worker with several batches in flight (`pipeline`) makes at most `concurrency` backend
+//!   calls at once across all of them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -68,8 +70,8 @@ async fn create_key(endpoint: &str) -> String {
 /// Backends `local` (tiers `retail`, `institutional`) and `kms` (tier `kms`), the latter on
 /// moto through a fresh proxy (the key is created on moto directly, so the proxy sees only
 /// the gateway's calls; the data-key cache is off). Workers poll every 200 ms and re-wrap
-/// `rate` rows per second.
-async fn setup(kind: StoreKind, rate: u32) -> Option<Fx> {
+/// `rate` rows per second, with `concurrency` backend calls and `pipeline` batches in flight.
+async fn setup(kind: StoreKind, rate: u32, concurrency: u32, pipeline: u32) -> Option<Fx> {
     let endpoint = common::require_env("SHARDGATE_TEST_MOTO_ENDPOINT")?;
     let dir = tempfile::tempdir().unwrap();
     let url = common::store_url(kind, dir.path()).await?;
@@ -87,11 +89,8 @@ async fn setup(kind: StoreKind, rate: u32) -> Option<Fx> {
     cfg.tiers.insert("kms".into(), "kms".into());
     cfg.migration.rate_per_sec = rate;
     cfg.migration.batch_size = 4;
-    // One KMS call at a time (one batch in flight, one re-wrap per batch): the throttling
-    // test counts on no call overtaking another, so that each operation sees at most one
-    // burst of throttles.
-    cfg.migration.concurrency = 1;
-    cfg.migration.pipeline = 1;
+    cfg.migration.concurrency = concurrency;
+    cfg.migration.pipeline = pipeline;
     cfg.migration.poll_interval_ms = 200;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     state.start_migration_workers();
@@ -524,24 +523,68 @@ async fn throttled_kms_target_slows_but_does_not_fail_the_job(fx: Fx) {
     assert_eq!(fx.audited("migration.rewrap", "failed").await, 0);
 }
 
+/// Backend calls of the worker in flight at once, and its batches in flight.
+const PIPELINED: (u32, u32) = (2, 3);
+
+/// A worker with `pipeline` batches in flight makes at most `concurrency` backend calls at
+/// once across them (each call holds an HSM session, say): with every KMS `Encrypt` slowed
+/// so that calls overlap, the proxy never sees more than `concurrency` wraps and verifies
+/// in flight, and sees that many (a batch's chunks run side by side). The job completes.
+async fn pipelined_batches_share_the_workers_concurrency(fx: Fx) {
+    const ACCOUNT: &str = "acct-mp";
+    const N: usize = 24;
+    fx.account(ACCOUNT, "retail").await;
+    let shards = fx.load(ACCOUNT, N, 1).await;
+    fx.proxy.track_in_flight(&[ENCRYPT, REENCRYPT]);
+    fx.proxy.set_rule(Rule {
+        fault: Fault::Latency(Duration::from_millis(15)),
+        target: Some(ENCRYPT.into()),
+        remaining: None,
+    });
+    let v = fx.account(ACCOUNT, "kms").await;
+    let job = v["migration_job"].as_str().unwrap().to_string();
+    let done = fx.settle(&job, 60).await;
+    fx.proxy.clear();
+    assert_eq!(
+        (done["state"].as_str(), done["done"].as_i64()),
+        (Some("completed"), Some(i64::try_from(N).unwrap())),
+        "{done}"
+    );
+    assert_eq!(
+        fx.proxy.max_in_flight(),
+        u64::from(PIPELINED.0),
+        "KMS calls in flight at once, {} batches in flight",
+        PIPELINED.1
+    );
+    fx.assert_reads_back(ACCOUNT, &shards, |_, _| "kms").await;
+}
+
+/// One KMS call at a time (one batch in flight, one re-wrap per batch): the throttling test
+/// counts on no call overtaking another, so that each operation sees at most one burst of
+/// throttles.
+const SERIAL: (u32, u32) = (1, 1);
+
 macro_rules! both_stores {
-    ($($name:ident: $rate:expr;)*) => {
+    ($($name:ident: $rate:expr, $calls:expr;)*) => {
         mod sqlite { $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                if let Some(fx) = super::setup(super::StoreKind::Sqlite, $rate).await { super::$name(fx).await; }
+                let (c, p) = $calls;
+                if let Some(fx) = super::setup(super::StoreKind::Sqlite, $rate, c, p).await { super::$name(fx).await; }
             }
         )* }
         mod postgres { $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                if let Some(fx) = super::setup(super::StoreKind::Postgres, $rate).await { super::$name(fx).await; }
+                let (c, p) = $calls;
+                if let Some(fx) = super::setup(super::StoreKind::Postgres, $rate, c, p).await { super::$name(fx).await; }
             }
         )* }
     };
 }
 
 both_stores! {
-    one_refused_encrypt_leaves_its_row_readable_on_local_then_a_second_job_moves_it: 1000;
-    throttled_kms_target_slows_but_does_not_fail_the_job: 20;
+    one_refused_encrypt_leaves_its_row_readable_on_local_then_a_second_job_moves_it: 1000, super::SERIAL;
+    throttled_kms_target_slows_but_does_not_fail_the_job: 20, super::SERIAL;
+    pipelined_batches_share_the_workers_concurrency: 100_000, super::PIPELINED;
 }

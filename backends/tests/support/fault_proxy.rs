@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP/1 reverse proxy for AWS JSON APIs (KMS, CloudHSMv2) in front of
 //! moto. Modes switch at runtime: pass-through, answer a real KMS error body, add latency,
 //! or drop the connection. Requests are counted per `X-Amz-Target`
-//! (e.g. `TrentService.Decrypt`), faulted ones included.
+//! (e.g. `TrentService.Decrypt`), faulted ones included; for chosen targets, the most requests
+//! in flight at once is tracked too.
 
 use http_body_util::{BodyExt, Full};
 // `hyper::body::Bytes` is `bytes::Bytes`, re-exported: the gateway's tests include this file
@@ -13,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +66,10 @@ struct State {
     upstream: String,
     rule: Mutex<Option<Rule>>,
     counts: Mutex<HashMap<String, u64>>,
+    /// Targets whose concurrent requests are tracked (see [`FaultProxy::track_in_flight`]).
+    watched: Mutex<Vec<String>>,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -89,6 +95,9 @@ impl FaultProxy {
             upstream: upstream.trim_end_matches('/').to_string(),
             rule: Mutex::new(None),
             counts: Mutex::new(HashMap::new()),
+            watched: Mutex::new(Vec::new()),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
         let st = Arc::clone(&state);
@@ -154,6 +163,35 @@ impl FaultProxy {
     pub fn reset_counts(&self) {
         self.state.counts.lock().unwrap().clear();
     }
+
+    /// From now on, track how many requests with one of `targets` are in flight at once
+    /// (from arrival to answer, injected latency included); resets the maximum.
+    pub fn track_in_flight(&self, targets: &[&str]) {
+        *self.state.watched.lock().unwrap() = targets.iter().map(|t| t.to_string()).collect();
+        self.state.max_in_flight.store(0, Ordering::SeqCst);
+    }
+
+    /// The most tracked requests in flight at once since [`FaultProxy::track_in_flight`].
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// One tracked request in flight; counted out when dropped (answered, failed or dropped).
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a State) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The fault to apply to a request with `target`, consuming one use of a limited rule.
@@ -189,6 +227,8 @@ async fn handle(
         .unwrap()
         .entry(target.clone())
         .or_insert(0) += 1;
+    let watched = state.watched.lock().unwrap().contains(&target);
+    let _in_flight = watched.then(|| InFlight::enter(&state));
     match pick(&state, &target) {
         Some(Fault::Error { status, code }) => {
             let body = serde_json::json!({

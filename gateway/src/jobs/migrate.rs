@@ -304,6 +304,9 @@ pub struct Worker<'a> {
     cfg: &'a MigrationConfig,
     worker_id: &'a str,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// `concurrency` permits: the worker's backend calls in flight at once, across its
+    /// pipelined batches.
+    calls: tokio::sync::Semaphore,
 }
 
 /// Why a worker loop ended.
@@ -323,6 +326,9 @@ impl<'a> Worker<'a> {
             cfg,
             worker_id,
             stopping: Arc::default(),
+            calls: tokio::sync::Semaphore::new(
+                usize::try_from(cfg.concurrency.max(1)).unwrap_or(1),
+            ),
         }
     }
 
@@ -698,7 +704,11 @@ impl<'a> Worker<'a> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 1;
         while !todo.is_empty() {
-            let results = self.rewrap_many(&todo).await;
+            let results = {
+                // Never closed, so acquiring only waits.
+                let _permit = self.calls.acquire().await.ok();
+                self.rewrap_many(&todo).await
+            };
             let mut again = Vec::new();
             for (p, (outcome, transient)) in todo.into_iter().zip(results) {
                 if transient && attempt < TRANSIENT_ATTEMPTS {
