@@ -392,7 +392,8 @@ def migration_report(res, runs, machine):
       "chunks at once, each one call per step (unwrap on local, wrap on pkcs11 on one HSM checkout, "
       "verify = unwrap on pkcs11 on one checkout; at the default rate a chunk is one item) and commits the batch in one "
       "transaction with one audit event per item, taking the audit chain only for the audit insert and "
-      "the commit; `pipeline` (default 3) batches are in flight at once." % machine.get("shard_bytes", "?"))
+      "the commit; `pipeline` (default 3) batches are in flight at once, sharing the worker's "
+      "`concurrency` backend calls." % machine.get("shard_bytes", "?"))
     w("")
     w("**Throughput.** The gateway is restarted with `SHARDGATE_MIGRATION__RATE_PER_SEC=%s` so the rate "
       "does not bound it; the job's time runs from the `PUT` to the first poll (every 100 ms) that "

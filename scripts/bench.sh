@@ -200,9 +200,9 @@ for v in $(compgen -e); do
 done
 # As the README recommends for a deployment: glibc's malloc otherwise keeps one arena per
 # thread that ever allocated (the runtime's and spawn_blocking's), which holds memory after a
-# load peak has passed (RSS idle after the runs: 30.4 MB without, 29.5 MB with; the cap costs
-# HSM-heavy throughput instead: bench/history.md, stop 22). SG_BENCH_MALLOC_ARENA_MAX=N sets
-# another cap; 0 runs with glibc's default.
+# load peak has passed (RSS idle after the runs: 30.4 MB without, 29.5 MB with; what the cap
+# costs HSM-heavy throughput: bench/history.md, stops 22 and 23). SG_BENCH_MALLOC_ARENA_MAX=N
+# sets another cap; 0 runs with glibc's default.
 ARENAS=${SG_BENCH_MALLOC_ARENA_MAX:-2}
 [ "$ARENAS" = 0 ] || GW_ENV+=(MALLOC_ARENA_MAX="$ARENAS")
 
