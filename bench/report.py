@@ -108,6 +108,13 @@ def hist_share_within(h, le):
     return h.get(le, 0.0) / total if total > 0 else None
 
 
+def hist_over(h, le):
+    """How many of a bucket delta's observations took more than `le` seconds."""
+    if not h:
+        return None
+    return h.get(float("inf"), 0.0) - h.get(le, 0.0)
+
+
 def hist_bound(h, q):
     """The smallest bucket bound (ms) holding at least the share `q`: an upper bound of the
     q-quantile."""
@@ -766,6 +773,10 @@ def main():
                       "null_p99_ms": null["p99"] * 1e3 if null.get("p99") is not None else None,
                       "null_p99_over_p50": null["p99"] / null["p50"] if null.get("p50") else None,
                       "server_within_ms": {str(ms): hist_share_within(served, ms / 1e3) for ms in (1, 2.5, 5)},
+                      "server_over_25ms": hist_over(served, 0.025),
+                      "server_max_bound_ms": hist_bound(served, 1.0),
+                      "audit_over_25ms": hist_over(waited, 0.025),
+                      "slowest_ms": summ["slowest"] * 1e3 if summ.get("slowest") is not None else None,
                       "server_p50_bound_ms": hist_bound(served, 0.5),
                       "server_p99_bound_ms": hist_bound(served, 0.99),
                       "audit_wait_p50_bound_ms": hist_bound(waited, 0.5),
@@ -972,7 +983,13 @@ def main():
           "thread." % (
               fmt(cores, 0), fmt(get_local_cpu, 0), fmt(get_hsm_cpu, 0),
               fmt(bounds["hsm_budget_for_0_9x_us"], 0), fmt(softhsm_us, 0), fmt(cores, 0),
-              "So the goal is out of reach of this token on this machine, whatever the gateway does."
+              "So the goal is out of reach of this token on this machine, whatever the gateway does "
+              "with it. (Most of SoftHSM2's cost is its file object store, not the AES: every "
+              "`C_DecryptInit` re-reads the key object's generation file, `flamegraphs/get-hsm.svg`. "
+              "A session-object copy of the KEK, `C_CopyObject` with `CKA_TOKEN=false`, would skip "
+              "those reads, but the production HSM, AWS CloudHSM, keeps its keys in memory and its "
+              "PKCS#11 library, Client SDK 5, does not offer `C_CopyObject`: the gateway uses the "
+              "token object, as it must there.)"
               if softhsm_us > bounds["hsm_budget_for_0_9x_us"] else
               "SoftHSM2's cost fits in that budget: the goal is within reach.",
               fmt(get_hsm_cpu - get_local_cpu - softhsm_us, 0)))
@@ -1031,7 +1048,7 @@ def main():
               fmt(batch_shard_cpu, 0), fmt(get_hsm_cpu, 0), fmt(bounds["batch_budget_for_4x_us"], 0),
               fmt(softhsm_us, 0), fmt(audit_ins["cpu_us_per_op"], 0),
               fmt(softhsm_us + audit_ins["cpu_us_per_op"], 0),
-              "more than the budget: out of reach on this machine"
+              "more than the budget: out of reach on this machine (SoftHSM2's share: section 1)"
               if softhsm_us + audit_ins["cpu_us_per_op"] > bounds["batch_budget_for_4x_us"] else
               "within the budget: the rest of the cost is ours to cut"))
         w("")
@@ -1223,6 +1240,26 @@ def main():
                   ": the gateway's own p99 is at most 2.5 ms in every round, and the rest of oha's p99 is "
                   "time outside the handler, waiting to be scheduled" if inside else "",
                   " / ".join(fmt(x.get("null_p99_ms"), 2) for x in opens)))
+            w("")
+        stalled = [x for x in opens if (x.get("server_over_25ms") or 0) > 0]
+        if stalled:
+            # With latency correction, a stall that holds every connection makes each request due
+            # during it late: at rate R, a stall of S seconds delays about R * S requests.
+            same = all(x.get("audit_over_25ms") == x.get("server_over_25ms") for x in stalled)
+            w("**Stalls.** In %s the gateway itself held %s GETs for more than 25 ms (up to <= %s ms), "
+              "and %s reads waited more than 25 ms for their audit event to be durable (a read is "
+              "answered only once its event is in PostgreSQL)%s With oha's 16 connections all held by "
+              "such a stall, every request due during it counts as late, so stalls adding up to 100 ms "
+              "in a 10 s run (1%% of its requests) set oha's p99 (slowest request: %s ms)." % (
+                  "round " + " / ".join(str(x["round"]) for x in stalled) if len(stalled) < len(opens)
+                  else "every round (" + " / ".join(str(x["round"]) for x in stalled) + ")",
+                  " / ".join(fmt(x.get("server_over_25ms"), 0) for x in stalled),
+                  " / ".join(fmt(x.get("server_max_bound_ms"), 0) for x in stalled),
+                  " / ".join(fmt(x.get("audit_over_25ms"), 0) for x in stalled),
+                  ": as many as were held that long, so these are stalls of the audit writer's "
+                  "PostgreSQL insert and commit (the disk is shared with the checkpoints of what the "
+                  "bench wrote before, and with the machine's other tenants)." if same else ".",
+                  " / ".join(fmt(x.get("slowest_ms"), 0) for x in stalled)))
             w("")
     if opens:
         w("```sh")
