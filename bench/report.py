@@ -507,7 +507,10 @@ def migration_report(res, runs, machine):
     w("```")
     w("")
     if loads:
-        w("Data sets (PUT shard over HTTP, durable and audited, 8 keep-alive workers, not read back; then `VACUUM (ANALYZE)` of the database):")
+        # Runs before stop 23 loaded with the loader's default of 8 workers.
+        m = re.search(r"--workers (\d+)", figures.get("cmd_load") or "")
+        w("Data sets (PUT shard over HTTP, durable and audited, %s keep-alive workers, not read back; then "
+          "`VACUUM (ANALYZE)` of the database):" % (m.group(1) if m else "8"))
         w("")
         w("| account | shards | seconds | shards/s | errors |")
         w("|---|---|---|---|---|")
