@@ -141,6 +141,7 @@ SOFTHSM_OK=1 MOTO_OK=1 PG_OK=1
 sg_ensure_softhsm || SOFTHSM_OK=0
 sg_ensure_moto || MOTO_OK=0
 sg_ensure_postgres || PG_OK=0
+sg_ensure_openapi_validator || true
 
 USE_NEXTEST=0
 if [ "${SHARDGATE_TEST_NO_NEXTEST:-}" != 1 ] && cargo nextest --version >/dev/null 2>&1; then
@@ -205,6 +206,7 @@ fi
 sg_log "environment for the tests:"
 for v in SHARDGATE_TEST_DATABASE_URL SHARDGATE_TEST_MOTO_ENDPOINT SHARDGATE_TEST_MOTO_CMD \
     SHARDGATE_TEST_SOFTHSM_MODULE SHARDGATE_TEST_PG_BINDIR SHARDGATE_TEST_LOG_DIR \
+    SHARDGATE_TEST_OPENAPI_PYTHON \
     SHARDGATE_TEST_STRICT AWS_DEFAULT_REGION; do
     sg_log "  $v=${!v:-<unset>}"
 done

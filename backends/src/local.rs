@@ -435,6 +435,12 @@ pub struct LocalBackend {
     path: PathBuf,
     reload_every: Duration,
     state: RwLock<Loaded>,
+    /// When a read of an unknown key version last forced a re-read of the file: such reads
+    /// force one at most every [`LocalBackend::with_forced_reload_interval`] (default 1 s),
+    /// so rows edited to name unknown versions cannot turn every read into file I/O.
+    last_forced: std::sync::Mutex<Option<Instant>>,
+    forced_interval: Duration,
+    forced_reloads: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -462,7 +468,37 @@ impl LocalBackend {
                 checked: Instant::now(),
                 last_reload_error: None,
             }),
+            last_forced: std::sync::Mutex::new(None),
+            forced_interval: Duration::from_secs(1),
+            forced_reloads: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The least time between two re-reads of the file forced by a wrap or read naming a
+    /// key version this process has not loaded.
+    #[must_use]
+    pub fn with_forced_reload_interval(mut self, every: Duration) -> Self {
+        self.forced_interval = every;
+        self
+    }
+
+    /// Re-read the file for a key version that is not loaded (another replica may just have
+    /// rotated it in), at most once per `forced_interval`. Whether it re-read.
+    fn reload_for_unknown_version(&self) -> bool {
+        {
+            let mut last = self
+                .last_forced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < self.forced_interval) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        self.forced_reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reload();
+        true
     }
 
     fn maybe_reload(&self, force: bool) {
@@ -553,6 +589,14 @@ impl KeyBackend for LocalBackend {
         &self.name
     }
 
+    fn stats(&self) -> Vec<crate::Stat> {
+        vec![crate::Stat::new(
+            "keyring_forced_reloads_total",
+            self.forced_reloads
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )]
+    }
+
     fn kind(&self) -> &'static str {
         "local"
     }
@@ -610,10 +654,7 @@ impl KeyBackend for LocalBackend {
         };
         match attempt() {
             // Promoted after the file reached this replica, before this process re-read it.
-            Err(BackendError::KeyUnusable(_)) => {
-                self.reload();
-                attempt()
-            }
+            Err(BackendError::KeyUnusable(_)) if self.reload_for_unknown_version() => attempt(),
             other => other,
         }
     }
@@ -623,28 +664,25 @@ impl KeyBackend for LocalBackend {
         id: &ShardIdentity,
         wrapped: &WrappedKey,
     ) -> Result<DataKey, BackendError> {
+        // Another keyring's wrap: no re-read can help (a reload keeps the keyring id).
+        let other_keyring = self.with_keyring(|k| wrapped.key_ref != k.id);
+        if other_keyring {
+            return Err(BackendError::KeyUnusable(
+                "data key was wrapped by another keyring".into(),
+            ));
+        }
         let attempt = || {
-            self.with_keyring(|k| {
-                if wrapped.key_ref != k.id {
-                    return Err(BackendError::KeyUnusable(
-                        "data key was wrapped by another keyring".into(),
-                    ));
-                }
-                match k.key(wrapped.key_version) {
-                    Some(kek) => open_dek(kek, id, &wrapped.blob),
-                    None => Err(BackendError::KeyUnusable(format!(
-                        "key version {} is unknown or destroyed",
-                        wrapped.key_version
-                    ))),
-                }
+            self.with_keyring(|k| match k.key(wrapped.key_version) {
+                Some(kek) => open_dek(kek, id, &wrapped.blob),
+                None => Err(BackendError::KeyUnusable(format!(
+                    "key version {} is unknown or destroyed",
+                    wrapped.key_version
+                ))),
             })
         };
         match attempt() {
             // A version another replica just rotated in may not be loaded yet: look again.
-            Err(BackendError::KeyUnusable(_)) => {
-                self.reload();
-                attempt()
-            }
+            Err(BackendError::KeyUnusable(_)) if self.reload_for_unknown_version() => attempt(),
             other => other,
         }
     }
@@ -692,6 +730,33 @@ mod tests {
         let (_d, path) = temp_keyring();
         let b = LocalBackend::open("local", &path, Duration::from_millis(0)).unwrap();
         crate::conformance::run(&b).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reads_naming_unknown_versions_force_few_reloads() {
+        let (_d, path) = temp_keyring();
+        let b = LocalBackend::open("local", &path, Duration::from_secs(3600))
+            .unwrap()
+            .with_forced_reload_interval(Duration::from_secs(3600));
+        let id = ShardIdentity::new("acct", "s", 1);
+        let (_, mut w) = b.generate_data_key(&id).await.unwrap();
+        let forced = |b: &LocalBackend| b.stats()[0].value;
+        // Rows edited to name an unknown version: every read refused, one re-read of the file.
+        w.key_version = 9;
+        for _ in 0..50 {
+            assert!(matches!(
+                b.unwrap(&id, &w).await,
+                Err(BackendError::KeyUnusable(_))
+            ));
+        }
+        assert_eq!(forced(&b), 1);
+        // Another keyring's key reference: no re-read can help, none is made.
+        w.key_ref = "another-keyring".into();
+        w.key_version = 1;
+        for _ in 0..50 {
+            assert!(b.unwrap(&id, &w).await.is_err());
+        }
+        assert_eq!(forced(&b), 1);
     }
 
     #[test]

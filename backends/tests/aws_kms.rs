@@ -113,7 +113,12 @@ async fn disabled_or_invalid_state_key_is_unusable_then_recovers() {
     let Some(ep) = moto_endpoint("disabled_or_invalid_state_key_is_unusable_then_recovers") else {
         return;
     };
-    let (proxy, b) = proxied(&ep, no_cache).await;
+    // Health answered fresh each time here (the reuse is pinned below).
+    let (proxy, b) = proxied(&ep, |c| KmsConfig {
+        health_cache_ms: 0,
+        ..no_cache(c)
+    })
+    .await;
     let id = ShardIdentity::new("acct-dis", "s", 1);
     let (dek, wrapped) = b.generate_data_key(&id).await.unwrap();
 
@@ -513,4 +518,65 @@ async fn concurrent_reads_during_an_outage_share_one_failed_decrypt() {
         b.unwrap(&id, &wrapped).await.unwrap().expose(),
         dek.expose()
     );
+}
+
+#[tokio::test]
+async fn health_answers_are_reused_so_probes_make_no_kms_traffic() {
+    let Some(ep) = moto_endpoint("health_answers_are_reused_so_probes_make_no_kms_traffic") else {
+        return;
+    };
+    let (proxy, b) = proxied(&ep, |c| c).await;
+    proxy.reset_counts();
+    // Many probes at once and in a row: one DescribeKey.
+    let (h1, h2, h3) = tokio::join!(b.health(), b.health(), b.health());
+    for h in [h1, h2, h3] {
+        assert!(h.usable, "{h:?}");
+    }
+    for _ in 0..20 {
+        assert!(b.health().await.usable);
+    }
+    assert_eq!(proxy.count("TrentService.DescribeKey"), 1);
+    let stat = b
+        .stats()
+        .into_iter()
+        .find(|s| s.name == "kms_describe_key_calls_total")
+        .map(|s| s.value);
+    assert_eq!(stat, Some(1));
+}
+
+#[tokio::test]
+async fn a_wrapped_key_naming_another_key_version_is_refused_without_a_kms_call() {
+    let Some(ep) =
+        moto_endpoint("a_wrapped_key_naming_another_key_version_is_refused_without_a_kms_call")
+    else {
+        return;
+    };
+    let (proxy, b) = proxied(&ep, no_cache).await;
+    let id = ShardIdentity::new("acct-kv", "s", 1);
+    let (dek, mut wrapped) = b.generate_data_key(&id).await.unwrap();
+    assert_eq!(
+        b.unwrap(&id, &wrapped).await.unwrap().expose(),
+        dek.expose()
+    );
+    proxy.reset_counts();
+    // A database writer renumbers the row's key version (e.g. away from a destroyed one).
+    for v in [0, 2, u32::MAX] {
+        wrapped.key_version = v;
+        assert!(
+            matches!(
+                b.unwrap(&id, &wrapped).await,
+                Err(BackendError::KeyUnusable(_))
+            ),
+            "key version {v}"
+        );
+        assert!(matches!(
+            b.verify(&id, &wrapped).await,
+            Err(BackendError::KeyUnusable(_))
+        ));
+        assert!(matches!(
+            b.rewrap_from(&id, &b, &wrapped).await,
+            Err(BackendError::KeyUnusable(_))
+        ));
+    }
+    assert_eq!(proxy.count(DECRYPT) + proxy.count(REENCRYPT), 0);
 }

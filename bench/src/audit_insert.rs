@@ -25,6 +25,7 @@ pub async fn run(url: &str, concurrency: usize, seconds: u64) -> Result<()> {
         cfg.queue_capacity,
         cfg.batch_max,
         Duration::from_secs(cfg.checkpoint_interval_secs),
+        None,
     )
     .await
     .context("start an audit chain")?;

@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
 use shardgate_store::{AuditRecord, LateSeal, Store, StoreError};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,6 +205,37 @@ pub struct Event {
     pub ts_ms: i64,
 }
 
+/// Who caused an operation: the identity, the request and the credential. Use cases that
+/// audit on a caller's behalf take one, so that every event a request causes records its
+/// credential (the CLI has none).
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// Identity name (`cli` for the command line).
+    pub actor: String,
+    /// Request id.
+    pub request_id: String,
+    /// The credential's [`crate::auth::credential_id`], when a credential made the request.
+    pub credential: Option<String>,
+}
+
+impl Origin {
+    /// An operator at the command line: no credential, a fresh `cli-` request id.
+    pub fn cli() -> Self {
+        Self {
+            actor: "cli".into(),
+            request_id: format!("cli-{}", uuid::Uuid::new_v4().simple()),
+            credential: None,
+        }
+    }
+
+    /// An event of this origin, stamped now.
+    pub fn event(&self, action: &str) -> Event {
+        let mut ev = Event::new(&self.request_id, &self.actor, action);
+        ev.credential = self.credential.clone();
+        ev
+    }
+}
+
 impl Event {
     /// An event stamped now.
     pub fn new(request_id: &str, actor: &str, action: &str) -> Self {
@@ -276,6 +308,11 @@ pub struct Auditor {
     /// `None` when the head is unknown (a write's outcome was lost): resync before sealing.
     head: Mutex<Option<Head>>,
     queue: mpsc::Sender<Pending>,
+    /// Whether the chain is in the registry: it is registered with its first event, so a
+    /// process that never writes (a read-only command) leaves no empty chain behind.
+    registered: std::sync::atomic::AtomicBool,
+    /// Where the chain head is checkpointed outside the database ([`crate::checkpoints`]).
+    checkpoint_file: Option<crate::checkpoints::CheckpointFile>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -538,20 +575,18 @@ impl Auditor {
         keyed_digest(&self.key, domain, parts)
     }
 
-    /// Start a new chain for this process: register it and spawn the batching writer and
-    /// the checkpoint logger.
+    /// Start a new chain for this process (registered in the store with its first event)
+    /// and spawn the batching writer and the checkpoint logger, which also appends the head
+    /// to `checkpoint_file` when given.
     pub async fn start(
         store: Arc<dyn Store>,
         key: Arc<AuditKey>,
         queue_capacity: usize,
         batch_max: usize,
         checkpoint_every: Duration,
+        checkpoint_file: Option<std::path::PathBuf>,
     ) -> Result<Arc<Self>, StoreError> {
         let chain_id = uuid::Uuid::new_v4().to_string();
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_string());
-        store
-            .register_chain(&chain_id, crate::now_ms(), &host)
-            .await?;
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let auditor = Arc::new(Self {
             chain_id,
@@ -562,6 +597,8 @@ impl Auditor {
                 tag: vec![0u8; 32],
             })),
             queue: tx,
+            registered: std::sync::atomic::AtomicBool::new(false),
+            checkpoint_file: checkpoint_file.map(crate::checkpoints::CheckpointFile::new),
         });
         tracing::info!(chain_id = %auditor.chain_id, "audit chain started");
         tokio::spawn(writer(Arc::downgrade(&auditor), rx, batch_max.max(1)));
@@ -621,7 +658,17 @@ impl Auditor {
 
     /// Hold the chain for a write that commits its own event.
     pub async fn lock(&self) -> Result<ChainGuard<'_>, ApiError> {
+        use std::sync::atomic::Ordering;
         let mut head = self.head.lock().await;
+        // Under the head's lock: the first writer registers the chain, once.
+        if !self.registered.load(Ordering::Acquire) {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_string());
+            self.store
+                .register_chain(&self.chain_id, crate::now_ms(), &host)
+                .await
+                .map_err(|_| unavailable())?;
+            self.registered.store(true, Ordering::Release);
+        }
         if head.is_none() {
             *head = self.read_head().await.map_err(|_| unavailable())?;
         }
@@ -681,17 +728,32 @@ impl Auditor {
         }
     }
 
-    /// Log the chain head (a checkpoint: truncation of the table then shows).
+    /// Log the chain head and append it to the checkpoint file (a checkpoint: truncation
+    /// of the table then shows). A chain without events has nothing to checkpoint.
     pub async fn checkpoint(&self) {
         let head = self.head.lock().await.clone();
-        if let Some(h) = head {
-            tracing::info!(
-                target: "shardgate::audit",
-                chain_id = %self.chain_id,
-                seq = h.seq,
-                tag = %hex::encode(&h.tag),
-                "audit checkpoint"
-            );
+        let Some(h) = head.filter(|h| h.seq > 0) else {
+            return;
+        };
+        tracing::info!(
+            target: "shardgate::audit",
+            chain_id = %self.chain_id,
+            seq = h.seq,
+            tag = %hex::encode(&h.tag),
+            "audit checkpoint"
+        );
+        let Some(file) = &self.checkpoint_file else {
+            return;
+        };
+        let cp = crate::checkpoints::Checkpoint {
+            chain_id: self.chain_id.clone(),
+            seq: h.seq,
+            tag: h.tag,
+            ts_ms: crate::now_ms(),
+        };
+        if let Err(e) = file.append(&cp, &self.key) {
+            metrics::counter!("shardgate_audit_checkpoint_failures_total").increment(1);
+            tracing::error!(path = %file.path().display(), error = %e, "audit checkpoint not written to its file");
         }
     }
 
@@ -810,6 +872,8 @@ pub struct VerifyReport {
     pub chains: usize,
     /// Events checked.
     pub events: u64,
+    /// Checkpoints the chains were held against.
+    pub checkpoints: usize,
 }
 
 /// Verify errors.
@@ -826,12 +890,26 @@ pub enum VerifyError {
 /// Re-check every chain: consecutive seqs from 1, each `prev_tag` equal to the previous
 /// event's tag, each tag a valid HMAC. Reports the first broken event.
 pub async fn verify(store: &dyn Store, key: &AuditKey) -> Result<VerifyReport, VerifyError> {
+    verify_with(store, key, &BTreeMap::new()).await
+}
+
+/// [`verify`], and hold every chain against its latest checkpoint (from the checkpoint
+/// files, [`crate::checkpoints::read_latest`]): a checkpointed chain must exist, reach its
+/// checkpoint's seq, and carry the checkpoint's tag at that seq.
+pub async fn verify_with(
+    store: &dyn Store,
+    key: &AuditKey,
+    checkpoints: &BTreeMap<String, crate::checkpoints::Checkpoint>,
+) -> Result<VerifyReport, VerifyError> {
     let mut report = VerifyReport {
         chains: 0,
         events: 0,
+        checkpoints: checkpoints.len(),
     };
+    let mut heads = BTreeMap::new();
     for chain in store.audit_chains().await? {
         report.chains += 1;
+        let checkpoint = checkpoints.get(&chain);
         let mut expect_seq = 1i64;
         let mut prev = vec![0u8; 32];
         // Start below every possible seq, so forged rows at seq <= 0 are read and reported.
@@ -871,12 +949,21 @@ pub async fn verify(store: &dyn Store, key: &AuditKey) -> Result<VerifyReport, V
                 if !tag_matches(key, &r) {
                     return Err(broken(r.seq, "tag mismatch (edited or forged)".into()).into());
                 }
+                if checkpoint.is_some_and(|c| c.seq == r.seq && c.tag != r.tag) {
+                    return Err(broken(
+                        r.seq,
+                        "differs from the checkpointed event at this seq (chain rewritten)".into(),
+                    )
+                    .into());
+                }
                 prev = r.tag.clone();
                 expect_seq += 1;
                 report.events += 1;
             }
         }
+        heads.insert(chain, expect_seq - 1);
     }
+    crate::checkpoints::check_heads(&heads, checkpoints)?;
     Ok(report)
 }
 

@@ -144,6 +144,25 @@ impl TokenEntry {
     }
 }
 
+/// The admin rule, checked wherever a credential is made (`token create`, `[[tokens]]`,
+/// `[[tls.clients]]`): `admin` (also through `*`) never goes with an account prefix, because
+/// admin operations with global effect cannot be bounded by one. `Err` is the message.
+pub fn check_admin_prefix_rule(
+    scopes: &[String],
+    account_prefix: Option<&str>,
+) -> Result<(), String> {
+    if account_prefix.is_none() {
+        return Ok(());
+    }
+    if scopes.iter().any(|s| s == "*") {
+        return Err("scope '*' includes admin, which cannot go with an account prefix: list the scopes the token needs, or drop the prefix".into());
+    }
+    if scopes.iter().any(|s| s == Scope::Admin.as_str()) {
+        return Err("the admin scope cannot go with an account prefix (admin operations with global effect need a token without one): make a separate admin token".into());
+    }
+    Ok(())
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -180,6 +199,25 @@ impl Caller {
         self.account_prefix
             .as_deref()
             .is_none_or(|p| account.as_bytes().starts_with(p.as_bytes()))
+    }
+
+    /// Whether the caller carries an account prefix.
+    pub fn is_prefixed(&self) -> bool {
+        self.account_prefix.is_some()
+    }
+
+    /// `forbidden` unless the caller holds `scope` and carries NO account prefix: the rule
+    /// for operations with global effect (key state, backend-wide migrations, breakers, key
+    /// listing), which no account prefix can bound.
+    pub fn require_unprefixed(&self, scope: Scope) -> Result<(), ApiError> {
+        self.require(scope, None)?;
+        if self.is_prefixed() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this operation has global effect: it needs a token without an account prefix",
+            ));
+        }
+        Ok(())
     }
 
     /// `forbidden` unless the caller holds `scope` (and reaches `account`, when given).
@@ -293,9 +331,11 @@ impl Authenticator {
         let Some(value) = authorization else {
             return Err(refuse("missing bearer token", "anonymous", None));
         };
+        // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
         let Some(token) = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
         else {
             return Err(refuse(
                 "authorization must be a bearer token",
@@ -385,6 +425,55 @@ mod tests {
                 ErrorCode::Unauthenticated
             );
         }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let a = auth_with("sgt_abc", &["shards:read"], None);
+        for h in [
+            "Bearer sgt_abc",
+            "bearer sgt_abc",
+            "BEARER sgt_abc",
+            "bEaReR sgt_abc",
+        ] {
+            assert!(a.authenticate(Some(h), 0).is_ok(), "{h}");
+        }
+        for h in ["Bearersgt_abc", "Basic sgt_abc", "Bearer: sgt_abc"] {
+            assert!(a.authenticate(Some(h), 0).is_err(), "{h}");
+        }
+    }
+
+    #[test]
+    fn admin_never_goes_with_an_account_prefix() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_admin_prefix_rule(&s(&["*"]), None).is_ok());
+        assert!(check_admin_prefix_rule(&s(&["admin"]), None).is_ok());
+        assert!(
+            check_admin_prefix_rule(&s(&["shards:read", "accounts:write"]), Some("acct-")).is_ok()
+        );
+        let star = check_admin_prefix_rule(&s(&["*"]), Some("acct-")).unwrap_err();
+        assert!(star.contains("'*' includes admin"), "{star}");
+        let admin =
+            check_admin_prefix_rule(&s(&["shards:read", "admin"]), Some("acct-")).unwrap_err();
+        assert!(
+            admin.contains("admin scope cannot go with an account prefix"),
+            "{admin}"
+        );
+    }
+
+    #[test]
+    fn a_prefixed_caller_is_refused_global_operations() {
+        let a = auth_with("sgt_abc", &["admin"], Some("acct-A"));
+        let c = a.authenticate(Some("Bearer sgt_abc"), 0).unwrap();
+        assert_eq!(
+            c.require_unprefixed(Scope::Admin).unwrap_err().code,
+            ErrorCode::Forbidden
+        );
+        assert!(c.require(Scope::Admin, Some("acct-A1")).is_ok());
+        assert!(c.require(Scope::Admin, Some("other")).is_err());
+        let b = auth_with("sgt_abc", &["admin"], None);
+        let c = b.authenticate(Some("Bearer sgt_abc"), 0).unwrap();
+        assert!(c.require_unprefixed(Scope::Admin).is_ok());
     }
 
     #[test]

@@ -440,6 +440,11 @@ impl TlsConfig {
                     ));
                 }
             }
+            if let Err(m) =
+                crate::auth::check_admin_prefix_rule(&c.scopes, c.account_prefix.as_deref())
+            {
+                return invalid(format!("client {:?}: {m}", c.name));
+            }
         }
         Ok(())
     }
@@ -698,9 +703,13 @@ pub struct AuditConfig {
     /// Most events written in one transaction.
     #[serde(default = "d_batch_events")]
     pub batch_max: usize,
-    /// Seconds between chain-head checkpoints in the log.
+    /// Seconds between chain-head checkpoints (a log line and a line in `checkpoint_file`).
     #[serde(default = "d_checkpoint")]
     pub checkpoint_interval_secs: u64,
+    /// Append-only file of this replica's chain heads, read by `audit verify
+    /// --checkpoints` (default: `audit-checkpoints` in the data directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_file: Option<PathBuf>,
 }
 
 fn d_queue() -> usize {
@@ -721,6 +730,7 @@ impl Default for AuditConfig {
             queue_capacity: d_queue(),
             batch_max: d_batch_events(),
             checkpoint_interval_secs: d_checkpoint(),
+            checkpoint_file: None,
         }
     }
 }
@@ -802,10 +812,39 @@ impl Config {
     }
 
     fn load_with_env(sources: &Sources, env: Env) -> Result<Self, ConfigError> {
-        // `SHARDGATE_TEST_*` belongs to the test scripts, not to the gateway.
-        let env = env
-            .split("__")
-            .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("test_"));
+        // Only variables that name a configuration section or key are configuration:
+        // `SHARDGATE_TEST_*` belongs to the test scripts, and Kubernetes injects
+        // `SHARDGATE_PORT=tcp://...` (service links) into every pod when a Service is named
+        // `shardgate`. Those are ignored with one warning; a misspelt key INSIDE a section
+        // (`SHARDGATE_LIMITS__MAX_BODYBYTES`) is still an error, as in a file.
+        let top = top_level_keys();
+        let mut ignored = Vec::new();
+        for (k, _) in env.clone().split("__").iter() {
+            let first = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !first.starts_with("test_") && !top.contains(&first.as_str()) {
+                ignored.push(format!(
+                    "SHARDGATE_{}",
+                    k.as_str().replace('.', "__").to_ascii_uppercase()
+                ));
+            }
+        }
+        if !ignored.is_empty() {
+            tracing::warn!(variables = ?ignored, "ignoring SHARDGATE_* environment variables that are not configuration keys");
+        }
+        let env = env.split("__").filter(move |k| {
+            let first = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            top.contains(&first.as_str())
+        });
         let mut fig = match &sources.file {
             Some(file) => {
                 if !file.exists() {
@@ -854,6 +893,14 @@ impl Config {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit.key"))
+    }
+
+    /// This replica's audit checkpoint file (default: `audit-checkpoints` in the data dir).
+    pub fn checkpoint_file(&self) -> PathBuf {
+        self.audit
+            .checkpoint_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoints"))
     }
 
     /// Names of the configured backend instances.
@@ -923,6 +970,16 @@ impl Config {
                     )));
                 }
             }
+            if let Some(p) = &t.account_prefix {
+                if !is_account_prefix(p) {
+                    return Err(ConfigError::Invalid(format!(
+                        "token {:?}: account_prefix must be non-empty [A-Za-z0-9._:-]",
+                        t.name
+                    )));
+                }
+            }
+            crate::auth::check_admin_prefix_rule(&t.scopes, t.account_prefix.as_deref())
+                .map_err(|m| ConfigError::Invalid(format!("token {:?}: {m}", t.name)))?;
         }
         if self.store.password_file.is_some() {
             let url = self.store_url();
@@ -943,6 +1000,39 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The top-level keys of [`Config`], read from its `Deserialize` implementation (the field
+/// list serde passes to `deserialize_struct`), so the list cannot drift from the struct.
+fn top_level_keys() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("field probe"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Self::Error::custom("field probe"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut fields: &'static [&'static str] = &[];
+        let _ = Config::deserialize(Probe(&mut fields));
+        fields
+    })
 }
 
 /// A sqlx SQLite URL for a path, creating the file if needed.
@@ -1013,6 +1103,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.idempotency.window_secs, 60);
+    }
+
+    #[test]
+    fn env_variables_that_are_not_configuration_keys_are_ignored() {
+        // What Kubernetes injects for a Service named `shardgate` (service links).
+        std::env::set_var("SGCFGK8S_PORT", "tcp://10.96.0.12:8080");
+        std::env::set_var("SGCFGK8S_PORT_8080_TCP_ADDR", "10.96.0.12");
+        std::env::set_var("SGCFGK8S_SERVICE_HOST", "10.96.0.12");
+        std::env::set_var("SGCFGK8S_LISTEN", "127.0.0.1:9998");
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGCFGK8S_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9998, "real keys still apply");
+        // A misspelt key inside a real section stays an error.
+        std::env::set_var("SGCFGK8S_LIMITS__MAX_BODYBYTES", "1");
+        let err = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGCFGK8S_"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_bodybytes"), "{err}");
+        assert!(top_level_keys().contains(&"limits") && top_level_keys().contains(&"tls"));
     }
 
     #[test]

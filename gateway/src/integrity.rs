@@ -72,8 +72,59 @@ pub fn open_error(state: &AppState, row: &ShardVersionRow, e: BackendError) -> A
             row,
             "the row's data key was wrapped by another configured backend",
         ),
+        BackendError::KeyUnusable(reason) => key_refused(state, row, &reason),
         other => ApiError::from(other),
     }
+}
+
+/// Rows whose refusal was logged already (a bounded set: forgotten wholesale when full, so
+/// a row may be logged again after many others, never on every read).
+static LOGGED_REFUSALS: std::sync::Mutex<Option<std::collections::HashSet<u64>>> =
+    std::sync::Mutex::new(None);
+const LOGGED_REFUSALS_MAX: usize = 10_000;
+
+/// A stored row whose key its backend refuses (an unknown key reference or key version:
+/// a keyring missing here, or a row edited in the database). Counted in
+/// `shardgate_key_unusable_rows_total` on every read, logged once per row.
+fn key_refused(state: &AppState, row: &ShardVersionRow, reason: &str) -> ApiError {
+    let backend = label(state, row);
+    metrics::counter!("shardgate_key_unusable_rows_total", "backend" => backend.clone())
+        .increment(1);
+    let first = {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let mut h = SEED.get_or_init(Default::default).build_hasher();
+        (
+            &row.account,
+            &row.shard,
+            row.version,
+            &row.key_ref,
+            row.key_version,
+        )
+            .hash(&mut h);
+        let mut seen = LOGGED_REFUSALS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let set = seen.get_or_insert_with(Default::default);
+        if set.len() >= LOGGED_REFUSALS_MAX {
+            set.clear();
+        }
+        set.insert(h.finish())
+    };
+    if first {
+        tracing::warn!(
+            alert = "key_unusable",
+            backend = %backend,
+            account = %row.account,
+            shard = %row.shard,
+            version = row.version,
+            key_version = row.key_version,
+            %reason,
+            "the backend refuses a stored version's key (a keyring missing here, or a row edited in the database); logged once per row"
+        );
+    }
+    ApiError::new(ErrorCode::KeyUnusable, "the backend refused the key")
 }
 
 /// The backend recorded on a row (reads never consult the policy), or the error of a row

@@ -23,7 +23,7 @@
 //! it refuses new wraps under that version (`key_unusable`, "rotate the key"). Reserved but
 //! unused wraps (a replica that stops) count as used: the counter only errs on the safe side.
 
-use crate::audit::{Auditor, Event};
+use crate::audit::{Auditor, Origin};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use async_trait::async_trait;
@@ -722,8 +722,7 @@ pub async fn transition(
     backend: &str,
     version: i64,
     to: &str,
-    actor: &str,
-    request_id: &str,
+    origin: &Origin,
 ) -> Result<TransitionResponse, ApiError> {
     if !key_state::is_valid(to) {
         return Err(ApiError::new(
@@ -782,16 +781,14 @@ pub async fn transition(
     if let Some(d) = demote {
         detail.push_str(&format!(" demoted={d}"));
     }
-    let event = Event::new(request_id, actor, "key.state")
-        .backend(backend)
-        .detail(detail);
+    let event = origin.event("key.state").backend(backend).detail(detail);
     let change = KeyStateChange {
         backend,
         key_version: version,
         from: &current.state,
         to,
         demote,
-        actor,
+        actor: &origin.actor,
         now_ms: crate::now_ms(),
     };
     let mut guard = state.audit.lock().await?;
@@ -823,7 +820,7 @@ pub async fn transition(
             )))
         }
     };
-    tracing::info!(backend, version, from = %current.state, to, demoted = ?demote, actor, "key state changed");
+    tracing::info!(backend, version, from = %current.state, to, demoted = ?demote, actor = %origin.actor, "key state changed");
     if let Err(e) = state.keys.refresh().await {
         tracing::warn!(error = %e, "key states could not be re-read after a change");
     }

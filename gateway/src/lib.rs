@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod breaker;
+pub mod checkpoints;
 pub mod cluster;
 pub mod config;
 pub mod envelope;

@@ -301,10 +301,15 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Re-check every audit chain; exits non-zero naming the first broken event.
+    /// Re-check every audit chain, and hold each against its latest checkpoint; exits 2
+    /// naming the first broken event, a chain cut short or a missing chain.
     Verify {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Checkpoint files of the replicas (`audit-checkpoints` in each data directory).
+        /// Default: this configuration's own file, when it exists.
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        checkpoints: Vec<PathBuf>,
     },
     /// Print the `credential` value the audit log records for a token (an HMAC of its id
     /// under this deployment's audit key), to find the events a token made. Give the token
@@ -344,7 +349,8 @@ impl Command {
                     | KeysCommand::State { config, .. },
             }
             | Command::Audit {
-                command: AuditCommand::Verify { config } | AuditCommand::CredentialId { config, .. },
+                command:
+                    AuditCommand::Verify { config, .. } | AuditCommand::CredentialId { config, .. },
             }
             | Command::Hsm {
                 command: HsmCommand::InitKey { config, .. },
@@ -487,27 +493,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
-            command: AuditCommand::Verify { config },
-        } => {
-            let cfg = Config::load(&config.sources(None))?;
-            let key = shardgate::state::audit_key(&cfg)?;
-            let store = shardgate::state::open_store(&cfg, 2).await?;
-            shardgate::state::prepare_schema(&cfg, store.as_ref()).await?;
-            match shardgate::audit::verify(store.as_ref(), &key).await {
-                Ok(r) => {
-                    println!(
-                        "audit ok: {} chain(s), {} event(s) verified",
-                        r.chains, r.events
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(shardgate::audit::VerifyError::Broken(b)) => {
-                    println!("AUDIT BROKEN: {b}");
-                    Ok(ExitCode::from(2))
-                }
-                Err(e) => Err(e.into()),
-            }
+            command:
+                AuditCommand::Verify {
+                    config,
+                    checkpoints,
+                },
+        } => audit_verify(&config, checkpoints).await,
+    }
+}
+
+/// `audit verify`: every chain, held against the latest checkpoints of `files` (default:
+/// this configuration's checkpoint file when it exists).
+async fn audit_verify(config: &ConfigArgs, mut files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    use shardgate::audit::VerifyError;
+    let cfg = Config::load(&config.sources(None))?;
+    let key = shardgate::state::audit_key(&cfg)?;
+    if files.is_empty() && cfg.checkpoint_file().exists() {
+        files.push(cfg.checkpoint_file());
+    }
+    let latest = match shardgate::checkpoints::read_latest(&files, &key) {
+        Ok(l) => l,
+        Err(b) => {
+            println!("AUDIT BROKEN: {b}");
+            return Ok(ExitCode::from(2));
         }
+    };
+    let store = shardgate::state::open_store(&cfg, 2).await?;
+    shardgate::state::prepare_schema(&cfg, store.as_ref()).await?;
+    match shardgate::audit::verify_with(store.as_ref(), &key, &latest).await {
+        Ok(r) => {
+            println!(
+                "audit ok: {} chain(s), {} event(s) verified, {} checkpointed chain(s) from {} file(s)",
+                r.chains,
+                r.events,
+                r.checkpoints,
+                files.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(VerifyError::Broken(b)) => {
+            println!("AUDIT BROKEN: {b}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -521,8 +549,12 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(shardgate::tls::Tls::load)
         .transpose()?;
+    // Bind before anything is created: a port in use must not leave a new data directory,
+    // keyring, audit key and admin token behind, and its error names the address.
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let (state, startup) = AppState::build(&cfg).await?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     if let Some(path) = &startup.admin_token_file {
         let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
@@ -734,8 +766,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         &backend,
         i64::from(version),
         &to,
-        "cli",
-        &format!("cli-{}", uuid::Uuid::new_v4().simple()),
+        &shardgate::audit::Origin::cli(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -1008,7 +1039,6 @@ async fn run_job(state: &AppState, id: &str) -> anyhow::Result<ExitCode> {
 
 async fn migrate_command(command: MigrateCommand) -> anyhow::Result<ExitCode> {
     use shardgate_store::job_state;
-    const CLI: &str = "cli";
     match command {
         MigrateCommand::Start {
             config,
@@ -1023,9 +1053,10 @@ async fn migrate_command(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                 from_backend,
                 key_version_below,
             };
-            let job = shardgate::jobs::migrate::start(&state, selector, CLI, "")
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let job =
+                shardgate::jobs::migrate::start(&state, selector, &shardgate::audit::Origin::cli())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             print_job(&job);
             if run {
                 return run_job(&state, &job.id).await;
@@ -1095,9 +1126,10 @@ fn check_job_id(job: &str) -> anyhow::Result<()> {
 async fn change_job(config: &ConfigArgs, job: &str, to: &str) -> anyhow::Result<ExitCode> {
     check_job_id(job)?;
     let state = migrate_state(config).await?;
-    let job = shardgate::jobs::migrate::transition(&state, job, to, "cli", "")
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let job =
+        shardgate::jobs::migrate::transition(&state, job, to, &shardgate::audit::Origin::cli())
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     print_job(&job);
     state.audit.checkpoint().await;
     Ok(ExitCode::SUCCESS)

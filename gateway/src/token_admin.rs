@@ -183,5 +183,5 @@ pub fn validate(
             ));
         }
     }
-    Ok(())
+    crate::auth::check_admin_prefix_rule(scopes, account_prefix).map_err(TokenAdminError::Invalid)
 }

@@ -1158,7 +1158,19 @@ async fn account_get_counts_shards(h: Harness) {
 async fn health_ready_and_unknown_routes(h: Harness) {
     let r = h.call("GET", "/healthz", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = h.call("GET", "/readyz", None, None).await;
+    // Without a credential, or with one lacking `metrics`: the status alone, no backend
+    // names, breaker states or figures.
+    for token in [None, Some(h.tokens.reader.as_str())] {
+        let r = h.call("GET", "/readyz", token, None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json, serde_json::json!({"ready": true}), "{}", r.json);
+    }
+    let r = h
+        .call("GET", "/readyz", Some("sgt_not-a-token"), None)
+        .await;
+    assert_eq!(r.json, serde_json::json!({"ready": true}), "{}", r.json);
+    // With `metrics`: the detail.
+    let r = h.call("GET", "/readyz", Some(h.admin()), None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json["ready"], true);
     assert_eq!(r.json["backends"]["local"]["usable"], true);

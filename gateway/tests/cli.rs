@@ -1509,3 +1509,219 @@ async fn sigterm_drains_and_exits_cleanly() {
     let v = audit_verify(&env.config_path, &logs, "verify");
     assert_eq!(v.code(), Some(0), "{}\n{}", v.stdout, v.stderr);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints outside the database, read-only commands, start-up habits (issue: attacker and
+// new-user findings)
+// ---------------------------------------------------------------------------------------------
+
+async fn audit_verify_sees_a_cut_tail_and_a_deleted_chain(kind: StoreKind) {
+    let logs = common::log_dir(&format!("audit_verify_cut_tail_{kind:?}"));
+    let Some((env, db, chain)) = audited_store(kind, &logs).await else {
+        return;
+    };
+    // The gateway checkpointed its head (seq 6) at shutdown, outside the database.
+    let file = env.dir.path().join("audit-checkpoints");
+    let lines = std::fs::read_to_string(&file).unwrap();
+    assert!(lines.contains(&format!(" {chain} 6 ")), "{lines}");
+    assert_eq!(mode(&file), 0o600);
+
+    // The last event deleted: every remaining event still chains, but the head is behind.
+    assert_eq!(db.exec("DELETE FROM audit_events WHERE seq = 6").await, 1);
+    assert_broken_at(&env, &logs, "verify-cut-tail", &chain, 6);
+    // Held against the files named on the command line (other replicas' too); without any
+    // checkpoint the cut is invisible, which is what the files are for.
+    let moved = env.dir.path().join("replica-1-checkpoints");
+    std::fs::rename(&file, &moved).unwrap();
+    let v = audit_verify(&env.config_path, &logs, "verify-no-checkpoints");
+    assert_eq!(v.code(), Some(0), "{}\n{}", v.stdout, v.stderr);
+    let config = env.config_path.to_str().unwrap();
+    let named = |name: &str| {
+        cli(
+            &[
+                "audit",
+                "verify",
+                "--config",
+                config,
+                "--checkpoints",
+                moved.to_str().unwrap(),
+            ],
+            &logs,
+            name,
+            false,
+        )
+    };
+    let v = named("verify-named-checkpoints");
+    assert_eq!(v.code(), Some(2), "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("behind its checkpoint"), "{}", v.stdout);
+
+    // Every event of the chain, then its registry row too.
+    db.exec("DELETE FROM audit_events").await;
+    let v = named("verify-events-gone");
+    assert_eq!(v.code(), Some(2), "{}\n{}", v.stdout, v.stderr);
+    assert!(
+        v.stdout.starts_with(&format!(
+            "AUDIT BROKEN: audit chain broken at event {chain}:1: "
+        )),
+        "{}",
+        v.stdout
+    );
+    db.exec("DELETE FROM audit_chains").await;
+    let v = named("verify-chain-gone");
+    assert_eq!(v.code(), Some(2), "{}\n{}", v.stdout, v.stderr);
+    assert!(
+        v.stdout.contains("chain missing from the database"),
+        "{}",
+        v.stdout
+    );
+
+    // A checkpoint line edited to hide the cut (seq 6 -> 0) fails its HMAC.
+    let text = std::fs::read_to_string(&moved).unwrap();
+    std::fs::write(
+        &moved,
+        text.replace(&format!(" {chain} 6 "), &format!(" {chain} 0 ")),
+    )
+    .unwrap();
+    let v = named("verify-edited-checkpoint");
+    assert_eq!(v.code(), Some(2), "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("HMAC mismatch"), "{}", v.stdout);
+}
+
+store_tests!(audit_verify_sees_a_cut_tail_and_a_deleted_chain =>
+    audit_verify_sees_a_cut_tail_and_a_deleted_chain_sqlite,
+    audit_verify_sees_a_cut_tail_and_a_deleted_chain_postgres);
+
+async fn read_only_commands_open_no_audit_chain(kind: StoreKind) {
+    let logs = common::log_dir(&format!("read_only_no_chain_{kind:?}"));
+    let Some((env, db, _)) = audited_store(kind, &logs).await else {
+        return;
+    };
+    let config = env.config_path.to_str().unwrap();
+    let before = db.count("SELECT COUNT(*) FROM audit_chains").await;
+    assert_eq!(before, 1);
+    for args in [
+        vec!["keys", "list", "--config", config],
+        vec!["token", "list", "--config", config],
+        vec![
+            "policy",
+            "explain",
+            "--config",
+            config,
+            "--account",
+            "acct-audit",
+        ],
+        vec!["audit", "verify", "--config", config],
+    ] {
+        let name = format!("read-only-{}-{}", args[0], args[1]);
+        let r = cli(&args, &logs, &name, false);
+        assert_eq!(r.code(), Some(0), "{args:?}: {}\n{}", r.stdout, r.stderr);
+    }
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_chains").await,
+        before,
+        "a read-only command registered an audit chain"
+    );
+}
+
+store_tests!(read_only_commands_open_no_audit_chain =>
+    read_only_commands_open_no_audit_chain_sqlite,
+    read_only_commands_open_no_audit_chain_postgres);
+
+#[test]
+fn serve_on_a_port_in_use_names_the_address_and_creates_nothing() {
+    let logs = common::log_dir("port_in_use");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let r = cli(
+        &[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &addr,
+        ],
+        &logs,
+        "port-in-use",
+        false,
+    );
+    assert_eq!(r.code(), Some(1), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&addr),
+        "the error names {addr}: {}",
+        r.stderr
+    );
+    assert!(!data.exists(), "a refused start created its data directory");
+}
+
+#[test]
+fn kubernetes_service_link_variables_do_not_stop_serve() {
+    let logs = common::log_dir("service_links");
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let args = [
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    // What Kubernetes injects into every pod for a Service named `shardgate`.
+    let env = [
+        ("SHARDGATE_PORT", "tcp://10.96.0.12:8080"),
+        ("SHARDGATE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("SHARDGATE_SERVICE_HOST", "10.96.0.12"),
+    ];
+    let gw = Gateway::start_env(&args, None, &logs, "service-links", &env);
+    let stderr = gw.stderr();
+    assert!(
+        stderr.contains("SHARDGATE_PORT"),
+        "one warning names them: {stderr}"
+    );
+    assert!(stderr.contains("SHARDGATE_SERVICE_HOST"), "{stderr}");
+}
+
+#[test]
+fn token_create_refuses_admin_with_an_account_prefix() {
+    let logs = common::log_dir("token_admin_prefix");
+    for scopes in ["*", "admin", "shards:read,admin"] {
+        let r = cli(
+            &[
+                "token",
+                "create",
+                "--name",
+                "t",
+                "--scopes",
+                scopes,
+                "--account-prefix",
+                "acct-",
+            ],
+            &logs,
+            "token-admin-prefix",
+            true,
+        );
+        assert_ne!(r.code(), Some(0), "{scopes}: {}", r.stdout);
+        assert!(
+            r.stderr.contains("account prefix"),
+            "{scopes}: {}",
+            r.stderr
+        );
+    }
+    let r = cli(
+        &[
+            "token",
+            "create",
+            "--name",
+            "t",
+            "--scopes",
+            "shards:read",
+            "--account-prefix",
+            "acct-",
+        ],
+        &logs,
+        "token-prefix-ok",
+        true,
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.stderr);
+}

@@ -95,6 +95,30 @@ sg_ensure_moto() {
     sg_check_recovery_python || true
 }
 
+# The served OpenAPI document is checked by `openapi-spec-validator` (gateway/tests/openapi_spec.rs):
+# exports SHARDGATE_TEST_OPENAPI_PYTHON, an interpreter that imports it (installed with pip,
+# or into moto's virtualenv, when missing). Missing: sg_missing (exit in strict mode).
+SG_OPENAPI_REQUIREMENT="openapi-spec-validator==0.9.0"
+sg_ensure_openapi_validator() {
+    local check='import openapi_spec_validator' py
+    for py in python3 "$SG_MOTO_VENV/bin/python"; do
+        if "$py" -c "$check" >/dev/null 2>&1; then
+            export SHARDGATE_TEST_OPENAPI_PYTHON="$py"
+            return 0
+        fi
+    done
+    sg_log "installing $SG_OPENAPI_REQUIREMENT"
+    for py in python3 "$SG_MOTO_VENV/bin/python"; do
+        if "$py" -m pip install -q --disable-pip-version-check "$SG_OPENAPI_REQUIREMENT" >/dev/null 2>&1 &&
+            "$py" -c "$check" >/dev/null 2>&1; then
+            export SHARDGATE_TEST_OPENAPI_PYTHON="$py"
+            return 0
+        fi
+    done
+    unset SHARDGATE_TEST_OPENAPI_PYTHON
+    sg_missing "openapi-spec-validator is not available (pip install '$SG_OPENAPI_REQUIREMENT' failed)."
+}
+
 # The KMS recovery test (gateway/tests/kms_recovery.rs) runs recover_kms_shard.py with python3
 # (or $SHARDGATE_TEST_PYTHON): it needs boto3 and cryptography, which moto[server] brings into
 # the interpreter that runs moto. Exports SHARDGATE_TEST_PYTHON when that interpreter is not

@@ -70,6 +70,14 @@ pub struct KmsConfig {
     /// The read cache of unwrapped data keys.
     #[serde(default)]
     pub cache: KmsCacheConfig,
+    /// How long a health answer (`DescribeKey`, asked by `/readyz`) is reused, so that
+    /// readiness probes cannot turn into KMS traffic; 0 asks KMS every time.
+    #[serde(default = "default_health_cache_ms")]
+    pub health_cache_ms: u64,
+}
+
+fn default_health_cache_ms() -> u64 {
+    5000
 }
 
 fn default_call_timeout_ms() -> u64 {
@@ -93,6 +101,7 @@ impl KmsConfig {
             max_attempts: default_max_attempts(),
             deadline_ms: default_deadline_ms(),
             cache: KmsCacheConfig::default(),
+            health_cache_ms: default_health_cache_ms(),
         }
     }
 
@@ -136,6 +145,11 @@ pub struct KmsBackend {
     /// The key ARN KMS answered for this instance's wraps (learned from the first answer:
     /// the configured `key_id` may be an alias).
     answered_key_ref: std::sync::OnceLock<String>,
+    /// The last `DescribeKey` answer and when it came: health is asked by every `/readyz`
+    /// probe, which must not turn into KMS traffic (`health_cache_ms`).
+    health_cache: tokio::sync::Mutex<Option<(std::time::Instant, Health)>>,
+    health_ttl: Duration,
+    describe_calls: AtomicU64,
 }
 
 impl std::fmt::Debug for KmsBackend {
@@ -286,6 +300,9 @@ impl KmsBackend {
             encrypt_calls: AtomicU64::new(0),
             reencrypt_calls: AtomicU64::new(0),
             answered_key_ref: std::sync::OnceLock::new(),
+            health_cache: tokio::sync::Mutex::new(None),
+            health_ttl: Duration::from_millis(cfg.health_cache_ms),
+            describe_calls: AtomicU64::new(0),
         })
     }
 
@@ -345,6 +362,7 @@ impl KmsBackend {
         id: &ShardIdentity,
         wrapped: &WrappedKey,
     ) -> Result<WrappedKey, BackendError> {
+        only_version(wrapped.key_version)?;
         self.reencrypt_calls.fetch_add(1, Ordering::Relaxed);
         let ctx = context(id);
         let out = self
@@ -479,6 +497,9 @@ impl KeyBackend for KmsBackend {
         id: &ShardIdentity,
         wrapped: &WrappedKey,
     ) -> Result<DataKey, BackendError> {
+        // The row's key version is checked as other backends check theirs: a database
+        // writer must not sidestep a `destroyed` version by renumbering a row.
+        only_version(wrapped.key_version)?;
         match &self.cache {
             Some(cache) => {
                 let key = cache_key(&self.key_id, &wrapped.blob, &id.aad());
@@ -491,6 +512,7 @@ impl KeyBackend for KmsBackend {
     }
 
     async fn verify(&self, id: &ShardIdentity, wrapped: &WrappedKey) -> Result<(), BackendError> {
+        only_version(wrapped.key_version)?;
         self.reencrypt_from(self, id, wrapped).await.map(drop)
     }
 
@@ -553,6 +575,7 @@ impl KeyBackend for KmsBackend {
             Stat::new("kms_generate_data_key_calls_total", n(&self.generate_calls)),
             Stat::new("kms_encrypt_calls_total", n(&self.encrypt_calls)),
             Stat::new("kms_reencrypt_calls_total", n(&self.reencrypt_calls)),
+            Stat::new("kms_describe_key_calls_total", n(&self.describe_calls)),
             Stat::new("cache_hits_total", c.hits),
             Stat::new("cache_misses_total", c.misses),
             Stat::new("cache_evictions_total", c.evictions),
@@ -561,6 +584,23 @@ impl KeyBackend for KmsBackend {
     }
 
     async fn health(&self) -> Health {
+        // One probe at a time; callers meanwhile wait for its answer, then share it.
+        let mut cached = self.health_cache.lock().await;
+        if let Some((at, h)) = cached.as_ref() {
+            if at.elapsed() < self.health_ttl {
+                return h.clone();
+            }
+        }
+        let h = self.describe_health().await;
+        *cached = Some((std::time::Instant::now(), h.clone()));
+        h
+    }
+}
+
+impl KmsBackend {
+    /// `DescribeKey` of the configured key, as a [`Health`].
+    async fn describe_health(&self) -> Health {
+        self.describe_calls.fetch_add(1, Ordering::Relaxed);
         let probe = tokio::time::timeout(
             self.policy.attempt_timeout,
             self.client.describe_key().key_id(&self.key_id).send(),

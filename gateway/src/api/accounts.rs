@@ -198,12 +198,7 @@ pub async fn put_account(
                 // The snapshot of a large account can outlast the request's deadline: create
                 // the job in the background and answer with its id now.
                 let id = uuid::Uuid::new_v4().to_string();
-                let (st, job_id, actor, request_id) = (
-                    state.clone(),
-                    id.clone(),
-                    ctx.caller.name.clone(),
-                    ctx.request_id.clone(),
-                );
+                let (st, job_id, origin) = (state.clone(), id.clone(), ctx.origin());
                 // In the request's span: its log lines keep the request id.
                 let mut creating = tokio::spawn(
                     async move {
@@ -211,8 +206,7 @@ pub async fn put_account(
                             &st,
                             &job_id,
                             selector,
-                            &actor,
-                            &request_id,
+                            &origin,
                         )
                         .await
                         {

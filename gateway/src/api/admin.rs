@@ -140,7 +140,12 @@ pub async fn start_migration(
     ctx: Ctx,
     ApiJson(body): ApiJson<StartMigrationRequest>,
 ) -> Result<Response, ApiError> {
-    ctx.require(&state, Scope::Admin, None, "migration.start")?;
+    // The admin rule: a job of one account checks the prefix; a backend-wide one has
+    // global effect and needs a token without a prefix.
+    match &body.account {
+        Some(account) => ctx.require(&state, Scope::Admin, Some(account), "migration.start")?,
+        None => ctx.require_global(&state, Scope::Admin, "migration.start")?,
+    }
     if body.account.is_some() == body.from_backend.is_some() {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
@@ -158,7 +163,7 @@ pub async fn start_migration(
         from_backend: body.from_backend,
         key_version_below: body.key_version_below,
     };
-    let job = migrate::start(&state, selector, &ctx.caller.name, &ctx.request_id).await?;
+    let job = migrate::start(&state, selector, &ctx.origin()).await?;
     Ok(json(
         StatusCode::ACCEPTED,
         StartMigrationResponse {
@@ -178,14 +183,30 @@ pub async fn get_migration(
     ctx: Ctx,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    ctx.require(&state, Scope::Admin, None, "migration.get")?;
+    let job = reachable_job(&state, &ctx, path, "migration.get").await?;
+    Ok(json(StatusCode::OK, view(&state, job).await?))
+}
+
+/// The job a path names, once the caller holds `admin` and reaches it: a job of one account
+/// checks the prefix, a backend-wide job needs a token without one (the admin rule).
+async fn reachable_job(
+    state: &AppState,
+    ctx: &Ctx,
+    path: Result<Path<String>, PathRejection>,
+    action: &str,
+) -> Result<MigrationJob, ApiError> {
+    ctx.require(state, Scope::Admin, None, action)?;
     let id = job_id(path)?;
     let job = state
         .store
         .get_migration_job(&id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such migration job"))?;
-    Ok(json(StatusCode::OK, view(&state, job).await?))
+    match &job.selector.account {
+        Some(account) => ctx.require(state, Scope::Admin, Some(account), action)?,
+        None => ctx.require_global(state, Scope::Admin, action)?,
+    }
+    Ok(job)
 }
 
 async fn change(
@@ -194,9 +215,10 @@ async fn change(
     path: Result<Path<String>, PathRejection>,
     to: &str,
 ) -> Result<Response, ApiError> {
-    ctx.require(&state, Scope::Admin, None, "migration.state")?;
-    let id = job_id(path)?;
-    let job = migrate::transition(&state, &id, to, &ctx.caller.name, &ctx.request_id).await?;
+    let id = reachable_job(&state, &ctx, path, "migration.state")
+        .await?
+        .id;
+    let job = migrate::transition(&state, &id, to, &ctx.origin()).await?;
     Ok(json(StatusCode::OK, view(&state, job).await?))
 }
 
@@ -258,7 +280,7 @@ pub async fn close_circuit(
     ctx: Ctx,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    ctx.require(&state, Scope::Admin, None, "backend.circuit_close")?;
+    ctx.require_global(&state, Scope::Admin, "backend.circuit_close")?;
     let Path(name) =
         path.map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid backend name"))?;
     let guarded = state
@@ -298,7 +320,7 @@ pub struct KeysResponse {
     responses((status = 200, description = "key versions", body = KeysResponse)),
     security(("bearer" = ["admin"])))]
 pub async fn list_keys(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
-    ctx.require(&state, Scope::Admin, None, "key.list")?;
+    ctx.require_global(&state, Scope::Admin, "key.list")?;
     let keys = crate::keys::list(&state).await?;
     let cfg = state.keys.config();
     Ok(json(
@@ -335,7 +357,7 @@ pub async fn set_key_state(
     path: Result<Path<(String, String)>, PathRejection>,
     ApiJson(body): ApiJson<KeyStateRequest>,
 ) -> Result<Response, ApiError> {
-    ctx.require(&state, Scope::Admin, None, "key.state")?;
+    ctx.require_global(&state, Scope::Admin, "key.state")?;
     let Path((backend, version)) =
         path.map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid backend or version"))?;
     let version = version
@@ -346,8 +368,7 @@ pub async fn set_key_state(
         &backend,
         i64::from(version),
         &body.state,
-        &ctx.caller.name,
-        &ctx.request_id,
+        &ctx.origin(),
     )
     .await?;
     Ok(json(StatusCode::OK, answer))

@@ -1,9 +1,13 @@
-//! `/healthz` (liveness) and `/readyz` (can this process serve at all, with per-backend
-//! detail, so that one backend's outage never takes every replica out of a load balancer).
+//! `/healthz` (liveness) and `/readyz` (can this process serve at all, so that one backend's
+//! outage never takes every replica out of a load balancer). `/readyz` answers its status to
+//! anyone (load balancers carry no token); the per-backend detail (names, breaker states,
+//! pool and cache figures) only to a caller holding `metrics`, as `/metrics` does.
 
 use super::json;
+use crate::auth::Scope;
 use crate::state::AppState;
 use axum::extract::State;
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
@@ -48,10 +52,12 @@ pub struct BackendReadiness {
 pub struct Readyz {
     /// Whether this process can serve (store reachable and at least one backend usable).
     pub ready: bool,
-    /// The store.
-    pub store: StoreReadiness,
-    /// Every backend by name.
-    pub backends: BTreeMap<String, BackendReadiness>,
+    /// The store (only for a caller holding `metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreReadiness>,
+    /// Every backend by name (only for a caller holding `metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backends: Option<BTreeMap<String, BackendReadiness>>,
 }
 
 /// Process liveness only.
@@ -66,11 +72,12 @@ pub async fn healthz() -> Response {
     )
 }
 
-/// Readiness with per-backend detail.
+/// Readiness: the status for anyone; with a `metrics` credential, per-backend detail too.
 #[utoipa::path(get, path = "/readyz", tag = "health",
-    responses((status = 200, description = "ready", body = Readyz),
+    responses((status = 200, description = "ready (detail only with a `metrics` credential)", body = Readyz),
               (status = 503, description = "cannot serve at all", body = Readyz)))]
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub async fn readyz(State(state): State<AppState>, parts: Parts) -> Response {
+    let detailed = super::optional_caller(&parts, &state).is_some_and(|c| c.has(Scope::Metrics));
     let store = match state.store.ping().await {
         Ok(()) => StoreReadiness {
             kind: state.store.kind().into(),
@@ -115,8 +122,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         },
         Readyz {
             ready,
-            store,
-            backends,
+            store: detailed.then_some(store),
+            backends: detailed.then_some(backends),
         },
     )
 }

@@ -6,7 +6,7 @@ pub mod batch;
 pub mod health;
 pub mod shards;
 
-use crate::audit::Event;
+use crate::audit::{Event, Origin};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -95,11 +95,18 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Who this request is, for the use cases that audit on its behalf.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            actor: self.caller.name.clone(),
+            request_id: self.request_id.clone(),
+            credential: self.caller.credential.clone(),
+        }
+    }
+
     /// An audit event for this request.
     pub fn event(&self, action: &str) -> Event {
-        let mut ev = Event::new(&self.request_id, &self.caller.name, action);
-        ev.credential = self.caller.credential.clone();
-        ev
+        self.origin().event(action)
     }
 }
 
@@ -173,6 +180,13 @@ fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Refused> {
     }
 }
 
+/// The caller a request's credential names, if any and valid; `None` otherwise, without an
+/// audit event or a rate-limit charge. For routes that answer everyone but tell a caller
+/// with a scope more (`/readyz`).
+pub fn optional_caller(parts: &Parts, state: &AppState) -> Option<Caller> {
+    authenticate(parts, state).ok()
+}
+
 /// A refused credential, with what its audit event names.
 struct Refused {
     error: ApiError,
@@ -241,7 +255,32 @@ impl Ctx {
         action: &str,
     ) -> Result<(), ApiError> {
         let r = self.caller.require(scope, account);
-        if let Err(e) = &r {
+        self.audit_refusal(state, &r, scope, account, action);
+        r
+    }
+
+    /// Check scope for an operation with global effect: the caller must carry no account
+    /// prefix (the admin rule, SECURITY.md); a refusal is audited.
+    pub fn require_global(
+        &self,
+        state: &AppState,
+        scope: crate::auth::Scope,
+        action: &str,
+    ) -> Result<(), ApiError> {
+        let r = self.caller.require_unprefixed(scope);
+        self.audit_refusal(state, &r, scope, None, action);
+        r
+    }
+
+    fn audit_refusal(
+        &self,
+        state: &AppState,
+        r: &Result<(), ApiError>,
+        scope: crate::auth::Scope,
+        account: Option<&str>,
+        action: &str,
+    ) {
+        if let Err(e) = r {
             let mut ev = self
                 .event(action)
                 .detail(format!("needs {}", scope.as_str()));
@@ -249,7 +288,6 @@ impl Ctx {
             ev.outcome = e.code.as_str().to_string();
             state.audit.record_detached(ev);
         }
-        r
     }
 }
 

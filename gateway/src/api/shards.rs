@@ -75,6 +75,7 @@ pub struct ShardResponse {
 
 /// `GET .../shards/{shard}` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetShardQuery {
     /// A specific version (default: the latest).
@@ -83,6 +84,7 @@ pub struct GetShardQuery {
 
 /// `GET .../shards` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Return shard ids strictly after this one (exact bytes).

@@ -10,7 +10,7 @@
 //! item either committed or pending (its lease expires), so starting again finishes the job;
 //! several processes share one job.
 
-use crate::audit::{ChainSeal, Event, CHAIN_WAIT};
+use crate::audit::{ChainSeal, Event, Origin, CHAIN_WAIT};
 use crate::config::MigrationConfig;
 use crate::envelope;
 use crate::error::{ApiError, ErrorCode};
@@ -62,11 +62,10 @@ const ACTOR: &str = "migration-worker";
 pub async fn start(
     state: &AppState,
     selector: MigrationSelector,
-    actor: &str,
-    request_id: &str,
+    origin: &Origin,
 ) -> Result<MigrationJob, ApiError> {
     let id = uuid::Uuid::new_v4().to_string();
-    start_with_id(state, &id, selector, actor, request_id).await
+    start_with_id(state, &id, selector, origin).await
 }
 
 /// [`start`] with a job id chosen by the caller (a tier change answers with the id at once
@@ -75,8 +74,7 @@ pub async fn start_with_id(
     state: &AppState,
     id: &str,
     selector: MigrationSelector,
-    actor: &str,
-    request_id: &str,
+    origin: &Origin,
 ) -> Result<MigrationJob, ApiError> {
     if selector.account.is_some() == selector.from_backend.is_some() {
         return Err(ApiError::new(
@@ -113,15 +111,16 @@ pub async fn start_with_id(
             "key_version_below must be 1 or more",
         ));
     }
-    let mut event =
-        Event::new(request_id, actor, "migration.start").detail(describe(id, &selector));
+    let mut event = origin
+        .event("migration.start")
+        .detail(describe(id, &selector));
     event.account = selector.account.clone();
     event.backend = selector.from_backend.clone();
     let mut guard = state.audit.lock().await?;
     let record = guard.begin(&event);
     let result = state
         .store
-        .create_migration_job(id, &selector, crate::now_ms(), actor, &record)
+        .create_migration_job(id, &selector, crate::now_ms(), &origin.actor, &record)
         .await;
     guard.finish(Some(&record), &result).await;
     let job = result?;
@@ -151,8 +150,7 @@ pub async fn transition(
     state: &AppState,
     id: &str,
     to: &str,
-    actor: &str,
-    request_id: &str,
+    origin: &Origin,
 ) -> Result<MigrationJob, ApiError> {
     let from: &[&str] = match to {
         job_state::PAUSED => &[job_state::RUNNING],
@@ -165,8 +163,9 @@ pub async fn transition(
             ))
         }
     };
-    let event =
-        Event::new(request_id, actor, &format!("migration.{to}")).detail(format!("job={id}"));
+    let event = origin
+        .event(&format!("migration.{to}"))
+        .detail(format!("job={id}"));
     let mut guard = state.audit.lock().await?;
     let record = guard.begin(&event);
     let result = state

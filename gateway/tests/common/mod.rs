@@ -107,7 +107,7 @@ pub struct Tokens {
     pub admin: String,
     /// shards:read only.
     pub reader: String,
-    /// Every scope, but only accounts starting with `acct-A`.
+    /// Every scope but `admin`, only accounts starting with `acct-A`.
     pub prefixed: String,
 }
 
@@ -143,7 +143,18 @@ impl Tokens {
             TokenConfig {
                 name: "prefixed".into(),
                 sha256: hash_token(&self.prefixed),
-                scopes: vec!["*".into()],
+                // Every scope but admin, which never goes with a prefix (the admin rule).
+                scopes: [
+                    "accounts:read",
+                    "accounts:write",
+                    "accounts:delete",
+                    "shards:read",
+                    "shards:write",
+                    "shards:delete",
+                    "metrics",
+                ]
+                .map(String::from)
+                .to_vec(),
                 account_prefix: Some("acct-A".into()),
                 expires_at: None,
             },
