@@ -236,6 +236,8 @@ async fn dropped_connections_and_stalls_fail_within_deadline_then_recover() {
         max_attempts: 3,
         call_timeout_ms: 400,
         deadline_ms: 1000,
+        // Health answered fresh each time here (its reuse is pinned separately).
+        health_cache_ms: 0,
         ..no_cache(c)
     })
     .await;
