@@ -91,18 +91,16 @@ fn key_refused(state: &AppState, row: &ShardVersionRow, reason: &str) -> ApiErro
     metrics::counter!("shardgate_key_unusable_rows_total", "backend" => backend.clone())
         .increment(1);
     let first = {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        use std::hash::BuildHasher as _;
         static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
-        let mut h = SEED.get_or_init(Default::default).build_hasher();
-        (
+        let h = SEED.get_or_init(Default::default).hash_one((
             &row.account,
             &row.shard,
             row.version,
             &row.key_ref,
             row.key_version,
-        )
-            .hash(&mut h);
+        ));
         let mut seen = LOGGED_REFUSALS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -110,7 +108,7 @@ fn key_refused(state: &AppState, row: &ShardVersionRow, reason: &str) -> ApiErro
         if set.len() >= LOGGED_REFUSALS_MAX {
             set.clear();
         }
-        set.insert(h.finish())
+        set.insert(h)
     };
     if first {
         tracing::warn!(
