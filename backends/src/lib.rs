@@ -14,6 +14,7 @@ pub mod cloudhsm;
 pub mod conformance;
 mod data_key;
 pub mod deadline;
+pub mod files;
 mod identity;
 pub mod local;
 pub mod pkcs11;

@@ -35,13 +35,13 @@ pub enum KeyringError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The file is readable or writable by group or others.
-    #[error("keyring file {path} has mode {mode:o}: it must not be accessible by group or others (chmod 600)")]
+    /// The opened file's type, mode or owner ([`crate::files::refusal`]).
+    #[error("keyring file {path} {reason}")]
     InsecurePermissions {
         /// The file.
         path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
+        /// What is wrong with it (never its content).
+        reason: String,
     },
     /// The file does not parse or breaks an invariant.
     #[error("keyring file {path} is invalid: {reason}")]
@@ -161,16 +161,21 @@ impl Keyring {
             .map(|v| v.version)
     }
 
-    /// Read and check a keyring file: refuses one accessible by group or others.
+    /// Read and check a keyring file (it may be a symlink, e.g. in a Kubernetes Secret
+    /// volume): the opened file is refused when [`crate::files::refusal`] says so.
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
-        check_permissions(path)?;
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| KeyringError::Io {
+        let text = crate::files::read_secret_text(path).map_err(|e| match e {
+            crate::files::SecretFileError::Io(source) => KeyringError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            refused @ crate::files::SecretFileError::Refused(_) => {
+                KeyringError::InsecurePermissions {
                     path: path.to_path_buf(),
-                    source,
-                })?,
-            );
+                    reason: refused.to_string(),
+                }
+            }
+        })?;
         Self::parse(&text, path)
     }
 
@@ -241,12 +246,26 @@ impl Keyring {
         })
     }
 
-    /// Write atomically (temp file 0600 in the same directory, then rename).
+    /// Write atomically: a fresh 0600 file under a random name in the same directory, then
+    /// renamed over `path` ([`crate::files::write_private`]).
     pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
-        let io = |source| KeyringError::Io {
+        let json = self.encode(path)?;
+        crate::files::write_private(path, json.as_bytes()).map_err(|source| KeyringError::Io {
             path: path.to_path_buf(),
             source,
-        };
+        })
+    }
+
+    /// Like [`Keyring::save`], but fails (`AlreadyExists`) when anything is at `path`.
+    fn create(&self, path: &Path) -> Result<(), KeyringError> {
+        let json = self.encode(path)?;
+        crate::files::create_private(path, json.as_bytes()).map_err(|source| KeyringError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn encode(&self, path: &Path) -> Result<Zeroizing<String>, KeyringError> {
         let encoded: Vec<Option<Zeroizing<String>>> = self
             .versions
             .iter()
@@ -271,26 +290,12 @@ impl Keyring {
                 })
                 .collect(),
         };
-        let json = Zeroizing::new(serde_json::to_string_pretty(&out).map_err(|e| {
-            KeyringError::Invalid {
+        serde_json::to_string_pretty(&out)
+            .map(Zeroizing::new)
+            .map_err(|e| KeyringError::Invalid {
                 path: path.to_path_buf(),
                 reason: format!("cannot encode: {}", e.classify() as u8),
-            }
-        })?);
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("keyring"),
-            std::process::id()
-        ));
-        write_private(&tmp, json.as_bytes()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        Ok(())
+            })
     }
 
     /// Add a new `decrypt-only` version (it unwraps everywhere but wraps nowhere until
@@ -372,54 +377,28 @@ impl Keyring {
     }
 }
 
-/// Create the file with mode 0600 from the start (never briefly world-readable).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-fn check_permissions(path: &Path) -> Result<(), KeyringError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|source| KeyringError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyringError::InsecurePermissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Create a keyring file with one active version unless it exists. Returns whether it
 /// created one.
 pub fn create_if_missing(path: &Path) -> Result<bool, KeyringError> {
-    if path.exists() {
+    // Anything at the name, a dangling symlink too, is the operator's: it is loaded (and
+    // refused if unfit), never replaced or written through.
+    if path.symlink_metadata().is_ok() {
         return Ok(false);
     }
-    Keyring::generate().save(path)?;
-    Ok(true)
+    match Keyring::generate().create(path) {
+        Err(KeyringError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            Ok(false)
+        }
+        other => other.map(|()| true),
+    }
 }
 
 /// The file's bytes, compared to notice any change (a promote keeps the size, and mtimes
 /// can be coarse or preserved by copies, so neither is a reliable change signal).
 fn content(path: &Path) -> Option<Zeroizing<Vec<u8>>> {
-    std::fs::read(path).ok().map(Zeroizing::new)
+    crate::files::read_secret(path).ok()
 }
 
 struct Loaded {
@@ -767,21 +746,124 @@ mod tests {
         assert_eq!(mode, 0o600);
     }
 
-    #[test]
-    fn group_readable_file_is_refused() {
+    fn chmod(path: &Path, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn assert_private_regular(path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert!(meta.file_type().is_file(), "{} is a link", path.display());
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn a_file_others_may_read_or_a_group_may_write_is_refused() {
         let (_d, path) = temp_keyring();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let err = Keyring::load(&path).unwrap_err();
-        assert!(
-            matches!(err, KeyringError::InsecurePermissions { mode: 0o640, .. }),
-            "{err}"
+        for mode in [0o644, 0o604, 0o660, 0o666] {
+            chmod(&path, mode);
+            let err = Keyring::load(&path).unwrap_err();
+            assert!(
+                matches!(err, KeyringError::InsecurePermissions { .. }),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(&format!("mode {mode:o}")), "{text}");
+            assert!(text.contains(&path.display().to_string()), "{text}");
+        }
+        // Group-readable is allowed (Secret volumes with `defaultMode: 0440` + `fsGroup`).
+        chmod(&path, 0o640);
+        Keyring::load(&path).unwrap();
+    }
+
+    /// A Kubernetes Secret volume: `local.keyring -> ..data/local.keyring`, `..data -> ..TS`,
+    /// the file 0440. It loads through the links.
+    #[test]
+    fn a_mounted_secret_symlinked_keyring_loads() {
+        use std::os::unix::fs::symlink;
+        let (d, made) = temp_keyring();
+        let mount = d.path().join("mount");
+        let ts = mount.join("..2026_12_06_00_00_00.1");
+        std::fs::create_dir_all(&ts).unwrap();
+        std::fs::rename(&made, ts.join("local.keyring")).unwrap();
+        chmod(&ts.join("local.keyring"), 0o440);
+        symlink("..2026_12_06_00_00_00.1", mount.join("..data")).unwrap();
+        let path = mount.join("local.keyring");
+        symlink("..data/local.keyring", &path).unwrap();
+        let b = LocalBackend::open("local", &path, Duration::from_millis(0)).unwrap();
+        assert_eq!(b.with_keyring(|k| k.active_version()), Some(1));
+        // create_if_missing leaves it alone.
+        assert!(!create_if_missing(&path).unwrap());
+        assert!(std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    /// `save` once wrote `.NAME.tmp-PID` with O_CREAT|O_TRUNC and no O_EXCL: a symlink
+    /// planted at that name received every key version, a planted 0666 file became the
+    /// keyring. Neither name is written now, and the keyring is a new 0600 file.
+    #[test]
+    fn save_never_writes_through_a_planted_name() {
+        use std::os::unix::fs::symlink;
+        let (d, path) = temp_keyring();
+        let old_tmp = d
+            .path()
+            .join(format!(".local.keyring.tmp-{}", std::process::id()));
+        let outside = d.path().join("attacker-readable");
+        std::fs::write(&outside, "").unwrap();
+        chmod(&outside, 0o666);
+
+        symlink(&outside, &old_tmp).unwrap();
+        let mut k = Keyring::load(&path).unwrap();
+        k.rotate();
+        k.save(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&outside).unwrap(),
+            b"",
+            "wrote through the symlink"
         );
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
-        assert!(matches!(
-            Keyring::load(&path),
-            Err(KeyringError::InsecurePermissions { .. })
-        ));
+        assert!(std::fs::symlink_metadata(&old_tmp)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_private_regular(&path);
+        std::fs::remove_file(&old_tmp).unwrap();
+
+        std::fs::write(&old_tmp, "").unwrap();
+        chmod(&old_tmp, 0o666);
+        k.rotate();
+        k.save(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&old_tmp).unwrap(),
+            b"",
+            "wrote the planted file"
+        );
+        assert_private_regular(&path);
+        assert_eq!(Keyring::load(&path).unwrap().versions().len(), 3);
+
+        // A symlink planted at the keyring's own name is replaced, never followed.
+        std::fs::remove_file(&path).unwrap();
+        symlink(&outside, &path).unwrap();
+        k.save(&path).unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"");
+        assert_private_regular(&path);
+    }
+
+    /// A dangling symlink at the name the embedded default creates is not written through.
+    #[test]
+    fn create_if_missing_never_writes_through_a_dangling_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("local.keyring");
+        let target = d.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(!create_if_missing(&path).unwrap());
+        assert!(
+            !target.exists(),
+            "created the keyring at the symlink's target"
+        );
+        assert!(matches!(Keyring::load(&path), Err(KeyringError::Io { .. })));
     }
 
     #[test]

@@ -43,9 +43,9 @@ pub enum AuditKeyError {
     /// IO.
     #[error("audit key file {0}: {1}")]
     Io(String, std::io::Error),
-    /// Group/other-accessible.
-    #[error("audit key file {0} has mode {1:o}: it must not be accessible by group or others (chmod 600)")]
-    Insecure(String, u32),
+    /// Refused for its type, mode or owner ([`crate::files::refusal`]).
+    #[error("audit key file {0} {1}")]
+    Insecure(String, String),
     /// Not 32 bytes of base64.
     #[error("audit key file {0} must hold 32 bytes as base64")]
     Invalid(String),
@@ -57,18 +57,14 @@ impl AuditKey {
         Self(SecretBox::new(Box::new(bytes)))
     }
 
-    /// Load the key file (base64, one line), refusing one accessible by group or others.
+    /// Load the key file (base64, one line; it may be a symlink), refusing one others may
+    /// read or a group may write ([`crate::files::read_secret`]).
     pub fn load(path: &Path) -> Result<Self, AuditKeyError> {
         let shown = path.display().to_string();
-        crate::files::check_private(path).map_err(|e| match e {
-            crate::files::PrivateFileError::Io(err) => AuditKeyError::Io(shown.clone(), err),
-            crate::files::PrivateFileError::Insecure(mode) => {
-                AuditKeyError::Insecure(shown.clone(), mode)
-            }
+        let text = crate::files::read_secret_text(path).map_err(|e| match e {
+            crate::files::SecretFileError::Io(err) => AuditKeyError::Io(shown.clone(), err),
+            refused => AuditKeyError::Insecure(shown.clone(), refused.to_string()),
         })?;
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| AuditKeyError::Io(shown.clone(), e))?,
-        );
         let raw = Zeroizing::new(
             B64.decode(text.trim().as_bytes())
                 .map_err(|_| AuditKeyError::Invalid(shown.clone()))?,
@@ -80,16 +76,19 @@ impl AuditKey {
         Ok(Self::from_bytes(arr))
     }
 
-    /// Create a fresh key file (mode 0600) unless one exists.
+    /// Create a fresh key file (mode 0600, [`crate::files::create_private`]) unless anything
+    /// is at `path` (a symlink too, even a dangling one: never written through).
     pub fn create_if_missing(path: &Path) -> Result<bool, AuditKeyError> {
-        if path.exists() {
+        if path.symlink_metadata().is_ok() {
             return Ok(false);
         }
         let key = shardgate_backends::DataKey::generate();
         let text = Zeroizing::new(format!("{}\n", B64.encode(key.expose())));
-        crate::files::write_private(path, text.as_bytes())
-            .map_err(|e| AuditKeyError::Io(path.display().to_string(), e))?;
-        Ok(true)
+        match crate::files::create_private(path, text.as_bytes()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(AuditKeyError::Io(path.display().to_string(), e)),
+        }
     }
 
     fn mac(&self) -> Hmac<Sha256> {

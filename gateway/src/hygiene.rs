@@ -1,5 +1,7 @@
-//! Process hygiene at start-up: no core dumps, and (on Linux) not dumpable, so a crash or a
-//! debugger attach by another user cannot copy shards, data keys or PINs out of memory.
+//! Process hygiene at start-up, for every subcommand (`main` calls it before dispatch): no
+//! core dumps, and (on Linux) not dumpable, so a crash or a debugger attach by another user
+//! cannot copy shards, data keys or PINs out of memory; and a umask under which every file
+//! the process creates is private.
 
 /// Disable core dumps (`RLIMIT_CORE = 0`) and, on Linux, mark the process not dumpable
 /// (`PR_SET_DUMPABLE = 0`, which also keeps non-root users from ptrace-attaching). Failures
@@ -21,6 +23,13 @@ pub fn harden() {
     {
         tracing::warn!(error = %e, "could not mark the process not dumpable (PR_SET_DUMPABLE)");
     }
+}
+
+/// Set the umask to 0o077: whatever the process creates (the SQLite database and its
+/// `-wal`/`-shm` files, a backup, anything a library writes) is at most 0600 (directories
+/// 0700), whatever umask the process was started with.
+pub fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 #[cfg(test)]

@@ -376,7 +376,7 @@ impl Command {
 /// The log format the command's configuration asks for. Read before the command runs, so
 /// that its first line is already in that format; a configuration that does not load falls
 /// back to the default here and is reported by the command itself. Loading it before
-/// `serve` hardens the process is fine: the configuration holds no secret (token hashes,
+/// `main` hardens the process is fine: the configuration holds no secret (token hashes,
 /// key and PIN file paths, PIN variable names).
 fn log_format(cli: &Cli) -> LogFormat {
     cli.command
@@ -407,11 +407,26 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(log_format(&cli));
-    match run(cli).await {
+    // Every subcommand, before any secret is read, any file created or any thread started:
+    // `keys`, `migrate`, `hsm`, `backup`, `audit` and `token` handle key material as much
+    // as `serve` does, and every file any of them creates (the SQLite database and its
+    // -wal/-shm files included) is born private.
+    shardgate::hygiene::harden();
+    shardgate::hygiene::private_files();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shardgate: {e}");
@@ -540,8 +555,7 @@ async fn audit_verify(config: &ConfigArgs, mut files: Vec<PathBuf>) -> anyhow::R
 }
 
 async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
-    // Before any secret is loaded.
-    shardgate::hygiene::harden();
+    // `main` has hardened the process already (core dumps, dumpable, umask).
     let cfg = Config::load(&sources)?;
     // Before anything is opened: a bad certificate or key stops start-up with its reason.
     let tls = cfg

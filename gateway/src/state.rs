@@ -177,17 +177,20 @@ fn ensure_private_dir(dir: Option<&std::path::Path>) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The database password of `[store] password_file`: a private file (mode 0600 or stricter),
-/// one trailing newline ignored. Error texts name the file, never its content.
+/// The database password of `[store] password_file`: a private file
+/// ([`crate::files::read_secret`]: 0600, or 0640/0440 for a group; it may be a symlink), one
+/// trailing newline ignored. Error texts name the file, never its content.
 pub fn store_password(cfg: &Config) -> Result<Option<SecretString>, StartError> {
     let Some(path) = &cfg.store.password_file else {
         return Ok(None);
     };
     let what = || format!("store password file {}", path.display());
-    crate::files::check_private(path).map_err(|e| StartError::Io(format!("{}: {e}", what())))?;
-    let text = Zeroizing::new(
-        std::fs::read(path).map_err(|e| StartError::Io(format!("{}: cannot read: {e}", what())))?,
-    );
+    let text = crate::files::read_secret(path).map_err(|e| match e {
+        crate::files::SecretFileError::Io(e) => {
+            StartError::Io(format!("{}: cannot read: {e}", what()))
+        }
+        refused => StartError::Io(format!("{}: {refused}", what())),
+    })?;
     let mut bytes: &[u8] = &text;
     bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
@@ -268,23 +271,9 @@ pub fn config_tokens(cfg: &Config, startup: &mut Startup) -> Result<Vec<TokenEnt
     }
     if let Some(path) = &cfg.admin_token_file {
         ensure_private_dir(path.parent())?;
-        if !path.exists() {
-            let token = crate::auth::generate_token();
-            let line = Zeroizing::new(format!("{}\n", token.expose_secret()));
-            crate::files::write_private(path, line.as_bytes())
-                .map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))?;
-            startup.created_admin_token = true;
-        }
-        crate::files::check_private(path)
-            .map_err(|e| StartError::Io(format!("admin token file {}: {e}", path.display())))?;
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| StartError::Io(format!("cannot read {}: {e}", path.display())))?,
-        );
-        let all = vec!["*".to_string()];
-        let e = TokenEntry::new("admin", &hash_token(text.trim()), &all, None)
-            .ok_or_else(|| StartError::Io("admin token entry".into()))?;
-        entries.push(e);
+        startup.created_admin_token = create_admin_token(path)?;
+        let entry = admin_token_entry(path)?;
+        entries.push(entry);
         startup.admin_token_file = Some(path.clone());
     }
     if entries.is_empty() {
@@ -293,6 +282,48 @@ pub fn config_tokens(cfg: &Config, startup: &mut Startup) -> Result<Vec<TokenEnt
         ));
     }
     Ok(entries)
+}
+
+/// Create the embedded default's admin token file unless anything is at its name (a file,
+/// or a symlink, even a dangling one: never replaced, never written through). Returns
+/// whether it created one.
+fn create_admin_token(path: &std::path::Path) -> Result<bool, StartError> {
+    if path.symlink_metadata().is_ok() {
+        return Ok(false);
+    }
+    let token = crate::auth::generate_token();
+    let line = Zeroizing::new(format!("{}\n", token.expose_secret()));
+    match crate::files::create_private(path, line.as_bytes()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(StartError::Io(format!(
+            "cannot write {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The admin token file's entry (every scope). Refused: a file others may read
+/// ([`crate::files::read_secret`]) and an empty one, which would make the SHA-256 of the
+/// empty string an admin token.
+fn admin_token_entry(path: &std::path::Path) -> Result<TokenEntry, StartError> {
+    let shown = || format!("admin token file {}", path.display());
+    let text = crate::files::read_secret_text(path).map_err(|e| match e {
+        crate::files::SecretFileError::Io(e) => {
+            StartError::Io(format!("{}: cannot read: {e}", shown()))
+        }
+        refused => StartError::Io(format!("{}: {refused}", shown())),
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(StartError::Io(format!(
+            "{} is empty: put a token in it (or delete it and a new one is generated)",
+            shown()
+        )));
+    }
+    let all = vec!["*".to_string()];
+    TokenEntry::new("admin", &hash_token(token), &all, None)
+        .ok_or_else(|| StartError::Io("admin token entry".into()))
 }
 
 impl AppState {

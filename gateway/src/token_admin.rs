@@ -85,7 +85,7 @@ pub async fn list(cfg: &Config, store: &dyn Store) -> Result<Vec<Listed>, TokenA
         });
     }
     if let Some(path) = &cfg.admin_token_file {
-        if let Ok(text) = std::fs::read_to_string(path).map(zeroize::Zeroizing::new) {
+        if let Ok(text) = crate::files::read_secret_text(path) {
             out.push(Listed {
                 id: token_id(&hash_token(text.trim())),
                 name: "admin".into(),

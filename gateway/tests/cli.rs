@@ -1346,10 +1346,11 @@ async fn serve_refuses_group_readable_keyring() {
             "key bytes printed"
         );
     }
-    // Still refused when only group-readable (0640), and the file was not "fixed" silently.
-    chmod(&env.keyring(), 0o640);
-    serve_must_refuse(&args, &logs, "serve-keyring-0640");
-    assert_eq!(mode(&env.keyring()), 0o640);
+    // Refused when its group may write it (0660; group-READABLE 0640 is allowed, for
+    // Secret volumes with an `fsGroup`), and the file was not "fixed" silently.
+    chmod(&env.keyring(), 0o660);
+    serve_must_refuse(&args, &logs, "serve-keyring-0660");
+    assert_eq!(mode(&env.keyring()), 0o660);
 
     // The same for the audit key.
     chmod(&env.keyring(), 0o600);

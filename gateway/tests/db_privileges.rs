@@ -720,7 +720,7 @@ async fn password_file_must_be_private_and_a_wrong_password_is_not_echoed() {
         .unwrap()
         .to_string();
     assert!(
-        msg.contains("store password file") && msg.contains("allows group or others"),
+        msg.contains("store password file") && msg.contains("others may read it"),
         "{msg}"
     );
     assert!(!msg.contains(&wrong), "{msg}");

@@ -835,7 +835,7 @@ async fn sighup_reloads_certificates_and_keeps_open_connections() {
 fn serve_refuses_to_start_with_a_key_file_others_may_read() {
     use std::os::unix::fs::PermissionsExt;
     let s = setup(true, None);
-    std::fs::set_permissions(&s.key_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&s.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config_file = s.dir.join("shardgate.toml");
     common::write_config(&s.cfg, &config_file);
     let out = Command::new(common::shardgate_bin())

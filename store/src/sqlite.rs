@@ -81,6 +81,9 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            create_private_db(options.get_filename());
+        }
         let mut pool = SqlitePoolOptions::new()
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_release(|conn, _meta| {
@@ -120,6 +123,24 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Internal(format!("transaction task failed: {e}")))?
             .map_err(map_err)
+    }
+}
+
+/// Create a missing database file empty with mode 0600 before SQLite opens it, whatever the
+/// process's umask: SQLite gives the `-wal` and `-shm` files it creates the database file's
+/// mode, so all three hold the wrapped keys and the audit log privately. An existing file is
+/// left as it is (`create_new`: nothing is truncated, no symlink is followed); any other
+/// error is left for the connection to report.
+fn create_private_db(path: &Path) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            tracing::debug!(error = %e, "could not pre-create the SQLite database file");
+        }
     }
 }
 
@@ -1777,5 +1798,37 @@ impl Store for SqliteStore {
             let _ = std::fs::remove_file(&target);
         }
         copied
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod file_mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The database, its `-wal` and its `-shm` are 0600 even under a umask of 022 (the test
+    /// process's usual one): they hold every wrapped key and the audit log.
+    #[tokio::test]
+    async fn a_new_database_and_its_wal_and_shm_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("shardgate.db");
+        let store = SqliteStore::connect(&format!("sqlite://{}", db.display()), 2)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+            names.push(name);
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            ["shardgate.db", "shardgate.db-shm", "shardgate.db-wal"]
+        );
     }
 }

@@ -1173,6 +1173,15 @@ async fn backup_to_copies_sqlite_and_refuses_postgres(h: &Harness) {
     assert!(matches!(err, BackupError::Exists(_)), "{err:?}");
     assert_eq!(std::fs::read(&to).unwrap(), before);
 
+    // A symlink planted at the path is refused, never followed: its target stays untouched.
+    let target = dir.path().join("attacker-readable");
+    std::fs::write(&target, "").unwrap();
+    let planted = dir.path().join("planted.db");
+    std::os::unix::fs::symlink(&target, &planted).unwrap();
+    let err = s.backup_to(&planted).await.unwrap_err();
+    assert!(matches!(err, BackupError::Exists(_)), "{err:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"");
+
     let nowhere = dir.path().join("missing-dir").join("copy.db");
     let err = s.backup_to(&nowhere).await.unwrap_err();
     assert!(matches!(err, BackupError::Io { .. }), "{err:?}");

@@ -47,7 +47,7 @@ use pool::{BusyGuard, PooledSession, SessionManager, Stats};
 use serde::{Deserialize, Serialize};
 use session::{open, seal, OpenError, SealError, IV_LEN, TAG_LEN};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -175,16 +175,13 @@ pub(crate) fn read_pin(cfg: &Pkcs11Config) -> Result<AuthPin, BackendError> {
         (Some(var), None) => Zeroizing::new(std::env::var(var).map_err(|_| {
             BackendError::Internal(format!("PIN environment variable {var} is not set"))
         })?),
-        (None, Some(path)) => {
-            check_private(path)?;
-            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                BackendError::Internal(format!(
-                    "cannot read PIN file {}: {}",
-                    path.display(),
-                    e.kind()
-                ))
-            })?)
-        }
+        (None, Some(path)) => crate::files::read_secret_text(path).map_err(|e| {
+            let why = match e {
+                crate::files::SecretFileError::Io(e) => format!("cannot read it: {}", e.kind()),
+                refused => refused.to_string(),
+            };
+            BackendError::Internal(format!("PIN file {}: {why}", path.display()))
+        })?,
         _ => {
             return Err(BackendError::Internal(
                 "pkcs11 config: set exactly one of pin_env and pin_file".into(),
@@ -196,24 +193,6 @@ pub(crate) fn read_pin(cfg: &Pkcs11Config) -> Result<AuthPin, BackendError> {
         return Err(BackendError::Internal("the PIN is empty".into()));
     }
     Ok(AuthPin::from(pin.to_string()))
-}
-
-fn check_private(path: &Path) -> Result<(), BackendError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| {
-            BackendError::Internal(format!("PIN file {}: {}", path.display(), e.kind()))
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(BackendError::Internal(format!(
-                "PIN file {} has mode {mode:o}: it must not be accessible by group or others (chmod 600)",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Pool gauges and counters, for metrics and `/readyz`.
@@ -1322,19 +1301,43 @@ mod tests {
     }
 
     #[test]
-    fn group_readable_pin_file_is_refused_without_quoting_it() {
+    fn a_pin_file_others_may_read_is_refused_without_quoting_it() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pin");
         std::fs::write(&path, "s3cret-pin\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let mut c = cfg();
         c.pin_env = None;
         c.pin_file = Some(path.clone());
-        let err = read_pin(&c).unwrap_err();
-        assert!(err.to_string().contains("mode 640"), "{err}");
-        assert!(!format!("{err} {err:?}").contains("s3cret"));
+        for mode in [0o644, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_pin(&c).unwrap_err();
+            assert!(err.to_string().contains(&format!("mode {mode:o}")), "{err}");
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "{err}"
+            );
+            assert!(!format!("{err} {err:?}").contains("s3cret"));
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(read_pin(&c).unwrap().expose_secret(), "s3cret-pin");
+    }
+
+    /// A PIN in a Kubernetes Secret volume (`pin -> ..data/pin`, 0440 with an `fsGroup`).
+    #[test]
+    fn a_mounted_secret_symlinked_pin_file_is_read() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let ts = dir.path().join("..2026_12_06_00_00_00.1");
+        std::fs::create_dir(&ts).unwrap();
+        std::fs::write(ts.join("pin"), "s3cret-pin\n").unwrap();
+        std::fs::set_permissions(ts.join("pin"), std::fs::Permissions::from_mode(0o440)).unwrap();
+        symlink("..2026_12_06_00_00_00.1", dir.path().join("..data")).unwrap();
+        symlink("..data/pin", dir.path().join("pin")).unwrap();
+        let mut c = cfg();
+        c.pin_env = None;
+        c.pin_file = Some(dir.path().join("pin"));
         use secrecy::ExposeSecret;
         assert_eq!(read_pin(&c).unwrap().expose_secret(), "s3cret-pin");
     }

@@ -151,14 +151,10 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, T
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    crate::files::check_private(path).map_err(|e| {
-        file_error(
-            path,
-            format!("private key file refused: {e} (chmod 600 it)"),
-        )
+    let bytes = crate::files::read_secret(path).map_err(|e| match e {
+        crate::files::SecretFileError::Io(e) => file_error(path, e.to_string()),
+        refused => file_error(path, format!("private key file {refused}")),
     })?;
-    let bytes =
-        zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| file_error(path, e.to_string()))?);
     // The PEM parser's own messages can quote a line of the file: report only the kind.
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         file_error(
@@ -393,6 +389,36 @@ mod tests {
         let e = Tls::load(&f.cfg).unwrap_err().to_string();
         assert!(e.contains("server.key"), "{e}");
         assert!(!e.contains("c2VjcmV0"), "{e}");
+    }
+
+    /// The key in a Kubernetes Secret volume: `server.key -> ..data/server.key`, mode 0440
+    /// (`defaultMode: 0440` with an `fsGroup`). It loads through the links.
+    #[test]
+    fn a_mounted_secret_symlinked_key_file_loads() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let f = files();
+        let mount = f._dir.path().join("mount");
+        let ts = mount.join("..2026_12_06_00_00_00.1");
+        std::fs::create_dir_all(&ts).unwrap();
+        std::fs::rename(&f.cfg.key_file, ts.join("server.key")).unwrap();
+        std::fs::set_permissions(
+            ts.join("server.key"),
+            std::fs::Permissions::from_mode(0o440),
+        )
+        .unwrap();
+        symlink("..2026_12_06_00_00_00.1", mount.join("..data")).unwrap();
+        symlink("..data/server.key", mount.join("server.key")).unwrap();
+        let mut cfg = f.cfg.clone();
+        cfg.key_file = mount.join("server.key");
+        Tls::load(&cfg).unwrap();
+        // A group that may write it is refused.
+        std::fs::set_permissions(
+            ts.join("server.key"),
+            std::fs::Permissions::from_mode(0o460),
+        )
+        .unwrap();
+        let e = Tls::load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("group may write"), "{e}");
     }
 
     #[test]
