@@ -1001,7 +1001,20 @@ async fn tokens_never_appear_in_audit_rows(h: Harness) {
         None,
     )
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The refusal's event is written detached: wait for it, so the check below reads it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while h
+        .db
+        .count("SELECT COUNT(*) FROM audit_events WHERE action = 'auth'")
+        .await
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal was never audited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let rows = h.db.all_bytes("SELECT * FROM audit_events").await;
     assert!(rows.len() > 10);
     for t in [

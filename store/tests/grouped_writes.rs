@@ -285,8 +285,27 @@ async fn a_key_another_transaction_inserts_meanwhile_is_refused_alone() {
             (answers, seal.asked)
         })
     };
-    // The group's statement waits for that transaction's key, which then commits.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The group's statement waits for that transaction's key (PostgreSQL shows a backend
+    // of this database waiting on a lock), which then commits.
+    let mut watcher = sqlx::PgConnection::connect(&h.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !group.is_finished(),
+            "the group's statement never waited for the other transaction's key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(!group.is_finished());
     tx.commit().await.unwrap();
     let (answers, asked) = group.await.unwrap();

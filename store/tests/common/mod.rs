@@ -51,6 +51,24 @@ fn pg_base_url() -> Option<String> {
 }
 
 impl Harness {
+    /// PostgreSQL: connections to this database left inside a transaction (what a
+    /// cancelled write must never leave in the pool). SQLite has no such view: there a
+    /// leaked transaction holds the write lock, and the writes after it fail.
+    pub async fn idle_in_transaction(&self) -> i64 {
+        if !self.url.starts_with("postgres") {
+            return 0;
+        }
+        use sqlx::Connection as _;
+        let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    }
+
     /// A migrated store on a new PostgreSQL database, or `None` (after a loud notice) when
     /// `SHARDGATE_TEST_DATABASE_URL` is unset outside CI.
     pub async fn postgres() -> Option<Harness> {
