@@ -4,6 +4,9 @@
 //! Writes seal their event while holding the chain (a [`ChainGuard`]) and commit it in
 //! their own transaction. Reads queue their event to a batching writer and are answered
 //! only once it is durable; a full queue or a failed write answers `audit_unavailable`.
+//! Detached events (refusals, which no request waits for) have a bounded queue of their own
+//! that the writer serves only when no read is waiting, in small batches, so a flood of
+//! refusals can neither fill the reads' queue nor hold their events back for long.
 //! The chain head is logged as a checkpoint every `checkpoint_interval_secs`.
 
 use crate::error::{ApiError, ErrorCode};
@@ -14,6 +17,7 @@ use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
 use shardgate_store::{AuditRecord, LateSeal, Store, StoreError};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex, MutexGuard};
@@ -276,7 +280,18 @@ pub struct Auditor {
     /// `None` when the head is unknown (a write's outcome was lost): resync before sealing.
     head: Mutex<Option<Head>>,
     queue: mpsc::Sender<Pending>,
+    /// Events nobody waits for: their own bounded queue ([`Auditor::record_detached`]).
+    detached: mpsc::Sender<Event>,
+    /// Detached events dropped on a full queue, and when that was last logged.
+    detached_dropped: AtomicU64,
+    detached_warned_ms: AtomicI64,
 }
+
+/// Most detached events in one write: a read queued while it commits waits for no more.
+const DETACHED_BATCH: usize = 32;
+
+/// At most one warning about dropped detached events per this many milliseconds.
+const DROP_WARN_EVERY_MS: i64 = 10_000;
 
 impl std::fmt::Debug for Auditor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -539,11 +554,12 @@ impl Auditor {
     }
 
     /// Start a new chain for this process: register it and spawn the batching writer and
-    /// the checkpoint logger.
+    /// the checkpoint logger. `queue_capacity` bounds the requests waiting for their events,
+    /// `detached_capacity` the detached events (`[audit]`).
     pub async fn start(
         store: Arc<dyn Store>,
         key: Arc<AuditKey>,
-        queue_capacity: usize,
+        (queue_capacity, detached_capacity): (usize, usize),
         batch_max: usize,
         checkpoint_every: Duration,
     ) -> Result<Arc<Self>, StoreError> {
@@ -553,6 +569,7 @@ impl Auditor {
             .register_chain(&chain_id, crate::now_ms(), &host)
             .await?;
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let (detached_tx, detached_rx) = mpsc::channel(detached_capacity.max(1));
         let auditor = Arc::new(Self {
             chain_id,
             key,
@@ -562,9 +579,16 @@ impl Auditor {
                 tag: vec![0u8; 32],
             })),
             queue: tx,
+            detached: detached_tx,
+            detached_dropped: AtomicU64::new(0),
+            detached_warned_ms: AtomicI64::new(i64::MIN),
         });
         tracing::info!(chain_id = %auditor.chain_id, "audit chain started");
-        tokio::spawn(writer(Arc::downgrade(&auditor), rx, batch_max.max(1)));
+        let queues = Queues {
+            waited: rx,
+            detached: detached_rx,
+        };
+        tokio::spawn(writer(Arc::downgrade(&auditor), queues, batch_max.max(1)));
         tokio::spawn(checkpoints(Arc::downgrade(&auditor), checkpoint_every));
         Ok(auditor)
     }
@@ -585,6 +609,8 @@ impl Auditor {
     pub fn publish_queue_metrics(&self) {
         metrics::gauge!("shardgate_audit_queue_depth").set(self.queue_depth() as f64);
         metrics::gauge!("shardgate_audit_queue_capacity").set(self.queue.max_capacity() as f64);
+        let detached = self.detached.max_capacity() - self.detached.capacity();
+        metrics::gauge!("shardgate_audit_detached_queue_depth").set(detached as f64);
     }
 
     fn seal_at(&self, e: &Event, seq: i64, prev_tag: Vec<u8>) -> AuditRecord {
@@ -666,18 +692,28 @@ impl Auditor {
         ids.pop().ok_or_else(unavailable)
     }
 
-    /// Queue an event without waiting (authentication failures: writing them must not
-    /// become a way to load the database, so a full queue drops them with a warning).
+    /// Queue an event without waiting (refusals: writing them must not become a way to load
+    /// the database or to crowd out reads). It goes on the detached queue, which is bounded
+    /// on its own: a full one drops the event, counted in
+    /// `shardgate_audit_detached_dropped_total` and logged at most once per 10 s.
     pub fn record_detached(&self, event: Event) {
-        if self
-            .queue
-            .try_send(Pending {
-                events: vec![event],
-                done: None,
-            })
-            .is_err()
+        if self.detached.try_send(event).is_ok() {
+            return;
+        }
+        metrics::counter!("shardgate_audit_detached_dropped_total").increment(1);
+        let dropped = self.detached_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = crate::now_ms();
+        let last = self.detached_warned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= DROP_WARN_EVERY_MS
+            && self
+                .detached_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
-            tracing::warn!("audit queue full; dropped a detached audit event");
+            tracing::warn!(
+                dropped_total = dropped,
+                "detached audit queue full; dropping detached audit events"
+            );
         }
     }
 
@@ -745,12 +781,36 @@ fn unavailable() -> ApiError {
     )
 }
 
-async fn writer(auditor: std::sync::Weak<Auditor>, mut rx: mpsc::Receiver<Pending>, max: usize) {
-    while let Some(first) = rx.recv().await {
+/// The writer's two inputs.
+struct Queues {
+    /// Requests waiting for their events.
+    waited: mpsc::Receiver<Pending>,
+    /// Events nobody waits for.
+    detached: mpsc::Receiver<Event>,
+}
+
+impl Queues {
+    /// The next batch: waiting requests first (up to `max` events), else up to
+    /// [`DETACHED_BATCH`] detached events. `None` once the auditor is gone.
+    async fn next_batch(&mut self, max: usize) -> Option<Vec<Pending>> {
+        let first = tokio::select! {
+            biased;
+            p = self.waited.recv() => p?,
+            e = self.detached.recv() => {
+                let mut events = vec![e?];
+                while events.len() < DETACHED_BATCH.min(max) {
+                    match self.detached.try_recv() {
+                        Ok(e) => events.push(e),
+                        Err(_) => break,
+                    }
+                }
+                return Some(vec![Pending { events, done: None }]);
+            }
+        };
+        let mut count = first.events.len();
         let mut batch = vec![first];
-        let mut count = batch[0].events.len();
         while count < max {
-            match rx.try_recv() {
+            match self.waited.try_recv() {
                 Ok(p) => {
                     count += p.events.len();
                     batch.push(p);
@@ -758,6 +818,12 @@ async fn writer(auditor: std::sync::Weak<Auditor>, mut rx: mpsc::Receiver<Pendin
                 Err(_) => break,
             }
         }
+        Some(batch)
+    }
+}
+
+async fn writer(auditor: std::sync::Weak<Auditor>, mut queues: Queues, max: usize) {
+    while let Some(batch) = queues.next_batch(max).await {
         let Some(a) = auditor.upgrade() else { break };
         a.publish_queue_metrics();
         let result = a.write_batch(&batch).await;
