@@ -8,7 +8,7 @@
 #
 #   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
 #                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
-#                    [--only all|migration] [--migration-shards N] [--migration-rate R]
+#                    [--only all|migration|flood] [--migration-shards N] [--migration-rate R]
 #
 #   --accounts N      accounts per backend tier, one shard `s0` each (default 1000)
 #   --shard-bytes B   shard size in bytes (default 64)
@@ -19,6 +19,8 @@
 #   --keep-logs       keep the gateway/moto logs and raw results (kept anyway when a step fails)
 #   --only migration  only the tier-migration figures (issue 5); the other sections of an
 #                     existing BENCHMARKS.md/json in --out are kept as they are (default: all)
+#   --only flood      only the readers-under-an-unauthenticated-flood figure (issue 25), printed
+#                     and kept in the results (BENCHMARKS.md/json are not written)
 #   --migration-shards N  shards of the local -> pkcs11 throughput job, on one account, loaded
 #                     over HTTP (default 100000, issue 5's size: loading them takes about 3.5 of
 #                     the whole bench's ~15 minutes on 2 cores; 20000 saves about 5 minutes)
@@ -77,7 +79,7 @@ while [ "$#" -gt 0 ]; do
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
         --only)
-            case "${2:-}" in all | migration) ONLY=$2 ;; *) sg_die "--only is all or migration, got '${2:-}'" ;; esac
+            case "${2:-}" in all | migration | flood) ONLY=$2 ;; *) sg_die "--only is all, migration or flood, got '${2:-}'" ;; esac
             shift 2 ;;
         --migration-shards) MIG_SHARDS=$(num "$1" "${2:-}"); shift 2 ;;
         --migration-rate) MIG_RATE=$(num "$1" "${2:-}"); shift 2 ;;
@@ -172,7 +174,7 @@ command -v wrk >/dev/null 2>&1 || sg_die "wrk is required (apt-get install wrk)"
 command -v curl >/dev/null 2>&1 || sg_apt_install curl || sg_die "curl is required"
 # oha (open-loop latency) and inferno (flamegraphs) come from crates.io, built once.
 export PATH="$PATH:$HOME/.cargo/bin"
-if ! command -v oha >/dev/null 2>&1 && [ "$ONLY" = all ]; then
+if ! command -v oha >/dev/null 2>&1 && [ "$ONLY" != migration ]; then
     blog "installing oha (cargo install oha --locked; once)"
     cargo install oha --locked >&2 || sg_die "oha is required for the open-loop figure (cargo install oha)"
 fi
@@ -187,7 +189,7 @@ blog "release build (CARGO_TARGET_DIR=$TARGET)"
 # feature (a softhsm-tests dev-dependency), which must not reach the measured gateway binary.
 CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate
 CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-bench
-[ "$ONLY" = migration ] || CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-softhsm-tests --example pool_vs_login
+[ "$ONLY" != all ] || CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-softhsm-tests --example pool_vs_login
 BIN=$TARGET/release/shardgate
 BENCH_BIN=$TARGET/release/shardgate-bench
 POOL_VS_LOGIN=$TARGET/release/examples/pool_vs_login
@@ -358,6 +360,8 @@ load_sets=()
 LOAD_BACKENDS=("${BACKENDS[@]}")
 # Only the migration figures: the GETs next to the job read the hsm set.
 [ "$ONLY" = migration ] && LOAD_BACKENDS=(hsm)
+# Only the flood figure: its readers read the local set.
+[ "$ONLY" = flood ] && LOAD_BACKENDS=(local)
 for b in "${LOAD_BACKENDS[@]}"; do load_sets+=("bench-$b=$(prefix_of "$b")"); done
 LOAD_CMD="SG_TOKEN=\$TOKEN python3 bench/load.py --base $BASE --accounts $ACCOUNTS --shard-bytes $SHARD_BYTES ${load_sets[*]}"
 blog "loading $ACCOUNTS accounts x 1 shard of $SHARD_BYTES B per backend tier (${LOAD_BACKENDS[*]})"
@@ -425,6 +429,25 @@ blog "warm-up (${WARMUP_SECS}s per backend; not reported)"
 for b in "${LOAD_BACKENDS[@]}"; do
     run_wrk "warmup-get-$b" warmup "$b" get "$THREADS" "$CONNS" "$WARMUP_SECS" 0
 done
+# oha (open-loop figures) and what its runs share.
+OHA=$(command -v oha || true)
+oha_summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); p=d["latencyPercentiles"]; print("p50 %.2f ms, p99 %.2f ms, status %s" % (p["p50"]*1e3, p["p99"]*1e3, d.get("statusCodeDistribution")))' "$1"; }
+# The account ids of the loaded local set, 000000 .. ACCOUNTS-1, as a regex oha expands.
+open_loop_regex() {
+    python3 - "$ACCOUNTS" <<'PY'
+import sys
+n = int(sys.argv[1]) - 1  # largest id
+s = "%06d" % n
+alts = []
+# ids <= s: for each position, a smaller digit there followed by anything, plus s itself.
+for i, ch in enumerate(s):
+    if ch != "0":
+        alts.append(s[:i] + ("[0-%d]" % (int(ch) - 1) if ch != "1" else "0") + "[0-9]" * (len(s) - i - 1))
+alts.append(s)
+print("(" + "|".join(alts) + ")")
+PY
+}
+
 mkdir -p "$RES/raw"
 if [ "$ONLY" = all ]; then
 run_wrk "warmup-batch-hsm" warmup hsm batch "$THREADS" "$CONNS" "$WARMUP_SECS" 0
@@ -465,7 +488,6 @@ run_floors() { # run_floors ROUND
 
 # Open loop: GETs on the local set at half of this round's closed-loop peak, with oha's
 # latency correction (a request is timed from when it was due, not when a connection was free).
-OHA=$(command -v oha)
 run_open_loop() { # run_open_loop ROUND
     local r=$1 peak rate dir=$RES/runs/open-local-r$1 url
     peak=$(python3 -c 'import json,sys; l=[x for x in open(sys.argv[1]) if x.startswith("SGJSON ")][0]; w=json.loads(l[7:]); print(int(w["requests"] / (w["duration_us"] / 1e6)))' "$RES/runs/get-local-r$r/wrk.out")
@@ -492,23 +514,6 @@ run_open_loop() { # run_open_loop ROUND
         { cat "$dir/null-oha.stderr" >&2; sg_die "oha (null_route) failed"; }
     blog "open-null-r$r: $rate req/s offered: $(oha_summary "$dir/null-oha.json")"
 }
-oha_summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); p=d["latencyPercentiles"]; print("p50 %.2f ms, p99 %.2f ms, status %s" % (p["p50"]*1e3, p["p99"]*1e3, d.get("statusCodeDistribution")))' "$1"; }
-# The account ids of the loaded local set, 000000 .. ACCOUNTS-1, as a regex oha expands.
-open_loop_regex() {
-    python3 - "$ACCOUNTS" <<'PY'
-import sys
-n = int(sys.argv[1]) - 1  # largest id
-s = "%06d" % n
-alts = []
-# ids <= s: for each position, a smaller digit there followed by anything, plus s itself.
-for i, ch in enumerate(s):
-    if ch != "0":
-        alts.append(s[:i] + ("[0-%d]" % (int(ch) - 1) if ch != "1" else "0") + "[0-9]" * (len(s) - i - 1))
-alts.append(s)
-print("(" + "|".join(alts) + ")")
-PY
-}
-
 DECRYPT_CMD="$BENCH_BIN kms-decrypt --endpoint $MOTO_URL --key-id \$KMS_KEY_ARN --n $DECRYPT_N --seconds $DURATION"
 for r in $(seq 1 "$ROUNDS"); do
     # Each round starts at another backend, so that a drift of the machine does not always
@@ -611,6 +616,72 @@ cat "$RES/raw/pool_vs_login.out" >&2
 fi # ONLY=all
 
 # ---------------------------------------------------------------------------------------------
+# 6b. Readers under an unauthenticated flood (issue 25): the p50 of legitimate GETs (local set,
+#     oha open loop at FLOOD_RATE req/s, 4 connections) alone, then while two oha floods run
+#     from the same address as fast as they go: bad tokens on paths just under
+#     [limits] max_uri_bytes (refused: audited up to the per-address budget, then 429), and
+#     60 KB paths (414 before any work). Goal: flooded p50 <= 2x the quiet one. Also counted:
+#     the `auth` audit rows and the gateway log bytes each flood window added.
+# ---------------------------------------------------------------------------------------------
+FLOOD_RATE=200
+FLOOD_CONNS=32
+if [ "$ONLY" != migration ]; then
+    FLOOD=$RES/flood
+    mkdir -p "$FLOOD"
+    [ -n "$OHA" ] || sg_die "oha is required for the flood figure (cargo install oha)"
+    flood_url="$(printf '%s' "$BASE" | sed 's/\./[.]/g')/v1/accounts/$(prefix_of local)$(open_loop_regex)/shards/s0"
+    long_path() { python3 -c 'import sys; p="/v1/accounts/flood/shards/"; print(p + "x" * (int(sys.argv[1]) - len(p)))' "$1"; }
+    NEAR_CAP=$BASE$(long_path 8000)
+    OVER_CAP=$BASE$(long_path 61440)
+    auth_rows() { sg_psql_admin -d "$DB_NAME" -c "SELECT count(*) FROM audit_events WHERE action = 'auth'" 2>/dev/null || echo 0; }
+    gw_log_bytes() { stat -c %s "$LOG/gateway-main.stderr" 2>/dev/null || echo 0; }
+    flood_readers() { # flood_readers NAME: the legitimate readers' open loop, its JSON in $FLOOD
+        "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$FLOOD_RATE" -c 4 --latency-correction \
+            -H "Authorization: Bearer $TOKEN" --rand-regex-url "$flood_url" >"$FLOOD/$1.json" 2>"$FLOOD/$1.stderr" ||
+            { cat "$FLOOD/$1.stderr" >&2; sg_die "oha (flood readers) failed"; }
+    }
+    echo "readers: oha --no-tui -z ${DURATION}s -q $FLOOD_RATE -c 4 --latency-correction -H 'Authorization: Bearer \$TOKEN' --rand-regex-url '<local set>'; flood: oha -z $((DURATION + 2))s -c $FLOOD_CONNS -H 'Authorization: Bearer sgt_bad' BASE/<8000-byte path> and BASE/<61440-byte path>" >"$FLOOD/cmd"
+    for r in $(seq 1 "$ROUNDS"); do
+        blog "flood round $r/$ROUNDS: readers alone ($FLOOD_RATE req/s)"
+        flood_readers "quiet-r$r"
+        rows0=$(auth_rows) log0=$(gw_log_bytes)
+        blog "flood round $r/$ROUNDS: readers while bad tokens flood (2 x oha -c $FLOOD_CONNS)"
+        "$OHA" --no-tui --output-format json -z "$((DURATION + 2))s" -c "$FLOOD_CONNS" \
+            -H "Authorization: Bearer sgt_bad_$(sg_rand_hex)" "$NEAR_CAP" >"$FLOOD/flood-near-r$r.json" 2>/dev/null &
+        FLOOD_A=$!
+        "$OHA" --no-tui --output-format json -z "$((DURATION + 2))s" -c "$FLOOD_CONNS" \
+            -H "Authorization: Bearer sgt_bad_$(sg_rand_hex)" "$OVER_CAP" >"$FLOOD/flood-over-r$r.json" 2>/dev/null &
+        FLOOD_B=$!
+        sleep 1
+        flood_readers "flooded-r$r"
+        wait "$FLOOD_A" "$FLOOD_B" || true
+        echo "{\"auth_rows\": $(($(auth_rows) - rows0)), \"log_bytes\": $(($(gw_log_bytes) - log0))}" >"$FLOOD/cost-r$r.json"
+        blog "  quiet: $(oha_summary "$FLOOD/quiet-r$r.json")"
+        blog "  flooded: $(oha_summary "$FLOOD/flooded-r$r.json")"
+        blog "  floods: near cap $(oha_summary "$FLOOD/flood-near-r$r.json"); over cap $(oha_summary "$FLOOD/flood-over-r$r.json"); cost $(cat "$FLOOD/cost-r$r.json")"
+    done
+    python3 - "$FLOOD" "$ROUNDS" <<'PY' | tee "$FLOOD/summary.txt" >&2
+import json, statistics, sys
+d, rounds = sys.argv[1], int(sys.argv[2])
+def p50(name):
+    return json.load(open("%s/%s.json" % (d, name)))["latencyPercentiles"]["p50"] * 1e3
+def sent(name):
+    return sum(json.load(open("%s/%s.json" % (d, name))).get("statusCodeDistribution", {}).values())
+ratios = []
+for r in range(1, rounds + 1):
+    q, f = p50("quiet-r%d" % r), p50("flooded-r%d" % r)
+    ratios.append(f / q)
+    cost = json.load(open("%s/cost-r%d.json" % (d, r)))
+    print("[bench] flood r%d: readers p50 %.2f ms quiet, %.2f ms flooded (%.2fx); flood requests %d near the cap + %d over it cost %d auth audit rows, %d log bytes" % (
+        r, q, f, f / q, sent("flood-near-r%d" % r), sent("flood-over-r%d" % r), cost["auth_rows"], cost["log_bytes"]))
+m = statistics.median(ratios)
+print("[bench] flood: readers' p50 under the flood / alone, median of %d round(s): %.2fx (goal <= 2x)%s" % (
+    rounds, m, "" if m <= 2 else "  ABOVE THE GOAL"))
+json.dump({"ratios": ratios, "median_ratio": m}, open(d + "/flood.json", "w"))
+PY
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 7. Tier migration (issue 5), local -> pkcs11, on accounts of their own:
 #    a. p99 of GETs on the hsm set (other accounts; the pkcs11 backend the job wraps on) with
 #       a job running at the default rate vs none. One job on account mig-lat-000000, paused
@@ -621,6 +692,7 @@ fi # ONLY=all
 #       or database (shardgate-bench migrate-raw), on the same keyring file and token; in
 #       --rounds rounds (the shards moved back to local between them), the median ratio.
 # ---------------------------------------------------------------------------------------------
+if [ "$ONLY" != flood ]; then
 MIG=$RES/migration
 mkdir -p "$MIG"
 mig() { SG_TOKEN=$TOKEN python3 bench/migrate.py --base "$BASE" "$@"; }
@@ -719,6 +791,7 @@ for r in $(seq 2 "$ROUNDS"); do
     mig_job "-r$r"
 done
 curl -s -H @"$WORK/secrets/auth.header" "$BASE/v1/accounts/mig-tput-000000" >"$MIG/account-after.json" || true
+fi # ONLY != flood
 
 # ---------------------------------------------------------------------------------------------
 # 8. Report
@@ -746,6 +819,11 @@ python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dump
     command "scripts/bench.sh${ORIG_ARGS[*]:+ ${ORIG_ARGS[*]}}" >"$RES/machine.json"
 REPORT_ARGS=()
 [ "$ONLY" = migration ] && REPORT_ARGS=(--only-migration)
-python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json" "${REPORT_ARGS[@]}"
-blog "wrote $OUT_DIR/BENCHMARKS.md and $OUT_DIR/BENCHMARKS.json"
+if [ "$ONLY" = flood ]; then
+    KEEP_LOGS=1 # the figure lives in the results only
+    blog "flood figure: $(tail -n1 "$RES/flood/summary.txt")"
+else
+    python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json" "${REPORT_ARGS[@]}"
+    blog "wrote $OUT_DIR/BENCHMARKS.md and $OUT_DIR/BENCHMARKS.json"
+fi
 OK=1

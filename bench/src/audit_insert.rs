@@ -22,7 +22,7 @@ pub async fn run(url: &str, concurrency: usize, seconds: u64) -> Result<()> {
     let auditor = Auditor::start(
         store,
         Arc::new(AuditKey::from_bytes(key)),
-        cfg.queue_capacity,
+        (cfg.queue_capacity, cfg.detached_queue_capacity),
         cfg.batch_max,
         Duration::from_secs(cfg.checkpoint_interval_secs),
         None,

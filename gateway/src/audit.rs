@@ -4,6 +4,9 @@
 //! Writes seal their event while holding the chain (a [`ChainGuard`]) and commit it in
 //! their own transaction. Reads queue their event to a batching writer and are answered
 //! only once it is durable; a full queue or a failed write answers `audit_unavailable`.
+//! Detached events (refusals, which no request waits for) have a bounded queue of their own
+//! that the writer serves only when no read is waiting, in small batches, so a flood of
+//! refusals can neither fill the reads' queue nor hold their events back for long.
 //! The chain head is logged as a checkpoint every `checkpoint_interval_secs`.
 
 use crate::error::{ApiError, ErrorCode};
@@ -15,6 +18,7 @@ use sha2::Sha256;
 use shardgate_store::{AuditRecord, LateSeal, Store, StoreError};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex, MutexGuard};
@@ -312,7 +316,18 @@ pub struct Auditor {
     registered: std::sync::atomic::AtomicBool,
     /// Where the chain head is checkpointed outside the database ([`crate::checkpoints`]).
     checkpoint_file: Option<crate::checkpoints::CheckpointFile>,
+    /// Events nobody waits for: their own bounded queue ([`Auditor::record_detached`]).
+    detached: mpsc::Sender<Event>,
+    /// Detached events dropped on a full queue, and when that was last logged.
+    detached_dropped: AtomicU64,
+    detached_warned_ms: AtomicI64,
 }
+
+/// Most detached events in one write: a read queued while it commits waits for no more.
+const DETACHED_BATCH: usize = 32;
+
+/// At most one warning about dropped detached events per this many milliseconds.
+const DROP_WARN_EVERY_MS: i64 = 10_000;
 
 impl std::fmt::Debug for Auditor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -576,17 +591,19 @@ impl Auditor {
 
     /// Start a new chain for this process (registered in the store with its first event)
     /// and spawn the batching writer and the checkpoint logger, which also appends the head
-    /// to `checkpoint_file` when given.
+    /// to `checkpoint_file` when given. `queue_capacity` bounds the requests waiting for
+    /// their events, `detached_capacity` the detached events (`[audit]`).
     pub async fn start(
         store: Arc<dyn Store>,
         key: Arc<AuditKey>,
-        queue_capacity: usize,
+        (queue_capacity, detached_capacity): (usize, usize),
         batch_max: usize,
         checkpoint_every: Duration,
         checkpoint_file: Option<std::path::PathBuf>,
     ) -> Result<Arc<Self>, StoreError> {
         let chain_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let (detached_tx, detached_rx) = mpsc::channel(detached_capacity.max(1));
         let auditor = Arc::new(Self {
             chain_id,
             key,
@@ -598,9 +615,16 @@ impl Auditor {
             queue: tx,
             registered: std::sync::atomic::AtomicBool::new(false),
             checkpoint_file: checkpoint_file.map(crate::checkpoints::CheckpointFile::new),
+            detached: detached_tx,
+            detached_dropped: AtomicU64::new(0),
+            detached_warned_ms: AtomicI64::new(i64::MIN),
         });
         tracing::info!(chain_id = %auditor.chain_id, "audit chain started");
-        tokio::spawn(writer(Arc::downgrade(&auditor), rx, batch_max.max(1)));
+        let queues = Queues {
+            waited: rx,
+            detached: detached_rx,
+        };
+        tokio::spawn(writer(Arc::downgrade(&auditor), queues, batch_max.max(1)));
         tokio::spawn(checkpoints(Arc::downgrade(&auditor), checkpoint_every));
         Ok(auditor)
     }
@@ -621,6 +645,8 @@ impl Auditor {
     pub fn publish_queue_metrics(&self) {
         metrics::gauge!("shardgate_audit_queue_depth").set(self.queue_depth() as f64);
         metrics::gauge!("shardgate_audit_queue_capacity").set(self.queue.max_capacity() as f64);
+        let detached = self.detached.max_capacity() - self.detached.capacity();
+        metrics::gauge!("shardgate_audit_detached_queue_depth").set(detached as f64);
     }
 
     fn seal_at(&self, e: &Event, seq: i64, prev_tag: Vec<u8>) -> AuditRecord {
@@ -712,18 +738,28 @@ impl Auditor {
         ids.pop().ok_or_else(unavailable)
     }
 
-    /// Queue an event without waiting (authentication failures: writing them must not
-    /// become a way to load the database, so a full queue drops them with a warning).
+    /// Queue an event without waiting (refusals: writing them must not become a way to load
+    /// the database or to crowd out reads). It goes on the detached queue, which is bounded
+    /// on its own: a full one drops the event, counted in
+    /// `shardgate_audit_detached_dropped_total` and logged at most once per 10 s.
     pub fn record_detached(&self, event: Event) {
-        if self
-            .queue
-            .try_send(Pending {
-                events: vec![event],
-                done: None,
-            })
-            .is_err()
+        if self.detached.try_send(event).is_ok() {
+            return;
+        }
+        metrics::counter!("shardgate_audit_detached_dropped_total").increment(1);
+        let dropped = self.detached_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = crate::now_ms();
+        let last = self.detached_warned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= DROP_WARN_EVERY_MS
+            && self
+                .detached_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
-            tracing::warn!("audit queue full; dropped a detached audit event");
+            tracing::warn!(
+                dropped_total = dropped,
+                "detached audit queue full; dropping detached audit events"
+            );
         }
     }
 
@@ -806,12 +842,36 @@ fn unavailable() -> ApiError {
     )
 }
 
-async fn writer(auditor: std::sync::Weak<Auditor>, mut rx: mpsc::Receiver<Pending>, max: usize) {
-    while let Some(first) = rx.recv().await {
+/// The writer's two inputs.
+struct Queues {
+    /// Requests waiting for their events.
+    waited: mpsc::Receiver<Pending>,
+    /// Events nobody waits for.
+    detached: mpsc::Receiver<Event>,
+}
+
+impl Queues {
+    /// The next batch: waiting requests first (up to `max` events), else up to
+    /// [`DETACHED_BATCH`] detached events. `None` once the auditor is gone.
+    async fn next_batch(&mut self, max: usize) -> Option<Vec<Pending>> {
+        let first = tokio::select! {
+            biased;
+            p = self.waited.recv() => p?,
+            e = self.detached.recv() => {
+                let mut events = vec![e?];
+                while events.len() < DETACHED_BATCH.min(max) {
+                    match self.detached.try_recv() {
+                        Ok(e) => events.push(e),
+                        Err(_) => break,
+                    }
+                }
+                return Some(vec![Pending { events, done: None }]);
+            }
+        };
+        let mut count = first.events.len();
         let mut batch = vec![first];
-        let mut count = batch[0].events.len();
         while count < max {
-            match rx.try_recv() {
+            match self.waited.try_recv() {
                 Ok(p) => {
                     count += p.events.len();
                     batch.push(p);
@@ -819,6 +879,12 @@ async fn writer(auditor: std::sync::Weak<Auditor>, mut rx: mpsc::Receiver<Pendin
                 Err(_) => break,
             }
         }
+        Some(batch)
+    }
+}
+
+async fn writer(auditor: std::sync::Weak<Auditor>, mut queues: Queues, max: usize) {
+    while let Some(batch) = queues.next_batch(max).await {
         let Some(a) = auditor.upgrade() else { break };
         a.publish_queue_metrics();
         let result = a.write_batch(&batch).await;

@@ -172,6 +172,8 @@ pub struct Caller {
     account_prefix: Option<String>,
     /// The credential's [`credential_id`], recorded with every audit event of the request.
     pub credential: Option<String>,
+    /// What per-caller state keys on ([`Caller::key`]).
+    key: String,
 }
 
 impl Caller {
@@ -186,7 +188,23 @@ impl Caller {
             scopes,
             account_prefix,
             credential: None,
+            key: format!("identity:{name}"),
         }
+    }
+
+    /// The same caller, its per-caller state keyed on `key` (e.g. a certificate entry's
+    /// matcher, which no other entry shares).
+    pub fn keyed(mut self, key: String) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// What rate-limit buckets and idempotency scopes key on: one credential, never a name
+    /// that several credentials may share (two tokens both called `token` are two callers).
+    /// A bearer token's [`credential_id`] (its token id when no audit key is known: tools
+    /// and unit tests); a certificate identity's entry.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// Whether the caller holds `scope`.
@@ -375,11 +393,16 @@ impl Authenticator {
                 known.credential.clone(),
             ));
         }
+        let key = match &known.credential {
+            Some(c) => format!("credential:{c}"),
+            None => format!("token:{}", entry.id()),
+        };
         Ok(Caller {
             name: entry.name.clone(),
             scopes: entry.scopes.clone(),
             account_prefix: entry.account_prefix.clone(),
             credential: known.credential.clone(),
+            key,
         })
     }
 }
@@ -527,6 +550,23 @@ mod tests {
         let other = AuditKey::from_bytes([4; 32]);
         assert_ne!(credential_id(&other, &id), credential_id(&key, &id));
         assert!(!r.credential.unwrap_or_default().contains(&id));
+    }
+
+    #[test]
+    fn tokens_sharing_a_name_are_distinct_callers() {
+        let key = std::sync::Arc::new(AuditKey::from_bytes([3; 32]));
+        let (a, b) = (entry("sgt_a", None), entry("sgt_b", None));
+        assert_eq!(a.name, b.name);
+        let auth = Authenticator::with_revocations(vec![a, b], &HashSet::new(), Some(key));
+        let ca = auth.authenticate(Some("Bearer sgt_a"), 0).unwrap();
+        let cb = auth.authenticate(Some("Bearer sgt_b"), 0).unwrap();
+        assert_eq!(ca.name, cb.name);
+        assert_ne!(ca.key(), cb.key());
+        // Without an audit key the token ids tell them apart.
+        let auth = Authenticator::new(vec![entry("sgt_a", None), entry("sgt_b", None)]);
+        let ca = auth.authenticate(Some("Bearer sgt_a"), 0).unwrap();
+        let cb = auth.authenticate(Some("Bearer sgt_b"), 0).unwrap();
+        assert_ne!(ca.key(), cb.key());
     }
 
     #[test]

@@ -488,6 +488,24 @@ pub struct Limits {
     /// default) means one second's worth, `rate_per_identity_per_sec`.
     #[serde(default)]
     pub rate_per_identity_burst: u32,
+    /// Longest request target (path and query) in bytes; longer ones answer 414
+    /// `uri_too_long` before any other work (no authentication, audit event or log line).
+    /// At most 65534: hyper itself answers a bare 414 past that.
+    #[serde(default = "d_uri")]
+    pub max_uri_bytes: usize,
+    /// Authentication refusals one client address (an IPv6 address's /64) may cause per
+    /// `refusal_window_secs`, each audited; past it the address's refused requests answer 429
+    /// `rate_limited` and cost one aggregated audit event per window. Requests that
+    /// authenticate are never charged nor limited by it. `0` turns the budget off.
+    #[serde(default = "d_refusals")]
+    pub refusals_per_peer: u32,
+    /// The window of `refusals_per_peer`, in seconds.
+    #[serde(default = "d_refusal_window")]
+    pub refusal_window_secs: u64,
+    /// Most connections open at once; past it new connections wait in the listen backlog
+    /// (not accepted) until one closes.
+    #[serde(default = "d_connections")]
+    pub max_connections: usize,
 }
 
 /// `[idempotency]`: the stored first answers of `PUT`/`DELETE` requests made with an
@@ -525,6 +543,45 @@ fn d_batch() -> usize {
 fn d_page() -> i64 {
     1000
 }
+fn d_uri() -> usize {
+    8 * 1024
+}
+fn d_refusals() -> u32 {
+    20
+}
+fn d_refusal_window() -> u64 {
+    10
+}
+fn d_connections() -> usize {
+    10_000
+}
+
+impl Limits {
+    /// The checks of `[limits]` alone.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.max_shard_bytes == 0 || self.batch_max_items == 0 {
+            return invalid("limits must be greater than zero");
+        }
+        if self.rate_per_identity_per_sec == 0 && self.rate_per_identity_burst != 0 {
+            return invalid("limits.rate_per_identity_burst needs limits.rate_per_identity_per_sec (0 turns the rate limit off)");
+        }
+        if self.list_max_limit < 1 {
+            return invalid("limits.list_max_limit must be at least 1");
+        }
+        if !(256..=65_534).contains(&self.max_uri_bytes) {
+            // Above 65534 hyper answers a bare 414 itself; below 256 ids no longer fit.
+            return invalid("limits.max_uri_bytes must be between 256 and 65534");
+        }
+        if self.refusals_per_peer > 0 && self.refusal_window_secs == 0 {
+            return invalid("limits.refusal_window_secs must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return invalid("limits.max_connections must be at least 1");
+        }
+        Ok(())
+    }
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -535,6 +592,10 @@ impl Default for Limits {
             list_max_limit: d_page(),
             rate_per_identity_per_sec: 0,
             rate_per_identity_burst: 0,
+            max_uri_bytes: d_uri(),
+            refusals_per_peer: d_refusals(),
+            refusal_window_secs: d_refusal_window(),
+            max_connections: d_connections(),
         }
     }
 }
@@ -700,6 +761,10 @@ pub struct AuditConfig {
     /// Reads waiting for their audit event; past it, 503 `audit_unavailable`.
     #[serde(default = "d_queue")]
     pub queue_capacity: usize,
+    /// Detached events (refusals, which no request waits for) queued for writing; past it
+    /// they are dropped and counted. Their own queue: they never take a read's place.
+    #[serde(default = "d_detached_queue")]
+    pub detached_queue_capacity: usize,
     /// Most events written in one transaction.
     #[serde(default = "d_batch_events")]
     pub batch_max: usize,
@@ -715,6 +780,9 @@ pub struct AuditConfig {
 fn d_queue() -> usize {
     4096
 }
+fn d_detached_queue() -> usize {
+    1024
+}
 fn d_batch_events() -> usize {
     256
 }
@@ -728,6 +796,7 @@ impl Default for AuditConfig {
             key_file: None,
             create_key: false,
             queue_capacity: d_queue(),
+            detached_queue_capacity: d_detached_queue(),
             batch_max: d_batch_events(),
             checkpoint_interval_secs: d_checkpoint(),
             checkpoint_file: None,
@@ -934,24 +1003,10 @@ impl Config {
                 )));
             }
         }
-        if self.limits.max_shard_bytes == 0 || self.limits.batch_max_items == 0 {
-            return Err(ConfigError::Invalid(
-                "limits must be greater than zero".into(),
-            ));
-        }
+        self.limits.validate()?;
         if self.idempotency.window_secs == 0 {
             return Err(ConfigError::Invalid(
                 "idempotency.window_secs must be greater than zero".into(),
-            ));
-        }
-        if self.limits.rate_per_identity_per_sec == 0 && self.limits.rate_per_identity_burst != 0 {
-            return Err(ConfigError::Invalid(
-                "limits.rate_per_identity_burst needs limits.rate_per_identity_per_sec (0 turns the rate limit off)".into(),
-            ));
-        }
-        if self.limits.list_max_limit < 1 {
-            return Err(ConfigError::Invalid(
-                "limits.list_max_limit must be at least 1".into(),
             ));
         }
         for t in &self.tokens {

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     VersionConflict,
     /// 413.
     PayloadTooLarge,
+    /// 414: the request target is longer than `[limits] max_uri_bytes`.
+    UriTooLong,
     /// 429.
     RateLimited,
     /// 500: a stored envelope does not open (tampering or corruption).
@@ -70,6 +72,7 @@ impl ErrorCode {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             VersionConflict => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UriTooLong => StatusCode::URI_TOO_LONG,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             IntegrityFailure | Internal => StatusCode::INTERNAL_SERVER_ERROR,
             KeyUnusable => StatusCode::BAD_GATEWAY,
@@ -98,6 +101,7 @@ impl ErrorCode {
             MethodNotAllowed => "method_not_allowed",
             VersionConflict => "version_conflict",
             PayloadTooLarge => "payload_too_large",
+            UriTooLong => "uri_too_long",
             RateLimited => "rate_limited",
             IntegrityFailure => "integrity_failure",
             Internal => "internal",
@@ -124,6 +128,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// Human-readable, secret-free.
     pub message: String,
+    /// `Retry-After` seconds when the code's default (1 s for 429 and 503) is too short.
+    retry_after_secs: Option<u32>,
 }
 
 /// `{"error":{"code":..,"message":..}}`
@@ -148,7 +154,14 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    /// The same error with `Retry-After: secs` (for codes that carry one: 429 and 503).
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs.max(1));
+        self
     }
 
     /// The JSON body.
@@ -165,7 +178,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.code.status(), axum::Json(self.body())).into_response();
-        if let Some(secs) = self.code.retry_after() {
+        if let Some(secs) = self
+            .code
+            .retry_after()
+            .map(|d| self.retry_after_secs.unwrap_or(d))
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

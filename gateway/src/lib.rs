@@ -25,6 +25,7 @@ pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
+pub mod refusals;
 pub mod server;
 pub mod state;
 pub mod tls;
@@ -106,8 +107,12 @@ pub fn app(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(api::request_span)
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(api::LogResponse(
+                    DefaultOnResponse::new().level(Level::INFO),
+                )),
         )
+        // Before the span, the log line and everything else: an over-long target is 414.
+        .layer(from_fn_with_state(state.clone(), api::limit_uri))
         // Outermost: the id is decided before the request's span is made.
         .layer(from_fn(api::assign_request_id))
         .with_state(state)

@@ -611,6 +611,7 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
         listener,
         shardgate::app(state.clone()),
         &timeouts,
+        cfg.limits.max_connections,
         tls,
         first,
     )

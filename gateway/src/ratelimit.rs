@@ -1,9 +1,10 @@
-//! Per-identity request rate limit: a token bucket per authenticated identity (the token's
-//! configured name), checked right after authentication, so the key is who the verified
+//! Per-identity request rate limit: a token bucket per authenticated credential
+//! ([`crate::auth::Caller::key`]: the token, not its name, so two tokens that share a name
+//! have a bucket each), checked right after authentication, so the key is who the verified
 //! credential says the caller is, never an address or a header the caller chooses
-//! (`X-Forwarded-For` and friends change nothing). Keys are configured identity names only,
-//! so the table stays as small as the token list. Unauthenticated requests are refused by
-//! authentication before they reach it.
+//! (`X-Forwarded-For` and friends change nothing). Keys are known credentials only, so the
+//! table stays as small as the token list. Unauthenticated requests are refused by
+//! authentication before they reach it (their own budget is [`crate::refusals`]).
 
 use crate::config::Limits;
 use crate::error::{ApiError, ErrorCode};

@@ -7,6 +7,13 @@
 //! Body-read and whole-request deadlines are enforced in the router (`api::ApiJson`,
 //! `api::deadline`). With TLS ([`serve_with_tls`], `crate::tls`) the handshake has its own
 //! deadline, `header_read_ms`, and the clock then watches the decrypted bytes.
+//!
+//! At most `[limits] max_connections` connections are open at once: past it the accept loop
+//! stops accepting, so new connections wait in the kernel's listen backlog (and the client's
+//! connect timeout) until one closes, instead of being accepted and closed at once, which
+//! would turn a burst into errors. Every request carries its connection's peer address as
+//! an `axum::extract::ConnectInfo<SocketAddr>` extension (the refusal budget's key,
+//! `crate::refusals`).
 
 use crate::config::Timeouts;
 use axum::Router;
@@ -14,6 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,39 +29,69 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 
-/// Serve `app` on `listener` (plain HTTP) until `shutdown` resolves, then let requests in
-/// flight finish (up to `timeouts.shutdown_grace_ms`).
+/// Serve `app` on `listener` (plain HTTP, the default `[limits] max_connections`) until
+/// `shutdown` resolves, then let requests in flight finish (up to
+/// `timeouts.shutdown_grace_ms`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     timeouts: &Timeouts,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with_tls(listener, app, timeouts, None, shutdown).await;
+    let max = crate::config::Limits::default().max_connections;
+    serve_with_tls(listener, app, timeouts, max, None, shutdown).await;
 }
 
-/// [`serve`], over TLS when `tls` is given: each connection's handshake (with the settings
-/// in force when it was accepted) must finish within `timeouts.header_read_ms`, and a
-/// verified client certificate rides along with each of its requests as a
-/// [`crate::tls::PeerCertificate`] extension.
+/// How often at most the accept loop warns that it is at `max_connections`.
+const CAP_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// [`serve`] with at most `max_connections` connections open at once, over TLS when `tls`
+/// is given: each connection's handshake (with the settings in force when it was accepted)
+/// must finish within `timeouts.header_read_ms`, and a verified client certificate rides
+/// along with each of its requests as a [`crate::tls::PeerCertificate`] extension.
 pub async fn serve_with_tls(
     listener: TcpListener,
     app: Router,
     timeouts: &Timeouts,
+    max_connections: usize,
     tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
     let header_timeout = Duration::from_millis(timeouts.header_read_ms);
     let idle_timeout = Duration::from_millis(timeouts.keepalive_idle_ms);
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut warned: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        // A free slot first: at the cap, nothing is accepted until a connection closes.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if warned.is_none_or(|at| at.elapsed() >= CAP_WARN_EVERY) {
+                    tracing::warn!(
+                        max_connections,
+                        "connection cap reached; new connections wait until one closes"
+                    );
+                    warned = Some(Instant::now());
+                }
+                metrics::counter!("shardgate_connections_at_cap_total").increment(1);
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, addr) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -64,6 +102,8 @@ pub async fn serve_with_tls(
                 let _ = stream.set_nodelay(true);
                 let conn = Conn {
                     app: app.clone(),
+                    addr,
+                    _slot: slot,
                     // Held from accept on: a shutdown waits for this connection, handshake
                     // included (bounded by the handshake timeout and the grace period).
                     watcher: graceful.watcher(),
@@ -114,6 +154,10 @@ pub async fn serve_with_tls(
 /// One accepted connection, before it is served.
 struct Conn {
     app: Router,
+    /// The client's address.
+    addr: SocketAddr,
+    /// Its place under `max_connections`, given back when the connection ends.
+    _slot: OwnedSemaphorePermit,
     watcher: hyper_util::server::graceful::Watcher,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -127,6 +171,8 @@ impl Conn {
     {
         let Conn {
             app,
+            addr,
+            _slot,
             watcher,
             header_timeout,
             idle_timeout,
@@ -137,6 +183,8 @@ impl Conn {
             tower::service_fn(
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                     let busy = clock.request_started();
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(addr));
                     if let Some(peer) = &peer {
                         req.extensions_mut().insert(peer.clone());
                     }

@@ -46,6 +46,8 @@ pub struct Inner {
     pub limits: Limits,
     /// Per-identity request rate limit (`None`: off).
     pub rate_limiter: Option<crate::ratelimit::IdentityLimiter>,
+    /// Per-address budget of authentication refusals (`None`: off).
+    pub refusals: Option<Arc<crate::refusals::RefusalLimiter>>,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Migration settings.
@@ -358,7 +360,7 @@ impl AppState {
         let audit = Auditor::start(
             store.clone(),
             key,
-            cfg.audit.queue_capacity,
+            (cfg.audit.queue_capacity, cfg.audit.detached_queue_capacity),
             cfg.audit.batch_max,
             Duration::from_secs(cfg.audit.checkpoint_interval_secs),
             {
@@ -392,6 +394,7 @@ impl AppState {
                 WRITE_GROUP_WORKERS,
             )
         });
+        let refusals = crate::refusals::RefusalLimiter::start(&cfg.limits, audit.clone());
         Ok((
             Self(Arc::new(Inner {
                 write_groups,
@@ -404,6 +407,7 @@ impl AppState {
                 audit,
                 limits: cfg.limits.clone(),
                 rate_limiter: crate::ratelimit::IdentityLimiter::from_limits(&cfg.limits),
+                refusals,
                 timeouts: cfg.timeouts.clone(),
                 migration: cfg.migration.clone(),
                 idempotency: cfg.idempotency.clone(),

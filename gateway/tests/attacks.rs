@@ -18,6 +18,11 @@
 //! | slowloris headers | connection closed `header_read_ms` after its first byte | `timeouts.rs::slow_headers_are_cut_off_by_the_header_read_timeout`; many at once: [`many_slowloris_connections_do_not_starve_real_requests`] |
 //! | slow body (declared length / chunked) | 400 `invalid_request` after `body_read_ms` | `timeouts.rs::trickled_body_is_cut_off_by_the_body_read_timeout`; chunked: [`trickled_chunked_body_is_cut_off_by_the_body_read_timeout`] |
 //! | a request flood from one identity | 429 `rate_limited` + `Retry-After` past `[limits] rate_per_identity_per_sec`; other identities unaffected; spoofed forwarding headers do not help | [`a_flood_from_one_identity_is_rate_limited_and_others_are_not`] |
+//! | a request target over `[limits] max_uri_bytes` (8 KiB) | 414 `uri_too_long` before authentication, audit or logging (past 65534 bytes hyper's own bare 414) | [`an_unauthenticated_flood_costs_bounded_audit_rows_and_log_bytes`] |
+//! | a flood of bad tokens with long paths from one address | `refusals_per_peer` audited 401s per window, then 429 `rate_limited` + `Retry-After` and one aggregated event per window; paths cut to 256 bytes + hash in details and log lines; a valid token from the same address is served throughout | [`an_unauthenticated_flood_costs_bounded_audit_rows_and_log_bytes`] |
+//! | refusals crowding reads out of the audit queue | never: refusals have their own bounded queue | [`refusals_never_crowd_reads_out_of_the_audit_queue`] |
+//! | two tokens sharing a name | two callers: own rate-limit bucket, own `Idempotency-Key` space | [`tokens_sharing_a_name_share_neither_bucket_nor_idempotency_keys`] |
+//! | more connections than `[limits] max_connections` | not accepted (they wait in the backlog) until one closes | [`connections_past_max_connections_wait_until_one_closes`] |
 //! | a stored nonce of the wrong length handed to `envelope::open_with` (found by `fuzz/open_row`) | `Integrity`, no panic | [`open_with_refuses_a_nonce_of_the_wrong_length_without_panicking`]; the fuzz targets themselves run in `scripts/test.sh` |
 //! | a secret (token, shard, key) in a log or the audit table | never | `api.rs::tokens_never_appear_in_audit_rows`, `api.rs::stored_bytes_never_contain_the_plaintext`, the secret scan of `scripts/test.sh` over every log |
 //!
@@ -338,6 +343,9 @@ both_stores!(
     identity_comes_only_from_the_verified_token,
     ids_are_exact_bytes_and_never_reach_another_accounts_rows,
     duplicate_json_keys_are_rejected,
+    an_unauthenticated_flood_costs_bounded_audit_rows_and_log_bytes,
+    refusals_never_crowd_reads_out_of_the_audit_queue,
+    tokens_sharing_a_name_share_neither_bucket_nor_idempotency_keys,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -1589,6 +1597,449 @@ async fn a_flood_from_one_identity_is_rate_limited_and_others_are_not() {
         )
         .await;
     assert_eq!(r.code(), "unauthenticated");
+}
+
+// ------------------------------------------------------------------------------------------
+// Unauthenticated floods (issue 25): a child gateway, its real log
+// ------------------------------------------------------------------------------------------
+
+/// `shardgate serve --config FILE` as a child process, logging as in production (no
+/// `RUST_LOG`: the default `info`, text) to `gateway.stderr.log` in `logs`; killed on drop.
+struct ChildGateway {
+    child: std::process::Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for ChildGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_gateway(config: &std::path::Path, logs: &std::path::Path) -> ChildGateway {
+    use std::io::{BufRead, BufReader, Write};
+    let mut cmd = std::process::Command::new(common::shardgate_bin());
+    cmd.args(["serve", "--config", config.to_str().unwrap()]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SHARDGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let log = logs.join("gateway.stderr.log");
+    let mut child = cmd
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let out_log = logs.join("gateway.stdout.log");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::create(out_log).unwrap();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = writeln!(f, "{line}");
+            if let Some(addr) = line.strip_prefix("shardgate listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the gateway did not start");
+    ChildGateway { child, base, log }
+}
+
+/// Poll `cond` until it holds or a generous deadline passes.
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A request target of exactly `len` bytes on a shard route.
+fn target_of(len: usize) -> String {
+    let p = "/v1/accounts/acct-1/shards/";
+    format!("{p}{}", "x".repeat(len - p.len()))
+}
+
+async fn an_unauthenticated_flood_costs_bounded_audit_rows_and_log_bytes(kind: StoreKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = common::store_url(kind, dir.path()).await else {
+        return;
+    };
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    let (budget, window) = (5u64, 5u64);
+    cfg.limits.refusals_per_peer = budget as u32;
+    cfg.limits.refusal_window_secs = window;
+    cfg.breaker.probe_interval_ms = 0;
+    let config = dir.path().join("shardgate.toml");
+    common::write_config(&cfg, &config);
+    let gw = spawn_gateway(&config, &common::log_dir(&format!("flood_{kind:?}")));
+    let client = reqwest::Client::new();
+    let admin = tokens.admin.clone();
+    let r = client
+        .put(format!("{}/v1/accounts/acct-1", gw.base))
+        .bearer_auth(&admin)
+        .json(&json!({"tier": "retail"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let shard = B64.encode(secret(32, 41));
+    common::plant(&shard);
+    let r = client
+        .put(format!("{}/v1/accounts/acct-1/shards/s", gw.base))
+        .bearer_auth(&admin)
+        .json(&json!({"shard": shard}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let db = Db::connect(&url).await;
+    let auth_rows = "SELECT COUNT(*) FROM audit_events WHERE action = 'auth'";
+    let rows_before = db.count(auth_rows).await;
+    let log_before = std::fs::metadata(&gw.log).unwrap().len();
+
+    // Over-long targets: 414 before authentication, audit or logging. Up to 65534 bytes the
+    // gateway's JSON answer; past it hyper's own bare 414.
+    let max = cfg.limits.max_uri_bytes;
+    for len in [max + 1, 60 * 1024] {
+        let r = client
+            .get(format!("{}{}", gw.base, target_of(len)))
+            .bearer_auth("sgt_wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 414, "{len} bytes");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "uri_too_long");
+    }
+    // (No HTTP client builds a URI this long: raw TCP.)
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut raw = TcpStream::connect(&addr).await.unwrap();
+    let head = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", target_of(70_000));
+    raw.write_all(head.as_bytes()).await.unwrap();
+    let (resp, _) = read_until_closed(&mut raw, Duration::from_secs(30)).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 414"),
+        "{:?}",
+        &resp[..resp.len().min(200)]
+    );
+    assert_eq!(db.count(auth_rows).await, rows_before);
+
+    // The flood: bad tokens on targets of exactly the cap, 16 at a time; every 25th request
+    // of each worker is a valid token's read from the same address.
+    let long = format!("{}{}", gw.base, target_of(max));
+    let read = format!("{}/v1/accounts/acct-1/shards/s", gw.base);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (client, long, read, admin) =
+            (client.clone(), long.clone(), read.clone(), admin.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut refused, mut limited, mut served) = (0u64, 0u64, 0u64);
+            for i in 0..125 {
+                if i % 25 == 24 {
+                    let r = client.get(&read).bearer_auth(&admin).send().await.unwrap();
+                    assert_eq!(r.status(), 200, "a valid token was not served in the flood");
+                    served += 1;
+                    continue;
+                }
+                let r = client
+                    .get(&long)
+                    .bearer_auth(format!("sgt_wrong_{w}_{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    401 => refused += 1,
+                    429 => {
+                        let retry: u64 = r.headers()["retry-after"]
+                            .to_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        assert!((1..=window).contains(&retry), "Retry-After {retry}");
+                        let body: Value = r.json().await.unwrap();
+                        assert_eq!(body["error"]["code"], "rate_limited");
+                        limited += 1;
+                    }
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            (refused, limited, served)
+        }));
+    }
+    let (mut refused, mut limited, mut served) = (0, 0, 0);
+    for w in workers {
+        let (a, b, c) = w.await.unwrap();
+        refused += a;
+        limited += b;
+        served += c;
+    }
+    // Windows the flood touched (its duration only widens the bound; nothing is timed).
+    let windows = started.elapsed().as_secs() / window + 2;
+    assert_eq!(refused + limited + served, 2000);
+    assert!(limited > 0, "the refusal budget never ran out");
+    assert!(
+        refused <= budget * windows,
+        "{refused} refusals audited one by one"
+    );
+
+    // One aggregated event per address and window that went past its budget.
+    eventually("the aggregated refusal event", || async {
+        db.count(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'auth' AND outcome = 'rate_limited'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    let aggregated = db
+        .count("SELECT COUNT(*) FROM audit_events WHERE action = 'auth' AND outcome = 'rate_limited' AND detail LIKE '% refusals from 127.0.0.1 in 5 s%'")
+        .await;
+    assert!(aggregated >= 1 && aggregated as u64 <= windows);
+    let rows = (db.count(auth_rows).await - rows_before) as u64;
+    assert!(
+        rows <= (budget + 1) * windows,
+        "{rows} audit rows for a flood of {} refused requests",
+        refused + limited
+    );
+    // Each detail is bounded, however long the path.
+    let longest = db
+        .count("SELECT CAST(COALESCE(MAX(LENGTH(detail)), 0) AS BIGINT) FROM audit_events")
+        .await;
+    assert!(longest <= 1024, "an audit detail of {longest} bytes");
+
+    // The log: a bounded line per audited refusal and per valid read, one per window past
+    // the budget; no line anywhere near the path's size.
+    let log = std::fs::read_to_string(&gw.log).unwrap();
+    let grown = log.len() as u64 - log_before;
+    let lines_allowed = rows + served + 2 * windows + 20;
+    assert!(
+        grown <= lines_allowed * 2048,
+        "the log grew {grown} bytes during the flood ({lines_allowed} lines allowed)"
+    );
+    let widest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(widest <= 2048, "a log line of {widest} bytes");
+    assert!(
+        !log.contains(&"x".repeat(300)),
+        "a long path reached the log"
+    );
+}
+
+/// Refusals are detached audit events on a queue of their own: a flood of them (in-process,
+/// so without an address and without a refusal budget) never takes a read's place in the
+/// audit queue. With the reads' queue this small, sharing it answered reads 503.
+async fn refusals_never_crowd_reads_out_of_the_audit_queue(kind: StoreKind) {
+    let Some(gw) = Gw::start(kind, |cfg| cfg.audit.queue_capacity = 8).await else {
+        return;
+    };
+    gw.account("acct-1", "retail").await;
+    let a1 = secret(32, 43);
+    gw.put("acct-1", "s", &a1).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut flooders = Vec::new();
+    for _ in 0..4 {
+        let (app, stop, sent) = (gw.app.clone(), stop.clone(), sent.clone());
+        flooders.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = Request::get("/v1/accounts/acct-1/shards/s")
+                    .header(header::AUTHORIZATION, "Bearer sgt_wrong")
+                    .body(Body::empty())
+                    .unwrap();
+                let resp = app.clone().oneshot(req).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A refusal never waits for anything: let the other tasks run.
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    eventually("the flood to start", || async {
+        sent.load(std::sync::atomic::Ordering::Relaxed) >= 500
+    })
+    .await;
+    let reads_start = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let app = gw.app.clone();
+        let token = gw.admin().to_string();
+        readers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..50 {
+                let req = Request::get("/v1/accounts/acct-1/shards/s")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Body::empty())
+                    .unwrap();
+                statuses.push(app.clone().oneshot(req).await.unwrap().status());
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for r in readers {
+        statuses.extend(r.await.unwrap());
+    }
+    let during = sent.load(std::sync::atomic::Ordering::Relaxed) - reads_start;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.await.unwrap();
+    }
+    assert!(during > 0, "no refusal ran alongside the reads");
+    let failed: Vec<_> = statuses.iter().filter(|s| **s != StatusCode::OK).collect();
+    assert!(
+        failed.is_empty(),
+        "reads refused during the flood: {failed:?}"
+    );
+    // The reads' events are all there.
+    assert_eq!(gw.audited("shard.get", "acct-1", "s", "ok").await, 200);
+}
+
+/// Two tokens with the same (default) name are two callers: each has its own rate-limit
+/// bucket and its own `Idempotency-Key` space.
+async fn tokens_sharing_a_name_share_neither_bucket_nor_idempotency_keys(kind: StoreKind) {
+    let (t1, t2) = (
+        secrecy::ExposeSecret::expose_secret(&shardgate::auth::generate_token()).to_string(),
+        secrecy::ExposeSecret::expose_secret(&shardgate::auth::generate_token()).to_string(),
+    );
+    common::plant(&t1);
+    common::plant(&t2);
+    let Some(gw) = Gw::start(kind, |cfg| {
+        cfg.limits.rate_per_identity_per_sec = 1;
+        cfg.limits.rate_per_identity_burst = 4;
+        for t in [&t1, &t2] {
+            cfg.tokens.push(shardgate::config::TokenConfig {
+                name: "token".into(),
+                sha256: shardgate::auth::hash_token(t),
+                scopes: vec!["*".into()],
+                account_prefix: None,
+                expires_at: None,
+            });
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    gw.account("acct-1", "retail").await;
+    let body = json!({"shard": B64.encode(secret(16, 44))}).to_string();
+    async fn put(gw: &Gw, token: &str, body: &str) -> Resp {
+        gw.call(
+            "PUT",
+            "/v1/accounts/acct-1/shards/s",
+            Some(token),
+            &[("idempotency-key", "same-key-1")],
+            Some(body.as_bytes().to_vec()),
+        )
+        .await
+    }
+    let first = put(&gw, &t1, &body).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    // The other token's request with the same key is its own write, not t1's answer.
+    let other = put(&gw, &t2, &body).await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.text);
+    assert_eq!(
+        (
+            first.json["version"].as_i64(),
+            other.json["version"].as_i64()
+        ),
+        (Some(1), Some(2))
+    );
+    // t1 floods; t2, between its requests, is served.
+    let (mut limited, mut t2_served) = (0, 0);
+    for i in 0..60 {
+        let r = gw
+            .call("GET", "/v1/accounts/acct-1/shards/s", Some(&t1), &[], None)
+            .await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+        if i % 20 == 19 {
+            let r = gw
+                .call("GET", "/v1/accounts/acct-1/shards/s", Some(&t2), &[], None)
+                .await;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "t2 limited by t1's flood: {}",
+                r.text
+            );
+            t2_served += 1;
+        }
+    }
+    assert!(limited > 0, "t1 was never limited");
+    assert_eq!(t2_served, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    let Some(gw) = Gw::start(StoreKind::Sqlite, |_| {}).await else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (app, timeouts) = (gw.app.clone(), gw.cfg.timeouts.clone());
+    tokio::spawn(async move {
+        shardgate::server::serve_with_tls(listener, app, &timeouts, 2, None, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Reads a response head (or whatever arrived by `limit`).
+    async fn head(s: &mut TcpStream, limit: Duration) -> String {
+        let start = Instant::now();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
+            match tokio::time::timeout(limit.saturating_sub(start.elapsed()), s.read(&mut chunk))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+    // Two keep-alive connections fill the cap; both are served.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(get).await.unwrap();
+        assert!(head(&mut s, Duration::from_secs(30))
+            .await
+            .starts_with("HTTP/1.1 200"));
+        open.push(s);
+    }
+    // A third connects (the kernel's backlog) but is not served while both stay open...
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(get).await.unwrap();
+    assert_eq!(head(&mut third, Duration::from_secs(1)).await, "");
+    // ...and is served once one of them closes.
+    drop(open.remove(0));
+    assert!(head(&mut third, Duration::from_secs(30))
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // The one still open is served as before.
+    open[0].write_all(get).await.unwrap();
+    assert!(head(&mut open[0], Duration::from_secs(30))
+        .await
+        .starts_with("HTTP/1.1 200"));
+    drop(tx);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// Header carrying the request id: the client's when well-formed ([`is_valid_request_id`]),
@@ -68,9 +70,36 @@ pub async fn assign_request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// Most bytes of a client-chosen string (a path, a method) that reach a log field or an
+/// audit detail; see [`bounded`].
+pub const LOGGED_BYTES: usize = 256;
+
+/// A client-chosen string as log fields and audit details show it: unchanged up to
+/// [`LOGGED_BYTES`]; longer, its first [`LOGGED_BYTES`] bytes, then its length and the first
+/// 16 hex digits of its SHA-256 (`/v1/accounts/xxxx...[+61184 bytes, 61440 in all,
+/// sha256:0123456789abcdef]`), so that requests stay tellable apart while a long path costs
+/// every log line and audit row a bounded size.
+pub fn bounded(s: &str) -> Cow<'_, str> {
+    if s.len() <= LOGGED_BYTES {
+        return Cow::Borrowed(s);
+    }
+    let mut cut = LOGGED_BYTES;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = Sha256::digest(s.as_bytes());
+    Cow::Owned(format!(
+        "{}...[+{} bytes, {} in all, sha256:{}]",
+        &s[..cut],
+        s.len() - cut,
+        s.len(),
+        hex::encode(&digest[..8])
+    ))
+}
+
 /// The span every line logged while serving a request is recorded in: it carries the
 /// request id. Made at ERROR level so that no log filter can disable it while letting the
-/// request's warnings through without their id.
+/// request's warnings through without their id. The method and path are [`bounded`].
 pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let id = req
         .extensions()
@@ -80,9 +109,61 @@ pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Spa
     tracing::error_span!(
         "request",
         request_id = %id,
-        method = %req.method(),
-        path = %req.uri().path(),
+        method = %bounded(req.method().as_str()),
+        path = %bounded(req.uri().path()),
     )
+}
+
+/// Length of a request target as received: path and query (plus scheme and authority in the
+/// rare absolute form).
+fn target_len(uri: &axum::http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
+}
+
+/// 414 `uri_too_long` for a request target over `[limits] max_uri_bytes`, before any other
+/// work: no authentication, no audit event, no log line of the request (it is counted in
+/// `shardgate_requests_refused_total{reason="uri_too_long"}`). Targets over 65534 bytes
+/// never get here: hyper answers those with a bare 414 itself.
+pub async fn limit_uri(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let max = state.limits.max_uri_bytes;
+    if target_len(req.uri()) > max {
+        metrics::counter!("shardgate_requests_refused_total", "reason" => "uri_too_long")
+            .increment(1);
+        return ApiError::new(
+            ErrorCode::UriTooLong,
+            format!("the request target exceeds {max} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Marks a response that gets no log line of its own: a refusal past its address's budget
+/// ([`crate::refusals`]), which is counted and reported once per window instead.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet;
+
+/// The request log line (tower-http's, at INFO), except for [`Quiet`] responses.
+#[derive(Debug, Clone)]
+pub struct LogResponse(pub tower_http::trace::DefaultOnResponse);
+
+impl<B> tower_http::trace::OnResponse<B> for LogResponse {
+    fn on_response(
+        self,
+        response: &axum::http::Response<B>,
+        latency: Duration,
+        span: &tracing::Span,
+    ) {
+        if response.extensions().get::<Quiet>().is_none() {
+            self.0.on_response(response, latency, span);
+        }
+    }
 }
 
 /// An authenticated request: who is calling, and the request id.
@@ -210,7 +291,7 @@ impl Refused {
 }
 
 impl FromRequestParts<AppState> for Ctx {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -219,30 +300,62 @@ impl FromRequestParts<AppState> for Ctx {
         let rid = request_id(parts);
         match authenticate(parts, state) {
             Ok(caller) => {
-                // After authentication: the bucket is the verified identity's.
+                // After authentication: the bucket is the verified credential's.
                 if let Some(limiter) = &state.rate_limiter {
-                    limiter.check(&caller.name)?;
+                    limiter
+                        .check(caller.key())
+                        .map_err(IntoResponse::into_response)?;
                 }
                 Ok(Ctx {
                     caller,
                     request_id: rid,
                 })
             }
-            Err(r) => {
-                let mut detail =
-                    format!("{} {}: {}", parts.method, parts.uri.path(), r.error.message);
-                if !r.note.is_empty() {
-                    detail = format!("{detail} ({})", r.note);
-                }
-                let mut ev = Event::new(&rid, &r.actor, "auth").detail(detail);
-                ev.credential = r.credential;
-                let e = r.error;
-                ev.outcome = e.code.as_str().to_string();
-                state.audit.record_detached(ev);
-                Err(e)
-            }
+            Err(r) => Err(refuse(parts, state, &rid, r)),
         }
     }
+}
+
+/// The answer to a refused credential: 401 with an audit event while the client address is
+/// within its refusal budget ([`crate::refusals`]), past it a quiet 429 with no event of its
+/// own. Requests without an address (served in-process, never through the listener) are
+/// not budgeted.
+fn refuse(parts: &Parts, state: &AppState, rid: &str, r: Refused) -> Response {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let (Some(limiter), Some(ip)) = (&state.refusals, peer) {
+        let verdict = limiter.charge(ip, std::time::Instant::now());
+        if let crate::refusals::Verdict::Limited { retry_after_secs } = verdict {
+            let mut resp = ApiError::new(
+                ErrorCode::RateLimited,
+                "too many refused credentials from this address; retry after the Retry-After delay",
+            )
+            .retry_after(retry_after_secs)
+            .into_response();
+            resp.extensions_mut().insert(Quiet);
+            return resp;
+        }
+    }
+    let mut detail = format!(
+        "{} {}: {}",
+        bounded(parts.method.as_str()),
+        bounded(parts.uri.path()),
+        r.error.message
+    );
+    if let Some(ip) = peer {
+        detail = format!("{detail} from {ip}");
+    }
+    if !r.note.is_empty() {
+        detail = format!("{detail} ({})", r.note);
+    }
+    let mut ev = Event::new(rid, &r.actor, "auth").detail(detail);
+    ev.credential = r.credential;
+    let e = r.error;
+    ev.outcome = e.code.as_str().to_string();
+    state.audit.record_detached(ev);
+    e.into_response()
 }
 
 impl Ctx {

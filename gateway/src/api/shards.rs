@@ -189,8 +189,9 @@ impl IdemKey {
         if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
             return Err(invalid());
         }
-        let name = &ctx.caller.name;
-        let scope = format!("{}:{name} {method} {path}", name.len());
+        // The credential, not the identity name: tokens sharing a name never share keys.
+        let caller = ctx.caller.key();
+        let scope = format!("{}:{caller} {method} {path}", caller.len());
         // Keyed (audit key, not in the database): the stored hash covers the shard bytes,
         // and a plain hash would let someone with database access test guesses of them.
         let parts: Vec<&[u8]> = [scope.as_bytes(), key.as_bytes()]

@@ -146,9 +146,12 @@ impl ClientMap {
             if !known {
                 continue;
             }
+            // Keyed on the matcher: an identity no other entry can map (two entries
+            // that match one certificate map neither), whatever the names say.
+            let key = format!("cert:{matcher:?}");
             entries.push((
                 matcher,
-                Caller::new(&c.name, &scopes, c.account_prefix.clone()),
+                Caller::new(&c.name, &scopes, c.account_prefix.clone()).keyed(key),
             ));
         }
         Self { entries }
