@@ -1297,6 +1297,32 @@ scopes = ["*"]
     }
 
     #[test]
+    fn token_entries_pair_no_admin_with_a_prefix_and_no_empty_prefix() {
+        let base = "[backends.local]\nkind = \"local\"\nkey_file = \"k\"\n[tiers]\nretail = \"local\"\n\
+                    [[tokens]]\nname = \"t\"\nsha256 = \"{h}\"\n";
+        let h = "ab".repeat(32);
+        let load = |extra: &str| {
+            load_file(
+                &format!("{}{extra}", base.replace("{h}", &h)),
+                Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+            )
+        };
+        assert!(load("scopes = [\"*\"]\n").is_ok());
+        assert!(load("scopes = [\"shards:read\"]\naccount_prefix = \"acct-\"\n").is_ok());
+        for (extra, expect) in [
+            ("scopes = [\"*\"]\naccount_prefix = \"acct-\"\n", "'*' includes admin"),
+            (
+                "scopes = [\"shards:read\", \"admin\"]\naccount_prefix = \"acct-\"\n",
+                "admin scope cannot go with an account prefix",
+            ),
+            ("scopes = [\"shards:read\"]\naccount_prefix = \"\"\n", "account_prefix must be non-empty"),
+        ] {
+            let err = load(extra).unwrap_err().to_string();
+            assert!(err.contains(expect), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn config_without_tokens_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
@@ -1491,6 +1517,11 @@ scopes = ["*"]
             "sometimes",
         );
         bad("cert_file", "cert_flie", "cert_flie");
+        bad(
+            "\"shards:write\"",
+            "\"admin\"",
+            "admin scope cannot go with an account prefix",
+        );
         // DNS names collide ignoring case.
         let text = TLS_FILE
             .replace("subject_cn = \"signer.internal\"", "dns = \"Signer.Svc\"")
