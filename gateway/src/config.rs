@@ -1298,7 +1298,8 @@ scopes = ["*"]
 
     #[test]
     fn token_entries_pair_no_admin_with_a_prefix_and_no_empty_prefix() {
-        let base = "[backends.local]\nkind = \"local\"\nkey_file = \"k\"\n[tiers]\nretail = \"local\"\n\
+        let base =
+            "[backends.local]\nkind = \"local\"\nkey_file = \"k\"\n[tiers]\nretail = \"local\"\n\
                     [[tokens]]\nname = \"t\"\nsha256 = \"{h}\"\n";
         let h = "ab".repeat(32);
         let load = |extra: &str| {
@@ -1310,12 +1311,18 @@ scopes = ["*"]
         assert!(load("scopes = [\"*\"]\n").is_ok());
         assert!(load("scopes = [\"shards:read\"]\naccount_prefix = \"acct-\"\n").is_ok());
         for (extra, expect) in [
-            ("scopes = [\"*\"]\naccount_prefix = \"acct-\"\n", "'*' includes admin"),
+            (
+                "scopes = [\"*\"]\naccount_prefix = \"acct-\"\n",
+                "'*' includes admin",
+            ),
             (
                 "scopes = [\"shards:read\", \"admin\"]\naccount_prefix = \"acct-\"\n",
                 "admin scope cannot go with an account prefix",
             ),
-            ("scopes = [\"shards:read\"]\naccount_prefix = \"\"\n", "account_prefix must be non-empty"),
+            (
+                "scopes = [\"shards:read\"]\naccount_prefix = \"\"\n",
+                "account_prefix must be non-empty",
+            ),
         ] {
             let err = load(extra).unwrap_err().to_string();
             assert!(err.contains(expect), "{extra}: {err}");
