@@ -4,10 +4,11 @@
 # throw-away database and a private moto_server, runs the whole suite, then scans every log for
 # the secrets the tests planted.
 #
-#   scripts/test.sh                      everything (nextest + doc tests, or `cargo test`)
+#   scripts/test.sh                      everything (nextest + doc tests)
 #   scripts/test.sh -E 'test(foo)'       extra arguments go to `cargo nextest run` (doc tests
 #   scripts/test.sh -p shardgate-policy  are skipped when extra arguments are given; with -p,
-#                                        --workspace is left out)
+#                                        --workspace is left out and the gateway binary the
+#                                        tests start is built first)
 #   scripts/test.sh --run CMD [ARGS...]  set up the same environment, run CMD instead of the
 #                                        suite (output teed and secret-scanned like the suite)
 #
@@ -17,7 +18,9 @@
 #   SHARDGATE_TEST_SETUP_ONLY=1   set up (install, database, moto), print the environment, run
 #                                 the secret scan, clean up; no cargo
 #   SHARDGATE_TEST_NEXTEST_PROFILE  nextest profile (default: ci from .config/nextest.toml)
-#   SHARDGATE_TEST_NO_NEXTEST=1   use `cargo test --workspace` even if cargo-nextest is installed
+#   SHARDGATE_TEST_NO_NEXTEST=1   use `cargo test --workspace` instead of cargo-nextest (which is
+#                                 otherwise installed when missing; several tests need the
+#                                 process of their own that nextest gives each test)
 #   SHARDGATE_TEST_FUZZ_SECS      seconds each fuzz target runs after the suite (default 30; 0
 #                                 skips the fuzz smoke run; it only runs without extra arguments)
 #   (without extra arguments, `cargo deny check bans licenses sources` also runs: deny.toml)
@@ -35,6 +38,9 @@
 #                                 every secret they plant, one per line, to planted-secrets.txt
 #   SHARDGATE_TEST_STRICT=1       when a missing component must fail the tests instead of
 #                                 skipping them (set in CI)
+# A test that skips (component missing, outside strict mode) appends a line to
+# $SHARDGATE_TEST_LOG_DIR/skipped-tests.txt (shardgate-testkit): the closing line counts it as
+# skipped, not passed, and in strict mode any such line fails the run.
 # A component that is not available outside CI has its variable UNSET: tests skip loudly.
 set -euo pipefail
 
@@ -52,6 +58,8 @@ source "$SCRIPT_DIR/lib/secret-scan.sh"
 source "$SCRIPT_DIR/lib/fuzz.sh"
 # shellcheck source=scripts/lib/deny.sh
 source "$SCRIPT_DIR/lib/deny.sh"
+# shellcheck source=scripts/lib/nextest.sh
+source "$SCRIPT_DIR/lib/nextest.sh"
 
 RUN_CMD=()
 if [ "${1:-}" = "--run" ]; then
@@ -143,12 +151,15 @@ sg_ensure_moto || MOTO_OK=0
 sg_ensure_postgres || PG_OK=0
 sg_ensure_openapi_validator || true
 
+# The runner (only when the suite runs): cargo-nextest, installed when missing (strict mode:
+# exits when it cannot be); SHARDGATE_TEST_NO_NEXTEST=1 opts out explicitly.
 USE_NEXTEST=0
-if [ "${SHARDGATE_TEST_NO_NEXTEST:-}" != 1 ] && cargo nextest --version >/dev/null 2>&1; then
-    USE_NEXTEST=1
-    sg_log "test runner: $(cargo nextest --version 2>/dev/null | head -n1)"
-else
-    sg_log "test runner: cargo test (cargo-nextest not installed or disabled)"
+if [ "${SHARDGATE_TEST_SETUP_ONLY:-}" != 1 ] && [ "${#RUN_CMD[@]}" -eq 0 ]; then
+    if sg_ensure_cargo_nextest; then
+        USE_NEXTEST=1
+    else
+        sg_log "test runner: cargo test"
+    fi
 fi
 
 sweep_stale_runs
@@ -241,6 +252,14 @@ for a in "$@"; do
     case "$a" in -p | -p* | --package | --package=* | --workspace | --all) scope_args=() ;; esac
 done
 
+# A scoped run builds the gateway binary that tests of other packages start (softhsm-tests'
+# gateway_http runs target/debug/shardgate; cargo builds only the tested packages' own
+# binaries). With the features a whole run's test build gives it (gateway's dev-dependency
+# on itself enables failpoints), so that alternating runs do not rebuild it.
+if [ "${SHARDGATE_TEST_SETUP_ONLY:-}" != 1 ] && [ "${#RUN_CMD[@]}" -eq 0 ] && [ "${#scope_args[@]}" -eq 0 ]; then
+    run_logged cargo build -p shardgate --bins --features failpoints
+fi
+
 if [ "${SHARDGATE_TEST_SETUP_ONLY:-}" = 1 ]; then
     sg_log "SHARDGATE_TEST_SETUP_ONLY=1: setup done, not running cargo"
 elif [ "${#RUN_CMD[@]}" -gt 0 ]; then
@@ -300,7 +319,16 @@ sg_secret_scan "$LOG_DIR" || SCAN_RC=$?
 # ---------------------------------------------------------------------------------------------
 # One plain closing line with the counts of every runner's summary lines in the output:
 # nextest "Summary [..] N tests run: P passed, F failed, S skipped", and libtest
-# "test result: ok. P passed; F failed; I ignored; ...".
+# "test result: ok. P passed; F failed; I ignored; ...". The runners count a test that
+# skipped itself (shardgate_testkit::skip: a missing component) as passed: those, one per
+# distinct binary + test in skipped-tests.txt, move from passed to skipped.
+SKIP_FILE="$LOG_DIR/skipped-tests.txt"
+SELF_SKIPPED=0
+if [ -s "$SKIP_FILE" ]; then
+    SELF_SKIPPED=$(cut -f1,2 "$SKIP_FILE" | sort -u | wc -l)
+    sg_log "$SELF_SKIPPED test(s) skipped for a missing component (list: $SKIP_FILE):"
+    cut -f1,2 "$SKIP_FILE" | sort -u | head -n 20 | sed 's/\t/ /; s/^/[shardgate-test]   /' >&2
+fi
 if [ -f "$OUT" ]; then
     counts=$(awk '
         /Summary \[.*\] +[0-9\/]+ tests? run:/ {
@@ -317,8 +345,8 @@ if [ -f "$OUT" ]; then
             split($0, w, " ")
             p += w[4]; f += w[6]; s += w[8]; seen = 1
         }
-        END { if (seen) printf "%d passed, %d failed, %d skipped\n", p, f, s }
-    ' "$OUT")
+        END { if (seen) printf "%d passed, %d failed, %d skipped\n", p - self, f, s + self }
+    ' self="$SELF_SKIPPED" "$OUT")
     if [ -n "$counts" ]; then
         echo "tests: $counts"
     fi
@@ -329,9 +357,14 @@ fi
 if [ "$TEST_RC" -ne 0 ]; then
     sg_log "FAILED: tests failed (exit $TEST_RC); output: $OUT"
 fi
+SKIP_RC=0
+if [ "$SG_STRICT" = 1 ] && [ "$SELF_SKIPPED" -gt 0 ]; then
+    sg_log "FAILED: strict mode, but $SELF_SKIPPED test(s) skipped (see $SKIP_FILE)"
+    SKIP_RC=1
+fi
 if [ "$TEST_RC" -ne 0 ]; then
     exit "$TEST_RC"
-elif [ "$SCAN_RC" -ne 0 ]; then
+elif [ "$SCAN_RC" -ne 0 ] || [ "$SKIP_RC" -ne 0 ]; then
     exit 1
 fi
 sg_log "OK"

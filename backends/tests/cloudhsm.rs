@@ -109,11 +109,11 @@ async fn unreachable_api_is_not_ready_and_start_still_succeeds() {
     if moto_endpoint("unreachable_api_is_not_ready_and_start_still_succeeds").is_none() {
         return;
     }
-    // A closed loopback port: nothing listens there.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A closed loopback port, held for the whole test: bound but never listening (a connect
+    // gets a RST), so no parallel test can take it as it could after a bind-then-release.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let monitor =
         ClusterMonitor::start(&config("cluster-x", &format!("http://127.0.0.1:{port}"), 0))
             .await

@@ -635,12 +635,9 @@ fn pg_tool(name: &str) -> Option<PathBuf> {
             return Some(c);
         }
     }
-    if common::strict() {
-        panic!("{name} not found in $SHARDGATE_TEST_PG_BINDIR or on the PATH");
-    }
-    eprintln!(
-        "SKIPPED: {name} not found (set SHARDGATE_TEST_PG_BINDIR or install the PostgreSQL client)"
-    );
+    common::skip(&format!(
+        "{name} not found in $SHARDGATE_TEST_PG_BINDIR or on the PATH (install the PostgreSQL client)"
+    ));
     None
 }
 

@@ -15,12 +15,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// PostgreSQL cannot bind port 0, so a private cluster's port is picked beforehand and may be
+/// taken by the time the server starts: the first start then moves to another port.
+#[test]
+fn private_cluster_moves_off_a_port_taken_before_its_first_start() {
+    let Some(mut cluster) = Cluster::init() else {
+        return;
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    cluster.port = taken_port;
+    cluster.up();
+    assert_ne!(cluster.port, taken_port);
+    let out = cluster.psql("postgres", &["-t", "-A"], "SELECT 1;");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    // A restart keeps the port the clients were given.
+    let port = cluster.port;
+    cluster.down();
+    cluster.up();
+    assert_eq!(cluster.port, port);
+}
+
 /// A write answered 201: shard, version, bytes.
 type Acked = (String, i64, Vec<u8>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restart_under_traffic_gives_503s_then_full_recovery() {
-    let Some(cluster) = Cluster::start() else {
+    let Some(mut cluster) = Cluster::start() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -337,11 +337,15 @@ impl Gw {
     }
 }
 
-/// A port nothing listens on: the "dead" KMS endpoint answers every call with a refused
-/// connection, a backend fault that counts against its breaker.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// A port nothing listens on, held for as long as the socket lives: the "dead" KMS endpoint
+/// answers every call with a refused connection, a backend fault that counts against its
+/// breaker. The socket is bound but never listens (a connect gets a RST), so no parallel
+/// test can take the port meanwhile, as it could after a bind-then-release.
+fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = s.local_addr().unwrap().port();
+    (s, port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +365,8 @@ async fn every_metric_family_is_scraped_with_bounded_labels() {
     );
     kms.endpoint_url = Some(moto.clone());
     let mut dead = kms.clone();
-    dead.endpoint_url = Some(format!("http://127.0.0.1:{}", closed_port()));
+    let (_held, dead_port) = closed_port();
+    dead.endpoint_url = Some(format!("http://127.0.0.1:{dead_port}"));
     dead.cache.enabled = false;
     dead.max_attempts = 1;
     dead.call_timeout_ms = 300;

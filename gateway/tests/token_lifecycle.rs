@@ -1,7 +1,8 @@
 //! Token lifecycle on both stores: tokens kept in the database and revocations take effect
 //! on every replica without a restart (reload on an interval, at once on SIGHUP); expired
 //! and revoked tokens answer 401 and are audited under their credential id, an HMAC of the
-//! token id that the audit log records instead of the id itself.
+//! token id that the audit log records instead of the id itself. Ids are checked against
+//! fixed vectors computed outside shardgate (`common::vectors`), under the vectors' audit key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[macro_use]
@@ -10,6 +11,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Request};
 use common::db::Db;
+use common::vectors as v;
 use common::{StoreKind, Tokens};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -35,6 +37,11 @@ impl Deployment {
         let tokens = Tokens::new();
         let mut cfg = common::config(dir.path(), &url, &tokens);
         edit(&mut cfg);
+        // The vectors' audit key, so that recorded credential ids can be compared with them.
+        let key_file = cfg.audit_key_file();
+        std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
+        shardgate::files::write_private(&key_file, format!("{}\n", v::AUDIT_KEY_B64).as_bytes())
+            .unwrap();
         let (a, _) = shardgate::AppState::build(&cfg).await.unwrap();
         let (b, _) = shardgate::AppState::build(&cfg).await.unwrap();
         Some(Self {
@@ -111,12 +118,11 @@ async fn saved_token_is_accepted_by_every_replica_after_a_reload(kind: StoreKind
     let Some(d) = Deployment::new(kind, |c| c.auth.refresh_ms = 100).await else {
         return;
     };
-    let token = generate_token();
-    let t = token.expose_secret();
+    let t = v::TOKEN;
     let id = token_admin::save(
         d.a.store.as_ref(),
         "signer-7",
-        &hash_token(t),
+        v::TOKEN_SHA256,
         &["accounts:read".to_string()],
         None,
         None,
@@ -124,7 +130,7 @@ async fn saved_token_is_accepted_by_every_replica_after_a_reload(kind: StoreKind
     )
     .await
     .unwrap();
-    assert_eq!(id, token_id(&hash_token(t)));
+    assert_eq!(id, v::TOKEN_ID);
     // Not before a reload: replicas hold a snapshot.
     assert_eq!(Deployment::status(&d.a, t).await.0, 401);
     // Replica A reloads on demand, replica B on its interval: neither restarts.
@@ -154,7 +160,7 @@ async fn saved_token_is_accepted_by_every_replica_after_a_reload(kind: StoreKind
     assert!(token_admin::save(
         d.a.store.as_ref(),
         "again",
-        &hash_token(t),
+        v::TOKEN_SHA256,
         &["*".to_string()],
         None,
         None,
@@ -165,35 +171,47 @@ async fn saved_token_is_accepted_by_every_replica_after_a_reload(kind: StoreKind
 }
 
 async fn revoked_config_token_is_refused_everywhere_and_audited(kind: StoreKind) {
-    let Some(d) = Deployment::new(kind, |c| c.auth.refresh_ms = 100).await else {
+    // A reader whose token is the vectors' fixed one.
+    let Some(d) = Deployment::new(kind, |c| {
+        c.auth.refresh_ms = 100;
+        c.tokens.push(shardgate::config::TokenConfig {
+            name: "vector-reader".into(),
+            sha256: v::TOKEN_SHA256.into(),
+            scopes: vec!["shards:read".into()],
+            account_prefix: None,
+            expires_at: None,
+        });
+    })
+    .await
+    else {
         return;
     };
     d.b.start_token_refresh(&d.cfg.auth);
-    let reader = d.tokens.reader.clone();
-    let id = token_id(&hash_token(&reader));
-    assert_eq!(Deployment::status(&d.a, &reader).await.0, 403);
+    let reader = v::TOKEN;
+    let id = v::TOKEN_ID;
+    assert_eq!(Deployment::status(&d.a, reader).await.0, 403);
     assert!(matches!(
         token_admin::revoke(&d.cfg, d.a.store.as_ref(), "ffffffffffffffff", "x", 1).await,
         Err(token_admin::TokenAdminError::UnknownId(_))
     ));
     assert!(
-        token_admin::revoke(&d.cfg, d.a.store.as_ref(), &id, "left the team", 1)
+        token_admin::revoke(&d.cfg, d.a.store.as_ref(), id, "left the team", 1)
             .await
             .unwrap()
     );
     // Idempotent: a second revocation changes nothing.
     assert!(
-        !token_admin::revoke(&d.cfg, d.a.store.as_ref(), &id, "again", 2)
+        !token_admin::revoke(&d.cfg, d.a.store.as_ref(), id, "again", 2)
             .await
             .unwrap()
     );
     d.a.auth.refresh().await.unwrap();
-    let (status, body) = Deployment::status(&d.a, &reader).await;
+    let (status, body) = Deployment::status(&d.a, reader).await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthenticated");
     assert_eq!(message(&body), "bearer token revoked");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Deployment::status(&d.b, &reader).await.0 != 401 {
+    while Deployment::status(&d.b, reader).await.0 != 401 {
         assert!(
             Instant::now() < deadline,
             "replica b still accepts a revoked token"
@@ -202,23 +220,18 @@ async fn revoked_config_token_is_refused_everywhere_and_audited(kind: StoreKind)
     }
     // Other identities are unaffected.
     assert_eq!(Deployment::status(&d.a, &d.tokens.admin).await.0, 404);
-    let events = d.audited("reader", "auth", 2).await;
+    let events = d.audited("vector-reader", "auth", 2).await;
     assert!(events.len() >= 2, "{events:?}");
-    let cred = credential_id(&d.key(), &id);
     for [outcome, credential, detail] in &events {
         assert_eq!(outcome, "unauthenticated");
-        assert_eq!(credential, &cred);
+        assert_eq!(credential, v::CREDENTIAL_ID);
         assert!(detail.contains("revoked"), "{detail}");
     }
 }
 
 async fn expired_tokens_are_refused_and_audited(kind: StoreKind) {
-    let expired = generate_token();
     let current = generate_token();
-    let (e, c) = (
-        expired.expose_secret().to_string(),
-        current.expose_secret().to_string(),
-    );
+    let (e, c) = (v::TOKEN.to_string(), current.expose_secret().to_string());
     let Some(d) = Deployment::new(kind, |cfg| {
         for (name, token, at) in [
             ("old-signer", &e, "2020-01-01T00:00:00Z"),
@@ -257,11 +270,10 @@ async fn expired_tokens_are_refused_and_audited(kind: StoreKind) {
     .unwrap();
     d.a.auth.refresh().await.unwrap();
     assert_eq!(Deployment::status(&d.a, s).await.0, 401);
-    let cred = credential_id(&d.key(), &token_id(&hash_token(&e)));
     let events = d.audited("old-signer", "auth", 1).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0][0], "unauthenticated");
-    assert_eq!(events[0][1], cred);
+    assert_eq!(events[0][1], v::CREDENTIAL_ID);
     assert!(events[0][2].contains("expired"));
     assert_eq!(d.audited("short-lived", "auth", 1).await.len(), 1);
 }
@@ -285,11 +297,13 @@ async fn audit_records_the_credential_id_never_the_token_id(kind: StoreKind) {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0][1], credential_id(&d.key(), &id));
     // A guessed token is audited under its own credential id, as `anonymous`.
-    let (status, _) = Deployment::status(&d.a, "sgt_not-a-real-token").await;
+    let (status, _) = Deployment::status(&d.a, v::GUESSED_TOKEN).await;
     assert_eq!(status, 401);
-    let guessed = credential_id(&d.key(), &token_id(&hash_token("sgt_not-a-real-token")));
     let anon = d.audited("anonymous", "auth", 1).await;
-    assert!(anon.iter().any(|e| e[1] == guessed), "{anon:?}");
+    assert!(
+        anon.iter().any(|e| e[1] == v::GUESSED_CREDENTIAL_ID),
+        "{anon:?}"
+    );
     // No column of the audit table holds a token id or a token hash.
     let all = d.db.all_bytes("SELECT * FROM audit_events").await;
     let hash = hash_token(&admin);

@@ -4,7 +4,8 @@
 //! pointing at `<tmp>/tokens`, `SOFTHSM2_CONF` set for the process before the module is
 //! loaded, and `softhsm2-util --init-token`. The module path comes from
 //! `SHARDGATE_TEST_SOFTHSM_MODULE`; when it is unset, [`module`] answers `None` (the test
-//! prints `SKIPPED: ...`), except under `CI=true`, where it fails.
+//! skips, counted: `shardgate_testkit::skip`), except in strict mode (CI,
+//! `SHARDGATE_TEST_STRICT=1`), where it fails.
 //!
 //! One PKCS#11 context per process and one `SOFTHSM2_CONF` per process: run the tests with
 //! `cargo nextest run` (one process per test). A second token in one process fails loudly.
@@ -17,15 +18,12 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The SoftHSM2 module under test, or `None` (after printing `SKIPPED`) when not configured.
-/// Panics when `CI=true` and the module is not configured.
+/// Panics in strict mode (CI, `SHARDGATE_TEST_STRICT=1`) when the module is not configured.
 pub fn module(test: &str) -> Option<PathBuf> {
     match std::env::var_os("SHARDGATE_TEST_SOFTHSM_MODULE") {
         Some(m) if !m.is_empty() => Some(PathBuf::from(m)),
         _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("SHARDGATE_TEST_SOFTHSM_MODULE is not set under CI=true ({test})");
-            }
-            println!("SKIPPED: {test}: SHARDGATE_TEST_SOFTHSM_MODULE is not set");
+            shardgate_testkit::skip(&format!("{test}: SHARDGATE_TEST_SOFTHSM_MODULE is not set"));
             None
         }
     }

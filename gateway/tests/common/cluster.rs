@@ -1,6 +1,10 @@
 //! A throwaway PostgreSQL cluster of a test's own (initdb/pg_ctl from
 //! `$SHARDGATE_TEST_PG_BINDIR`) on a free port, run as the `postgres` user when we are root
 //! (PostgreSQL refuses to run as root). Its Unix socket is in its data directory.
+//!
+//! PostgreSQL cannot listen on port 0, so the port is picked beforehand, and a parallel test
+//! may take it before the server binds it: the first start retries on another port when the
+//! server reports "address in use".
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -11,6 +15,8 @@ pub struct Cluster {
     pub bindir: PathBuf,
     pub data: PathBuf,
     pub port: u16,
+    /// Whether the server has started once (later starts keep the port clients know).
+    started: bool,
     /// Extra `-c name=value` server settings of every start.
     settings: Vec<String>,
     _dir: tempfile::TempDir,
@@ -27,16 +33,7 @@ fn is_root() -> bool {
 
 /// Run a server binary as the `postgres` user when we are root; panics when it fails.
 fn as_postgres(bin: &Path, args: &[&str]) -> Output {
-    let out = if is_root() {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin)
-            .args(args)
-            .output()
-    } else {
-        Command::new(bin).args(args).output()
-    }
-    .unwrap();
+    let out = run_as_postgres(bin, args);
     assert!(
         out.status.success(),
         "{} {args:?}: {}{}",
@@ -47,10 +44,36 @@ fn as_postgres(bin: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// Run a server binary as the `postgres` user when we are root, whatever its exit status.
+fn run_as_postgres(bin: &Path, args: &[&str]) -> Output {
+    if is_root() {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin)
+            .args(args)
+            .output()
+    } else {
+        Command::new(bin).args(args).output()
+    }
+    .unwrap()
+}
+
+/// A port that was free a moment ago (a candidate: see the module doc).
+fn candidate_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How many ports the first start tries before it gives up.
+const PORT_ATTEMPTS: usize = 20;
+
 impl Cluster {
     /// initdb (trust authentication) and start; `None` when skipped outside CI.
     pub fn start() -> Option<Cluster> {
-        let c = Self::init()?;
+        let mut c = Self::init()?;
         c.up();
         Some(c)
     }
@@ -70,11 +93,7 @@ impl Cluster {
                 .arg(dir.path())
                 .status();
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = candidate_port();
         as_postgres(
             &bindir.join("initdb"),
             &[
@@ -90,6 +109,7 @@ impl Cluster {
             bindir,
             data,
             port,
+            started: false,
             settings: Vec::new(),
             _dir: dir,
         })
@@ -115,19 +135,22 @@ impl Cluster {
         path
     }
 
-    pub fn up(&self) {
-        let mut opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {}",
-            self.port,
-            self.data.display()
-        );
-        for s in &self.settings {
-            opts.push_str(&format!(" -c {s}"));
-        }
+    /// Start the server. The first start moves to another port while the picked one turns out
+    /// to be taken ("address in use"); a restart keeps the port the clients were given.
+    pub fn up(&mut self) {
         let log = self.data.join("server.log");
-        as_postgres(
-            &self.bindir.join("pg_ctl"),
-            &[
+        for attempt in 1.. {
+            let mut opts = format!(
+                "-p {} -c listen_addresses=127.0.0.1 -k {}",
+                self.port,
+                self.data.display()
+            );
+            for s in &self.settings {
+                opts.push_str(&format!(" -c {s}"));
+            }
+            let logged_before = std::fs::read(&log).map(|l| l.len()).unwrap_or(0);
+            let pg_ctl = self.bindir.join("pg_ctl");
+            let args = [
                 "-D",
                 self.data.to_str().unwrap(),
                 "-o",
@@ -136,8 +159,27 @@ impl Cluster {
                 log.to_str().unwrap(),
                 "-w",
                 "start",
-            ],
-        );
+            ];
+            let out = run_as_postgres(&pg_ctl, &args);
+            if out.status.success() {
+                self.started = true;
+                return;
+            }
+            let logged = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(logged.get(logged_before..).unwrap_or_default());
+            let in_use = new.contains("Address already in use") || new.contains("could not bind");
+            if in_use && !self.started && attempt < PORT_ATTEMPTS {
+                eprintln!("port {} taken meanwhile; trying another", self.port);
+                self.port = candidate_port();
+                continue;
+            }
+            panic!(
+                "{} {args:?}: {}{}\nserver log:\n{new}",
+                pg_ctl.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     /// Stop at once, as a crash would (no checkpoint, connections cut).

@@ -5,6 +5,9 @@
 pub mod cluster;
 pub mod db;
 pub mod openapi;
+// Generated (the script's output verbatim, which the audit_vectors test checks): not formatted.
+#[rustfmt::skip]
+pub mod vectors;
 
 use shardgate::auth::hash_token;
 use shardgate::config::{AuditConfig, BackendConfig, Config, Limits, Timeouts, TokenConfig};
@@ -12,25 +15,17 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Whether a missing component must fail the test (CI) rather than skip it.
-pub fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("SHARDGATE_TEST_STRICT").is_ok_and(|v| v == "1")
+/// The one strictness/skip rule of every crate's tests (`testkit/`): a missing component
+/// fails the test in strict mode (CI, `SHARDGATE_TEST_STRICT=1`), otherwise the test skips
+/// loudly and the skip is counted by scripts/test.sh.
+/// A non-empty environment variable the test needs, or `None` after a counted skip.
+pub fn require_env(name: &str) -> Option<String> {
+    shardgate_testkit::require_env(name)
 }
 
-/// An environment variable a test needs: panics in CI when missing, otherwise prints a loud
-/// skip message and returns `None`.
-pub fn require_env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            if strict() {
-                panic!("{name} is not set: run the suite through scripts/test.sh");
-            }
-            eprintln!("SKIPPED: {name} not set (run scripts/test.sh to provide it)");
-            None
-        }
-    }
+/// The test cannot run because `why`: fails in strict mode, otherwise a loud, counted skip.
+pub fn skip(why: &str) {
+    shardgate_testkit::skip(why)
 }
 
 /// Record a secret the suite plants, so the test script can prove no log holds it.

@@ -22,16 +22,7 @@ pub const HELPER: &str = env!("CARGO_BIN_EXE_sg-softhsm-helper");
 pub const KEK: [u8; 32] = [0x5Au8; 32];
 
 pub async fn fresh_pg() -> Option<String> {
-    let base = match std::env::var("SHARDGATE_TEST_DATABASE_URL") {
-        Ok(v) if !v.is_empty() => v,
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("SHARDGATE_TEST_DATABASE_URL is not set under CI=true");
-            }
-            println!("SKIPPED: SHARDGATE_TEST_DATABASE_URL is not set");
-            return None;
-        }
-    };
+    let base = shardgate_testkit::require_env("SHARDGATE_TEST_DATABASE_URL")?;
     let (prefix, db) = base.rsplit_once('/').unwrap();
     let name = format!(
         "{}_{}",
@@ -47,16 +38,12 @@ pub async fn fresh_pg() -> Option<String> {
 }
 
 pub fn moto_endpoint(test: &str) -> Option<String> {
-    match std::env::var("SHARDGATE_TEST_MOTO_ENDPOINT") {
-        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
-        _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: SHARDGATE_TEST_MOTO_ENDPOINT is not set (moto is required in CI)");
-            }
-            println!("SKIPPED: {test}: SHARDGATE_TEST_MOTO_ENDPOINT is not set");
-            None
-        }
+    let v = std::env::var("SHARDGATE_TEST_MOTO_ENDPOINT").unwrap_or_default();
+    if v.trim().is_empty() {
+        shardgate_testkit::skip(&format!("{test}: SHARDGATE_TEST_MOTO_ENDPOINT is not set"));
+        return None;
     }
+    Some(v.trim().to_string())
 }
 
 /// A gateway (in this process) on a fresh token whose KEK `kek/v1` has known bytes, so the

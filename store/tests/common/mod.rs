@@ -35,19 +35,7 @@ struct PgDatabase {
 }
 
 fn pg_base_url() -> Option<String> {
-    match std::env::var(PG_URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{PG_URL_VAR} is not set, and CI=true: PostgreSQL tests may not be skipped");
-            }
-            eprintln!();
-            eprintln!("**************************************************************");
-            eprintln!("SKIPPED: {PG_URL_VAR} not set (PostgreSQL store test not run)");
-            eprintln!("**************************************************************");
-            None
-        }
-    }
+    shardgate_testkit::require_env(PG_URL_VAR)
 }
 
 impl Harness {
