@@ -25,6 +25,10 @@ impl DataKey {
     }
 }
 
+/// Its only field is a `Zeroizing` array, wiped when the key is dropped; the marker lets code
+/// that keeps keys (the KMS data-key cache) require the promise of the type it holds.
+impl zeroize::ZeroizeOnDrop for DataKey {}
+
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DataKey([REDACTED])")

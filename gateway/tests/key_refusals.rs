@@ -64,33 +64,19 @@ async fn rows_naming_unknown_keys_are_counted_and_answer_key_unusable(kind: Stor
 
     let series = format!("shardgate_key_unusable_rows_total{{backend=\"{name}\"}} ");
     let series = series.as_str();
-    let before = metric(&scrape(&app, admin).await, series);
+    let before = metric(&common::scrape(&app, admin).await, series);
     for shard in ["s1", "s2", "s1", "s2", "s1"] {
         let path = format!("/v1/accounts/acct-k/shards/{shard}");
         let (s, v) = common::call(&app, admin, "GET", &path, None).await;
         assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
         assert_eq!(v["error"]["code"], "key_unusable", "{v}");
     }
-    let text = scrape(&app, admin).await;
+    let text = common::scrape(&app, admin).await;
     assert_eq!(
         metric(&text, series) - before,
         5.0,
         "every refused read counted"
     );
-}
-
-async fn scrape(app: &axum::Router, token: &str) -> String {
-    use tower::ServiceExt;
-    let req = axum::http::Request::builder()
-        .uri("/metrics")
-        .header("authorization", format!("Bearer {token}"))
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 both_stores!(rows_naming_unknown_keys_are_counted_and_answer_key_unusable);

@@ -188,7 +188,8 @@ async fn request_blocked_on_the_database_answers_deadline_exceeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_keep_alive_connection_still_serves_requests() {
+/// A plain HTTP/1.1 request on a raw connection is served (idling on it is the next test).
+async fn a_raw_http1_request_is_served() {
     let srv = start(StoreKind::Sqlite).await.unwrap();
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -510,11 +510,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn evicted_data_key_is_zeroized_on_drop() {
-        // DataKey wraps Zeroizing<[u8; 32]>: dropping the cache's copy wipes it. Check the
-        // type contract the cache relies on.
+    async fn cached_data_keys_promise_zeroize_on_drop_and_used_up_entries_leave() {
+        // What the cache holds is a `DataKey`, whose type promises to wipe its bytes on drop
+        // (checked at compile time: the bound fails if the promise is withdrawn); an entry
+        // used up is removed, so the cache's copy is dropped.
         fn assert_zeroize_on_drop<T: zeroize::ZeroizeOnDrop>() {}
-        assert_zeroize_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
+        assert_zeroize_on_drop::<crate::DataKey>();
         let c = DekCache::<crate::DataKey>::new(cfg(1, 60_000, 1));
         let k = cache_key("k", b"b", b"i");
         let v = c

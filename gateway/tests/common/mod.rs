@@ -295,3 +295,18 @@ macro_rules! both_stores {
         }
     };
 }
+
+/// One `/metrics` scrape of the in-process app (Prometheus text).
+pub async fn scrape(app: &axum::Router, token: &str) -> String {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .uri("/metrics")
+        .header("authorization", format!("Bearer {token}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
