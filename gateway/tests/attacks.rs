@@ -1437,7 +1437,9 @@ async fn trickled_chunked_body_is_cut_off_by_the_body_read_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_slowloris_connections_do_not_starve_real_requests() {
-    let Some(srv) = serve(|_| {}).await else {
+    // A header-read timeout long enough that the slow heads are surely still open while the
+    // real requests are served (checked below, instead of timing the real requests).
+    let Some(srv) = serve(|c| c.timeouts.header_read_ms = 3000).await else {
         return;
     };
     // 64 connections, each with half a request head, then nothing.
@@ -1449,8 +1451,7 @@ async fn many_slowloris_connections_do_not_starve_real_requests() {
             .unwrap();
         lorises.push(s);
     }
-    let started = Instant::now();
-    // Real requests are served meanwhile.
+    // Real requests are served meanwhile...
     let client = reqwest::Client::new();
     for _ in 0..5 {
         let r = client
@@ -1462,14 +1463,21 @@ async fn many_slowloris_connections_do_not_starve_real_requests() {
             .unwrap();
         assert!(r.status().is_success());
     }
-    assert!(started.elapsed() < Duration::from_millis(1500));
-    // And every slow head is cut off by the header-read timeout (500 ms here).
+    // ...while every slow head is still held open (nothing to read, not closed): they were
+    // served beside the lorises, not after them.
+    let mut buf = [0u8; 64];
+    for s in &lorises {
+        let e = s
+            .try_read(&mut buf)
+            .expect_err("a slow head answered or closed early");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    }
+    // And every slow head is then cut off by the header-read timeout.
     for mut s in lorises {
-        let (resp, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        let (resp, closed) = read_until_closed(&mut s, Duration::from_secs(30)).await;
         assert!(closed, "a slow head was kept open");
         assert!(!resp.contains("acct-1\""), "{resp:?}");
     }
-    assert!(started.elapsed() < Duration::from_secs(4));
 }
 
 // ------------------------------------------------------------------------------------------

@@ -82,9 +82,11 @@ async fn logout_under_http_traffic_recovers_and_never_returns_a_wrong_shard() {
     let shards = Arc::new(gw.load("inst-lo", 16).await);
     let rec0 = gw.hsm().pool_status().recoveries;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Reads answered 200 so far, by every reader: traffic must flow between the faults.
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut readers = Vec::new();
     for t in 0..8usize {
-        let (gw, shards, stop) = (gw.clone(), shards.clone(), stop.clone());
+        let (gw, shards, stop, served) = (gw.clone(), shards.clone(), stop.clone(), served.clone());
         readers.push(tokio::spawn(async move {
             let (mut ok, mut unavailable) = (0u32, 0u32);
             let mut i = t;
@@ -96,6 +98,7 @@ async fn logout_under_http_traffic_recovers_and_never_returns_a_wrong_shard() {
                         let got = B64.decode(v["shard"].as_str().unwrap()).unwrap();
                         assert_eq!(got, shards[k], "a wrong shard came back for s{k}");
                         ok += 1;
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     503 => {
                         assert_eq!(v["error"]["code"], "backend_unavailable", "{v}");
@@ -108,11 +111,27 @@ async fn logout_under_http_traffic_recovers_and_never_returns_a_wrong_shard() {
             (ok, unavailable)
         }));
     }
+    // Before each logout and after the last, reads get through again (a generous deadline
+    // for each: counts, not timings, say that traffic recovered).
+    let reads_flow = || {
+        let served = served.clone();
+        async move {
+            let mark = served.load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while served.load(std::sync::atomic::Ordering::Relaxed) < mark + 20 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "reads stopped getting through"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
     for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        reads_flow().await;
         gw.hsm().inject_logout().await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    reads_flow().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut unavailable) = (0, 0);
     for r in readers {
@@ -124,7 +143,10 @@ async fn logout_under_http_traffic_recovers_and_never_returns_a_wrong_shard() {
     let st = gw.hsm().pool_status();
     assert!(st.recoveries > rec0, "no recovery counted: {st:?}");
     assert_eq!(st.session_overlaps, 0);
-    assert!(ok > 100, "too little traffic got through: {ok}");
+    assert!(
+        ok >= 120,
+        "six rounds of at least 20 reads each got through: {ok}"
+    );
     // Recovered: every shard reads back, and the backend is ready.
     for (k, data) in shards.iter().enumerate() {
         let (s, v) = gw.get("inst-lo", k).await;
