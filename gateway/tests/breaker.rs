@@ -111,13 +111,32 @@ async fn breaker_opens_fails_fast_and_closes_by_probe(gw: Gw) {
     }
     let calls = gw.proxy.count(DECRYPT);
     assert_eq!(calls, 3);
-    // Open: answered without a KMS call.
-    let (s, v) = gw.get("acct-kms").await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("backend_unavailable")),
-        "{v}"
-    );
+    // Open: answered without a KMS call, with a Retry-After a client can honour (whole
+    // seconds, at least 1; the breaker's remaining cooldown is the fleet issue's refinement).
+    let resp = {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .uri("/v1/accounts/acct-kms/shards/s1")
+            .header("authorization", format!("Bearer {}", gw.tokens.admin))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        gw.app.clone().oneshot(req).await.unwrap()
+    };
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .expect("a 503 from an open breaker carries Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "backend_unavailable", "{v}");
     assert_eq!(gw.proxy.count(DECRYPT), calls);
     // The other backend is unaffected, and the process stays ready.
     let (s, _) = gw.get("acct-local").await;
