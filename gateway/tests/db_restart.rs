@@ -149,6 +149,12 @@ async fn postgres_restart_under_traffic_gives_503s_then_full_recovery() {
         assert!(Instant::now() < wait, "no request noticed the outage");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // This process cannot serve at all without its store: /readyz says 503 (to anyone).
+    let (s, v) = common::call(&app, "", "GET", "/readyz", None).await;
+    assert_eq!(
+        (s, &v),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false}))
+    );
     cluster.up();
     // Recovery without restarting the gateway: writes succeed again.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -161,6 +167,8 @@ async fn postgres_restart_under_traffic_gives_503s_then_full_recovery() {
     for t in tasks {
         t.await.unwrap();
     }
+    let (s, v) = common::call(&app, "", "GET", "/readyz", None).await;
+    assert_eq!(s, StatusCode::OK, "ready again once the store is back: {v}");
 
     // Every write answered 201 reads back exactly.
     let acked = acked.lock().unwrap().clone();

@@ -78,7 +78,17 @@ pub async fn healthz() -> Response {
               (status = 503, description = "cannot serve at all", body = Readyz)))]
 pub async fn readyz(State(state): State<AppState>, parts: Parts) -> Response {
     let detailed = super::optional_caller(&parts, &state).is_some_and(|c| c.has(Scope::Metrics));
-    let store = match state.store.ping().await {
+    // Bounded, so that an unreachable store answers 503 within the request's deadline
+    // rather than the deadline's 504: half the deadline, at most 2 s.
+    let ping_limit = std::time::Duration::from_millis((state.timeouts.request_ms / 2).min(2000));
+    let ping = tokio::time::timeout(ping_limit, state.store.ping())
+        .await
+        .unwrap_or_else(|_| {
+            Err(shardgate_store::StoreError::Unavailable(
+                "ping timed out".into(),
+            ))
+        });
+    let store = match ping {
         Ok(()) => StoreReadiness {
             kind: state.store.kind().into(),
             ok: true,
