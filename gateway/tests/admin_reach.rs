@@ -210,25 +210,14 @@ async fn a_prefixed_admin_reaches_only_its_accounts_and_nothing_global(kind: Sto
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    // The refusals are audited, naming the credential.
-    let refused = gw
-        .db
-        .count(
-            "SELECT COUNT(*) FROM audit_events WHERE actor = 'legacy-prefixed' \
-             AND outcome = 'forbidden' AND credential IS NOT NULL",
-        )
-        .await;
+    // The refusals are audited (detached, so waited for), naming the credential.
+    let sql = "SELECT COUNT(*) FROM audit_events WHERE actor = 'legacy-prefixed' \
+               AND outcome = 'forbidden' AND credential IS NOT NULL";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut refused = refused;
+    let mut refused = gw.db.count(sql).await;
     while refused < 9 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        refused = gw
-            .db
-            .count(
-                "SELECT COUNT(*) FROM audit_events WHERE actor = 'legacy-prefixed' \
-                 AND outcome = 'forbidden' AND credential IS NOT NULL",
-            )
-            .await;
+        refused = gw.db.count(sql).await;
     }
     assert_eq!(refused, 9, "every refusal audited with its credential");
 }
