@@ -101,8 +101,9 @@ impl CheckpointFile {
         }
     }
 
-    /// Append `cp` (fsynced) unless this file already holds a line at its seq or later.
-    /// A chain without events writes nothing.
+    /// Append `cp` (fsynced) unless this file already holds a line at its seq or later,
+    /// creating the file's directory (0700) first if needed: a process that never writes
+    /// an event creates nothing. A chain without events writes nothing.
     pub fn append(&self, cp: &Checkpoint, key: &AuditKey) -> std::io::Result<bool> {
         let mut last = self
             .last
@@ -110,6 +111,13 @@ impl CheckpointFile {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cp.seq <= *last {
             return Ok(false);
+        }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
         let mut f = open_append(&self.path)?;
         f.write_all(cp.line(key).as_bytes())?;
@@ -259,6 +267,19 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let latest = read_latest(&[f.path().to_path_buf()], &key).unwrap();
         assert_eq!(latest["c1"].seq, 4);
+    }
+
+    #[test]
+    fn the_directory_is_made_with_the_first_line_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let key = AuditKey::from_bytes([1; 32]);
+        let f = CheckpointFile::new(dir.join("audit-checkpoints"));
+        assert!(!dir.exists(), "nothing is created before a line is written");
+        assert!(f.append(&cp(1), &key).unwrap());
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]

@@ -363,11 +363,7 @@ impl AppState {
             (cfg.audit.queue_capacity, cfg.audit.detached_queue_capacity),
             cfg.audit.batch_max,
             Duration::from_secs(cfg.audit.checkpoint_interval_secs),
-            {
-                let file = cfg.checkpoint_file();
-                ensure_private_dir(file.parent())?;
-                Some(file)
-            },
+            Some(cfg.checkpoint_file()),
         )
         .await?;
         // Every use of a backend goes through the key lifecycle (outside its breaker: a
