@@ -19,7 +19,8 @@ Results layout (written by scripts/bench.sh):
                                *.cmd
 
 With --only-migration (scripts/bench.sh --only migration), only the migration goals, figures
-and section of the existing --json / --md files are replaced; the rest is kept.
+and section of the existing --json / --md files are replaced; the rest is kept. The same with
+--only-flood (scripts/bench.sh --only flood) for the flood figure (results/flood/).
 """
 
 import argparse
@@ -525,6 +526,105 @@ def migration_report(res, runs, machine):
     return goals, figures, o
 
 
+# Readers under an unauthenticated flood (issue 25): results/flood/.
+FLOOD_PREFIX = "readers under an unauthenticated flood"
+FLOOD_HEADING = "## 11. Readers under an unauthenticated flood"
+
+
+def flood_report(res):
+    """(goals, figures, md lines) of the flood figure, or None when it was not run."""
+    d = os.path.join(res, "flood")
+    summary = jread(os.path.join(d, "flood.json"))
+    if not summary:
+        return None
+    rounds = []
+    for r in range(1, len(summary["ratios"]) + 1):
+        def oha(name):
+            return jread(os.path.join(d, "%s-r%d.json" % (name, r))) or {}
+
+        def p(name, q):
+            v = (oha(name).get("latencyPercentiles") or {}).get(q)
+            return None if v is None else v * 1e3
+
+        def sent(name):
+            return sum((oha(name).get("statusCodeDistribution") or {}).values())
+
+        def codes(name):
+            return ", ".join("%s: %s" % kv for kv in sorted((oha(name).get("statusCodeDistribution") or {}).items()))
+
+        cost = jread(os.path.join(d, "cost-r%d.json" % r)) or {}
+        rounds.append({"quiet_p50_ms": p("quiet", "p50"), "flooded_p50_ms": p("flooded", "p50"),
+                       "quiet_p99_ms": p("quiet", "p99"), "flooded_p99_ms": p("flooded", "p99"),
+                       "flooded_codes": codes("flooded"),
+                       "flood_near_cap": sent("flood-near"), "flood_near_codes": codes("flood-near"),
+                       "flood_over_cap": sent("flood-over"), "flood_over_codes": codes("flood-over"),
+                       "auth_rows": cost.get("auth_rows"), "log_bytes": cost.get("log_bytes")})
+    m = summary["median_ratio"]
+    goals = [{"id": "flood_readers_p50", "unit": "x", "goal": "<= 2x", "measured": m, "met": m <= 2,
+              "figure": FLOOD_PREFIX + ": readers' GET p50 (local, 200 req/s open loop) flooded vs alone"}]
+    figures = {"median_ratio": m, "ratios": summary["ratios"], "rounds": rounds,
+               "cmd": (read(os.path.join(d, "cmd"), "") or "").strip()}
+    o = [FLOOD_HEADING, "",
+         "Legitimate readers (oha open loop, 200 GET/s, 4 connections, local set, valid token) alone, then "
+         "while two closed-loop oha floods of 32 connections each run from the same address as fast as they "
+         "go: bad tokens on request targets just under `[limits] max_uri_bytes` (audited up to the address's "
+         "refusal budget, then 429) and 60 KB targets (414). Answers past the budget are held back "
+         "`[limits] refusal_delay_ms` (default 1 s). Cost: `auth` audit rows and gateway log bytes added "
+         "during each flood window.", "",
+         "| round | readers p50 alone | p50 flooded | ratio | p99 alone / flooded | readers' codes flooded "
+         "| flood requests (near cap / over cap) | auth rows | log bytes |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for i, (r, x) in enumerate(zip(rounds, summary["ratios"]), 1):
+        o.append("| %d | %s ms | %s ms | %.2fx | %s / %s ms | %s | %s (%s) / %s (%s) | %s | %s |" % (
+            i, fmt(r["quiet_p50_ms"], 2), fmt(r["flooded_p50_ms"], 2), x, fmt(r["quiet_p99_ms"], 2),
+            fmt(r["flooded_p99_ms"], 2), r["flooded_codes"], r["flood_near_cap"], r["flood_near_codes"],
+            r["flood_over_cap"], r["flood_over_codes"], r["auth_rows"], r["log_bytes"]))
+    o += ["", "Median ratio: **%.2fx** (goal <= 2x). Commands: `%s`." % (m, figures["cmd"]), ""]
+    return goals, figures, o
+
+
+def merge_flood(a, res, machine):
+    """--only-flood: replace the flood goal, figures and section of the existing
+    BENCHMARKS.json/md, keeping everything else as it is."""
+    fl = flood_report(res)
+    if fl is None:
+        raise SystemExit("no flood results in " + res)
+    goals, figures, section = fl
+    # Into an --out of its own too: a bare goals table to start from.
+    prev = json.loads(read(a.json, "{}") or "{}")
+    prev["goals"] = [g for g in prev.get("goals", []) if not g["id"].startswith("flood_")] + goals
+    prev.setdefault("figures", {})["flood"] = figures
+    prev["machine_flood"] = machine
+    with open(a.json, "w") as f:
+        json.dump(prev, f, indent=1)
+        f.write("\n")
+    lines = (read(a.md, "") or "").splitlines()
+    if "## Goals" not in lines:
+        lines = ["# Benchmarks", "", "## Goals", "", "| figure | goal | measured | met? |", "|---|---|---|---|",
+                 ""] + lines
+    lines = [l for l in lines if not l.startswith("| " + FLOOD_PREFIX)]
+    try:
+        i = lines.index("## Goals") + 1
+        while i < len(lines) and not lines[i].startswith("|"):
+            i += 1
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        lines[i:i] = [goal_row(g) for g in goals]
+    except ValueError:
+        raise SystemExit("no '## Goals' table in " + a.md)
+    old = next((i for i, l in enumerate(lines) if l.startswith(FLOOD_HEADING)), None)
+    if old is not None:
+        end = next((i for i in range(old + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        del lines[old:end]
+        at = old
+    else:
+        at = next((i for i, l in enumerate(lines) if l.startswith("## Data set load") or l.startswith("## Reproduce")),
+                  len(lines))
+    lines[at:at] = section
+    with open(a.md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def goal_row(g):
     m = g["measured"]
     ms = "n/a" if m is None else ("%.2f%s" % (m, g["unit"]) if g["unit"] != "" else "%.2f" % m)
@@ -582,14 +682,19 @@ def main():
     ap.add_argument("--md", required=True)
     ap.add_argument("--json", required=True)
     ap.add_argument("--only-migration", action="store_true")
+    ap.add_argument("--only-flood", action="store_true")
     a = ap.parse_args()
     res = a.results
     machine = json.loads(read(os.path.join(res, "machine.json"), "{}"))
+    if a.only_flood:
+        merge_flood(a, res, machine)
+        return
     runs = load_runs(res)
     if a.only_migration:
         merge_migration(a, res, machine, runs)
         return
     mig = migration_report(res, runs, machine)
+    flood = flood_report(res)
     load = [json.loads(l) for l in (read(os.path.join(res, "load.jsonl"), "") or "").splitlines() if l.strip()]
 
     def pick(kind, backend):
@@ -872,6 +977,8 @@ def main():
     ]
     if mig:
         goals += mig[0]
+    if flood:
+        goals += flood[0]
 
     figures = {
         "get": get,
@@ -905,6 +1012,8 @@ def main():
     }
     if mig:
         figures["migration"] = mig[1]
+    if flood:
+        figures["flood"] = flood[1]
     with open(a.json, "w") as f:
         json.dump({"machine": machine, "goals": goals, "figures": figures, "runs": runs}, f, indent=1)
         f.write("\n")
@@ -1307,6 +1416,9 @@ def main():
         w("No profile in this run (perf or inferno missing).")
     w("")
 
+    if flood:
+        o.extend(flood[2])
+
     w("## Data set load (informational)")
     w("")
     w("PUT account + PUT shard (durable, audited) + GET back and compare, per account, 8 keep-alive workers; then `VACUUM (ANALYZE)` of the database, as pgbench does before its runs, so autovacuum of the loaded rows does not land in a measured window.")
@@ -1328,6 +1440,7 @@ def main():
         if machine.get("elapsed_seconds") else ", after the release build"))
     w("scripts/bench.sh --only migration     # only section 6; keeps the other figures of BENCHMARKS.md/json")
     w("scripts/bench.sh --only migration --migration-shards 20000   # the same with a smaller job")
+    w("scripts/bench.sh --only flood         # only section 11; keeps the other figures of BENCHMARKS.md/json")
     w("```")
     w("")
     w("It builds with `CARGO_TARGET_DIR=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}`, creates a throw-away "

@@ -502,6 +502,16 @@ pub struct Limits {
     /// The window of `refusals_per_peer`, in seconds.
     #[serde(default = "d_refusal_window")]
     pub refusal_window_secs: u64,
+    /// How long an answer past an address's refusal budget (its 429, or the 414 of an
+    /// over-long target) is held back before it is sent, in milliseconds, as PostgreSQL's
+    /// `auth_delay` does: a flood that waits for its answers then costs one answer per
+    /// connection and delay instead of the CPU its clients can drive. `0` answers at once.
+    #[serde(default = "d_refusal_delay")]
+    pub refusal_delay_ms: u64,
+    /// Answers held back at once (each holds its connection); past it, an answer past the
+    /// budget is sent at once and its connection closed (`Connection: close`).
+    #[serde(default = "d_delayed_refusals")]
+    pub max_delayed_refusals: usize,
     /// Most connections open at once; past it new connections wait in the listen backlog
     /// (not accepted) until one closes.
     #[serde(default = "d_connections")]
@@ -555,6 +565,12 @@ fn d_refusal_window() -> u64 {
 fn d_connections() -> usize {
     10_000
 }
+fn d_refusal_delay() -> u64 {
+    1_000
+}
+fn d_delayed_refusals() -> usize {
+    1_024
+}
 
 impl Limits {
     /// The checks of `[limits]` alone.
@@ -579,6 +595,12 @@ impl Limits {
         if self.max_connections == 0 {
             return invalid("limits.max_connections must be at least 1");
         }
+        if self.refusal_delay_ms > 60_000 {
+            return invalid("limits.refusal_delay_ms must be at most 60000");
+        }
+        if self.max_delayed_refusals == 0 {
+            return invalid("limits.max_delayed_refusals must be at least 1");
+        }
         Ok(())
     }
 }
@@ -596,6 +618,8 @@ impl Default for Limits {
             refusals_per_peer: d_refusals(),
             refusal_window_secs: d_refusal_window(),
             max_connections: d_connections(),
+            refusal_delay_ms: d_refusal_delay(),
+            max_delayed_refusals: d_delayed_refusals(),
         }
     }
 }

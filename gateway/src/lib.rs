@@ -113,6 +113,8 @@ pub fn app(state: AppState) -> Router {
         )
         // Before the span, the log line and everything else: an over-long target is 414.
         .layer(from_fn_with_state(state.clone(), api::limit_uri))
+        // Around the 414s and the refusals: answers past an address's budget are held back.
+        .layer(from_fn_with_state(state.clone(), api::hold_past_budget))
         // Outermost: the id is decided before the request's span is made.
         .layer(from_fn(api::assign_request_id))
         .with_state(state)

@@ -75,6 +75,18 @@ fn describe() {
         "Wraps refused because the active KEK version reached its wrap limit"
     );
     describe_counter!(
+        "shardgate_auth_refusals_limited_total",
+        "Refused requests past their address's refusal budget (no audit event each; one aggregated event per address and window)"
+    );
+    describe_gauge!(
+        "shardgate_refusals_held",
+        "Answers past an address's refusal budget being held back ([limits] refusal_delay_ms)"
+    );
+    describe_counter!(
+        "shardgate_refusals_closed_total",
+        "Answers past an address's refusal budget sent at once with their connection closed, every hold slot being taken ([limits] max_delayed_refusals)"
+    );
+    describe_counter!(
         "shardgate_http_requests_total",
         "HTTP requests by method, route template, status and the backend that served them"
     );

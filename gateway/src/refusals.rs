@@ -12,6 +12,14 @@
 //! `rate_limited`) and one warning say "N refusals from ADDR in W s". A flood thus costs at
 //! most `refusals_per_peer + 1` audit rows per address and window.
 //!
+//! Answers past the budget are held back `refusal_delay_ms` before they are sent (as
+//! PostgreSQL's `auth_delay` does; [`RefusalLimiter::hold`]): without it, a flood whose
+//! clients wait for each answer is as fast as their CPU, and on a shared machine that CPU is
+//! the readers'. At most `max_delayed_refusals` answers are held at once (each holds its
+//! connection); past that an answer goes out at once and closes its connection, so holding
+//! cannot pin every connection slot either. The 414 of an over-long target is charged to the
+//! same budget (it is a refusal too), so a flood of those is held back the same way.
+//!
 //! Memory is bounded: at most [`MAX_TRACKED_PEERS`] addresses are tracked; refusals from
 //! further addresses share one overflow entry (with one budget), so a flood from many
 //! addresses cannot grow the table either. Ended windows are swept every half window.
@@ -22,6 +30,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Most addresses tracked at once (about 100 bytes each).
 pub const MAX_TRACKED_PEERS: usize = 16_384;
@@ -92,6 +101,36 @@ pub struct Ended {
     pub limited: u64,
 }
 
+/// How an answer past the budget is sent ([`RefusalLimiter::hold`]).
+#[derive(Debug)]
+pub enum Hold {
+    /// At once (holding is off).
+    Now,
+    /// After the delay; the slot is held until [`Held`] drops.
+    Delay(Held, Duration),
+    /// At once, closing the connection: every slot is taken.
+    Close,
+}
+
+/// One answer being held back: counted in `shardgate_refusals_held` while it lives.
+#[derive(Debug)]
+pub struct Held {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Held {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("shardgate_refusals_held").increment(1.0);
+        Self { _slot: permit }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        metrics::gauge!("shardgate_refusals_held").decrement(1.0);
+    }
+}
+
 /// The refusal windows of every tracked address.
 #[derive(Debug)]
 pub struct RefusalLimiter {
@@ -100,6 +139,8 @@ pub struct RefusalLimiter {
     max_peers: usize,
     windows: Mutex<HashMap<Peer, Window>>,
     audit: Option<Arc<Auditor>>,
+    delay: Duration,
+    slots: Arc<Semaphore>,
 }
 
 impl RefusalLimiter {
@@ -110,7 +151,10 @@ impl RefusalLimiter {
             return None;
         }
         let window = Duration::from_secs(limits.refusal_window_secs.max(1));
-        let mut me = Self::new(limits.refusals_per_peer, window, MAX_TRACKED_PEERS);
+        let mut me = Self::new(limits.refusals_per_peer, window, MAX_TRACKED_PEERS).with_hold(
+            Duration::from_millis(limits.refusal_delay_ms),
+            limits.max_delayed_refusals,
+        );
         me.audit = Some(audit);
         let me = Arc::new(me);
         tokio::spawn(sweeper(Arc::downgrade(&me), window));
@@ -125,6 +169,30 @@ impl RefusalLimiter {
             max_peers,
             windows: Mutex::new(HashMap::new()),
             audit: None,
+            delay: Duration::ZERO,
+            slots: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    /// Hold answers past the budget back `delay`, at most `max_held` at once.
+    pub fn with_hold(mut self, delay: Duration, max_held: usize) -> Self {
+        self.delay = delay;
+        self.slots = Arc::new(Semaphore::new(max_held.max(1)));
+        self
+    }
+
+    /// How to send one answer past the budget: after the delay while a slot is free, at once
+    /// with its connection closed when none is.
+    pub fn hold(&self) -> Hold {
+        if self.delay.is_zero() {
+            return Hold::Now;
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Hold::Delay(Held::new(permit), self.delay),
+            Err(_) => {
+                metrics::counter!("shardgate_refusals_closed_total").increment(1);
+                Hold::Close
+            }
         }
     }
 
@@ -214,7 +282,7 @@ impl RefusalLimiter {
     fn report(&self, e: Ended) {
         let secs = self.window.as_secs();
         let detail = format!(
-            "{} refusals from {} in {secs} s; {} of them answered 429 rate_limited without an event of their own",
+            "{} refusals from {} in {secs} s; {} of them past the budget, answered 429 rate_limited (414 for over-long targets) without an event of their own",
             e.refusals, e.peer, e.limited
         );
         metrics::counter!("shardgate_auth_refusals_limited_total").increment(e.limited);
@@ -297,6 +365,21 @@ mod tests {
         assert!(l.tracked() <= 9, "{} tracked", l.tracked());
         // 8 tracked addresses once each, then the overflow entry's budget of 2.
         assert_eq!(limited, 1000 - 8 - 2);
+    }
+
+    #[tokio::test]
+    async fn answers_are_held_while_slots_last_then_sent_at_once_closing() {
+        let l = RefusalLimiter::new(1, Duration::from_secs(10), 8);
+        assert!(matches!(l.hold(), Hold::Now), "no delay: at once");
+        let l = l.with_hold(Duration::from_millis(700), 2);
+        let (Hold::Delay(a, d), Hold::Delay(b, _)) = (l.hold(), l.hold()) else {
+            panic!("two slots, two held answers");
+        };
+        assert_eq!(d, Duration::from_millis(700));
+        assert!(matches!(l.hold(), Hold::Close), "every slot taken");
+        drop(a);
+        assert!(matches!(l.hold(), Hold::Delay(..)), "a slot freed");
+        drop(b);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! | a request flood from one identity | 429 `rate_limited` + `Retry-After` past `[limits] rate_per_identity_per_sec`; other identities unaffected; spoofed forwarding headers do not help | [`a_flood_from_one_identity_is_rate_limited_and_others_are_not`] |
 //! | a request target over `[limits] max_uri_bytes` (8 KiB) | 414 `uri_too_long` before authentication, audit or logging (past 65534 bytes hyper's own bare 414) | [`an_unauthenticated_flood_costs_bounded_audit_rows_and_log_bytes`] |
 //! | a flood of bad tokens with long paths from one address | `refusals_per_peer` audited 401s per window, then 429 `rate_limited` + `Retry-After` and one aggregated event per window; paths cut to 256 bytes + hash in details and log lines; a valid token from the same address is served throughout | [`an_unauthenticated_flood_costs_bounded_audit_rows_and_log_bytes`] |
+//! | a flood that waits for its answers, driving the machine's CPU | answers past the refusal budget (429, and 414s, which charge it too) held back `refusal_delay_ms`, at most `max_delayed_refusals` at once, past it sent at once with `Connection: close`; a valid token from the same address served meanwhile | [`answers_past_the_refusal_budget_are_held_back_and_close_when_no_slot_is_free`] |
 //! | refusals crowding reads out of the audit queue | never: refusals have their own bounded queue | [`refusals_never_crowd_reads_out_of_the_audit_queue`] |
 //! | two tokens sharing a name | two callers: own rate-limit bucket, own `Idempotency-Key` space | [`tokens_sharing_a_name_share_neither_bucket_nor_idempotency_keys`] |
 //! | more connections than `[limits] max_connections` | not accepted (they wait in the backlog) until one closes | [`connections_past_max_connections_wait_until_one_closes`] |
@@ -1690,6 +1691,8 @@ async fn an_unauthenticated_flood_costs_bounded_audit_rows_and_log_bytes(kind: S
     let (budget, window) = (5u64, 5u64);
     cfg.limits.refusals_per_peer = budget as u32;
     cfg.limits.refusal_window_secs = window;
+    // What this test counts is rows and bytes; holding answers back is the next test's.
+    cfg.limits.refusal_delay_ms = 0;
     cfg.breaker.probe_interval_ms = 0;
     let config = dir.path().join("shardgate.toml");
     common::write_config(&cfg, &config);
@@ -1845,6 +1848,96 @@ async fn an_unauthenticated_flood_costs_bounded_audit_rows_and_log_bytes(kind: S
         !log.contains(&"x".repeat(300)),
         "a long path reached the log"
     );
+}
+
+/// The value of one unlabelled series in a /metrics text (0 when absent).
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// An answer past the address's refusal budget is held back (`refusal_delay_ms`, here far
+/// longer than the test), at most `max_delayed_refusals` at once: with the one slot taken, the
+/// next one (an over-long target's 414, which charges the same budget) is sent at once and
+/// closes its connection, while a valid token from the same address is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_past_the_refusal_budget_are_held_back_and_close_when_no_slot_is_free() {
+    let Some(srv) = serve(|cfg| {
+        cfg.timeouts.request_ms = 120_000;
+        cfg.limits.refusals_per_peer = 1;
+        cfg.limits.refusal_window_secs = 600;
+        cfg.limits.refusal_delay_ms = 60_000;
+        cfg.limits.max_delayed_refusals = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let admin = srv.gw.tokens.admin.clone();
+    let base = format!("http://{}", srv.addr);
+    let client = reqwest::Client::new();
+    let bad = |path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth("sgt_wrong")
+            .send()
+    };
+    // Within the budget: a 401 at once.
+    assert_eq!(
+        bad("/v1/accounts/acct-1/shards/s").await.unwrap().status(),
+        401
+    );
+    // Past it: the 429 is held (nothing arrives while the slot is taken).
+    let mut held = TcpStream::connect(srv.addr).await.unwrap();
+    let head = "GET /v1/accounts/acct-1/shards/s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sgt_wrong\r\n\r\n";
+    held.write_all(head.as_bytes()).await.unwrap();
+    eventually("the answer past the budget to be held", || async {
+        series(
+            &common::scrape(&srv.gw.app, &admin).await,
+            "shardgate_refusals_held",
+        ) == 1.0
+    })
+    .await;
+    // The slot is taken: an over-long target past the budget is answered at once, closing.
+    let mut other = TcpStream::connect(srv.addr).await.unwrap();
+    let long = target_of(srv.gw.cfg.limits.max_uri_bytes + 1);
+    let head2 = format!("GET {long} HTTP/1.1\r\nHost: x\r\n\r\n");
+    other.write_all(head2.as_bytes()).await.unwrap();
+    let (resp, closed) = read_until_closed(&mut other, Duration::from_secs(30)).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 414"),
+        "{:?}",
+        &resp[..resp.len().min(200)]
+    );
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    assert!(closed, "the connection stayed open");
+    // A valid token from the same address is served while the refusal is held.
+    let r = client
+        .get(format!("{base}/v1/accounts/acct-1/shards/nope"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 429);
+    assert_ne!(r.status(), 401);
+    // ...and the held answer still has not been sent (a real read: nothing has arrived).
+    let mut held = held.into_std().unwrap();
+    let mut buf = [0u8; 64];
+    match std::io::Read::read(&mut held, &mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the held answer arrived early: {other:?}"),
+    }
+    let text = common::scrape(&srv.gw.app, &admin).await;
+    assert_eq!(
+        series(&text, "shardgate_refusals_closed_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(series(&text, "shardgate_refusals_held"), 1.0);
 }
 
 /// Refusals are detached audit events on a queue of their own: a flood of them (in-process,

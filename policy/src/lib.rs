@@ -49,6 +49,43 @@
 //! to more than 100%. A rollout of exactly 100% is allowed, since it is the last step of a
 //! pilot, but it is reported as a [`PolicyWarning`]: the tier default has become unreachable
 //! and the tier itself should now name the backend.
+//!
+//! # Example
+//!
+//! Retail accounts on the local keyring, 50% of them piloted on KMS, one account pinned to
+//! the HSM. The buckets below were computed outside this crate (Python's `hashlib`), so the
+//! example also pins the documented hash:
+//!
+//! ```
+//! use shardgate_policy::{Policy, PolicyError, Rollout};
+//! use std::collections::{BTreeMap, BTreeSet};
+//!
+//! let backends: BTreeSet<String> = ["local", "kms-new", "hsm"].map(String::from).into();
+//! let tiers = BTreeMap::from([("retail".to_string(), "local".to_string())]);
+//! let policy = Policy::builder(tiers)
+//!     .pin("acct-9", "hsm")
+//!     .rollout(Rollout {
+//!         name: "kms-pilot".into(),
+//!         tier: "retail".into(),
+//!         backend: "kms-new".into(),
+//!         percent: 50.0,
+//!     })
+//!     .build(&backends)?;
+//!
+//! // acct-1's bucket is 4424 (< 5000): in the pilot. acct-2's is 8318: not.
+//! let p = policy.place("acct-1", "retail")?;
+//! assert_eq!(p.backend, "kms-new");
+//! assert_eq!(p.rule, "rollout retail:kms-pilot 50.00% (bucket 4424) -> kms-new");
+//! assert_eq!(policy.place("acct-2", "retail")?.backend, "local");
+//! // A pin wins over the rollout and the tier.
+//! assert_eq!(policy.place("acct-9", "retail")?.backend, "hsm");
+//! // An undeclared tier is an error, never a fallback.
+//! assert_eq!(
+//!     policy.place("acct-1", "retial"),
+//!     Err(PolicyError::UnknownTier("retial".into()))
+//! );
+//! # Ok::<(), PolicyError>(())
+//! ```
 
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -264,6 +301,13 @@ fn percent_text(basis_points: u32) -> String {
 
 /// Whether `id` is in the account-id grammar of the HTTP API (DESIGN.md): ASCII
 /// `[A-Za-z0-9._:-]{1,128}`, except `.` and `..`.
+///
+/// ```
+/// use shardgate_policy::is_valid_id;
+/// assert!(is_valid_id("acct-1") && is_valid_id("org:team.wallet_2"));
+/// assert!(!is_valid_id("") && !is_valid_id("..") && !is_valid_id("a/b"));
+/// assert!(!is_valid_id("ünïcode") && !is_valid_id(&"a".repeat(129)));
+/// ```
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN
@@ -279,6 +323,12 @@ pub fn is_valid_id(id: &str) -> bool {
 ///
 /// Stable across processes, replicas and releases: changing it would move accounts between
 /// backends, so it is part of the config's meaning (and of the README).
+///
+/// ```
+/// // python3 -c "import hashlib; d = hashlib.sha256(b'kms-pilot\0acct-9').digest();
+/// //             print(int.from_bytes(d[:8], 'big') % 10000)"   -> 2976
+/// assert_eq!(shardgate_policy::rollout_bucket("kms-pilot", "acct-9"), 2976);
+/// ```
 pub fn rollout_bucket(rollout: &str, account: &str) -> u32 {
     let mut h = Sha256::new();
     h.update(rollout.as_bytes());

@@ -135,19 +135,68 @@ pub async fn limit_uri(
     if target_len(req.uri()) > max {
         metrics::counter!("shardgate_requests_refused_total", "reason" => "uri_too_long")
             .increment(1);
-        return ApiError::new(
+        let mut resp = ApiError::new(
             ErrorCode::UriTooLong,
             format!("the request target exceeds {max} bytes"),
         )
         .into_response();
+        // A refusal too: charged to the address's budget, held back past it.
+        if let (Some(limiter), Some(ip)) = (&state.refusals, peer_ip(req.extensions())) {
+            let verdict = limiter.charge(ip, std::time::Instant::now());
+            if matches!(verdict, crate::refusals::Verdict::Limited { .. }) {
+                resp.extensions_mut().insert(PastBudget);
+            }
+        }
+        return resp;
     }
     next.run(req).await
+}
+
+/// The client address of a request that came through the listener.
+fn peer_ip(ext: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// Marks a response that gets no log line of its own: a refusal past its address's budget
 /// ([`crate::refusals`]), which is counted and reported once per window instead.
 #[derive(Debug, Clone, Copy)]
 pub struct Quiet;
+
+/// Marks an answer past its address's refusal budget, which [`hold_past_budget`] holds back.
+#[derive(Debug, Clone, Copy)]
+pub struct PastBudget;
+
+/// Outside every other layer but the request id: an answer past its address's refusal
+/// budget is sent after `[limits] refusal_delay_ms`, or at once closing its connection when
+/// `max_delayed_refusals` answers are already held ([`crate::refusals::Hold`]).
+pub async fn hold_past_budget(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if resp.extensions().get::<PastBudget>().is_none() {
+        return resp;
+    }
+    let Some(limiter) = &state.refusals else {
+        return resp;
+    };
+    match limiter.hold() {
+        crate::refusals::Hold::Now => {}
+        crate::refusals::Hold::Delay(held, delay) => {
+            tokio::time::sleep(delay).await;
+            drop(held);
+        }
+        crate::refusals::Hold::Close => {
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+    }
+    resp
+}
 
 /// The request log line (tower-http's, at INFO), except for [`Quiet`] responses.
 #[derive(Debug, Clone)]
@@ -321,10 +370,7 @@ impl FromRequestParts<AppState> for Ctx {
 /// own. Requests without an address (served in-process, never through the listener) are
 /// not budgeted.
 fn refuse(parts: &Parts, state: &AppState, rid: &str, r: Refused) -> Response {
-    let peer = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = peer_ip(&parts.extensions);
     if let (Some(limiter), Some(ip)) = (&state.refusals, peer) {
         let verdict = limiter.charge(ip, std::time::Instant::now());
         if let crate::refusals::Verdict::Limited { retry_after_secs } = verdict {
@@ -335,6 +381,7 @@ fn refuse(parts: &Parts, state: &AppState, rid: &str, r: Refused) -> Response {
             .retry_after(retry_after_secs)
             .into_response();
             resp.extensions_mut().insert(Quiet);
+            resp.extensions_mut().insert(PastBudget);
             return resp;
         }
     }
