@@ -136,13 +136,14 @@ impl Breaker {
                 cooldown,
             },
             (State::HalfOpen { .. }, Admit::Trial, Some(false)) => {
-                tracing::info!("circuit closed after a successful trial");
+                tracing::info!(backend = %self.backend, "circuit closed after a successful trial");
                 State::Closed { failures: 0 }
             }
             (State::HalfOpen { cooldown, .. }, Admit::Trial, Some(true)) => {
                 let cooldown = (cooldown * 2).min(max);
                 self.opens.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
+                    backend = %self.backend,
                     cooldown_ms = cooldown.as_millis() as u64,
                     "circuit reopened after a failed trial"
                 );
@@ -156,7 +157,7 @@ impl Breaker {
                 let failures = failures.saturating_add(1);
                 if failures >= self.cfg.failure_threshold.max(1) {
                     self.opens.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(failures, "circuit opened");
+                    tracing::warn!(backend = %self.backend, failures, "circuit opened");
                     State::Open {
                         until: now + self.base(),
                         cooldown: self.base(),
@@ -374,7 +375,9 @@ async fn probe_loop(weak: Weak<Guarded>) {
         None => return,
     };
     let id = ShardIdentity::new("shardgate:probe", "shardgate:probe", 1);
-    let mut last_warn = Instant::now();
+    // Never warned yet: the first warning comes as soon as the breaker has been stuck for
+    // `stuck_warn_after_ms`, then one a minute.
+    let mut last_warn: Option<Instant> = None;
     loop {
         tokio::time::sleep(every).await;
         let Some(g) = weak.upgrade() else { return };
@@ -382,9 +385,12 @@ async fn probe_loop(weak: Weak<Guarded>) {
         let stuck = Duration::from_millis(g.breaker.cfg.stuck_warn_after_ms);
         if state != "closed"
             && since.elapsed() > stuck
-            && last_warn.elapsed() >= Duration::from_secs(60)
+            && match last_warn {
+                None => true,
+                Some(at) => at.elapsed() >= Duration::from_secs(60),
+            }
         {
-            last_warn = Instant::now();
+            last_warn = Some(Instant::now());
             tracing::warn!(backend = %g.inner.name(), state, secs = since.elapsed().as_secs(), "circuit not closed for a long time");
         }
         if state == "closed" {

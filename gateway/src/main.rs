@@ -582,6 +582,9 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
             shown.display()
         );
     }
+    // Listening before the address is announced, and from then on: a signal never finds the
+    // default action, and a second signal sent right after the first is never missed.
+    let mut signals = ShutdownSignals::new();
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("shardgate listening on {scheme}://{addr}");
     tracing::info!(%addr, %scheme, store = state.store.kind(), backends = ?state.backends.keys().collect::<Vec<_>>(), "serving");
@@ -597,12 +600,12 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     state.start_token_refresh(&cfg.auth);
     let audit = state.audit.clone();
     let timeouts = cfg.timeouts.clone();
-    let first = async {
-        shutdown_signal().await;
+    let first = async move {
+        signals.recv().await;
         tracing::info!("shutting down: no new connections; draining requests in flight");
         // A second signal during the drain means "now".
-        tokio::spawn(async {
-            shutdown_signal().await;
+        tokio::spawn(async move {
+            signals.recv().await;
             tracing::warn!("second shutdown signal: exiting at once");
             std::process::exit(130);
         });
@@ -623,21 +626,36 @@ async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT (Ctrl-C), each one listener for the life of the process, so a signal
+/// that arrives while nobody waits for it is kept for the next `recv`.
+struct ShutdownSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = one(&mut self.term) => {},
+            () = one(&mut self.int) => {},
+        }
     }
 }
 

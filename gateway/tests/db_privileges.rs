@@ -9,6 +9,8 @@
 //!   name, or no TLS at all are refused;
 //! - `[store] password_file`: a private file; a wrong password is refused with an error that
 //!   carries no password.
+//! - `[store] migrate = false` on the test server's PostgreSQL (no private cluster): the real
+//!   binary refuses an unmigrated database and one whose applied migration was edited.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -781,4 +783,85 @@ async fn migrate_false_refuses_an_unmigrated_database_and_runs_no_ddl() {
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     let check = state.store.check_schema().await.unwrap();
     assert_eq!(check, shardgate_store::SchemaCheck::default());
+}
+
+/// `[store] migrate = false` on PostgreSQL (a throw-away database of the test server), on the
+/// real binary: `serve` refuses a database never migrated, naming what to run and creating no
+/// table; after `shardgate db migrate` it serves; and it refuses again, naming the migration,
+/// once an applied migration no longer matches this build's file (its recorded checksum
+/// edited, as an edited migration file would leave it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_false_on_postgres_refuses_an_unmigrated_or_edited_migration_database() {
+    use common::served::{Served, DEADLINE};
+    let Some(url) = common::fresh_pg_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    cfg.store.migrate = false;
+    cfg.log.format = shardgate::config::LogFormat::Json;
+    let config = dir.path().join("shardgate.toml");
+    common::write_config(&cfg, &config);
+    let logs = common::log_dir("db_privileges");
+    let command = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(common::shardgate_bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SHARDGATE_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args).args(["--config", config.to_str().unwrap()]);
+        cmd
+    };
+    // `serve` must end by itself (refused); its stderr.
+    let refused = |name: &str| {
+        let err = logs.join(format!("{name}.stderr.log"));
+        let mut child = command(&["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("serve started instead of refusing: {}", err.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{status:?}");
+        std::fs::read_to_string(&err).unwrap()
+    };
+    let db = common::db::Db::connect(&url).await;
+
+    let msg = refused("unmigrated");
+    assert!(msg.contains("run `shardgate db migrate`"), "{msg}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .await,
+        0,
+        "migrate = false created tables"
+    );
+
+    let out = command(&["db", "migrate"]).output().unwrap();
+    common::keep_output(&logs, "db-migrate", &out);
+    assert!(out.status.success(), "{out:?}");
+    drop(Served::start(&config, "db_privileges", "migrated"));
+
+    let edited = db
+        .exec(
+            "UPDATE _sqlx_migrations SET checksum = sha384(checksum) \
+             WHERE version = (SELECT MIN(version) FROM _sqlx_migrations)",
+        )
+        .await;
+    assert_eq!(edited, 1);
+    let msg = refused("edited");
+    assert!(
+        msg.contains("migration 0001 (init) was applied from a different file than this build's"),
+        "{msg}"
+    );
 }

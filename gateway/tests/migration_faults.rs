@@ -8,6 +8,9 @@
 //!   the job completes with no failure.
 //! - A worker with several batches in flight (`pipeline`) makes at most `concurrency` backend
 //!   calls at once across all of them.
+//! - KMS is unavailable when a job starts: the job waits (its rows neither done nor failed)
+//!   while the calls fail and then while the breaker they opened refuses them, and completes
+//!   once KMS is back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -72,6 +75,17 @@ async fn create_key(endpoint: &str) -> String {
 /// the gateway's calls; the data-key cache is off). Workers poll every 200 ms and re-wrap
 /// `rate` rows per second, with `concurrency` backend calls and `pipeline` batches in flight.
 async fn setup(kind: StoreKind, rate: u32, concurrency: u32, pipeline: u32) -> Option<Fx> {
+    setup_with(kind, rate, concurrency, pipeline, |_| {}).await
+}
+
+/// [`setup`], with `tweak` applied to the configuration last.
+async fn setup_with(
+    kind: StoreKind,
+    rate: u32,
+    concurrency: u32,
+    pipeline: u32,
+    tweak: impl FnOnce(&mut shardgate::config::Config),
+) -> Option<Fx> {
     let endpoint = common::require_env("SHARDGATE_TEST_MOTO_ENDPOINT")?;
     let dir = tempfile::tempdir().unwrap();
     let url = common::store_url(kind, dir.path()).await?;
@@ -92,6 +106,7 @@ async fn setup(kind: StoreKind, rate: u32, concurrency: u32, pipeline: u32) -> O
     cfg.migration.concurrency = concurrency;
     cfg.migration.pipeline = pipeline;
     cfg.migration.poll_interval_ms = 200;
+    tweak(&mut cfg);
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     state.start_migration_workers();
     let fx = Fx {
@@ -559,10 +574,64 @@ async fn pipelined_batches_share_the_workers_concurrency(fx: Fx) {
     fx.assert_reads_back(ACCOUNT, &shards, |_, _| "kms").await;
 }
 
+/// KMS goes away (every call dropped) before a local -> kms job starts: the workers' calls
+/// fail until the `kms` breaker opens, and then are refused by it; the job waits (still
+/// `running`, nothing done, nothing failed) instead of failing its rows. KMS comes back, a
+/// probe closes the breaker, and the job completes with every row on `kms`, identical.
+async fn a_job_waits_out_an_unavailable_target_and_its_open_breaker_then_completes(fx: Fx) {
+    const ACCOUNT: &str = "acct-mw";
+    fx.account(ACCOUNT, "retail").await;
+    let shards = fx.load(ACCOUNT, 8, 1).await;
+    let sealed = fx.sealed(ACCOUNT).await;
+    fx.proxy.set(Fault::Drop);
+    fx.proxy.reset_counts();
+    let v = fx.account(ACCOUNT, "kms").await;
+    let id = v["migration_job"].as_str().unwrap().to_string();
+
+    // The outage opened the breaker on the workers' own calls.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, r) = fx.call("GET", "/readyz", None).await;
+        if r["backends"]["kms"]["stats"]["breaker_state"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the breaker never opened: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fx.proxy.count(ENCRYPT) >= 3, "{:?}", fx.proxy.counts());
+    let v = fx.job(&id).await;
+    assert_eq!(
+        (&v["state"], &v["done"], &v["failed"], &v["total"]),
+        (&json!("running"), &json!(0), &json!(0), &json!(8)),
+        "waiting, not failing: {v}"
+    );
+
+    fx.proxy.clear();
+    let v = fx.settle(&id, 60).await;
+    assert_eq!(
+        (&v["state"], &v["done"], &v["failed"]),
+        (&json!("completed"), &json!(8), &json!(0)),
+        "{v}"
+    );
+    fx.assert_reads_back(ACCOUNT, &shards, |_, _| "kms").await;
+    assert_eq!(
+        fx.sealed(ACCOUNT).await,
+        sealed,
+        "only wrapped keys changed"
+    );
+}
+
 /// One KMS call at a time (one batch in flight, one re-wrap per batch): the throttling test
 /// counts on no call overtaking another, so that each operation sees at most one burst of
 /// throttles.
 const SERIAL: (u32, u32) = (1, 1);
+
+/// A breaker that opens after 3 faults and that the probe closes soon after KMS is back.
+fn quick_breaker(cfg: &mut shardgate::config::Config) {
+    cfg.breaker.failure_threshold = 3;
+    cfg.breaker.cooldown_ms = 200;
+    cfg.breaker.probe_interval_ms = 100;
+}
 
 macro_rules! both_stores {
     ($($name:ident: $rate:expr, $calls:expr;)*) => {
@@ -587,4 +656,26 @@ both_stores! {
     one_refused_encrypt_leaves_its_row_readable_on_local_then_a_second_job_moves_it: 1000, super::SERIAL;
     throttled_kms_target_slows_but_does_not_fail_the_job: 20, super::SERIAL;
     pipelined_batches_share_the_workers_concurrency: 100_000, super::PIPELINED;
+}
+
+/// The outage test on both stores, with [`quick_breaker`].
+mod outage {
+    use super::StoreKind;
+
+    async fn run(kind: StoreKind) {
+        if let Some(fx) = super::setup_with(kind, 1000, 1, 1, super::quick_breaker).await {
+            super::a_job_waits_out_an_unavailable_target_and_its_open_breaker_then_completes(fx)
+                .await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_a_job_waits_out_an_unavailable_target_and_its_open_breaker_then_completes() {
+        run(StoreKind::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_a_job_waits_out_an_unavailable_target_and_its_open_breaker_then_completes() {
+        run(StoreKind::Postgres).await;
+    }
 }

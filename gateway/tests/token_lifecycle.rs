@@ -3,6 +3,7 @@
 //! and revoked tokens answer 401 and are audited under their credential id, an HMAC of the
 //! token id that the audit log records instead of the id itself. Ids are checked against
 //! fixed vectors computed outside shardgate (`common::vectors`), under the vectors' audit key.
+//! A reload that fails (the real binary, on SIGHUP) keeps the previous snapshot.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[macro_use]
@@ -492,4 +493,96 @@ async fn cli_tokens_take_effect_on_sighup_without_a_restart() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A reload that fails keeps the previous snapshot (README, "Tokens"): on the real binary
+/// (SQLite, `refresh_ms = 0`), a token saved and another revoked while the revocations cannot
+/// be read change nothing on SIGHUP: the revoked token still authenticates, the new one does
+/// not, and the failure is logged as a warning. Once the table is readable again, the next
+/// SIGHUP applies both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_token_reload_keeps_the_previous_snapshot_and_logs_a_warning() {
+    use common::served::Served;
+    use std::process::Command;
+    const RELOADED: &str = "tokens reloaded on SIGHUP";
+    const FAILED: &str = "token reload failed; the previous tokens and revocations stay in force";
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(StoreKind::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    cfg.auth.refresh_ms = 0;
+    cfg.log.format = shardgate::config::LogFormat::Json;
+    let config = dir.path().join("shardgate.toml");
+    common::write_config(&cfg, &config);
+    let cfg_arg = config.to_str().unwrap();
+    let gw = Served::start(&config, "token_lifecycle", "failed-reload");
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(common::shardgate_bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SHARDGATE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd.args(args).args(["--config", cfg_arg]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let create = |name: &str| {
+        let token = cli(&["token", "create", "--save", "--name", name, "--scopes", "*"])
+            .lines()
+            .find(|l| l.starts_with(shardgate::auth::TOKEN_PREFIX))
+            .unwrap()
+            .to_string();
+        common::plant(&token);
+        token
+    };
+    let client = reqwest::Client::new();
+    // 404: authenticated (the account does not exist); 401: not.
+    let status = |t: &str| {
+        let r = client
+            .get(format!("{}/v1/accounts/acct-x", gw.base))
+            .bearer_auth(t)
+            .send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+
+    let old = create("old");
+    gw.signal("-HUP");
+    gw.wait_logged(RELOADED, 1).await;
+    assert_eq!(status(&old).await, 404);
+
+    let new = create("new");
+    cli(&[
+        "token",
+        "revoke",
+        &token_id(&hash_token(&old)),
+        "--reason",
+        "test",
+    ]);
+    let db = Db::connect(&url).await;
+    db.exec("ALTER TABLE token_revocations RENAME TO token_revocations_away")
+        .await;
+    gw.signal("-HUP");
+    let failed = gw.wait_logged(FAILED, 1).await;
+    assert_eq!(failed[0]["level"], "WARN", "{}", failed[0]);
+    assert_eq!(
+        gw.logged(RELOADED).len(),
+        1,
+        "the failed reload swapped nothing in"
+    );
+    assert_eq!(
+        status(&old).await,
+        404,
+        "the previous snapshot still accepts it"
+    );
+    assert_eq!(status(&new).await, 401, "the failed reload added nothing");
+
+    db.exec("ALTER TABLE token_revocations_away RENAME TO token_revocations")
+        .await;
+    gw.signal("-HUP");
+    gw.wait_logged(RELOADED, 2).await;
+    assert_eq!(status(&old).await, 401);
+    assert_eq!(status(&new).await, 404);
 }

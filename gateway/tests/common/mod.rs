@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod db;
 pub mod openapi;
+pub mod served;
 // Generated (the script's output verbatim, which the audit_vectors test checks): not formatted.
 #[rustfmt::skip]
 pub mod vectors;
