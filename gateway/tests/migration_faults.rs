@@ -658,12 +658,19 @@ both_stores! {
     pipelined_batches_share_the_workers_concurrency: 100_000, super::PIPELINED;
 }
 
-/// The outage test on both stores, with [`quick_breaker`].
+/// [`quick_breaker`] opened by one failed call: a worker that finds its target down backs
+/// off between batches, so its own calls would take long to reach three faults.
+fn one_fault_breaker(cfg: &mut shardgate::config::Config) {
+    quick_breaker(cfg);
+    cfg.breaker.failure_threshold = 1;
+}
+
+/// The outage test on both stores, with [`one_fault_breaker`].
 mod outage {
     use super::StoreKind;
 
     async fn run(kind: StoreKind) {
-        if let Some(fx) = super::setup_with(kind, 1000, 1, 1, super::quick_breaker).await {
+        if let Some(fx) = super::setup_with(kind, 1000, 1, 1, super::one_fault_breaker).await {
             super::a_job_waits_out_an_unavailable_target_and_its_open_breaker_then_completes(fx)
                 .await;
         }
