@@ -321,6 +321,11 @@ pub struct Auditor {
     /// Detached events dropped on a full queue, and when that was last logged.
     detached_dropped: AtomicU64,
     detached_warned_ms: AtomicI64,
+    /// Writes that found the chain busy past their wait and rolled back
+    /// ([`Auditor::chain_busy_count`]).
+    chain_busy: AtomicU64,
+    /// Callers of [`Auditor::lock`] waiting for the head ([`Auditor::chain_waiters`]).
+    waiters: AtomicU64,
 }
 
 /// Most detached events in one write: a read queued while it commits waits for no more.
@@ -518,6 +523,9 @@ impl ChainSeal<'_> {
         if self.guard.is_none() {
             let Ok(guard) = tokio::time::timeout(self.wait, self.auditor.lock()).await else {
                 self.timed_out = true;
+                self.auditor
+                    .chain_busy
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(StoreError::AuditUnavailable(
                     "the audit chain stayed busy; the write was rolled back".into(),
                 ));
@@ -618,6 +626,8 @@ impl Auditor {
             detached: detached_tx,
             detached_dropped: AtomicU64::new(0),
             detached_warned_ms: AtomicI64::new(i64::MIN),
+            chain_busy: AtomicU64::new(0),
+            waiters: AtomicU64::new(0),
         });
         tracing::info!(chain_id = %auditor.chain_id, "audit chain started");
         let queues = Queues {
@@ -627,6 +637,18 @@ impl Auditor {
         tokio::spawn(writer(Arc::downgrade(&auditor), queues, batch_max.max(1)));
         tokio::spawn(checkpoints(Arc::downgrade(&auditor), checkpoint_every));
         Ok(auditor)
+    }
+
+    /// How many times, since start, a write (a shard write, a migration batch) found the
+    /// chain held for longer than its wait and rolled back to try again: the sign that a
+    /// write really met a busy chain, for tests that must know it did.
+    pub fn chain_busy_count(&self) -> u64 {
+        self.chain_busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many callers wait for the chain right now (a write parked behind its holder).
+    pub fn chain_waiters(&self) -> u64 {
+        self.waiters.load(Ordering::SeqCst)
     }
 
     /// This process's chain id.
@@ -684,7 +706,17 @@ impl Auditor {
     /// Hold the chain for a write that commits its own event.
     pub async fn lock(&self) -> Result<ChainGuard<'_>, ApiError> {
         use std::sync::atomic::Ordering;
+        /// Counts a waiter until dropped (also when the wait is given up, e.g. timed out).
+        struct Waiting<'a>(&'a AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(&self.waiters);
         let mut head = self.head.lock().await;
+        drop(waiting);
         // Under the head's lock: the first writer registers the chain, once.
         if !self.registered.load(Ordering::Acquire) {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_string());

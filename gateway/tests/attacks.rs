@@ -934,19 +934,13 @@ async fn identity_comes_only_from_the_verified_token(kind: StoreKind) {
         gw.db.count("SELECT COUNT(*) FROM audit_events WHERE account='acct-B1' AND outcome='ok' AND actor <> 'admin'").await,
         0
     );
-    let mut refused = 0;
-    for _ in 0..50 {
-        // Scope refusals are recorded without waiting for the audit writer: poll.
-        refused = gw
-            .db
-            .count("SELECT COUNT(*) FROM audit_events WHERE account='acct-B1' AND outcome='forbidden' AND actor='prefixed'")
-            .await;
-        if refused == 3 * sets.len() as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(refused, 3 * sets.len() as i64);
+    // Scope refusals are recorded without waiting for the audit writer: poll.
+    let refusals = "SELECT COUNT(*) FROM audit_events WHERE account='acct-B1' AND outcome='forbidden' AND actor='prefixed'";
+    eventually("every scope refusal audited", || async {
+        gw.db.count(refusals).await >= 3 * sets.len() as i64
+    })
+    .await;
+    assert_eq!(gw.db.count(refusals).await, 3 * sets.len() as i64);
     let r = gw.get("acct-B1", "s", None).await;
     assert_eq!((r.status, decoded(&r)), (StatusCode::OK, b1));
 }
@@ -1268,7 +1262,8 @@ async fn deeply_nested_json_is_refused_and_the_gateway_keeps_serving() {
             ("POST", "/v1/shards:batchGet"),
             ("PUT", "/v1/accounts/acct-2"),
         ] {
-            let started = Instant::now();
+            // Refused, not parsed to the bottom (that would overflow the stack and abort the
+            // test process); how fast is the bench's business.
             let r = gw
                 .call(
                     method,
@@ -1283,7 +1278,6 @@ async fn deeply_nested_json_is_refused_and_the_gateway_keeps_serving() {
                 (StatusCode::BAD_REQUEST, "invalid_request"),
                 "body {i} {method} {path}"
             );
-            assert!(started.elapsed() < Duration::from_secs(5));
         }
     }
     assert_eq!(gw.db.count("SELECT COUNT(*) FROM shard_versions").await, 0);
@@ -1408,31 +1402,34 @@ async fn oversized_bodies_are_refused_before_they_end() {
     assert_eq!(r.status(), 200);
 }
 
+/// A chunked body that never ends (no last chunk) and keeps coming, a chunk every 150 ms
+/// (no idle timer could end it), is answered 400 `invalid_request` while it still trickles:
+/// the body-read timer ended it (the whole-request deadline would answer 504).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_chunked_body_is_cut_off_by_the_body_read_timeout() {
     let Some(srv) = serve(|_| {}).await else {
         return;
     };
-    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let s = TcpStream::connect(srv.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
     let head = format!(
         "PUT /v1/accounts/acct-1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"tie\r\n",
         srv.gw.admin()
     );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let start = Instant::now();
-    let trickle = async {
-        for _ in 0..40 {
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..1000 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            if s.write_all(b"1\r\n \r\n").await.is_err() {
-                break;
+            if wr.write_all(b"1\r\n \r\n").await.is_err() {
+                return;
             }
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(1500), trickle).await;
-    let (resp, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        panic!("the whole trickle was sent without an answer");
+    });
+    let (resp, _) = read_until_closed(&mut rd, Duration::from_secs(30)).await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
     assert!(resp.contains("invalid_request"));
-    assert!(start.elapsed() < Duration::from_secs(5));
+    trickle.abort();
     assert_eq!(srv.gw.db.count("SELECT COUNT(*) FROM accounts").await, 0);
 }
 
@@ -1485,9 +1482,15 @@ async fn many_slowloris_connections_do_not_starve_real_requests() {
 // Floods
 // ------------------------------------------------------------------------------------------
 
+/// One identity floods (as fast as the test can send, whatever headers claim about its
+/// address) until 20 of its requests were refused 429 `rate_limited` with `Retry-After`:
+/// its full bucket answered at least `burst`, and no more than the bucket holds plus what it
+/// refilled while the flood ran; another identity at its own pace is never limited; a
+/// limited write stores nothing; past `Retry-After` the identity is served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_identity_is_rate_limited_and_others_are_not() {
-    let (rate, burst) = (5u32, 5u32);
+    // One request a second: any flood the test sends is faster than that.
+    let (rate, burst) = (1u32, 5u32);
     let Some(gw) = Gw::start(StoreKind::Postgres, |cfg| {
         cfg.limits.rate_per_identity_per_sec = rate;
         cfg.limits.rate_per_identity_burst = burst;
@@ -1496,18 +1499,23 @@ async fn a_flood_from_one_identity_is_rate_limited_and_others_are_not() {
     else {
         return;
     };
-    // Set-up used the admin's bucket: let it refill.
+    // Set-up uses the admin's bucket, not the two below.
     gw.account("acct-A1", "retail").await;
     let a1 = secret(32, 70);
     gw.put("acct-A1", "s", &a1).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     let prefixed = gw.tokens.prefixed.clone();
     let reader = gw.tokens.reader.clone();
 
-    // The prefixed identity floods, from "different clients" as far as headers go.
+    // The prefixed identity floods, from "different clients" as far as headers go, until it
+    // has been limited 20 times (a wait that must end: 30 s).
     let started = Instant::now();
-    let (mut ok, mut limited) = (0, 0);
-    for i in 0..40 {
+    let deadline = started + Duration::from_secs(30);
+    let (mut ok, mut limited, mut i) = (0usize, 0usize, 0usize);
+    while limited < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{ok} answered, only {limited} limited"
+        );
         let xff = format!("10.0.0.{i}");
         let headers = [
             ("x-forwarded-for", xff.as_str()),
@@ -1554,16 +1562,18 @@ async fn a_flood_from_one_identity_is_rate_limited_and_others_are_not() {
                 "the reader was limited by the flood"
             );
         }
+        i += 1;
     }
+    // The limiter's contract, whatever the pace: the full bucket, plus what it refilled at
+    // `rate` while the flood ran (measured around the whole flood, so a slow run only
+    // allows more, never fails).
     let flood_secs = started.elapsed().as_secs_f64();
-    // The burst, plus what the bucket refilled while the flood ran.
     let allowed = f64::from(burst) + f64::from(rate) * flood_secs + 1.0;
     assert!(
         ok >= burst as usize && (ok as f64) <= allowed,
         "{ok} answered in {flood_secs:.2} s"
     );
-    assert_eq!(ok + limited, 40);
-    assert!(limited >= 20, "only {limited} limited");
+    assert_eq!(ok + limited, i);
     // Writes are limited the same way, and a limited write stores nothing.
     let before = gw.db.count("SELECT COUNT(*) FROM shard_versions").await;
     let r = gw
@@ -1583,8 +1593,14 @@ async fn a_flood_from_one_identity_is_rate_limited_and_others_are_not() {
         gw.db.count("SELECT COUNT(*) FROM shard_versions").await,
         before
     );
-    // Past Retry-After, the identity is served again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past Retry-After, the identity is served again (waiting what the answer asks for is
+    // the behaviour under test, not a guess at how long something takes).
+    let retry_after: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
     let r = gw
         .call(
             "GET",

@@ -471,6 +471,16 @@ impl Traffic {
         self.acked.lock().unwrap().iter().copied().collect()
     }
 
+    /// Wait until a write beyond the first `n` is answered 201: the gateway still takes
+    /// writes (a wait that must end: 30 s).
+    async fn one_more_acked(&self, n: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acked.lock().unwrap().len() <= n {
+            assert!(Instant::now() < deadline, "no write answered {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stop; how many writes were answered 201 in all.
     async fn stop(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
@@ -706,12 +716,12 @@ async fn postgres_dump_restores_into_a_fresh_database_and_gateway() {
         .arg(format!("--dbname={db1}"));
     let r = run(cmd, &logs, "pg_dump");
     assert!(r.ok(), "pg_dump: {}", r.stderr);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Writes went on through the dump: one more is answered after it than before it began.
+    let acked_after_dump = traffic.acked().len();
+    traffic
+        .one_more_acked(acked_after_dump, "after the dump")
+        .await;
     let written = traffic.stop().await;
-    assert!(
-        written > acked_before_dump.len(),
-        "no write ran during the dump"
-    );
     gw.stop();
     // The keyring (and audit key) copied after the dump: every version it references.
     let restored = tempfile::tempdir().unwrap();
@@ -859,12 +869,12 @@ async fn sqlite_online_backup_restores_into_a_fresh_gateway() {
         "backup",
     );
     assert!(r.ok(), "backup: {}{}", r.stdout, r.stderr);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Writes went on through the backup: one more is answered after it than before it began.
+    let acked_after_backup = traffic.acked().len();
+    traffic
+        .one_more_acked(acked_after_backup, "after the backup")
+        .await;
     let written = traffic.stop().await;
-    assert!(
-        written > acked_before_backup.len(),
-        "no write ran during the backup"
-    );
     // It says where the copy is and what is not in it.
     assert!(r.stdout.contains(copy.to_str().unwrap()), "{}", r.stdout);
     for f in ["local.keyring", "audit.key"] {

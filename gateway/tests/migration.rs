@@ -156,6 +156,46 @@ impl Gw {
         }
     }
 
+    /// This process's migration workers.
+    fn supervisor(&self) -> &shardgate::jobs::migrate::Supervisor {
+        self.state
+            .migrations
+            .get()
+            .expect("the migration workers were started")
+    }
+
+    /// Wait until no worker of this process is on job `id` any more (its in-flight items
+    /// committed or dropped), then until a whole scan for running jobs has begun and ended
+    /// after that: from then on, whatever that scan would have taken up it has.
+    async fn workers_let_go(&self, id: &str) {
+        let sup = self.supervisor();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sup.working_on(id) {
+            assert!(Instant::now() < deadline, "a worker kept job {id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The scan running now may have begun before the worker let go: wait for the next.
+        let scans = sup.scans();
+        while sup.scans() < scans + 2 {
+            assert!(Instant::now() < deadline, "the workers stopped scanning");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until a write of this gateway waits for the held audit chain; on PostgreSQL,
+    /// where a write holding rows waits a bounded time, also until writes gave up on it, rolled
+    /// back and tried again twice more than `busy_since` (`Auditor::chain_busy_count`).
+    async fn chain_met_by_a_write(&self, busy_since: u64) {
+        let audit = &self.state.audit;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while audit.chain_waiters() == 0
+            || (self.db.is_pg() && audit.chain_busy_count() < busy_since + 2)
+        {
+            assert!(Instant::now() < deadline, "no write met the held chain");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn backends_of(&self, account: &str) -> Vec<String> {
         strings(
             &self.db,
@@ -319,12 +359,18 @@ async fn pause_resume_cancel_and_a_failing_row(gw: Gw) {
         .await;
     assert_eq!(s, StatusCode::OK, "{paused}");
     assert_eq!(paused["state"], "paused");
-    // In-flight items finish; then nothing moves while paused.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // In-flight items finish and the worker lets go of the job; then a whole scan for
+    // running jobs passes it over: nothing moves while paused.
+    gw.workers_let_go(&job).await;
     let before = gw.job(&job).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    gw.workers_let_go(&job).await;
     let after = gw.job(&job).await;
-    assert_eq!(before["remaining"], after["remaining"], "{before} {after}");
+    assert_eq!(
+        (&before["state"], &before["remaining"]),
+        (&after["state"], &after["remaining"]),
+        "{before} {after}"
+    );
+    assert_eq!(after["state"], "paused", "{after}");
     assert!(after["remaining"].as_i64().unwrap() > 0, "{after}");
     let (s, again) = gw
         .call("POST", &format!("/v1/admin/migrations/{job}/pause"), None)
@@ -371,7 +417,9 @@ async fn pause_resume_cancel_and_a_failing_row(gw: Gw) {
         (StatusCode::OK, Some("cancelled")),
         "{cancelled}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The worker lets go of the cancelled job (its in-flight items settled), and no later
+    // scan takes it up again.
+    gw.workers_let_go(&job).await;
     let end = gw.job(&job).await;
     assert_eq!(end["state"], "cancelled");
     assert!(
@@ -447,11 +495,14 @@ async fn a_batch_commit_waits_out_a_busy_audit_chain(gw: Gw) {
     // between the resume and the hold; counted straight from the database, as an audited
     // admin read would need the chain.)
     let held = gw.state.audit.lock().await.unwrap();
+    let busy = gw.state.audit.chain_busy_count();
     let done_sql = format!("SELECT done FROM migration_jobs WHERE id = '{job}'");
     let done_held = gw.db.count(&done_sql).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(gw.db.count(&done_sql).await, done_held);
     assert!(done_held < 40, "the job finished before the chain was held");
+    // A batch commit waits for the held chain (on PostgreSQL, two gave up and rolled back
+    // meanwhile), and the job's count did not move.
+    gw.chain_met_by_a_write(busy).await;
+    assert_eq!(gw.db.count(&done_sql).await, done_held);
     drop(held);
     let end = gw.settle(&job, 60).await;
     assert_eq!(end["state"], "completed", "{end}");
@@ -469,6 +520,7 @@ async fn shard_writes_wait_out_a_busy_chain_and_race_tier_changes(gw: Gw) {
     // A write takes the chain only for its audit insert and commit: while the chain is held
     // it cannot finish, and it finishes once the chain is free.
     let held = gw.state.audit.lock().await.unwrap();
+    let busy = gw.state.audit.chain_busy_count();
     let put = {
         let gw = gw.clone();
         tokio::spawn(async move {
@@ -476,7 +528,9 @@ async fn shard_writes_wait_out_a_busy_chain_and_race_tier_changes(gw: Gw) {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The write waits for the held chain (on PostgreSQL it rolled back and tried again,
+    // twice) and has not finished.
+    gw.chain_met_by_a_write(busy).await;
     assert!(
         !put.is_finished(),
         "a write committed without the audit chain"

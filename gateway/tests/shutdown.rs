@@ -125,15 +125,14 @@ async fn sigterm_under_write_load_loses_no_acknowledged_write() {
         .unwrap()
         .success();
     assert!(ok);
-    let start = Instant::now();
+    // It exits (a wait that must end: the 5 s grace bounds the drain, and 60 s is far past
+    // it); exit 0 below says the drain, not a crash, ended it.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "did not exit within the grace period"
-        );
+        assert!(Instant::now() < deadline, "never exited after SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     stop.store(true, Ordering::Relaxed);

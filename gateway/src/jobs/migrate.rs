@@ -198,6 +198,8 @@ pub struct Supervisor {
     active: Mutex<BTreeSet<String>>,
     wake: tokio::sync::Notify,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Scans finished since start ([`Supervisor::scans`]).
+    scans: std::sync::atomic::AtomicU64,
 }
 
 impl Supervisor {
@@ -214,6 +216,7 @@ impl Supervisor {
             active: Mutex::new(BTreeSet::new()),
             wake: tokio::sync::Notify::new(),
             stopping: Arc::default(),
+            scans: std::sync::atomic::AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&sup);
         let every = Duration::from_millis(sup.cfg.poll_interval_ms.max(50));
@@ -221,6 +224,7 @@ impl Supervisor {
             loop {
                 let Some(sup) = weak.upgrade() else { return };
                 sup.scan().await;
+                sup.scans.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let sleep = tokio::time::sleep(every);
                 tokio::select! {
                     () = sleep => {}
@@ -235,6 +239,22 @@ impl Supervisor {
     pub fn stop(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a worker of this process is on job `id` (from the scan that took it until
+    /// its worker has returned, in-flight items committed or dropped).
+    pub fn working_on(&self, id: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    /// How many scans for running jobs have finished since start: one that begins after an
+    /// event and finishes has seen it (what a test waits on before it checks that nothing
+    /// took a job up).
+    pub fn scans(&self) -> u64 {
+        self.scans.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Look for work now (a job was started or resumed).
