@@ -54,9 +54,10 @@ async fn held_pool_answers_503_with_retry_after_within_the_checkout_timeout() {
     );
     assert!(headers.contains_key(header::RETRY_AFTER), "{headers:?}");
     assert!(v.get("shard").is_none());
-    // It waited for a session, but not much longer than the configured 300 ms.
+    // It waited for a session (a lower bound: a timer never fires early), and the checkout
+    // timeout ended the wait: the session is still held, and the request deadline would
+    // have answered 504 `deadline_exceeded`, not 503.
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
-    assert!(waited < Duration::from_secs(3), "{waited:?}");
     let m = gw.metrics().await;
     assert_eq!(
         metric(&m, "shardgate_backend_pool_in_use"),
