@@ -308,7 +308,7 @@ async fn sweeper(limiter: Weak<RefusalLimiter>, window: Duration) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
