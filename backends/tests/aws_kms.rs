@@ -358,9 +358,12 @@ async fn max_age_expiry_forces_a_new_decrypt() {
     let Some(ep) = moto_endpoint("max_age_expiry_forces_a_new_decrypt") else {
         return;
     };
+    // An age far above two back-to-back unwraps on a loaded machine (they take milliseconds),
+    // so the first pair can only share one Decrypt; past it, a timer never fires early.
+    const MAX_AGE_MS: u64 = 3_000;
     let (proxy, b) = proxied(&ep, |c| KmsConfig {
         cache: KmsCacheConfig {
-            max_age_ms: 300,
+            max_age_ms: MAX_AGE_MS,
             ..KmsCacheConfig::default()
         },
         ..c
@@ -372,7 +375,7 @@ async fn max_age_expiry_forces_a_new_decrypt() {
     b.unwrap(&id, &wrapped).await.unwrap();
     b.unwrap(&id, &wrapped).await.unwrap();
     assert_eq!(proxy.count(DECRYPT), 1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(MAX_AGE_MS + 100)).await;
     b.unwrap(&id, &wrapped).await.unwrap();
     b.unwrap(&id, &wrapped).await.unwrap();
     assert_eq!(proxy.count(DECRYPT), 2);
