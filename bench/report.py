@@ -603,25 +603,7 @@ def merge_flood(a, res, machine):
     if "## Goals" not in lines:
         lines = ["# Benchmarks", "", "## Goals", "", "| figure | goal | measured | met? |", "|---|---|---|---|",
                  ""] + lines
-    lines = [l for l in lines if not l.startswith("| " + FLOOD_PREFIX)]
-    try:
-        i = lines.index("## Goals") + 1
-        while i < len(lines) and not lines[i].startswith("|"):
-            i += 1
-        while i < len(lines) and lines[i].startswith("|"):
-            i += 1
-        lines[i:i] = [goal_row(g) for g in goals]
-    except ValueError:
-        raise SystemExit("no '## Goals' table in " + a.md)
-    old = next((i for i, l in enumerate(lines) if l.startswith(FLOOD_HEADING)), None)
-    if old is not None:
-        end = next((i for i in range(old + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        del lines[old:end]
-        at = old
-    else:
-        at = next((i for i, l in enumerate(lines) if l.startswith("## Data set load") or l.startswith("## Reproduce")),
-                  len(lines))
-    lines[at:at] = section
+    lines = merge_goals_and_section(lines, FLOOD_PREFIX, goals, FLOOD_HEADING, section)
     with open(a.md, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -631,6 +613,31 @@ def goal_row(g):
     ms = "n/a" if m is None else ("%.2f%s" % (m, g["unit"]) if g["unit"] != "" else "%.2f" % m)
     status = "reported" if g["goal"] == "reported" and m is not None else met(m, lambda _v: g["met"])
     return "| %s | %s | %s | %s |" % (g["figure"], g["goal"], ms, status)
+
+
+def merge_goals_and_section(lines, prefix, goals, heading, section):
+    """Replace the goal rows starting with `prefix` (appended after the goals table's last
+    row) and the section under `heading` (or put it before the data-set load) in `lines`."""
+    lines = [l for l in lines if not l.startswith("| " + prefix)]
+    try:
+        i = lines.index("## Goals") + 1
+        while i < len(lines) and not lines[i].startswith("|"):
+            i += 1
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        lines[i:i] = [goal_row(g) for g in goals]
+    except ValueError:
+        raise SystemExit("no '## Goals' table")
+    old = next((i for i, l in enumerate(lines) if l.startswith(heading)), None)
+    if old is not None:
+        end = next((i for i in range(old + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        del lines[old:end]
+        at = old
+    else:
+        at = next((i for i, l in enumerate(lines) if l.startswith("## Data set load") or l.startswith("## Reproduce")),
+                  len(lines))
+    lines[at:at] = section
+    return lines
 
 
 def merge_migration(a, res, machine, runs):
@@ -650,29 +657,7 @@ def merge_migration(a, res, machine, runs):
     with open(a.json, "w") as f:
         json.dump(prev, f, indent=1)
         f.write("\n")
-    lines = (read(a.md, "") or "").splitlines()
-    # Goals table: drop the old migration rows, append the new ones after its last row.
-    lines = [l for l in lines if not l.startswith("| " + MIG_PREFIX)]
-    try:
-        start = lines.index("## Goals")
-        i = start + 1
-        while i < len(lines) and not lines[i].startswith("|"):
-            i += 1
-        while i < len(lines) and lines[i].startswith("|"):
-            i += 1
-        lines[i:i] = [goal_row(g) for g in goals]
-    except ValueError:
-        raise SystemExit("no '## Goals' table in " + a.md)
-    # The section: replace the old one, or put it before the data-set load.
-    old = next((i for i, l in enumerate(lines) if l.startswith(MIG_HEADING)), None)
-    if old is not None:
-        end = next((i for i in range(old + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        del lines[old:end]
-        at = old
-    else:
-        at = next((i for i, l in enumerate(lines) if l.startswith("## Data set load") or l.startswith("## Reproduce")),
-                  len(lines))
-    lines[at:at] = section
+    lines = merge_goals_and_section((read(a.md, "") or "").splitlines(), MIG_PREFIX, goals, MIG_HEADING, section)
     with open(a.md, "w") as f:
         f.write("\n".join(lines) + "\n")
 
