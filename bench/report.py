@@ -1037,9 +1037,9 @@ def main():
     arenas = machine.get("malloc_arena_max", "2")
     w("PostgreSQL is reached over loopback without TLS (`sslmode=disable`), by the gateway and the floors "
       "alike; the gateway runs with %s." % (
-          "`MALLOC_ARENA_MAX=%s`, as the README's production notes recommend" % arenas
+          "`MALLOC_ARENA_MAX=%s`, as docs/operations.md's production notes recommend" % arenas
           if arenas and arenas != "0" else
-          "glibc's default malloc arenas (no `MALLOC_ARENA_MAX`; see the README's production notes)"))
+          "glibc's default malloc arenas (no `MALLOC_ARENA_MAX`; see docs/operations.md's production notes)"))
     w("")
     w("## Goals")
     w("")

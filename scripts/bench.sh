@@ -63,7 +63,7 @@ KEEP_LOGS=0
 ONLY=all
 MIG_SHARDS=100000
 MIG_RATE=1000000
-MIG_DEFAULT_RATE=500 # the gateway's default [migration] rate_per_sec (gateway/src/config.rs)
+MIG_DEFAULT_RATE=500 # the gateway's default [migration] rate_per_sec (gateway/src/service/settings.rs)
 TARGET=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
@@ -201,7 +201,7 @@ GW_ENV=(env)
 for v in $(compgen -e); do
     case "$v" in SHARDGATE_*) GW_ENV+=(-u "$v") ;; esac
 done
-# As the README recommends for a deployment: glibc's malloc otherwise keeps one arena per
+# As docs/operations.md ("Production notes") recommends for a deployment: glibc's malloc otherwise keeps one arena per
 # thread that ever allocated (the runtime's and spawn_blocking's), which holds memory after a
 # load peak has passed (RSS idle after the runs: 30.4 MB without, 29.5 MB with; what the cap
 # costs HSM-heavy throughput: bench/history.md, stops 22 and 23). SG_BENCH_MALLOC_ARENA_MAX=N
@@ -218,7 +218,7 @@ write_state
 sg_pg_create_db "$DB_NAME" || sg_die "could not create database $DB_NAME"
 # Loopback, so no TLS (sqlx would otherwise negotiate it with a server that has ssl=on): the
 # gateway and the floors use this same URL, so both skip it alike. TLS to a remote database is
-# set up as in the README ("Database least privilege": sslmode=verify-full).
+# set up as in docs/security.md ("Database least privilege": sslmode=verify-full).
 PG_URL="postgres://postgres@$SG_PG_HOST:$SG_PG_PORT/$DB_NAME?sslmode=disable"
 
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
@@ -750,8 +750,8 @@ blog "migration: raw loop, $MIG_SHARDS x (unwrap local, wrap pkcs11, unwrap pkcs
     --pool-size 8 --n "$MIG_SHARDS" >"$MIG/raw.json" || sg_die "shardgate-bench migrate-raw failed"
 blog "  raw: $(cat "$MIG/raw.json")"
 # The same calls as the job's at this rate: its batches go to the backends in chunks of
-# batch_size / concurrency items (512 / 2 by default: gateway/src/config.rs, chunk_len in
-# gateway/src/jobs/migrate.rs).
+# batch_size / concurrency items (512 / 2 by default: gateway/src/service/settings.rs, chunk_len in
+# gateway/src/service/migrate/worker.rs).
 RAW_CHUNK=256
 echo "$RAW_MIG_CMD --batch $RAW_CHUNK" >"$MIG/raw-batched.cmd"
 blog "migration: raw loop, $MIG_SHARDS items in calls of $RAW_CHUNK (rewrap_many_from, verify_many), no HTTP or database"

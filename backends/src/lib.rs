@@ -11,6 +11,7 @@
 
 pub mod aws_kms;
 pub mod cloudhsm;
+pub mod cluster_gate;
 pub mod conformance;
 mod data_key;
 pub mod deadline;

@@ -5,8 +5,8 @@
 
 use crate::drive::drive;
 use anyhow::{Context, Result};
-use shardgate::audit::{AuditKey, Auditor, Event};
-use shardgate::config::{AuditConfig, StoreConfig};
+use shardgate::app::config::{AuditConfig, StoreConfig};
+use shardgate::domain::audit::{AuditKey, Auditor, Event};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ pub async fn run(url: &str, concurrency: usize, seconds: u64) -> Result<()> {
             auditor
                 .record(event)
                 .await
-                .map_err(|e| anyhow::anyhow!("audit write refused: {:?}", e.code))?;
+                .map_err(|e| anyhow::anyhow!("audit write refused: {}", e.outcome()))?;
             Ok(())
         }
     })

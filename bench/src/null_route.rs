@@ -1,5 +1,5 @@
 //! `null_route`: the HTTP floor. The gateway's shard routes with nothing behind them: same
-//! server (`shardgate::server::serve`, same hyper settings and timers), same JSON shapes and
+//! server (`shardgate::http::server::serve`, same hyper settings and timers), same JSON shapes and
 //! sizes, no authentication, no database, no crypto, no audit.
 
 use anyhow::{Context, Result};
@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use shardgate::config::Timeouts;
+use shardgate::app::config::Timeouts;
 use std::sync::Arc;
 
 #[derive(Serialize)]
@@ -91,7 +91,7 @@ pub async fn run(listen: &str, shard_bytes: usize) -> Result<()> {
         "{}",
         serde_json::json!({ "listening": listener.local_addr()?.to_string() })
     );
-    shardgate::server::serve(
+    shardgate::http::server::serve(
         listener,
         app,
         &Timeouts::default(),

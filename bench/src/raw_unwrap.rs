@@ -4,7 +4,7 @@
 
 use crate::drive::drive;
 use anyhow::{anyhow, bail, Context, Result};
-use shardgate::envelope;
+use shardgate::domain::envelope;
 use shardgate_backends::local::LocalBackend;
 use shardgate_backends::ShardIdentity;
 use shardgate_store::ShardVersionRow;

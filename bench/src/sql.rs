@@ -11,7 +11,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 
-/// The columns the gateway's store reads (`SHARD_COLUMNS` in `store/src/postgres.rs`).
+/// The columns the gateway's store reads (`SHARD_COLUMNS` in `store/src/postgres/shards.rs`).
 const COLUMNS: &str = "account, shard, version, format_version, backend, key_ref, key_version, \
                        wrapped_dek, nonce, ciphertext, created_at, created_by, key_commitment";
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardgate::config::{Config, Sources};
+use shardgate::app::config::{Config, Sources};
 use std::sync::OnceLock;
 
 /// One file, rewritten for every input (a fuzzer process runs one input at a time).
@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     for t in &cfg.tokens {
         // Validation accepted it, so the token entry builds.
         assert!(
-            shardgate::auth::TokenEntry::new(
+            shardgate::domain::auth::TokenEntry::new(
                 &t.name,
                 &t.sha256,
                 &t.scopes,
@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
             "a validated token does not build"
         );
     }
-    let _ = shardgate::ratelimit::IdentityLimiter::from_limits(&cfg.limits);
+    let _ = shardgate::http::ratelimit::IdentityLimiter::from_limits(&cfg.limits);
     // What the tests write with `toml::to_string` must not panic either.
     let _ = toml::to_string(&cfg);
 });

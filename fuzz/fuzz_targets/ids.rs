@@ -1,5 +1,6 @@
-//! The id grammar (DESIGN.md: ASCII `[A-Za-z0-9._:-]{1,128}`, not `.` or `..`, exact bytes):
-//! the gateway's `ids::is_valid`, the policy crate's `is_valid_id` and a reference written
+//! The id grammar (docs/design.md: ASCII `[A-Za-z0-9._:-]{1,128}`, not `.` or `..`, exact bytes):
+//! the gateway's `ids::is_valid` (the policy crate's `is_valid_id`, where the grammar is written
+//! once), the policy crate's `AccountId::parse` and a reference written
 //! from the grammar must agree on every input; `ids::check` never echoes the input; every
 //! valid id is usable unescaped in a request path.
 #![no_main]
@@ -16,14 +17,14 @@ fn reference(id: &str) -> bool {
 }
 
 fn check(id: &str) {
-    let valid = shardgate::ids::is_valid(id);
+    let valid = shardgate::domain::ids::is_valid(id);
     assert_eq!(valid, reference(id), "ids::is_valid({id:?})");
     assert_eq!(
         valid,
-        shardgate_policy::is_valid_id(id),
-        "policy::is_valid_id({id:?})"
+        shardgate_policy::AccountId::parse(id).is_ok(),
+        "policy::AccountId::parse({id:?})"
     );
-    match shardgate::ids::check("account", id) {
+    match shardgate::domain::ids::check("account", id) {
         Ok(()) => {
             assert!(valid);
             // Valid ids need no escaping in a path, and round-trip through it unchanged.
@@ -33,7 +34,9 @@ fn check(id: &str) {
         }
         Err(e) => {
             assert!(!valid);
-            assert_eq!(e.code, shardgate::error::ErrorCode::InvalidId);
+            // As the HTTP layer answers it.
+            let e = shardgate::http::error::ApiError::from(e);
+            assert_eq!(e.code, shardgate::http::error::ErrorCode::InvalidId);
             // A fixed message: the attacker-chosen bytes are never echoed.
             assert_eq!(
                 e.message,

@@ -8,7 +8,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shardgate::envelope;
+use shardgate::domain::envelope;
 use shardgate_backends::local::{create_if_missing, LocalBackend};
 use shardgate_backends::{DataKey, KeyBackend, ShardIdentity};
 use shardgate_store::ShardVersionRow;

@@ -33,7 +33,7 @@ impl Gw {
         cfg.migration.workers = false;
         let (state, _) = AppState::build(&cfg).await.unwrap();
         Some(Self {
-            app: shardgate::app(state.clone()),
+            app: shardgate::router(state.clone()),
             state,
             tokens,
             db: Db::connect(&url).await,
@@ -76,11 +76,11 @@ impl Gw {
     async fn legacy_prefixed_admin(&self) -> String {
         let token = format!("sgt_legacy_{}", uuid::Uuid::new_v4().simple());
         common::plant(&token);
-        let sha256 = shardgate::auth::hash_token(&token);
+        let sha256 = shardgate::domain::auth::hash_token(&token);
         self.state
             .store
             .insert_token(&shardgate_store::TokenRecord {
-                token_id: shardgate::auth::token_id(&sha256),
+                token_id: shardgate::domain::auth::token_id(&sha256),
                 name: "legacy-prefixed".into(),
                 sha256,
                 scopes: vec!["*".into()],

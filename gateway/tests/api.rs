@@ -1,4 +1,4 @@
-//! The HTTP API suite, run in-process (`tower::ServiceExt::oneshot` on `shardgate::app`)
+//! The HTTP API suite, run in-process (`tower::ServiceExt::oneshot` on `shardgate::router`)
 //! against BOTH stores: every case runs once on SQLite and once on PostgreSQL. Every
 //! response is validated against the OpenAPI document.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -45,7 +45,7 @@ impl Harness {
 
     async fn with(
         kind: StoreKind,
-        tweak: impl FnOnce(&mut shardgate::config::Config),
+        tweak: impl FnOnce(&mut shardgate::app::config::Config),
     ) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let url = common::store_url(kind, dir.path()).await?;
@@ -55,7 +55,7 @@ impl Harness {
         let (state, _) = AppState::build(&cfg).await.unwrap();
         let db = Db::connect(&url).await;
         Some(Self {
-            app: shardgate::app(state.clone()),
+            app: shardgate::router(state.clone()),
             state,
             tokens,
             db,
@@ -171,14 +171,14 @@ impl Harness {
     }
 
     /// `audit verify` of every chain, under the test config's audit key; panics if broken.
-    async fn verify_audit(&self) -> shardgate::audit::VerifyReport {
-        let key = shardgate::state::audit_key(&common::config(
+    async fn verify_audit(&self) -> shardgate::domain::audit::VerifyReport {
+        let key = shardgate::app::state::audit_key(&common::config(
             self._dir.path(),
             "sqlite://unused",
             &self.tokens,
         ))
         .unwrap();
-        shardgate::audit::verify(self.state.store.as_ref(), &key)
+        shardgate::domain::audit::verify(self.state.store.as_ref(), &key)
             .await
             .unwrap()
     }
@@ -1025,7 +1025,10 @@ async fn tokens_never_appear_in_audit_rows(h: Harness) {
     ] {
         for c in &rows {
             assert!(!contains(c, t.as_bytes()), "a token reached the audit log");
-            assert!(!contains(c, shardgate::auth::hash_token(t).as_bytes()));
+            assert!(!contains(
+                c,
+                shardgate::domain::auth::hash_token(t).as_bytes()
+            ));
         }
     }
 }

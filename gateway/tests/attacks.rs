@@ -42,7 +42,7 @@ use base64::Engine as _;
 use common::db::Db;
 use common::{StoreKind, Tokens};
 use serde_json::{json, Value};
-use shardgate::config::{BackendConfig, Config};
+use shardgate::app::config::{BackendConfig, Config};
 use shardgate::AppState;
 use sqlx::Row as _;
 use std::time::{Duration, Instant};
@@ -96,7 +96,7 @@ impl Gw {
         let (state, _) = AppState::build(&cfg).await.unwrap();
         let db = Db::connect(&url).await;
         Some(Self {
-            app: shardgate::app(state),
+            app: shardgate::router(state),
             tokens,
             db,
             cfg,
@@ -647,7 +647,7 @@ async fn a_bit_flipped_anywhere_in_a_stored_envelope_never_answers_200(kind: Sto
     let mut cases: Vec<(String, Envelope, &[&str])> = Vec::new();
     const INTEGRITY: &[&str] = &["integrity_failure"];
     // A flipped key reference or key version names a KEK nobody holds: indistinguishable
-    // from a keyring that misses a version (README, Backup and restore).
+    // from a keyring that misses a version (docs/backup.md).
     const KEY_FIELDS: &[&str] = &["integrity_failure", "key_unusable"];
     for i in 0..original.nonce.len() {
         let mut e = original.clone();
@@ -1308,7 +1308,7 @@ async fn serve(tweak: impl FnOnce(&mut Config)) -> Option<Server> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (app, timeouts) = (gw.app.clone(), gw.cfg.timeouts.clone());
     tokio::spawn(async move {
-        shardgate::server::serve(listener, app, &timeouts, async {
+        shardgate::http::server::serve(listener, app, &timeouts, async {
             let _ = rx.await;
         })
         .await;
@@ -2029,8 +2029,10 @@ async fn refusals_never_crowd_reads_out_of_the_audit_queue(kind: StoreKind) {
 /// bucket and its own `Idempotency-Key` space.
 async fn tokens_sharing_a_name_share_neither_bucket_nor_idempotency_keys(kind: StoreKind) {
     let (t1, t2) = (
-        secrecy::ExposeSecret::expose_secret(&shardgate::auth::generate_token()).to_string(),
-        secrecy::ExposeSecret::expose_secret(&shardgate::auth::generate_token()).to_string(),
+        secrecy::ExposeSecret::expose_secret(&shardgate::domain::auth::generate_token())
+            .to_string(),
+        secrecy::ExposeSecret::expose_secret(&shardgate::domain::auth::generate_token())
+            .to_string(),
     );
     common::plant(&t1);
     common::plant(&t2);
@@ -2038,9 +2040,9 @@ async fn tokens_sharing_a_name_share_neither_bucket_nor_idempotency_keys(kind: S
         cfg.limits.rate_per_identity_per_sec = 1;
         cfg.limits.rate_per_identity_burst = 4;
         for t in [&t1, &t2] {
-            cfg.tokens.push(shardgate::config::TokenConfig {
+            cfg.tokens.push(shardgate::app::config::TokenConfig {
                 name: "token".into(),
-                sha256: shardgate::auth::hash_token(t),
+                sha256: shardgate::domain::auth::hash_token(t),
                 scopes: vec!["*".into()],
                 account_prefix: None,
                 expires_at: None,
@@ -2111,7 +2113,7 @@ async fn connections_past_max_connections_wait_until_one_closes() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (app, timeouts) = (gw.app.clone(), gw.cfg.timeouts.clone());
     tokio::spawn(async move {
-        shardgate::server::serve_with_tls(listener, app, &timeouts, 2, None, async {
+        shardgate::http::server::serve_with_tls(listener, app, &timeouts, 2, None, async {
             let _ = rx.await;
         })
         .await;
@@ -2186,7 +2188,7 @@ fn open_with_refuses_a_nonce_of_the_wrong_length_without_panicking() {
             key_commitment: None,
         };
         assert_eq!(
-            shardgate::envelope::open_with(&key, &row).unwrap_err(),
+            shardgate::domain::envelope::open_with(&key, &row).unwrap_err(),
             shardgate_backends::BackendError::Integrity,
             "nonce of {len} bytes"
         );

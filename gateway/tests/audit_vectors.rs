@@ -10,9 +10,9 @@ mod common;
 
 use base64::Engine as _;
 use common::vectors as v;
-use shardgate::audit::{canonical, tag, AuditKey};
-use shardgate::auth::{credential_id, hash_token, token_id};
-use shardgate::checkpoints::Checkpoint;
+use shardgate::domain::audit::checkpoints::Checkpoint;
+use shardgate::domain::audit::{canonical, tag, AuditKey};
+use shardgate::domain::auth::{credential_id, hash_token, token_id};
 use shardgate_store::AuditRecord;
 
 fn key() -> AuditKey {

@@ -1,4 +1,4 @@
-//! Backup and restore with the real binary (README, "Backup and restore").
+//! Backup and restore with the real binary (docs/backup.md).
 //!
 //! PostgreSQL: a gateway serves accounts with several shards and versions (a deleted shard and
 //! a deleted account among them, and versions wrapped before and after a keyring rotation);
@@ -252,7 +252,7 @@ fn copy_private(from: &Path, to: &Path) {
 fn restored_config(dir: &Path, store_url: &str, tokens: &Tokens) -> PathBuf {
     let mut cfg = common::config(dir, store_url, tokens);
     for b in cfg.backends.values_mut() {
-        if let shardgate::config::BackendConfig::Local { create, .. } = b {
+        if let shardgate::app::config::BackendConfig::Local { create, .. } = b {
             *create = false;
         }
     }
@@ -270,8 +270,11 @@ fn same_id_other_bytes(from: &Path, to: &Path) {
         rand::thread_rng().fill_bytes(&mut k);
         ver["key"] = Value::String(B64.encode(k));
     }
-    shardgate::files::write_private(to, serde_json::to_string_pretty(&v).unwrap().as_bytes())
-        .unwrap();
+    shardgate::domain::files::write_private(
+        to,
+        serde_json::to_string_pretty(&v).unwrap().as_bytes(),
+    )
+    .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,7 +853,7 @@ async fn sqlite_online_backup_restores_into_a_fresh_gateway() {
     let logs = common::log_dir("backup_restore-sqlite");
     let tokens = Tokens::new();
     let original = tempfile::tempdir().unwrap();
-    let db1 = shardgate::config::sqlite_url(&original.path().join("shardgate.db"));
+    let db1 = shardgate::app::config::sqlite_url(&original.path().join("shardgate.db"));
     let config1 = original.path().join("shardgate.toml");
     common::write_config(&common::config(original.path(), &db1, &tokens), &config1);
     let gw = Gateway::serve(&config1, &logs, "original");
@@ -933,7 +936,7 @@ async fn sqlite_online_backup_restores_into_a_fresh_gateway() {
     for f in ["local.keyring", "audit.key"] {
         copy_private(&original.path().join(f), &restored.path().join(f));
     }
-    let db2 = shardgate::config::sqlite_url(&copy);
+    let db2 = shardgate::app::config::sqlite_url(&copy);
     let config2 = restored_config(restored.path(), &db2, &tokens);
     let gw = Gateway::serve(&config2, &logs, "restored");
     let api = Api::new(&gw, &tokens.admin);

@@ -15,7 +15,7 @@ use common::db::Db;
 use common::{StoreKind, Tokens};
 use fault_proxy::{Fault, FaultProxy, Rule};
 use serde_json::{json, Value};
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 use std::time::{Duration, Instant};
 
 const DECRYPT: &str = "TrentService.Decrypt";
@@ -55,7 +55,7 @@ async fn setup(kind: StoreKind, max_concurrent: usize, max_queue: usize) -> Opti
     cfg.breaker.max_queue = max_queue;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     let gw = Gw {
-        app: shardgate::app(state),
+        app: shardgate::router(state),
         tokens,
         db: Db::connect(&url).await,
         proxy,
@@ -438,7 +438,7 @@ async fn moto_gateway(
     moto: &OwnMoto,
     tweak: impl FnOnce(
         &mut shardgate_backends::aws_kms::KmsConfig,
-        &mut shardgate::breaker::BreakerConfig,
+        &mut shardgate::domain::breaker::BreakerConfig,
     ),
 ) -> (axum::Router, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -459,7 +459,7 @@ async fn moto_gateway(
     cfg.tiers.insert("retail".into(), "kms".into());
     cfg.tiers.insert("institutional".into(), "local".into());
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
-    let app = shardgate::app(state);
+    let app = shardgate::router(state);
     let admin = tokens.admin.clone();
     for (account, tier) in [("acct-kms", "retail"), ("acct-local", "institutional")] {
         let (s, _) = common::call(

@@ -1,5 +1,5 @@
-//! The circuit breaker of the real binary, over HTTP (SQLite store), as the README's
-//! "Resilience" and "Operations" sections describe it:
+//! The circuit breaker of the real binary, over HTTP (SQLite store), as
+//! docs/operations.md ("Resilience", "Probes, shutdown and alerts") describes it:
 //! - after the cooldown the breaker is `half-open` and exactly one trial reaches the backend
 //!   (counted at the fault proxy in front of moto) while every other request is refused with
 //!   503 + `Retry-After`; a failed trial reopens it with the cooldown doubled (each time, as the
@@ -18,7 +18,7 @@ use common::served::{Served, DEADLINE};
 use common::{StoreKind, Tokens};
 use fault_proxy::{Fault, FaultProxy};
 use serde_json::{json, Value};
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 use shardgate_backends::aws_kms::KmsConfig;
 use std::time::{Duration, Instant};
 
@@ -31,11 +31,11 @@ async fn kms_config(
     tokens: &Tokens,
     key_arn: String,
     endpoint: String,
-    tweak: impl FnOnce(&mut KmsConfig, &mut shardgate::breaker::BreakerConfig),
+    tweak: impl FnOnce(&mut KmsConfig, &mut shardgate::domain::breaker::BreakerConfig),
 ) -> std::path::PathBuf {
     let url = common::store_url(StoreKind::Sqlite, dir).await.unwrap();
     let mut cfg = common::config(dir, &url, tokens);
-    cfg.log.format = shardgate::config::LogFormat::Json;
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
     let mut kms = KmsConfig::new(key_arn, "us-east-1");
     kms.endpoint_url = Some(endpoint);
     kms.cache.enabled = false;

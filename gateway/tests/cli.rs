@@ -429,7 +429,7 @@ struct Env {
     dir: tempfile::TempDir,
     url: String,
     tokens: Tokens,
-    cfg: shardgate::config::Config,
+    cfg: shardgate::app::config::Config,
     config_path: PathBuf,
 }
 
@@ -1208,7 +1208,7 @@ async fn promote_is_seen_even_when_the_keyring_mtime_is_unchanged() {
 
 #[derive(serde::Deserialize)]
 struct TokenBlock {
-    tokens: Vec<shardgate::config::TokenConfig>,
+    tokens: Vec<shardgate::app::config::TokenConfig>,
 }
 
 #[tokio::test]
@@ -1255,7 +1255,7 @@ async fn token_create_prints_a_working_token_once() {
     assert_eq!(entry.name, "ci-reader");
     assert_eq!(entry.scopes, ["shards:read"]);
     assert_eq!(entry.account_prefix, None);
-    assert_eq!(entry.sha256, shardgate::auth::hash_token(&token));
+    assert_eq!(entry.sha256, shardgate::domain::auth::hash_token(&token));
 
     env.cfg.tokens.push(entry);
     env.rewrite_config();

@@ -267,8 +267,8 @@ fn the_envelope_code_opens_format_1_under_both_keys_and_format_2_only_under_the_
         None,
         gcm::two_key_ciphertext(&K1, &K2, &NONCE, &id1.aad(), PREFIX),
     );
-    let p1 = shardgate::envelope::open_with(&k1, &v1).unwrap();
-    let p2 = shardgate::envelope::open_with(&k2, &v1).unwrap();
+    let p1 = shardgate::domain::envelope::open_with(&k1, &v1).unwrap();
+    let p2 = shardgate::domain::envelope::open_with(&k2, &v1).unwrap();
     assert_ne!(*p1, *p2);
     // Format 2: the commitment to K1 refuses K2 before AES-GCM runs.
     let id2 = ShardIdentity::new("acct-1", "s", 1);
@@ -277,18 +277,18 @@ fn the_envelope_code_opens_format_1_under_both_keys_and_format_2_only_under_the_
     assert!(aes_gcm_open(&K2, &NONCE, &id2.aad(), &ct).is_some());
     let v2 = row(2, Some(commitment(&K1, &id2.aad())), ct);
     assert_eq!(
-        shardgate::envelope::commitment(&k1, &id2)
+        shardgate::domain::envelope::commitment(&k1, &id2)
             .unwrap()
             .as_slice(),
         v2.key_commitment.as_deref().unwrap(),
         "FORMAT.md's derivation and the code agree"
     );
     assert_eq!(
-        &shardgate::envelope::open_with(&k1, &v2).unwrap()[..32],
+        &shardgate::domain::envelope::open_with(&k1, &v2).unwrap()[..32],
         PREFIX
     );
     assert_eq!(
-        shardgate::envelope::open_with(&k2, &v2).unwrap_err(),
+        shardgate::domain::envelope::open_with(&k2, &v2).unwrap_err(),
         shardgate_backends::BackendError::Integrity
     );
     // A format 2 row without its commitment, with a short one, or a format 1 row carrying
@@ -302,8 +302,14 @@ fn the_envelope_code_opens_format_1_under_both_keys_and_format_2_only_under_the_
         let mut r = v2.clone();
         r.format_version = format;
         r.key_commitment = c;
-        assert!(shardgate::envelope::open_with(&k1, &r).is_err(), "{format}");
-        assert!(shardgate::envelope::wrapped_of(&r).is_err(), "{format}");
+        assert!(
+            shardgate::domain::envelope::open_with(&k1, &r).is_err(),
+            "{format}"
+        );
+        assert!(
+            shardgate::domain::envelope::wrapped_of(&r).is_err(),
+            "{format}"
+        );
     }
 }
 
@@ -330,7 +336,7 @@ impl Gw {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             cfg.backends.insert(
                 "local".into(),
-                shardgate::config::BackendConfig::Local {
+                shardgate::app::config::BackendConfig::Local {
                     key_file: path,
                     reload_interval_ms: 0,
                     create: false,
@@ -340,7 +346,7 @@ impl Gw {
         if vault {
             cfg.backends.insert(
                 "vault".into(),
-                shardgate::config::BackendConfig::Local {
+                shardgate::app::config::BackendConfig::Local {
                     key_file: dir.path().join("vault.keyring"),
                     reload_interval_ms: 0,
                     create: true,
@@ -354,7 +360,7 @@ impl Gw {
             state.start_migration_workers();
         }
         Some(Gw {
-            app: shardgate::app(state),
+            app: shardgate::router(state),
             tokens,
             db: Db::connect(&url).await,
             dir,

@@ -1,4 +1,4 @@
-//! Database least privilege (README, "Database least privilege"), on a private PostgreSQL
+//! Database least privilege (docs/security.md, "Database least privilege"), on a private PostgreSQL
 //! cluster of each test's own that accepts only TLS connections with SCRAM passwords:
 //!
 //! - the role layout of scripts/sql/roles.sql and scripts/sql/grants.sql: migrations run by
@@ -24,7 +24,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 use serde_json::{json, Value};
-use shardgate::config::{BackendConfig, Config};
+use shardgate::app::config::{BackendConfig, Config};
 use sqlx::Connection;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -107,7 +107,7 @@ impl Pg {
         cluster.up();
 
         cluster.psql("postgres", &[], &format!("CREATE DATABASE {DB};"));
-        // The operator's script, as the README runs it (its defaults are OWNER and APP).
+        // The operator's script, as docs/security.md runs it (its defaults are OWNER and APP).
         cluster.psql(DB, &[], &repo_file("scripts/sql/roles.sql"));
         let owner_password = secret();
         let app_password = secret();
@@ -120,11 +120,15 @@ impl Pg {
             ),
         );
         let owner_password_file = dir.path().join("owner.password");
-        shardgate::files::write_private(&owner_password_file, owner_password.as_bytes()).unwrap();
+        shardgate::domain::files::write_private(&owner_password_file, owner_password.as_bytes())
+            .unwrap();
         // With the trailing newline an editor leaves.
         let app_password_file = dir.path().join("app.password");
-        shardgate::files::write_private(&app_password_file, format!("{app_password}\n").as_bytes())
-            .unwrap();
+        shardgate::domain::files::write_private(
+            &app_password_file,
+            format!("{app_password}\n").as_bytes(),
+        )
+        .unwrap();
 
         let pg = Pg {
             cluster,
@@ -280,7 +284,7 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
     let cfg = pg.app_config(dir.path(), &tokens);
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     state.start_migration_workers();
-    let app = shardgate::app(state.clone());
+    let app = shardgate::router(state.clone());
     let t = tokens.admin.as_str();
 
     // Accounts (insert, update), shards (insert, retention pruning, idempotency records,
@@ -425,8 +429,8 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
     state.audit.checkpoint().await;
 
     // The runtime role reads the audit log back (audit verify) ...
-    let key = shardgate::state::audit_key(&cfg).unwrap();
-    let report = shardgate::audit::verify(state.store.as_ref(), &key)
+    let key = shardgate::app::state::audit_key(&cfg).unwrap();
+    let report = shardgate::domain::audit::verify(state.store.as_ref(), &key)
         .await
         .unwrap();
     assert!(report.events > 10, "{} events", report.events);
@@ -487,7 +491,7 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
             .unwrap(),
     );
     assert_eq!(after, (events, chains));
-    let report = shardgate::audit::verify(state.store.as_ref(), &key)
+    let report = shardgate::domain::audit::verify(state.store.as_ref(), &key)
         .await
         .unwrap();
     assert_eq!(report.events, u64::try_from(events).unwrap());
@@ -687,7 +691,7 @@ async fn password_file_must_be_private_and_a_wrong_password_is_not_echoed() {
     let tokens = Tokens::new();
     let mut cfg = pg.app_config(dir.path(), &tokens);
     // The right file (with its trailing newline) connects.
-    shardgate::state::open_store(&cfg, 1)
+    shardgate::app::state::open_store(&cfg, 1)
         .await
         .unwrap()
         .ping()
@@ -697,9 +701,9 @@ async fn password_file_must_be_private_and_a_wrong_password_is_not_echoed() {
     // A wrong password: refused by the server, and the error names neither password.
     let wrong = secret();
     let wrong_file = dir.path().join("wrong.password");
-    shardgate::files::write_private(&wrong_file, wrong.as_bytes()).unwrap();
+    shardgate::domain::files::write_private(&wrong_file, wrong.as_bytes()).unwrap();
     cfg.store.password_file = Some(wrong_file.clone());
-    let msg = shardgate::state::open_store(&cfg, 1)
+    let msg = shardgate::app::state::open_store(&cfg, 1)
         .await
         .err()
         .unwrap()
@@ -716,7 +720,7 @@ async fn password_file_must_be_private_and_a_wrong_password_is_not_echoed() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrong_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let msg = shardgate::state::open_store(&cfg, 1)
+    let msg = shardgate::app::state::open_store(&cfg, 1)
         .await
         .err()
         .unwrap()
@@ -729,16 +733,16 @@ async fn password_file_must_be_private_and_a_wrong_password_is_not_echoed() {
 
     // An empty file, a missing file.
     let empty = dir.path().join("empty.password");
-    shardgate::files::write_private(&empty, b"\n").unwrap();
+    shardgate::domain::files::write_private(&empty, b"\n").unwrap();
     cfg.store.password_file = Some(empty);
-    let msg = shardgate::state::open_store(&cfg, 1)
+    let msg = shardgate::app::state::open_store(&cfg, 1)
         .await
         .err()
         .unwrap()
         .to_string();
     assert!(msg.contains("is empty"), "{msg}");
     cfg.store.password_file = Some(dir.path().join("missing.password"));
-    assert!(shardgate::state::open_store(&cfg, 1).await.is_err());
+    assert!(shardgate::app::state::open_store(&cfg, 1).await.is_err());
 
     // A password in the URL as well as in a file: refused, without echoing either.
     cfg.store.password_file = Some(pg.app_password_file.clone());
@@ -746,7 +750,7 @@ async fn password_file_must_be_private_and_a_wrong_password_is_not_echoed() {
         .app_url()
         .replace(&format!("{APP}@"), &format!("{APP}:{wrong}@"));
     cfg.store.url = Some(url);
-    let msg = shardgate::state::open_store(&cfg, 1)
+    let msg = shardgate::app::state::open_store(&cfg, 1)
         .await
         .err()
         .unwrap()
@@ -763,7 +767,7 @@ async fn password_file_must_be_private_and_a_wrong_password_is_not_echoed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_false_refuses_an_unmigrated_database_and_runs_no_ddl() {
     let dir = tempfile::tempdir().unwrap();
-    let url = shardgate::config::sqlite_url(&dir.path().join("test.db"));
+    let url = shardgate::app::config::sqlite_url(&dir.path().join("test.db"));
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
     cfg.store.migrate = false;
@@ -800,7 +804,7 @@ async fn migrate_false_on_postgres_refuses_an_unmigrated_or_edited_migration_dat
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
     cfg.store.migrate = false;
-    cfg.log.format = shardgate::config::LogFormat::Json;
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
     let config = dir.path().join("shardgate.toml");
     common::write_config(&cfg, &config);
     let logs = common::log_dir("db_privileges");

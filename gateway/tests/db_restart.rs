@@ -49,7 +49,7 @@ async fn postgres_restart_under_traffic_gives_503s_then_full_recovery() {
     let mut cfg = common::config(dir.path(), &cluster.url(), &tokens);
     cfg.timeouts.request_ms = 1500;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
-    let app = shardgate::app(state);
+    let app = shardgate::router(state);
     let admin = tokens.admin.clone();
     let (s, v) = common::call(
         &app,

@@ -240,7 +240,7 @@ async fn secrets_mounted_as_symlinks_with_mode_0440_load() {
     write_mode(&ts.join("audit.key"), audit_key_text().as_bytes(), 0o440);
     let token = {
         use secrecy::ExposeSecret;
-        shardgate::auth::generate_token()
+        shardgate::domain::auth::generate_token()
             .expose_secret()
             .to_string()
     };

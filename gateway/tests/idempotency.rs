@@ -1,4 +1,4 @@
-//! `Idempotency-Key` on shard PUT and DELETE, in-process (`shardgate::app`), on BOTH stores.
+//! `Idempotency-Key` on shard PUT and DELETE, in-process (`shardgate::router`), on BOTH stores.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -29,7 +29,7 @@ impl Harness {
         cfg.idempotency.window_secs = window_secs;
         let (state, _) = AppState::build(&cfg).await.unwrap();
         let h = Self {
-            app: shardgate::app(state),
+            app: shardgate::router(state),
             db: Db::connect(&url).await,
             tokens,
             _dir: dir,

@@ -32,11 +32,11 @@ struct Gw {
     db: Db,
     api: OpenApi,
     dir: tempfile::TempDir,
-    cfg: shardgate::config::Config,
+    cfg: shardgate::app::config::Config,
 }
 
 impl Gw {
-    async fn new(kind: StoreKind, keys: shardgate::keys::KeysConfig) -> Option<Gw> {
+    async fn new(kind: StoreKind, keys: shardgate::domain::keys::KeysConfig) -> Option<Gw> {
         let dir = tempfile::tempdir().unwrap();
         let url = common::store_url(kind, dir.path()).await?;
         let tokens = Tokens::new();
@@ -45,7 +45,7 @@ impl Gw {
         cfg.migration.poll_interval_ms = 100;
         let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
         Some(Gw {
-            app: shardgate::app(state.clone()),
+            app: shardgate::router(state.clone()),
             state,
             tokens,
             db: Db::connect(&url).await,
@@ -58,7 +58,7 @@ impl Gw {
     /// Another gateway process on the same database, keyring and audit key.
     async fn replica(&self) -> (axum::Router, shardgate::AppState) {
         let (state, _) = shardgate::AppState::build(&self.cfg).await.unwrap();
-        (shardgate::app(state.clone()), state)
+        (shardgate::router(state.clone()), state)
     }
 
     async fn call_on(
@@ -150,8 +150,8 @@ impl Gw {
     }
 }
 
-fn small_counter(block: u64, warn_at: u64, limit: u64) -> shardgate::keys::KeysConfig {
-    shardgate::keys::KeysConfig {
+fn small_counter(block: u64, warn_at: u64, limit: u64) -> shardgate::domain::keys::KeysConfig {
+    shardgate::domain::keys::KeysConfig {
         wrap_block: block,
         wrap_warn_at: warn_at,
         wrap_limit: limit,
@@ -237,8 +237,8 @@ async fn transitions_are_listed_audited_and_timestamped(kind: StoreKind) {
         format!("key_version={v2} from=decrypt-only to=active demoted=1")
     );
     assert_eq!(e.ts_ms, changed);
-    let key = shardgate::state::audit_key(&gw.cfg).unwrap();
-    shardgate::audit::verify(gw.state.store.as_ref(), &key)
+    let key = shardgate::app::state::audit_key(&gw.cfg).unwrap();
+    shardgate::domain::audit::verify(gw.state.store.as_ref(), &key)
         .await
         .unwrap();
 

@@ -33,7 +33,7 @@ async fn rows_naming_unknown_keys_are_counted_and_answer_key_unusable(kind: Stor
         *backend = name.clone();
     }
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
-    let app = shardgate::app(state);
+    let app = shardgate::router(state);
     let admin = tokens.admin.as_str();
     let (s, v) = common::call(
         &app,

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use common::db::Db;
 use common::{StoreKind, Tokens};
 use serde_json::{json, Value};
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 
 struct Kms {
     app: axum::Router,
@@ -36,7 +36,7 @@ async fn setup(kind: StoreKind) -> Option<Kms> {
     cfg.tiers.insert("institutional".into(), "local".into());
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     Some(Kms {
-        app: shardgate::app(state),
+        app: shardgate::router(state),
         tokens,
         db: Db::connect(&url).await,
         _dir: dir,

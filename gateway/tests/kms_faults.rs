@@ -17,7 +17,7 @@ use common::db::Db;
 use common::{StoreKind, Tokens};
 use fault_proxy::{Fault, FaultProxy, Rule};
 use serde_json::{json, Value};
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 use shardgate_backends::aws_kms::KmsConfig;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
@@ -85,7 +85,7 @@ async fn setup(kind: StoreKind) -> Option<Faulty> {
     cfg.breaker.probe_interval_ms = 50;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     let k = Faulty {
-        app: shardgate::app(state),
+        app: shardgate::router(state),
         tokens,
         db: Db::connect(&url).await,
         proxy,

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rand::RngCore;
 use serde_json::{json, Value};
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 use shardgate_backends::aws_kms::KmsConfig;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -88,7 +88,7 @@ async fn setup() -> Option<Recovery> {
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     assert!(db_file.exists(), "the SQLite store is not at {db_file:?}");
     let r = Recovery {
-        app: shardgate::app(state),
+        app: shardgate::router(state),
         admin: tokens.admin.clone(),
         db: sqlx::SqlitePool::connect(&url).await.unwrap(),
         db_file,

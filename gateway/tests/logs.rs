@@ -71,7 +71,7 @@ async fn json_logs_carry_the_request_id_and_never_a_secret() {
         .unwrap();
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    cfg.log.format = shardgate::config::LogFormat::Json;
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
     // No probe lines from an idle breaker between the requests.
     cfg.breaker.probe_interval_ms = 0;
     let config = dir.path().join("shardgate.toml");
@@ -305,9 +305,9 @@ fn text_format_is_one_setting_away() {
     let logs = common::log_dir("logs_text");
     let dir = tempfile::tempdir().unwrap();
     let tokens = Tokens::new();
-    let url = shardgate::config::sqlite_url(&dir.path().join("t.db"));
+    let url = shardgate::app::config::sqlite_url(&dir.path().join("t.db"));
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    cfg.log.format = shardgate::config::LogFormat::Json;
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
     let config = dir.path().join("shardgate.toml");
     common::write_config(&cfg, &config);
     let mut cmd = Command::new(common::shardgate_bin());

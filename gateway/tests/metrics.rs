@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::{StoreKind, Tokens};
 use serde_json::{json, Value};
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use tower::ServiceExt;
 
@@ -382,7 +382,7 @@ async fn every_metric_family_is_scraped_with_bounded_labels() {
     cfg.breaker.probe_interval_ms = 0;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     let gw = Gw {
-        app: shardgate::app(state),
+        app: shardgate::router(state),
         token: tokens.admin.clone(),
     };
     let shard_bytes = b"metrics-test shard bytes 5d1e0c77a9";

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use common::db::Db;
 use common::{StoreKind, Tokens};
 use serde_json::{json, Value};
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
@@ -63,7 +63,7 @@ async fn setup(kind: StoreKind, rate: u32, with_kms: bool) -> Option<Gw> {
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     state.start_migration_workers();
     Some(Gw {
-        app: shardgate::app(state.clone()),
+        app: shardgate::router(state.clone()),
         state,
         tokens,
         db: Db::connect(&url).await,
@@ -157,11 +157,12 @@ impl Gw {
     }
 
     /// This process's migration workers.
-    fn supervisor(&self) -> &shardgate::jobs::migrate::Supervisor {
+    fn supervisor(&self) -> &dyn shardgate::service::state::JobRunner {
         self.state
             .migrations
             .get()
             .expect("the migration workers were started")
+            .as_ref()
     }
 
     /// Wait until no worker of this process is on job `id` any more (its in-flight items

@@ -89,7 +89,7 @@ async fn setup(kind: StoreKind, test: &str) -> Option<Env> {
     state.start_migration_workers();
     let env = Env {
         config,
-        app: shardgate::app(state.clone()),
+        app: shardgate::router(state.clone()),
         state,
         tokens,
         db: Db::connect(&url).await,

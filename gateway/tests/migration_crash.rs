@@ -16,7 +16,7 @@ use common::db::Db;
 use common::Tokens;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -287,7 +287,7 @@ async fn prepare(url: &str, n: usize, lease_ms: u64, rate: u32) -> Prepared {
 
     // Load through the real API, in this process.
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
-    let app = shardgate::app(state);
+    let app = shardgate::router(state);
     let token = tokens.admin.clone();
     let (s, v) = common::call(
         &app,

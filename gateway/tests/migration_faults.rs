@@ -27,7 +27,7 @@ use common::{StoreKind, Tokens};
 use fault_proxy::{Fault, FaultProxy, Rule};
 use rand::RngCore;
 use serde_json::{json, Value};
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 use shardgate_backends::aws_kms::KmsConfig;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,7 +84,7 @@ async fn setup_with(
     rate: u32,
     concurrency: u32,
     pipeline: u32,
-    tweak: impl FnOnce(&mut shardgate::config::Config),
+    tweak: impl FnOnce(&mut shardgate::app::config::Config),
 ) -> Option<Fx> {
     let endpoint = common::require_env("SHARDGATE_TEST_MOTO_ENDPOINT")?;
     let dir = tempfile::tempdir().unwrap();
@@ -110,7 +110,7 @@ async fn setup_with(
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     state.start_migration_workers();
     let fx = Fx {
-        app: shardgate::app(state),
+        app: shardgate::router(state),
         tokens,
         db: Db::connect(&url).await,
         proxy: Arc::new(proxy),
@@ -627,7 +627,7 @@ async fn a_job_waits_out_an_unavailable_target_and_its_open_breaker_then_complet
 const SERIAL: (u32, u32) = (1, 1);
 
 /// A breaker that opens after 3 faults and that the probe closes soon after KMS is back.
-fn quick_breaker(cfg: &mut shardgate::config::Config) {
+fn quick_breaker(cfg: &mut shardgate::app::config::Config) {
     cfg.breaker.failure_threshold = 3;
     cfg.breaker.cooldown_ms = 200;
     cfg.breaker.probe_interval_ms = 100;
@@ -660,7 +660,7 @@ both_stores! {
 
 /// [`quick_breaker`] opened by one failed call: a worker that finds its target down backs
 /// off between batches, so its own calls would take long to reach three faults.
-fn one_fault_breaker(cfg: &mut shardgate::config::Config) {
+fn one_fault_breaker(cfg: &mut shardgate::app::config::Config) {
     quick_breaker(cfg);
     cfg.breaker.failure_threshold = 1;
 }

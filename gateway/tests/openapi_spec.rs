@@ -21,8 +21,8 @@ async fn the_served_openapi_document_passes_openapi_spec_validator() {
         .unwrap();
     let tokens = Tokens::new();
     let cfg = common::config(dir.path(), &url, &tokens);
-    let (state, _) = shardgate::state::AppState::build(&cfg).await.unwrap();
-    let app = shardgate::app(state);
+    let (state, _) = shardgate::app::state::AppState::build(&cfg).await.unwrap();
+    let app = shardgate::router(state);
     // Served without a credential, as clients and generators fetch it.
     let (status, doc) = common::call(&app, "", "GET", "/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK);

@@ -8,7 +8,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Request};
 use common::{StoreKind, Tokens};
-use shardgate::config::{BackendConfig, Config};
+use shardgate::app::config::{BackendConfig, Config};
 use shardgate_policy::{rollout_bucket, Pin, Rollout};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -525,7 +525,7 @@ async fn create_account(s: &Setup, account: &str, tier: &str) {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(format!("{{\"tier\":\"{tier}\"}}")))
         .unwrap();
-    let resp = shardgate::app(state).oneshot(req).await.unwrap();
+    let resp = shardgate::router(state).oneshot(req).await.unwrap();
     assert_eq!(resp.status().as_u16(), 201, "PUT account {account}");
 }
 

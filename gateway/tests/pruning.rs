@@ -34,7 +34,7 @@ impl Gw {
         cfg.retention.keep_versions = keep_versions;
         let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
         Some(Gw {
-            app: shardgate::app(state.clone()),
+            app: shardgate::router(state.clone()),
             state,
             tokens,
             db: Db::connect(&url).await,
@@ -145,8 +145,8 @@ impl Gw {
 
     async fn audit_verifies(&self) {
         let cfg = common::config(self.dir.path(), "sqlite://unused", &self.tokens);
-        let key = shardgate::state::audit_key(&cfg).unwrap();
-        let report = shardgate::audit::verify(self.state.store.as_ref(), &key)
+        let key = shardgate::app::state::audit_key(&cfg).unwrap();
+        let report = shardgate::domain::audit::verify(self.state.store.as_ref(), &key)
             .await
             .unwrap();
         assert!(report.events > 0);

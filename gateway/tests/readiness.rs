@@ -9,7 +9,7 @@ mod common;
 use axum::http::StatusCode;
 use common::{StoreKind, Tokens};
 use serde_json::json;
-use shardgate::config::BackendConfig;
+use shardgate::app::config::BackendConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_when_no_backend_is_usable() {
@@ -38,7 +38,7 @@ async fn readyz_is_503_when_no_backend_is_usable() {
         *backend = "kms".into();
     }
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
-    let app = shardgate::app(state);
+    let app = shardgate::router(state);
 
     let (s, v) = common::call(&app, "", "GET", "/readyz", None).await;
     assert_eq!(

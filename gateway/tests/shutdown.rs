@@ -183,7 +183,7 @@ async fn a_second_sigterm_exits_at_once_while_a_parked_request_holds_the_drain()
         .unwrap();
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    cfg.log.format = shardgate::config::LogFormat::Json;
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
     // Nothing ends the parked request or the drain by itself within the test's deadlines.
     cfg.timeouts.body_read_ms = 600_000;
     cfg.timeouts.request_ms = 600_000;
@@ -266,10 +266,10 @@ async fn sigterm_stops_migration_workers_and_a_restart_resumes_the_job() {
         .unwrap();
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    cfg.log.format = shardgate::config::LogFormat::Json;
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
     cfg.backends.insert(
         "vault".into(),
-        shardgate::config::BackendConfig::Local {
+        shardgate::app::config::BackendConfig::Local {
             key_file: dir.path().join("vault.keyring"),
             reload_interval_ms: 0,
             create: true,

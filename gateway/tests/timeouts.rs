@@ -1,11 +1,11 @@
 //! Header-read, body-read and whole-request timeouts really fire on the real server
-//! (`shardgate::server::serve`, hyper with a timer), proven over raw TCP.
+//! (`shardgate::http::server::serve`, hyper with a timer), proven over raw TCP.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::{StoreKind, Tokens};
-use shardgate::config::Config;
+use shardgate::app::config::Config;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,7 +38,7 @@ async fn start_with(kind: StoreKind, tweak: impl FnOnce(&mut Config)) -> Option<
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let timeouts = cfg.timeouts.clone();
     tokio::spawn(async move {
-        shardgate::server::serve(listener, shardgate::app(state), &timeouts, async {
+        shardgate::http::server::serve(listener, shardgate::router(state), &timeouts, async {
             let _ = rx.await;
         })
         .await;

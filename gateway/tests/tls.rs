@@ -27,7 +27,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
-use shardgate::config::{ClientAuth, Config, TlsClientConfig, TlsConfig};
+use shardgate::app::config::{ClientAuth, Config, TlsClientConfig, TlsConfig};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,7 +116,7 @@ fn install(leaf: &Leaf, cert_file: &Path, key_file: &Path) {
     std::fs::write(&tmp, &leaf.cert_pem).unwrap();
     std::fs::rename(&tmp, cert_file).unwrap();
     let tmp = key_file.with_extension("tmp");
-    shardgate::files::write_private(&tmp, leaf.key_pem.as_bytes()).unwrap();
+    shardgate::domain::files::write_private(&tmp, leaf.key_pem.as_bytes()).unwrap();
     std::fs::rename(&tmp, key_file).unwrap();
 }
 
@@ -411,7 +411,7 @@ fn setup(client_ca: bool, client_auth: Option<ClientAuth>) -> Setup {
     let tokens = Tokens::new();
     let mut cfg = common::config(
         &dir,
-        &shardgate::config::sqlite_url(&dir.join("test.db")),
+        &shardgate::app::config::sqlite_url(&dir.join("test.db")),
         &tokens,
     );
     cfg.timeouts.header_read_ms = 1500;

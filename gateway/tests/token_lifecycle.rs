@@ -16,8 +16,8 @@ use common::vectors as v;
 use common::{StoreKind, Tokens};
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use shardgate::auth::{credential_id, generate_token, hash_token, token_id};
-use shardgate::token_admin;
+use shardgate::cli::token_admin;
+use shardgate::domain::auth::{credential_id, generate_token, hash_token, token_id};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
@@ -25,14 +25,17 @@ use tower::ServiceExt;
 struct Deployment {
     a: shardgate::AppState,
     b: shardgate::AppState,
-    cfg: shardgate::config::Config,
+    cfg: shardgate::app::config::Config,
     tokens: Tokens,
     db: Db,
     _dir: tempfile::TempDir,
 }
 
 impl Deployment {
-    async fn new(kind: StoreKind, edit: impl Fn(&mut shardgate::config::Config)) -> Option<Self> {
+    async fn new(
+        kind: StoreKind,
+        edit: impl Fn(&mut shardgate::app::config::Config),
+    ) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let url = common::store_url(kind, dir.path()).await?;
         let tokens = Tokens::new();
@@ -41,8 +44,11 @@ impl Deployment {
         // The vectors' audit key, so that recorded credential ids can be compared with them.
         let key_file = cfg.audit_key_file();
         std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
-        shardgate::files::write_private(&key_file, format!("{}\n", v::AUDIT_KEY_B64).as_bytes())
-            .unwrap();
+        shardgate::domain::files::write_private(
+            &key_file,
+            format!("{}\n", v::AUDIT_KEY_B64).as_bytes(),
+        )
+        .unwrap();
         let (a, _) = shardgate::AppState::build(&cfg).await.unwrap();
         let (b, _) = shardgate::AppState::build(&cfg).await.unwrap();
         Some(Self {
@@ -55,8 +61,8 @@ impl Deployment {
         })
     }
 
-    fn key(&self) -> shardgate::audit::AuditKey {
-        shardgate::state::audit_key(&self.cfg).unwrap()
+    fn key(&self) -> shardgate::domain::audit::AuditKey {
+        shardgate::app::state::audit_key(&self.cfg).unwrap()
     }
 
     async fn status(state: &shardgate::AppState, token: &str) -> (u16, Value) {
@@ -65,7 +71,7 @@ impl Deployment {
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::empty())
             .unwrap();
-        let resp = shardgate::app(state.clone()).oneshot(req).await.unwrap();
+        let resp = shardgate::router(state.clone()).oneshot(req).await.unwrap();
         let status = resp.status().as_u16();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
@@ -137,7 +143,7 @@ async fn saved_token_is_accepted_by_every_replica_after_a_reload(kind: StoreKind
     // Replica A reloads on demand, replica B on its interval: neither restarts.
     d.a.auth.refresh().await.unwrap();
     assert_eq!(Deployment::status(&d.a, t).await.0, 404);
-    d.b.start_token_refresh(&d.cfg.auth);
+    d.b.start_token_refresh(d.cfg.auth.refresh_every());
     let deadline = Instant::now() + Duration::from_secs(10);
     while Deployment::status(&d.b, t).await.0 == 401 {
         assert!(
@@ -155,7 +161,7 @@ async fn saved_token_is_accepted_by_every_replica_after_a_reload(kind: StoreKind
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(r#"{"tier":"retail"}"#))
         .unwrap();
-    let resp = shardgate::app(d.b.clone()).oneshot(req).await.unwrap();
+    let resp = shardgate::router(d.b.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status().as_u16(), 403);
     // The same hash cannot be stored twice.
     assert!(token_admin::save(
@@ -175,7 +181,7 @@ async fn revoked_config_token_is_refused_everywhere_and_audited(kind: StoreKind)
     // A reader whose token is the vectors' fixed one.
     let Some(d) = Deployment::new(kind, |c| {
         c.auth.refresh_ms = 100;
-        c.tokens.push(shardgate::config::TokenConfig {
+        c.tokens.push(shardgate::app::config::TokenConfig {
             name: "vector-reader".into(),
             sha256: v::TOKEN_SHA256.into(),
             scopes: vec!["shards:read".into()],
@@ -187,7 +193,7 @@ async fn revoked_config_token_is_refused_everywhere_and_audited(kind: StoreKind)
     else {
         return;
     };
-    d.b.start_token_refresh(&d.cfg.auth);
+    d.b.start_token_refresh(d.cfg.auth.refresh_every());
     let reader = v::TOKEN;
     let id = v::TOKEN_ID;
     assert_eq!(Deployment::status(&d.a, reader).await.0, 403);
@@ -238,7 +244,7 @@ async fn expired_tokens_are_refused_and_audited(kind: StoreKind) {
             ("old-signer", &e, "2020-01-01T00:00:00Z"),
             ("new-signer", &c, "2999-01-01T00:00:00Z"),
         ] {
-            cfg.tokens.push(shardgate::config::TokenConfig {
+            cfg.tokens.push(shardgate::app::config::TokenConfig {
                 name: name.into(),
                 sha256: hash_token(token),
                 scopes: vec!["*".into()],
@@ -292,7 +298,7 @@ async fn audit_records_the_credential_id_never_the_token_id(kind: StoreKind) {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(r#"{"tier":"retail"}"#))
         .unwrap();
-    let resp = shardgate::app(d.a.clone()).oneshot(req).await.unwrap();
+    let resp = shardgate::router(d.a.clone()).oneshot(req).await.unwrap();
     assert!(resp.status().is_success());
     let events = d.audited("admin", "account.put", 1).await;
     assert_eq!(events.len(), 1, "{events:?}");
@@ -314,16 +320,18 @@ async fn audit_records_the_credential_id_never_the_token_id(kind: StoreKind) {
         assert!(!common::db::contains(cell, admin.as_bytes()));
     }
     // Events with and without a credential verify in one chain.
-    let report = shardgate::audit::verify(d.a.store.as_ref(), &d.key())
+    let report = shardgate::domain::audit::verify(d.a.store.as_ref(), &d.key())
         .await
         .unwrap();
     assert!(report.events >= 2);
     // Tampering with a credential breaks the chain.
     d.db.exec("UPDATE audit_events SET credential = 'deadbeef' WHERE action = 'account.put'")
         .await;
-    assert!(shardgate::audit::verify(d.a.store.as_ref(), &d.key())
-        .await
-        .is_err());
+    assert!(
+        shardgate::domain::audit::verify(d.a.store.as_ref(), &d.key())
+            .await
+            .is_err()
+    );
 }
 
 async fn token_list_shows_state_and_never_a_hash(kind: StoreKind) {
@@ -406,7 +414,7 @@ async fn cli_tokens_take_effect_on_sighup_without_a_restart() {
     ]);
     let token = created
         .lines()
-        .find(|l| l.starts_with(shardgate::auth::TOKEN_PREFIX))
+        .find(|l| l.starts_with(shardgate::domain::auth::TOKEN_PREFIX))
         .unwrap()
         .to_string();
     let id = token_id(&hash_token(&token));
@@ -495,7 +503,7 @@ async fn cli_tokens_take_effect_on_sighup_without_a_restart() {
     let _ = child.wait();
 }
 
-/// A reload that fails keeps the previous snapshot (README, "Tokens"): on the real binary
+/// A reload that fails keeps the previous snapshot (docs/operations.md, "Token lifecycle"): on the real binary
 /// (SQLite, `refresh_ms = 0`), a token saved and another revoked while the revocations cannot
 /// be read change nothing on SIGHUP: the revoked token still authenticates, the new one does
 /// not, and the failure is logged as a warning. Once the table is readable again, the next
@@ -513,7 +521,7 @@ async fn a_failed_token_reload_keeps_the_previous_snapshot_and_logs_a_warning() 
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
     cfg.auth.refresh_ms = 0;
-    cfg.log.format = shardgate::config::LogFormat::Json;
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
     let config = dir.path().join("shardgate.toml");
     common::write_config(&cfg, &config);
     let cfg_arg = config.to_str().unwrap();
@@ -532,7 +540,7 @@ async fn a_failed_token_reload_keeps_the_previous_snapshot_and_logs_a_warning() 
     let create = |name: &str| {
         let token = cli(&["token", "create", "--save", "--name", name, "--scopes", "*"])
             .lines()
-            .find(|l| l.starts_with(shardgate::auth::TOKEN_PREFIX))
+            .find(|l| l.starts_with(shardgate::domain::auth::TOKEN_PREFIX))
             .unwrap()
             .to_string();
         common::plant(&token);

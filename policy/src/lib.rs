@@ -87,15 +87,18 @@
 //! # Ok::<(), PolicyError>(())
 //! ```
 
+pub mod ids;
+
+pub use ids::{
+    is_id_byte, is_valid_id, is_valid_prefix, AccountId, IdKind, InvalidId, ShardId, ID_CHARSET,
+    ID_GRAMMAR, ID_RULE, MAX_ID_LEN,
+};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Number of rollout buckets: percentages have two decimals.
 pub const BUCKETS: u32 = 10_000;
-
-/// Longest account id (and rollout name) in bytes, as in the HTTP API.
-pub const MAX_ID_LEN: usize = 128;
 
 /// Policy errors: a rule that cannot be built, or a placement for an undeclared tier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,7 +127,8 @@ pub enum PolicyError {
     },
     /// A pin's account id can never match an account.
     #[error(
-        "pin account {account:?} is not a valid account id ([A-Za-z0-9._:-]{{1,128}}, not '.' or '..'), so it could never apply"
+        "pin account {account:?} is not a valid account id ({grammar}, not '.' or '..'), so it could never apply",
+        grammar = ID_GRAMMAR
     )]
     InvalidPinAccount {
         /// The bad id.
@@ -157,7 +161,7 @@ pub enum PolicyError {
         tier: String,
     },
     /// A rollout name is empty or outside the id grammar.
-    #[error("rollout name {rollout:?} must match [A-Za-z0-9._:-]{{1,128}} and not be '.' or '..'")]
+    #[error("rollout name {rollout:?} must match {rule}", rule = ID_RULE)]
     InvalidRolloutName {
         /// The bad name.
         rollout: String,
@@ -299,30 +303,11 @@ fn percent_text(basis_points: u32) -> String {
     format!("{}.{:02}%", basis_points / 100, basis_points % 100)
 }
 
-/// Whether `id` is in the account-id grammar of the HTTP API (DESIGN.md): ASCII
-/// `[A-Za-z0-9._:-]{1,128}`, except `.` and `..`.
-///
-/// ```
-/// use shardgate_policy::is_valid_id;
-/// assert!(is_valid_id("acct-1") && is_valid_id("org:team.wallet_2"));
-/// assert!(!is_valid_id("") && !is_valid_id("..") && !is_valid_id("a/b"));
-/// assert!(!is_valid_id("ünïcode") && !is_valid_id(&"a".repeat(129)));
-/// ```
-pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
 /// The bucket (`0..10_000`) of `account` for the rollout named `rollout`:
 /// `u64::from_be_bytes(SHA-256(rollout ‖ 0x00 ‖ account)[0..8]) % 10_000`.
 ///
 /// Stable across processes, replicas and releases: changing it would move accounts between
-/// backends, so it is part of the config's meaning (and of the README).
+/// backends, so it is part of the config's meaning (and of docs/policy-and-migration.md).
 ///
 /// ```
 /// // python3 -c "import hashlib; d = hashlib.sha256(b'kms-pilot\0acct-9').digest();
@@ -514,6 +499,23 @@ impl PolicyBuilder {
 
     fn validate(&self, backends: &BTreeSet<String>) -> Result<Policy, Vec<PolicyError>> {
         let mut errors = Vec::new();
+        self.check_tiers(backends, &mut errors);
+        let pins = self.check_pins(backends, &mut errors);
+        let (rollouts, warnings) = self.check_rollouts(backends, &mut errors);
+        check_rollout_totals(&rollouts, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Policy {
+            tiers: self.tiers.clone(),
+            pins,
+            rollouts,
+            warnings,
+        })
+    }
+
+    /// The tier rules: at least one tier, each naming a configured backend.
+    fn check_tiers(&self, backends: &BTreeSet<String>, errors: &mut Vec<PolicyError>) {
         if self.tiers.is_empty() {
             errors.push(PolicyError::NoTiers);
         }
@@ -525,7 +527,15 @@ impl PolicyBuilder {
                 });
             }
         }
+    }
 
+    /// The pins: a valid account id, a configured backend, one pin per account. The pins
+    /// kept (the first of each account).
+    fn check_pins(
+        &self,
+        backends: &BTreeSet<String>,
+        errors: &mut Vec<PolicyError>,
+    ) -> BTreeMap<String, String> {
         let mut pins: BTreeMap<String, String> = BTreeMap::new();
         for pin in &self.pins {
             if !is_valid_id(&pin.account) {
@@ -551,7 +561,16 @@ impl PolicyBuilder {
                 pins.insert(pin.account.clone(), pin.backend.clone());
             }
         }
+        pins
+    }
 
+    /// Each rollout on its own and against those before it (name, backend, tier, percent,
+    /// overlap): the rules (those with errors too, for the per-tier sum) and the warnings.
+    fn check_rollouts(
+        &self,
+        backends: &BTreeSet<String>,
+        errors: &mut Vec<PolicyError>,
+    ) -> (Vec<RolloutRule>, Vec<PolicyWarning>) {
         let mut rollouts: Vec<RolloutRule> = Vec::new();
         let mut names = BTreeSet::new();
         let mut warnings = Vec::new();
@@ -622,30 +641,25 @@ impl PolicyBuilder {
                 basis_points: bp,
             });
         }
-        let mut per_tier: BTreeMap<&str, u32> = BTreeMap::new();
-        for r in &rollouts {
-            *per_tier.entry(r.tier.as_str()).or_default() += r.basis_points;
-        }
-        for (tier, total) in per_tier {
-            // Past 100% some rollout can never reach its share: whichever comes later is
-            // (partly) unreachable.
-            if total > BUCKETS {
-                errors.push(PolicyError::RolloutsOverfull {
-                    tier: tier.to_string(),
-                    total: percent_text(total).trim_end_matches('%').to_string(),
-                });
-            }
-        }
+        (rollouts, warnings)
+    }
+}
 
-        if !errors.is_empty() {
-            return Err(errors);
+/// The rollouts of each tier together: their shares may add up to 100% at most.
+fn check_rollout_totals(rollouts: &[RolloutRule], errors: &mut Vec<PolicyError>) {
+    let mut per_tier: BTreeMap<&str, u32> = BTreeMap::new();
+    for r in rollouts {
+        *per_tier.entry(r.tier.as_str()).or_default() += r.basis_points;
+    }
+    for (tier, total) in per_tier {
+        // Past 100% some rollout can never reach its share: whichever comes later is
+        // (partly) unreachable.
+        if total > BUCKETS {
+            errors.push(PolicyError::RolloutsOverfull {
+                tier: tier.to_string(),
+                total: percent_text(total).trim_end_matches('%').to_string(),
+            });
         }
-        Ok(Policy {
-            tiers: self.tiers.clone(),
-            pins,
-            rollouts,
-            warnings,
-        })
     }
 }
 

@@ -4,7 +4,7 @@
 # crates.io as the only source). Source after common.sh.
 #
 # Advisories are NOT checked: `cargo deny check advisories` fetches the RustSec database
-# from GitHub, which this project's machines and CI cannot reach (README, "Supply chain").
+# from GitHub, which this project's machines and CI cannot reach (docs/security.md, "Supply chain").
 
 # The version installed when cargo-deny is missing (builds with rustc >= 1.88).
 SG_CARGO_DENY_VERSION=0.20.2

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The fuzz smoke run of scripts/test.sh: build the cargo-fuzz crate in fuzz/ and run each of
 # its targets for a short while (stable toolchain, no sanitizer: `-s none`). Source after
-# common.sh. README, "Hardening", documents longer runs.
+# common.sh. docs/security.md ("Hardening") documents longer runs.
 
 SG_FUZZ_TARGETS=(open_row ids config)
 

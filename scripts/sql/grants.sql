@@ -1,6 +1,6 @@
--- shardgate on PostgreSQL: the runtime role's table privileges (README, "Database least
+-- shardgate on PostgreSQL: the runtime role's table privileges (docs/security.md, "Database least
 -- privilege"). The whole set, and nothing more: it is `RUNTIME_PRIVILEGES` in
--- store/src/lib.rs, and the gateway checks at start-up (`[store] migrate = false`) that it
+-- store/src/schema.rs, and the gateway checks at start-up (`[store] migrate = false`) that it
 -- holds every one of them. A test applies this file and compares the two.
 --
 -- Run after EVERY `shardgate db migrate` (a migration may add a table), as the owner role or

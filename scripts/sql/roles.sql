@@ -1,4 +1,4 @@
--- shardgate on PostgreSQL: the role layout (README, "Database least privilege").
+-- shardgate on PostgreSQL: the role layout (docs/security.md, "Database least privilege").
 --
 --   owner  (default shardgate_owner)  owns the tables and runs `shardgate db migrate` (DDL).
 --                                     No running gateway connects as it.

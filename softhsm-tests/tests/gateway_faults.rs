@@ -1,4 +1,4 @@
-//! The gateway in this process (`shardgate::app`, PostgreSQL store) on a pkcs11 backend over
+//! The gateway in this process (`shardgate::router`, PostgreSQL store) on a pkcs11 backend over
 //! a real SoftHSM2 token, under HSM faults seen through HTTP: a held pool (503 +
 //! `Retry-After`), a `C_Logout` under traffic, the token deleted and re-created from outside,
 //! pool gauges in `/metrics` and `/readyz`, and readiness that follows a moto CloudHSM

@@ -123,7 +123,7 @@ impl Cluster {
     /// Write a file into the data directory, mode 0600, owned by the server's user.
     pub fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
         let path = self.data.join(name);
-        shardgate::files::write_private(&path, contents).unwrap();
+        shardgate::domain::files::write_private(&path, contents).unwrap();
         if is_root() {
             let st = Command::new("chown")
                 .arg("postgres:postgres")

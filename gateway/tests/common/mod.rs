@@ -10,8 +10,8 @@ pub mod served;
 #[rustfmt::skip]
 pub mod vectors;
 
-use shardgate::auth::hash_token;
-use shardgate::config::{AuditConfig, BackendConfig, Config, Limits, Timeouts, TokenConfig};
+use shardgate::app::config::{AuditConfig, BackendConfig, Config, Limits, Timeouts, TokenConfig};
+use shardgate::domain::auth::hash_token;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ pub async fn fresh_pg_url() -> Option<String> {
 /// The store URL for a kind (`None` when PostgreSQL is skipped).
 pub async fn store_url(kind: StoreKind, dir: &Path) -> Option<String> {
     match kind {
-        StoreKind::Sqlite => Some(shardgate::config::sqlite_url(&dir.join("test.db"))),
+        StoreKind::Sqlite => Some(shardgate::app::config::sqlite_url(&dir.join("test.db"))),
         StoreKind::Postgres => fresh_pg_url().await,
     }
 }
@@ -160,7 +160,7 @@ impl Tokens {
 
 fn shardgate_token() -> String {
     use secrecy::ExposeSecret;
-    shardgate::auth::generate_token()
+    shardgate::domain::auth::generate_token()
         .expose_secret()
         .to_string()
 }
@@ -184,21 +184,21 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
-        store: shardgate::config::StoreConfig {
+        store: shardgate::app::config::StoreConfig {
             url: Some(store_url.to_string()),
             max_connections: 8,
-            ..shardgate::config::StoreConfig::default()
+            ..shardgate::app::config::StoreConfig::default()
         },
         backends,
         tiers,
-        policy: shardgate::config::PolicyConfig::default(),
-        migration: shardgate::config::MigrationConfig::default(),
-        breaker: shardgate::breaker::BreakerConfig::default(),
-        idempotency: shardgate::config::IdempotencyConfig::default(),
-        log: shardgate::config::LogConfig::default(),
-        retention: shardgate::config::RetentionConfig::default(),
-        auth: shardgate::config::AuthConfig::default(),
-        keys: shardgate::keys::KeysConfig::default(),
+        policy: shardgate::app::config::PolicyConfig::default(),
+        migration: shardgate::app::config::MigrationConfig::default(),
+        breaker: shardgate::domain::breaker::BreakerConfig::default(),
+        idempotency: shardgate::app::config::IdempotencyConfig::default(),
+        log: shardgate::app::config::LogConfig::default(),
+        retention: shardgate::app::config::RetentionConfig::default(),
+        auth: shardgate::app::config::AuthConfig::default(),
+        keys: shardgate::domain::keys::KeysConfig::default(),
         tokens: tokens.config(),
         limits: Limits::default(),
         timeouts: Timeouts::default(),

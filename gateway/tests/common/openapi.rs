@@ -10,7 +10,7 @@ pub struct OpenApi {
 impl OpenApi {
     pub fn load() -> Self {
         use utoipa::OpenApi as _;
-        let doc = serde_json::to_value(shardgate::openapi::ApiDoc::openapi()).unwrap();
+        let doc = serde_json::to_value(shardgate::http::openapi::ApiDoc::openapi()).unwrap();
         Self { doc }
     }
 

@@ -1,4 +1,4 @@
-//! An in-process gateway (`shardgate::app`, PostgreSQL store) on a pkcs11 backend over a
+//! An in-process gateway (`shardgate::router`, PostgreSQL store) on a pkcs11 backend over a
 //! fresh SoftHSM2 token, shared by the HTTP-level HSM tests. In-process so that test-only
 //! hooks (`fault-injection`) reach the live backend; the process still holds ONE PKCS#11
 //! context: the gateway's.
@@ -9,7 +9,7 @@ use axum::http::{header, Request};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
-use shardgate::config::{Config, Sources};
+use shardgate::app::config::{Config, Sources};
 use shardgate::AppState;
 use shardgate_backends::pkcs11::Pkcs11Backend;
 use shardgate_softhsm_tests::{module, TestToken};
@@ -105,7 +105,7 @@ create_key = true
         .unwrap();
         let (state, _) = AppState::build(&cfg).await.unwrap();
         Some(Gw {
-            app: shardgate::app(state.clone()),
+            app: shardgate::router(state.clone()),
             state,
             token,
             api_token,

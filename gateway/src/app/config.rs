@@ -1,0 +1,1168 @@
+//! Configuration: one TOML file plus `SHARDGATE_*` environment overrides, or, with no file,
+//! the embedded default (SQLite + `local` keyring in a data directory).
+//!
+//! Environment keys map onto the file's keys with `__` between levels:
+//! `SHARDGATE_LISTEN`, `SHARDGATE_STORE__URL`, `SHARDGATE_LIMITS__MAX_SHARD_BYTES`, ...
+//! Lists take a whole TOML array:
+//! `SHARDGATE_POLICY__PINS='[{account="acct-9", backend="hsm"}]'`.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use shardgate_policy::{Pin, Policy, PolicyBuilder, PolicyError, Rollout};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+// The sections that the layers below own, named here because this file combines them.
+pub use crate::domain::ids::is_account_prefix;
+pub use crate::http::settings::{Limits, Timeouts};
+pub use crate::http::tls::config::{ClientAuth, TlsClientConfig, TlsConfig};
+pub use crate::service::settings::{IdempotencyConfig, MigrationConfig, RetentionConfig};
+
+/// Default data directory of the embedded default.
+pub const DEFAULT_DATA_DIR: &str = "./shardgate-data";
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded default's files (and relative paths' base).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The database.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Named backend instances.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Tier name -> backend instance name.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, String>,
+    /// Per-account pins and percentage rollouts, on top of `tiers`.
+    #[serde(default, skip_serializing_if = "PolicyConfig::is_empty")]
+    pub policy: PolicyConfig,
+    /// API tokens (hashes only).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Size limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Tier-migration workers.
+    #[serde(default)]
+    pub migration: MigrationConfig,
+    /// Circuit breaker and bulkhead of every backend instance.
+    #[serde(default)]
+    pub breaker: crate::domain::breaker::BreakerConfig,
+    /// `Idempotency-Key` handling of PUT and DELETE.
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Version retention.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Token reloading.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Key lifecycle: state refresh and the wrap counter.
+    #[serde(default)]
+    pub keys: crate::domain::keys::KeysConfig,
+    /// When set, also accept the token in this file (the embedded default's admin token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// TLS (and mutual TLS) on the listener; without it the listener speaks plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+/// `[policy]`: the rules that override `[tiers]` for some accounts (see `shardgate-policy`
+/// for their precedence, the rollout hash and the validation).
+///
+/// ```toml
+/// [[policy.pins]]
+/// account = "acct-9"
+/// backend = "hsm"
+///
+/// [[policy.rollouts]]
+/// name = "kms-pilot"
+/// tier = "retail"
+/// backend = "kms-new"
+/// percent = 5.0
+/// ```
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Account -> backend, whatever the account's tier.
+    #[serde(default)]
+    pub pins: Vec<Pin>,
+    /// Percentages of a tier on another backend; earlier entries win overlaps.
+    #[serde(default)]
+    pub rollouts: Vec<Rollout>,
+}
+
+impl PolicyConfig {
+    /// No pins and no rollouts: `[tiers]` alone decides.
+    pub fn is_empty(&self) -> bool {
+        self.pins.is_empty() && self.rollouts.is_empty()
+    }
+}
+
+/// Database settings.
+///
+/// ```toml
+/// [store]
+/// url = "postgres://shardgate_app@db.internal:5432/shardgate?sslmode=verify-full&sslrootcert=/etc/shardgate/db-ca.pem"
+/// password_file = "/run/secrets/shardgate-db"
+/// migrate = false
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://…` or `sqlite://…`; default `sqlite://<data_dir>/shardgate.db`. TLS
+    /// settings go in the URL (`sslmode=verify-full&sslrootcert=…`); the password does not
+    /// (`password_file`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Pool size.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+    /// PostgreSQL only: a file (mode 0600 or stricter) holding the database password; one
+    /// trailing newline is ignored. The URL must then carry no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Apply pending migrations at start-up (`serve`, `audit verify`, `migrate …`). `false`
+    /// for a runtime role that may not run DDL: start-up then only checks that the schema is
+    /// current and the role holds its privileges, and `shardgate db migrate` is run
+    /// separately under the migration role.
+    #[serde(default = "default_migrate")]
+    pub migrate: bool,
+    /// PostgreSQL only: concurrent shard writes commit in groups, one transaction, one hold
+    /// of the audit chain and one WAL flush per group (see `write_group`). `false`: each
+    /// write commits alone (for comparison; slower under concurrency).
+    #[serde(default = "default_group_writes")]
+    pub group_writes: bool,
+}
+
+fn default_pool() -> u32 {
+    16
+}
+
+fn default_migrate() -> bool {
+    true
+}
+
+fn default_group_writes() -> bool {
+    true
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: default_pool(),
+            password_file: None,
+            migrate: default_migrate(),
+            group_writes: default_group_writes(),
+        }
+    }
+}
+
+/// A backend instance, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// AES-256 keyring file.
+    #[serde(rename = "local")]
+    Local {
+        /// Keyring file (mode 0600).
+        key_file: PathBuf,
+        /// How often to look for a changed keyring file, in milliseconds.
+        #[serde(default = "default_reload_ms")]
+        reload_interval_ms: u64,
+        /// Create the keyring file if it does not exist.
+        #[serde(default)]
+        create: bool,
+    },
+    /// An HSM over PKCS#11 (SoftHSM2, AWS CloudHSM).
+    #[serde(rename = "pkcs11")]
+    Pkcs11(Pkcs11Entry),
+    /// An AWS KMS key.
+    #[serde(rename = "aws-kms")]
+    AwsKms(shardgate_backends::aws_kms::KmsConfig),
+}
+
+/// A `pkcs11` backend instance: the HSM settings, and optionally the CloudHSM cluster whose
+/// state gates its readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pkcs11Entry {
+    /// Module, token, PIN source, KEK label, pool.
+    #[serde(flatten)]
+    pub hsm: shardgate_backends::pkcs11::Pkcs11Config,
+    /// CloudHSM cluster discovery (`DescribeClusters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudhsm: Option<shardgate_backends::cloudhsm::CloudHsmConfig>,
+}
+
+// Not `#[serde(flatten)]`: flatten silently accepts unknown keys, and a typo in an HSM
+// section must be an error. Split off `cloudhsm`, then the rest must be exactly the HSM
+// settings (whose type denies unknown fields).
+impl<'de> Deserialize<'de> for Pkcs11Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let cloudhsm = map
+            .remove("cloudhsm")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("cloudhsm: {e}")))?;
+        let hsm =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(Self { hsm, cloudhsm })
+    }
+}
+
+fn default_reload_ms() -> u64 {
+    1000
+}
+
+/// A token: its SHA-256 (hex), scopes and optional account prefix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Identity recorded in the audit log (never the token).
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
+    /// Scopes; `*` grants every scope.
+    pub scopes: Vec<String>,
+    /// When set, the token only reaches accounts whose id starts with these exact bytes.
+    #[serde(default)]
+    pub account_prefix: Option<String>,
+    /// When set (RFC 3339, e.g. `2027-01-31T00:00:00Z`), the token is refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+impl TokenConfig {
+    /// `expires_at` in unix milliseconds.
+    pub fn expires_ms(&self) -> Result<Option<i64>, ConfigError> {
+        self.expires_at
+            .as_deref()
+            .map(|t| {
+                parse_time_ms(t).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "token {:?}: expires_at {t:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)",
+                        self.name
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// An RFC 3339 time in unix milliseconds.
+pub fn parse_time_ms(t: &str) -> Option<i64> {
+    let at = humantime::parse_rfc3339_weak(t).ok()?;
+    let d = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+/// `[auth]`: how often every replica re-reads the tokens and revocations kept in the
+/// database (`shardgate token create --save`, `shardgate token revoke`). SIGHUP re-reads
+/// them at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Milliseconds between reloads (0: only on SIGHUP). A revocation takes effect on every
+    /// replica within this time.
+    pub refresh_ms: u64,
+}
+
+impl AuthConfig {
+    /// The reload interval (zero: only on SIGHUP).
+    pub fn refresh_every(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.refresh_ms)
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { refresh_ms: 5_000 }
+    }
+}
+
+/// `[log]`: how log lines are written (to stderr). The level filter is `RUST_LOG`
+/// (default `info`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json`, `text` or `auto` (the default).
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text when stderr is a terminal (a person is reading), JSON otherwise (a collector is).
+    #[default]
+    Auto,
+    /// One JSON object per line, with the request id of the request it was logged in.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl LogFormat {
+    /// Whether to write JSON, resolving `auto` against whether stderr is a terminal.
+    pub fn is_json(self) -> bool {
+        match self {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+}
+
+/// Audit settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// File holding the base64 HMAC key (mode 0600). NOT in the database.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Create the key file if missing.
+    #[serde(default)]
+    pub create_key: bool,
+    /// Reads waiting for their audit event; past it, 503 `audit_unavailable`.
+    #[serde(default = "d_queue")]
+    pub queue_capacity: usize,
+    /// Detached events (refusals, which no request waits for) queued for writing; past it
+    /// they are dropped and counted. Their own queue: they never take a read's place.
+    #[serde(default = "d_detached_queue")]
+    pub detached_queue_capacity: usize,
+    /// Most events written in one transaction.
+    #[serde(default = "d_batch_events")]
+    pub batch_max: usize,
+    /// Seconds between chain-head checkpoints (a log line and a line in `checkpoint_file`).
+    #[serde(default = "d_checkpoint")]
+    pub checkpoint_interval_secs: u64,
+    /// Append-only file of this replica's chain heads, read by `audit verify
+    /// --checkpoints` (default: `audit-checkpoints` in the data directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_file: Option<PathBuf>,
+}
+
+fn d_queue() -> usize {
+    4096
+}
+fn d_detached_queue() -> usize {
+    1024
+}
+fn d_batch_events() -> usize {
+    256
+}
+fn d_checkpoint() -> u64 {
+    60
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            create_key: false,
+            queue_capacity: d_queue(),
+            detached_queue_capacity: d_detached_queue(),
+            batch_max: d_batch_events(),
+            checkpoint_interval_secs: d_checkpoint(),
+            checkpoint_file: None,
+        }
+    }
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override does not parse or has an unknown key.
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// The configuration is incomplete or inconsistent.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where the configuration comes from (CLI flags).
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config FILE`.
+    pub file: Option<PathBuf>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen ADDR`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// The embedded default for a data directory: SQLite + a `local` keyring (created if
+    /// missing), tiers `retail` and `institutional` on it, admin token from `admin.token`.
+    pub fn embedded(data_dir: &Path) -> Self {
+        let mut backends = BTreeMap::new();
+        backends.insert(
+            "local".to_string(),
+            BackendConfig::Local {
+                key_file: data_dir.join("local.keyring"),
+                reload_interval_ms: default_reload_ms(),
+                create: true,
+            },
+        );
+        let tiers = [("retail", "local"), ("institutional", "local")]
+            .into_iter()
+            .map(|(t, b)| (t.to_string(), b.to_string()))
+            .collect();
+        Self {
+            listen: default_listen(),
+            data_dir: data_dir.to_path_buf(),
+            store: StoreConfig {
+                url: Some(sqlite_url(&data_dir.join("shardgate.db"))),
+                max_connections: 8,
+                ..StoreConfig::default()
+            },
+            backends,
+            tiers,
+            policy: PolicyConfig::default(),
+            tokens: Vec::new(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            audit: AuditConfig {
+                key_file: Some(data_dir.join("audit.key")),
+                create_key: true,
+                ..AuditConfig::default()
+            },
+            migration: MigrationConfig::default(),
+            breaker: crate::domain::breaker::BreakerConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            log: LogConfig::default(),
+            retention: RetentionConfig::default(),
+            auth: AuthConfig::default(),
+            keys: crate::domain::keys::KeysConfig::default(),
+            admin_token_file: Some(data_dir.join("admin.token")),
+            tls: None,
+        }
+    }
+
+    /// Load from the sources: the file (or the embedded default when there is none), then
+    /// `SHARDGATE_*` environment overrides, then flags.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        Self::load_with_env(sources, Env::prefixed("SHARDGATE_"))
+    }
+
+    fn load_with_env(sources: &Sources, env: Env) -> Result<Self, ConfigError> {
+        // Only variables that name a configuration section or key are configuration:
+        // `SHARDGATE_TEST_*` belongs to the test scripts, and Kubernetes injects
+        // `SHARDGATE_PORT=tcp://...` (service links) into every pod when a Service is named
+        // `shardgate`. Those are ignored with one warning; a misspelt key INSIDE a section
+        // (`SHARDGATE_LIMITS__MAX_BODYBYTES`) is still an error, as in a file.
+        let top = top_level_keys();
+        let mut ignored = Vec::new();
+        for (k, _) in env.clone().split("__").iter() {
+            let first = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !first.starts_with("test_") && !top.contains(&first.as_str()) {
+                ignored.push(format!(
+                    "SHARDGATE_{}",
+                    k.as_str().replace('.', "__").to_ascii_uppercase()
+                ));
+            }
+        }
+        if !ignored.is_empty() {
+            tracing::warn!(variables = ?ignored, "ignoring SHARDGATE_* environment variables that are not configuration keys");
+        }
+        let env = env.split("__").filter(move |k| {
+            let first = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            top.contains(&first.as_str())
+        });
+        let mut fig = match &sources.file {
+            Some(file) => {
+                if !file.exists() {
+                    return Err(ConfigError::Invalid(format!(
+                        "config file {} does not exist",
+                        file.display()
+                    )));
+                }
+                Figment::new().merge(Toml::file_exact(file))
+            }
+            None => {
+                // The data dir decides the embedded default's paths, so resolve it first.
+                let data_dir = sources
+                    .data_dir
+                    .clone()
+                    .or_else(|| std::env::var_os("SHARDGATE_DATA_DIR").map(PathBuf::from))
+                    .unwrap_or_else(default_data_dir);
+                Figment::new().merge(Serialized::defaults(Config::embedded(&data_dir)))
+            }
+        };
+        fig = fig.merge(env);
+        if let Some(dir) = &sources.data_dir {
+            fig = fig.merge(Serialized::default("data_dir", dir));
+        }
+        if let Some(listen) = &sources.listen {
+            fig = fig.merge(Serialized::default("listen", listen));
+        }
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The store URL (default: SQLite in the data dir).
+    pub fn store_url(&self) -> String {
+        self.store
+            .url
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&self.data_dir.join("shardgate.db")))
+    }
+
+    /// The audit key file (default: `audit.key` in the data dir).
+    pub fn audit_key_file(&self) -> PathBuf {
+        self.audit
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit.key"))
+    }
+
+    /// This replica's audit checkpoint file (default: `audit-checkpoints` in the data dir).
+    pub fn checkpoint_file(&self) -> PathBuf {
+        self.audit
+            .checkpoint_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoints"))
+    }
+
+    /// Names of the configured backend instances.
+    pub fn backend_names(&self) -> BTreeSet<String> {
+        self.backends.keys().cloned().collect()
+    }
+
+    /// Tiers, pins and rollouts, not yet validated ([`PolicyBuilder::check`] lists every
+    /// problem; [`Config::policy`] builds).
+    pub fn policy_builder(&self) -> PolicyBuilder {
+        Policy::builder(self.tiers.clone())
+            .pins(self.policy.pins.iter().cloned())
+            .rollouts(self.policy.rollouts.iter().cloned())
+    }
+
+    /// The validated policy over the configured backend names. No backend is opened: this
+    /// is what `shardgate policy check` and `policy explain` use without touching an HSM.
+    pub fn policy(&self) -> Result<Policy, PolicyError> {
+        self.policy_builder().build(&self.backend_names())
+    }
+
+    /// Structural checks that need no I/O.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backends.is_empty() {
+            return Err(ConfigError::Invalid("no backends are configured".into()));
+        }
+        for name in self.backends.keys() {
+            if !crate::domain::ids::is_valid(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "backend name {name:?} must match {}",
+                    crate::domain::ids::ID_GRAMMAR
+                )));
+            }
+        }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        if self.idempotency.window_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "idempotency.window_secs must be greater than zero".into(),
+            ));
+        }
+        for t in &self.tokens {
+            if t.sha256.len() != 64 || hex::decode(&t.sha256).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "token {:?}: sha256 must be 64 hex characters",
+                    t.name
+                )));
+            }
+            t.expires_ms()?;
+            for s in &t.scopes {
+                if s != "*" && crate::domain::auth::Scope::parse(s).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "token {:?}: unknown scope {s:?}",
+                        t.name
+                    )));
+                }
+            }
+            if let Some(p) = &t.account_prefix {
+                if !is_account_prefix(p) {
+                    return Err(ConfigError::Invalid(format!(
+                        "token {:?}: account_prefix must be non-empty {}",
+                        t.name,
+                        crate::domain::ids::ID_CHARSET
+                    )));
+                }
+            }
+            crate::domain::auth::check_admin_prefix_rule(&t.scopes, t.account_prefix.as_deref())
+                .map_err(|m| ConfigError::Invalid(format!("token {:?}: {m}", t.name)))?;
+        }
+        if self.store.password_file.is_some() {
+            let url = self.store_url();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid(
+                    "store.password_file applies to a postgres:// store url only".into(),
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(ConfigError::Invalid)?;
+        }
+        let cert_identities = self.tls.as_ref().is_some_and(|t| !t.clients.is_empty());
+        if self.tokens.is_empty() && self.admin_token_file.is_none() && !cert_identities {
+            return Err(ConfigError::Invalid(
+                "no tokens are configured: shardgate never starts without authentication (create one with `shardgate token create`, or map client certificates with [[tls.clients]])".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The top-level keys of [`Config`], read from its `Deserialize` implementation (the field
+/// list serde passes to `deserialize_struct`), so the list cannot drift from the struct.
+fn top_level_keys() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("field probe"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Self::Error::custom("field probe"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut fields: &'static [&'static str] = &[];
+        let _ = Config::deserialize(Probe(&mut fields));
+        fields
+    })
+}
+
+/// A sqlx SQLite URL for a path, creating the file if needed.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_needs_no_file() {
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+        assert!(cfg.store_url().starts_with("sqlite:///tmp/x/"));
+        assert!(cfg.tiers.contains_key("retail") && cfg.tiers.contains_key("institutional"));
+    }
+
+    #[test]
+    fn log_format_defaults_to_auto_and_takes_an_env_override() {
+        let sources = Sources {
+            data_dir: Some("/tmp/x".into()),
+            ..Sources::default()
+        };
+        let cfg =
+            Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Auto);
+        std::env::set_var("SGLOGTEST_LOG__FORMAT", "json");
+        let cfg = Config::load_with_env(&sources, Env::prefixed("SGLOGTEST_")).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert!(cfg.log.format.is_json());
+        std::env::set_var("SGLOGTEST_LOG__FORMAT", "text");
+        let cfg = Config::load_with_env(&sources, Env::prefixed("SGLOGTEST_")).unwrap();
+        assert!(!cfg.log.format.is_json());
+        std::env::set_var("SGLOGTEST_LOG__FORMAT", "xml");
+        assert!(Config::load_with_env(&sources, Env::prefixed("SGLOGTEST_")).is_err());
+        std::env::remove_var("SGLOGTEST_LOG__FORMAT");
+    }
+
+    #[test]
+    fn idempotency_window_defaults_and_reaches_the_limits() {
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.idempotency.window_secs, 86_400);
+        assert_eq!(cfg.idempotency.window_secs, 86_400);
+        std::env::set_var("SGIDEMTEST_IDEMPOTENCY__WINDOW_SECS", "60");
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGIDEMTEST_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.idempotency.window_secs, 60);
+    }
+
+    #[test]
+    fn env_variables_that_are_not_configuration_keys_are_ignored() {
+        // What Kubernetes injects for a Service named `shardgate` (service links).
+        std::env::set_var("SGCFGK8S_PORT", "tcp://10.96.0.12:8080");
+        std::env::set_var("SGCFGK8S_PORT_8080_TCP_ADDR", "10.96.0.12");
+        std::env::set_var("SGCFGK8S_SERVICE_HOST", "10.96.0.12");
+        std::env::set_var("SGCFGK8S_LISTEN", "127.0.0.1:9998");
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGCFGK8S_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9998, "real keys still apply");
+        // A misspelt key inside a real section stays an error.
+        std::env::set_var("SGCFGK8S_LIMITS__MAX_BODYBYTES", "1");
+        let err = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGCFGK8S_"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_bodybytes"), "{err}");
+        assert!(top_level_keys().contains(&"limits") && top_level_keys().contains(&"tls"));
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_and_ignores_test_variables() {
+        std::env::set_var("SGCFGTEST_LISTEN", "127.0.0.1:9999");
+        std::env::set_var("SGCFGTEST_LIMITS__MAX_SHARD_BYTES", "1234");
+        std::env::set_var("SGCFGTEST_TEST_DATABASE_URL", "postgres://ignored");
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGCFGTEST_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9999);
+        assert_eq!(cfg.limits.max_shard_bytes, 1234);
+        // Flags win over the environment.
+        let cfg = Config::load_with_env(
+            &Sources {
+                listen: Some("127.0.0.1:7777".parse().unwrap()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGCFGTEST_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 7777);
+    }
+
+    #[test]
+    fn hsm_and_kms_backends_parse_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            r#"
+[backends.hsm]
+kind = "pkcs11"
+token_label = "shardgate"
+pin_env = "HSM_PIN"
+kek_label = "kek"
+pool_size = 8
+iv = "hsm"
+cloudhsm = { cluster_id = "cluster-abc", region = "us-east-1", min_active_hsms = 2 }
+[backends.kms]
+kind = "aws-kms"
+key_id = "alias/shards"
+region = "eu-west-1"
+[tiers]
+retail = "kms"
+institutional = "hsm"
+[[tokens]]
+name = "a"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+scopes = ["*"]
+"#,
+        )
+        .unwrap();
+        let sources = Sources {
+            file: Some(f.clone()),
+            ..Sources::default()
+        };
+        let cfg =
+            Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        match &cfg.backends["hsm"] {
+            BackendConfig::Pkcs11(e) => {
+                assert_eq!(e.hsm.pool_size, 8);
+                assert_eq!(e.cloudhsm.as_ref().unwrap().min_active_hsms, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&cfg.backends["kms"], BackendConfig::AwsKms(k) if k.key_id == "alias/shards")
+        );
+        // A typo inside a backend is an error, not a silently ignored key.
+        let text = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("pool_size", "pool_sise");
+        std::fs::write(&f, text).unwrap();
+        assert!(
+            Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err()
+        );
+        // The PIN never sits in the file: there is no field for it.
+        let text = std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("pool_sise = 8", "pin = \"1234\"");
+        std::fs::write(&f, text).unwrap();
+        assert!(
+            Config::load_with_env(&sources, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err()
+        );
+    }
+
+    #[test]
+    fn file_with_unknown_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listne = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load_with_env(
+            &Sources {
+                file: Some(f),
+                ..Sources::default()
+            },
+            Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn token_entries_pair_no_admin_with_a_prefix_and_no_empty_prefix() {
+        let base =
+            "[backends.local]\nkind = \"local\"\nkey_file = \"k\"\n[tiers]\nretail = \"local\"\n\
+                    [[tokens]]\nname = \"t\"\nsha256 = \"{h}\"\n";
+        let h = "ab".repeat(32);
+        let load = |extra: &str| {
+            load_file(
+                &format!("{}{extra}", base.replace("{h}", &h)),
+                Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+            )
+        };
+        assert!(load("scopes = [\"*\"]\n").is_ok());
+        assert!(load("scopes = [\"shards:read\"]\naccount_prefix = \"acct-\"\n").is_ok());
+        for (extra, expect) in [
+            (
+                "scopes = [\"*\"]\naccount_prefix = \"acct-\"\n",
+                "'*' includes admin",
+            ),
+            (
+                "scopes = [\"shards:read\", \"admin\"]\naccount_prefix = \"acct-\"\n",
+                "admin scope cannot go with an account prefix",
+            ),
+            (
+                "scopes = [\"shards:read\"]\naccount_prefix = \"\"\n",
+                "account_prefix must be non-empty",
+            ),
+        ] {
+            let err = load(extra).unwrap_err().to_string();
+            assert!(err.contains(expect), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn config_without_tokens_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[backends.local]\nkind = \"local\"\nkey_file = \"k\"\n[tiers]\nretail = \"local\"\n",
+        )
+        .unwrap();
+        let err = Config::load_with_env(
+            &Sources {
+                file: Some(f),
+                ..Sources::default()
+            },
+            Env::prefixed("SHARDGATE_UNUSED_PREFIX_"),
+        )
+        .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("never starts without authentication"));
+    }
+
+    const POLICY_FILE: &str = r#"
+[backends.local]
+kind = "local"
+key_file = "k"
+[backends.kms-new]
+kind = "aws-kms"
+key_id = "alias/new"
+region = "eu-west-1"
+[tiers]
+retail = "local"
+institutional = "local"
+[[policy.pins]]
+account = "acct-9"
+backend = "kms-new"
+[[policy.rollouts]]
+name = "kms-pilot"
+tier = "retail"
+backend = "kms-new"
+percent = 5
+[[tokens]]
+name = "a"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+scopes = ["*"]
+"#;
+
+    fn load_file(text: &str, env: Env) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, text).unwrap();
+        Config::load_with_env(
+            &Sources {
+                file: Some(f),
+                ..Sources::default()
+            },
+            env,
+        )
+    }
+
+    #[test]
+    fn pins_and_rollouts_parse_and_build_a_policy() {
+        let cfg = load_file(POLICY_FILE, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert_eq!(cfg.policy.pins.len(), 1);
+        // An integer percent is accepted as well as `5.0`.
+        assert_eq!(cfg.policy.rollouts[0].percent, 5.0);
+        let policy = cfg.policy().unwrap();
+        let pinned = policy.place("acct-9", "institutional").unwrap();
+        assert_eq!(pinned.backend, "kms-new");
+        assert_eq!(pinned.rule, "pin acct-9 -> kms-new");
+        assert_eq!(policy.rollout_count(), 1);
+        // What the tests write with `toml::to_string` reads back the same.
+        let again: Config = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again.policy.rollouts, cfg.policy.rollouts);
+        assert_eq!(again.policy.pins, cfg.policy.pins);
+    }
+
+    #[test]
+    fn policy_rules_come_from_the_environment_too() {
+        std::env::set_var(
+            "SGPOLTEST_POLICY__ROLLOUTS",
+            r#"[{name="env-pilot", tier="retail", backend="kms-new", percent=12.5}]"#,
+        );
+        std::env::set_var(
+            "SGPOLTEST_POLICY__PINS",
+            r#"[{account="acct-Env", backend="kms-new"}]"#,
+        );
+        let cfg = load_file(POLICY_FILE, Env::prefixed("SGPOLTEST_")).unwrap();
+        assert_eq!(cfg.policy.rollouts.len(), 1);
+        assert_eq!(cfg.policy.rollouts[0].name, "env-pilot");
+        assert_eq!(cfg.policy.rollouts[0].percent, 12.5);
+        // Account ids keep their case (figment lowercases keys, not values).
+        assert_eq!(cfg.policy.pins[0].account, "acct-Env");
+        assert!(cfg.policy().is_ok());
+        // Over the embedded default as well.
+        let cfg = Config::load_with_env(
+            &Sources {
+                data_dir: Some("/tmp/x".into()),
+                ..Sources::default()
+            },
+            Env::prefixed("SGPOLTEST_"),
+        )
+        .unwrap();
+        assert_eq!(cfg.policy.pins[0].account, "acct-Env");
+        // ... where kms-new is not configured, which the policy refuses.
+        assert!(matches!(
+            cfg.policy(),
+            Err(PolicyError::PinUnknownBackend { .. })
+        ));
+    }
+
+    #[test]
+    fn policy_section_typos_are_rejected() {
+        let text = POLICY_FILE.replace("percent = 5", "precent = 5");
+        let err = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap_err();
+        assert!(err.to_string().contains("precent"), "{err}");
+        let text = POLICY_FILE.replace("[[policy.pins]]", "[[policy.pin]]");
+        assert!(load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
+    }
+
+    const TLS_FILE: &str = r#"
+[backends.local]
+kind = "local"
+key_file = "k"
+[tiers]
+retail = "local"
+[tls]
+cert_file = "/etc/shardgate/server.pem"
+key_file = "/etc/shardgate/server.key"
+client_ca_file = "/etc/shardgate/clients-ca.pem"
+client_auth = "optional"
+[[tls.clients]]
+name = "signer"
+subject_cn = "signer.internal"
+scopes = ["shards:read", "shards:write"]
+account_prefix = "acct-eu-"
+[[tls.clients]]
+name = "ops"
+uri = "spiffe://prod/ops"
+scopes = ["*"]
+"#;
+
+    #[test]
+    fn tls_section_parses_and_client_entries_alone_are_authentication() {
+        // No [[tokens]]: certificate identities are authentication enough.
+        let cfg = load_file(TLS_FILE, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        let tls = cfg.tls.as_ref().unwrap();
+        assert_eq!(tls.client_auth, Some(ClientAuth::Optional));
+        assert!(!tls.requires_client_cert());
+        assert_eq!(tls.clients.len(), 2);
+        assert_eq!(tls.clients[1].uri.as_deref(), Some("spiffe://prod/ops"));
+        // What the tests write with `toml::to_string` reads back the same.
+        let again: Config = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again.tls, cfg.tls);
+        // client_auth defaults to required once a client CA is set.
+        let text = TLS_FILE.replace("client_auth = \"optional\"\n", "");
+        let cfg = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert!(cfg.tls.unwrap().requires_client_cert());
+    }
+
+    #[test]
+    fn tls_client_entries_are_validated() {
+        let bad = |from: &str, to: &str, expect: &str| {
+            let text = TLS_FILE.replacen(from, to, 1);
+            assert_ne!(text, TLS_FILE, "{from}");
+            let err = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{from} -> {to}: {err}");
+        };
+        bad(
+            "client_ca_file = \"/etc/shardgate/clients-ca.pem\"\n",
+            "",
+            "needs client_ca_file",
+        );
+        bad(
+            "subject_cn = \"signer.internal\"",
+            "subject_cn = \"signer.internal\"\ndns = \"signer.svc\"",
+            "exactly one of",
+        );
+        bad("subject_cn = \"signer.internal\"\n", "", "exactly one of");
+        bad("\"shards:write\"", "\"shards:wirte\"", "unknown scope");
+        bad("\"acct-eu-\"", "\"acct/eu\"", "account_prefix");
+        bad(
+            "uri = \"spiffe://prod/ops\"",
+            "subject_cn = \"signer.internal\"",
+            "already maps",
+        );
+        bad("name = \"ops\"", "name = \"\"", "client name");
+        bad(
+            "client_auth = \"optional\"",
+            "client_auth = \"sometimes\"",
+            "sometimes",
+        );
+        bad("cert_file", "cert_flie", "cert_flie");
+        bad(
+            "\"shards:write\"",
+            "\"admin\"",
+            "admin scope cannot go with an account prefix",
+        );
+        // DNS names collide ignoring case.
+        let text = TLS_FILE
+            .replace("subject_cn = \"signer.internal\"", "dns = \"Signer.Svc\"")
+            .replace("uri = \"spiffe://prod/ops\"", "dns = \"signer.svc\"");
+        assert!(load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).is_err());
+    }
+
+    #[test]
+    fn config_without_policy_section_serializes_without_one() {
+        let cfg = Config::embedded(Path::new("/tmp/x"));
+        assert!(cfg.policy.is_empty());
+        assert!(!toml::to_string(&cfg).unwrap().contains("policy"));
+        assert!(cfg.policy().is_ok());
+    }
+
+    #[test]
+    fn store_password_file_and_migrate_parse_and_default() {
+        let base = "[backends.local]\nkind = \"local\"\nkey_file = \"k\"\n\
+                    [[tokens]]\nname = \"a\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nscopes = [\"*\"]\n";
+        let cfg = load_file(base, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert!(cfg.store.migrate);
+        assert!(cfg.store.password_file.is_none());
+        let text = format!(
+            "{base}[store]\nurl = \"postgres://shardgate_app@db:5432/shardgate?sslmode=verify-full&sslrootcert=/ca.pem\"\n\
+             password_file = \"/run/secrets/pg\"\nmigrate = false\n"
+        );
+        let cfg = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap();
+        assert!(!cfg.store.migrate);
+        assert_eq!(
+            cfg.store.password_file.as_deref(),
+            Some(Path::new("/run/secrets/pg"))
+        );
+        // A password file for SQLite (which takes none) is a mistake.
+        let text = format!("{base}[store]\npassword_file = \"/run/secrets/pg\"\n");
+        let err = load_file(&text, Env::prefixed("SHARDGATE_UNUSED_PREFIX_")).unwrap_err();
+        assert!(err.to_string().contains("password_file"), "{err}");
+    }
+}

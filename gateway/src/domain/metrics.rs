@@ -1,0 +1,200 @@
+//! Prometheus metrics: one process-wide recorder, rendered at `GET /metrics` (scope
+//! `metrics`, [`crate::http::ops`]). Labels carry route templates, status codes, configured backend names and
+//! fixed operation names: never an account, shard, token or any other caller-chosen value,
+//! so every family's cardinality is bounded by the configuration.
+//!
+//! Families recorded elsewhere: `shardgate_backend_op_duration_seconds` and
+//! `shardgate_breaker_transitions_total` in [`crate::domain::breaker`], `shardgate_audit_*` in
+//! [`crate::domain::audit`], `shardgate_migration_*` in [`crate::service::migrate`], `shardgate_tls_*`
+//! in [`crate::http::server`] and [`crate::http::tls`], `shardgate_key_*` in [`crate::domain::keys`],
+//! `shardgate_tokens_*` in [`crate::domain::tokens`]. docs/operations.md ("Metrics") lists them all.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Upper bounds of the latency buckets (seconds) of every `*_seconds` histogram: from a
+/// cached local unwrap (well under a millisecond) to a request near its deadline.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the buckets of `shardgate_write_group_size` (writes per group commit,
+/// at most 64).
+const GROUP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// Install the recorder once per process (several gateways in one test process share it).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            // Real histograms (not the exporter's default summaries): buckets add up across
+            // replicas, quantiles do not.
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("shardgate_write_group_size".into()),
+                        GROUP_SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|b| b.install_recorder())
+                .ok();
+            describe();
+            handle
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "shardgate_key_wraps_reserved",
+        "Wraps of a local/pkcs11 KEK version reserved by the replicas (key lifecycle counter)"
+    );
+    describe_gauge!(
+        "shardgate_key_wrap_warn_at",
+        "Reserved wraps of one KEK version past which the gateway warns ([keys] wrap_warn_at)"
+    );
+    describe_gauge!(
+        "shardgate_key_wrap_limit",
+        "Reserved wraps of one KEK version at which new wraps are refused ([keys] wrap_limit)"
+    );
+    describe_counter!(
+        "shardgate_key_wrap_refusals_total",
+        "Wraps refused because the active KEK version reached its wrap limit"
+    );
+    describe_counter!(
+        "shardgate_auth_refusals_limited_total",
+        "Refused requests past their address's refusal budget (no audit event each; one aggregated event per address and window)"
+    );
+    describe_gauge!(
+        "shardgate_refusals_held",
+        "Answers past an address's refusal budget being held back ([limits] refusal_delay_ms)"
+    );
+    describe_counter!(
+        "shardgate_refusals_closed_total",
+        "Answers past an address's refusal budget sent at once with their connection closed, every hold slot being taken ([limits] max_delayed_refusals)"
+    );
+    describe_counter!(
+        "shardgate_http_requests_total",
+        "HTTP requests by method, route template, status and the backend that served them"
+    );
+    describe_histogram!(
+        "shardgate_write_group_size",
+        "Shard writes stored by one group commit (PostgreSQL)"
+    );
+    describe_histogram!(
+        "shardgate_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by method, route template, status and backend"
+    );
+    describe_histogram!(
+        "shardgate_backend_op_duration_seconds",
+        Unit::Seconds,
+        "Time on a backend (after admission by its breaker and bulkhead) by backend and operation"
+    );
+    describe_counter!(
+        "shardgate_breaker_transitions_total",
+        "Circuit breaker state changes by backend and the state entered"
+    );
+    describe_gauge!(
+        "shardgate_audit_queue_depth",
+        "Requests waiting for the batching audit writer"
+    );
+    describe_gauge!(
+        "shardgate_audit_queue_capacity",
+        "Capacity of the audit queue (audit.queue_capacity)"
+    );
+    describe_histogram!(
+        "shardgate_audit_write_duration_seconds",
+        Unit::Seconds,
+        "Latency of one batched audit write by outcome"
+    );
+    describe_histogram!(
+        "shardgate_audit_wait_seconds",
+        Unit::Seconds,
+        "Time a read waits for its queued audit events to be durable (the write in flight, then its own)"
+    );
+    describe_counter!(
+        "shardgate_audit_events_total",
+        "Audit events written by the batching writer"
+    );
+    describe_counter!(
+        "shardgate_integrity_failures_total",
+        "Stored shard versions that failed their integrity check when opened (tampering or corruption), by the row's backend"
+    );
+    describe_counter!(
+        "shardgate_audit_failures_total",
+        "Batched audit writes that failed"
+    );
+    describe_counter!(
+        "shardgate_tls_handshake_failures_total",
+        "TLS handshakes that failed (refused: bad or missing client certificate, not TLS, no common protocol; timeout: not finished within timeouts.header_read_ms)"
+    );
+    describe_counter!(
+        "shardgate_tls_reloads_total",
+        "SIGHUP reloads of the TLS settings by outcome (reloaded, failed, unchanged)"
+    );
+}
+
+tokio::task_local! {
+    /// The backend that served the request running on this task (set by the breaker wrapper
+    /// each backend sits behind).
+    static SERVED_BY: Cell<Served>;
+}
+
+/// Which backend served a request. Names are configured backend instances: a bounded set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    None,
+    One(&'static str),
+    Multiple,
+}
+
+/// Interned backend names: the task-local holds `&'static str` so that noting a backend
+/// costs no allocation per call; the set is the configured backends, so it stays small.
+fn intern(name: &str) -> &'static str {
+    static NAMES: OnceLock<std::sync::Mutex<Vec<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(n);
+    n
+}
+
+/// Record that the current request used backend `name` (a no-op outside a request: probes,
+/// migration workers, CLI commands).
+pub fn note_backend(name: &str) {
+    let _ = SERVED_BY.try_with(|cell| {
+        let next = match cell.get() {
+            Served::None => Served::One(intern(name)),
+            Served::One(n) if n == name => Served::One(n),
+            _ => Served::Multiple,
+        };
+        cell.set(next);
+    });
+}
+
+/// Run `f` as one request, and name the backend(s) it used: `none` when no backend was noted,
+/// `multiple` when several were (e.g. a batch across tiers).
+pub async fn served_by<F: std::future::Future>(f: F) -> (F::Output, &'static str) {
+    let (out, served) = SERVED_BY
+        .scope(Cell::new(Served::None), async {
+            let out = f.await;
+            (out, SERVED_BY.with(Cell::get))
+        })
+        .await;
+    let backend = match served {
+        Served::None => "none",
+        Served::One(n) => n,
+        Served::Multiple => "multiple",
+    };
+    (out, backend)
+}

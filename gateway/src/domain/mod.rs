@@ -1,0 +1,14 @@
+//! The rules of the gateway that hold whatever the transport: envelopes, the audit chain,
+//! authentication and tokens, key lifecycle, breakers, metrics. Its errors are [`error::DomainError`].
+
+pub mod audit;
+pub mod auth;
+pub mod breaker;
+pub mod envelope;
+pub mod error;
+pub mod files;
+pub mod hygiene;
+pub mod ids;
+pub mod keys;
+pub mod metrics;
+pub mod tokens;

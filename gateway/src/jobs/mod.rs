@@ -1,3 +1,0 @@
-//! Long-running background jobs of the gateway (tier migration).
-
-pub mod migrate;

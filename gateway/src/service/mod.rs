@@ -1,0 +1,12 @@
+//! Use cases: what one request or job does, composed from the domain, the store and the
+//! backends. Handlers in [`crate::http`] call these; nothing here names HTTP.
+
+pub mod accounts;
+pub mod integrity;
+pub mod keys_admin;
+pub mod migrate;
+pub mod read;
+pub mod settings;
+pub mod state;
+pub mod write;
+pub mod write_group;

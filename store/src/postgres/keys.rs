@@ -1,0 +1,256 @@
+//! Key versions on PostgreSQL: registering and listing them, their state changes (a
+//! destroy refused while shard versions still use the key), wrap reservations, and the
+//! check that refuses a row change under a destroyed key version.
+
+use sqlx::postgres::PgConnection;
+
+use super::audit::insert_audit;
+use super::{map_err, PgStore};
+use crate::rows::{key_from_row, KEY_COLUMNS};
+use crate::{
+    key_state, AuditRecord, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord,
+    NewKeyVersion, Reservation, StoreError,
+};
+
+/// Refuse row changes under a destroyed key version. Run AFTER the transaction's own
+/// statement on `shard_versions` (which holds ROW EXCLUSIVE on the table): a destroy holds
+/// SHARE on it from before its reference count until its commit, so this read, a new
+/// statement with a new snapshot in READ COMMITTED, either sees that destroy committed or
+/// the destroy's count waits for (and then sees) this transaction's rows.
+pub(super) async fn refuse_destroyed(
+    conn: &mut PgConnection,
+    backends: &[&str],
+    key_versions: &[i64],
+) -> Result<(), StoreError> {
+    let hit: Option<(String, i64)> = sqlx::query_as(
+        "SELECT k.backend, k.key_version FROM key_versions k \
+         JOIN unnest($1::TEXT[], $2::BIGINT[]) AS u(backend, key_version) \
+           ON k.backend = u.backend AND k.key_version = u.key_version \
+         WHERE k.state = 'destroyed' LIMIT 1",
+    )
+    .bind(backends)
+    .bind(key_versions)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    match hit {
+        Some((backend, key_version)) => Err(StoreError::KeyDestroyed {
+            backend,
+            key_version,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// [`Store::list_key_versions`](crate::Store::list_key_versions).
+pub(super) async fn list_key_versions(
+    store: &PgStore,
+) -> Result<Vec<KeyVersionRecord>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {KEY_COLUMNS} FROM key_versions ORDER BY backend, key_version"
+    ))
+    .fetch_all(&store.pool)
+    .await
+    .map_err(map_err)?;
+    rows.iter()
+        .map(key_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err)
+}
+
+/// [`Store::register_key_versions`](crate::Store::register_key_versions).
+pub(super) async fn register_key_versions(
+    store: &PgStore,
+    versions: &[NewKeyVersion],
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    if versions.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = store.begin().await?;
+    let mut added = 0;
+    for v in versions {
+        // A second `active` version of a backend hits the partial unique index; DO
+        // NOTHING (no conflict target: any unique index) skips it, and the version is
+        // registered as decrypt-only instead. A concurrent registration of the same row
+        // waits for the other transaction and is skipped the same way.
+        for state in [v.state.as_str(), key_state::DECRYPT_ONLY] {
+            let n = sqlx::query(&format!(
+                "INSERT INTO key_versions ({KEY_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $5, 'registered', 0) ON CONFLICT DO NOTHING"
+            ))
+            .bind(&v.backend)
+            .bind(v.key_version)
+            .bind(&v.key_ref)
+            .bind(state)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+            added += n;
+            let exists: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM key_versions WHERE backend = $1 AND key_version = $2",
+            )
+            .bind(&v.backend)
+            .bind(v.key_version)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if exists.is_some() {
+                break;
+            }
+        }
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(added)
+}
+
+/// [`Store::set_key_state`](crate::Store::set_key_state).
+pub(super) async fn set_key_state(
+    store: &PgStore,
+    change: &KeyStateChange<'_>,
+    audit: &AuditRecord,
+) -> Result<KeyTransition, StoreError> {
+    let mut tx = store.begin().await?;
+    if change.to == key_state::DESTROYED {
+        // SHARE conflicts with the ROW EXCLUSIVE of every insert, update and delete of
+        // shard versions: in-flight writes finish before the count below, and new ones
+        // wait for our commit, after which they see the version destroyed (see
+        // `refuse_destroyed`). Held only for the count (an index range scan).
+        sqlx::query("LOCK TABLE shard_versions IN SHARE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+    }
+    // The backend's rows in version order, so two transitions of one backend lock them
+    // in the same order.
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT key_version, state FROM key_versions WHERE backend = $1 \
+         ORDER BY key_version FOR UPDATE",
+    )
+    .bind(change.backend)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    let Some(current) = rows
+        .iter()
+        .find(|(v, _)| *v == change.key_version)
+        .map(|(_, s)| s.clone())
+    else {
+        return Ok(KeyTransition::NotFound);
+    };
+    if current != change.from || !crate::keys::allowed(&current, change.to) {
+        return Ok(KeyTransition::WrongState(current));
+    }
+    if change.to == key_state::ACTIVE {
+        let active = rows
+            .iter()
+            .find(|(_, s)| s == key_state::ACTIVE)
+            .map(|(v, _)| *v);
+        if active != change.demote {
+            return Ok(KeyTransition::WrongState(current));
+        }
+        sqlx::query(
+            "UPDATE key_versions SET state = 'decrypt-only', changed_ms = $2, changed_by = $3 \
+             WHERE backend = $1 AND state = 'active'",
+        )
+        .bind(change.backend)
+        .bind(change.now_ms)
+        .bind(change.actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+    }
+    if change.to == key_state::DESTROYED {
+        let refs: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM shard_versions WHERE backend = $1 AND key_version = $2",
+        )
+        .bind(change.backend)
+        .bind(change.key_version)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if refs > 0 {
+            return Ok(KeyTransition::Referenced(refs));
+        }
+    }
+    let row = sqlx::query(&format!(
+        "UPDATE key_versions SET state = $3, changed_ms = $4, changed_by = $5 \
+         WHERE backend = $1 AND key_version = $2 RETURNING {KEY_COLUMNS}"
+    ))
+    .bind(change.backend)
+    .bind(change.key_version)
+    .bind(change.to)
+    .bind(change.now_ms)
+    .bind(change.actor)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    let record = key_from_row(&row).map_err(map_err)?;
+    insert_audit(&mut tx, audit).await?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(KeyTransition::Done(record))
+}
+
+/// [`Store::reserve_key_wraps`](crate::Store::reserve_key_wraps).
+pub(super) async fn reserve_key_wraps(
+    store: &PgStore,
+    backend: &str,
+    key_version: i64,
+    block: i64,
+    limit: i64,
+) -> Result<Reservation, StoreError> {
+    let mut tx = store.begin().await?;
+    // The row lock makes concurrent reservations (any replica) take turns: each reads the
+    // counter the previous one committed, so no two get overlapping ranges.
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT state, reserved_upto FROM key_versions \
+         WHERE backend = $1 AND key_version = $2 FOR UPDATE",
+    )
+    .bind(backend)
+    .bind(key_version)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    let Some((state, from)) = row else {
+        return Ok(Reservation::NotActive);
+    };
+    if state != key_state::ACTIVE {
+        return Ok(Reservation::NotActive);
+    }
+    if from >= limit {
+        return Ok(Reservation::Exhausted { reserved: from });
+    }
+    let to = from.saturating_add(block.max(1)).min(limit);
+    sqlx::query(
+        "UPDATE key_versions SET reserved_upto = $3 WHERE backend = $1 AND key_version = $2",
+    )
+    .bind(backend)
+    .bind(key_version)
+    .bind(to)
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(Reservation::Granted { from, to })
+}
+
+/// [`Store::key_ref_counts`](crate::Store::key_ref_counts).
+pub(super) async fn key_ref_counts(store: &PgStore) -> Result<Vec<KeyRefCount>, StoreError> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT backend, key_version, COUNT(*) FROM shard_versions \
+         GROUP BY backend, key_version ORDER BY backend, key_version",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .map_err(map_err)?;
+    Ok(rows
+        .into_iter()
+        .map(|(backend, key_version, shard_versions)| KeyRefCount {
+            backend,
+            key_version,
+            shard_versions,
+        })
+        .collect())
+}
