@@ -3,7 +3,7 @@
 use super::api::{json, path_error, ApiJson, Ctx};
 use crate::domain::audit::Auditor;
 use crate::domain::auth::Scope;
-use crate::domain::ids;
+use crate::domain::ids::AccountId;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::state::AppState;
 use axum::extract::rejection::PathRejection;
@@ -110,10 +110,10 @@ pub(crate) async fn placed_account(
     Ok((record, placement))
 }
 
-fn account_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+/// The path's account id, checked.
+fn account_id(p: Result<Path<String>, PathRejection>) -> Result<AccountId, ApiError> {
     let Path(account) = p.map_err(path_error)?;
-    ids::check("account", &account)?;
-    Ok(account)
+    Ok(AccountId::parse(account)?)
 }
 
 /// Create an account or change its tier.
@@ -176,7 +176,7 @@ pub async fn put_account(
                 .await?;
             if stats.versions_elsewhere > 0 {
                 let selector = shardgate_store::MigrationSelector {
-                    account: Some(account.clone()),
+                    account: Some(account.to_string()),
                     ..Default::default()
                 };
                 // The snapshot of a large account can outlast the request's deadline: create
@@ -221,7 +221,7 @@ pub async fn put_account(
             StatusCode::OK
         },
         AccountResponse {
-            account,
+            account: account.into_string(),
             tier: body.tier,
             backend: placement.backend,
             created: Some(created),
@@ -255,7 +255,7 @@ pub async fn get_account(
     Ok(json(
         StatusCode::OK,
         AccountResponse {
-            account,
+            account: account.into_string(),
             tier: record.tier,
             backend: placement.backend,
             created: None,
@@ -307,7 +307,7 @@ pub async fn delete_account(
     guard.arm();
     let seal = |n: i64| guard.seal(&event.clone().detail(format!("destroyed_versions={n}")));
     let receipt = |o: shardgate_store::DeleteOutcome| DeleteAccountResponse {
-        account: account.clone(),
+        account: account.to_string(),
         destroyed_shards: o.shards,
         destroyed_versions: o.versions,
         audit_event: Auditor::event_id(&seal(o.versions)),
@@ -355,7 +355,7 @@ pub async fn delete_account(
     Ok(json(
         StatusCode::OK,
         DeleteAccountResponse {
-            account,
+            account: account.into_string(),
             destroyed_shards: outcome.shards,
             destroyed_versions: outcome.versions,
             audit_event: record.as_ref().map(Auditor::event_id).unwrap_or_default(),

@@ -306,6 +306,12 @@ impl From<DomainError> for ApiError {
     }
 }
 
+impl From<shardgate_policy::InvalidId> for ApiError {
+    fn from(e: shardgate_policy::InvalidId) -> Self {
+        DomainError::from(e).into()
+    }
+}
+
 impl Outcome for ApiError {
     fn outcome(&self) -> &str {
         self.code.as_str()

@@ -4,7 +4,7 @@ use super::api::{json, path_error, query_error, ApiJson, Ctx};
 use super::idempotency::IdemKey;
 use crate::domain::audit::Auditor;
 use crate::domain::auth::Scope;
-use crate::domain::ids;
+use crate::domain::ids::{self, AccountId, ShardId};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::state::AppState;
 use crate::service::read::{fetch, not_found};
@@ -118,11 +118,10 @@ pub struct DeleteShardResponse {
 
 type ShardPath = Result<Path<(String, String)>, PathRejection>;
 
-fn shard_ids(p: ShardPath) -> Result<(String, String), ApiError> {
+/// The path's ids, checked: an `AccountId` and a `ShardId` hold only valid ids.
+fn shard_ids(p: ShardPath) -> Result<(AccountId, ShardId), ApiError> {
     let Path((account, shard)) = p.map_err(path_error)?;
-    ids::check("account", &account)?;
-    ids::check("shard", &shard)?;
-    Ok((account, shard))
+    Ok((AccountId::parse(account)?, ShardId::parse(shard)?))
 }
 
 /// Store a new version of a shard.
@@ -384,8 +383,7 @@ pub async fn delete_shard_version(
     path: VersionPath,
 ) -> Result<Response, ApiError> {
     let Path((account, shard, version)) = path.map_err(path_error)?;
-    ids::check("account", &account)?;
-    ids::check("shard", &shard)?;
+    let (account, shard) = (AccountId::parse(account)?, ShardId::parse(shard)?);
     ctx.require(
         &state,
         Scope::ShardsDelete,
@@ -482,7 +480,7 @@ pub async fn list_shards(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path(account) = path.map_err(path_error)?;
-    ids::check("account", &account)?;
+    let account = AccountId::parse(account)?;
     let Query(q) = query.map_err(query_error)?;
     ctx.require(&state, Scope::ShardsRead, Some(&account), "shard.list")?;
     if let Some(after) = &q.after {

@@ -10,7 +10,7 @@ use super::state::Services;
 use crate::domain::auth::{Caller, Scope};
 use crate::domain::envelope;
 use crate::domain::error::DomainError;
-use crate::domain::ids;
+use crate::domain::ids::{AccountId, ShardId};
 use shardgate_backends::BackendError;
 use shardgate_store::{ShardVersionRow, StoreError};
 use std::collections::BTreeMap;
@@ -63,8 +63,8 @@ fn opened(
 /// Read and open one version; the caller audits the outcome.
 pub async fn fetch(
     state: &Services,
-    account: &str,
-    shard: &str,
+    account: &AccountId,
+    shard: &ShardId,
     version: Option<i64>,
 ) -> Result<Opened, DomainError> {
     let row = load(state, account, shard, version).await?;
@@ -124,9 +124,10 @@ pub async fn fetch_many(
     let mut wanted = Vec::with_capacity(items.len());
     let mut wanted_at = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let checked = ids::check("account", item.account)
-            .and_then(|()| ids::check("shard", item.shard))
-            .and_then(|()| caller.require(Scope::ShardsRead, Some(item.account)))
+        let checked = AccountId::parse(item.account)
+            .and_then(|_| ShardId::parse(item.shard))
+            .map_err(DomainError::from)
+            .and_then(|_| caller.require(Scope::ShardsRead, Some(item.account)))
             .and_then(|()| check_version(item.version));
         match checked {
             Ok(()) => {

@@ -14,6 +14,7 @@ use super::write_group::Grouped;
 use crate::domain::audit::{Auditor, ChainSeal, Event, CHAIN_WAIT};
 use crate::domain::envelope;
 use crate::domain::error::DomainError;
+use crate::domain::ids::{AccountId, ShardId};
 use shardgate_backends::{KeyBackend, ShardIdentity};
 use shardgate_store::{
     AccountRecord, AuditRecord, IdempotencyRecord, Idempotent, IdempotentWrite, Prune,
@@ -27,9 +28,9 @@ pub const MAX_WRITE_ATTEMPTS: usize = 64;
 /// One shard write, its ids checked and its bytes decoded and within the limits.
 pub struct PutShard<'a> {
     /// Account id.
-    pub account: &'a str,
+    pub account: &'a AccountId,
     /// Shard id.
-    pub shard: &'a str,
+    pub shard: &'a ShardId,
     /// The shard's bytes (not empty).
     pub plaintext: &'a [u8],
     /// Compare-and-swap: the version the caller last saw (0 = must not exist yet).
@@ -156,7 +157,11 @@ async fn seal(
     backend_name: &str,
     version: i64,
 ) -> Result<ShardVersionRow, DomainError> {
-    let id = ShardIdentity::new(req.account, req.shard, version.unsigned_abs());
+    let id = ShardIdentity::new(
+        req.account.as_str(),
+        req.shard.as_str(),
+        version.unsigned_abs(),
+    );
     let sealed = match envelope::seal(backend.as_ref(), &id, req.plaintext).await {
         Ok(sealed) => sealed,
         Err(e) => {
