@@ -20,7 +20,9 @@ Results layout (written by scripts/bench.sh):
 
 With --only-migration (scripts/bench.sh --only migration), only the migration goals, figures
 and section of the existing --json / --md files are replaced; the rest is kept. The same with
---only-flood (scripts/bench.sh --only flood) for the flood figure (results/flood/).
+--only-flood (scripts/bench.sh --only flood) for the flood figure (results/flood/), and with
+--only-compare (scripts/bench.sh --only compare --baseline REV) for the A/B of this tree's
+binary against a baseline's (results/compare/ and the runs of kind cmp_new / cmp_old).
 """
 
 import argparse
@@ -662,6 +664,109 @@ def merge_migration(a, res, machine, runs):
         f.write("\n".join(lines) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# Compare (scripts/bench.sh --only compare --baseline REV): results/compare/ and the cmp_new /
+# cmp_old wrk runs. Each figure's ratio is new / old of the same round; the median of rounds.
+# ---------------------------------------------------------------------------------------------
+CMP_PREFIX = "A/B against the baseline"
+CMP_HEADING = "## 12. This tree against a baseline binary (A/B)"
+CMP_FIGURES = [  # (key, label, backend, mode)
+    ("get_local", "GET local", "local", "get"),
+    ("get_hsm", "GET pkcs11 (hsm)", "hsm", "get"),
+    ("batch_hsm", "batchGet of 10, pkcs11 (hsm)", "hsm", "batch"),
+    ("put_local", "PUT local (durable, audited)", "local", "put"),
+]
+
+
+def compare_report(res, runs):
+    """(goals, figures, md lines) of --only compare, or None when it was not run."""
+    d = os.path.join(res, "compare")
+    base_rev = (read(os.path.join(d, "baseline_rev"), "") or "").strip()
+    if not base_rev:
+        return None
+    new_rev = (read(os.path.join(d, "new_rev"), "") or "").strip()
+    tck = float(read(os.path.join(d, "clk_tck"), "100") or 100)
+
+    def run(which, backend, mode, r):
+        return next((x for x in runs if x["kind"] == "cmp_" + which and x["backend"] == backend
+                     and x["mode"] == mode and x["round"] == r), None)
+
+    def job(which, r):
+        j = jread(os.path.join(d, "job-%s-r%d.json" % (which, r))) or {}
+        try:
+            ticks = float(read(os.path.join(d, "job-%s-r%d.cpu.after" % (which, r)))) - \
+                float(read(os.path.join(d, "job-%s-r%d.cpu.before" % (which, r))))
+            j["cpu_us_per_item"] = ticks / tck * 1e6 / j["total"] if j.get("total") else None
+        except (TypeError, ValueError):
+            j["cpu_us_per_item"] = None
+        return j
+
+    rounds = sorted({x["round"] for x in runs if x["kind"] == "cmp_new"})
+    rows, goals, figures = [], [], {"baseline_rev": base_rev, "new_rev": new_rev, "rounds": {}}
+    for key, label, backend, mode in CMP_FIGURES:
+        per = []
+        for r in rounds:
+            n, o = run("new", backend, mode, r), run("old", backend, mode, r)
+            if n and o:
+                per.append({"round": r, "new_rps": n["rps"], "old_rps": o["rps"], "ratio": ratio(n["rps"], o["rps"]),
+                            "new_cpu_us": n["gateway_cpu_us_per_req"], "old_cpu_us": o["gateway_cpu_us_per_req"],
+                            "cpu_ratio": ratio(n["gateway_cpu_us_per_req"], o["gateway_cpu_us_per_req"]),
+                            "new_not_ok": n["not_ok"], "old_not_ok": o["not_ok"]})
+        figures["rounds"][key] = per
+        rows.append((label, "req/s", per, "new_rps", "old_rps", "ratio", "cpu_ratio"))
+    per = []
+    for r in rounds:
+        n, o = job("new", r), job("old", r)
+        per.append({"round": r, "new_rps": n.get("per_sec"), "old_rps": o.get("per_sec"),
+                    "ratio": ratio(n.get("per_sec"), o.get("per_sec")),
+                    "new_cpu_us": n.get("cpu_us_per_item"), "old_cpu_us": o.get("cpu_us_per_item"),
+                    "cpu_ratio": ratio(n.get("cpu_us_per_item"), o.get("cpu_us_per_item")),
+                    "new_not_ok": n.get("failed"), "old_not_ok": o.get("failed")})
+    figures["rounds"]["migration"] = per
+    rows.append(("tier migration job, local -> pkcs11", "shards/s", per, "new_rps", "old_rps", "ratio", "cpu_ratio"))
+    o = [CMP_HEADING, "",
+         "This tree's gateway (`%s`) against the one built from `%s`, in one run, on one database and data "
+         "set; each round runs both binaries one after the other (a gateway process each), the order "
+         "alternating by round. Ratios are new / old of the same round; the goal column is the median of "
+         "the rounds. Gateway CPU per request is the process's utime + stime over the run." % (new_rev[:7], base_rev[:7]),
+         "", "| figure | old (median) | new (median) | new / old (rounds) | gateway CPU per op, new / old |",
+         "|---|---|---|---|---|"]
+    for label, unit, per, nk, ok_, rk, ck in rows:
+        m, c = med([p[rk] for p in per]), med([p[ck] for p in per])
+        o.append("| %s | %s %s | %s %s | %s%s | %s%s |" % (
+            label, fmt(med([p[ok_] for p in per])), unit, fmt(med([p[nk] for p in per])), unit,
+            fmt(m, 3, "x"), rounds_text([p[rk] for p in per]), fmt(c, 3, "x"), rounds_text([p[ck] for p in per])))
+        gid = "compare_" + label.split(",")[0].lower().replace(" ", "_").replace("(", "").replace(")", "")
+        goals.append({"id": gid, "unit": "x", "goal": ">= 0.95x", "measured": m, "met": m is not None and m >= 0.95,
+                      "figure": "%s: %s, %s new / old (%s vs %s)" % (CMP_PREFIX, label, unit, new_rev[:7], base_rev[:7])})
+    figures["cmd"] = (read(os.path.join(d, "cmd"), "") or "").strip()
+    o += ["", "Goal: every figure within 5%% of the baseline's (new / old >= 0.95x). Command: `%s`." % figures["cmd"], ""]
+    return goals, figures, o
+
+
+def merge_compare(a, res, machine, runs):
+    """--only-compare: replace the compare goals, figures and section of the existing
+    BENCHMARKS.json/md, keeping everything else as it is."""
+    cmp_ = compare_report(res, runs)
+    if cmp_ is None:
+        raise SystemExit("no compare results in " + res)
+    goals, figures, section = cmp_
+    prev = json.loads(read(a.json, "{}") or "{}")
+    prev["goals"] = [g for g in prev.get("goals", []) if not g["id"].startswith("compare_")] + goals
+    prev.setdefault("figures", {})["compare"] = figures
+    prev["machine_compare"] = machine
+    with open(a.json, "w") as f:
+        json.dump(prev, f, indent=1)
+        f.write("\n")
+    lines = (read(a.md, "") or "").splitlines()
+    if "## Goals" not in lines:
+        lines = ["# Benchmarks", "", "## Goals", "", "| figure | goal | measured | met? |", "|---|---|---|---|",
+                 ""] + lines
+    lines = merge_goals_and_section(lines, CMP_PREFIX, goals, CMP_HEADING, section)
+    with open(a.md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
@@ -669,6 +774,7 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--only-migration", action="store_true")
     ap.add_argument("--only-flood", action="store_true")
+    ap.add_argument("--only-compare", action="store_true")
     a = ap.parse_args()
     res = a.results
     machine = json.loads(read(os.path.join(res, "machine.json"), "{}"))
@@ -676,6 +782,9 @@ def main():
         merge_flood(a, res, machine)
         return
     runs = load_runs(res)
+    if a.only_compare:
+        merge_compare(a, res, machine, runs)
+        return
     if a.only_migration:
         merge_migration(a, res, machine, runs)
         return

@@ -8,7 +8,8 @@
 #
 #   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
 #                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
-#                    [--only all|migration|flood] [--migration-shards N] [--migration-rate R]
+#                    [--only all|migration|flood|compare] [--migration-shards N] [--migration-rate R]
+#                    [--baseline REV]
 #
 #   --accounts N      accounts per backend tier, one shard `s0` each (default 1000)
 #   --shard-bytes B   shard size in bytes (default 64)
@@ -22,6 +23,13 @@
 #   --only flood      only the readers-under-an-unauthenticated-flood figure (issue 25): its
 #                     goal row and section 11 of BENCHMARKS.md/json in --out are replaced, the
 #                     rest kept as it is
+#   --only compare    this tree's gateway against the one built from --baseline REV, in one run
+#                     on one database and data set: GET (local, pkcs11), batchGet (pkcs11), PUT
+#                     (local) and a migration job of --migration-shards shards, each binary in
+#                     turn, the order alternating by round; its goal rows and section of
+#                     BENCHMARKS.md/json in --out are replaced, the rest kept as it is
+#   --baseline REV    the commit --only compare measures against (git rev; built in a worktree
+#                     of its own with CARGO_TARGET_DIR=$SHARDGATE_BENCH_TARGET-baseline)
 #   --migration-shards N  shards of the local -> pkcs11 throughput job, on one account, loaded
 #                     over HTTP (default 100000, issue 5's size: loading them takes about 3.5 of
 #                     the whole bench's ~15 minutes on 2 cores; 20000 saves about 5 minutes)
@@ -65,6 +73,7 @@ MIG_SHARDS=100000
 MIG_RATE=1000000
 MIG_DEFAULT_RATE=500 # the gateway's default [migration] rate_per_sec (gateway/src/service/settings.rs)
 TARGET=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}
+BASELINE=""
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 ORIG_ARGS=("$@")
@@ -80,10 +89,11 @@ while [ "$#" -gt 0 ]; do
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
         --only)
-            case "${2:-}" in all | migration | flood) ONLY=$2 ;; *) sg_die "--only is all, migration or flood, got '${2:-}'" ;; esac
+            case "${2:-}" in all | migration | flood | compare) ONLY=$2 ;; *) sg_die "--only is all, migration, flood or compare, got '${2:-}'" ;; esac
             shift 2 ;;
         --migration-shards) MIG_SHARDS=$(num "$1" "${2:-}"); shift 2 ;;
         --migration-rate) MIG_RATE=$(num "$1" "${2:-}"); shift 2 ;;
+        --baseline) BASELINE=${2:?--baseline needs a git revision}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) sg_die "unknown argument: $1 (see scripts/bench.sh --help)" ;;
     esac
@@ -93,6 +103,10 @@ done
 [ "$MIG_RATE" -le 4294967295 ] || sg_die "--migration-rate is at most 4294967295"
 if [ "$ONLY" = migration ] && [ ! -f "$OUT_DIR/BENCHMARKS.json" ]; then
     sg_die "--only migration keeps the other figures of $OUT_DIR/BENCHMARKS.json, which does not exist: run the whole bench once"
+fi
+if [ "$ONLY" = compare ]; then
+    [ -n "$BASELINE" ] || sg_die "--only compare needs --baseline REV"
+    BASELINE_REV=$(git rev-parse --verify --quiet "$BASELINE^{commit}") || sg_die "--baseline: no commit '$BASELINE'"
 fi
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -117,6 +131,7 @@ cleanup() {
     [ -n "$SG_MOTO_PID" ] && sg_stop_pid "$SG_MOTO_PID"
     [ -n "$DB_NAME" ] && sg_pg_drop_db_family "$DB_NAME"
     [ -n "$STATE_FILE" ] && rm -f "$STATE_FILE"
+    [ -n "${BASELINE_TREE:-}" ] && git worktree remove --force "$BASELINE_TREE" 2>/dev/null
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
         # The token, the HSM PIN and the keys live in $WORK/secrets: never kept.
         rm -rf "$WORK/secrets" "$WORK/softhsm" "$WORK/data" "$WORK/tmp"
@@ -175,7 +190,7 @@ command -v wrk >/dev/null 2>&1 || sg_die "wrk is required (apt-get install wrk)"
 command -v curl >/dev/null 2>&1 || sg_apt_install curl || sg_die "curl is required"
 # oha (open-loop latency) and inferno (flamegraphs) come from crates.io, built once.
 export PATH="$PATH:$HOME/.cargo/bin"
-if ! command -v oha >/dev/null 2>&1 && [ "$ONLY" != migration ]; then
+if ! command -v oha >/dev/null 2>&1 && [ "$ONLY" != migration ] && [ "$ONLY" != compare ]; then
     blog "installing oha (cargo install oha --locked; once)"
     cargo install oha --locked >&2 || sg_die "oha is required for the open-loop figure (cargo install oha)"
 fi
@@ -192,6 +207,20 @@ CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate
 CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-bench
 [ "$ONLY" != all ] || CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-softhsm-tests --example pool_vs_login
 BIN=$TARGET/release/shardgate
+if [ "$ONLY" = compare ]; then
+    # The baseline from a worktree of its own, in a target dir of its own: cargo's metadata
+    # hash of a path package does not depend on its path, so a shared target dir would link
+    # one checkout's crates into the other's binary.
+    BASELINE_TREE=$WORK/baseline-src
+    blog "baseline build: $BASELINE_REV (CARGO_TARGET_DIR=$TARGET-baseline)"
+    git worktree add --detach "$BASELINE_TREE" "$BASELINE_REV" >&2
+    (cd "$BASELINE_TREE" && CARGO_TARGET_DIR=$TARGET-baseline cargo build --release -p shardgate)
+    cp "$TARGET-baseline/release/shardgate" "$WORK/shardgate-baseline"
+    cp "$BIN" "$WORK/shardgate-new"
+    git worktree remove --force "$BASELINE_TREE"
+    BASELINE_TREE=""
+    declare -A CMP_BIN=([new]="$WORK/shardgate-new" [old]="$WORK/shardgate-baseline")
+fi
 BENCH_BIN=$TARGET/release/shardgate-bench
 POOL_VS_LOGIN=$TARGET/release/examples/pool_vs_login
 
@@ -363,6 +392,8 @@ LOAD_BACKENDS=("${BACKENDS[@]}")
 [ "$ONLY" = migration ] && LOAD_BACKENDS=(hsm)
 # Only the flood figure: its readers read the local set.
 [ "$ONLY" = flood ] && LOAD_BACKENDS=(local)
+# The compare figures: GET on local and hsm, batchGet on hsm, PUT on local.
+[ "$ONLY" = compare ] && LOAD_BACKENDS=(local hsm)
 for b in "${LOAD_BACKENDS[@]}"; do load_sets+=("bench-$b=$(prefix_of "$b")"); done
 LOAD_CMD="SG_TOKEN=\$TOKEN python3 bench/load.py --base $BASE --accounts $ACCOUNTS --shard-bytes $SHARD_BYTES ${load_sets[*]}"
 blog "loading $ACCOUNTS accounts x 1 shard of $SHARD_BYTES B per backend tier (${LOAD_BACKENDS[*]})"
@@ -626,7 +657,7 @@ fi # ONLY=all
 # ---------------------------------------------------------------------------------------------
 FLOOD_RATE=200
 FLOOD_CONNS=32
-if [ "$ONLY" != migration ]; then
+if [ "$ONLY" != migration ] && [ "$ONLY" != compare ]; then
     FLOOD=$RES/flood
     mkdir -p "$FLOOD"
     [ -n "$OHA" ] || sg_die "oha is required for the flood figure (cargo install oha)"
@@ -693,7 +724,7 @@ fi
 #       or database (shardgate-bench migrate-raw), on the same keyring file and token; in
 #       --rounds rounds (the shards moved back to local between them), the median ratio.
 # ---------------------------------------------------------------------------------------------
-if [ "$ONLY" != flood ]; then
+if [ "$ONLY" != flood ] && [ "$ONLY" != compare ]; then
 MIG=$RES/migration
 mkdir -p "$MIG"
 mig() { SG_TOKEN=$TOKEN python3 bench/migrate.py --base "$BASE" "$@"; }
@@ -795,6 +826,50 @@ curl -s -H @"$WORK/secrets/auth.header" "$BASE/v1/accounts/mig-tput-000000" >"$M
 fi # ONLY != flood
 
 # ---------------------------------------------------------------------------------------------
+# 7b. Compare (--only compare): this tree's binary ("new") against --baseline's ("old") on the
+#     same database and data set. Each round runs both, one after the other, the order
+#     alternating; each run starts its own gateway process with the migration rate not the
+#     limit. A round of one binary: a warm-up, GET local, GET hsm, batchGet hsm, PUT local
+#     (wrk), then a job moving --migration-shards shards local -> pkcs11 (measured) and back
+#     (not measured). Every figure's ratio is new / old of the same round; the report gives
+#     the median of the rounds.
+# ---------------------------------------------------------------------------------------------
+if [ "$ONLY" = compare ]; then
+    CMP=$RES/compare
+    mkdir -p "$CMP"
+    echo "$BASELINE_REV" >"$CMP/baseline_rev"
+    git rev-parse HEAD >"$CMP/new_rev"
+    mig() { SG_TOKEN=$TOKEN python3 bench/migrate.py --base "$BASE" "$@"; }
+    blog "compare: loading 1 account x $MIG_SHARDS shards (migration job), tier bench-local"
+    SG_TOKEN=$TOKEN python3 bench/load.py --base "$BASE" --workers 16 --accounts 1 --shards-per-account "$MIG_SHARDS" \
+        --shard-bytes "$SHARD_BYTES" bench-local=mig-tput- | tee "$CMP/load.jsonl" >&2 ||
+        sg_die "loading the migration data set failed"
+    vacuum_db
+    stop_gateway
+    for r in $(seq 1 "$ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then order=(new old); else order=(old new); fi
+        for which in "${order[@]}"; do
+            blog "compare round $r/$ROUNDS: $which ($(basename "${CMP_BIN[$which]}"))"
+            BIN=${CMP_BIN[$which]}
+            start_gateway "$which-r$r" "SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE"
+            run_wrk "cmp-warmup-$which-r$r" warmup local get "$THREADS" "$CONNS" "$WARMUP_SECS" "$r"
+            run_wrk "cmp-$which-get-local-r$r" "cmp_$which" local get "$THREADS" "$CONNS" "$DURATION" "$r"
+            run_wrk "cmp-$which-get-hsm-r$r" "cmp_$which" hsm get "$THREADS" "$CONNS" "$DURATION" "$r"
+            run_wrk "cmp-$which-batch-hsm-r$r" "cmp_$which" hsm batch "$THREADS" "$CONNS" "$DURATION" "$r"
+            run_wrk "cmp-$which-put-local-r$r" "cmp_$which" local put "$THREADS" "$CONNS" "$DURATION" "$r"
+            gw_cpu_ticks >"$CMP/job-$which-r$r.cpu.before"
+            mig run mig-tput-000000 bench-hsm >"$CMP/job-$which-r$r.json" || sg_die "the compare job ($which) failed"
+            gw_cpu_ticks >"$CMP/job-$which-r$r.cpu.after"
+            echo "$CLK_TCK" >"$CMP/clk_tck"
+            blog "  job ($which): $(cat "$CMP/job-$which-r$r.json")"
+            mig run mig-tput-000000 bench-local >"$CMP/job-back-$which-r$r.json" || sg_die "the job back to local failed"
+            stop_gateway
+        done
+    done
+    echo "scripts/bench.sh${ORIG_ARGS[*]:+ ${ORIG_ARGS[*]}}" >"$CMP/cmd"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 8. Report
 # ---------------------------------------------------------------------------------------------
 ver() { "$@" 2>/dev/null | head -n1 || true; }
@@ -821,6 +896,7 @@ python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dump
 REPORT_ARGS=()
 [ "$ONLY" = migration ] && REPORT_ARGS=(--only-migration)
 [ "$ONLY" = flood ] && REPORT_ARGS=(--only-flood)
+[ "$ONLY" = compare ] && REPORT_ARGS=(--only-compare)
 [ "$ONLY" = flood ] && blog "flood figure: $(tail -n1 "$RES/flood/summary.txt")"
 python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json" "${REPORT_ARGS[@]}"
 blog "wrote $OUT_DIR/BENCHMARKS.md and $OUT_DIR/BENCHMARKS.json"

@@ -46,32 +46,12 @@ impl std::fmt::Debug for WrappedKey {
     }
 }
 
-/// Lifecycle state of a KEK version (NIST SP 800-57 terms, as Tink uses them).
+/// Lifecycle state of a KEK version: the one enum of `shardgate-policy`.
 ///
 /// Which version wraps is decided by the gateway's key lifecycle (a table in its database,
 /// shared by every replica); the state a backend reports itself ([`KekVersion::state`]) is
 /// only the state a version starts in when the gateway first sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyState {
-    /// Wraps new data keys, and unwraps.
-    Active,
-    /// Unwraps only (a rotated-but-not-promoted version, or a retired one).
-    DecryptOnly,
-    /// Gone: never used again.
-    Destroyed,
-}
-
-impl KeyState {
-    /// `active`, `decrypt-only` or `destroyed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Active => "active",
-            KeyState::DecryptOnly => "decrypt-only",
-            KeyState::Destroyed => "destroyed",
-        }
-    }
-}
+pub use shardgate_policy::KeyState;
 
 /// One KEK version a backend instance holds, as the backend itself sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

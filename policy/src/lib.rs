@@ -88,11 +88,13 @@
 //! ```
 
 pub mod ids;
+pub mod key_state;
 
 pub use ids::{
     is_id_byte, is_valid_id, is_valid_prefix, AccountId, IdKind, InvalidId, ShardId, ID_CHARSET,
     ID_GRAMMAR, ID_RULE, MAX_ID_LEN,
 };
+pub use key_state::{KeyState, UnknownKeyState};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

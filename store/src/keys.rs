@@ -13,19 +13,15 @@
 //! - wraps are reserved in blocks ([`Reservation`]) only under an `active` version and never
 //!   past the limit the caller gives.
 
-/// Lifecycle states, as stored.
-pub mod key_state {
-    /// Wraps new data keys (at most one per backend) and unwraps.
-    pub const ACTIVE: &str = "active";
-    /// Unwraps only.
-    pub const DECRYPT_ONLY: &str = "decrypt-only";
-    /// Refused for every use; terminal.
-    pub const DESTROYED: &str = "destroyed";
+pub use shardgate_policy::KeyState;
 
-    /// Whether `s` is one of the three states.
-    pub fn is_valid(s: &str) -> bool {
-        matches!(s, ACTIVE | DECRYPT_ONLY | DESTROYED)
-    }
+use crate::StoreError;
+
+/// The state a `key_versions` row holds: its column is [`KeyState::as_str`]; anything else
+/// is a corrupt row (the schema's CHECK makes that a bug or tampering).
+pub(crate) fn parse_state(s: &str) -> Result<KeyState, StoreError> {
+    s.parse()
+        .map_err(|e| StoreError::Internal(format!("key_versions row: {e}")))
 }
 
 /// One KEK version of one backend instance, as stored.
@@ -38,8 +34,8 @@ pub struct KeyVersionRecord {
     /// The backend's key reference when the version was registered (keyring id, HSM key
     /// label, KMS key id); informational.
     pub key_ref: String,
-    /// One of [`key_state`].
-    pub state: String,
+    /// Its lifecycle state.
+    pub state: KeyState,
     /// When the version was registered, unix milliseconds.
     pub created_ms: i64,
     /// Last state change (or registration), unix milliseconds.
@@ -61,7 +57,7 @@ pub struct NewKeyVersion {
     pub key_ref: String,
     /// The state it starts in. An `active` one becomes `decrypt-only` when the backend has
     /// an active version already (never two actives).
-    pub state: String,
+    pub state: KeyState,
 }
 
 /// A state change to make with [`crate::Store::set_key_state`]: from what the caller read,
@@ -73,9 +69,9 @@ pub struct KeyStateChange<'a> {
     /// KEK version.
     pub key_version: i64,
     /// The state the caller saw (the change is refused if it is not the current one).
-    pub from: &'a str,
+    pub from: KeyState,
     /// The new state.
-    pub to: &'a str,
+    pub to: KeyState,
     /// For `to = active`: the backend's active version the caller saw (demoted to
     /// `decrypt-only` in the same transaction), `None` if it saw none.
     pub demote: Option<i64>,
@@ -94,7 +90,7 @@ pub enum KeyTransition {
     NotFound,
     /// The version (or, for a promote, the backend's active version) is not what the caller
     /// saw, or the transition is not allowed from the current state; the current state.
-    WrongState(String),
+    WrongState(KeyState),
     /// `destroyed` refused: this many shard versions still reference the version.
     Referenced(i64),
 }
@@ -128,17 +124,4 @@ pub struct KeyRefCount {
     pub key_version: i64,
     /// Rows.
     pub shard_versions: i64,
-}
-
-/// Whether the state machine allows `from -> to`: `active -> decrypt-only`,
-/// `decrypt-only -> active` (a promote, or taking a demotion back) and `decrypt-only ->
-/// destroyed`. `destroyed` is terminal, and an `active` version is never destroyed without
-/// first being demoted (two deliberate steps).
-pub fn allowed(from: &str, to: &str) -> bool {
-    matches!(
-        (from, to),
-        (key_state::ACTIVE, key_state::DECRYPT_ONLY)
-            | (key_state::DECRYPT_ONLY, key_state::ACTIVE)
-            | (key_state::DECRYPT_ONLY, key_state::DESTROYED)
-    )
 }

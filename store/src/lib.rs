@@ -30,7 +30,7 @@ pub mod sqlite;
 mod test_db;
 
 pub use keys::{
-    key_state, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
+    KeyRefCount, KeyState, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
     Reservation,
 };
 pub use migration::{

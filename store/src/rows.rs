@@ -166,7 +166,13 @@ where
         backend: r.try_get("backend")?,
         key_version: r.try_get("key_version")?,
         key_ref: r.try_get("key_ref")?,
-        state: r.try_get("state")?,
+        state: r
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(|e| sqlx::Error::ColumnDecode {
+                index: "state".to_string(),
+                source: Box::new(e),
+            })?,
         created_ms: r.try_get("created_ms")?,
         changed_ms: r.try_get("changed_ms")?,
         changed_by: r.try_get("changed_by")?,

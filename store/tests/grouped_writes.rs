@@ -8,8 +8,8 @@ mod common;
 
 use common::{shard_row, AuditGen, Harness};
 use shardgate_store::{
-    AuditRecord, GroupedWrite, KeyStateChange, KeyTransition, LateSeal, NewKeyVersion, Presealed,
-    ShardVersionRow, Store, StoreError,
+    AuditRecord, GroupedWrite, KeyState, KeyStateChange, KeyTransition, LateSeal, NewKeyVersion,
+    Presealed, ShardVersionRow, Store, StoreError,
 };
 
 const CHAIN: &str = "chain-group";
@@ -116,7 +116,7 @@ async fn a_group_stores_each_write_and_refuses_each_alone() {
             backend: "local-1".into(),
             key_version: 3,
             key_ref: "ring".into(),
-            state: "decrypt-only".into(),
+            state: KeyState::DecryptOnly,
         }],
         5,
     )
@@ -127,8 +127,8 @@ async fn a_group_stores_each_write_and_refuses_each_alone() {
             &KeyStateChange {
                 backend: "local-1",
                 key_version: 3,
-                from: "decrypt-only",
-                to: "destroyed",
+                from: KeyState::DecryptOnly,
+                to: KeyState::Destroyed,
                 demote: None,
                 actor: "ops",
                 now_ms: 1_800_000_000_000,

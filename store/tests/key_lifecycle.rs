@@ -8,7 +8,7 @@ mod common;
 
 use common::{shard_row, AuditGen, Harness};
 use shardgate_store::{
-    key_state, KeyStateChange, KeyTransition, NewKeyVersion, Reservation, Store, StoreError,
+    KeyState, KeyStateChange, KeyTransition, NewKeyVersion, Reservation, Store, StoreError,
 };
 use tokio::task::JoinSet;
 
@@ -25,16 +25,21 @@ both_stores!(
 
 const B: &str = "local-1";
 
-fn new(version: i64, state: &str) -> NewKeyVersion {
+fn new(version: i64, state: KeyState) -> NewKeyVersion {
     NewKeyVersion {
         backend: B.to_string(),
         key_version: version,
         key_ref: "ring".to_string(),
-        state: state.to_string(),
+        state,
     }
 }
 
-fn change<'a>(version: i64, from: &'a str, to: &'a str, demote: Option<i64>) -> KeyStateChange<'a> {
+fn change(
+    version: i64,
+    from: KeyState,
+    to: KeyState,
+    demote: Option<i64>,
+) -> KeyStateChange<'static> {
     KeyStateChange {
         backend: B,
         key_version: version,
@@ -46,7 +51,7 @@ fn change<'a>(version: i64, from: &'a str, to: &'a str, demote: Option<i64>) -> 
     }
 }
 
-async fn state_of(store: &dyn Store, version: i64) -> String {
+async fn state_of(store: &dyn Store, version: i64) -> KeyState {
     store
         .list_key_versions()
         .await
@@ -70,19 +75,22 @@ async fn key_events(store: &dyn Store, chain: &str) -> usize {
 async fn registering_never_makes_two_active_versions(h: &Harness) {
     let s = h.store.as_ref();
     let added = s
-        .register_key_versions(&[new(1, "active"), new(2, "active")], 5)
+        .register_key_versions(&[new(1, KeyState::Active), new(2, KeyState::Active)], 5)
         .await
         .unwrap();
     assert_eq!(added, 2);
-    assert_eq!(state_of(s, 1).await, key_state::ACTIVE);
+    assert_eq!(state_of(s, 1).await, KeyState::Active);
     assert_eq!(
         state_of(s, 2).await,
-        key_state::DECRYPT_ONLY,
+        KeyState::DecryptOnly,
         "a second active version is registered decrypt-only"
     );
     // Registering again changes nothing (a replica starting after another).
     let again = s
-        .register_key_versions(&[new(1, "decrypt-only"), new(2, "active")], 9)
+        .register_key_versions(
+            &[new(1, KeyState::DecryptOnly), new(2, KeyState::Active)],
+            9,
+        )
         .await
         .unwrap();
     assert_eq!(again, 0);
@@ -90,36 +98,45 @@ async fn registering_never_makes_two_active_versions(h: &Harness) {
     assert!(rows
         .iter()
         .all(|r| r.changed_by == "registered" && r.created_ms == 5 && r.reserved_upto == 0));
-    assert_eq!(state_of(s, 1).await, key_state::ACTIVE);
+    assert_eq!(state_of(s, 1).await, KeyState::Active);
 }
 
 async fn promote_demotes_the_previous_active_version_with_one_audit_event(h: &Harness) {
     let s = h.store.as_ref();
     let audit = AuditGen::new("chain-k");
-    s.register_key_versions(&[new(1, "active"), new(2, "decrypt-only")], 5)
-        .await
-        .unwrap();
+    s.register_key_versions(
+        &[new(1, KeyState::Active), new(2, KeyState::DecryptOnly)],
+        5,
+    )
+    .await
+    .unwrap();
     // The caller saw no active version, but there is one: refused, nothing written.
     let rec = audit.next("key.state", None, None, None);
     let r = s
-        .set_key_state(&change(2, "decrypt-only", "active", None), &rec)
+        .set_key_state(
+            &change(2, KeyState::DecryptOnly, KeyState::Active, None),
+            &rec,
+        )
         .await
         .unwrap();
-    assert_eq!(r, KeyTransition::WrongState("decrypt-only".into()));
+    assert_eq!(r, KeyTransition::WrongState(KeyState::DecryptOnly));
     assert_eq!(key_events(s, "chain-k").await, 0);
-    assert_eq!(state_of(s, 1).await, key_state::ACTIVE);
+    assert_eq!(state_of(s, 1).await, KeyState::Active);
 
     let r = s
-        .set_key_state(&change(2, "decrypt-only", "active", Some(1)), &rec)
+        .set_key_state(
+            &change(2, KeyState::DecryptOnly, KeyState::Active, Some(1)),
+            &rec,
+        )
         .await
         .unwrap();
     let KeyTransition::Done(done) = r else {
         panic!("promote refused: {r:?}")
     };
-    assert_eq!(done.state, key_state::ACTIVE);
+    assert_eq!(done.state, KeyState::Active);
     assert_eq!(done.changed_ms, 1_800_000_000_000);
     assert_eq!(done.changed_by, "ops");
-    assert_eq!(state_of(s, 1).await, key_state::DECRYPT_ONLY);
+    assert_eq!(state_of(s, 1).await, KeyState::DecryptOnly);
     assert_eq!(
         key_events(s, "chain-k").await,
         1,
@@ -129,21 +146,30 @@ async fn promote_demotes_the_previous_active_version_with_one_audit_event(h: &Ha
     // A stale `from` is refused; so is a transition the state machine does not have.
     let rec2 = audit.next("key.state", None, None, None);
     let r = s
-        .set_key_state(&change(1, "active", "decrypt-only", None), &rec2)
+        .set_key_state(
+            &change(1, KeyState::Active, KeyState::DecryptOnly, None),
+            &rec2,
+        )
         .await
         .unwrap();
-    assert_eq!(r, KeyTransition::WrongState("decrypt-only".into()));
+    assert_eq!(r, KeyTransition::WrongState(KeyState::DecryptOnly));
     let r = s
-        .set_key_state(&change(2, "active", "destroyed", None), &rec2)
+        .set_key_state(
+            &change(2, KeyState::Active, KeyState::Destroyed, None),
+            &rec2,
+        )
         .await
         .unwrap();
     assert_eq!(
         r,
-        KeyTransition::WrongState("active".into()),
+        KeyTransition::WrongState(KeyState::Active),
         "an active version is never destroyed directly"
     );
     let r = s
-        .set_key_state(&change(7, "decrypt-only", "destroyed", None), &rec2)
+        .set_key_state(
+            &change(7, KeyState::DecryptOnly, KeyState::Destroyed, None),
+            &rec2,
+        )
         .await
         .unwrap();
     assert_eq!(r, KeyTransition::NotFound);
@@ -170,18 +196,21 @@ async fn destroy_is_refused_while_referenced_then_final(h: &Harness) {
         .await
         .unwrap();
     }
-    s.register_key_versions(&[new(3, "decrypt-only"), new(4, "active")], 5)
-        .await
-        .unwrap();
+    s.register_key_versions(
+        &[new(3, KeyState::DecryptOnly), new(4, KeyState::Active)],
+        5,
+    )
+    .await
+    .unwrap();
     let r = s
         .set_key_state(
-            &change(3, "decrypt-only", "destroyed", None),
+            &change(3, KeyState::DecryptOnly, KeyState::Destroyed, None),
             &audit.next("key.state", None, None, None),
         )
         .await
         .unwrap();
     assert_eq!(r, KeyTransition::Referenced(2));
-    assert_eq!(state_of(s, 3).await, key_state::DECRYPT_ONLY);
+    assert_eq!(state_of(s, 3).await, KeyState::DecryptOnly);
 
     for shard in ["s1", "s2"] {
         let n = s
@@ -194,30 +223,30 @@ async fn destroy_is_refused_while_referenced_then_final(h: &Harness) {
     }
     let r = s
         .set_key_state(
-            &change(3, "decrypt-only", "destroyed", None),
+            &change(3, KeyState::DecryptOnly, KeyState::Destroyed, None),
             &audit.next("key.state", None, None, None),
         )
         .await
         .unwrap();
     assert!(
-        matches!(&r, KeyTransition::Done(k) if k.state == key_state::DESTROYED),
+        matches!(&r, KeyTransition::Done(k) if k.state == KeyState::Destroyed),
         "{r:?}"
     );
-    for to in [key_state::ACTIVE, key_state::DECRYPT_ONLY] {
+    for to in [KeyState::Active, KeyState::DecryptOnly] {
         let r = s
             .set_key_state(
-                &change(3, "destroyed", to, Some(4)),
+                &change(3, KeyState::Destroyed, to, Some(4)),
                 &audit.next("key.state", None, None, None),
             )
             .await
             .unwrap();
         assert_eq!(
             r,
-            KeyTransition::WrongState("destroyed".into()),
+            KeyTransition::WrongState(KeyState::Destroyed),
             "destroyed is final"
         );
     }
-    assert_eq!(state_of(s, 3).await, key_state::DESTROYED);
+    assert_eq!(state_of(s, 3).await, KeyState::Destroyed);
 }
 
 async fn no_row_commits_under_a_destroyed_version(h: &Harness) {
@@ -231,12 +260,15 @@ async fn no_row_commits_under_a_destroyed_version(h: &Harness) {
     )
     .await
     .unwrap();
-    s.register_key_versions(&[new(3, "decrypt-only"), new(4, "active")], 5)
-        .await
-        .unwrap();
+    s.register_key_versions(
+        &[new(3, KeyState::DecryptOnly), new(4, KeyState::Active)],
+        5,
+    )
+    .await
+    .unwrap();
     let r = s
         .set_key_state(
-            &change(3, "decrypt-only", "destroyed", None),
+            &change(3, KeyState::DecryptOnly, KeyState::Destroyed, None),
             &audit.next("key.state", None, None, None),
         )
         .await
@@ -277,7 +309,10 @@ async fn wrap_reservations_of_two_stores_never_overlap_and_stop_at_the_limit(h: 
     let other = shardgate_store::connect(&h.url, 4).await.unwrap();
     let stores = [h.store.clone(), other];
     stores[0]
-        .register_key_versions(&[new(1, "active"), new(2, "decrypt-only")], 5)
+        .register_key_versions(
+            &[new(1, KeyState::Active), new(2, KeyState::DecryptOnly)],
+            5,
+        )
         .await
         .unwrap();
     const LIMIT: i64 = 1_000;
@@ -335,7 +370,7 @@ async fn wrap_reservations_of_two_stores_never_overlap_and_stop_at_the_limit(h: 
 
 async fn the_last_block_is_cut_at_the_limit(h: &Harness) {
     let s = h.store.as_ref();
-    s.register_key_versions(&[new(1, "active")], 5)
+    s.register_key_versions(&[new(1, KeyState::Active)], 5)
         .await
         .unwrap();
     h.exec("UPDATE key_versions SET reserved_upto = 990 WHERE key_version = 1")
@@ -356,24 +391,27 @@ async fn the_last_block_is_cut_at_the_limit(h: &Harness) {
 async fn a_transition_whose_audit_event_cannot_be_written_changes_nothing(h: &Harness) {
     let s = h.store.as_ref();
     let audit = AuditGen::new("chain-a");
-    s.register_key_versions(&[new(1, "active"), new(2, "decrypt-only")], 5)
-        .await
-        .unwrap();
+    s.register_key_versions(
+        &[new(1, KeyState::Active), new(2, KeyState::DecryptOnly)],
+        5,
+    )
+    .await
+    .unwrap();
     h.break_audit().await;
     let err = s
         .set_key_state(
-            &change(2, "decrypt-only", "active", Some(1)),
+            &change(2, KeyState::DecryptOnly, KeyState::Active, Some(1)),
             &audit.next("key.state", None, None, None),
         )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AuditUnavailable(_)), "{err:?}");
-    assert_eq!(state_of(s, 1).await, key_state::ACTIVE);
-    assert_eq!(state_of(s, 2).await, key_state::DECRYPT_ONLY);
+    assert_eq!(state_of(s, 1).await, KeyState::Active);
+    assert_eq!(state_of(s, 2).await, KeyState::DecryptOnly);
     h.repair_audit().await;
     let r = s
         .set_key_state(
-            &change(2, "decrypt-only", "active", Some(1)),
+            &change(2, KeyState::DecryptOnly, KeyState::Active, Some(1)),
             &audit.next("key.state", None, None, None),
         )
         .await
@@ -393,14 +431,14 @@ async fn a_destroy_racing_writes_never_leaves_a_row_under_the_destroyed_version(
         .await
         .unwrap();
     h.store
-        .register_key_versions(&[new(100, "active")], 5)
+        .register_key_versions(&[new(100, KeyState::Active)], 5)
         .await
         .unwrap();
     let mut destroyed_rounds = 0;
     for round in 0..12i64 {
         let version = round + 1;
         h.store
-            .register_key_versions(&[new(version, "decrypt-only")], 5)
+            .register_key_versions(&[new(version, KeyState::DecryptOnly)], 5)
             .await
             .unwrap();
         let mut tasks = JoinSet::new();
@@ -433,7 +471,7 @@ async fn a_destroy_racing_writes_never_leaves_a_row_under_the_destroyed_version(
             .await;
             store
                 .set_key_state(
-                    &change(version, "decrypt-only", "destroyed", None),
+                    &change(version, KeyState::DecryptOnly, KeyState::Destroyed, None),
                     &audit2.next("key.state", None, None, None),
                 )
                 .await

@@ -3,6 +3,7 @@
 use super::args::*;
 use crate::app::config::{BackendConfig, Config};
 use crate::app::state::AppState;
+use shardgate_backends::KeyState;
 use std::process::ExitCode;
 
 pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -26,12 +27,13 @@ pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     if !cfg.backends.contains_key(&backend) {
         anyhow::bail!("no backend named {backend:?} in the configuration");
     }
+    let to = crate::service::keys_admin::parse_state(&to).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (state, _) = AppState::build(&cfg).await?;
     let answer = crate::service::keys_admin::transition(
         &state,
         &backend,
         i64::from(version),
-        &to,
+        to,
         &crate::domain::audit::Origin::cli(),
     )
     .await
@@ -57,10 +59,10 @@ pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         let synced = (|| -> Result<bool, shardgate_backends::local::KeyringError> {
             let mut keyring = shardgate_backends::local::Keyring::load(key_file)?;
             let before = keyring.versions();
-            match to.as_str() {
-                "active" => keyring.promote(version)?,
-                "decrypt-only" => keyring.demote(version)?,
-                _ => keyring.destroy(version)?,
+            match to {
+                KeyState::Active => keyring.promote(version)?,
+                KeyState::DecryptOnly => keyring.demote(version)?,
+                KeyState::Destroyed => keyring.destroy(version)?,
             }
             let changed = keyring.versions() != before;
             if changed {
@@ -69,7 +71,7 @@ pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             Ok(changed)
         })();
         match synced {
-            Ok(true) if to == "destroyed" => println!(
+            Ok(true) if to == KeyState::Destroyed => println!(
                 "its key bytes are erased from {}: copy this file to every replica.",
                 key_file.display()
             ),
@@ -77,7 +79,7 @@ pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("warning: the keyring file was not updated: {e}"),
         }
     }
-    if to == "active" {
+    if to == KeyState::Active {
         println!("every replica wraps new data keys with it within [keys] refresh_interval_ms.");
     }
     Ok(ExitCode::SUCCESS)

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use shardgate_backends::{
     BackendError, DataKey, Health, KekVersion, KeyBackend, ShardIdentity, Stat, WrappedKey,
 };
-use shardgate_store::{key_state, KeyVersionRecord, NewKeyVersion, Reservation, Store, StoreError};
+use shardgate_store::{KeyState, KeyVersionRecord, NewKeyVersion, Reservation, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -200,7 +200,7 @@ impl KeyLifecycle {
                     backend: backend.to_string(),
                     key_version: i64::from(v.version),
                     key_ref: v.key_ref.clone(),
-                    state: v.state.as_str().to_string(),
+                    state: v.state,
                 })
                 .collect()
         };
@@ -239,12 +239,12 @@ impl KeyLifecycle {
     }
 
     /// The stored state of a version, as this process last read it.
-    pub fn state(&self, backend: &str, version: i64) -> Option<String> {
+    pub fn state(&self, backend: &str, version: i64) -> Option<KeyState> {
         self.table
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(backend.to_string(), version))
-            .map(|r| r.state.clone())
+            .map(|r| r.state)
     }
 
     /// The backend's active version, as this process last read it.
@@ -253,7 +253,7 @@ impl KeyLifecycle {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .find(|r| r.backend == backend && r.state == key_state::ACTIVE)
+            .find(|r| r.backend == backend && r.state == KeyState::Active)
             .and_then(|r| u32::try_from(r.key_version).ok())
     }
 
@@ -267,7 +267,7 @@ impl KeyLifecycle {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|((b, kv), r)| *kv == v && b == backend && r.state == key_state::DESTROYED);
+            .any(|((b, kv), r)| *kv == v && b == backend && r.state == KeyState::Destroyed);
         if destroyed {
             return Err(BackendError::Refused(destroyed_message(
                 backend,

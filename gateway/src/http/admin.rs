@@ -363,11 +363,12 @@ pub async fn set_key_state(
     let version = version
         .parse::<u32>()
         .map_err(|_| ApiError::new(ErrorCode::InvalidId, "a key version is a number"))?;
+    let to = crate::service::keys_admin::parse_state(&body.state)?;
     let answer = crate::service::keys_admin::transition(
         &state,
         &backend,
         i64::from(version),
-        &body.state,
+        to,
         &ctx.origin(),
     )
     .await?;

@@ -11,7 +11,7 @@ use crate::domain::error::DomainError;
 use crate::domain::keys::counts_wraps;
 use serde::Serialize;
 use shardgate_backends::KeyBackend;
-use shardgate_store::{key_state, KeyStateChange, KeyTransition, KeyVersionRecord};
+use shardgate_store::{KeyState, KeyStateChange, KeyTransition, KeyVersionRecord};
 use std::collections::HashMap;
 
 /// One KEK version as the admin API and the CLI show it.
@@ -75,7 +75,7 @@ fn view(state: &Services, r: KeyVersionRecord, refs: &HashMap<(String, i64), i64
         kind,
         version: r.key_version,
         key_ref: r.key_ref,
-        state: r.state,
+        state: r.state.as_str().to_string(),
         created_ms: r.created_ms,
         changed_ms: r.changed_ms,
         changed_by: r.changed_by,
@@ -86,9 +86,10 @@ fn view(state: &Services, r: KeyVersionRecord, refs: &HashMap<(String, i64), i64
 /// Whether the backend holds the key of `version` (a version destroyed in a keyring file
 /// has no key any more).
 fn holds(backend: &dyn KeyBackend, version: i64) -> bool {
-    backend.kek_versions().iter().any(|k| {
-        i64::from(k.version) == version && k.state != shardgate_backends::KeyState::Destroyed
-    })
+    backend
+        .kek_versions()
+        .iter()
+        .any(|k| i64::from(k.version) == version && k.state != KeyState::Destroyed)
 }
 
 /// What a state change did.
@@ -111,20 +112,22 @@ fn conflict(message: String) -> DomainError {
     DomainError::Conflict(message)
 }
 
+/// The state an admin asks for (the API body, the CLI argument), or the answer that names
+/// the three.
+pub fn parse_state(to: &str) -> Result<KeyState, DomainError> {
+    to.parse()
+        .map_err(|_| DomainError::Invalid("state must be active, decrypt-only or destroyed".into()))
+}
+
 /// Move `backend`'s key `version` to state `to` (the admin API and the CLI): checked,
 /// audited and committed in one transaction.
 pub async fn transition(
     state: &Services,
     backend: &str,
     version: i64,
-    to: &str,
+    to: KeyState,
     origin: &Origin,
 ) -> Result<TransitionResponse, DomainError> {
-    if !key_state::is_valid(to) {
-        return Err(DomainError::Invalid(
-            "state must be active, decrypt-only or destroyed".into(),
-        ));
-    }
     let Some(b) = state.backend(backend).cloned() else {
         return Err(DomainError::NotFound("no such backend".into()));
     };
@@ -150,14 +153,14 @@ pub async fn transition(
             audit_event: None,
         });
     }
-    if !shardgate_store::keys::allowed(&current.state, to) {
+    if !current.state.may_become(to) {
         return Err(conflict(format!(
             "key version {version} of backend {backend} is {}; it cannot become {to} \
              (active -> decrypt-only -> destroyed, decrypt-only -> active; destroyed is final)",
             current.state
         )));
     }
-    let demote = if to == key_state::ACTIVE {
+    let demote = if to == KeyState::Active {
         if !holds(b.as_ref(), version) {
             return Err(conflict(format!(
                 "backend {backend} of this gateway does not hold key version {version}: \
@@ -166,7 +169,7 @@ pub async fn transition(
         }
         records
             .iter()
-            .find(|r| r.backend == backend && r.state == key_state::ACTIVE)
+            .find(|r| r.backend == backend && r.state == KeyState::Active)
             .map(|r| r.key_version)
     } else {
         None
@@ -179,7 +182,7 @@ pub async fn transition(
     let change = KeyStateChange {
         backend,
         key_version: version,
-        from: &current.state,
+        from: current.state,
         to,
         demote,
         actor: &origin.actor,
@@ -213,7 +216,7 @@ pub async fn transition(
             )))
         }
     };
-    tracing::info!(backend, version, from = %current.state, to, demoted = ?demote, actor = %origin.actor, "key state changed");
+    tracing::info!(backend, version, from = %current.state, to = %to, demoted = ?demote, actor = %origin.actor, "key state changed");
     if let Err(e) = state.keys.refresh().await {
         tracing::warn!(error = %e, "key states could not be re-read after a change");
     }

@@ -6,9 +6,10 @@ use sqlx::postgres::PgConnection;
 
 use super::audit::insert_audit;
 use super::{map_err, PgStore};
+use crate::keys::parse_state;
 use crate::rows::{key_from_row, KEY_COLUMNS};
 use crate::{
-    key_state, AuditRecord, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord,
+    AuditRecord, KeyRefCount, KeyState, KeyStateChange, KeyTransition, KeyVersionRecord,
     NewKeyVersion, Reservation, StoreError,
 };
 
@@ -74,7 +75,7 @@ pub(super) async fn register_key_versions(
         // NOTHING (no conflict target: any unique index) skips it, and the version is
         // registered as decrypt-only instead. A concurrent registration of the same row
         // waits for the other transaction and is skipped the same way.
-        for state in [v.state.as_str(), key_state::DECRYPT_ONLY] {
+        for state in [v.state, KeyState::DecryptOnly] {
             let n = sqlx::query(&format!(
                 "INSERT INTO key_versions ({KEY_COLUMNS}) \
                  VALUES ($1, $2, $3, $4, $5, $5, 'registered', 0) ON CONFLICT DO NOTHING"
@@ -82,7 +83,7 @@ pub(super) async fn register_key_versions(
             .bind(&v.backend)
             .bind(v.key_version)
             .bind(&v.key_ref)
-            .bind(state)
+            .bind(state.as_str())
             .bind(now_ms)
             .execute(&mut *tx)
             .await
@@ -113,7 +114,7 @@ pub(super) async fn set_key_state(
     audit: &AuditRecord,
 ) -> Result<KeyTransition, StoreError> {
     let mut tx = store.begin().await?;
-    if change.to == key_state::DESTROYED {
+    if change.to == KeyState::Destroyed {
         // SHARE conflicts with the ROW EXCLUSIVE of every insert, update and delete of
         // shard versions: in-flight writes finish before the count below, and new ones
         // wait for our commit, after which they see the version destroyed (see
@@ -133,20 +134,24 @@ pub(super) async fn set_key_state(
     .fetch_all(&mut *tx)
     .await
     .map_err(map_err)?;
+    let rows = rows
+        .into_iter()
+        .map(|(v, s)| Ok((v, parse_state(&s)?)))
+        .collect::<Result<Vec<(i64, KeyState)>, StoreError>>()?;
     let Some(current) = rows
         .iter()
         .find(|(v, _)| *v == change.key_version)
-        .map(|(_, s)| s.clone())
+        .map(|(_, s)| *s)
     else {
         return Ok(KeyTransition::NotFound);
     };
-    if current != change.from || !crate::keys::allowed(&current, change.to) {
+    if current != change.from || !current.may_become(change.to) {
         return Ok(KeyTransition::WrongState(current));
     }
-    if change.to == key_state::ACTIVE {
+    if change.to == KeyState::Active {
         let active = rows
             .iter()
-            .find(|(_, s)| s == key_state::ACTIVE)
+            .find(|(_, s)| *s == KeyState::Active)
             .map(|(v, _)| *v);
         if active != change.demote {
             return Ok(KeyTransition::WrongState(current));
@@ -162,7 +167,7 @@ pub(super) async fn set_key_state(
         .await
         .map_err(map_err)?;
     }
-    if change.to == key_state::DESTROYED {
+    if change.to == KeyState::Destroyed {
         let refs: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM shard_versions WHERE backend = $1 AND key_version = $2",
         )
@@ -181,7 +186,7 @@ pub(super) async fn set_key_state(
     ))
     .bind(change.backend)
     .bind(change.key_version)
-    .bind(change.to)
+    .bind(change.to.as_str())
     .bind(change.now_ms)
     .bind(change.actor)
     .fetch_one(&mut *tx)
@@ -216,7 +221,7 @@ pub(super) async fn reserve_key_wraps(
     let Some((state, from)) = row else {
         return Ok(Reservation::NotActive);
     };
-    if state != key_state::ACTIVE {
+    if parse_state(&state)? != KeyState::Active {
         return Ok(Reservation::NotActive);
     }
     if from >= limit {

@@ -6,9 +6,10 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::audit::insert_audit;
 use super::{map_err, SqliteStore};
+use crate::keys::parse_state;
 use crate::rows::{key_from_row, KEY_COLUMNS};
 use crate::{
-    key_state, AuditRecord, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord,
+    AuditRecord, KeyRefCount, KeyState, KeyStateChange, KeyTransition, KeyVersionRecord,
     NewKeyVersion, Reservation, StoreError,
 };
 
@@ -27,7 +28,7 @@ pub(super) async fn refuse_destroyed(
     .fetch_optional(&mut *conn)
     .await
     .map_err(map_err)?;
-    if state.as_deref() == Some(key_state::DESTROYED) {
+    if state.as_deref().map(parse_state).transpose()? == Some(KeyState::Destroyed) {
         return Err(StoreError::KeyDestroyed {
             backend: backend.to_string(),
             key_version,
@@ -67,7 +68,7 @@ pub(super) async fn register_key_versions(
         // An `active` row that would be a second active version of its backend hits
         // the partial unique index and is skipped by DO NOTHING: it is registered as
         // decrypt-only instead.
-        for state in [v.state.as_str(), key_state::DECRYPT_ONLY] {
+        for state in [v.state, KeyState::DecryptOnly] {
             let n = sqlx::query(&format!(
                 "INSERT INTO key_versions ({KEY_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, 'registered', 0) ON CONFLICT DO NOTHING"
@@ -75,7 +76,7 @@ pub(super) async fn register_key_versions(
             .bind(&v.backend)
             .bind(v.key_version)
             .bind(&v.key_ref)
-            .bind(state)
+            .bind(state.as_str())
             .bind(now_ms)
             .execute(&mut *tx)
             .await
@@ -116,13 +117,13 @@ pub(super) async fn set_key_state(
     .fetch_optional(&mut *tx)
     .await
     .map_err(map_err)?;
-    let Some(current) = current else {
+    let Some(current) = current.as_deref().map(parse_state).transpose()? else {
         return Ok(KeyTransition::NotFound);
     };
-    if current != change.from || !crate::keys::allowed(&current, change.to) {
+    if current != change.from || !current.may_become(change.to) {
         return Ok(KeyTransition::WrongState(current));
     }
-    if change.to == key_state::ACTIVE {
+    if change.to == KeyState::Active {
         let active: Option<i64> = sqlx::query_scalar(
             "SELECT key_version FROM key_versions WHERE backend = ?1 AND state = 'active'",
         )
@@ -144,7 +145,7 @@ pub(super) async fn set_key_state(
         .await
         .map_err(map_err)?;
     }
-    if change.to == key_state::DESTROYED {
+    if change.to == KeyState::Destroyed {
         let refs: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM shard_versions WHERE backend = ?1 AND key_version = ?2",
         )
@@ -163,7 +164,7 @@ pub(super) async fn set_key_state(
     ))
     .bind(change.backend)
     .bind(change.key_version)
-    .bind(change.to)
+    .bind(change.to.as_str())
     .bind(change.now_ms)
     .bind(change.actor)
     .fetch_one(&mut *tx)
@@ -195,7 +196,7 @@ pub(super) async fn reserve_key_wraps(
     let Some((state, from)) = row else {
         return Ok(Reservation::NotActive);
     };
-    if state != key_state::ACTIVE {
+    if parse_state(&state)? != KeyState::Active {
         return Ok(Reservation::NotActive);
     }
     if from >= limit {
