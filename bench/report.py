@@ -668,8 +668,14 @@ def merge_migration(a, res, machine, runs):
 # Compare (scripts/bench.sh --only compare --baseline REV): results/compare/ and the cmp_new /
 # cmp_old wrk runs. Each figure's ratio is new / old of the same round; the median of rounds.
 # ---------------------------------------------------------------------------------------------
-CMP_PREFIX = "A/B against the baseline"
-CMP_HEADING = "## 12. This tree against a baseline binary (A/B)"
+CMP_PREFIX = "A/B against"  # every compare goal's figure starts with it, then the baseline
+
+
+def cmp_label(base_rev):
+    """`639bde3` for a commit, the setting itself for --baseline-env."""
+    return "`%s`" % (base_rev[:7] if all(c in "0123456789abcdef" for c in base_rev) else base_rev)
+
+
 CMP_FIGURES = [  # (key, label, backend, mode)
     ("get_local", "GET local", "local", "get"),
     ("get_hsm", "GET pkcs11 (hsm)", "hsm", "get"),
@@ -702,8 +708,11 @@ def compare_report(res, runs):
         return j
 
     rounds = sorted({x["round"] for x in runs if x["kind"] == "cmp_new"})
-    rows, goals, figures = [], [], {"baseline_rev": base_rev, "new_rev": new_rev, "rounds": {}}
-    for key, label, backend, mode in CMP_FIGURES:
+    label = cmp_label(base_rev)
+    prefix = "%s %s" % (CMP_PREFIX, label)
+    rows, goals, figures = [], [], {"baseline_rev": base_rev, "new_rev": new_rev, "rounds": {},
+                                     "prefix": prefix, "heading": "## A/B: this tree against %s" % label}
+    for key, fname, backend, mode in CMP_FIGURES:
         per = []
         for r in rounds:
             n, o = run("new", backend, mode, r), run("old", backend, mode, r)
@@ -713,7 +722,7 @@ def compare_report(res, runs):
                             "cpu_ratio": ratio(n["gateway_cpu_us_per_req"], o["gateway_cpu_us_per_req"]),
                             "new_not_ok": n["not_ok"], "old_not_ok": o["not_ok"]})
         figures["rounds"][key] = per
-        rows.append((label, "req/s", per, "new_rps", "old_rps", "ratio", "cpu_ratio"))
+        rows.append((fname, "req/s", per, "new_rps", "old_rps", "ratio", "cpu_ratio"))
     per = []
     for r in rounds:
         n, o = job("new", r), job("old", r)
@@ -724,21 +733,22 @@ def compare_report(res, runs):
                     "new_not_ok": n.get("failed"), "old_not_ok": o.get("failed")})
     figures["rounds"]["migration"] = per
     rows.append(("tier migration job, local -> pkcs11", "shards/s", per, "new_rps", "old_rps", "ratio", "cpu_ratio"))
-    o = [CMP_HEADING, "",
-         "This tree's gateway (`%s`) against the one built from `%s`, in one run, on one database and data "
-         "set; each round runs both binaries one after the other (a gateway process each), the order "
+    o = [figures["heading"], "",
+         "This tree's gateway (`%s`, new) against %s (old), in one run, on one database and data "
+         "set; each round runs both one after the other (a gateway process each), the order "
          "alternating by round. Ratios are new / old of the same round; the goal column is the median of "
-         "the rounds. Gateway CPU per request is the process's utime + stime over the run." % (new_rev[:7], base_rev[:7]),
+         "the rounds. Gateway CPU per request is the process's utime + stime over the run." % (new_rev[:7], label),
          "", "| figure | old (median) | new (median) | new / old (rounds) | gateway CPU per op, new / old |",
          "|---|---|---|---|---|"]
-    for label, unit, per, nk, ok_, rk, ck in rows:
+    for name, unit, per, nk, ok_, rk, ck in rows:
         m, c = med([p[rk] for p in per]), med([p[ck] for p in per])
         o.append("| %s | %s %s | %s %s | %s%s | %s%s |" % (
-            label, fmt(med([p[ok_] for p in per])), unit, fmt(med([p[nk] for p in per])), unit,
+            name, fmt(med([p[ok_] for p in per])), unit, fmt(med([p[nk] for p in per])), unit,
             fmt(m, 3, "x"), rounds_text([p[rk] for p in per]), fmt(c, 3, "x"), rounds_text([p[ck] for p in per])))
-        gid = "compare_" + label.split(",")[0].lower().replace(" ", "_").replace("(", "").replace(")", "")
+        gid = "compare_%s_%s" % ("".join(c for c in label if c.isalnum()).lower(),
+                                 name.split(",")[0].lower().replace(" ", "_").replace("(", "").replace(")", ""))
         goals.append({"id": gid, "unit": "x", "goal": ">= 0.95x", "measured": m, "met": m is not None and m >= 0.95,
-                      "figure": "%s: %s, %s new / old (%s vs %s)" % (CMP_PREFIX, label, unit, new_rev[:7], base_rev[:7])})
+                      "figure": "%s: %s, %s new / old" % (prefix, name, unit)})
     figures["cmd"] = (read(os.path.join(d, "cmd"), "") or "").strip()
     o += ["", "Goal: every figure within 5%% of the baseline's (new / old >= 0.95x). Command: `%s`." % figures["cmd"], ""]
     return goals, figures, o
@@ -752,9 +762,10 @@ def merge_compare(a, res, machine, runs):
         raise SystemExit("no compare results in " + res)
     goals, figures, section = cmp_
     prev = json.loads(read(a.json, "{}") or "{}")
-    prev["goals"] = [g for g in prev.get("goals", []) if not g["id"].startswith("compare_")] + goals
-    prev.setdefault("figures", {})["compare"] = figures
-    prev["machine_compare"] = machine
+    keep = [g for g in prev.get("goals", []) if not g["figure"].startswith(figures["prefix"] + ":")]
+    prev["goals"] = keep + goals
+    prev.setdefault("figures", {}).setdefault("compare", {})[figures["baseline_rev"]] = figures
+    prev.setdefault("machine_compare", {})[figures["baseline_rev"]] = machine
     with open(a.json, "w") as f:
         json.dump(prev, f, indent=1)
         f.write("\n")
@@ -762,7 +773,7 @@ def merge_compare(a, res, machine, runs):
     if "## Goals" not in lines:
         lines = ["# Benchmarks", "", "## Goals", "", "| figure | goal | measured | met? |", "|---|---|---|---|",
                  ""] + lines
-    lines = merge_goals_and_section(lines, CMP_PREFIX, goals, CMP_HEADING, section)
+    lines = merge_goals_and_section(lines, figures["prefix"] + ":", goals, figures["heading"], section)
     with open(a.md, "w") as f:
         f.write("\n".join(lines) + "\n")
 

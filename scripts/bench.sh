@@ -9,7 +9,7 @@
 #   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
 #                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
 #                    [--only all|migration|flood|compare] [--migration-shards N] [--migration-rate R]
-#                    [--baseline REV]
+#                    [--baseline REV | --baseline-env VAR=VALUE]
 #
 #   --accounts N      accounts per backend tier, one shard `s0` each (default 1000)
 #   --shard-bytes B   shard size in bytes (default 64)
@@ -30,6 +30,8 @@
 #                     BENCHMARKS.md/json in --out are replaced, the rest kept as it is
 #   --baseline REV    the commit --only compare measures against (git rev; built in a worktree
 #                     of its own with CARGO_TARGET_DIR=$SHARDGATE_BENCH_TARGET-baseline)
+#   --baseline-env VAR=VALUE   instead: the baseline is this tree's binary with one more
+#                     setting, e.g. SHARDGATE_STORE__HELD_CONNECTIONS=false
 #   --migration-shards N  shards of the local -> pkcs11 throughput job, on one account, loaded
 #                     over HTTP (default 100000, issue 5's size: loading them takes about 3.5 of
 #                     the whole bench's ~15 minutes on 2 cores; 20000 saves about 5 minutes)
@@ -74,6 +76,7 @@ MIG_RATE=1000000
 MIG_DEFAULT_RATE=500 # the gateway's default [migration] rate_per_sec (gateway/src/service/settings.rs)
 TARGET=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}
 BASELINE=""
+BASELINE_ENV=""
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 ORIG_ARGS=("$@")
@@ -94,6 +97,7 @@ while [ "$#" -gt 0 ]; do
         --migration-shards) MIG_SHARDS=$(num "$1" "${2:-}"); shift 2 ;;
         --migration-rate) MIG_RATE=$(num "$1" "${2:-}"); shift 2 ;;
         --baseline) BASELINE=${2:?--baseline needs a git revision}; shift 2 ;;
+        --baseline-env) BASELINE_ENV=${2:?--baseline-env needs VAR=VALUE}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) sg_die "unknown argument: $1 (see scripts/bench.sh --help)" ;;
     esac
@@ -105,8 +109,14 @@ if [ "$ONLY" = migration ] && [ ! -f "$OUT_DIR/BENCHMARKS.json" ]; then
     sg_die "--only migration keeps the other figures of $OUT_DIR/BENCHMARKS.json, which does not exist: run the whole bench once"
 fi
 if [ "$ONLY" = compare ]; then
-    [ -n "$BASELINE" ] || sg_die "--only compare needs --baseline REV"
-    BASELINE_REV=$(git rev-parse --verify --quiet "$BASELINE^{commit}") || sg_die "--baseline: no commit '$BASELINE'"
+    if [ -n "$BASELINE_ENV" ]; then
+        [ -z "$BASELINE" ] || sg_die "--baseline and --baseline-env exclude each other"
+        [[ "$BASELINE_ENV" =~ ^SHARDGATE_[A-Z0-9_]+=.*$ ]] || sg_die "--baseline-env is SHARDGATE_VAR=VALUE, got '$BASELINE_ENV'"
+        BASELINE_REV="this tree with $BASELINE_ENV"
+    else
+        [ -n "$BASELINE" ] || sg_die "--only compare needs --baseline REV or --baseline-env VAR=VALUE"
+        BASELINE_REV=$(git rev-parse --verify --quiet "$BASELINE^{commit}") || sg_die "--baseline: no commit '$BASELINE'"
+    fi
 fi
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -207,7 +217,11 @@ CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate
 CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-bench
 [ "$ONLY" != all ] || CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-softhsm-tests --example pool_vs_login
 BIN=$TARGET/release/shardgate
-if [ "$ONLY" = compare ]; then
+if [ "$ONLY" = compare ] && [ -n "$BASELINE_ENV" ]; then
+    cp "$BIN" "$WORK/shardgate-new"
+    declare -A CMP_BIN=([new]="$WORK/shardgate-new" [old]="$WORK/shardgate-new")
+    declare -A CMP_ENV=([new]="SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE" [old]="$BASELINE_ENV")
+elif [ "$ONLY" = compare ]; then
     # The baseline from a worktree of its own, in a target dir of its own: cargo's metadata
     # hash of a path package does not depend on its path, so a shared target dir would link
     # one checkout's crates into the other's binary.
@@ -220,6 +234,7 @@ if [ "$ONLY" = compare ]; then
     git worktree remove --force "$BASELINE_TREE"
     BASELINE_TREE=""
     declare -A CMP_BIN=([new]="$WORK/shardgate-new" [old]="$WORK/shardgate-baseline")
+    declare -A CMP_ENV=([new]="SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE" [old]="SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE")
 fi
 BENCH_BIN=$TARGET/release/shardgate-bench
 POOL_VS_LOGIN=$TARGET/release/examples/pool_vs_login
@@ -851,7 +866,8 @@ if [ "$ONLY" = compare ]; then
         for which in "${order[@]}"; do
             blog "compare round $r/$ROUNDS: $which ($(basename "${CMP_BIN[$which]}"))"
             BIN=${CMP_BIN[$which]}
-            start_gateway "$which-r$r" "SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE"
+            # (with --baseline-env, the old arm's extra setting beside the rate)
+            start_gateway "$which-r$r" "SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE" "${CMP_ENV[$which]}"
             run_wrk "cmp-warmup-$which-r$r" warmup local get "$THREADS" "$CONNS" "$WARMUP_SECS" "$r"
             run_wrk "cmp-$which-get-local-r$r" "cmp_$which" local get "$THREADS" "$CONNS" "$DURATION" "$r"
             run_wrk "cmp-$which-get-hsm-r$r" "cmp_$which" hsm get "$THREADS" "$CONNS" "$DURATION" "$r"

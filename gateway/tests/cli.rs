@@ -11,6 +11,7 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use common::cli::{describe, run_to_end, shardgate_command, wait_child, CliRun};
 use common::db::Db;
 use common::{StoreKind, Tokens};
 use rand::RngCore;
@@ -170,88 +171,15 @@ impl Gateway {
     }
 }
 
-/// `shardgate <args>` with no `SHARDGATE_*` variable inherited: the test controls the whole
-/// configuration (and the test script's `SHARDGATE_TEST_*` variables are not the gateway's).
-fn shardgate_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(common::shardgate_bin());
-    cmd.args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHARDGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// What a one-shot CLI command did.
-struct CliRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl CliRun {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
-
 /// Run `shardgate <args>` to completion (killed after [`CLI_TIMEOUT`]). Its stderr always
 /// goes to the log dir; its stdout too unless `secret_stdout` (e.g. `token create`).
 fn cli(args: &[&str], logs: &Path, name: &str, secret_stdout: bool) -> CliRun {
-    let mut child = shardgate_command(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = match wait_child(&mut child, CLI_TIMEOUT) {
-        Some(st) => st,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`shardgate {}` still running after {CLI_TIMEOUT:?}",
-                args.join(" ")
-            );
-        }
-    };
-    let stdout = t_out.join().unwrap();
-    let stderr = t_err.join().unwrap();
-    std::fs::write(logs.join(format!("{name}.stderr.log")), &stderr).unwrap();
+    let run = run_to_end(shardgate_command(args), CLI_TIMEOUT, &describe(args));
+    std::fs::write(logs.join(format!("{name}.stderr.log")), &run.stderr).unwrap();
     if !secret_stdout {
-        std::fs::write(logs.join(format!("{name}.stdout.log")), &stdout).unwrap();
+        std::fs::write(logs.join(format!("{name}.stdout.log")), &run.stdout).unwrap();
     }
-    CliRun {
-        status,
-        stdout,
-        stderr,
-    }
+    run
 }
 
 /// `shardgate audit verify --config F`.

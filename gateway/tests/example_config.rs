@@ -16,6 +16,9 @@
 //! configuration.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::cli::{run_to_end, shardgate_command};
 use shardgate::app::config::{BackendConfig, Config, Sources};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -37,49 +40,15 @@ fn example() -> PathBuf {
 
 /// `shardgate <args>` in `cwd`, with no inherited `SHARDGATE_*` variable.
 fn shardgate(args: &[&str], cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardgate"));
-    cmd.args(args).current_dir(cwd);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHARDGATE_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = shardgate_command(args);
+    cmd.current_dir(cwd);
     cmd
 }
 
 /// Run a one-shot command to its end (killed after [`CLI_TIMEOUT`]): status, stdout, stderr.
-fn run(mut cmd: Command) -> (ExitStatus, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after {CLI_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status, t_out.join().unwrap(), t_err.join().unwrap())
+fn run(cmd: Command) -> (ExitStatus, String, String) {
+    let r = run_to_end(cmd, CLI_TIMEOUT, "shardgate");
+    (r.status, r.stdout, r.stderr)
 }
 
 #[test]

@@ -17,26 +17,18 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use common::cli::{describe, run_to_end, shardgate_command, CliRun};
 use common::db::Db;
 use common::{StoreKind, Tokens};
 use rand::RngCore;
 use serde_json::{json, Value};
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::ServiceExt;
 
 /// How long a one-shot CLI command may run.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What a CLI run did.
-struct CliRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
 
 impl CliRun {
     fn ok(&self) -> bool {
@@ -103,19 +95,6 @@ async fn setup(kind: StoreKind, test: &str) -> Option<Env> {
     Some(env)
 }
 
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Env {
     /// Run `shardgate <args> --config F` to completion, with no `SHARDGATE_*` variable
     /// inherited; outputs go to the log dir and are kept for the secret check.
@@ -131,41 +110,7 @@ impl Env {
     }
 
     fn cli_blocking(&self, args: &[&str]) -> CliRun {
-        let mut cmd = Command::new(common::shardgate_bin());
-        cmd.args(args);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SHARDGATE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let t_out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let Some(status) = wait_child(&mut child, CLI_TIMEOUT) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`shardgate {}` still running after {CLI_TIMEOUT:?}",
-                args.join(" ")
-            );
-        };
-        let stdout = t_out.join().unwrap();
-        let stderr = t_err.join().unwrap();
+        let run = run_to_end(shardgate_command(args), CLI_TIMEOUT, &describe(args));
         let n = {
             let mut runs = self.runs.lock().unwrap();
             *runs += 1;
@@ -175,16 +120,12 @@ impl Env {
             "{n:02}-{}",
             args.iter().take(2).copied().collect::<Vec<_>>().join("-")
         );
-        std::fs::write(self.logs.join(format!("{name}.stdout.log")), &stdout).unwrap();
-        std::fs::write(self.logs.join(format!("{name}.stderr.log")), &stderr).unwrap();
+        std::fs::write(self.logs.join(format!("{name}.stdout.log")), &run.stdout).unwrap();
+        std::fs::write(self.logs.join(format!("{name}.stderr.log")), &run.stderr).unwrap();
         let mut outputs = self.outputs.lock().unwrap();
-        outputs.push(stdout.clone());
-        outputs.push(stderr.clone());
-        CliRun {
-            status,
-            stdout,
-            stderr,
-        }
+        outputs.push(run.stdout.clone());
+        outputs.push(run.stderr.clone());
+        run
     }
 
     /// A failing CLI run: non-zero exit, nothing on stdout, and stderr naming `what`.

@@ -7,77 +7,26 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request};
+use common::cli::{describe, run_to_end, shardgate_command, CliRun};
 use common::{StoreKind, Tokens};
 use shardgate::app::config::{BackendConfig, Config};
 use shardgate_policy::{rollout_bucket, Pin, Rollout};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::ServiceExt;
 
 /// How long a one-shot CLI command may run.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 
-struct CliRun {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// Run `shardgate <args>` with no inherited `SHARDGATE_*` variable (the test controls the
 /// whole configuration) plus `env`; killed after [`CLI_TIMEOUT`]. Output goes to the log dir.
 fn cli(args: &[&str], env: &[(&str, &str)], logs: &Path, name: &str) -> CliRun {
-    let mut cmd = Command::new(common::shardgate_bin());
-    cmd.args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHARDGATE_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = shardgate_command(args);
     cmd.envs(env.iter().copied());
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CLI_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`shardgate {}` still running after {CLI_TIMEOUT:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = t_out.join().unwrap();
-    let stderr = t_err.join().unwrap();
-    std::fs::write(logs.join(format!("{name}.stdout.log")), &stdout).unwrap();
-    std::fs::write(logs.join(format!("{name}.stderr.log")), &stderr).unwrap();
-    CliRun {
-        status,
-        stdout,
-        stderr,
-    }
+    let run = run_to_end(cmd, CLI_TIMEOUT, &describe(args));
+    std::fs::write(logs.join(format!("{name}.stdout.log")), &run.stdout).unwrap();
+    std::fs::write(logs.join(format!("{name}.stderr.log")), &run.stderr).unwrap();
+    run
 }
 
 fn assert_fails(r: &CliRun, what: &str) {

@@ -79,6 +79,12 @@ impl HeldConns {
         }
     }
 
+    /// How many connections may be kept here.
+    #[cfg(test)]
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// A connection for one statement: a kept one (pinged first if it sat idle), a new kept
     /// one, or (with `cap` out) one of the pool's. Hand the statement's result to
     /// [`HeldConn::finish`].

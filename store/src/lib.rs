@@ -565,6 +565,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, 
     connect_with_password(url, None, max_connections).await
 }
 
+/// How a store's connections are pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// The pool's size (at least 1).
+    pub max_connections: u32,
+    /// PostgreSQL: keep up to half as many connections again apart from the pool for the hot
+    /// one-statement reads, reused without sqlx's release ping (module `held_conns`).
+    /// `false`: every statement goes through the pool. SQLite ignores it.
+    pub held_connections: bool,
+}
+
 /// [`connect`] with the PostgreSQL password given apart from the URL (read from a private
 /// file by the gateway, so that it is in no URL, log line or error text). The password must
 /// not also be in the URL; SQLite takes none.
@@ -573,9 +584,23 @@ pub async fn connect_with_password(
     password: Option<&str>,
     max_connections: u32,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    let pool = PoolOptions {
+        max_connections,
+        held_connections: true,
+    };
+    connect_with_options(url, password, pool).await
+}
+
+/// [`connect_with_password`] with every pool setting ([`PoolOptions`]).
+pub async fn connect_with_options(
+    url: &str,
+    password: Option<&str>,
+    pool: PoolOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let max_connections = pool.max_connections;
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(
-            postgres::PgStore::connect_with_password(url, password, max_connections).await?,
+            postgres::PgStore::connect_with_options(url, password, pool).await?,
         ))
     } else if url.starts_with("sqlite:") {
         if password.is_some() {

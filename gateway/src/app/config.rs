@@ -162,6 +162,11 @@ pub struct StoreConfig {
     /// write commits alone (for comparison; slower under concurrency).
     #[serde(default = "default_group_writes")]
     pub group_writes: bool,
+    /// PostgreSQL only: up to half of `max_connections` again are kept apart from the pool
+    /// for the hot one-statement reads (a GET's select, the reads' audit insert), reused
+    /// without sqlx's round trip on release. `false`: they use the pool (for comparison).
+    #[serde(default = "default_held_connections")]
+    pub held_connections: bool,
 }
 
 fn default_pool() -> u32 {
@@ -176,6 +181,10 @@ fn default_group_writes() -> bool {
     true
 }
 
+fn default_held_connections() -> bool {
+    true
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
@@ -184,6 +193,7 @@ impl Default for StoreConfig {
             password_file: None,
             migrate: default_migrate(),
             group_writes: default_group_writes(),
+            held_connections: default_held_connections(),
         }
     }
 }

@@ -178,10 +178,14 @@ pub async fn open_store(cfg: &Config, max_connections: u32) -> Result<Arc<dyn St
             "the store url carries the database password: move it to [store] password_file (a 0600 file) so that it is in no configuration or environment variable"
         );
     }
-    Ok(shardgate_store::connect_with_password(
+    let pool = shardgate_store::PoolOptions {
+        max_connections,
+        held_connections: cfg.store.held_connections,
+    };
+    Ok(shardgate_store::connect_with_options(
         &url,
         password.as_ref().map(ExposeSecret::expose_secret),
-        max_connections,
+        pool,
     )
     .await?)
 }

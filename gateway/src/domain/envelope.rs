@@ -3,6 +3,10 @@
 //! backend; both are bound to the shard identity by AAD. Format 2 also stores a commitment
 //! to the DEK (FORMAT.md §3a), checked before the ciphertext is opened, because AES-GCM
 //! alone is not key-committing: one ciphertext can be made to open under two keys.
+//!
+//! What it opens is an [`Envelope`], the stored fields FORMAT.md names, borrowed from wherever
+//! they were read: the envelope knows no database row (the service layer turns a store row into
+//! one; any `Into<Envelope>` is accepted).
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -12,7 +16,6 @@ use sha2::Sha256;
 use shardgate_backends::{
     BackendError, DataKey, KeyBackend, ShardIdentity, WrappedKey, FORMAT_VERSION,
 };
-use shardgate_store::ShardVersionRow;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -27,6 +30,45 @@ pub const FORMAT_V1: u8 = 1;
 
 /// Format 2: format 1 plus a key commitment (FORMAT.md §3a); what this code writes.
 pub const FORMAT_V2: u8 = 2;
+
+/// A stored shard version as the envelope reads it (FORMAT.md §1), borrowed.
+#[derive(Clone, Copy)]
+pub struct Envelope<'a> {
+    /// Account id (exact bytes).
+    pub account: &'a str,
+    /// Shard id (exact bytes).
+    pub shard: &'a str,
+    /// Shard version.
+    pub version: i64,
+    /// Envelope format version (1 or 2).
+    pub format_version: i16,
+    /// The backend's key reference recorded with the wrap.
+    pub key_ref: &'a str,
+    /// The backend's key version recorded with the wrap.
+    pub key_version: i64,
+    /// The wrapped data key.
+    pub wrapped_dek: &'a [u8],
+    /// The nonce of the shard seal.
+    pub nonce: &'a [u8],
+    /// Shard ciphertext || tag.
+    pub ciphertext: &'a [u8],
+    /// Format 2: the commitment to the data key; format 1: none.
+    pub key_commitment: Option<&'a [u8]>,
+}
+
+impl std::fmt::Debug for Envelope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("account", &self.account)
+            .field("shard", &self.shard)
+            .field("version", &self.version)
+            .field("format_version", &self.format_version)
+            .field("key_ref", &self.key_ref)
+            .field("key_version", &self.key_version)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Label of the commit-key derivation (FORMAT.md §3a): distinct from every other use of
 /// the DEK.
@@ -60,9 +102,9 @@ pub fn commitment(dek: &DataKey, id: &ShardIdentity) -> Result<[u8; COMMITMENT_L
 fn check_commitment(
     dek: &DataKey,
     id: &ShardIdentity,
-    row: &ShardVersionRow,
+    env: &Envelope<'_>,
 ) -> Result<(), BackendError> {
-    match (id.format_version, row.key_commitment.as_deref()) {
+    match (id.format_version, env.key_commitment) {
         (FORMAT_V1, None) => Ok(()),
         (FORMAT_V2, Some(stored)) if stored.len() == COMMITMENT_LEN => {
             if bool::from(commitment(dek, id)?.ct_eq(stored)) {
@@ -124,13 +166,14 @@ pub async fn seal(
 
 /// The identity a stored row claims. Rows are only ever opened under this identity, so a
 /// row copied elsewhere fails its AAD check.
-pub fn identity_of(row: &ShardVersionRow) -> Result<ShardIdentity, BackendError> {
-    let format_version = u8::try_from(row.format_version).map_err(|_| BackendError::Integrity)?;
-    let version = u64::try_from(row.version).map_err(|_| BackendError::Integrity)?;
+pub fn identity_of<'a>(env: impl Into<Envelope<'a>>) -> Result<ShardIdentity, BackendError> {
+    let env = env.into();
+    let format_version = u8::try_from(env.format_version).map_err(|_| BackendError::Integrity)?;
+    let version = u64::try_from(env.version).map_err(|_| BackendError::Integrity)?;
     Ok(ShardIdentity {
         format_version,
-        account: row.account.clone(),
-        shard: row.shard.clone(),
+        account: env.account.to_string(),
+        shard: env.shard.to_string(),
         version,
     })
 }
@@ -138,43 +181,49 @@ pub fn identity_of(row: &ShardVersionRow) -> Result<ShardIdentity, BackendError>
 /// The identity and wrapped key of a stored row, checked for a format this code reads (1 or
 /// 2) and that format's shape (a format 2 row has a 32-byte commitment, a format 1 row
 /// none), before any backend is asked to unwrap.
-pub fn wrapped_of(row: &ShardVersionRow) -> Result<(ShardIdentity, WrappedKey), BackendError> {
-    let id = identity_of(row)?;
+pub fn wrapped_of<'a>(
+    env: impl Into<Envelope<'a>>,
+) -> Result<(ShardIdentity, WrappedKey), BackendError> {
+    let env = env.into();
+    let id = identity_of(env)?;
     let shape_ok = match id.format_version {
-        FORMAT_V1 => row.key_commitment.is_none(),
-        FORMAT_V2 => row
+        FORMAT_V1 => env.key_commitment.is_none(),
+        FORMAT_V2 => env
             .key_commitment
-            .as_ref()
             .is_some_and(|c| c.len() == COMMITMENT_LEN),
         _ => false,
     };
-    if !shape_ok || row.nonce.len() != NONCE_LEN {
+    if !shape_ok || env.nonce.len() != NONCE_LEN {
         return Err(BackendError::Integrity);
     }
-    let key_version = u32::try_from(row.key_version).map_err(|_| BackendError::Integrity)?;
+    let key_version = u32::try_from(env.key_version).map_err(|_| BackendError::Integrity)?;
     let wrapped = WrappedKey {
-        key_ref: row.key_ref.clone(),
+        key_ref: env.key_ref.to_string(),
         key_version,
-        blob: row.wrapped_dek.clone(),
+        blob: env.wrapped_dek.to_vec(),
     };
     Ok((id, wrapped))
 }
 
 /// Open a row's ciphertext with its already unwrapped data key: for format 2, only once the
 /// key matches the row's commitment (a wrong key is refused even if it opens the ciphertext).
-pub fn open_with(dek: &DataKey, row: &ShardVersionRow) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-    if row.nonce.len() != NONCE_LEN {
+pub fn open_with<'a>(
+    dek: &DataKey,
+    env: impl Into<Envelope<'a>>,
+) -> Result<Zeroizing<Vec<u8>>, BackendError> {
+    let env = env.into();
+    if env.nonce.len() != NONCE_LEN {
         // `Nonce::from_slice` would panic on any other length (found by fuzz/open_row).
         return Err(BackendError::Integrity);
     }
-    let (id, _) = wrapped_of(row)?;
-    check_commitment(dek, &id, row)?;
+    let (id, _) = wrapped_of(env)?;
+    check_commitment(dek, &id, &env)?;
     let aad = id.aad();
     let plain = Aes256Gcm::new(dek.expose().into())
         .decrypt(
-            Nonce::from_slice(&row.nonce),
+            Nonce::from_slice(env.nonce),
             Payload {
-                msg: &row.ciphertext,
+                msg: env.ciphertext,
                 aad: &aad,
             },
         )
@@ -183,11 +232,12 @@ pub fn open_with(dek: &DataKey, row: &ShardVersionRow) -> Result<Zeroizing<Vec<u
 }
 
 /// Open a stored row with `backend` (the backend recorded on the row).
-pub async fn open(
+pub async fn open<'a>(
     backend: &dyn KeyBackend,
-    row: &ShardVersionRow,
+    env: impl Into<Envelope<'a>>,
 ) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-    let (id, wrapped) = wrapped_of(row)?;
+    let env = env.into();
+    let (id, wrapped) = wrapped_of(env)?;
     let dek = backend.unwrap(&id, &wrapped).await?;
-    open_with(&dek, row)
+    open_with(&dek, env)
 }

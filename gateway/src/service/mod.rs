@@ -8,5 +8,6 @@ pub mod migrate;
 pub mod read;
 pub mod settings;
 pub mod state;
+mod stored;
 pub mod write;
 pub mod write_group;

@@ -2,6 +2,7 @@
 //! log directories, tokens.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cli;
 pub mod cluster;
 pub mod db;
 pub mod openapi;

@@ -85,6 +85,25 @@ impl PgStore {
         password: Option<&str>,
         max_connections: u32,
     ) -> Result<Self, StoreError> {
+        let pool = crate::PoolOptions {
+            max_connections,
+            held_connections: true,
+        };
+        Self::connect_with_options(url, password, pool).await
+    }
+
+    /// [`PgStore::connect_with_password`] with every pool setting: `held_connections =
+    /// false` sends the hot one-statement reads through sqlx's pool too (module
+    /// `held_conns`: for comparison; the bench measures what keeping them apart saves).
+    pub async fn connect_with_options(
+        url: &str,
+        password: Option<&str>,
+        pool: crate::PoolOptions,
+    ) -> Result<Self, StoreError> {
+        let crate::PoolOptions {
+            max_connections,
+            held_connections,
+        } = pool;
         let mut options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Internal(format!("invalid postgres store url: {e}")))?
             .application_name("shardgate");
@@ -106,7 +125,11 @@ impl PgStore {
             .map_err(map_err)?;
         // Kept apart from the pool (which may still open `max_connections` of its own): up
         // to half as many again.
-        let held_cap = usize::try_from(max_connections.max(1) / 2).unwrap_or(0);
+        let held_cap = if held_connections {
+            usize::try_from(max_connections.max(1) / 2).unwrap_or(0)
+        } else {
+            0
+        };
         let held = Arc::new(HeldConns::new(pool.clone(), held_cap));
         // Opened on first use (a gateway that groups writes runs two group workers).
         let group_pool = pool_options(GROUP_CONNECTIONS).connect_lazy_with(group_options);
@@ -593,3 +616,33 @@ mod tests {
 
 #[cfg(test)]
 mod plan_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod pool_option_tests {
+    use super::PgStore;
+    use crate::PoolOptions;
+
+    /// `[store] held_connections = false` keeps no connection apart from the pool: every
+    /// statement goes through it (the comparison the bench makes).
+    #[tokio::test]
+    async fn held_connections_off_keeps_none_apart_from_the_pool() {
+        let Some(url) = crate::test_db::url("PostgreSQL pool options test") else {
+            return;
+        };
+        for (held_connections, cap) in [(true, 4), (false, 0)] {
+            let pool = PoolOptions {
+                max_connections: 8,
+                held_connections,
+            };
+            let store = PgStore::connect_with_options(&url, None, pool)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.held.cap(),
+                cap,
+                "held_connections = {held_connections}"
+            );
+        }
+    }
+}
