@@ -672,8 +672,11 @@ CMP_PREFIX = "A/B against"  # every compare goal's figure starts with it, then t
 
 
 def cmp_label(base_rev):
-    """`639bde3` for a commit, the setting itself for --baseline-env."""
-    return "`%s`" % (base_rev[:7] if all(c in "0123456789abcdef" for c in base_rev) else base_rev)
+    """`639bde3` for a commit; for --baseline-env ("this tree with VAR=VALUE"), itself with
+    the setting."""
+    if base_rev.startswith("this tree with "):
+        return "itself with `%s`" % base_rev[len("this tree with "):]
+    return "`%s`" % base_rev[:7]
 
 
 CMP_FIGURES = [  # (key, label, backend, mode)

@@ -21,6 +21,14 @@
 //!   `before_acquire` does; one that fails its ping is closed and replaced.
 //! - A connection kept for [`REPLACE_AFTER`] is closed after its next statement and replaced
 //!   (what the pool's `max_lifetime` does for its own).
+//!
+//! Whether it still pays is measured, not assumed: `[store] held_connections = false` sends
+//! every statement through the pool, and `scripts/bench.sh --only compare --baseline-env
+//! SHARDGATE_STORE__HELD_CONNECTIONS=false` compares the two in one run (BENCHMARKS.md; after
+//! the store split of issue 27: GET local 1.34x req/s at 0.75x gateway CPU per request, PUT
+//! 1.20x). The seam to sqlx is small and public: `PoolConnection::detach`, `Connection::ping`
+//! and `PgConnection`; the tests below pin what an upgrade could change (reuse, the cap, a
+//! statement dropped midway, errors, the idle ping) and run in CI.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
