@@ -3,7 +3,7 @@
 //! It returns an error naming the broken property instead of panicking, so backends run it
 //! from their own tests with `conformance::run(&backend).await.unwrap()`.
 
-use crate::{BackendError, KeyBackend, ShardIdentity};
+use crate::{BackendError, KeyBackend, ShardIdentity, Version};
 
 /// A broken property.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub async fn run(backend: &dyn KeyBackend) -> Result<(), Failure> {
     )?;
     check(backend.health().await.usable, "fresh backend is not usable")?;
 
-    let id = ShardIdentity::new("acct-conf", "shard-1", 1);
+    let id = ShardIdentity::new("acct-conf", "shard-1", Version::FIRST);
     let (dek, wrapped) = backend
         .generate_data_key(&id)
         .await
@@ -71,10 +71,13 @@ pub async fn run(backend: &dyn KeyBackend) -> Result<(), Failure> {
     check(reopened.expose() == dek.expose(), "re-wrap changed the key")?;
 
     // Bound to identity: every other identity fails with Integrity.
+    let second = Version::FIRST
+        .next()
+        .ok_or_else(|| Failure("no second version".into()))?;
     for other in [
-        ShardIdentity::new("acct-conf2", "shard-1", 1),
-        ShardIdentity::new("acct-conf", "shard-2", 1),
-        ShardIdentity::new("acct-conf", "shard-1", 2),
+        ShardIdentity::new("acct-conf2", "shard-1", Version::FIRST),
+        ShardIdentity::new("acct-conf", "shard-2", Version::FIRST),
+        ShardIdentity::new("acct-conf", "shard-1", second),
         ShardIdentity {
             format_version: id.format_version.wrapping_add(1),
             ..id.clone()
@@ -113,7 +116,7 @@ async fn batches(backend: &dyn KeyBackend) -> Result<(), Failure> {
     let mut items = Vec::new();
     let mut keys = Vec::new();
     for shard in ["batch-1", "batch-2", "batch-3"] {
-        let id = ShardIdentity::new("acct-conf", shard, 1);
+        let id = ShardIdentity::new("acct-conf", shard, Version::FIRST);
         let (dek, wrapped) = backend
             .generate_data_key(&id)
             .await

@@ -1,3 +1,8 @@
+//! What a wrapped data key and a ciphertext are bound to ([`ShardIdentity`]), and its two
+//! encodings: the AAD and the KMS encryption context (FORMAT.md). Every backend binds to it.
+
+use shardgate_policy::Version;
+
 /// The envelope format version this code writes (FORMAT.md §1, "Format versions"): 2, an
 /// envelope with a key commitment. Readers also accept format 1 (no commitment).
 pub const FORMAT_VERSION: u8 = 2;
@@ -12,12 +17,12 @@ pub struct ShardIdentity {
     /// Shard id (exact bytes).
     pub shard: String,
     /// Shard version.
-    pub version: u64,
+    pub version: Version,
 }
 
 impl ShardIdentity {
     /// An identity at the current [`FORMAT_VERSION`].
-    pub fn new(account: impl Into<String>, shard: impl Into<String>, version: u64) -> Self {
+    pub fn new(account: impl Into<String>, shard: impl Into<String>, version: Version) -> Self {
         Self {
             format_version: FORMAT_VERSION,
             account: account.into(),
@@ -58,12 +63,13 @@ fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn aad_is_byte_exact() {
-        let id = ShardIdentity::new("ab", "c", 2);
+        let id = ShardIdentity::new("ab", "c", Version::new(2).unwrap());
         let expected: Vec<u8> = [
             b"SGID".as_slice(),
             &[2],
@@ -79,8 +85,8 @@ mod tests {
 
     #[test]
     fn shifting_bytes_between_fields_changes_aad() {
-        let a = ShardIdentity::new("ab", "c", 1);
-        let b = ShardIdentity::new("a", "bc", 1);
+        let a = ShardIdentity::new("ab", "c", Version::FIRST);
+        let b = ShardIdentity::new("a", "bc", Version::FIRST);
         assert_ne!(a.aad(), b.aad());
     }
 }

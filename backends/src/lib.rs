@@ -15,6 +15,7 @@ pub mod cluster_gate;
 pub mod conformance;
 mod data_key;
 pub mod deadline;
+mod decorator;
 pub mod files;
 mod identity;
 pub mod local;
@@ -23,7 +24,9 @@ pub mod pkcs11;
 use async_trait::async_trait;
 
 pub use data_key::DataKey;
+pub use decorator::Decorator;
 pub use identity::{ShardIdentity, FORMAT_VERSION};
+pub use shardgate_policy::Version;
 
 /// A data key wrapped by a backend, with the reference to the KEK that can unwrap it.
 #[derive(Clone, PartialEq, Eq)]

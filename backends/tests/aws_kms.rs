@@ -6,7 +6,7 @@
 mod support;
 
 use shardgate_backends::aws_kms::{KmsBackend, KmsCacheConfig, KmsConfig};
-use shardgate_backends::{conformance, BackendError, KeyBackend, ShardIdentity};
+use shardgate_backends::{conformance, BackendError, KeyBackend, ShardIdentity, Version};
 use std::sync::Arc;
 use std::time::Duration;
 use support::fault_proxy::{Fault, FaultProxy, Rule};
@@ -67,7 +67,7 @@ async fn blob_moved_to_another_identity_is_integrity() {
     };
     let key = create_kms_key(&ep).await;
     let b = backend(&config(&key, &ep)).await;
-    let id = ShardIdentity::new("acct-move", "shard-1", 1);
+    let id = ShardIdentity::new("acct-move", "shard-1", Version::FIRST);
     let (dek, wrapped) = b.generate_data_key(&id).await.unwrap();
     // Cached under its own identity first: the cache must not serve it to another row.
     assert_eq!(
@@ -75,9 +75,9 @@ async fn blob_moved_to_another_identity_is_integrity() {
         dek.expose()
     );
     for other in [
-        ShardIdentity::new("acct-move2", "shard-1", 1),
-        ShardIdentity::new("acct-move", "shard-2", 1),
-        ShardIdentity::new("acct-move", "shard-1", 2),
+        ShardIdentity::new("acct-move2", "shard-1", Version::FIRST),
+        ShardIdentity::new("acct-move", "shard-2", Version::FIRST),
+        ShardIdentity::new("acct-move", "shard-1", Version::new(2).unwrap()),
     ] {
         // moto (like KMS) answers InvalidCiphertextException for another context.
         assert_eq!(
@@ -94,7 +94,7 @@ async fn blob_under_key_a_refused_when_configured_for_key_b() {
     };
     let a = backend(&config(&create_kms_key(&ep).await, &ep)).await;
     let b = backend(&config(&create_kms_key(&ep).await, &ep)).await;
-    let id = ShardIdentity::new("acct-keys", "s", 1);
+    let id = ShardIdentity::new("acct-keys", "s", Version::FIRST);
     let (_, wrapped) = a.generate_data_key(&id).await.unwrap();
     // AWS answers IncorrectKeyException, moto 5 AccessDeniedException: both key_unusable.
     match b.unwrap(&id, &wrapped).await {
@@ -119,7 +119,7 @@ async fn disabled_or_invalid_state_key_is_unusable_then_recovers() {
         ..no_cache(c)
     })
     .await;
-    let id = ShardIdentity::new("acct-dis", "s", 1);
+    let id = ShardIdentity::new("acct-dis", "s", Version::FIRST);
     let (dek, wrapped) = b.generate_data_key(&id).await.unwrap();
 
     proxy.reset_counts();
@@ -152,7 +152,7 @@ async fn throttling_is_retried_with_bounded_attempts() {
         return;
     };
     let (proxy, b) = proxied(&ep, no_cache).await;
-    let id = ShardIdentity::new("acct-thr", "s", 1);
+    let id = ShardIdentity::new("acct-thr", "s", Version::FIRST);
     let (dek, wrapped) = b.generate_data_key(&id).await.unwrap();
 
     // Two throttles, then moto answers: the read succeeds on the third attempt.
@@ -205,7 +205,7 @@ async fn throttling_burst_longer_than_budget_fails_fast() {
         ..no_cache(c)
     })
     .await;
-    let id = ShardIdentity::new("acct-burst", "s", 1);
+    let id = ShardIdentity::new("acct-burst", "s", Version::FIRST);
     let (_, wrapped) = b.generate_data_key(&id).await.unwrap();
     proxy.reset_counts();
     proxy.set(Fault::kms("ThrottlingException"));
@@ -239,7 +239,7 @@ async fn dropped_connections_and_stalls_fail_within_deadline_then_recover() {
         ..no_cache(c)
     })
     .await;
-    let id = ShardIdentity::new("acct-drop", "s", 1);
+    let id = ShardIdentity::new("acct-drop", "s", Version::FIRST);
     let (dek, wrapped) = b.generate_data_key(&id).await.unwrap();
 
     proxy.reset_counts();
@@ -294,7 +294,7 @@ async fn concurrent_first_reads_make_one_decrypt() {
     };
     let (proxy, b) = proxied(&ep, |c| c).await;
     let b = Arc::new(b);
-    let id = ShardIdentity::new("acct-sf", "s", 1);
+    let id = ShardIdentity::new("acct-sf", "s", Version::FIRST);
     let (dek, wrapped) = b.generate_data_key(&id).await.unwrap();
     proxy.reset_counts();
     // Slow Decrypt so the eight reads overlap.
@@ -332,7 +332,7 @@ async fn repeated_reads_make_one_decrypt() {
         return;
     };
     let (proxy, b) = proxied(&ep, |c| c).await;
-    let id = ShardIdentity::new("acct-hot", "s", 1);
+    let id = ShardIdentity::new("acct-hot", "s", Version::FIRST);
     let (dek, wrapped) = b.generate_data_key(&id).await.unwrap();
     proxy.reset_counts();
     for _ in 0..50 {
@@ -369,7 +369,7 @@ async fn max_age_expiry_forces_a_new_decrypt() {
         ..c
     })
     .await;
-    let id = ShardIdentity::new("acct-age", "s", 1);
+    let id = ShardIdentity::new("acct-age", "s", Version::FIRST);
     let (_, wrapped) = b.generate_data_key(&id).await.unwrap();
     proxy.reset_counts();
     b.unwrap(&id, &wrapped).await.unwrap();
@@ -395,7 +395,7 @@ async fn max_uses_expiry_forces_a_new_decrypt() {
         ..c
     })
     .await;
-    let id = ShardIdentity::new("acct-uses", "s", 1);
+    let id = ShardIdentity::new("acct-uses", "s", Version::FIRST);
     let (_, wrapped) = b.generate_data_key(&id).await.unwrap();
     proxy.reset_counts();
     for _ in 0..3 {
@@ -417,7 +417,7 @@ async fn rewrap_between_kms_keys_uses_reencrypt_only() {
     let key_b = create_kms_key(&ep).await;
     let a = backend(&config(&key_a, &proxy.url())).await;
     let b = backend(&config(&key_b, &proxy.url())).await;
-    let id = ShardIdentity::new("acct-rw", "s", 3);
+    let id = ShardIdentity::new("acct-rw", "s", Version::new(3).unwrap());
     let (dek, wrapped) = a.generate_data_key(&id).await.unwrap();
 
     proxy.reset_counts();
@@ -436,16 +436,23 @@ async fn rewrap_between_kms_keys_uses_reencrypt_only() {
     // The new blob is bound to key B and to the same identity.
     assert!(a.unwrap(&id, &moved).await.is_err());
     assert_eq!(
-        b.unwrap(&ShardIdentity::new("acct-rw", "s", 4), &moved)
-            .await
-            .unwrap_err(),
+        b.unwrap(
+            &ShardIdentity::new("acct-rw", "s", Version::new(4).unwrap()),
+            &moved
+        )
+        .await
+        .unwrap_err(),
         BackendError::Integrity
     );
     // A blob moved to another row cannot be re-wrapped either.
     assert_eq!(
-        b.rewrap_from(&ShardIdentity::new("acct-rw2", "s", 3), &a, &wrapped)
-            .await
-            .unwrap_err(),
+        b.rewrap_from(
+            &ShardIdentity::new("acct-rw2", "s", Version::new(3).unwrap()),
+            &a,
+            &wrapped
+        )
+        .await
+        .unwrap_err(),
         BackendError::Integrity
     );
 }
@@ -462,7 +469,7 @@ async fn rewrap_falls_back_to_unwrap_and_wrap_where_reencrypt_cannot_reach() {
     // the backend can tell, so no ReEncrypt.
     let a = backend(&no_cache(config(&create_kms_key(&ep).await, &proxy.url()))).await;
     let b = backend(&config(&create_kms_key(&ep).await, &ep)).await;
-    let id = ShardIdentity::new("acct-fb", "s", 1);
+    let id = ShardIdentity::new("acct-fb", "s", Version::FIRST);
     let (dek, wrapped) = a.generate_data_key(&id).await.unwrap();
     proxy.reset_counts();
     let moved = b.rewrap_from(&id, &a, &wrapped).await.unwrap();
@@ -498,7 +505,7 @@ async fn concurrent_reads_during_an_outage_share_one_failed_decrypt() {
     })
     .await;
     let b = Arc::new(b);
-    let id = ShardIdentity::new("acct-outage", "s", 1);
+    let id = ShardIdentity::new("acct-outage", "s", Version::FIRST);
     let (dek, wrapped) = b.generate_data_key(&id).await.unwrap();
     proxy.reset_counts();
     // Stalled far past the 1 s budget: an error (rather than the key moto would answer after
@@ -565,7 +572,7 @@ async fn a_wrapped_key_naming_another_key_version_is_refused_without_a_kms_call(
         return;
     };
     let (proxy, b) = proxied(&ep, no_cache).await;
-    let id = ShardIdentity::new("acct-kv", "s", 1);
+    let id = ShardIdentity::new("acct-kv", "s", Version::FIRST);
     let (dek, mut wrapped) = b.generate_data_key(&id).await.unwrap();
     assert_eq!(
         b.unwrap(&id, &wrapped).await.unwrap().expose(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// Record shard-read-shaped events for `seconds` (after a 1 s warm-up) from `concurrency`
 /// tasks into the gateway database at `url` (already migrated by the gateway).
-pub async fn run(url: &str, concurrency: usize, seconds: u64) -> Result<()> {
+pub(crate) async fn run(url: &str, concurrency: usize, seconds: u64) -> Result<()> {
     let store = shardgate_store::connect(url, StoreConfig::default().max_connections)
         .await
         .context("connect the store")?;

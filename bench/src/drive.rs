@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Run `op` (given a sequence number) from `concurrency` tasks for `seconds` after a warm-up;
 /// prints ops/s and CPU per op, PostgreSQL's CPU included when `with_postgres`.
-pub async fn drive<F, Fut>(
+pub(crate) async fn drive<F, Fut>(
     name: &str,
     concurrency: usize,
     seconds: u64,

@@ -44,7 +44,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use shardgate_backends::local::LocalBackend;
 use shardgate_backends::pkcs11::{Pkcs11Backend, Pkcs11Config};
-use shardgate_backends::{KeyBackend, ShardIdentity};
+use shardgate_backends::{KeyBackend, ShardIdentity, Version};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -224,7 +224,7 @@ async fn migrate_raw(a: &Args) -> Result<()> {
     let t = Instant::now();
     let mut rows = Vec::with_capacity(warmup + n);
     for i in 0..warmup + n {
-        let id = ShardIdentity::new("mig-raw", format!("s{i:07}"), 1);
+        let id = ShardIdentity::new("mig-raw", format!("s{i:07}"), Version::FIRST);
         let (_dek, w) = local.generate_data_key(&id).await?;
         rows.push((id, w));
     }

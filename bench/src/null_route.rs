@@ -37,7 +37,7 @@ struct PutShardResponse {
 }
 
 /// Serve on `listen` until killed; prints `{"listening": ADDR}` once bound.
-pub async fn run(listen: &str, shard_bytes: usize) -> Result<()> {
+pub(crate) async fn run(listen: &str, shard_bytes: usize) -> Result<()> {
     let body: Arc<str> = B64.encode(vec![0x5au8; shard_bytes]).into();
     let app =
         Router::new().route(

@@ -18,7 +18,7 @@ fn ticks_of(stat: &str) -> Option<(String, u64)> {
 }
 
 /// This process's CPU ticks (every thread).
-pub fn self_ticks() -> u64 {
+pub(crate) fn self_ticks() -> u64 {
     fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| ticks_of(&s))
@@ -28,7 +28,7 @@ pub fn self_ticks() -> u64 {
 /// CPU ticks of every process named `postgres` (the server and its backends). Backends that
 /// exit between two readings take their ticks with them, so callers keep connections open
 /// across a measurement (pools do).
-pub fn postgres_ticks() -> u64 {
+pub(crate) fn postgres_ticks() -> u64 {
     let Ok(dir) = fs::read_dir("/proc") else {
         return 0;
     };
@@ -47,7 +47,7 @@ pub fn postgres_ticks() -> u64 {
 }
 
 /// Clock ticks per second.
-pub fn clk_tck() -> f64 {
+pub(crate) fn clk_tck() -> f64 {
     // The kernel's USER_HZ is 100 on every Linux this runs on; `getconf CLK_TCK` confirms.
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -60,14 +60,14 @@ pub fn clk_tck() -> f64 {
 
 /// CPU ticks of this process and of PostgreSQL, read together.
 #[derive(Clone, Copy)]
-pub struct Reading {
+pub(crate) struct Reading {
     own: u64,
     pg: u64,
 }
 
 impl Reading {
     /// Read now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             own: self_ticks(),
             pg: postgres_ticks(),
@@ -75,7 +75,7 @@ impl Reading {
     }
 
     /// (own, postgres) CPU seconds since `self`.
-    pub fn since(&self) -> (f64, f64) {
+    pub(crate) fn since(&self) -> (f64, f64) {
         let later = Self::now();
         let hz = clk_tck();
         (

@@ -6,7 +6,7 @@ use crate::drive::drive;
 use anyhow::{anyhow, bail, Context, Result};
 use shardgate::domain::envelope;
 use shardgate_backends::local::LocalBackend;
-use shardgate_backends::ShardIdentity;
+use shardgate_backends::{ShardIdentity, Version};
 use shardgate_store::ShardVersionRow;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,21 +14,26 @@ use std::time::Duration;
 
 /// Open sealed rows of `shard_bytes` for `seconds` from `threads` tasks; prints ops/s and
 /// this process's CPU per op.
-pub async fn run(keyring: &Path, shard_bytes: usize, threads: usize, seconds: u64) -> Result<()> {
+pub(crate) async fn run(
+    keyring: &Path,
+    shard_bytes: usize,
+    threads: usize,
+    seconds: u64,
+) -> Result<()> {
     let local = Arc::new(
         LocalBackend::open("local", keyring, Duration::from_secs(3600))
             .context("open the local keyring")?,
     );
     let mut rows = Vec::new();
     for i in 0..64 {
-        let id = ShardIdentity::new(format!("local-{i:06}"), "s0", 1);
+        let id = ShardIdentity::new(format!("local-{i:06}"), "s0", Version::FIRST);
         let sealed = envelope::seal(local.as_ref(), &id, &vec![0x5au8; shard_bytes])
             .await
             .map_err(|e| anyhow!("seal: {e}"))?;
         rows.push(ShardVersionRow {
             account: id.account.clone(),
             shard: id.shard.clone(),
-            version: 1,
+            version: Version::FIRST,
             format_version: i16::from(id.format_version),
             backend: "local".into(),
             key_ref: sealed.wrapped.key_ref,

@@ -25,7 +25,7 @@ async fn pool(url: &str, connections: u32) -> Result<PgPool> {
 }
 
 /// Latest-version selects of `PREFIX%06d`/`s0` rows (the loaded data set).
-pub async fn pk_select(
+pub(crate) async fn pk_select(
     url: &str,
     prefix: &str,
     accounts: usize,
@@ -70,7 +70,7 @@ pub async fn pk_select(
 
 /// Single-row inserts into a table shaped like `shard_versions` (`LIKE ... INCLUDING ALL`:
 /// its primary key and index, not its foreign key), created fresh and dropped after.
-pub async fn pk_insert(
+pub(crate) async fn pk_insert(
     url: &str,
     shard_bytes: usize,
     concurrency: usize,

@@ -2175,7 +2175,7 @@ fn open_with_refuses_a_nonce_of_the_wrong_length_without_panicking() {
         let row = shardgate_store::ShardVersionRow {
             account: "acct-1".into(),
             shard: "s".into(),
-            version: 1,
+            version: shardgate_store::Version::FIRST,
             format_version: 1,
             backend: "local".into(),
             key_ref: "k".into(),

@@ -20,7 +20,7 @@ use common::{StoreKind, Tokens};
 use serde_json::{json, Value};
 use shardgate::AppState;
 use shardgate_backends::local::LocalBackend;
-use shardgate_backends::{DataKey, KeyBackend, ShardIdentity};
+use shardgate_backends::{DataKey, KeyBackend, ShardIdentity, Version};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ mod gcm {
     /// Multiplication in GF(2^128) with GCM's bit order (NIST SP 800-38D, algorithm 1): a
     /// block read big-endian, its first bit is the coefficient of x^0; the field polynomial
     /// is x^128 + x^7 + x^2 + x + 1 (R = 0xE1 || 0^120).
-    pub fn mul(x: u128, y: u128) -> u128 {
+    pub(crate) fn mul(x: u128, y: u128) -> u128 {
         const R: u128 = 0xE1 << 120;
         let mut z = 0u128;
         let mut v = y;
@@ -45,9 +45,9 @@ mod gcm {
     }
 
     /// The field's one (the polynomial 1 = the block's first bit).
-    pub const ONE: u128 = 1 << 127;
+    pub(crate) const ONE: u128 = 1 << 127;
 
-    pub fn pow(a: u128, mut e: u128) -> u128 {
+    pub(crate) fn pow(a: u128, mut e: u128) -> u128 {
         let mut base = a;
         let mut acc = ONE;
         while e > 0 {
@@ -61,12 +61,12 @@ mod gcm {
     }
 
     /// a^-1 = a^(2^128 - 2) (the multiplicative group has order 2^128 - 1).
-    pub fn inv(a: u128) -> u128 {
+    pub(crate) fn inv(a: u128) -> u128 {
         assert_ne!(a, 0, "zero has no inverse");
         pow(a, u128::MAX - 1)
     }
 
-    pub fn aes(key: &[u8; 32], block: [u8; 16]) -> [u8; 16] {
+    pub(crate) fn aes(key: &[u8; 32], block: [u8; 16]) -> [u8; 16] {
         let cipher = aes::Aes256::new(key.into());
         let mut b = aes::Block::from(block);
         cipher.encrypt_block(&mut b);
@@ -105,7 +105,7 @@ mod gcm {
     }
 
     /// AES-256-GCM seal, from the block cipher (for the known-answer check below).
-    pub fn seal(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], pt: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], pt: &[u8]) -> Vec<u8> {
         let mut ct = pt.to_vec();
         for (i, chunk) in ct.chunks_mut(16).enumerate() {
             let ks = aes(key, counter_block(nonce, i as u32 + 2));
@@ -129,7 +129,7 @@ mod gcm {
     /// tag_k = sum_i X_i H_k^(n-i+1) + AES_k(J0). tag_1 = tag_2 is linear in X_j:
     /// X_j (H_1^e + H_2^e) = AES_1(J0) + AES_2(J0) + sum_{i != j} X_i (H_1^e_i + H_2^e_i),
     /// e = n - j + 1.
-    pub fn two_key_ciphertext(
+    pub(crate) fn two_key_ciphertext(
         k1: &[u8; 32],
         k2: &[u8; 32],
         nonce: &[u8; 12],
@@ -225,7 +225,7 @@ fn gf128_and_gcm_helpers_match_the_aes_gcm_crate() {
 
 #[test]
 fn a_two_key_ciphertext_opens_under_both_keys_without_the_commitment() {
-    let aad = ShardIdentity::new("acct-1", "s", 1).aad();
+    let aad = ShardIdentity::new("acct-1", "s", Version::FIRST).aad();
     let ct = gcm::two_key_ciphertext(&K1, &K2, &NONCE, &aad, PREFIX);
     let p1 = aes_gcm_open(&K1, &NONCE, &aad, &ct).expect("opens under K1");
     let p2 = aes_gcm_open(&K2, &NONCE, &aad, &ct).expect("opens under K2");
@@ -239,7 +239,7 @@ fn row(format: u8, commitment: Option<Vec<u8>>, ct: Vec<u8>) -> shardgate_store:
     shardgate_store::ShardVersionRow {
         account: "acct-1".into(),
         shard: "s".into(),
-        version: 1,
+        version: Version::FIRST,
         format_version: i16::from(format),
         backend: "local".into(),
         key_ref: "unused".into(),
@@ -260,7 +260,7 @@ fn the_envelope_code_opens_format_1_under_both_keys_and_format_2_only_under_the_
     // Format 1: no commitment, AES-GCM alone decides, and both keys pass.
     let id1 = ShardIdentity {
         format_version: 1,
-        ..ShardIdentity::new("acct-1", "s", 1)
+        ..ShardIdentity::new("acct-1", "s", Version::FIRST)
     };
     let v1 = row(
         1,
@@ -271,7 +271,7 @@ fn the_envelope_code_opens_format_1_under_both_keys_and_format_2_only_under_the_
     let p2 = shardgate::domain::envelope::open_with(&k2, &v1).unwrap();
     assert_ne!(*p1, *p2);
     // Format 2: the commitment to K1 refuses K2 before AES-GCM runs.
-    let id2 = ShardIdentity::new("acct-1", "s", 1);
+    let id2 = ShardIdentity::new("acct-1", "s", Version::FIRST);
     assert_eq!(id2.format_version, 2);
     let ct = gcm::two_key_ciphertext(&K1, &K2, &NONCE, &id2.aad(), PREFIX);
     assert!(aes_gcm_open(&K2, &NONCE, &id2.aad(), &ct).is_some());
@@ -478,7 +478,7 @@ async fn swapped_key_opens_format_1_and_is_refused_on_format_2(kind: StoreKind) 
     // different shards: nothing notices.
     let id1 = ShardIdentity {
         format_version: 1,
-        ..ShardIdentity::new("acct-1", "old", 1)
+        ..ShardIdentity::new("acct-1", "old", Version::FIRST)
     };
     let ct1 = gcm::two_key_ciphertext(&K1, &K2, &NONCE, &id1.aad(), PREFIX);
     let w1 = local.wrap(&id1, &k1).await.unwrap();
@@ -497,7 +497,7 @@ async fn swapped_key_opens_format_1_and_is_refused_on_format_2(kind: StoreKind) 
 
     // The same attack on a format 2 row: with K1's wrap and commitment it reads; with K2's
     // wrap it is refused, 500 integrity_failure, audited.
-    let id2 = ShardIdentity::new("acct-1", "new", 1);
+    let id2 = ShardIdentity::new("acct-1", "new", Version::FIRST);
     let ct2 = gcm::two_key_ciphertext(&K1, &K2, &NONCE, &id2.aad(), PREFIX);
     let c1 = commitment(&K1, &id2.aad());
     let w1 = local.wrap(&id2, &k1).await.unwrap();
@@ -581,7 +581,7 @@ async fn new_writes_are_format_2_with_a_commitment(kind: StoreKind) {
         .unwrap()
         .try_into()
         .unwrap();
-    let aad = ShardIdentity::new("acct-1", "s", 1).aad();
+    let aad = ShardIdentity::new("acct-1", "s", Version::FIRST).aad();
     assert_eq!(&aad[..5], b"SGID\x02");
     let dek: [u8; 32] = aes_gcm_open(
         &kek,

@@ -21,6 +21,7 @@ both_stores!(
     destroy_is_refused_while_referenced_and_allowed_after_migrating_away,
     unwrap_under_a_destroyed_version_is_key_unusable_not_an_integrity_failure,
     batch_calls_refuse_only_the_items_under_a_destroyed_version,
+    a_wrap_naming_a_key_version_still_goes_through_the_lifecycle,
     wraps_are_refused_at_the_limit_until_a_new_version_is_promoted,
     two_gateways_on_one_database_share_one_wrap_counter,
 );
@@ -396,17 +397,17 @@ async fn unwrap_under_a_destroyed_version_is_key_unusable_not_an_integrity_failu
 /// lifecycle item by item: an item under a destroyed version is refused alone, and the
 /// others are re-wrapped under the active version.
 async fn batch_calls_refuse_only_the_items_under_a_destroyed_version(kind: StoreKind) {
-    use shardgate_backends::{BackendError, ShardIdentity};
+    use shardgate_backends::{BackendError, ShardIdentity, Version};
     let Some(gw) = Gw::new(kind, Default::default()).await else {
         return;
     };
     let local = gw.state.backend("local").unwrap().clone();
-    let old_id = ShardIdentity::new("acct-1", "old", 1);
+    let old_id = ShardIdentity::new("acct-1", "old", Version::FIRST);
     let (old_key, old_wrap) = local.generate_data_key(&old_id).await.unwrap();
     assert_eq!(old_wrap.key_version, 1);
     let v2 = gw.rotate();
     assert_eq!(gw.set(v2, "active").await.0, 200);
-    let new_id = ShardIdentity::new("acct-1", "new", 1);
+    let new_id = ShardIdentity::new("acct-1", "new", Version::FIRST);
     let (new_key, new_wrap) = local.generate_data_key(&new_id).await.unwrap();
     assert_eq!(i64::from(new_wrap.key_version), v2);
     let items = [(old_id.clone(), old_wrap), (new_id.clone(), new_wrap)];
@@ -437,6 +438,43 @@ async fn batch_calls_refuse_only_the_items_under_a_destroyed_version(kind: Store
     assert_eq!(
         local.unwrap(&new_id, &fresh).await.unwrap().expose(),
         new_key.expose()
+    );
+}
+
+/// The lifecycle wrapper is a forwarding decorator, but not for the `_under` calls: a caller
+/// naming a decrypt-only version is refused (a pass-through would wrap under it, uncounted),
+/// and naming the active version wraps under it.
+async fn a_wrap_naming_a_key_version_still_goes_through_the_lifecycle(kind: StoreKind) {
+    use shardgate_backends::{BackendError, DataKey, ShardIdentity, Version};
+    let Some(gw) = Gw::new(kind, Default::default()).await else {
+        return;
+    };
+    let local = gw.state.backend("local").unwrap().clone();
+    let v2 = gw.rotate();
+    assert_eq!(gw.set(v2, "active").await.0, 200);
+    let v2 = u32::try_from(v2).unwrap();
+    let id = ShardIdentity::new("acct-1", "s", Version::FIRST);
+    let dek = DataKey::generate();
+
+    let refused = local.wrap_under(1, &id, &dek).await;
+    assert!(
+        matches!(&refused, Err(BackendError::KeyUnusable(m)) if m.contains("key version 1")),
+        "{refused:?}"
+    );
+    let refused = local.generate_data_key_under(1, &id).await;
+    assert!(matches!(refused, Err(BackendError::KeyUnusable(_))));
+    let old = local.wrap(&id, &dek).await.unwrap();
+    let items = [(id.clone(), old)];
+    let moved = local
+        .rewrap_many_from_under(1, local.as_ref(), &items)
+        .await;
+    assert!(matches!(moved[0], Err(BackendError::KeyUnusable(_))));
+
+    let wrapped = local.wrap_under(v2, &id, &dek).await.unwrap();
+    assert_eq!(wrapped.key_version, v2);
+    assert_eq!(
+        local.unwrap(&id, &wrapped).await.unwrap().expose(),
+        dek.expose()
     );
 }
 

@@ -16,7 +16,7 @@
 use cryptoki::object::Attribute;
 use cryptoki::session::UserType;
 use shardgate_backends::pkcs11::{self, init_key, session, Pkcs11Backend};
-use shardgate_backends::{KeyBackend, ShardIdentity};
+use shardgate_backends::{KeyBackend, ShardIdentity, Version};
 use shardgate_softhsm_tests::{module, TestToken};
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,7 +35,7 @@ async fn main() {
     let mut cfg = tok.config("kek");
     cfg.pool_size = 8;
     init_key(&cfg).unwrap();
-    let id = ShardIdentity::new("acct", "s", 1);
+    let id = ShardIdentity::new("acct", "s", Version::FIRST);
     let b = Arc::new(Pkcs11Backend::open("hsm", &cfg).unwrap());
     let (dek, w) = b.generate_data_key(&id).await.unwrap();
     let dek = Arc::new(dek);

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use shardgate_backends::pkcs11::{self, init_key, rotate_key, IvMode, Pkcs11Backend};
-use shardgate_backends::{BackendError, DataKey, KeyBackend, ShardIdentity, WrappedKey};
+use shardgate_backends::{BackendError, DataKey, KeyBackend, ShardIdentity, Version, WrappedKey};
 use shardgate_softhsm_tests::{module, TestToken};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_sg-softhsm-helper");
@@ -194,7 +194,7 @@ async fn rotate_wraps_with_v2_and_v1_blobs_still_unwrap() {
     );
     init_key(&cfg).unwrap();
     let b = Pkcs11Backend::open("hsm", &cfg).unwrap();
-    let id = ShardIdentity::new("acct", "s1", 1);
+    let id = ShardIdentity::new("acct", "s1", Version::FIRST);
     let (dek1, w1) = b.generate_data_key(&id).await.unwrap();
     assert_eq!(
         (w1.key_ref.as_str(), w1.key_version, w1.blob.len()),
@@ -247,7 +247,7 @@ async fn a_running_backend_starts_wrapping_with_a_rotated_version_on_its_own() {
     cfg.key_refresh_interval_ms = 200;
     init_key(&cfg).unwrap();
     let b = Pkcs11Backend::open("hsm", &cfg).unwrap();
-    let id = ShardIdentity::new("acct", "s1", 1);
+    let id = ShardIdentity::new("acct", "s1", Version::FIRST);
     assert_eq!(b.generate_data_key(&id).await.unwrap().1.key_version, 1);
     let finds = b.pool_status().find_calls;
     assert_eq!(rotate_key(&cfg).unwrap(), 2);
@@ -280,13 +280,13 @@ async fn unwrap_batch_answers_each_item_in_order_on_one_checkout() {
     let mut items = Vec::new();
     let mut deks = Vec::new();
     for i in 0..10u64 {
-        let id = ShardIdentity::new("acct", format!("s{i}"), 1);
+        let id = ShardIdentity::new("acct", format!("s{i}"), Version::FIRST);
         let (dek, w) = b.generate_data_key(&id).await.unwrap();
         deks.push(dek);
         items.push((id, w));
     }
     items[3].1.blob[20] ^= 1;
-    items[5].0 = ShardIdentity::new("acct", "other", 1);
+    items[5].0 = ShardIdentity::new("acct", "other", Version::FIRST);
     let res = b.unwrap_batch(&items).await;
     assert_eq!(res.len(), 10);
     for (i, (r, dek)) in res.iter().zip(&deks).enumerate() {

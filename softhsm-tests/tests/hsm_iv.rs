@@ -10,7 +10,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use rand::RngCore;
 use shardgate_backends::pkcs11::session::{open, seal, GcmSession, OpenError, SealError, IV_LEN};
 use shardgate_backends::pkcs11::IvMode;
-use shardgate_backends::ShardIdentity;
+use shardgate_backends::{ShardIdentity, Version};
 use std::cell::RefCell;
 use zeroize::Zeroizing;
 
@@ -85,7 +85,7 @@ fn double(style: Style) -> Double {
 
 #[test]
 fn hsm_generated_iv_round_trips_in_the_same_blob_format() {
-    let id = ShardIdentity::new("acct", "s", 1);
+    let id = ShardIdentity::new("acct", "s", Version::FIRST);
     let aad = id.aad();
     let dek = [9u8; 32];
     for style in [Style::CloudHsm, Style::Prepended] {
@@ -107,7 +107,7 @@ fn hsm_generated_iv_round_trips_in_the_same_blob_format() {
             .unwrap();
         assert_eq!(plain, dek);
         // Bound to the identity.
-        let other = ShardIdentity::new("acct", "s", 2).aad();
+        let other = ShardIdentity::new("acct", "s", Version::new(2).unwrap()).aad();
         assert!(matches!(
             open(&d, (), &other, &blob, 32),
             Err(OpenError::Hsm(_))

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use shardgate_backends::pkcs11::{init_key, Pkcs11Backend};
-use shardgate_backends::{BackendError, KeyBackend, ShardIdentity};
+use shardgate_backends::{BackendError, KeyBackend, ShardIdentity, Version};
 use shardgate_softhsm_tests::{module, TestToken};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +38,11 @@ async fn sixty_four_tasks_share_four_sessions_in_parallel_without_overlap() {
         let b = b.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..500u64 {
-                let id = ShardIdentity::new(format!("acct-{t}"), format!("s-{i}"), i);
+                let id = ShardIdentity::new(
+                    format!("acct-{t}"),
+                    format!("s-{i}"),
+                    Version::try_from(i + 1).unwrap(),
+                );
                 roundtrip(&b, &id).await.unwrap();
             }
         }));
@@ -74,7 +78,7 @@ async fn pool_exhaustion_answers_unavailable_within_the_checkout_timeout() {
     cfg.pool_size = 1;
     cfg.checkout_timeout_ms = 300;
     let b = Pkcs11Backend::open("hsm", &cfg).unwrap();
-    let id = ShardIdentity::new("a", "s", 1);
+    let id = ShardIdentity::new("a", "s", Version::FIRST);
     roundtrip(&b, &id).await.unwrap();
     let hold = b.hold_checkout().await.unwrap();
     assert_eq!(b.pool_status().in_use, 1);
@@ -107,10 +111,13 @@ async fn sessions_the_hsm_closed_are_replaced_without_a_recovery() {
     for t in 0..4u64 {
         let b = b.clone();
         tasks.push(tokio::spawn(async move {
-            for i in 0..20 {
-                roundtrip(&b, &ShardIdentity::new(format!("a-{t}"), "s", i))
-                    .await
-                    .unwrap();
+            for i in 0..20i64 {
+                roundtrip(
+                    &b,
+                    &ShardIdentity::new(format!("a-{t}"), "s", Version::try_from(i + 1).unwrap()),
+                )
+                .await
+                .unwrap();
             }
         }));
     }
@@ -122,10 +129,13 @@ async fn sessions_the_hsm_closed_are_replaced_without_a_recovery() {
     assert_eq!(b.inject_dead_sessions(), open);
     // Every operation still succeeds: each dead session is found before it is used, dropped,
     // and replaced by a new one; the login is intact, so nothing recovers.
-    for i in 0..20 {
-        roundtrip(&b, &ShardIdentity::new("after", "s", i))
-            .await
-            .unwrap();
+    for i in 0..20i64 {
+        roundtrip(
+            &b,
+            &ShardIdentity::new("after", "s", Version::try_from(i + 1).unwrap()),
+        )
+        .await
+        .unwrap();
     }
     let st = b.pool_status();
     assert_eq!(st.dead_sessions, open as u64, "{st:?}");
@@ -149,7 +159,8 @@ async fn logout_under_traffic_recovers_without_wrong_results() {
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let id = ShardIdentity::new(format!("acct-{t}"), "s", i);
+                let id =
+                    ShardIdentity::new(format!("acct-{t}"), "s", Version::try_from(i + 1).unwrap());
                 // Every operation succeeds: a fault costs at most the one internal retry.
                 roundtrip(&b, &id)
                     .await
@@ -204,7 +215,7 @@ async fn token_deleted_and_recreated_recovers_without_reopening() {
     let cfg = tok.config("kek");
     let b = Pkcs11Backend::open("hsm", &cfg).unwrap();
     let ids: Vec<ShardIdentity> = (0..8)
-        .map(|i| ShardIdentity::new("acct", format!("s{i}"), 1))
+        .map(|i| ShardIdentity::new("acct", format!("s{i}"), Version::FIRST))
         .collect();
     let mut before = Vec::new();
     for id in &ids {
@@ -257,7 +268,7 @@ async fn tampered_blob_is_integrity_and_not_a_recovery_while_a_real_fault_is() {
     let cfg = tok.config("kek");
     init_key(&cfg).unwrap();
     let b = Pkcs11Backend::open("hsm", &cfg).unwrap();
-    let id = ShardIdentity::new("acct", "s", 1);
+    let id = ShardIdentity::new("acct", "s", Version::FIRST);
     let (dek, w) = b.generate_data_key(&id).await.unwrap();
     for byte in [0usize, 11, 12, 30, 44, 59] {
         let mut t = w.clone();
@@ -268,7 +279,7 @@ async fn tampered_blob_is_integrity_and_not_a_recovery_while_a_real_fault_is() {
             "byte {byte}"
         );
     }
-    let other = ShardIdentity::new("acct", "s", 2);
+    let other = ShardIdentity::new("acct", "s", Version::new(2).unwrap());
     assert_eq!(
         b.unwrap(&other, &w).await.unwrap_err(),
         BackendError::Integrity

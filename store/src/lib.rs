@@ -54,6 +54,8 @@ use seal::SealedWith;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use shardgate_policy::Version;
+
 /// The persistence contract shared by PostgreSQL and SQLite.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -108,7 +110,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         account: &str,
         shard: &str,
-    ) -> Result<Option<(AccountRecord, Option<i64>)>, StoreError> {
+    ) -> Result<Option<(AccountRecord, Option<Version>)>, StoreError> {
         let Some(record) = self.get_account(account).await? else {
             return Ok(None);
         };
@@ -156,7 +158,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ShardSummary>, StoreError>;
 
     /// Latest stored version of the shard, if any.
-    async fn latest_version(&self, account: &str, shard: &str) -> Result<Option<i64>, StoreError>;
+    async fn latest_version(
+        &self,
+        account: &str,
+        shard: &str,
+    ) -> Result<Option<Version>, StoreError>;
 
     /// Insert `row` with its audit event in one transaction. Fails with `AccountNotFound`
     /// if the account does not exist, `Conflict` unless `row.version` is exactly the latest
@@ -273,14 +279,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         account: &str,
         shard: &str,
-        version: Option<i64>,
+        version: Option<Version>,
     ) -> Result<Option<ShardVersionRow>, StoreError>;
 
     /// Many versions in ONE query (batch reads): one answer per `(account, shard, version)`
     /// in order, `None` where no such version exists (`version: None` = latest).
     async fn get_shard_versions(
         &self,
-        items: &[(String, String, Option<i64>)],
+        items: &[(String, String, Option<Version>)],
     ) -> Result<Vec<Option<ShardVersionRow>>, StoreError>;
 
     /// Delete every version of the shard with the audit event in one transaction;
@@ -322,7 +328,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         account: &str,
         shard: &str,
-        version: i64,
+        version: Version,
         audit: &AuditRecord,
     ) -> Result<(), StoreError> {
         match self
@@ -342,7 +348,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         account: &str,
         shard: &str,
-        version: i64,
+        version: Version,
         audit: &AuditRecord,
         idem: Option<IdempotentWrite<'_>>,
     ) -> Result<Idempotent<()>, StoreError>;
@@ -480,7 +486,7 @@ pub trait Store: Send + Sync + 'static {
         worker: &str,
         account: &str,
         shard: &str,
-        version: i64,
+        version: Version,
         old_wrapped_dek: &[u8],
         outcome: &ItemOutcome,
         now_ms: i64,

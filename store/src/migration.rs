@@ -9,6 +9,8 @@
 //! the job's counters and the audit event change together. A worker killed at any point
 //! leaves items pending (its lease expires) or committed, never half-moved.
 
+use shardgate_policy::Version;
+
 /// What a job moves: shard versions matching every field that is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationSelector {
@@ -128,7 +130,7 @@ pub struct ItemCommit<'a> {
     /// Shard id.
     pub shard: &'a str,
     /// Version.
-    pub version: i64,
+    pub version: Version,
     /// The wrapped DEK as claimed.
     pub old_wrapped_dek: &'a [u8],
     /// What happened to it.
@@ -169,7 +171,7 @@ pub struct ItemKey {
     /// Shard id.
     pub shard: String,
     /// Version.
-    pub version: i64,
+    pub version: Version,
 }
 
 impl ItemKey {
@@ -191,7 +193,7 @@ pub struct MigrationFailure {
     /// Shard id.
     pub shard: String,
     /// Version.
-    pub version: i64,
+    pub version: Version,
     /// Secret-free error text.
     pub error: String,
 }

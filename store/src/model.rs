@@ -2,6 +2,8 @@
 //! idempotency records) and the small types the [`Store`](crate::Store) methods take and
 //! answer with. Plain data: no database code.
 
+use shardgate_policy::Version;
+
 /// An account row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRecord {
@@ -61,7 +63,7 @@ pub struct ShardVersionRow {
     /// Shard id.
     pub shard: String,
     /// Version, starting at 1.
-    pub version: i64,
+    pub version: Version,
     /// Envelope format version (1 or 2; FORMAT.md §1).
     pub format_version: i16,
     /// Backend instance name that wrapped the DEK.
@@ -91,7 +93,7 @@ pub struct ShardSummary {
     /// Shard id.
     pub shard: String,
     /// Highest stored version.
-    pub latest_version: i64,
+    pub latest_version: Version,
     /// Backend of the latest version.
     pub backend: String,
 }

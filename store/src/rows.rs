@@ -3,6 +3,7 @@
 //! generic over the driver's row type (`PgRow`, `SqliteRow`). The SQL that reads the rows
 //! stays with each store (placeholders and locking differ).
 
+use shardgate_policy::Version;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use crate::{
@@ -41,7 +42,7 @@ where
     Ok(ShardVersionRow {
         account: r.try_get("account")?,
         shard: r.try_get("shard")?,
-        version: r.try_get("version")?,
+        version: version_of(r, "version")?,
         format_version: r.try_get("format_version")?,
         backend: r.try_get("backend")?,
         key_ref: r.try_get("key_ref")?,
@@ -53,6 +54,35 @@ where
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
     })
+}
+
+/// A shard version column: a stored number below 1 is a decode error, never a version.
+pub(crate) fn version_of<R>(r: &R, column: &'static str) -> Result<Version, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    Version::new(r.try_get(column)?).map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: Box::new(e),
+    })
+}
+
+/// A nullable shard version column (`MAX(version)` of no rows is NULL).
+pub(crate) fn opt_version_of<R>(r: &R, column: &'static str) -> Result<Option<Version>, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    Option<i64>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    let n: Option<i64> = r.try_get(column)?;
+    n.map(Version::new)
+        .transpose()
+        .map_err(|e| sqlx::Error::ColumnDecode {
+            index: column.to_string(),
+            source: Box::new(e),
+        })
 }
 
 /// An `api_tokens` row; `scopes` is stored comma-separated.

@@ -12,8 +12,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{record, shard_row, AuditGen, Harness};
-use shardgate_store::{AccountStats, BackupError, DeleteOutcome, ShardSummary, Store, StoreError};
+use common::{record, shard_row, v, AuditGen, Harness};
+use shardgate_store::{
+    AccountStats, BackupError, DeleteOutcome, ShardSummary, Store, StoreError, Version,
+};
 use tokio::task::JoinSet;
 
 both_stores!(
@@ -199,7 +201,7 @@ async fn account_ids_are_case_sensitive(h: &Harness) {
         }
     );
     assert!(s.get_account("acct-A").await.unwrap().is_some());
-    assert_eq!(s.latest_version("acct-A", "s").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version("acct-A", "s").await.unwrap(), Some(v(1)));
 }
 
 async fn get_shard_versions_answers_every_item_in_order(h: &Harness) {
@@ -213,7 +215,7 @@ async fn get_shard_versions_answers_every_item_in_order(h: &Harness) {
     insert(s, &audit, "acct-B", "s1", 1, "local-2")
         .await
         .unwrap();
-    let key = |a: &str, sh: &str, v: Option<i64>| (a.to_string(), sh.to_string(), v);
+    let key = |a: &str, sh: &str, n: Option<i64>| (a.to_string(), sh.to_string(), n.map(v));
     let got = s
         .get_shard_versions(&[
             key(ACCT, "s1", None),
@@ -258,9 +260,9 @@ async fn insert_v1_v2_and_get_latest_and_by_version(h: &Harness) {
     assert_eq!(s.get_shard_version(ACCT, "s1", None).await.unwrap(), None);
 
     insert(s, &audit, ACCT, "s1", 1, "local-1").await.unwrap();
-    assert_eq!(s.latest_version(ACCT, "s1").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version(ACCT, "s1").await.unwrap(), Some(v(1)));
     insert(s, &audit, ACCT, "s1", 2, "kms-1").await.unwrap();
-    assert_eq!(s.latest_version(ACCT, "s1").await.unwrap(), Some(2));
+    assert_eq!(s.latest_version(ACCT, "s1").await.unwrap(), Some(v(2)));
 
     // Every column round-trips.
     let latest = s
@@ -270,21 +272,21 @@ async fn insert_v1_v2_and_get_latest_and_by_version(h: &Harness) {
         .unwrap();
     assert_eq!(latest, shard_row(ACCT, "s1", 2, "kms-1"));
     let v1 = s
-        .get_shard_version(ACCT, "s1", Some(1))
+        .get_shard_version(ACCT, "s1", Some(v(1)))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(v1, shard_row(ACCT, "s1", 1, "local-1"));
     assert_eq!(
-        s.get_shard_version(ACCT, "s1", Some(3)).await.unwrap(),
+        s.get_shard_version(ACCT, "s1", Some(v(3))).await.unwrap(),
         None
     );
+    // No read can name version 0: `Version` refuses it before any store sees it.
+    assert!(Version::new(0).is_err());
     assert_eq!(
-        s.get_shard_version(ACCT, "s1", Some(0)).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        s.get_shard_version(ACCT, "other", Some(1)).await.unwrap(),
+        s.get_shard_version(ACCT, "other", Some(v(1)))
+            .await
+            .unwrap(),
         None
     );
 
@@ -320,15 +322,17 @@ async fn insert_conflict_on_same_version(h: &Harness) {
     );
     // The losers wrote nothing, not even their audit events.
     assert_eq!(count_actions(s, "chain-x", "shard.put").await, 2);
-    assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), Some(2));
+    assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), Some(v(2)));
 }
 
 async fn insert_conflict_on_wrong_version(h: &Harness) {
     let s = &*h.store;
     let audit = AuditGen::new("chain-w");
     put(s, &audit, ACCT, "retail").await;
-    // A new shard must start at 1.
-    for v in [0, 2, 5] {
+    // A new shard must start at 1. (0 and -1 are not versions: `Version` refuses them before
+    // any store sees them, and the schema's CHECK would too.)
+    assert!(Version::new(0).is_err() && Version::new(-1).is_err());
+    for v in [2, 5] {
         let err = insert(s, &audit, ACCT, "s", v, "local-1")
             .await
             .unwrap_err();
@@ -338,7 +342,7 @@ async fn insert_conflict_on_wrong_version(h: &Harness) {
         );
     }
     insert(s, &audit, ACCT, "s", 1, "local-1").await.unwrap();
-    for v in [-1, 0, 3, 10] {
+    for v in [3, 10] {
         let err = insert(s, &audit, ACCT, "s", v, "local-1")
             .await
             .unwrap_err();
@@ -396,7 +400,7 @@ async fn concurrent_same_version_exactly_one_wins(h: &Harness) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stored.version, 1);
+    assert_eq!(stored.version, v(1));
     assert_eq!(stored.created_by, format!("writer-{}", winners[0]));
     assert_eq!(count_actions(&*h.store, "chain-r", "shard.put").await, 1);
 }
@@ -417,7 +421,7 @@ async fn concurrent_retry_loop_has_no_gaps(h: &Harness) {
                     .latest_version(ACCT, "seq")
                     .await
                     .unwrap()
-                    .unwrap_or(0)
+                    .map_or(0, Version::get)
                     + 1;
                 match insert(&*store, &audit, ACCT, "seq", next, "local-1").await {
                     Ok(()) => return next,
@@ -433,15 +437,18 @@ async fn concurrent_retry_loop_has_no_gaps(h: &Harness) {
     }
     won.sort_unstable();
     assert_eq!(won, (1..=32).collect::<Vec<i64>>());
-    assert_eq!(h.store.latest_version(ACCT, "seq").await.unwrap(), Some(32));
-    for v in 1..=32 {
+    assert_eq!(
+        h.store.latest_version(ACCT, "seq").await.unwrap(),
+        Some(v(32))
+    );
+    for n in 1..=32 {
         let row = h
             .store
-            .get_shard_version(ACCT, "seq", Some(v))
+            .get_shard_version(ACCT, "seq", Some(v(n)))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(row.version, v);
+        assert_eq!(row.version, v(n));
     }
     let mut audited: Vec<i64> = events(&*h.store, "chain-l")
         .await
@@ -487,7 +494,7 @@ async fn list_shards_pages_by_exact_bytes(h: &Harness) {
             let n = ids.iter().position(|x| x == id).unwrap();
             ShardSummary {
                 shard: id.to_string(),
-                latest_version: 1 + (n % 3) as i64,
+                latest_version: v(1 + (n % 3) as i64),
                 backend: backends[n % 3].to_string(),
             }
         })
@@ -534,8 +541,8 @@ async fn shard_ids_are_case_sensitive(h: &Harness) {
     // "key-a" is another shard: it starts at version 1.
     insert(s, &audit, ACCT, "key-a", 1, "kms-1").await.unwrap();
     insert(s, &audit, ACCT, "key-a", 2, "kms-1").await.unwrap();
-    assert_eq!(s.latest_version(ACCT, "key-A").await.unwrap(), Some(1));
-    assert_eq!(s.latest_version(ACCT, "key-a").await.unwrap(), Some(2));
+    assert_eq!(s.latest_version(ACCT, "key-A").await.unwrap(), Some(v(1)));
+    assert_eq!(s.latest_version(ACCT, "key-a").await.unwrap(), Some(v(2)));
     assert_eq!(s.latest_version(ACCT, "KEY-A").await.unwrap(), None);
     let n = s
         .delete_shard(ACCT, "key-a", &|n| {
@@ -544,7 +551,7 @@ async fn shard_ids_are_case_sensitive(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(n, 2);
-    assert_eq!(s.latest_version(ACCT, "key-A").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version(ACCT, "key-A").await.unwrap(), Some(v(1)));
 }
 
 async fn delete_shard_removes_all_versions_and_audits_count(h: &Harness) {
@@ -569,13 +576,13 @@ async fn delete_shard_removes_all_versions_and_audits_count(h: &Harness) {
         .unwrap();
     assert_eq!(n, 3);
     assert_eq!(s.latest_version(ACCT, "gone").await.unwrap(), None);
-    for v in 1..=3 {
+    for n in 1..=3 {
         assert_eq!(
-            s.get_shard_version(ACCT, "gone", Some(v)).await.unwrap(),
+            s.get_shard_version(ACCT, "gone", Some(v(n))).await.unwrap(),
             None
         );
     }
-    assert_eq!(s.latest_version(ACCT, "kept").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version(ACCT, "kept").await.unwrap(), Some(v(1)));
     let deletes: Vec<_> = events(s, "chain-d")
         .await
         .into_iter()
@@ -649,7 +656,7 @@ async fn delete_account_removes_everything(h: &Harness) {
 
     // The other account is untouched.
     assert!(s.get_account("acct-2").await.unwrap().is_some());
-    assert_eq!(s.latest_version("acct-2", "s1").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version("acct-2", "s1").await.unwrap(), Some(v(1)));
 
     // Gone: AccountNotFound, no audit event; shards cannot be stored for it any more.
     let err = s
@@ -870,7 +877,7 @@ async fn audit_unwritable_fails_insert_atomically(h: &Harness) {
     assert!(matches!(err, StoreError::AuditUnavailable(_)), "{err:?}");
     assert_eq!(s.latest_version(ACCT, "new").await.unwrap(), None);
     assert_eq!(
-        s.get_shard_version(ACCT, "new", Some(1)).await.unwrap(),
+        s.get_shard_version(ACCT, "new", Some(v(1))).await.unwrap(),
         None
     );
     assert!(s
@@ -883,7 +890,7 @@ async fn audit_unwritable_fails_insert_atomically(h: &Harness) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AuditUnavailable(_)), "{err:?}");
-    assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), Some(v(1)));
     assert_eq!(
         s.account_stats(ACCT, "local-1").await.unwrap(),
         AccountStats {
@@ -938,7 +945,7 @@ async fn audit_unwritable_fails_other_writes_atomically(h: &Harness) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::AuditUnavailable(_)), "{err:?}");
-    assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), Some(2));
+    assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), Some(v(2)));
     let err = s
         .delete_account(ACCT, &|n| {
             audit.next_detail("account.delete", Some(ACCT), None, &n.to_string())
@@ -948,7 +955,7 @@ async fn audit_unwritable_fails_other_writes_atomically(h: &Harness) {
     assert!(matches!(err, StoreError::AuditUnavailable(_)), "{err:?}");
     assert!(s.get_account(ACCT).await.unwrap().is_some());
     assert!(s
-        .get_shard_version(ACCT, "s", Some(1))
+        .get_shard_version(ACCT, "s", Some(v(1)))
         .await
         .unwrap()
         .is_some());
@@ -997,7 +1004,11 @@ async fn cancelled_writes_leave_no_open_transaction(h: &Harness) {
         let store = h.store.clone();
         let audit = audit.clone();
         let fut = async move {
-            let next = store.latest_version(ACCT, "c").await?.unwrap_or(0) + 1;
+            let next = store
+                .latest_version(ACCT, "c")
+                .await?
+                .map_or(0, Version::get)
+                + 1;
             insert(&*store, &audit, ACCT, "c", next, "local-1").await
         };
         let _ = tokio::time::timeout(Duration::from_micros(round * 37 % 1500), fut).await;
@@ -1036,11 +1047,11 @@ async fn cancelled_writes_leave_no_open_transaction(h: &Harness) {
         .latest_version(ACCT, "c")
         .await
         .unwrap()
-        .unwrap_or(0);
-    for v in 1..=latest {
+        .map_or(0, Version::get);
+    for n in 1..=latest {
         assert!(h
             .store
-            .get_shard_version(ACCT, "c", Some(v))
+            .get_shard_version(ACCT, "c", Some(v(n)))
             .await
             .unwrap()
             .is_some());
@@ -1128,7 +1139,7 @@ async fn sqlite_in_memory_store_keeps_one_database() {
     insert(&*store, &audit, ACCT, "s", 1, "local-1")
         .await
         .unwrap();
-    assert_eq!(store.latest_version(ACCT, "s").await.unwrap(), Some(1));
+    assert_eq!(store.latest_version(ACCT, "s").await.unwrap(), Some(v(1)));
 }
 
 /// SQLite: a copy in a new 0600 file, readable as a store of its own and unchanged by later
@@ -1157,10 +1168,12 @@ async fn backup_to_copies_sqlite_and_refuses_postgres(h: &Harness) {
         shardgate_store::sqlite::SqliteStore::connect(&format!("sqlite://{}", to.display()), 1)
             .await
             .unwrap();
-    for v in [1, 2] {
+    for n in [1, 2] {
         assert_eq!(
-            copy.get_shard_version(ACCT, "s1", Some(v)).await.unwrap(),
-            Some(shard_row(ACCT, "s1", v, "local"))
+            copy.get_shard_version(ACCT, "s1", Some(v(n)))
+                .await
+                .unwrap(),
+            Some(shard_row(ACCT, "s1", n, "local"))
         );
     }
     assert_eq!(
@@ -1169,7 +1182,7 @@ async fn backup_to_copies_sqlite_and_refuses_postgres(h: &Harness) {
     );
     // The original keeps taking writes; the copy is the snapshot.
     insert(s, &audit, ACCT, "s1", 3, "local").await.unwrap();
-    assert_eq!(copy.latest_version(ACCT, "s1").await.unwrap(), Some(2));
+    assert_eq!(copy.latest_version(ACCT, "s1").await.unwrap(), Some(v(2)));
 
     let before = std::fs::read(&to).unwrap();
     let err = s.backup_to(&to).await.unwrap_err();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{shard_row, AuditGen, Harness};
+use common::{shard_row, v, AuditGen, Harness};
 use shardgate_store::{
     AuditRecord, GroupedWrite, KeyState, KeyStateChange, KeyTransition, LateSeal, NewKeyVersion,
     Presealed, ShardVersionRow, Store, StoreError,
@@ -46,7 +46,7 @@ fn seal_for<'a>(audit: &'a AuditGen, rows: &[ShardVersionRow]) -> RowSeal<'a> {
         audit,
         writes: rows
             .iter()
-            .map(|r| (r.account.clone(), r.shard.clone(), r.version))
+            .map(|r| (r.account.clone(), r.shard.clone(), r.version.get()))
             .collect(),
         asked: Vec::new(),
     }
@@ -176,11 +176,14 @@ async fn a_group_stores_each_write_and_refuses_each_alone() {
     // Tried at once as a whole (which stored nothing: some writes are refused), then
     // sealed for the stored writes only, in the group's order.
     assert_eq!(seal.asked, vec![vec![0, 1, 2, 3, 4, 5], vec![0, 1, 5]]);
-    assert_eq!(s.latest_version("acct-b", "new").await.unwrap(), Some(1));
-    assert_eq!(s.latest_version("acct-a", "s").await.unwrap(), Some(2));
+    assert_eq!(s.latest_version("acct-b", "new").await.unwrap(), Some(v(1)));
+    assert_eq!(s.latest_version("acct-a", "s").await.unwrap(), Some(v(2)));
     assert_eq!(s.latest_version("acct-a", "t").await.unwrap(), None);
     assert_eq!(s.latest_version("acct-b", "late").await.unwrap(), None);
-    let stored = s.get_shard_version("acct-a", "s", Some(2)).await.unwrap();
+    let stored = s
+        .get_shard_version("acct-a", "s", Some(v(2)))
+        .await
+        .unwrap();
     assert_eq!(stored.as_ref(), Some(&rows[1]));
     assert_eq!(
         shard_puts(s).await,
@@ -320,14 +323,14 @@ async fn a_key_another_transaction_inserts_meanwhile_is_refused_alone() {
     assert_eq!(asked, vec![vec![0, 1], vec![1]]);
     let s = h.store.as_ref();
     assert_eq!(
-        s.get_shard_version("acct-b", "new", Some(1))
+        s.get_shard_version("acct-b", "new", Some(v(1)))
             .await
             .unwrap()
             .as_ref(),
         Some(&rows[1])
     );
     let theirs = s
-        .get_shard_version("acct-a", "s", Some(2))
+        .get_shard_version("acct-a", "s", Some(v(2)))
         .await
         .unwrap()
         .unwrap();
@@ -361,7 +364,7 @@ async fn an_account_changed_since_the_writers_read_it_undoes_the_whole_group() {
     let mut seal = seal_for(&audit, &rows);
     let r = s.insert_shard_versions_grouped(&writes, &mut seal).await;
     assert!(matches!(r, Err(StoreError::AccountChanged)), "{r:?}");
-    assert_eq!(s.latest_version("acct-a", "s").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version("acct-a", "s").await.unwrap(), Some(v(1)));
     assert_eq!(s.latest_version("acct-b", "new").await.unwrap(), None);
     assert_eq!(
         shard_puts(s).await.len(),
@@ -378,7 +381,7 @@ async fn an_account_changed_since_the_writers_read_it_undoes_the_whole_group() {
     let mut seal = seal_for(&audit, &rows[..1]);
     let r = s.insert_shard_versions_grouped(&writes, &mut seal).await;
     assert!(matches!(r, Err(StoreError::AccountChanged)), "{r:?}");
-    assert_eq!(s.latest_version("acct-a", "s").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version("acct-a", "s").await.unwrap(), Some(v(1)));
 }
 
 #[tokio::test]
@@ -398,7 +401,7 @@ async fn a_group_never_holds_two_writes_of_one_shard() {
     assert!(matches!(r, Err(StoreError::Internal(_))), "{r:?}");
     assert_eq!(
         h.store.latest_version("acct-a", "s").await.unwrap(),
-        Some(1)
+        Some(v(1))
     );
 }
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{shard_row, AuditGen, Harness};
+use common::{shard_row, v, AuditGen, Harness};
 use shardgate_store::{IdempotencyRecord, Idempotent, IdempotentWrite, Store, StoreError};
 use tokio::task::JoinSet;
 
@@ -123,7 +123,7 @@ async fn insert_with_key_then_retry_replays_first_answer(h: &Harness) {
             .unwrap(),
         Idempotent::Replay(first)
     );
-    assert_eq!(s.latest_version(ACCT, "sh").await.unwrap(), Some(1));
+    assert_eq!(s.latest_version(ACCT, "sh").await.unwrap(), Some(v(1)));
     assert_eq!(count_actions(s, "chain-i", "shard.put").await, 1);
     assert_eq!(
         s.get_idempotency("alice PUT /a", "nope").await.unwrap(),
@@ -150,7 +150,7 @@ async fn expired_record_is_replaced(h: &Harness) {
         s.get_idempotency("alice PUT /a", "k").await.unwrap(),
         Some(new)
     );
-    assert_eq!(s.latest_version(ACCT, "sh").await.unwrap(), Some(2));
+    assert_eq!(s.latest_version(ACCT, "sh").await.unwrap(), Some(v(2)));
 }
 
 async fn delete_with_key_then_retry_replays_receipt(h: &Harness) {
@@ -214,7 +214,7 @@ async fn scopes_are_independent(h: &Harness) {
         put_with(s, &audit, "sh2", 1, Some(live(&c))).await.unwrap(),
         Idempotent::Done(())
     );
-    assert_eq!(s.latest_version(ACCT, "sh").await.unwrap(), Some(2));
+    assert_eq!(s.latest_version(ACCT, "sh").await.unwrap(), Some(v(2)));
 }
 
 async fn concurrent_same_key_exactly_one_write(h: &Harness) {

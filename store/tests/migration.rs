@@ -13,7 +13,7 @@ use common::{shard_row, AuditGen, Harness};
 use shardgate_store::{
     job_state, ClaimedItem, CommitResult, ItemCommit, ItemKey, ItemOutcome, LateSeal,
     MigrationFailure, MigrationJob, MigrationSelector, Presealed, ShardVersionRow, Store,
-    StoreError, Transition,
+    StoreError, Transition, Version,
 };
 use tokio::task::JoinSet;
 
@@ -47,7 +47,7 @@ const B: &str = "acct-b";
 const CHAIN: &str = "chain-mig";
 
 /// An item's (account, shard, version).
-type Key = (String, String, i64);
+type Key = (String, String, Version);
 
 fn sel(account: Option<&str>, from: Option<&str>, below: Option<i64>) -> MigrationSelector {
     MigrationSelector {
@@ -143,7 +143,7 @@ async fn commit(
             "migration.commit",
             Some(&row.account),
             Some(&row.shard),
-            Some(row.version),
+            Some(row.version.get()),
         ),
     )
     .await
@@ -178,7 +178,7 @@ fn keys(items: &[ClaimedItem]) -> Vec<Key> {
 }
 
 fn key(account: &str, shard: &str, version: i64) -> Key {
-    (account.to_string(), shard.to_string(), version)
+    (account.to_string(), shard.to_string(), v(version))
 }
 
 async fn event_count(s: &dyn Store, chain: &str) -> usize {
@@ -194,7 +194,12 @@ async fn count_actions(s: &dyn Store, chain: &str, action: &str) -> usize {
         .count()
 }
 
-async fn row(s: &dyn Store, account: &str, shard: &str, version: i64) -> ShardVersionRow {
+/// Version `n` (a test's literal).
+fn v(n: i64) -> Version {
+    Version::new(n).unwrap()
+}
+
+async fn row(s: &dyn Store, account: &str, shard: &str, version: Version) -> ShardVersionRow {
     s.get_shard_version(account, shard, Some(version))
         .await
         .unwrap()
@@ -422,7 +427,7 @@ async fn claim_after_a_key_goes_on_past_it(h: &Harness) {
     let after = |account: &str, shard: &str, version: i64| ItemKey {
         account: account.to_string(),
         shard: shard.to_string(),
-        version,
+        version: v(version),
     };
     let claim_after = |k: ItemKey, limit: i64| async move {
         s.claim_migration_items("job", "w1", 5000, 1000, limit, Some(&k))
@@ -562,7 +567,7 @@ async fn claim_nothing_unless_running(h: &Harness) {
     assert!(claim(s, "job", "w2", 1_000_000, 100).await.is_empty());
     // Moved rows stay moved; the rest stay where they are.
     assert_eq!(row(s, A, &r.shard, r.version).await.backend, "target-1");
-    assert_eq!(row(s, A, "s2", 1).await.backend, "local-1");
+    assert_eq!(row(s, A, "s2", v(1)).await.backend, "local-1");
 }
 
 async fn commit_moved_replaces_only_the_wrap(h: &Harness) {
@@ -580,7 +585,7 @@ async fn commit_moved_replaces_only_the_wrap(h: &Harness) {
             (B, "x", 1),
             (B, "x", 2),
         ] {
-            v.push(row(s, a, sh, ver).await);
+            v.push(row(s, a, sh, Version::new(ver).unwrap()).await);
         }
         v
     };
@@ -597,7 +602,7 @@ async fn commit_moved_replaces_only_the_wrap(h: &Harness) {
         commit(s, &audit, "job", "w", &old, &outcome).await.unwrap(),
         CommitResult::Committed
     );
-    let now = row(s, A, "s1", 1).await;
+    let now = row(s, A, "s1", v(1)).await;
     let mut expected = old.clone();
     expected.backend = "hsm-1".to_string();
     expected.key_ref = "hsm-1/label".to_string();
@@ -636,7 +641,7 @@ async fn commit_compare_and_swap_loses_to_a_changed_row(h: &Harness) {
             .unwrap(),
         CommitResult::Committed
     );
-    let winner = row(s, A, "s1", 1).await;
+    let winner = row(s, A, "s1", v(1)).await;
     assert_eq!(winner.wrapped_dek, b"new:w2:acct-a/s1/1".to_vec());
 
     let before = event_count(s, CHAIN).await;
@@ -647,7 +652,7 @@ async fn commit_compare_and_swap_loses_to_a_changed_row(h: &Harness) {
         CommitResult::RowChanged
     );
     // Not overwritten; counted as skipped; the settlement is audited.
-    assert_eq!(row(s, A, "s1", 1).await, winner);
+    assert_eq!(row(s, A, "s1", v(1)).await, winner);
     let j = job(s, "job-1").await;
     assert_eq!((j.done, j.skipped, j.failed), (0, 1, 0));
     assert_eq!(event_count(s, CHAIN).await, before + 1);
@@ -659,7 +664,7 @@ async fn commit_compare_and_swap_loses_to_a_changed_row(h: &Harness) {
         CommitResult::NotClaimed
     );
     assert_eq!(job(s, "job-1").await, j);
-    assert_eq!(row(s, A, "s1", 1).await, winner);
+    assert_eq!(row(s, A, "s1", v(1)).await, winner);
 }
 
 async fn deleted_shard_is_skipped(h: &Harness) {
@@ -694,7 +699,10 @@ async fn deleted_shard_is_skipped(h: &Harness) {
             .unwrap(),
         CommitResult::RowChanged
     );
-    assert_eq!(s.get_shard_version(A, "s2", Some(1)).await.unwrap(), None);
+    assert_eq!(
+        s.get_shard_version(A, "s2", Some(v(1))).await.unwrap(),
+        None
+    );
     let j = job(s, "job").await;
     assert_eq!((j.skipped, j.done, j.remaining()), (3, 0, 1));
     // Long after every lease expired, only the one unsettled item comes back.
@@ -740,8 +748,8 @@ async fn failed_items_record_errors_and_are_listed(h: &Harness) {
     assert_eq!((j.failed, j.done, j.skipped), (2, 1, 0));
     assert_eq!(j.last_error.as_deref(), Some("hsm refused"));
     // Failed rows stay on their source, untouched.
-    assert_eq!(row(s, B, "x", 2).await, rx2);
-    assert_eq!(row(s, A, "s1", 1).await, rs1);
+    assert_eq!(row(s, B, "x", v(2)).await, rx2);
+    assert_eq!(row(s, A, "s1", v(1)).await, rs1);
 
     let failures = s.migration_failures("job", 100).await.unwrap();
     assert_eq!(
@@ -750,13 +758,13 @@ async fn failed_items_record_errors_and_are_listed(h: &Harness) {
             MigrationFailure {
                 account: A.to_string(),
                 shard: "s1".to_string(),
-                version: 1,
+                version: v(1),
                 error: "hsm refused".to_string(),
             },
             MigrationFailure {
                 account: B.to_string(),
                 shard: "x".to_string(),
-                version: 2,
+                version: v(2),
                 error: "kms throttled".to_string(),
             },
         ]
@@ -786,7 +794,7 @@ async fn not_claimed_for_other_worker_or_settled_item(h: &Harness) {
     let before = event_count(s, CHAIN).await;
 
     // Another worker, an item nobody claimed, unknown items and jobs: nothing changes.
-    let unclaimed = row(s, A, "s2", 1).await;
+    let unclaimed = row(s, A, "s2", v(1)).await;
     let mut unknown = r.clone();
     unknown.shard = "zzz".to_string();
     for (job_id, worker, target) in [
@@ -814,8 +822,8 @@ async fn not_claimed_for_other_worker_or_settled_item(h: &Harness) {
         }
     }
     assert_eq!(job(s, "job").await, snapshot);
-    assert_eq!(row(s, A, "s1", 1).await, r);
-    assert_eq!(row(s, A, "s2", 1).await, unclaimed);
+    assert_eq!(row(s, A, "s1", v(1)).await, r);
+    assert_eq!(row(s, A, "s2", v(1)).await, unclaimed);
     assert_eq!(event_count(s, CHAIN).await, before);
     assert!(s.migration_failures("job", 10).await.unwrap().is_empty());
 
@@ -827,7 +835,7 @@ async fn not_claimed_for_other_worker_or_settled_item(h: &Harness) {
         CommitResult::Committed
     );
     let after = job(s, "job").await;
-    let moved_row = row(s, A, "s1", 1).await;
+    let moved_row = row(s, A, "s1", v(1)).await;
     assert_eq!(after.done, 1);
     for outcome in [moved("w1", &r), ItemOutcome::Skipped] {
         assert_eq!(
@@ -845,7 +853,7 @@ async fn not_claimed_for_other_worker_or_settled_item(h: &Harness) {
         CommitResult::NotClaimed
     );
     assert_eq!(job(s, "job").await, after);
-    assert_eq!(row(s, A, "s1", 1).await, moved_row);
+    assert_eq!(row(s, A, "s1", v(1)).await, moved_row);
     assert_eq!(event_count(s, CHAIN).await, before + 1);
 }
 
@@ -1116,7 +1124,7 @@ async fn audit_failure_rolls_back_every_write(h: &Harness) {
         assert!(matches!(err, StoreError::AuditUnavailable(_)), "{err:?}");
     }
     // The wrap is not replaced, no counter moved, no failure recorded.
-    assert_eq!(row(s, A, "s1", 1).await, r);
+    assert_eq!(row(s, A, "s1", v(1)).await, r);
     assert_eq!(job(s, "job").await, created);
     assert!(s.migration_failures("job", 10).await.unwrap().is_empty());
     // A stale-wrap commit (RowChanged) rolls back too.
@@ -1143,7 +1151,7 @@ async fn audit_failure_rolls_back_every_write(h: &Harness) {
         CommitResult::Committed
     );
     assert_eq!(
-        row(s, A, "s1", 1).await.wrapped_dek,
+        row(s, A, "s1", v(1)).await.wrapped_dek,
         b"new:w:acct-a/s1/1".to_vec()
     );
     let stale_item = &items[1].row;
@@ -1250,7 +1258,7 @@ async fn concurrent_workers_settle_every_item_exactly_once(h: &Harness) {
             format!("new:{worker}:{account}/{shard}/{version}").into_bytes()
         );
         assert_eq!(r.key_ref, format!("target-1/key/{worker}"));
-        assert_eq!(r.nonce, vec![*version as u8; 12]);
+        assert_eq!(r.nonce, vec![version.get() as u8; 12]);
     }
     let commits: Vec<Key> = s
         .audit_events(CHAIN, 0, 100_000)
@@ -1258,7 +1266,7 @@ async fn concurrent_workers_settle_every_item_exactly_once(h: &Harness) {
         .unwrap()
         .into_iter()
         .filter(|e| e.action == "migration.commit")
-        .map(|e| (e.account.unwrap(), e.shard.unwrap(), e.version.unwrap()))
+        .map(|e| (e.account.unwrap(), e.shard.unwrap(), v(e.version.unwrap())))
         .collect();
     assert_eq!(commits.len(), 200);
     let distinct: BTreeSet<_> = commits.into_iter().collect();
@@ -1349,7 +1357,7 @@ async fn cancelled_calls_leave_no_open_transaction(h: &Harness) {
     let j = job(s, "job").await;
     let mut moved_rows = 0;
     for n in 0..100 {
-        let r = row(s, A, &format!("s{n:03}"), 1).await;
+        let r = row(s, A, &format!("s{n:03}"), v(1)).await;
         if r.backend == "target-1" {
             moved_rows += 1;
         }
@@ -1401,7 +1409,7 @@ async fn commit_batch(
                 "migration.commit",
                 Some(&r.account),
                 Some(&r.shard),
-                Some(r.version),
+                Some(r.version.get()),
             )
         })
         .collect();

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{shard_row, AuditGen, Harness};
+use common::{shard_row, v, AuditGen, Harness};
 use shardgate_store::{
     IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemOutcome, KeepVersions,
-    MigrationSelector, Presealed, Retention, Store, StoreError,
+    MigrationSelector, Presealed, Retention, Store, StoreError, Version,
 };
 
 both_stores!(
@@ -43,7 +43,7 @@ async fn write(
     shard: &str,
     default_keep: i64,
 ) -> Result<Vec<i64>, StoreError> {
-    let version = s.latest_version(ACCT, shard).await?.unwrap_or(0) + 1;
+    let version = s.latest_version(ACCT, shard).await?.map_or(0, Version::get) + 1;
     let prune = |pruned: &[i64]| {
         pruned
             .iter()
@@ -70,13 +70,13 @@ async fn write(
 
 async fn versions(s: &dyn Store, shard: &str) -> Vec<i64> {
     let mut out = Vec::new();
-    for v in 1..=20 {
-        if s.get_shard_version(ACCT, shard, Some(v))
+    for n in 1..=20 {
+        if s.get_shard_version(ACCT, shard, Some(v(n)))
             .await
             .unwrap()
             .is_some()
         {
-            out.push(v);
+            out.push(n);
         }
     }
     out
@@ -115,13 +115,13 @@ async fn commitment_roundtrips_on_every_read_path_and_survives_a_rewrap(h: &Harn
         Some(v2.clone())
     );
     assert_eq!(
-        s.get_shard_version(ACCT, "old", Some(1)).await.unwrap(),
+        s.get_shard_version(ACCT, "old", Some(v(1))).await.unwrap(),
         Some(v1.clone())
     );
     let batch = s
         .get_shard_versions(&[
             (ACCT.into(), "old".into(), None),
-            (ACCT.into(), "s".into(), Some(1)),
+            (ACCT.into(), "s".into(), Some(v(1))),
         ])
         .await
         .unwrap();
@@ -175,7 +175,7 @@ async fn commitment_roundtrips_on_every_read_path_and_survives_a_rewrap(h: &Harn
         .unwrap();
     for before in [v1, v2] {
         let after = s
-            .get_shard_version(ACCT, &before.shard, Some(1))
+            .get_shard_version(ACCT, &before.shard, Some(v(1)))
             .await
             .unwrap()
             .unwrap();
@@ -206,33 +206,39 @@ async fn delete_one_version_keeps_the_others_and_audits_it(h: &Harness) {
         assert_eq!(write(s, &audit, "s", 0).await.unwrap(), Vec::<i64>::new());
     }
     let del = |v: i64| audit.next("shard.version_delete", Some(ACCT), Some("s"), Some(v));
-    s.delete_shard_version(ACCT, "s", 2, &del(2)).await.unwrap();
+    s.delete_shard_version(ACCT, "s", v(2), &del(2))
+        .await
+        .unwrap();
     assert_eq!(versions(s, "s").await, vec![1, 3]);
     // Gone: a second delete, another shard, another account are ShardNotFound, unaudited.
-    for (account, shard, v) in [
+    for (account, shard, n) in [
         (ACCT, "s", 2),
         (ACCT, "s", 9),
         (ACCT, "t", 1),
         ("nobody", "s", 1),
     ] {
         let err = s
-            .delete_shard_version(account, shard, v, &del(v))
+            .delete_shard_version(account, shard, v(n), &del(n))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::ShardNotFound), "{err}");
     }
     // The latest may go: the newest remaining one is the latest then.
-    s.delete_shard_version(ACCT, "s", 3, &del(3)).await.unwrap();
-    assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), Some(1));
+    s.delete_shard_version(ACCT, "s", v(3), &del(3))
+        .await
+        .unwrap();
+    assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), Some(v(1)));
     assert_eq!(
         s.get_shard_version(ACCT, "s", None)
             .await
             .unwrap()
             .unwrap()
             .version,
-        1
+        v(1)
     );
-    s.delete_shard_version(ACCT, "s", 1, &del(1)).await.unwrap();
+    s.delete_shard_version(ACCT, "s", v(1), &del(1))
+        .await
+        .unwrap();
     assert_eq!(s.latest_version(ACCT, "s").await.unwrap(), None);
     assert_eq!(
         audited(s, "chain-d", "shard.version_delete").await,
@@ -251,7 +257,7 @@ async fn delete_version_with_unwritable_audit_changes_nothing(h: &Harness) {
         .delete_shard_version(
             ACCT,
             "s",
-            1,
+            v(1),
             &audit.next_detail(
                 "shard.version_delete",
                 Some(ACCT),
@@ -315,7 +321,7 @@ async fn retention_counts_versions_not_version_numbers(h: &Harness) {
     s.delete_shard_version(
         ACCT,
         "s",
-        3,
+        v(3),
         &audit.next("shard.version_delete", Some(ACCT), Some("s"), Some(3)),
     )
     .await

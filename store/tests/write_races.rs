@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{shard_row, AuditGen, Harness};
+use common::{shard_row, v, AuditGen, Harness};
 use shardgate_store::{AuditRecord, KeepVersions, LateSeal, Presealed, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,7 +105,7 @@ async fn a_tier_change_during_a_write_makes_it_write_again() {
     let r = race(&h, &audit, "gold", KeepVersions::Unchanged).await;
     assert!(matches!(r, Err(StoreError::AccountChanged)), "{r:?}");
     // Nothing of the write is kept; the tier change (and its event) is.
-    assert_eq!(h.store.latest_version(ACCT, "s").await.unwrap(), Some(1));
+    assert_eq!(h.store.latest_version(ACCT, "s").await.unwrap(), Some(v(1)));
     assert_eq!(
         h.store.get_account(ACCT).await.unwrap().unwrap().tier,
         "gold"
@@ -120,7 +120,7 @@ async fn a_retention_change_during_a_write_makes_it_write_again() {
     };
     let r = race(&h, &audit, "retail", KeepVersions::Set(Some(1))).await;
     assert!(matches!(r, Err(StoreError::AccountChanged)), "{r:?}");
-    assert_eq!(h.store.latest_version(ACCT, "s").await.unwrap(), Some(1));
+    assert_eq!(h.store.latest_version(ACCT, "s").await.unwrap(), Some(v(1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -132,6 +132,6 @@ async fn an_account_write_that_changes_nothing_lets_the_write_commit() {
     race(&h, &audit, "retail", KeepVersions::Unchanged)
         .await
         .unwrap();
-    assert_eq!(h.store.latest_version(ACCT, "s").await.unwrap(), Some(2));
+    assert_eq!(h.store.latest_version(ACCT, "s").await.unwrap(), Some(v(2)));
     assert_eq!(events(&h).await, before + 2);
 }

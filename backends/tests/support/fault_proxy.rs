@@ -22,7 +22,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the proxy does to a matching request.
 #[derive(Debug, Clone)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Answer an AWS JSON error without forwarding.
     Error {
         /// HTTP status (400 for client errors, 500 for `KMSInternalException`).
@@ -38,7 +38,7 @@ pub enum Fault {
 
 impl Fault {
     /// A KMS error as KMS answers it: 500 for `KMSInternalException`, 400 otherwise.
-    pub fn kms(code: &str) -> Self {
+    pub(crate) fn kms(code: &str) -> Self {
         let status = if code == "KMSInternalException" {
             500
         } else {
@@ -53,7 +53,7 @@ impl Fault {
 
 /// A fault, optionally limited to one `X-Amz-Target` and to a number of requests.
 #[derive(Debug, Clone)]
-pub struct Rule {
+pub(crate) struct Rule {
     /// The fault.
     pub fault: Fault,
     /// Only requests with this target (e.g. `TrentService.Decrypt`); `None`: every request.
@@ -74,7 +74,7 @@ struct State {
 }
 
 /// A running proxy; stops when dropped.
-pub struct FaultProxy {
+pub(crate) struct FaultProxy {
     addr: SocketAddr,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
@@ -88,7 +88,7 @@ impl Drop for FaultProxy {
 
 impl FaultProxy {
     /// Listen on 127.0.0.1:0 and forward to `upstream` (e.g. `http://127.0.0.1:5055`).
-    pub async fn start(upstream: &str) -> Self {
+    pub(crate) async fn start(upstream: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -120,12 +120,12 @@ impl FaultProxy {
     }
 
     /// The proxy's base URL, for `endpoint_url`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Apply `fault` to every request until cleared.
-    pub fn set(&self, fault: Fault) {
+    pub(crate) fn set(&self, fault: Fault) {
         self.set_rule(Rule {
             fault,
             target: None,
@@ -134,17 +134,17 @@ impl FaultProxy {
     }
 
     /// Install a rule (replacing any other).
-    pub fn set_rule(&self, rule: Rule) {
+    pub(crate) fn set_rule(&self, rule: Rule) {
         *self.state.rule.lock().unwrap() = Some(rule);
     }
 
     /// Back to pass-through.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         *self.state.rule.lock().unwrap() = None;
     }
 
     /// Requests seen with this `X-Amz-Target` (e.g. `TrentService.Decrypt`).
-    pub fn count(&self, target: &str) -> u64 {
+    pub(crate) fn count(&self, target: &str) -> u64 {
         self.state
             .counts
             .lock()
@@ -155,24 +155,24 @@ impl FaultProxy {
     }
 
     /// Every target's count.
-    pub fn counts(&self) -> HashMap<String, u64> {
+    pub(crate) fn counts(&self) -> HashMap<String, u64> {
         self.state.counts.lock().unwrap().clone()
     }
 
     /// Zero every count.
-    pub fn reset_counts(&self) {
+    pub(crate) fn reset_counts(&self) {
         self.state.counts.lock().unwrap().clear();
     }
 
     /// From now on, track how many requests with one of `targets` are in flight at once
     /// (from arrival to answer, injected latency included); resets the maximum.
-    pub fn track_in_flight(&self, targets: &[&str]) {
+    pub(crate) fn track_in_flight(&self, targets: &[&str]) {
         *self.state.watched.lock().unwrap() = targets.iter().map(|t| t.to_string()).collect();
         self.state.max_in_flight.store(0, Ordering::SeqCst);
     }
 
     /// The most tracked requests in flight at once since [`FaultProxy::track_in_flight`].
-    pub fn max_in_flight(&self) -> u64 {
+    pub(crate) fn max_in_flight(&self) -> u64 {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
 }

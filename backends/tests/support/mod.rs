@@ -2,11 +2,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
-pub mod fault_proxy;
+pub(crate) mod fault_proxy;
 
 /// The shared moto endpoint, or `None` (test skipped, counted) when unset. In strict mode (CI,
 /// `SHARDGATE_TEST_STRICT=1`) a missing moto is a failure (`shardgate_testkit::skip`).
-pub fn moto_endpoint(test: &str) -> Option<String> {
+pub(crate) fn moto_endpoint(test: &str) -> Option<String> {
     let v = std::env::var("SHARDGATE_TEST_MOTO_ENDPOINT").unwrap_or_default();
     if v.trim().is_empty() {
         shardgate_testkit::skip(&format!("{test}: SHARDGATE_TEST_MOTO_ENDPOINT is not set"));
@@ -16,10 +16,10 @@ pub fn moto_endpoint(test: &str) -> Option<String> {
 }
 
 /// The region every test uses.
-pub const REGION: &str = "us-east-1";
+pub(crate) const REGION: &str = "us-east-1";
 
 /// SDK config pointed at `endpoint` (credentials from the environment / provider chain).
-pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+pub(crate) async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(endpoint)
@@ -28,7 +28,7 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 }
 
 /// A new symmetric KMS key; returns its key id.
-pub async fn create_kms_key(endpoint: &str) -> String {
+pub(crate) async fn create_kms_key(endpoint: &str) -> String {
     let client = aws_sdk_kms::Client::new(&sdk_config(endpoint).await);
     let out = client.create_key().send().await.unwrap();
     out.key_metadata().unwrap().key_id().to_string()

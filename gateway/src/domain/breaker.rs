@@ -10,11 +10,16 @@
 //! at most `max_queue` waiting; past that, `Unavailable("backend busy")` at once, so a slow
 //! backend can never hold every request of the process. Other backends are unaffected: each
 //! instance has its own breaker and bulkhead.
+//!
+//! [`Guarded`] is a [`Decorator`]: it guards every call that reaches the backend (wraps,
+//! unwraps, re-wraps, verifies, one and many, and the health check's latency); only the calls
+//! that do no I/O (`name`, `kind`, `holds_key_ref`, `kek_versions`, `as_any`) are forwarded
+//! unguarded.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shardgate_backends::{
-    BackendError, DataKey, Health, KeyBackend, ShardIdentity, Stat, WrappedKey,
+    BackendError, DataKey, Decorator, Health, KeyBackend, ShardIdentity, Stat, Version, WrappedKey,
 };
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -374,7 +379,7 @@ async fn probe_loop(weak: Weak<Guarded>) {
         Some(g) => Duration::from_millis(g.breaker.cfg.probe_interval_ms),
         None => return,
     };
-    let id = ShardIdentity::new("shardgate:probe", "shardgate:probe", 1);
+    let id = ShardIdentity::new("shardgate:probe", "shardgate:probe", Version::FIRST);
     // Never warned yet: the first warning comes as soon as the breaker has been stuck for
     // `stuck_warn_after_ms`, then one a minute.
     let mut last_warn: Option<Instant> = None;
@@ -419,17 +424,9 @@ async fn probe_loop(weak: Weak<Guarded>) {
 }
 
 #[async_trait]
-impl KeyBackend for Guarded {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn holds_key_ref(&self, key_ref: &str) -> bool {
-        self.inner.holds_key_ref(key_ref)
-    }
-
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
+impl Decorator for Guarded {
+    fn inner(&self) -> &dyn KeyBackend {
+        self.inner.as_ref()
     }
 
     async fn generate_data_key(
@@ -507,10 +504,6 @@ impl KeyBackend for Guarded {
             .await
     }
 
-    fn kek_versions(&self) -> Vec<shardgate_backends::KekVersion> {
-        self.inner.kek_versions()
-    }
-
     async fn wrap_under(
         &self,
         version: u32,
@@ -582,10 +575,6 @@ impl KeyBackend for Guarded {
             self.rejected.load(Ordering::Relaxed),
         ));
         s
-    }
-
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        self.inner.as_any()
     }
 }
 

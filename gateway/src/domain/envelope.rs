@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 use shardgate_backends::{
-    BackendError, DataKey, KeyBackend, ShardIdentity, WrappedKey, FORMAT_VERSION,
+    BackendError, DataKey, KeyBackend, ShardIdentity, Version, WrappedKey, FORMAT_VERSION,
 };
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -39,7 +39,7 @@ pub struct Envelope<'a> {
     /// Shard id (exact bytes).
     pub shard: &'a str,
     /// Shard version.
-    pub version: i64,
+    pub version: Version,
     /// Envelope format version (1 or 2).
     pub format_version: i16,
     /// The backend's key reference recorded with the wrap.
@@ -169,12 +169,11 @@ pub async fn seal(
 pub fn identity_of<'a>(env: impl Into<Envelope<'a>>) -> Result<ShardIdentity, BackendError> {
     let env = env.into();
     let format_version = u8::try_from(env.format_version).map_err(|_| BackendError::Integrity)?;
-    let version = u64::try_from(env.version).map_err(|_| BackendError::Integrity)?;
     Ok(ShardIdentity {
         format_version,
         account: env.account.to_string(),
         shard: env.shard.to_string(),
-        version,
+        version: env.version,
     })
 }
 

@@ -9,7 +9,10 @@
 //! - [`Lifecycled`] wraps each backend instance: a wrap (a write, a migration re-wrap) uses the
 //!   backend's `active` version only, and takes one wrap from the process's reserved block
 //!   of that version's counter; an unwrap under a `destroyed` version is refused with
-//!   `key_unusable` (never `integrity_failure`: nothing was tampered with).
+//!   `key_unusable` (never `integrity_failure`: nothing was tampered with). It is a
+//!   [`Decorator`]: the calls it does not override (`name`, `kind`, `holds_key_ref`,
+//!   `kek_versions`, `stats`, `as_any`, and the `_under` calls the lifecycle itself makes)
+//!   are forwarded unchanged.
 //! - `crate::service::keys_admin::transition` is the one way a state changes (admin API and CLI): checked, audited and
 //!   committed in one transaction; `destroyed` is refused while any shard version
 //!   references the version, and the store fences it against concurrent writes.
@@ -26,7 +29,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shardgate_backends::{
-    BackendError, DataKey, Health, KekVersion, KeyBackend, ShardIdentity, Stat, WrappedKey,
+    BackendError, DataKey, Decorator, Health, KekVersion, KeyBackend, ShardIdentity, WrappedKey,
 };
 use shardgate_store::{KeyState, KeyVersionRecord, NewKeyVersion, Reservation, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
@@ -464,18 +467,23 @@ impl Lifecycled {
     }
 }
 
+/// `wrapped` if it was made under `version` (the message of the trait's default `wrap_under`).
+fn only_under(
+    version: u32,
+    wrapped: Result<WrappedKey, BackendError>,
+) -> Result<WrappedKey, BackendError> {
+    match wrapped {
+        Ok(w) if w.key_version != version => Err(BackendError::KeyUnusable(format!(
+            "this backend cannot wrap under key version {version}"
+        ))),
+        other => other,
+    }
+}
+
 #[async_trait]
-impl KeyBackend for Lifecycled {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn holds_key_ref(&self, key_ref: &str) -> bool {
-        self.inner.holds_key_ref(key_ref)
+impl Decorator for Lifecycled {
+    fn inner(&self) -> &dyn KeyBackend {
+        self.inner.as_ref()
     }
 
     async fn generate_data_key(
@@ -586,8 +594,51 @@ impl KeyBackend for Lifecycled {
         self.inner.rewrap_from_under(v, id, source, wrapped).await
     }
 
-    fn kek_versions(&self) -> Vec<KekVersion> {
-        self.inner.kek_versions()
+    // A caller that names a KEK version still goes through the lifecycle (the trait's own
+    // meaning of `_under`): the wrap uses the active version, counted, and any other version
+    // is refused. A pass-through would wrap under a decrypt-only version, uncounted.
+    async fn wrap_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        dek: &DataKey,
+    ) -> Result<WrappedKey, BackendError> {
+        only_under(version, Decorator::wrap(self, id, dek).await)
+    }
+
+    async fn generate_data_key_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+    ) -> Result<(DataKey, WrappedKey), BackendError> {
+        let (dek, wrapped) = Decorator::generate_data_key(self, id).await?;
+        only_under(version, Ok(wrapped)).map(|w| (dek, w))
+    }
+
+    async fn rewrap_from_under(
+        &self,
+        version: u32,
+        id: &ShardIdentity,
+        source: &dyn KeyBackend,
+        wrapped: &WrappedKey,
+    ) -> Result<WrappedKey, BackendError> {
+        only_under(
+            version,
+            Decorator::rewrap_from(self, id, source, wrapped).await,
+        )
+    }
+
+    async fn rewrap_many_from_under(
+        &self,
+        version: u32,
+        source: &dyn KeyBackend,
+        items: &[(ShardIdentity, WrappedKey)],
+    ) -> Vec<Result<WrappedKey, BackendError>> {
+        let wrapped = Decorator::rewrap_many_from(self, source, items).await;
+        wrapped
+            .into_iter()
+            .map(|r| only_under(version, r))
+            .collect()
     }
 
     async fn health(&self) -> Health {
@@ -601,13 +652,5 @@ impl KeyBackend for Lifecycled {
             usable: inner.usable,
             detail,
         }
-    }
-
-    fn stats(&self) -> Vec<Stat> {
-        self.inner.stats()
-    }
-
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        self.inner.as_any()
     }
 }

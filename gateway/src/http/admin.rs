@@ -100,7 +100,7 @@ async fn view(state: &AppState, job: MigrationJob) -> Result<MigrationJobView, A
         .map(|f| MigrationFailureView {
             account: f.account,
             shard: f.shard,
-            version: f.version,
+            version: f.version.get(),
             error: f.error,
         })
         .collect();

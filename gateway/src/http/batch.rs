@@ -92,13 +92,17 @@ pub async fn batch_get(
         if ids::is_valid(&item.shard) {
             event.shard = Some(item.shard.clone());
         }
-        event.version = result.as_ref().map(|o| o.version).ok().or(item.version);
+        event.version = result
+            .as_ref()
+            .map(|o| o.version.get())
+            .ok()
+            .or(item.version);
         event.backend = result.as_ref().ok().map(|o| o.backend.clone());
         events.push(event);
         results.push(match result {
             Ok(o) => BatchResult::Shard(super::shards::ShardResponse {
                 shard: Zeroizing::new(B64.encode(&o.plaintext)),
-                version: o.version,
+                version: o.version.get(),
                 backend: o.backend,
             }),
             Err(e) => BatchResult::Error(ApiError::from(e).body()),

@@ -7,7 +7,7 @@ use crate::domain::auth::Scope;
 use crate::domain::ids::{self, AccountId, ShardId};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::state::AppState;
-use crate::service::read::{fetch, not_found};
+use crate::service::read::{check_version, fetch, not_found};
 use crate::service::write::{self, IdempotentPut, PutOutcome, PutShard, Stored};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -16,7 +16,7 @@ use axum::response::Response;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use shardgate_store::{Idempotent, StoreError};
+use shardgate_store::{Idempotent, StoreError, Version};
 use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
@@ -223,7 +223,7 @@ fn shard_bytes(state: &AppState, body: &PutShardRequest) -> Result<Zeroizing<Vec
 impl From<&Stored> for PutShardResponse {
     fn from(s: &Stored) -> Self {
         Self {
-            version: s.version,
+            version: s.version.get(),
             backend: s.backend.clone(),
             pruned_versions: s
                 .pruned
@@ -251,13 +251,16 @@ pub async fn get_shard(
     let (account, shard) = shard_ids(path)?;
     let Query(q) = query.map_err(query_error)?;
     ctx.require(&state, Scope::ShardsRead, Some(&account), "shard.get")?;
-    let result = fetch(&state, &account, &shard, q.version).await;
+    let result = match check_version(q.version) {
+        Ok(version) => fetch(&state, &account, &shard, version).await,
+        Err(e) => Err(e),
+    };
     let mut event = ctx
         .event("shard.get")
         .account(&account)
         .shard(&shard)
         .outcome_of(&result);
-    event.version = result.as_ref().map(|o| o.version).ok().or(q.version);
+    event.version = result.as_ref().map(|o| o.version.get()).ok().or(q.version);
     event.backend = result.as_ref().ok().map(|o| o.backend.clone());
     // Fail closed: no shard leaves unless its read is durably audited.
     state.audit.record(event).await?;
@@ -266,7 +269,7 @@ pub async fn get_shard(
         StatusCode::OK,
         ShardResponse {
             shard: Zeroizing::new(B64.encode(&opened.plaintext)),
-            version: opened.version,
+            version: opened.version.get(),
             backend: opened.backend,
         },
     ))
@@ -393,7 +396,7 @@ pub async fn delete_shard_version(
     let version = version
         .parse::<i64>()
         .ok()
-        .filter(|v| *v >= 1)
+        .and_then(|v| Version::new(v).ok())
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -417,7 +420,7 @@ pub async fn delete_shard_version(
         .event("shard.version_delete")
         .account(&account)
         .shard(&shard)
-        .version(version)
+        .version(version.get())
         .detail("destroyed_versions=1");
     let mut guard = state.audit.lock().await?;
     let record = guard.begin(&event);
@@ -519,7 +522,7 @@ pub async fn list_shards(
                 .into_iter()
                 .map(|s| ShardListEntry {
                     shard: s.shard,
-                    latest_version: s.latest_version,
+                    latest_version: s.latest_version.get(),
                     backend: s.backend,
                 })
                 .collect(),

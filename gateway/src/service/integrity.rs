@@ -53,7 +53,7 @@ fn alarm(state: &Services, row: &ShardVersionRow, why: &str) -> DomainError {
         backend = %backend,
         account = %row.account,
         shard = %row.shard,
-        version = row.version,
+        version = row.version.get(),
         why,
         "stored shard version failed its integrity check"
     );
@@ -116,7 +116,7 @@ fn key_refused(state: &Services, row: &ShardVersionRow, reason: &str) -> DomainE
             backend = %backend,
             account = %row.account,
             shard = %row.shard,
-            version = row.version,
+            version = row.version.get(),
             key_version = row.key_version,
             %reason,
             "the backend refuses a stored version's key (a keyring missing here, or a row edited in the database); logged once per row"

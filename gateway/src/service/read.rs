@@ -11,7 +11,7 @@ use crate::domain::auth::{Caller, Scope};
 use crate::domain::envelope;
 use crate::domain::error::DomainError;
 use crate::domain::ids::{AccountId, ShardId};
-use shardgate_backends::BackendError;
+use shardgate_backends::{BackendError, Version};
 use shardgate_store::{ShardVersionRow, StoreError};
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
@@ -21,7 +21,7 @@ pub struct Opened {
     /// The shard's bytes.
     pub plaintext: Zeroizing<Vec<u8>>,
     /// Its version.
-    pub version: i64,
+    pub version: Version,
     /// The backend that wraps its data key.
     pub backend: String,
 }
@@ -33,16 +33,16 @@ pub struct Wanted<'a> {
     pub account: &'a str,
     /// Shard id (unchecked).
     pub shard: &'a str,
-    /// Version, or the latest.
+    /// Version (unchecked), or the latest.
     pub version: Option<i64>,
 }
 
-/// `version must be 1 or more` unless it is.
-fn check_version(version: Option<i64>) -> Result<(), DomainError> {
-    match version {
-        Some(v) if v < 1 => Err(DomainError::Invalid("version must be 1 or more".into())),
-        _ => Ok(()),
-    }
+/// The version of a request, checked: `version must be 1 or more` unless it is.
+pub fn check_version(version: Option<i64>) -> Result<Option<Version>, DomainError> {
+    version
+        .map(Version::new)
+        .transpose()
+        .map_err(|e| DomainError::Invalid(e.to_string()))
 }
 
 /// The outcome of opening `row` with its unwrapped data key (or the unwrap's failure).
@@ -65,7 +65,7 @@ pub async fn fetch(
     state: &Services,
     account: &AccountId,
     shard: &ShardId,
-    version: Option<i64>,
+    version: Option<Version>,
 ) -> Result<Opened, DomainError> {
     let row = load(state, account, shard, version).await?;
     let backend = row_backend(state, &row)?;
@@ -76,11 +76,10 @@ pub async fn fetch(
 /// The stored row of one version, or the not-found error that names what is missing.
 pub async fn load(
     state: &Services,
-    account: &str,
-    shard: &str,
-    version: Option<i64>,
+    account: &AccountId,
+    shard: &ShardId,
+    version: Option<Version>,
 ) -> Result<ShardVersionRow, DomainError> {
-    check_version(version)?;
     match state
         .store
         .get_shard_version(account, shard, version)
@@ -94,9 +93,9 @@ pub async fn load(
 /// What is missing when no row answers: the version, the shard, or the whole account.
 pub async fn not_found(
     state: &Services,
-    account: &str,
-    shard: &str,
-    version: Option<i64>,
+    account: &AccountId,
+    shard: &ShardId,
+    version: Option<Version>,
 ) -> DomainError {
     if version.is_some() {
         if let Ok(Some(_)) = state.store.latest_version(account, shard).await {
@@ -124,25 +123,20 @@ pub async fn fetch_many(
     let mut wanted = Vec::with_capacity(items.len());
     let mut wanted_at = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let checked = AccountId::parse(item.account)
-            .and_then(|_| ShardId::parse(item.shard))
-            .map_err(DomainError::from)
-            .and_then(|_| caller.require(Scope::ShardsRead, Some(item.account)))
-            .and_then(|()| check_version(item.version));
-        match checked {
-            Ok(()) => {
-                wanted.push((
-                    item.account.to_string(),
-                    item.shard.to_string(),
-                    item.version,
-                ));
+        match checked(caller, item) {
+            Ok(ids) => {
+                wanted.push(ids);
                 wanted_at.push(i);
             }
             Err(e) => opened_at[i] = Some(Err(e)),
         }
     }
+    let keys: Vec<_> = wanted
+        .iter()
+        .map(|(a, s, v)| (a.to_string(), s.to_string(), *v))
+        .collect();
     let mut rows: Vec<Option<ShardVersionRow>> = items.iter().map(|_| None).collect();
-    let found = state.store.get_shard_versions(&wanted).await?;
+    let found = state.store.get_shard_versions(&keys).await?;
     for ((i, (account, shard, version)), row) in wanted_at.into_iter().zip(&wanted).zip(found) {
         match row {
             Some(r) => rows[i] = Some(r),
@@ -154,6 +148,18 @@ pub async fn fetch_many(
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(DomainError::Internal("item was not processed".into()))))
         .collect())
+}
+
+/// One batch item's ids and version, checked in the order the answer names the first fault
+/// (account id, shard id, the caller's reach, version).
+fn checked(
+    caller: &Caller,
+    item: &Wanted<'_>,
+) -> Result<(AccountId, ShardId, Option<Version>), DomainError> {
+    let account = AccountId::parse(item.account)?;
+    let shard = ShardId::parse(item.shard)?;
+    caller.require(Scope::ShardsRead, Some(account.as_str()))?;
+    Ok((account, shard, check_version(item.version)?))
 }
 
 /// Unwrap the data keys of `rows` with one call per backend and open each row into its slot.

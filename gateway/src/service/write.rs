@@ -15,7 +15,7 @@ use crate::domain::audit::{Auditor, ChainSeal, Event, CHAIN_WAIT};
 use crate::domain::envelope;
 use crate::domain::error::DomainError;
 use crate::domain::ids::{AccountId, ShardId};
-use shardgate_backends::{KeyBackend, ShardIdentity};
+use shardgate_backends::{KeyBackend, ShardIdentity, Version};
 use shardgate_store::{
     AccountRecord, AuditRecord, IdempotencyRecord, Idempotent, IdempotentWrite, Prune,
     ShardVersionRow, StoreError,
@@ -60,7 +60,7 @@ pub struct IdempotentPut<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     /// The new version.
-    pub version: i64,
+    pub version: Version,
     /// The backend that wrapped its data key.
     pub backend: String,
     /// Versions retention crypto-shredded with this write, oldest first.
@@ -110,29 +110,34 @@ async fn try_put(state: &Services, req: &PutShard<'_>) -> Result<Attempt, Domain
         .account_and_latest(req.account, req.shard)
         .await?
         .ok_or(StoreError::AccountNotFound)?;
-    let latest = latest.unwrap_or(0);
     let placement = placement_of(state, &record)?;
     let backend = state
         .backend(&placement.backend)
         .ok_or_else(|| DomainError::Internal("placement names no backend".into()))?
         .clone();
     if let Some(expected) = req.expected_version {
-        if expected != latest {
+        // 0: the caller expects no version yet.
+        if expected != latest.map_or(0, Version::get) {
             return Err(StoreError::Conflict {
-                latest: (latest > 0).then_some(latest),
+                latest: latest.map(Version::get),
             }
             .into());
         }
     }
-    let version = latest + 1;
+    let version = match latest {
+        None => Version::FIRST,
+        Some(v) => v
+            .next()
+            .ok_or_else(|| DomainError::Conflict("the shard has no version number left".into()))?,
+    };
     let row = seal(state, req, &backend, &placement.backend, version).await?;
     let event = restamped(&req.event)
-        .version(version)
+        .version(version.get())
         .backend(&placement.backend)
         .detail(format!("key_version={}", row.key_version));
     let default_keep = i64::from(state.retention.keep_versions);
     let keep = record.keep_versions.unwrap_or(default_keep);
-    if req.idempotency.is_none() && (keep <= 0 || version <= keep) {
+    if req.idempotency.is_none() && (keep <= 0 || version.get() <= keep) {
         if let Some(attempt) = write_grouped(state, req, &row, &record, event.clone()).await? {
             return Ok(attempt);
         }
@@ -155,20 +160,16 @@ async fn seal(
     req: &PutShard<'_>,
     backend: &Arc<dyn KeyBackend>,
     backend_name: &str,
-    version: i64,
+    version: Version,
 ) -> Result<ShardVersionRow, DomainError> {
-    let id = ShardIdentity::new(
-        req.account.as_str(),
-        req.shard.as_str(),
-        version.unsigned_abs(),
-    );
+    let id = ShardIdentity::new(req.account.as_str(), req.shard.as_str(), version);
     let sealed = match envelope::seal(backend.as_ref(), &id, req.plaintext).await {
         Ok(sealed) => sealed,
         Err(e) => {
             let err = DomainError::from(e);
             let mut event = restamped(&req.event);
             event.outcome = err.outcome().to_string();
-            event.version = Some(version);
+            event.version = Some(version.get());
             event.backend = Some(backend_name.to_string());
             if let Err(audit_err) = state.audit.record(event).await {
                 tracing::warn!(
@@ -315,7 +316,7 @@ async fn write_alone(
                 tracing::info!(
                     account = %row.account,
                     shard = %row.shard,
-                    version,
+                    version = version.get(),
                     pruned = ?pruned,
                     "retention crypto-shredded older versions"
                 );

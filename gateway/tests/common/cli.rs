@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// What a one-shot command did.
-pub struct CliRun {
+pub(crate) struct CliRun {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
@@ -16,13 +16,13 @@ pub struct CliRun {
 
 impl CliRun {
     /// The exit code (`None` when a signal ended it).
-    pub fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         self.status.code()
     }
 }
 
 /// `shardgate <args>` with no `SHARDGATE_*` variable inherited.
-pub fn shardgate_command(args: &[&str]) -> Command {
+pub(crate) fn shardgate_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(super::shardgate_bin());
     cmd.args(args);
     for (k, _) in std::env::vars_os() {
@@ -34,7 +34,7 @@ pub fn shardgate_command(args: &[&str]) -> Command {
 }
 
 /// Wait for `child` to exit; `None` if it is still running after `timeout`.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -49,7 +49,7 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 
 /// Run `cmd` to its end with no stdin; after `timeout` it is killed and the test fails,
 /// naming `what`.
-pub fn run_to_end(mut cmd: Command, timeout: Duration, what: &str) -> CliRun {
+pub(crate) fn run_to_end(mut cmd: Command, timeout: Duration, what: &str) -> CliRun {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -81,6 +81,6 @@ pub fn run_to_end(mut cmd: Command, timeout: Duration, what: &str) -> CliRun {
 }
 
 /// `shardgate <args>` as a test names it in a failure.
-pub fn describe(args: &[&str]) -> String {
+pub(crate) fn describe(args: &[&str]) -> String {
     format!("`shardgate {}`", args.join(" "))
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// The cluster; stopped (immediately) when dropped.
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub bindir: PathBuf,
     pub data: PathBuf,
     pub port: u16,
@@ -72,7 +72,7 @@ const PORT_ATTEMPTS: usize = 20;
 
 impl Cluster {
     /// initdb (trust authentication) and start; `None` when skipped outside CI.
-    pub fn start() -> Option<Cluster> {
+    pub(crate) fn start() -> Option<Cluster> {
         let mut c = Self::init()?;
         c.up();
         Some(c)
@@ -81,7 +81,7 @@ impl Cluster {
     /// initdb only (trust authentication, superuser `postgres`): configure, then [`up`].
     ///
     /// [`up`]: Cluster::up
-    pub fn init() -> Option<Cluster> {
+    pub(crate) fn init() -> Option<Cluster> {
         let bindir = PathBuf::from(super::require_env("SHARDGATE_TEST_PG_BINDIR")?);
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -116,12 +116,12 @@ impl Cluster {
     }
 
     /// A server setting (`name=value`) for every later start.
-    pub fn set(&mut self, setting: &str) {
+    pub(crate) fn set(&mut self, setting: &str) {
         self.settings.push(setting.to_string());
     }
 
     /// Write a file into the data directory, mode 0600, owned by the server's user.
-    pub fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
         let path = self.data.join(name);
         shardgate::domain::files::write_private(&path, contents).unwrap();
         if is_root() {
@@ -137,7 +137,7 @@ impl Cluster {
 
     /// Start the server. The first start moves to another port while the picked one turns out
     /// to be taken ("address in use"); a restart keeps the port the clients were given.
-    pub fn up(&mut self) {
+    pub(crate) fn up(&mut self) {
         let log = self.data.join("server.log");
         for attempt in 1.. {
             let mut opts = format!(
@@ -183,7 +183,7 @@ impl Cluster {
     }
 
     /// Stop at once, as a crash would (no checkpoint, connections cut).
-    pub fn down(&self) {
+    pub(crate) fn down(&self) {
         as_postgres(
             &self.bindir.join("pg_ctl"),
             &[
@@ -198,12 +198,12 @@ impl Cluster {
     }
 
     /// Superuser `postgres` over TCP on 127.0.0.1 (needs a trust line for it in pg_hba).
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     /// Superuser `postgres` over the Unix socket, database `db`.
-    pub fn socket_url(&self, db: &str) -> String {
+    pub(crate) fn socket_url(&self, db: &str) -> String {
         format!(
             "postgres://postgres@localhost/{db}?host={}&port={}",
             self.data.display(),
@@ -213,7 +213,7 @@ impl Cluster {
 
     /// `psql` as superuser over the Unix socket on database `db`, stopping at the first error;
     /// `stdin` is the script. Panics when psql fails.
-    pub fn psql(&self, db: &str, args: &[&str], stdin: &str) -> Output {
+    pub(crate) fn psql(&self, db: &str, args: &[&str], stdin: &str) -> Output {
         use std::io::Write;
         let mut child = Command::new(self.bindir.join("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])

@@ -4,13 +4,13 @@
 use sqlx::Row;
 
 /// A raw connection pool to the same database the gateway uses.
-pub enum Db {
+pub(crate) enum Db {
     Pg(sqlx::PgPool),
     Lite(sqlx::SqlitePool),
 }
 
 impl Db {
-    pub async fn connect(url: &str) -> Self {
+    pub(crate) async fn connect(url: &str) -> Self {
         if url.starts_with("postgres") {
             Db::Pg(sqlx::PgPool::connect(url).await.unwrap())
         } else {
@@ -18,19 +18,19 @@ impl Db {
         }
     }
 
-    pub fn is_pg(&self) -> bool {
+    pub(crate) fn is_pg(&self) -> bool {
         matches!(self, Db::Pg(_))
     }
 
     /// Run a statement (test-controlled SQL only).
-    pub async fn exec(&self, sql: &str) -> u64 {
+    pub(crate) async fn exec(&self, sql: &str) -> u64 {
         match self {
             Db::Pg(p) => sqlx::raw_sql(sql).execute(p).await.unwrap().rows_affected(),
             Db::Lite(p) => sqlx::raw_sql(sql).execute(p).await.unwrap().rows_affected(),
         }
     }
 
-    pub async fn count(&self, sql: &str) -> i64 {
+    pub(crate) async fn count(&self, sql: &str) -> i64 {
         match self {
             Db::Pg(p) => sqlx::query_scalar::<_, i64>(sql)
                 .fetch_one(p)
@@ -44,7 +44,7 @@ impl Db {
     }
 
     /// Every column of every row of a query, as bytes (text columns as UTF-8).
-    pub async fn all_bytes(&self, sql: &str) -> Vec<Vec<u8>> {
+    pub(crate) async fn all_bytes(&self, sql: &str) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         match self {
             Db::Pg(p) => {
@@ -74,7 +74,7 @@ impl Db {
     }
 
     /// Make `audit_events` refuse inserts (a `BEFORE INSERT` trigger that raises).
-    pub async fn deny_audit_inserts(&self) {
+    pub(crate) async fn deny_audit_inserts(&self) {
         if self.is_pg() {
             self.exec(
                 "CREATE OR REPLACE FUNCTION sg_deny() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit denied'; END $$ LANGUAGE plpgsql;
@@ -89,7 +89,7 @@ impl Db {
         }
     }
 
-    pub async fn allow_audit_inserts(&self) {
+    pub(crate) async fn allow_audit_inserts(&self) {
         if self.is_pg() {
             self.exec("DROP TRIGGER sg_deny ON audit_events").await;
         } else {
@@ -99,6 +99,6 @@ impl Db {
 }
 
 /// Does `haystack` contain `needle`?
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -2,13 +2,14 @@
 //! log directories, tokens.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod cli;
-pub mod cluster;
-pub mod db;
-pub mod openapi;
-pub mod served;
+pub(crate) mod cli;
+pub(crate) mod cluster;
+pub(crate) mod db;
+pub(crate) mod openapi;
+pub(crate) mod served;
 // Generated (the script's output verbatim, which the audit_vectors test checks): not formatted.
 #[rustfmt::skip]
+#[allow(unreachable_pub)]
 pub mod vectors;
 
 use shardgate::app::config::{AuditConfig, BackendConfig, Config, Limits, Timeouts, TokenConfig};
@@ -21,17 +22,17 @@ use std::path::{Path, PathBuf};
 /// fails the test in strict mode (CI, `SHARDGATE_TEST_STRICT=1`), otherwise the test skips
 /// loudly and the skip is counted by scripts/test.sh.
 /// A non-empty environment variable the test needs, or `None` after a counted skip.
-pub fn require_env(name: &str) -> Option<String> {
+pub(crate) fn require_env(name: &str) -> Option<String> {
     shardgate_testkit::require_env(name)
 }
 
 /// The test cannot run because `why`: fails in strict mode, otherwise a loud, counted skip.
-pub fn skip(why: &str) {
+pub(crate) fn skip(why: &str) {
     shardgate_testkit::skip(why)
 }
 
 /// Record a secret the suite plants, so the test script can prove no log holds it.
-pub fn plant(secret: &str) {
+pub(crate) fn plant(secret: &str) {
     if let Ok(dir) = std::env::var("SHARDGATE_TEST_LOG_DIR") {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -44,7 +45,7 @@ pub fn plant(secret: &str) {
 
 /// A directory for a test's logs: under `$SHARDGATE_TEST_LOG_DIR` when set (scanned for
 /// planted secrets at the end of the run), else a temp dir that is kept.
-pub fn log_dir(test: &str) -> PathBuf {
+pub(crate) fn log_dir(test: &str) -> PathBuf {
     let base = std::env::var("SHARDGATE_TEST_LOG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir().join("shardgate-test-logs"));
@@ -55,25 +56,25 @@ pub fn log_dir(test: &str) -> PathBuf {
 
 /// A file in a test's log directory for a child process's output (so the run's secret scan
 /// reads everything a child gateway logged).
-pub fn child_log(dir: &Path, name: &str) -> std::fs::File {
+pub(crate) fn child_log(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(name)).unwrap()
 }
 
 /// Keep a finished child's output in the log dir (`NAME.stdout.log`, `NAME.stderr.log`).
-pub fn keep_output(dir: &Path, name: &str, out: &std::process::Output) {
+pub(crate) fn keep_output(dir: &Path, name: &str, out: &std::process::Output) {
     std::fs::write(dir.join(format!("{name}.stdout.log")), &out.stdout).unwrap();
     std::fs::write(dir.join(format!("{name}.stderr.log")), &out.stderr).unwrap();
 }
 
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreKind {
+pub(crate) enum StoreKind {
     Sqlite,
     Postgres,
 }
 
 /// A fresh PostgreSQL database (its URL), or `None` when skipped outside CI.
-pub async fn fresh_pg_url() -> Option<String> {
+pub(crate) async fn fresh_pg_url() -> Option<String> {
     use sqlx::Connection;
     let base = require_env("SHARDGATE_TEST_DATABASE_URL")?;
     let (prefix, dbname) = base.rsplit_once('/').unwrap();
@@ -91,7 +92,7 @@ pub async fn fresh_pg_url() -> Option<String> {
 }
 
 /// The store URL for a kind (`None` when PostgreSQL is skipped).
-pub async fn store_url(kind: StoreKind, dir: &Path) -> Option<String> {
+pub(crate) async fn store_url(kind: StoreKind, dir: &Path) -> Option<String> {
     match kind {
         StoreKind::Sqlite => Some(shardgate::app::config::sqlite_url(&dir.join("test.db"))),
         StoreKind::Postgres => fresh_pg_url().await,
@@ -99,7 +100,7 @@ pub async fn store_url(kind: StoreKind, dir: &Path) -> Option<String> {
 }
 
 /// Tokens every test config carries.
-pub struct Tokens {
+pub(crate) struct Tokens {
     /// Every scope.
     pub admin: String,
     /// shards:read only.
@@ -109,7 +110,7 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let t = Self {
             admin: shardgate_token(),
             reader: shardgate_token(),
@@ -121,7 +122,7 @@ impl Tokens {
         t
     }
 
-    pub fn config(&self) -> Vec<TokenConfig> {
+    pub(crate) fn config(&self) -> Vec<TokenConfig> {
         vec![
             TokenConfig {
                 name: "admin".into(),
@@ -168,7 +169,7 @@ fn shardgate_token() -> String {
 
 /// A full config in `dir` for a store URL: one `local` backend, tiers `retail` and
 /// `institutional`, the test tokens.
-pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
+pub(crate) fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
     let mut backends = BTreeMap::new();
     backends.insert(
         "local".to_string(),
@@ -214,17 +215,17 @@ pub fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
 }
 
 /// Write a config as TOML (for child-process tests).
-pub fn write_config(cfg: &Config, path: &Path) {
+pub(crate) fn write_config(cfg: &Config, path: &Path) {
     std::fs::write(path, toml::to_string(cfg).unwrap()).unwrap();
 }
 
 /// Path of the built `shardgate` binary.
-pub fn shardgate_bin() -> PathBuf {
+pub(crate) fn shardgate_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shardgate"))
 }
 
 /// A KMS client on `endpoint` (moto), region us-east-1, credentials from the environment.
-pub async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
+pub(crate) async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
@@ -234,7 +235,7 @@ pub async fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
 }
 
 /// A new symmetric key on `endpoint`; its ARN.
-pub async fn create_kms_key(endpoint: &str) -> String {
+pub(crate) async fn create_kms_key(endpoint: &str) -> String {
     let key = kms_client(endpoint)
         .await
         .create_key()
@@ -246,7 +247,7 @@ pub async fn create_kms_key(endpoint: &str) -> String {
 
 /// One request to the in-process app with a bearer token; the status and the JSON body
 /// (`Null` when the body is not JSON).
-pub async fn call(
+pub(crate) async fn call(
     app: &axum::Router,
     token: &str,
     method: &str,
@@ -299,7 +300,7 @@ macro_rules! both_stores {
 }
 
 /// One `/metrics` scrape of the in-process app (Prometheus text).
-pub async fn scrape(app: &axum::Router, token: &str) -> String {
+pub(crate) async fn scrape(app: &axum::Router, token: &str) -> String {
     use tower::ServiceExt;
     let req = axum::http::Request::builder()
         .uri("/metrics")

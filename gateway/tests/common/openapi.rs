@@ -3,19 +3,19 @@
 
 use serde_json::{json, Value};
 
-pub struct OpenApi {
+pub(crate) struct OpenApi {
     pub doc: Value,
 }
 
 impl OpenApi {
-    pub fn load() -> Self {
+    pub(crate) fn load() -> Self {
         use utoipa::OpenApi as _;
         let doc = serde_json::to_value(shardgate::http::openapi::ApiDoc::openapi()).unwrap();
         Self { doc }
     }
 
     /// The path template of the document that `path` (raw, percent-encoded) matches.
-    pub fn template(&self, path: &str) -> Option<String> {
+    pub(crate) fn template(&self, path: &str) -> Option<String> {
         let segs: Vec<&str> = path.split('/').collect();
         self.doc["paths"].as_object()?.keys().find_map(|t| {
             let tsegs: Vec<&str> = t.split('/').collect();
@@ -47,7 +47,7 @@ impl OpenApi {
     }
 
     /// Panic unless `body` is a documented response of `method path` with `status`.
-    pub fn check(&self, method: &str, path: &str, status: u16, body: &Value) {
+    pub(crate) fn check(&self, method: &str, path: &str, status: u16, body: &Value) {
         let Some(mut schema) = self.schema_for(method, path, status) else {
             return;
         };

@@ -9,10 +9,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a wait that must end may take (a generous deadline, never a measured bound).
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A running gateway.
-pub struct Served {
+pub(crate) struct Served {
     pub child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
@@ -24,7 +24,7 @@ impl Served {
     /// `shardgate serve --config CONFIG`, with no `SHARDGATE_*` variable inherited (the test
     /// controls the whole configuration); stderr goes to `<log_dir(test)>/<name>.stderr.log`.
     /// Returns once it prints the address it listens on.
-    pub fn start(config: &Path, test: &str, name: &str) -> Served {
+    pub(crate) fn start(config: &Path, test: &str, name: &str) -> Served {
         let log = super::log_dir(test).join(format!("{name}.stderr.log"));
         let mut cmd = Command::new(super::shardgate_bin());
         cmd.args(["serve", "--config", config.to_str().unwrap()]);
@@ -58,7 +58,7 @@ impl Served {
     }
 
     /// `kill -SIG pid` (`sig` like `-TERM`).
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -68,7 +68,7 @@ impl Served {
     }
 
     /// Every JSON log line written so far.
-    pub fn logs(&self) -> Vec<Value> {
+    pub(crate) fn logs(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -77,7 +77,7 @@ impl Served {
     }
 
     /// The log lines whose `message` is `message`.
-    pub fn logged(&self, message: &str) -> Vec<Value> {
+    pub(crate) fn logged(&self, message: &str) -> Vec<Value> {
         self.logs()
             .into_iter()
             .filter(|l| l["message"] == message)
@@ -85,7 +85,7 @@ impl Served {
     }
 
     /// Wait (up to [`DEADLINE`]) until at least `n` lines with `message` were logged; them.
-    pub async fn wait_logged(&self, message: &str, n: usize) -> Vec<Value> {
+    pub(crate) async fn wait_logged(&self, message: &str, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let got = self.logged(message);
@@ -103,7 +103,7 @@ impl Served {
     }
 
     /// Wait (up to [`DEADLINE`]) for the process to exit.
-    pub async fn wait_exit(&mut self) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {

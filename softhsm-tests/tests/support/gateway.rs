@@ -16,12 +16,12 @@ use shardgate_softhsm_tests::{module, TestToken};
 use sqlx::Connection;
 use tower::ServiceExt;
 
-pub const HSM_TIER: &str = "[tiers]\ninstitutional = \"hsm\"\n";
+pub(crate) const HSM_TIER: &str = "[tiers]\ninstitutional = \"hsm\"\n";
 
-pub const HELPER: &str = env!("CARGO_BIN_EXE_sg-softhsm-helper");
-pub const KEK: [u8; 32] = [0x5Au8; 32];
+pub(crate) const HELPER: &str = env!("CARGO_BIN_EXE_sg-softhsm-helper");
+pub(crate) const KEK: [u8; 32] = [0x5Au8; 32];
 
-pub async fn fresh_pg() -> Option<String> {
+pub(crate) async fn fresh_pg() -> Option<String> {
     let base = shardgate_testkit::require_env("SHARDGATE_TEST_DATABASE_URL")?;
     let (prefix, db) = base.rsplit_once('/').unwrap();
     let name = format!(
@@ -37,7 +37,7 @@ pub async fn fresh_pg() -> Option<String> {
     Some(format!("{prefix}/{name}"))
 }
 
-pub fn moto_endpoint(test: &str) -> Option<String> {
+pub(crate) fn moto_endpoint(test: &str) -> Option<String> {
     let v = std::env::var("SHARDGATE_TEST_MOTO_ENDPOINT").unwrap_or_default();
     if v.trim().is_empty() {
         shardgate_testkit::skip(&format!("{test}: SHARDGATE_TEST_MOTO_ENDPOINT is not set"));
@@ -48,7 +48,7 @@ pub fn moto_endpoint(test: &str) -> Option<String> {
 
 /// A gateway (in this process) on a fresh token whose KEK `kek/v1` has known bytes, so the
 /// token can be re-created with the same key from outside.
-pub struct Gw {
+pub(crate) struct Gw {
     pub app: axum::Router,
     pub state: AppState,
     pub token: TestToken,
@@ -58,7 +58,7 @@ pub struct Gw {
 impl Gw {
     /// `extra` is appended to the `[backends.hsm]` table (pool size, timeouts, cloudhsm...);
     /// `more` is appended to the file (other backends, tiers).
-    pub async fn start(test: &str, extra: &str, more: &str) -> Option<Gw> {
+    pub(crate) async fn start(test: &str, extra: &str, more: &str) -> Option<Gw> {
         let module = module(test)?;
         let pg = fresh_pg().await?;
         let token = TestToken::new(&module, "sg-faults");
@@ -112,7 +112,7 @@ create_key = true
         })
     }
 
-    pub fn hsm(&self) -> &Pkcs11Backend {
+    pub(crate) fn hsm(&self) -> &Pkcs11Backend {
         self.state
             .backend("hsm")
             .unwrap()
@@ -121,7 +121,7 @@ create_key = true
             .expect("the hsm backend is a Pkcs11Backend")
     }
 
-    pub async fn call_raw(
+    pub(crate) async fn call_raw(
         &self,
         method: &str,
         path: &str,
@@ -143,13 +143,13 @@ create_key = true
         (status, headers, bytes.to_vec())
     }
 
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let (s, _, b) = self.call_raw(method, path, body).await;
         (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
 
     /// Create `acct` on the hsm tier and store `n` shards; returns their bytes.
-    pub async fn load(&self, acct: &str, n: usize) -> Vec<Vec<u8>> {
+    pub(crate) async fn load(&self, acct: &str, n: usize) -> Vec<Vec<u8>> {
         let (s, v) = self
             .call(
                 "PUT",
@@ -176,12 +176,12 @@ create_key = true
         out
     }
 
-    pub async fn get(&self, acct: &str, i: usize) -> (u16, Value) {
+    pub(crate) async fn get(&self, acct: &str, i: usize) -> (u16, Value) {
         self.call("GET", &format!("/v1/accounts/{acct}/shards/s{i}"), None)
             .await
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let (s, _, b) = self.call_raw("GET", "/metrics", None).await;
         assert_eq!(s, 200);
         String::from_utf8(b).unwrap()

@@ -1,4 +1,4 @@
 //! Shared support of the SoftHSM2 integration tests.
 #![allow(dead_code)]
 
-pub mod gateway;
+pub(crate) mod gateway;

@@ -7,7 +7,8 @@ use sqlx::Row;
 use super::audit::insert_audit;
 use super::idempotency::{idem_claim, idem_update};
 use super::{map_err, PgStore};
-use crate::rows::account_from_row;
+use crate::rows::{account_from_row, opt_version_of};
+use crate::Version;
 use crate::{
     AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, IdempotencyForOutcome,
     Idempotent, KeepVersions, StoreError,
@@ -108,7 +109,7 @@ pub(super) async fn account_and_latest(
     store: &PgStore,
     account: &str,
     shard: &str,
-) -> Result<Option<(AccountRecord, Option<i64>)>, StoreError> {
+) -> Result<Option<(AccountRecord, Option<Version>)>, StoreError> {
     // One round trip: every shard write starts with this.
     let mut held = store.held.get().await.map_err(map_err)?;
     let row = sqlx::query(
@@ -124,7 +125,7 @@ pub(super) async fn account_and_latest(
     held.finish(&row);
     let row = row.map_err(map_err)?;
     row.as_ref()
-        .map(|r| Ok((account_from_row(r)?, r.try_get("latest")?)))
+        .map(|r| Ok((account_from_row(r)?, opt_version_of(r, "latest")?)))
         .transpose()
         .map_err(map_err)
 }

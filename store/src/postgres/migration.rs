@@ -12,7 +12,7 @@ use super::keys::refuse_destroyed;
 
 use super::{count, is_unique_violation, map_err, PgStore};
 use crate::migration::{Settlement, Totals};
-use crate::rows::{job_from_row, shard_from_row, JOB_COLUMNS};
+use crate::rows::{job_from_row, shard_from_row, version_of, JOB_COLUMNS};
 use crate::{
     job_state, AuditRecord, ClaimedItem, CommitResult, ItemCommit, ItemKey, ItemOutcome, LateSeal,
     MigrationFailure, MigrationJob, MigrationSelector, StoreError, Transition,
@@ -333,7 +333,7 @@ pub(super) async fn claim_migration_items(
         .bind(now_ms.saturating_add(lease_ms))
         .bind(limit);
     if let Some(k) = after {
-        query = query.bind(&k.account).bind(&k.shard).bind(k.version);
+        query = query.bind(&k.account).bind(&k.shard).bind(k.version.get());
     }
     let rows = query.fetch_all(&mut *tx).await.map_err(map_err)?;
     let mut claimed = Vec::with_capacity(rows.len());
@@ -438,7 +438,7 @@ async fn settle_held(
 ) -> Result<u64, StoreError> {
     let accounts: Vec<&str> = items.iter().map(|i| i.account).collect();
     let shards: Vec<&str> = items.iter().map(|i| i.shard).collect();
-    let versions: Vec<i64> = items.iter().map(|i| i.version).collect();
+    let versions: Vec<i64> = items.iter().map(|i| i.version.get()).collect();
     let item_states: Vec<&str> = planned.iter().map(|s| s.item_state).collect();
     let errors: Vec<Option<&str>> = planned.iter().map(|s| s.error).collect();
     // Lock order: the items (in key order, so two workers whose leases overlapped cannot
@@ -481,7 +481,7 @@ async fn swap_moved(
             {
                 cols.account.push(i.account);
                 cols.shard.push(i.shard);
-                cols.version.push(i.version);
+                cols.version.push(i.version.get());
                 cols.old.push(i.old_wrapped_dek);
                 cols.backend.push(backend);
                 cols.key_ref.push(key_ref);
@@ -548,11 +548,15 @@ fn sort_out<'a>(
     for (i, planned) in items.iter().zip(planned) {
         let (result, settlement) = match i.outcome {
             ItemOutcome::Moved { .. }
-                if !replaced.contains(&(i.account.to_string(), i.shard.to_string(), i.version)) =>
+                if !replaced.contains(&(
+                    i.account.to_string(),
+                    i.shard.to_string(),
+                    i.version.get(),
+                )) =>
             {
                 changed.account.push(i.account);
                 changed.shard.push(i.shard);
-                changed.version.push(i.version);
+                changed.version.push(i.version.get());
                 (CommitResult::RowChanged, Settlement::skipped())
             }
             _ => (CommitResult::Committed, planned),
@@ -629,7 +633,7 @@ pub(super) async fn migration_failures(
             Ok(MigrationFailure {
                 account: r.try_get("account")?,
                 shard: r.try_get("shard")?,
-                version: r.try_get("version")?,
+                version: version_of(r, "version")?,
                 error: r.try_get("error")?,
             })
         })

@@ -30,6 +30,7 @@ use crate::{
 };
 use crate::{
     KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion, Reservation,
+    Version,
 };
 
 mod accounts;
@@ -339,7 +340,7 @@ impl Store for PgStore {
         &self,
         account: &str,
         shard: &str,
-    ) -> Result<Option<(AccountRecord, Option<i64>)>, StoreError> {
+    ) -> Result<Option<(AccountRecord, Option<Version>)>, StoreError> {
         accounts::account_and_latest(self, account, shard).await
     }
 
@@ -369,7 +370,11 @@ impl Store for PgStore {
         shards::list_shards(self, account, after, limit).await
     }
 
-    async fn latest_version(&self, account: &str, shard: &str) -> Result<Option<i64>, StoreError> {
+    async fn latest_version(
+        &self,
+        account: &str,
+        shard: &str,
+    ) -> Result<Option<Version>, StoreError> {
         shards::latest_version(self, account, shard).await
     }
 
@@ -399,14 +404,14 @@ impl Store for PgStore {
         &self,
         account: &str,
         shard: &str,
-        version: Option<i64>,
+        version: Option<Version>,
     ) -> Result<Option<ShardVersionRow>, StoreError> {
         shards::get_shard_version(self, account, shard, version).await
     }
 
     async fn get_shard_versions(
         &self,
-        items: &[(String, String, Option<i64>)],
+        items: &[(String, String, Option<Version>)],
     ) -> Result<Vec<Option<ShardVersionRow>>, StoreError> {
         shards::get_shard_versions(self, items).await
     }
@@ -425,7 +430,7 @@ impl Store for PgStore {
         &self,
         account: &str,
         shard: &str,
-        version: i64,
+        version: Version,
         audit: &AuditRecord,
         idem: Option<IdempotentWrite<'_>>,
     ) -> Result<Idempotent<()>, StoreError> {

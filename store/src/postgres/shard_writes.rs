@@ -11,6 +11,7 @@ use super::keys::refuse_destroyed;
 use super::shards::{bind_shard_rows, latest, SHARD_COLUMNS};
 use super::{audit_err, is_foreign_key_violation, is_unique_violation, map_err, PgStore};
 use crate::rows::AUDIT_COLUMNS;
+use crate::Version;
 use crate::{
     AuditRecord, GroupedWrite, Idempotent, IdempotentWrite, LateSeal, Prune, ShardVersionRow,
     StoreError,
@@ -140,10 +141,10 @@ pub(super) async fn insert_shard_version_sealed(
     // foreign key holds the row's key (KEY SHARE) meanwhile, which a tier change
     // (NO KEY UPDATE) does not wait for; an account delete does, and then this write's
     // wait for the chain runs out and it rolls back (deletes are rare).
-    let expected = if row.version == 1 {
+    let expected = if row.version == Version::FIRST {
         None
     } else {
-        Some(row.version - 1)
+        Some(row.version.get() - 1)
     };
     // Read and insert in one round trip: the row goes in only if the shard's latest
     // version is still the one this write numbered itself after.
@@ -155,7 +156,7 @@ pub(super) async fn insert_shard_version_sealed(
             drop(tx);
             let latest = latest(&store.pool, &row.account, &row.shard)
                 .await
-                .unwrap_or(Some(row.version));
+                .unwrap_or(Some(row.version.get()));
             return Err(StoreError::Conflict { latest });
         }
         Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::AccountNotFound),
@@ -230,7 +231,7 @@ async fn insert_if_next(
     ))
     .bind(&row.account)
     .bind(&row.shard)
-    .bind(row.version)
+    .bind(row.version.get())
     .bind(row.format_version)
     .bind(&row.backend)
     .bind(&row.key_ref)
@@ -461,9 +462,10 @@ fn answers_from(
             // transaction inserted this very version during it (then it is the latest).
             let latest: Option<i64> = c.try_get("latest").map_err(map_err)?;
             Err(StoreError::Conflict {
-                latest: if latest == Some(row.version - 1) || (latest.is_none() && row.version == 1)
+                latest: if latest == Some(row.version.get() - 1)
+                    || (latest.is_none() && row.version == Version::FIRST)
                 {
-                    Some(row.version)
+                    Some(row.version.get())
                 } else {
                     latest
                 },

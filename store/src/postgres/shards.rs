@@ -7,7 +7,8 @@ use sqlx::{Postgres, Row};
 use super::audit::insert_audit;
 use super::idempotency::{idem_claim, idem_update};
 use super::{map_err, PgStore};
-use crate::rows::shard_from_row;
+use crate::rows::{shard_from_row, version_of};
+use crate::Version;
 use crate::{
     AuditForCount, AuditRecord, IdempotencyForCount, Idempotent, IdempotentWrite, ShardSummary,
     ShardVersionRow, StoreError,
@@ -34,7 +35,7 @@ pub(super) fn bind_shard_rows<'q>(
 ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     q.bind(rows.iter().map(|r| r.account.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.shard.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version.get()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.format_version).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.backend.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.key_ref.as_str()).collect::<Vec<_>>())
@@ -104,7 +105,7 @@ pub(super) async fn list_shards(
         .map(|r| {
             Ok(ShardSummary {
                 shard: r.try_get("shard")?,
-                latest_version: r.try_get("version")?,
+                latest_version: version_of(r, "version")?,
                 backend: r.try_get("backend")?,
             })
         })
@@ -117,8 +118,13 @@ pub(super) async fn latest_version(
     store: &PgStore,
     account: &str,
     shard: &str,
-) -> Result<Option<i64>, StoreError> {
-    latest(&store.pool, account, shard).await.map_err(map_err)
+) -> Result<Option<Version>, StoreError> {
+    let latest = latest(&store.pool, account, shard).await.map_err(map_err)?;
+    latest
+        .map(|n| {
+            Version::new(n).map_err(|e| StoreError::Internal(format!("shard_versions row: {e}")))
+        })
+        .transpose()
 }
 
 /// [`Store::get_shard_version`](crate::Store::get_shard_version).
@@ -126,7 +132,7 @@ pub(super) async fn get_shard_version(
     store: &PgStore,
     account: &str,
     shard: &str,
-    version: Option<i64>,
+    version: Option<Version>,
 ) -> Result<Option<ShardVersionRow>, StoreError> {
     let mut held = store.held.get().await.map_err(map_err)?;
     let row = match version {
@@ -151,7 +157,7 @@ pub(super) async fn get_shard_version(
             ))
             .bind(account)
             .bind(shard)
-            .bind(v)
+            .bind(v.get())
             .fetch_optional(held.conn())
             .await
         }
@@ -167,7 +173,7 @@ pub(super) async fn get_shard_version(
 /// [`Store::get_shard_versions`](crate::Store::get_shard_versions).
 pub(super) async fn get_shard_versions(
     store: &PgStore,
-    items: &[(String, String, Option<i64>)],
+    items: &[(String, String, Option<Version>)],
 ) -> Result<Vec<Option<ShardVersionRow>>, StoreError> {
     if items.is_empty() {
         return Ok(Vec::new());
@@ -209,7 +215,7 @@ pub(super) async fn get_shard_versions(
                 .bind(i64::try_from(base + i).unwrap_or(i64::MAX))
                 .bind(account)
                 .bind(shard)
-                .bind(*version);
+                .bind(version.map(Version::get));
         }
         let mut held = store.held.get().await.map_err(map_err)?;
         let rows = query.fetch_all(held.conn()).await;
@@ -275,7 +281,7 @@ pub(super) async fn delete_shard_version_idempotent(
     store: &PgStore,
     account: &str,
     shard: &str,
-    version: i64,
+    version: Version,
     audit: &AuditRecord,
     idem: Option<IdempotentWrite<'_>>,
 ) -> Result<Idempotent<()>, StoreError> {
@@ -301,7 +307,7 @@ pub(super) async fn delete_shard_version_idempotent(
     )
     .bind(account)
     .bind(shard)
-    .bind(version)
+    .bind(version.get())
     .execute(&mut *tx)
     .await
     .map_err(map_err)?

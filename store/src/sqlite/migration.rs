@@ -10,7 +10,7 @@ use super::keys::refuse_destroyed;
 
 use super::{count, is_unique_violation, map_err, SqliteStore};
 use crate::migration::Settlement;
-use crate::rows::{job_from_row, shard_from_row, JOB_COLUMNS};
+use crate::rows::{job_from_row, shard_from_row, version_of, JOB_COLUMNS};
 use crate::{
     job_state, AuditRecord, ClaimedItem, CommitResult, ItemCommit, ItemKey, ItemOutcome, LateSeal,
     MigrationFailure, MigrationJob, MigrationSelector, StoreError, Transition,
@@ -221,7 +221,7 @@ pub(super) async fn claim_migration_items(
     .bind(limit)
     .bind(after.map(|k| k.account.as_str()))
     .bind(after.map(|k| k.shard.as_str()))
-    .bind(after.map(|k| k.version))
+    .bind(after.map(|k| k.version.get()))
     .fetch_all(&mut *tx)
     .await
     .map_err(map_err)?;
@@ -353,7 +353,7 @@ async fn all_held(
         .bind(job_id)
         .bind(i.account)
         .bind(i.shard)
-        .bind(i.version)
+        .bind(i.version.get())
         .bind(worker)
         .fetch_optional(&mut *conn)
         .await
@@ -388,7 +388,7 @@ async fn commit_item<'a>(
             )
             .bind(i.account)
             .bind(i.shard)
-            .bind(i.version)
+            .bind(i.version.get())
             .bind(i.old_wrapped_dek)
             .bind(backend)
             .bind(key_ref)
@@ -415,7 +415,7 @@ async fn commit_item<'a>(
     .bind(job_id)
     .bind(i.account)
     .bind(i.shard)
-    .bind(i.version)
+    .bind(i.version.get())
     .bind(settlement.item_state)
     .bind(settlement.error)
     .execute(&mut *conn)
@@ -445,7 +445,7 @@ pub(super) async fn migration_failures(
             Ok(MigrationFailure {
                 account: r.try_get("account")?,
                 shard: r.try_get("shard")?,
-                version: r.try_get("version")?,
+                version: version_of(r, "version")?,
                 error: r.try_get("error")?,
             })
         })

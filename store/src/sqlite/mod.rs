@@ -31,6 +31,7 @@ use crate::{
 };
 use crate::{
     KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion, Reservation,
+    Version,
 };
 
 mod accounts;
@@ -252,7 +253,11 @@ impl Store for SqliteStore {
         shards::list_shards(self, account, after, limit).await
     }
 
-    async fn latest_version(&self, account: &str, shard: &str) -> Result<Option<i64>, StoreError> {
+    async fn latest_version(
+        &self,
+        account: &str,
+        shard: &str,
+    ) -> Result<Option<Version>, StoreError> {
         shards::latest_version(self, account, shard).await
     }
 
@@ -270,14 +275,14 @@ impl Store for SqliteStore {
         &self,
         account: &str,
         shard: &str,
-        version: Option<i64>,
+        version: Option<Version>,
     ) -> Result<Option<ShardVersionRow>, StoreError> {
         shards::get_shard_version(self, account, shard, version).await
     }
 
     async fn get_shard_versions(
         &self,
-        items: &[(String, String, Option<i64>)],
+        items: &[(String, String, Option<Version>)],
     ) -> Result<Vec<Option<ShardVersionRow>>, StoreError> {
         shards::get_shard_versions(self, items).await
     }
@@ -296,7 +301,7 @@ impl Store for SqliteStore {
         &self,
         account: &str,
         shard: &str,
-        version: i64,
+        version: Version,
         audit: &AuditRecord,
         idem: Option<IdempotentWrite<'_>>,
     ) -> Result<Idempotent<()>, StoreError> {

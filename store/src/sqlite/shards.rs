@@ -8,7 +8,8 @@ use super::audit::insert_audit;
 use super::idempotency::{idem_claim, idem_update};
 use super::keys::refuse_destroyed;
 use super::{count, is_foreign_key_violation, is_unique_violation, map_err, SqliteStore};
-use crate::rows::shard_from_row;
+use crate::rows::{shard_from_row, version_of};
+use crate::Version;
 use crate::{
     AuditForCount, AuditRecord, IdempotencyForCount, Idempotent, IdempotentWrite, LateSeal, Prune,
     ShardSummary, ShardVersionRow, StoreError,
@@ -64,7 +65,7 @@ pub(super) async fn list_shards(
         .map(|r| {
             Ok(ShardSummary {
                 shard: r.try_get("shard")?,
-                latest_version: r.try_get("version")?,
+                latest_version: version_of(r, "version")?,
                 backend: r.try_get("backend")?,
             })
         })
@@ -77,8 +78,13 @@ pub(super) async fn latest_version(
     store: &SqliteStore,
     account: &str,
     shard: &str,
-) -> Result<Option<i64>, StoreError> {
-    latest(&store.pool, account, shard).await.map_err(map_err)
+) -> Result<Option<Version>, StoreError> {
+    let latest = latest(&store.pool, account, shard).await.map_err(map_err)?;
+    latest
+        .map(|n| {
+            Version::new(n).map_err(|e| StoreError::Internal(format!("shard_versions row: {e}")))
+        })
+        .transpose()
 }
 
 /// [`Store::insert_shard_version_sealed`](crate::Store::insert_shard_version_sealed).
@@ -111,10 +117,10 @@ pub(super) async fn insert_shard_version_sealed(
     let current = latest(&mut *tx, &row.account, &row.shard)
         .await
         .map_err(map_err)?;
-    let expected = if row.version == 1 {
+    let expected = if row.version == Version::FIRST {
         None
     } else {
-        Some(row.version - 1)
+        Some(row.version.get() - 1)
     };
     if current != expected {
         return Err(StoreError::Conflict { latest: current });
@@ -125,7 +131,7 @@ pub(super) async fn insert_shard_version_sealed(
     ))
     .bind(&row.account)
     .bind(&row.shard)
-    .bind(row.version)
+    .bind(row.version.get())
     .bind(row.format_version)
     .bind(&row.backend)
     .bind(&row.key_ref)
@@ -145,7 +151,7 @@ pub(super) async fn insert_shard_version_sealed(
             drop(tx);
             let latest = latest(&store.pool, &row.account, &row.shard)
                 .await
-                .unwrap_or(Some(row.version));
+                .unwrap_or(Some(row.version.get()));
             return Err(StoreError::Conflict { latest });
         }
         Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::AccountNotFound),
@@ -190,7 +196,7 @@ pub(super) async fn get_shard_version(
     store: &SqliteStore,
     account: &str,
     shard: &str,
-    version: Option<i64>,
+    version: Option<Version>,
 ) -> Result<Option<ShardVersionRow>, StoreError> {
     let row = match version {
         None => {
@@ -210,7 +216,7 @@ pub(super) async fn get_shard_version(
             ))
             .bind(account)
             .bind(shard)
-            .bind(v)
+            .bind(v.get())
             .fetch_optional(&store.pool)
             .await
         }
@@ -225,7 +231,7 @@ pub(super) async fn get_shard_version(
 /// [`Store::get_shard_versions`](crate::Store::get_shard_versions).
 pub(super) async fn get_shard_versions(
     store: &SqliteStore,
-    items: &[(String, String, Option<i64>)],
+    items: &[(String, String, Option<Version>)],
 ) -> Result<Vec<Option<ShardVersionRow>>, StoreError> {
     if items.is_empty() {
         return Ok(Vec::new());
@@ -261,7 +267,7 @@ pub(super) async fn get_shard_versions(
                 .bind(i64::try_from(base + i).unwrap_or(i64::MAX))
                 .bind(account)
                 .bind(shard)
-                .bind(*version);
+                .bind(version.map(Version::get));
         }
         let rows = query.fetch_all(&store.pool).await.map_err(map_err)?;
         for r in &rows {
@@ -312,7 +318,7 @@ pub(super) async fn delete_shard_version_idempotent(
     store: &SqliteStore,
     account: &str,
     shard: &str,
-    version: i64,
+    version: Version,
     audit: &AuditRecord,
     idem: Option<IdempotentWrite<'_>>,
 ) -> Result<Idempotent<()>, StoreError> {
@@ -328,7 +334,7 @@ pub(super) async fn delete_shard_version_idempotent(
     )
     .bind(account)
     .bind(shard)
-    .bind(version)
+    .bind(version.get())
     .execute(&mut *tx)
     .await
     .map_err(map_err)?

@@ -9,17 +9,17 @@ use std::sync::Arc;
 
 use shardgate_store::postgres::PgStore;
 use shardgate_store::sqlite::SqliteStore;
-use shardgate_store::{AuditRecord, ShardVersionRow, Store};
+use shardgate_store::{AuditRecord, ShardVersionRow, Store, Version};
 use sqlx::Connection;
 
 /// The environment variable naming the PostgreSQL server to test against.
-pub const PG_URL_VAR: &str = "SHARDGATE_TEST_DATABASE_URL";
+pub(crate) const PG_URL_VAR: &str = "SHARDGATE_TEST_DATABASE_URL";
 
 /// Pool size of the stores under test (the concurrency cases run 32 tasks over it).
-pub const POOL_SIZE: u32 = 8;
+pub(crate) const POOL_SIZE: u32 = 8;
 
 /// A fresh database and the store on it.
-pub struct Harness {
+pub(crate) struct Harness {
     /// The store under test.
     pub store: Arc<dyn Store>,
     /// URL of the database the store uses.
@@ -42,7 +42,7 @@ impl Harness {
     /// PostgreSQL: connections to this database left inside a transaction (what a
     /// cancelled write must never leave in the pool). SQLite has no such view: there a
     /// leaked transaction holds the write lock, and the writes after it fail.
-    pub async fn idle_in_transaction(&self) -> i64 {
+    pub(crate) async fn idle_in_transaction(&self) -> i64 {
         if !self.url.starts_with("postgres") {
             return 0;
         }
@@ -59,7 +59,7 @@ impl Harness {
 
     /// A migrated store on a new PostgreSQL database, or `None` (after a loud notice) when
     /// `SHARDGATE_TEST_DATABASE_URL` is unset outside CI.
-    pub async fn postgres() -> Option<Harness> {
+    pub(crate) async fn postgres() -> Option<Harness> {
         let base = pg_base_url()?;
         let mut url = url::Url::parse(&base).expect("SHARDGATE_TEST_DATABASE_URL is not a URL");
         let base_db: String = url
@@ -111,7 +111,7 @@ impl Harness {
     }
 
     /// A migrated store on a new SQLite file in a temp dir.
-    pub async fn sqlite() -> Harness {
+    pub(crate) async fn sqlite() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
         let store = SqliteStore::connect(&url, POOL_SIZE)
@@ -128,7 +128,7 @@ impl Harness {
 
     /// Run raw SQL (several statements allowed) on the store's database, over a separate
     /// connection.
-    pub async fn exec(&self, sql: &str) {
+    pub(crate) async fn exec(&self, sql: &str) {
         if self.pg.is_some() {
             let mut conn = sqlx::PgConnection::connect(&self.url)
                 .await
@@ -152,7 +152,7 @@ impl Harness {
 
     /// The states of a migration job's items, in (account, shard, version) order, read over a
     /// separate connection.
-    pub async fn item_states(&self, job: &str) -> Vec<String> {
+    pub(crate) async fn item_states(&self, job: &str) -> Vec<String> {
         assert!(job.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
         let sql = format!(
             "SELECT state FROM migration_items WHERE job_id = '{job}' \
@@ -178,7 +178,7 @@ impl Harness {
     }
 
     /// Make every insert into `audit_events` fail, with a `BEFORE INSERT` trigger that raises.
-    pub async fn break_audit(&self) {
+    pub(crate) async fn break_audit(&self) {
         if self.pg.is_some() {
             self.exec(
                 "CREATE OR REPLACE FUNCTION test_audit_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
@@ -197,7 +197,7 @@ impl Harness {
     }
 
     /// Undo [`Harness::break_audit`].
-    pub async fn repair_audit(&self) {
+    pub(crate) async fn repair_audit(&self) {
         if self.pg.is_some() {
             self.exec("DROP TRIGGER test_audit_refuse ON audit_events")
                 .await;
@@ -234,14 +234,14 @@ impl Drop for Harness {
 
 /// Hands out audit records of one chain with consecutive seqs (rolled-back writes leave gaps;
 /// the store does not check the chain).
-pub struct AuditGen {
+pub(crate) struct AuditGen {
     chain: String,
     seq: AtomicI64,
 }
 
 impl AuditGen {
     /// A generator for `chain`, starting at seq 1.
-    pub fn new(chain: &str) -> Self {
+    pub(crate) fn new(chain: &str) -> Self {
         Self {
             chain: chain.to_string(),
             seq: AtomicI64::new(0),
@@ -249,7 +249,7 @@ impl AuditGen {
     }
 
     /// The next record.
-    pub fn next(
+    pub(crate) fn next(
         &self,
         action: &str,
         account: Option<&str>,
@@ -261,7 +261,7 @@ impl AuditGen {
     }
 
     /// The next record, with a detail text.
-    pub fn next_detail(
+    pub(crate) fn next_detail(
         &self,
         action: &str,
         account: Option<&str>,
@@ -274,7 +274,7 @@ impl AuditGen {
 }
 
 /// A dummy sealed record (tags are arbitrary bytes: the store does not verify them).
-pub fn record(
+pub(crate) fn record(
     chain: &str,
     seq: i64,
     action: &str,
@@ -304,7 +304,7 @@ pub fn record(
 }
 
 /// 32 arbitrary bytes derived from `seq` (all zero for 0).
-pub fn tag(seq: i64) -> Vec<u8> {
+pub(crate) fn tag(seq: i64) -> Vec<u8> {
     if seq == 0 {
         return vec![0; 32];
     }
@@ -315,12 +315,22 @@ pub fn tag(seq: i64) -> Vec<u8> {
     t
 }
 
+/// Version `n` (a test's literal).
+pub(crate) fn v(n: i64) -> Version {
+    Version::new(n).unwrap()
+}
+
 /// A stored shard version with recognisable bytes.
-pub fn shard_row(account: &str, shard: &str, version: i64, backend: &str) -> ShardVersionRow {
+pub(crate) fn shard_row(
+    account: &str,
+    shard: &str,
+    version: i64,
+    backend: &str,
+) -> ShardVersionRow {
     ShardVersionRow {
         account: account.to_string(),
         shard: shard.to_string(),
-        version,
+        version: v(version),
         format_version: 2,
         backend: backend.to_string(),
         key_ref: format!("{backend}/key"),

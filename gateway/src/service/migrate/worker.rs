@@ -722,7 +722,7 @@ fn rewrap_event(job_id: &str, item: &ClaimedItem, d: &Decided) -> Event {
         .account(&row.account)
         .shard(&row.shard)
         .detail(format!("job={job_id} from={} to={}", d.from, d.to));
-    event.version = Some(row.version);
+    event.version = Some(row.version.get());
     event.backend = Some(d.to.clone());
     event.outcome = match &d.outcome {
         ItemOutcome::Moved { .. } => "ok".into(),
@@ -741,7 +741,7 @@ fn superseded_event(job_id: &str, item: &ClaimedItem) -> Event {
         .detail(format!(
             "job={job_id}: the row changed or was deleted meanwhile; left as it is"
         ));
-    note.version = Some(row.version);
+    note.version = Some(row.version.get());
     note.outcome = "skipped".into();
     note
 }
