@@ -29,6 +29,9 @@ pub enum DomainError {
     /// No such account.
     #[error("{0}")]
     AccountNotFound(String),
+    /// The tier is not one the policy declares.
+    #[error("the tier is not declared in the configuration")]
+    UnknownTier,
     /// The shard exists but not that version of it.
     #[error("no such version of the shard")]
     VersionNotFound,
@@ -73,6 +76,7 @@ impl DomainError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::AccountNotFound(_) => "account_not_found",
+            Self::UnknownTier => "unknown_tier",
             Self::VersionNotFound => "version_not_found",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "version_conflict",

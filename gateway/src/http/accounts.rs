@@ -1,20 +1,18 @@
 //! `/v1/accounts/{account}`: create or change a tier, read, crypto-shred.
 
 use super::api::{json, path_error, ApiJson, Ctx};
-use crate::domain::audit::Auditor;
 use crate::domain::auth::Scope;
 use crate::domain::ids::AccountId;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::state::AppState;
+use crate::service::accounts::{
+    self, AccountDeleted, AccountDestroyed, IdempotentAccountDelete, PutAccount, Retention,
+};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use shardgate_policy::Placement;
-use shardgate_store::AccountRecord;
-use std::time::Duration;
-use tracing::Instrument as _;
 use utoipa::ToSchema;
 
 /// `PUT /v1/accounts/{account}` body.
@@ -75,12 +73,14 @@ pub struct AccountResponse {
     pub keep_versions_source: KeepVersionsSource,
 }
 
-/// The effective retention of an account record.
-fn retention_of(state: &AppState, record: &AccountRecord) -> (u32, KeepVersionsSource) {
-    match record.keep_versions.and_then(|k| u32::try_from(k).ok()) {
-        Some(k) => (k, KeepVersionsSource::Account),
-        None => (state.retention.keep_versions, KeepVersionsSource::Default),
-    }
+/// The answer's view of an account's effective retention.
+fn retention(r: Retention) -> (u32, KeepVersionsSource) {
+    let source = if r.from_account {
+        KeepVersionsSource::Account
+    } else {
+        KeepVersionsSource::Default
+    };
+    (r.keep_versions, source)
 }
 
 /// Receipt of a crypto-shred.
@@ -94,20 +94,6 @@ pub struct DeleteAccountResponse {
     pub destroyed_versions: i64,
     /// Audit event id (`<chain>:<seq>`).
     pub audit_event: String,
-}
-
-/// An existing account and the backend the policy picks for it now.
-pub(crate) async fn placed_account(
-    state: &AppState,
-    account: &str,
-) -> Result<(AccountRecord, Placement), ApiError> {
-    let record = state
-        .store
-        .get_account(account)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
-    let placement = crate::service::accounts::placement_of(state, &record)?;
-    Ok((record, placement))
 }
 
 /// The path's account id, checked.
@@ -131,103 +117,33 @@ pub async fn put_account(
 ) -> Result<Response, ApiError> {
     let account = account_id(path)?;
     ctx.require(&state, Scope::AccountsWrite, Some(&account), "account.put")?;
-    let placement = state.policy.place(&account, &body.tier).map_err(|_| {
-        ApiError::new(
-            ErrorCode::UnknownTier,
-            "the tier is not declared in the configuration",
-        )
-    })?;
-    let (keep, keep_detail) = match body.keep_versions {
-        None => (shardgate_store::KeepVersions::Unchanged, String::new()),
-        Some(k) => (
-            shardgate_store::KeepVersions::Set(k.map(i64::from)),
-            format!(
-                " keep_versions={}",
-                k.map_or_else(|| "default".to_string(), |k| k.to_string())
-            ),
-        ),
-    };
-    let event = ctx
-        .event("account.put")
-        .account(&account)
-        .backend(&placement.backend)
-        .detail(format!("tier={}{keep_detail}", body.tier));
-    let mut guard = state.audit.lock().await?;
-    let record = guard.begin(&event);
-    let result = state
-        .store
-        .put_account_with_retention(&account, &body.tier, keep, crate::now_ms(), &record)
-        .await;
-    guard.finish(Some(&record), &result).await;
-    let previous = result?;
-    let created = previous.is_none();
-    // A tier change that moves the account to another backend starts its migration job.
-    let mut migration_job = None;
-    if let Some(old_tier) = previous.as_deref() {
-        let before = state
-            .policy
-            .place(&account, old_tier)
-            .map(|p| p.backend)
-            .ok();
-        if before.as_deref() != Some(placement.backend.as_str()) {
-            let stats = state
-                .store
-                .account_stats(&account, &placement.backend)
-                .await?;
-            if stats.versions_elsewhere > 0 {
-                let selector = shardgate_store::MigrationSelector {
-                    account: Some(account.to_string()),
-                    ..Default::default()
-                };
-                // The snapshot of a large account can outlast the request's deadline: create
-                // the job in the background and answer with its id now.
-                let id = uuid::Uuid::new_v4().to_string();
-                let (st, job_id, origin) = (state.clone(), id.clone(), ctx.origin());
-                // In the request's span: its log lines keep the request id.
-                let mut creating = tokio::spawn(
-                    async move {
-                        if let Err(e) = crate::service::migrate::start_with_id(
-                            &st,
-                            &job_id,
-                            selector,
-                            &origin,
-                        )
-                        .await
-                        {
-                            tracing::error!(job = %job_id, error = %e, "the migration job of a tier change could not be created");
-                        }
-                    }
-                    .in_current_span(),
-                );
-                // Usually done in milliseconds: wait a little so the job exists when the
-                // answer names it; a huge snapshot goes on after the answer.
-                let _ = tokio::time::timeout(Duration::from_millis(1000), &mut creating).await;
-                migration_job = Some(id);
-            }
-        }
-    }
-    let (keep_versions, keep_versions_source) = match body.keep_versions {
-        Some(Some(k)) => (k, KeepVersionsSource::Account),
-        Some(None) => (state.retention.keep_versions, KeepVersionsSource::Default),
-        None => match state.store.get_account(&account).await? {
-            Some(record) => retention_of(&state, &record),
-            None => (state.retention.keep_versions, KeepVersionsSource::Default),
+    let put = accounts::put(
+        &state,
+        PutAccount {
+            account: &account,
+            tier: &body.tier,
+            keep_versions: body.keep_versions,
+            event: ctx.event("account.put").account(&account),
+            origin: ctx.origin(),
         },
+    )
+    .await?;
+    let status = if put.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
+    let (keep_versions, keep_versions_source) = retention(put.retention);
     Ok(json(
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
+        status,
         AccountResponse {
             account: account.into_string(),
             tier: body.tier,
-            backend: placement.backend,
-            created: Some(created),
+            backend: put.backend,
+            created: Some(put.created),
             shard_count: None,
             versions_on_other_backends: None,
-            migration_job,
+            migration_job: put.migration_job,
             keep_versions,
             keep_versions_source,
         },
@@ -246,21 +162,17 @@ pub async fn get_account(
 ) -> Result<Response, ApiError> {
     let account = account_id(path)?;
     ctx.require(&state, Scope::AccountsRead, Some(&account), "account.get")?;
-    let (record, placement) = placed_account(&state, &account).await?;
-    let stats = state
-        .store
-        .account_stats(&account, &placement.backend)
-        .await?;
-    let (keep_versions, keep_versions_source) = retention_of(&state, &record);
+    let view = accounts::get(&state, &account).await?;
+    let (keep_versions, keep_versions_source) = retention(view.retention);
     Ok(json(
         StatusCode::OK,
         AccountResponse {
             account: account.into_string(),
-            tier: record.tier,
-            backend: placement.backend,
+            tier: view.record.tier,
+            backend: view.placement.backend,
             created: None,
-            shard_count: Some(stats.shard_count),
-            versions_on_other_backends: Some(stats.versions_elsewhere),
+            shard_count: Some(view.stats.shard_count),
+            versions_on_other_backends: Some(view.stats.versions_elsewhere),
             migration_job: None,
             keep_versions,
             keep_versions_source,
@@ -303,62 +215,37 @@ pub async fn delete_account(
         }
     }
     let event = ctx.event("account.delete").account(&account);
-    let mut guard = state.audit.lock().await?;
-    guard.arm();
-    let seal = |n: i64| guard.seal(&event.clone().detail(format!("destroyed_versions={n}")));
-    let receipt = |o: shardgate_store::DeleteOutcome| DeleteAccountResponse {
-        account: account.to_string(),
-        destroyed_shards: o.shards,
-        destroyed_versions: o.versions,
-        audit_event: Auditor::event_id(&seal(o.versions)),
-    };
-    let idem_record = |o: shardgate_store::DeleteOutcome| match &idem {
+    let record = |d: &AccountDestroyed| match &idem {
         // Serialising a receipt cannot fail.
         Some(i) => i
-            .record(StatusCode::OK, &receipt(o))
+            .record(StatusCode::OK, &receipt(&account, d))
             .unwrap_or_else(|_| unreachable!("a receipt serialises")),
         None => unreachable!("only called with an idempotency key"),
     };
-    let write = idem.as_ref().map(|i| {
-        (
-            i.expired_before_ms(),
-            &idem_record as shardgate_store::IdempotencyForOutcome<'_>,
-        )
+    let idempotency = idem.as_ref().map(|i| IdempotentAccountDelete {
+        record: &record,
+        expired_before_ms: i.expired_before_ms(),
     });
-    let result = state
-        .store
-        .delete_account_idempotent(&account, &seal, write)
-        .await;
-    let (result, replay) = match result {
-        Ok(shardgate_store::Idempotent::Done(o)) => (Ok(o), None),
-        Ok(shardgate_store::Idempotent::Replay(rec)) => (
-            Ok(shardgate_store::DeleteOutcome {
-                shards: 0,
-                versions: 0,
-            }),
-            Some(rec),
+    match accounts::delete(&state, &account, &event, idempotency).await? {
+        AccountDeleted::Replay(rec) => idem.as_ref().map_or_else(
+            || Err(ApiError::new(ErrorCode::Internal, "unexpected replay")),
+            |i| i.replay(rec),
         ),
-        Err(e) => (Err(e), None),
-    };
-    let record = match (&result, &replay) {
-        (Ok(o), None) => Some(seal(o.versions)),
-        _ => None,
-    };
-    guard.finish(record.as_ref(), &result).await;
-    if let (Some(rec), Some(idem)) = (replay, &idem) {
-        return idem.replay(rec);
+        AccountDeleted::Destroyed(d) => {
+            if let Some(idem) = &idem {
+                idem.purge_now_and_then(&state);
+            }
+            Ok(json(StatusCode::OK, receipt(&account, &d)))
+        }
     }
-    let outcome = result?;
-    if let Some(idem) = &idem {
-        idem.purge_now_and_then(&state);
+}
+
+/// The receipt of an account delete.
+fn receipt(account: &AccountId, d: &AccountDestroyed) -> DeleteAccountResponse {
+    DeleteAccountResponse {
+        account: account.to_string(),
+        destroyed_shards: d.outcome.shards,
+        destroyed_versions: d.outcome.versions,
+        audit_event: d.audit_event.clone(),
     }
-    Ok(json(
-        StatusCode::OK,
-        DeleteAccountResponse {
-            account: account.into_string(),
-            destroyed_shards: outcome.shards,
-            destroyed_versions: outcome.versions,
-            audit_event: record.as_ref().map(Auditor::event_id).unwrap_or_default(),
-        },
-    ))
 }

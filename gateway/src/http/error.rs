@@ -283,6 +283,7 @@ impl From<DomainError> for ApiError {
             DomainError::Unauthenticated(m) => ApiError::new(ErrorCode::Unauthenticated, m),
             DomainError::Forbidden(m) => ApiError::new(ErrorCode::Forbidden, m),
             DomainError::AccountNotFound(m) => ApiError::new(ErrorCode::AccountNotFound, m),
+            e @ DomainError::UnknownTier => ApiError::new(ErrorCode::UnknownTier, e.to_string()),
             e @ DomainError::VersionNotFound => {
                 ApiError::new(ErrorCode::VersionNotFound, e.to_string())
             }
@@ -350,6 +351,7 @@ mod tests {
             DomainError::Unauthenticated("x".into()),
             DomainError::Forbidden("x".into()),
             DomainError::AccountNotFound("x".into()),
+            DomainError::UnknownTier,
             DomainError::VersionNotFound,
             DomainError::NotFound("x".into()),
             DomainError::Conflict("x".into()),

@@ -7,7 +7,7 @@ use super::state::AppState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
-use shardgate_store::{IdempotencyRecord, IdempotentWrite};
+use shardgate_store::IdempotencyRecord;
 use std::sync::atomic::{AtomicI64, Ordering};
 use tracing::Instrument as _;
 
@@ -135,14 +135,6 @@ impl IdemKey {
             .header(IDEMPOTENT_REPLAYED, "true")
             .body(axum::body::Body::from(rec.body_json))
             .map_err(|_| ApiError::new(ErrorCode::Internal, "stored answer is malformed"))
-    }
-
-    /// What the store needs to write the record with an insert.
-    pub(crate) fn write<'a>(&self, record: &'a IdempotencyRecord) -> IdempotentWrite<'a> {
-        IdempotentWrite {
-            record,
-            expired_before_ms: self.expired_before_ms,
-        }
     }
 
     /// Records created before this (unix milliseconds) no longer count.

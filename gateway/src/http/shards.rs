@@ -2,12 +2,13 @@
 
 use super::api::{json, path_error, query_error, ApiJson, Ctx};
 use super::idempotency::IdemKey;
-use crate::domain::audit::Auditor;
 use crate::domain::auth::Scope;
 use crate::domain::ids::{self, AccountId, ShardId};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::state::AppState;
-use crate::service::read::{check_version, fetch, not_found};
+use crate::service::delete::{self, Deleted, Destroyed, IdempotentDelete};
+use crate::service::list;
+use crate::service::read::{check_version, fetch};
 use crate::service::write::{self, IdempotentPut, PutOutcome, PutShard, Stored};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -16,7 +17,7 @@ use axum::response::Response;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use shardgate_store::{Idempotent, StoreError, Version};
+use shardgate_store::{IdempotencyRecord, Version};
 use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
@@ -114,6 +115,15 @@ pub struct DeleteShardResponse {
     pub destroyed_versions: i64,
     /// Audit event id (`<chain>:<seq>`).
     pub audit_event: String,
+}
+
+impl From<&Destroyed> for DeleteShardResponse {
+    fn from(d: &Destroyed) -> Self {
+        Self {
+            destroyed_versions: d.versions,
+            audit_event: d.audit_event.clone(),
+        }
+    }
 }
 
 type ShardPath = Result<Path<(String, String)>, PathRejection>;
@@ -304,60 +314,51 @@ pub async fn delete_shard(
         }
     }
     let event = ctx.event("shard.delete").account(&account).shard(&shard);
-    let mut guard = state.audit.lock().await?;
-    guard.arm();
-    let seal = |n: i64| guard.seal(&event.clone().detail(format!("destroyed_versions={n}")));
-    let receipt = |n: i64| DeleteShardResponse {
-        destroyed_versions: n,
-        audit_event: Auditor::event_id(&seal(n)),
-    };
-    let idem_record = |n: i64| match &idem {
+    let record = receipt_record(&idem);
+    let idempotency = idempotent_delete(&idem, &record);
+    let deleted = delete::shard(&state, &account, &shard, &event, idempotency).await?;
+    deleted_answer(&state, idem.as_ref(), deleted)
+}
+
+/// How a delete's receipt becomes the record of its `Idempotency-Key`.
+fn receipt_record(idem: &Option<IdemKey>) -> impl Fn(&Destroyed) -> IdempotencyRecord + '_ {
+    move |d: &Destroyed| match idem {
         // Serialising a receipt cannot fail.
         Some(i) => i
-            .record(StatusCode::OK, &receipt(n))
+            .record(StatusCode::OK, &DeleteShardResponse::from(d))
             .unwrap_or_else(|_| unreachable!("a receipt serialises")),
         None => unreachable!("only called with an idempotency key"),
-    };
-    let write = idem.as_ref().map(|i| {
-        (
-            i.expired_before_ms,
-            &idem_record as shardgate_store::IdempotencyForCount<'_>,
-        )
-    });
-    let result = state
-        .store
-        .delete_shard_idempotent(&account, &shard, &seal, write)
-        .await;
-    let (result, replay) = match result {
-        Ok(Idempotent::Done(n)) => (Ok(n), None),
-        Ok(Idempotent::Replay(rec)) => (Ok(0), Some(rec)),
-        Err(e) => (Err(e), None),
-    };
-    let record = match (&result, &replay) {
-        (Ok(n), None) => Some(seal(*n)),
-        _ => None,
-    };
-    guard.finish(record.as_ref(), &result).await;
-    if let (Some(rec), Some(idem)) = (replay, &idem) {
-        return idem.replay(rec);
     }
-    match result {
-        Ok(n) => {
-            if let Some(idem) = &idem {
-                idem.purge_now_and_then(&state);
+}
+
+/// The use case's view of the request's `Idempotency-Key`, if it has one.
+fn idempotent_delete<'a>(
+    idem: &Option<IdemKey>,
+    record: &'a (dyn Fn(&Destroyed) -> IdempotencyRecord + Send + Sync),
+) -> Option<IdempotentDelete<'a>> {
+    idem.as_ref().map(|i| IdempotentDelete {
+        record,
+        expired_before_ms: i.expired_before_ms(),
+    })
+}
+
+/// The answer of a delete: its receipt, or the first answer of its `Idempotency-Key`.
+fn deleted_answer(
+    state: &AppState,
+    idem: Option<&IdemKey>,
+    deleted: Deleted,
+) -> Result<Response, ApiError> {
+    match deleted {
+        Deleted::Replay(rec) => idem.map_or_else(
+            || Err(ApiError::new(ErrorCode::Internal, "unexpected replay")),
+            |i| i.replay(rec),
+        ),
+        Deleted::Destroyed(d) => {
+            if let Some(idem) = idem {
+                idem.purge_now_and_then(state);
             }
-            Ok(json(
-                StatusCode::OK,
-                DeleteShardResponse {
-                    destroyed_versions: n,
-                    audit_event: record.as_ref().map(Auditor::event_id).unwrap_or_default(),
-                },
-            ))
+            Ok(json(StatusCode::OK, DeleteShardResponse::from(&d)))
         }
-        Err(StoreError::ShardNotFound) => {
-            Err(not_found(&state, &account, &shard, None).await.into())
-        }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -422,53 +423,10 @@ pub async fn delete_shard_version(
         .shard(&shard)
         .version(version.get())
         .detail("destroyed_versions=1");
-    let mut guard = state.audit.lock().await?;
-    let record = guard.begin(&event);
-    let receipt = DeleteShardResponse {
-        destroyed_versions: 1,
-        audit_event: Auditor::event_id(&record),
-    };
-    let idem_record = match &idem {
-        Some(i) => Some(i.record(StatusCode::OK, &receipt)?),
-        None => None,
-    };
-    let write = idem
-        .as_ref()
-        .zip(idem_record.as_ref())
-        .map(|(i, r)| i.write(r));
-    let result = state
-        .store
-        .delete_shard_version_idempotent(&account, &shard, version, &record, write)
-        .await;
-    match result {
-        Ok(Idempotent::Replay(rec)) => {
-            guard.finish(None, &Ok::<(), StoreError>(())).await;
-            idem.as_ref().map_or_else(
-                || Err(ApiError::new(ErrorCode::Internal, "unexpected replay")),
-                |i| i.replay(rec),
-            )
-        }
-        Ok(Idempotent::Done(())) => {
-            guard.finish(Some(&record), &Ok::<(), StoreError>(())).await;
-            if let Some(idem) = &idem {
-                idem.purge_now_and_then(&state);
-            }
-            Ok(json(StatusCode::OK, receipt))
-        }
-        Err(e) => {
-            let result = Err::<(), _>(e);
-            guard.finish(Some(&record), &result).await;
-            match result {
-                Err(StoreError::ShardNotFound) => {
-                    Err(not_found(&state, &account, &shard, Some(version))
-                        .await
-                        .into())
-                }
-                Err(e) => Err(e.into()),
-                Ok(()) => Err(ApiError::new(ErrorCode::Internal, "unreachable")),
-            }
-        }
-    }
+    let record = receipt_record(&idem);
+    let idempotency = idempotent_delete(&idem, &record);
+    let deleted = delete::version(&state, &account, &shard, version, &event, idempotency).await?;
+    deleted_answer(&state, idem.as_ref(), deleted)
 }
 
 /// Page through an account's shard ids (never shard bytes).
@@ -497,28 +455,13 @@ pub async fn list_shards(
             format!("limit must be between 1 and {max}"),
         ));
     }
-    if state.store.get_account(&account).await?.is_none() {
-        return Err(ApiError::new(ErrorCode::AccountNotFound, "no such account"));
-    }
-    let page = state
-        .store
-        .list_shards(&account, q.after.as_deref(), limit)
-        .await?;
-    let next_after = (page.len() as i64 == limit)
-        .then(|| page.last().map(|s| s.shard.clone()))
-        .flatten();
-    state
-        .audit
-        .record(
-            ctx.event("shard.list")
-                .account(&account)
-                .detail(format!("returned={}", page.len())),
-        )
-        .await?;
+    let event = ctx.event("shard.list").account(&account);
+    let page = list::shards(&state, &account, q.after.as_deref(), limit, event).await?;
     Ok(json(
         StatusCode::OK,
         ShardListResponse {
             shards: page
+                .shards
                 .into_iter()
                 .map(|s| ShardListEntry {
                     shard: s.shard,
@@ -526,7 +469,7 @@ pub async fn list_shards(
                     backend: s.backend,
                 })
                 .collect(),
-            next_after,
+            next_after: page.next_after,
         },
     ))
 }

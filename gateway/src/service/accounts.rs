@@ -1,9 +1,19 @@
-//! Account rules the use cases share: where the policy places an account's new versions.
+//! Accounts (`/v1/accounts/{account}`): create one or change its tier and retention ([`put`],
+//! which starts the re-wrap job when the new tier moves it to another backend), read one
+//! ([`get`]), crypto-shred one with every shard version ([`delete`]); and where the policy
+//! places an account's new versions ([`placement_of`]), which the shard writes share.
 
 use super::state::Services;
+use crate::domain::audit::{Auditor, Event, Origin};
 use crate::domain::error::DomainError;
+use crate::domain::ids::AccountId;
 use shardgate_policy::Placement;
-use shardgate_store::AccountRecord;
+use shardgate_store::{
+    AccountRecord, AccountStats, DeleteOutcome, IdempotencyForOutcome, IdempotencyRecord,
+    Idempotent, KeepVersions, MigrationSelector,
+};
+use std::time::Duration;
+use tracing::Instrument as _;
 
 /// Where the policy places new versions of this account's shards.
 pub fn placement_of(state: &Services, record: &AccountRecord) -> Result<Placement, DomainError> {
@@ -11,4 +21,278 @@ pub fn placement_of(state: &Services, record: &AccountRecord) -> Result<Placemen
         .policy
         .place(&record.account, &record.tier)
         .map_err(|_| DomainError::Internal("the account's tier is no longer declared".into()))
+}
+
+/// An account's effective `keep_versions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Versions kept per shard (`0`: all).
+    pub keep_versions: u32,
+    /// Whether the account sets it (else the gateway's `[retention] keep_versions`).
+    pub from_account: bool,
+}
+
+/// The retention `record` gets.
+pub fn retention_of(state: &Services, record: &AccountRecord) -> Retention {
+    match record.keep_versions.and_then(|k| u32::try_from(k).ok()) {
+        Some(k) => Retention {
+            keep_versions: k,
+            from_account: true,
+        },
+        None => default_retention(state),
+    }
+}
+
+fn default_retention(state: &Services) -> Retention {
+    Retention {
+        keep_versions: state.retention.keep_versions,
+        from_account: false,
+    }
+}
+
+/// An existing account and the backend the policy picks for it now.
+pub async fn placed(
+    state: &Services,
+    account: &AccountId,
+) -> Result<(AccountRecord, Placement), DomainError> {
+    let record = state
+        .store
+        .get_account(account)
+        .await?
+        .ok_or_else(|| DomainError::AccountNotFound("no such account".into()))?;
+    let placement = placement_of(state, &record)?;
+    Ok((record, placement))
+}
+
+/// An account as a read shows it.
+#[derive(Debug)]
+pub struct AccountView {
+    /// The row.
+    pub record: AccountRecord,
+    /// Where its new versions go now.
+    pub placement: Placement,
+    /// Its shard count and the versions still on another backend.
+    pub stats: AccountStats,
+    /// Its effective retention.
+    pub retention: Retention,
+}
+
+/// Read an account.
+pub async fn get(state: &Services, account: &AccountId) -> Result<AccountView, DomainError> {
+    let (record, placement) = placed(state, account).await?;
+    let stats = state
+        .store
+        .account_stats(account, &placement.backend)
+        .await?;
+    let retention = retention_of(state, &record);
+    Ok(AccountView {
+        record,
+        placement,
+        stats,
+        retention,
+    })
+}
+
+/// A create or a change of an account.
+pub struct PutAccount<'a> {
+    /// Account id.
+    pub account: &'a AccountId,
+    /// Its tier (must be declared).
+    pub tier: &'a str,
+    /// Absent: unchanged; `Some(None)`: follow the gateway's setting; `Some(Some(k))`: keep `k`.
+    pub keep_versions: Option<Option<u32>>,
+    /// The caller's `account.put` event (backend and detail are set here).
+    pub event: Event,
+    /// Who asks, for the migration job a tier change starts.
+    pub origin: Origin,
+}
+
+/// What a put did.
+#[derive(Debug)]
+pub struct AccountPut {
+    /// Created now (else changed).
+    pub created: bool,
+    /// Where its new versions go now.
+    pub backend: String,
+    /// The re-wrap job a tier change started, when versions live on another backend.
+    pub migration_job: Option<String>,
+    /// Its effective retention.
+    pub retention: Retention,
+}
+
+/// Create an account or change its tier and retention, audited in the write's transaction.
+pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, DomainError> {
+    let account = req.account;
+    let placement = state
+        .policy
+        .place(account, req.tier)
+        .map_err(|_| DomainError::UnknownTier)?;
+    let (keep, keep_detail) = match req.keep_versions {
+        None => (KeepVersions::Unchanged, String::new()),
+        Some(k) => (
+            KeepVersions::Set(k.map(i64::from)),
+            format!(
+                " keep_versions={}",
+                k.map_or_else(|| "default".to_string(), |k| k.to_string())
+            ),
+        ),
+    };
+    let event = req
+        .event
+        .backend(&placement.backend)
+        .detail(format!("tier={}{keep_detail}", req.tier));
+    let mut guard = state.audit.lock().await?;
+    let record = guard.begin(&event);
+    let result = state
+        .store
+        .put_account_with_retention(account, req.tier, keep, crate::now_ms(), &record)
+        .await;
+    guard.finish(Some(&record), &result).await;
+    let previous = result?;
+    let migration_job = match previous.as_deref() {
+        Some(old_tier) => {
+            migrate_if_moved(state, account, old_tier, &placement.backend, &req.origin).await?
+        }
+        None => None,
+    };
+    let retention = match req.keep_versions {
+        Some(Some(k)) => Retention {
+            keep_versions: k,
+            from_account: true,
+        },
+        Some(None) => default_retention(state),
+        None => match state.store.get_account(account).await? {
+            Some(record) => retention_of(state, &record),
+            None => default_retention(state),
+        },
+    };
+    Ok(AccountPut {
+        created: previous.is_none(),
+        backend: placement.backend,
+        migration_job,
+        retention,
+    })
+}
+
+/// A tier change that moves the account to another backend starts its migration job, when
+/// any of its versions live elsewhere; the job's id.
+async fn migrate_if_moved(
+    state: &Services,
+    account: &AccountId,
+    old_tier: &str,
+    backend: &str,
+    origin: &Origin,
+) -> Result<Option<String>, DomainError> {
+    let before = state
+        .policy
+        .place(account, old_tier)
+        .map(|p| p.backend)
+        .ok();
+    if before.as_deref() == Some(backend) {
+        return Ok(None);
+    }
+    let stats = state.store.account_stats(account, backend).await?;
+    if stats.versions_elsewhere == 0 {
+        return Ok(None);
+    }
+    let selector = MigrationSelector {
+        account: Some(account.to_string()),
+        ..Default::default()
+    };
+    // The snapshot of a large account can outlast the request's deadline: create the job in
+    // the background and answer with its id now.
+    let id = uuid::Uuid::new_v4().to_string();
+    let (st, job_id, origin) = (state.clone(), id.clone(), origin.clone());
+    // In the request's span: its log lines keep the request id.
+    let mut creating = tokio::spawn(
+        async move {
+            if let Err(e) = super::migrate::start_with_id(&st, &job_id, selector, &origin).await
+            {
+                tracing::error!(job = %job_id, error = %e, "the migration job of a tier change could not be created");
+            }
+        }
+        .in_current_span(),
+    );
+    // Usually done in milliseconds: wait a little so the job exists when the answer names
+    // it; a huge snapshot goes on after the answer.
+    let _ = tokio::time::timeout(Duration::from_millis(1000), &mut creating).await;
+    Ok(Some(id))
+}
+
+/// What an account delete destroyed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountDestroyed {
+    /// Shards and versions destroyed.
+    pub outcome: DeleteOutcome,
+    /// Its audit event id (`<chain>:<seq>`).
+    pub audit_event: String,
+}
+
+/// What an account delete did.
+#[derive(Debug)]
+pub enum AccountDeleted {
+    /// Destroyed now.
+    Destroyed(AccountDestroyed),
+    /// A live record of the same `Idempotency-Key` answered first: nothing was deleted.
+    Replay(IdempotencyRecord),
+}
+
+/// An account delete with an `Idempotency-Key`: its record commits with the delete.
+pub struct IdempotentAccountDelete<'a> {
+    /// The record of an answer (the HTTP layer serialises the answer into it).
+    pub record: &'a (dyn Fn(&AccountDestroyed) -> IdempotencyRecord + Send + Sync),
+    /// Records created before this (unix milliseconds) no longer count.
+    pub expired_before_ms: i64,
+}
+
+/// Crypto-shred every shard version of the account, then the account, with `event` (its
+/// detail says how many versions) in one transaction.
+pub async fn delete(
+    state: &Services,
+    account: &AccountId,
+    event: &Event,
+    idem: Option<IdempotentAccountDelete<'_>>,
+) -> Result<AccountDeleted, DomainError> {
+    let mut guard = state.audit.lock().await?;
+    guard.arm();
+    let seal = |n: i64| guard.seal(&event.clone().detail(format!("destroyed_versions={n}")));
+    let destroyed = |outcome: DeleteOutcome| AccountDestroyed {
+        outcome,
+        audit_event: Auditor::event_id(&seal(outcome.versions)),
+    };
+    let idem_record = |o: DeleteOutcome| match &idem {
+        Some(i) => (i.record)(&destroyed(o)),
+        None => unreachable!("only called with an idempotency key"),
+    };
+    let write = idem.as_ref().map(|i| {
+        (
+            i.expired_before_ms,
+            &idem_record as IdempotencyForOutcome<'_>,
+        )
+    });
+    let result = state
+        .store
+        .delete_account_idempotent(account, &seal, write)
+        .await;
+    let none = DeleteOutcome {
+        shards: 0,
+        versions: 0,
+    };
+    let (result, replay) = match result {
+        Ok(Idempotent::Done(o)) => (Ok(o), None),
+        Ok(Idempotent::Replay(rec)) => (Ok(none), Some(rec)),
+        Err(e) => (Err(e), None),
+    };
+    let record = match (&result, &replay) {
+        (Ok(o), None) => Some(seal(o.versions)),
+        _ => None,
+    };
+    guard.finish(record.as_ref(), &result).await;
+    if let Some(rec) = replay {
+        return Ok(AccountDeleted::Replay(rec));
+    }
+    Ok(AccountDeleted::Destroyed(AccountDestroyed {
+        outcome: result?,
+        audit_event: record.as_ref().map(Auditor::event_id).unwrap_or_default(),
+    }))
 }

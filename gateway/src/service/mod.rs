@@ -2,8 +2,10 @@
 //! backends. Handlers in [`crate::http`] call these; nothing here names HTTP.
 
 pub mod accounts;
+pub mod delete;
 pub mod integrity;
 pub mod keys_admin;
+pub mod list;
 pub mod migrate;
 pub mod read;
 pub mod settings;
