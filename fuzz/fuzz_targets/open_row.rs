@@ -161,7 +161,11 @@ fuzz_target!(|input: Input| {
     match input.change {
         Change::Account(v) => t.account = v,
         Change::Shard(v) => t.shard = v,
-        Change::Version(v) => t.version = v,
+        // A number below 1 is no version: no stored row can hold it (rows.rs refuses it).
+        Change::Version(v) => match Version::new(v) {
+            Ok(v) => t.version = v,
+            Err(_) => return,
+        },
         Change::FormatVersion(v) => t.format_version = v,
         Change::KeyRef(v) => t.key_ref = v,
         Change::KeyVersion(v) => t.key_version = v,
