@@ -19,13 +19,14 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use common::cli::{run_to_end, shardgate_command, wait_child, CliRun};
 use common::Tokens;
 use rand::{Rng, RngCore};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,31 +40,6 @@ type Versions = BTreeMap<(String, String, i64), Vec<u8>>;
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
-
-/// `shardgate` with no `SHARDGATE_*` variable inherited: the config file says everything.
-fn shardgate_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(common::shardgate_bin());
-    cmd.args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHARDGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A `shardgate serve` child process; killed when dropped.
 struct Gateway {
@@ -143,57 +119,18 @@ impl Gateway {
 }
 
 /// What a one-shot command did.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.status.success()
-    }
-}
-
 /// Run a command to completion (in `block_in_place`, so the runtime's other tasks, such as
 /// the writers that keep the gateway busy, go on), its output kept in `logs/name.*.log`.
-fn run(mut cmd: Command, logs: &Path, name: &str) -> Run {
+fn run(cmd: Command, logs: &Path, name: &str) -> CliRun {
     tokio::task::block_in_place(|| {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let mut out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let t_out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let Some(status) = wait_child(&mut child, CLI_TIMEOUT) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{name}: still running after {CLI_TIMEOUT:?}");
-        };
-        let r = Run {
-            status,
-            stdout: t_out.join().unwrap(),
-            stderr: t_err.join().unwrap(),
-        };
+        let r = run_to_end(cmd, CLI_TIMEOUT, name);
         std::fs::write(logs.join(format!("{name}.stdout.log")), &r.stdout).unwrap();
         std::fs::write(logs.join(format!("{name}.stderr.log")), &r.stderr).unwrap();
         r
     })
 }
 
-fn cli(args: &[&str], config: &Path, logs: &Path, name: &str) -> Run {
+fn cli(args: &[&str], config: &Path, logs: &Path, name: &str) -> CliRun {
     let mut cmd = shardgate_command(args);
     cmd.args(["--config", config.to_str().unwrap()]);
     run(cmd, logs, name)

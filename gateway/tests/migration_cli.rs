@@ -31,10 +31,6 @@ use tower::ServiceExt;
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl CliRun {
-    fn ok(&self) -> bool {
-        self.status.success()
-    }
-
     /// The `job <id> <state>: ...` line's id and state.
     fn job_line(&self) -> (String, String) {
         let line = self

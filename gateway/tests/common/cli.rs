@@ -19,6 +19,11 @@ impl CliRun {
     pub(crate) fn code(&self) -> Option<i32> {
         self.status.code()
     }
+
+    /// Whether it exited with status 0.
+    pub(crate) fn ok(&self) -> bool {
+        self.status.success()
+    }
 }
 
 /// `shardgate <args>` with no `SHARDGATE_*` variable inherited.
