@@ -471,6 +471,12 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
          VALUES ('0123456789abcdef', 'x', 'y', '*', 0)",
         "DELETE FROM token_revocations",
         "UPDATE api_tokens SET scopes = '*'",
+        // Only the SECURITY DEFINER function records a segment: a forged row would claim
+        // coverage of rows it never archived.
+        "INSERT INTO audit_segments SELECT * FROM audit_segments LIMIT 1",
+        "UPDATE audit_segments SET last_seq = last_seq + 1",
+        "DELETE FROM audit_segments",
+        "CREATE OR REPLACE FUNCTION audit_archive_prune() RETURNS BIGINT LANGUAGE sql AS 'SELECT 0::bigint'",
     ] {
         assert_eq!(sqlstate(&mut conn, sql).await, "42501", "{sql}");
     }
@@ -495,6 +501,42 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
         .await
         .unwrap();
     assert_eq!(report.events, u64::try_from(events).unwrap());
+    // The runtime role archives the audit log through the SECURITY DEFINER function (the only way audit
+    // rows leave the table), and the chain still verifies across both tiers.
+    let sink = shardgate::domain::audit::archive::DirSink::new(cfg.archive_dir());
+    let archive = shardgate::domain::audit::archive::Archive {
+        sink: &sink,
+        prefix: "",
+    };
+    let pass = shardgate::service::audit_archive::ArchivePass {
+        cutoff_ms: shardgate::now_ms() + 1,
+        max_events: 7,
+        max_bytes: 1 << 20,
+        holder: "db-privileges-test".into(),
+        lease_ms: 10_000,
+    };
+    let archived = shardgate::service::audit_archive::run_pass(
+        state.store.as_ref(),
+        archive,
+        &key,
+        &pass,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(archived.events, report.events, "{archived:?}");
+    let tiers = shardgate::domain::audit::verify_tiers(
+        state.store.as_ref(),
+        Some(archive),
+        &key,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (tiers.events, tiers.archived_events),
+        (report.events, report.events)
+    );
 
     // grants.sql grants exactly RUNTIME_PRIVILEGES, and that covers every table of the
     // schema (a migration that adds a table fails here until both name it).
@@ -563,7 +605,10 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
             "TRUNCATE on audit_events",
             "UPDATE on audit_chains",
             "DELETE on audit_chains",
-            "TRUNCATE on audit_chains"
+            "TRUNCATE on audit_chains",
+            "UPDATE on audit_segments",
+            "DELETE on audit_segments",
+            "TRUNCATE on audit_segments",
         ]
     );
 }

@@ -487,6 +487,10 @@ async fn a_batch_commit_waits_out_a_busy_audit_chain(gw: Gw) {
         .call("POST", &format!("/v1/admin/migrations/{job}/pause"), None)
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // A batch claimed before the pause and committed after the resume finds its claims
+    // freed and settles its items one at a time, each waiting on the whole chain without
+    // rolling back: let it go first, so what meets the held chain below is a batch commit.
+    gw.workers_let_go(&job).await;
     let (s, v) = gw
         .call("POST", &format!("/v1/admin/migrations/{job}/resume"), None)
         .await;

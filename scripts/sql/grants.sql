@@ -8,10 +8,11 @@
 --
 --   psql -X -v ON_ERROR_STOP=1 -d shardgate -f scripts/sql/grants.sql   # -v app=NAME
 --
--- Nothing the gateway does at runtime updates or deletes an audit row: the audit log has no
--- retention or pruning of its own (pruned shard versions get NEW audit events), and the
--- chain-head checkpoints are log lines, not rows. So the audit tables are append-only for
--- the runtime role: SELECT and INSERT, no UPDATE, DELETE or TRUNCATE.
+-- Nothing the gateway does at runtime updates or deletes an audit row directly: pruned shard
+-- versions get NEW audit events, and events leave the hot table only once archived, through
+-- the SECURITY DEFINER function `audit_archive_prune` (owned by the owner role). So the audit
+-- tables are append-only for the runtime role: SELECT and INSERT, no UPDATE, DELETE or
+-- TRUNCATE.
 
 \set ON_ERROR_STOP on
 \if :{?app}
@@ -35,6 +36,16 @@ GRANT SELECT, INSERT, UPDATE ON migration_jobs, migration_items TO :"app";
 
 -- The audit log: append-only.
 GRANT SELECT, INSERT ON audit_events, audit_chains TO :"app";
+
+-- The audit archive (docs/audit-archive.md): archived segments are read only; the one way
+-- a segment is recorded and the hot rows it covers are deleted is the SECURITY DEFINER
+-- function below, which checks that the segment covers exactly those rows. The lease
+-- keeps one archiver at a time.
+GRANT SELECT ON audit_segments TO :"app";
+GRANT SELECT, INSERT, UPDATE ON audit_archive_leases TO :"app";
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC, :"app";
+GRANT EXECUTE ON FUNCTION audit_archive_prune(TEXT, BIGINT, BIGINT, BIGINT, BIGINT, BYTEA, BYTEA,
+    BYTEA, TEXT, BYTEA, BIGINT, TEXT, BYTEA, BYTEA, BIGINT) TO :"app";
 
 -- KEK versions: registered when first seen, moved through active / decrypt-only / destroyed
 -- by the admin API, wrap counters advanced in reserved blocks; never deleted.

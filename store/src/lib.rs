@@ -40,13 +40,13 @@ pub use migration::{
 
 pub use error::{BackupError, StoreError};
 pub use model::{
-    AccountRecord, AccountStats, AuditForCount, AuditForPruned, AuditRecord, DeleteOutcome,
-    GroupedWrite, IdempotencyForCount, IdempotencyForOutcome, IdempotencyForPruned,
+    AccountRecord, AccountStats, AuditForCount, AuditForPruned, AuditRecord, AuditSegment,
+    DeleteOutcome, GroupedWrite, IdempotencyForCount, IdempotencyForOutcome, IdempotencyForPruned,
     IdempotencyRecord, Idempotent, IdempotentWrite, KeepVersions, Retention, ShardSummary,
     ShardVersionRow, TokenRecord, TokenRevocation,
 };
 pub(crate) use schema::{compare_migrations, no_schema_error};
-pub use schema::{SchemaCheck, APPEND_ONLY_TABLES, RUNTIME_PRIVILEGES};
+pub use schema::{SchemaCheck, APPEND_ONLY_TABLES, RUNTIME_FUNCTIONS, RUNTIME_PRIVILEGES};
 pub use seal::{check_batch_records, check_write_records, LateSeal, Presealed, Prune};
 
 use async_trait::async_trait;
@@ -374,11 +374,36 @@ pub trait Store: Send + Sync + 'static {
         host: &str,
     ) -> Result<(), StoreError>;
 
-    /// The highest (seq, tag) stored for the chain.
+    /// The highest (seq, tag) of the chain: its newest hot row, else the end of its last
+    /// archived segment.
     async fn audit_head(&self, chain_id: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
 
-    /// Every chain id: registered chains and chains that have events.
+    /// Every chain id: registered chains, chains that have events and archived chains.
     async fn audit_chains(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The chain's archived segments, in seq order.
+    async fn audit_segments(&self, chain_id: &str) -> Result<Vec<AuditSegment>, StoreError>;
+
+    /// Record an archived segment and delete the hot rows it covers, in one transaction:
+    /// the number of rows deleted (0 when this very segment was recorded before). Refused
+    /// (`Internal`, nothing changed) unless the rows are exactly the segment's (count, first
+    /// `prev_tag`, last tag, tags digest, time range) and it continues the chain's previous
+    /// segment, or starts the chain. On PostgreSQL this is the SECURITY DEFINER function
+    /// `audit_archive_prune`, the only writer of `audit_segments`.
+    async fn archive_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError>;
+
+    /// Take or renew the lease `name` for `holder` until `now_ms + ttl_ms`: `true` when
+    /// `holder` holds it now (it was free, expired or already `holder`'s).
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Give up the lease `name` if `holder` holds it (it expires now).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Add a token. `Conflict` when its id or hash is already stored.
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;

@@ -136,6 +136,50 @@ pub struct AuditRecord {
     pub tag: Vec<u8>,
 }
 
+/// An archived audit segment as recorded in `audit_segments`: a contiguous range of one
+/// chain's events, written to the archive sink and read back, whose rows then left the hot
+/// table (docs/audit-archive.md; the object and manifest formats are in FORMAT.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSegment {
+    /// Chain id.
+    pub chain_id: String,
+    /// Seq of the first event.
+    pub first_seq: i64,
+    /// Seq of the last event.
+    pub last_seq: i64,
+    /// Oldest event time in the segment (unix milliseconds).
+    pub min_ts_ms: i64,
+    /// Newest event time in the segment (unix milliseconds).
+    pub max_ts_ms: i64,
+    /// `prev_tag` of the first event (32 zero bytes when it starts the chain).
+    pub prev_tag: Vec<u8>,
+    /// Tag of the last event.
+    pub last_tag: Vec<u8>,
+    /// SHA-256 over the events' tags, in seq order.
+    pub tags_sha256: Vec<u8>,
+    /// Key of the segment object in the sink.
+    pub object_key: String,
+    /// SHA-256 of the (compressed) segment object.
+    pub object_sha256: Vec<u8>,
+    /// Size of the segment object.
+    pub object_bytes: i64,
+    /// Key of the manifest object in the sink.
+    pub manifest_key: String,
+    /// SHA-256 of the manifest object.
+    pub manifest_sha256: Vec<u8>,
+    /// SHA-256 of the chain's previous manifest (32 zero bytes for the first segment).
+    pub prev_manifest_sha256: Vec<u8>,
+    /// When it was recorded (unix milliseconds).
+    pub archived_ms: i64,
+}
+
+impl AuditSegment {
+    /// Events in the segment.
+    pub fn count(&self) -> i64 {
+        self.last_seq - self.first_seq + 1
+    }
+}
+
 /// An API token kept in the database: its hash, never the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {

@@ -7,7 +7,7 @@ use shardgate_policy::Version;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use crate::{
-    AccountRecord, AuditRecord, IdempotencyRecord, KeyVersionRecord, MigrationJob,
+    AccountRecord, AuditRecord, AuditSegment, IdempotencyRecord, KeyVersionRecord, MigrationJob,
     MigrationSelector, ShardVersionRow, TokenRecord,
 };
 
@@ -15,6 +15,12 @@ use crate::{
 pub(crate) const AUDIT_COLUMNS: &str =
     "chain_id, seq, ts_ms, request_id, actor, action, account, shard, \
      version, backend, outcome, detail, prev_tag, tag, credential";
+
+/// The `audit_segments` columns an [`AuditSegment`] is read from and written to, in order.
+pub(crate) const SEGMENT_COLUMNS: &str =
+    "chain_id, first_seq, last_seq, min_ts_ms, max_ts_ms, prev_tag, last_tag, tags_sha256, \
+     object_key, object_sha256, object_bytes, manifest_key, manifest_sha256, \
+     prev_manifest_sha256, archived_ms";
 
 /// The `key_versions` columns a [`KeyVersionRecord`] is read from, in order.
 pub(crate) const KEY_COLUMNS: &str =
@@ -134,6 +140,34 @@ where
         credential: r.try_get("credential")?,
         prev_tag: r.try_get("prev_tag")?,
         tag: r.try_get("tag")?,
+    })
+}
+
+/// An `audit_segments` row (with the columns of [`SEGMENT_COLUMNS`]).
+pub(crate) fn segment_from_row<R>(r: &R) -> Result<AuditSegment, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(AuditSegment {
+        chain_id: r.try_get("chain_id")?,
+        first_seq: r.try_get("first_seq")?,
+        last_seq: r.try_get("last_seq")?,
+        min_ts_ms: r.try_get("min_ts_ms")?,
+        max_ts_ms: r.try_get("max_ts_ms")?,
+        prev_tag: r.try_get("prev_tag")?,
+        last_tag: r.try_get("last_tag")?,
+        tags_sha256: r.try_get("tags_sha256")?,
+        object_key: r.try_get("object_key")?,
+        object_sha256: r.try_get("object_sha256")?,
+        object_bytes: r.try_get("object_bytes")?,
+        manifest_key: r.try_get("manifest_key")?,
+        manifest_sha256: r.try_get("manifest_sha256")?,
+        prev_manifest_sha256: r.try_get("prev_manifest_sha256")?,
+        archived_ms: r.try_get("archived_ms")?,
     })
 }
 

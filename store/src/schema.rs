@@ -13,6 +13,12 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
     ("shard_versions", &["SELECT", "INSERT", "UPDATE", "DELETE"]),
     ("audit_events", &["SELECT", "INSERT"]),
     ("audit_chains", &["SELECT", "INSERT"]),
+    // Archived audit segments: read only. Recorded (with the delete of the hot rows they
+    // cover) by the SECURITY DEFINER function `audit_archive_prune` alone, which the runtime
+    // role may EXECUTE: whoever could insert a segment row could fake coverage.
+    ("audit_segments", &["SELECT"]),
+    // The archiver's lease: one archiver at a time across replicas.
+    ("audit_archive_leases", &["SELECT", "INSERT", "UPDATE"]),
     ("migration_jobs", &["SELECT", "INSERT", "UPDATE"]),
     ("migration_items", &["SELECT", "INSERT", "UPDATE"]),
     (
@@ -34,7 +40,14 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
 
 /// Tables whose rows are never updated or deleted once written: the runtime role holds no
 /// UPDATE, DELETE or TRUNCATE on them.
-pub const APPEND_ONLY_TABLES: &[&str] = &["audit_events", "audit_chains"];
+pub const APPEND_ONLY_TABLES: &[&str] = &["audit_events", "audit_chains", "audit_segments"];
+
+/// The functions the runtime role may EXECUTE (`scripts/sql/grants.sql`), with their
+/// argument types as PostgreSQL names them.
+pub const RUNTIME_FUNCTIONS: &[&str] = &[
+    "audit_archive_prune(text, bigint, bigint, bigint, bigint, bytea, bytea, bytea, text, bytea, \
+     bigint, text, bytea, bytea, bigint)",
+];
 
 /// What [`Store::check_schema`](crate::Store::check_schema) found besides missing pieces (which
 /// are errors).

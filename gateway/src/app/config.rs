@@ -382,6 +382,105 @@ pub struct AuditConfig {
     /// --checkpoints` (default: `audit-checkpoints` in the data directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_file: Option<PathBuf>,
+    /// Archiving older events to a write-once sink (docs/audit-archive.md).
+    #[serde(default)]
+    pub archive: AuditArchiveConfig,
+}
+
+/// `[audit.archive]`: which events leave the hot table, how they are cut into segments, and
+/// where the segments go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditArchiveConfig {
+    /// Run the archiver in the gateway (one replica at a time holds its lease). `shardgate
+    /// audit archive` runs one pass either way.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Events younger than this many days stay in the hot table.
+    #[serde(default = "d_hot_days")]
+    pub hot_days: u32,
+    /// Seconds between the background archiver's passes.
+    #[serde(default = "d_archive_interval")]
+    pub interval_secs: u64,
+    /// Most events in one segment.
+    #[serde(default = "d_segment_events")]
+    pub segment_max_events: usize,
+    /// Most bytes (uncompressed) in one segment.
+    #[serde(default = "d_segment_bytes")]
+    pub segment_max_bytes: usize,
+    /// Seconds an archiver's lease lasts without renewal (renewed at every segment): how
+    /// long another replica waits to take over from one that died.
+    #[serde(default = "d_archive_lease")]
+    pub lease_secs: u64,
+    /// Directory sink (default: `audit-archive` in the data directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Prefix of every object key (empty, or ending with `/`).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+fn d_hot_days() -> u32 {
+    30
+}
+fn d_archive_interval() -> u64 {
+    300
+}
+fn d_archive_lease() -> u64 {
+    60
+}
+fn d_segment_events() -> usize {
+    50_000
+}
+fn d_segment_bytes() -> usize {
+    32 << 20
+}
+
+impl AuditArchiveConfig {
+    /// Every bound above zero, a prefix that names a folder.
+    fn validate(&self) -> Result<(), String> {
+        if self.segment_max_events == 0
+            || self.segment_max_bytes == 0
+            || self.interval_secs == 0
+            || self.lease_secs == 0
+        {
+            return Err(
+                "audit.archive: segment_max_events, segment_max_bytes, interval_secs and lease_secs must be greater than zero"
+                    .into(),
+            );
+        }
+        let plain = self
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        if !self.prefix.is_empty()
+            && (!plain
+                || !self.prefix.ends_with('/')
+                || self.prefix.starts_with('/')
+                || self.prefix.contains(".."))
+        {
+            return Err(format!(
+                "audit.archive.prefix {:?} must be empty or a relative folder ending with '/' (A-Z a-z 0-9 . _ - /)",
+                self.prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for AuditArchiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            hot_days: d_hot_days(),
+            interval_secs: d_archive_interval(),
+            segment_max_events: d_segment_events(),
+            segment_max_bytes: d_segment_bytes(),
+            lease_secs: d_archive_lease(),
+            dir: None,
+            prefix: String::new(),
+        }
+    }
 }
 
 fn d_queue() -> usize {
@@ -407,6 +506,7 @@ impl Default for AuditConfig {
             batch_max: d_batch_events(),
             checkpoint_interval_secs: d_checkpoint(),
             checkpoint_file: None,
+            archive: AuditArchiveConfig::default(),
         }
     }
 }
@@ -579,6 +679,15 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("audit-checkpoints"))
     }
 
+    /// The directory archive sink (default: `audit-archive` in the data dir).
+    pub fn archive_dir(&self) -> PathBuf {
+        self.audit
+            .archive
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-archive"))
+    }
+
     /// Names of the configured backend instances.
     pub fn backend_names(&self) -> BTreeSet<String> {
         self.backends.keys().cloned().collect()
@@ -612,6 +721,10 @@ impl Config {
             }
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.audit
+            .archive
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         if self.idempotency.window_secs == 0 {
             return Err(ConfigError::Invalid(
                 "idempotency.window_secs must be greater than zero".into(),

@@ -298,8 +298,9 @@ pub(crate) enum KeysCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Re-check every audit chain, and hold each against its latest checkpoint; exits 2
-    /// naming the first broken event, a chain cut short or a missing chain.
+    /// Re-check every audit chain across its archived segments and hot rows, and hold each
+    /// against its latest checkpoint; exits 2 naming the first broken event or segment, a
+    /// chain cut short or a missing chain.
     Verify {
         #[command(flatten)]
         config: ConfigArgs,
@@ -307,6 +308,15 @@ pub(crate) enum AuditCommand {
         /// Default: this configuration's own file, when it exists.
         #[arg(long, value_name = "PATH", num_args = 1..)]
         checkpoints: Vec<PathBuf>,
+    },
+    /// Archive every chain's events older than `--older-than` (default: `[audit.archive]
+    /// hot_days`) to the archive sink, then delete them from the hot table: one pass.
+    Archive {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Keep events younger than this in the hot table (e.g. `30d`, `12h`, `0s`).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<humantime::Duration>,
     },
     /// Print the `credential` value the audit log records for a token (an HMAC of its id
     /// under this deployment's audit key), to find the events a token made. Give the token
@@ -347,7 +357,9 @@ impl Command {
             }
             | Command::Audit {
                 command:
-                    AuditCommand::Verify { config, .. } | AuditCommand::CredentialId { config, .. },
+                    AuditCommand::Verify { config, .. }
+                    | AuditCommand::Archive { config, .. }
+                    | AuditCommand::CredentialId { config, .. },
             }
             | Command::Hsm {
                 command: HsmCommand::InitKey { config, .. },

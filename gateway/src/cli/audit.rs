@@ -1,9 +1,13 @@
-//! `shardgate audit verify`: re-check every chain, and hold each against its checkpoints.
+//! `shardgate audit verify` (every chain across its archived segments and hot rows, held
+//! against its checkpoints) and `shardgate audit archive` (one archiver pass).
 
 use super::args::*;
 use crate::app::config::Config;
+use crate::domain::audit::archive::{Archive, DirSink};
+use crate::service::audit_archive::{run_pass, ArchivePass};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// `audit verify`: every chain, held against the latest checkpoints of `files` (default:
 /// this configuration's checkpoint file when it exists).
@@ -26,12 +30,19 @@ pub(crate) async fn audit_verify(
     };
     let store = crate::app::state::open_store(&cfg, 2).await?;
     crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
-    match crate::domain::audit::verify_with(store.as_ref(), &key, &latest).await {
+    let sink = DirSink::new(cfg.archive_dir());
+    let archive = Archive {
+        sink: &sink,
+        prefix: &cfg.audit.archive.prefix,
+    };
+    match crate::domain::audit::verify_tiers(store.as_ref(), Some(archive), &key, &latest).await {
         Ok(r) => {
             println!(
-                "audit ok: {} chain(s), {} event(s) verified, {} checkpointed chain(s) from {} file(s)",
+                "audit ok: {} chain(s), {} event(s) verified ({} from {} archived segment(s)), {} checkpointed chain(s) from {} file(s)",
                 r.chains,
                 r.events,
+                r.archived_events,
+                r.segments,
                 r.checkpoints,
                 files.len()
             );
@@ -43,4 +54,55 @@ pub(crate) async fn audit_verify(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `audit archive`: one pass of the archiver over every chain, keeping events younger than
+/// `older_than` (default `[audit.archive] hot_days`) hot.
+pub(crate) async fn audit_archive(
+    config: &ConfigArgs,
+    older_than: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&config.sources(None))?;
+    let key = crate::app::state::audit_key(&cfg)?;
+    let store = crate::app::state::open_store(&cfg, 2).await?;
+    crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
+    let a = &cfg.audit.archive;
+    let keep = older_than.unwrap_or(Duration::from_secs(u64::from(a.hot_days) * 86_400));
+    let pass = ArchivePass {
+        cutoff_ms: crate::now_ms()
+            .saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)),
+        max_events: a.segment_max_events,
+        max_bytes: a.segment_max_bytes,
+        holder: format!(
+            "cli:{}:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into()),
+            std::process::id()
+        ),
+        lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+    };
+    let sink = DirSink::new(cfg.archive_dir());
+    let archive = Archive {
+        sink: &sink,
+        prefix: &a.prefix,
+    };
+    let progress = |s: &shardgate_store::AuditSegment| {
+        eprintln!(
+            "archived {}:{}..{} ({} events) -> {}",
+            s.chain_id,
+            s.first_seq,
+            s.last_seq,
+            s.count(),
+            s.manifest_key
+        );
+    };
+    let r = run_pass(store.as_ref(), archive, &key, &pass, &progress).await?;
+    println!(
+        "audit archive: {} segment(s) recorded ({} adopted from a stopped pass), {} event(s) moved out of the hot table, {} byte(s) written to {}",
+        r.segments,
+        r.adopted,
+        r.events,
+        r.bytes,
+        archive.sink.describe()
+    );
+    Ok(ExitCode::SUCCESS)
 }

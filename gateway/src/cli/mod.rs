@@ -132,5 +132,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     checkpoints,
                 },
         } => audit_verify(&config, checkpoints).await,
+        Command::Audit {
+            command: AuditCommand::Archive { config, older_than },
+        } => audit_archive(&config, older_than.map(Into::into)).await,
     }
 }

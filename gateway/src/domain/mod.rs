@@ -6,6 +6,7 @@ pub mod auth;
 pub mod breaker;
 pub mod envelope;
 pub mod error;
+pub mod failpoint;
 pub mod files;
 pub mod hygiene;
 pub mod ids;

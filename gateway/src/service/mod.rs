@@ -2,6 +2,7 @@
 //! backends. Handlers in [`crate::http`] call these; nothing here names HTTP.
 
 pub mod accounts;
+pub mod audit_archive;
 pub mod delete;
 pub mod integrity;
 pub mod keys_admin;

@@ -30,6 +30,21 @@ impl Db {
         }
     }
 
+    /// Run a statement that may be refused: the database's message when it is.
+    pub(crate) async fn try_exec(&self, sql: &str) -> Result<u64, String> {
+        match self {
+            Db::Pg(p) => sqlx::raw_sql(sql)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::Lite(p) => sqlx::raw_sql(sql)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .map_err(|e| e.to_string())
+    }
+
     pub(crate) async fn count(&self, sql: &str) -> i64 {
         match self {
             Db::Pg(p) => sqlx::query_scalar::<_, i64>(sql)

@@ -185,7 +185,13 @@ pub(super) async fn audit_head(
     chain_id: &str,
 ) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
     let row = sqlx::query(
-        "SELECT seq, tag FROM audit_events WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, tag FROM (\
+           SELECT seq, tag FROM (SELECT seq, tag FROM audit_events WHERE chain_id = $1 \
+                                 ORDER BY seq DESC LIMIT 1) hot \
+           UNION ALL \
+           SELECT seq, tag FROM (SELECT last_seq AS seq, last_tag AS tag FROM audit_segments \
+                                 WHERE chain_id = $1 ORDER BY first_seq DESC LIMIT 1) archived\
+         ) heads ORDER BY seq DESC LIMIT 1",
     )
     .bind(chain_id)
     .fetch_optional(&store.pool)
@@ -203,6 +209,7 @@ pub(super) async fn audit_chains(store: &PgStore) -> Result<Vec<String>, StoreEr
     sqlx::query_scalar::<_, String>(
         "SELECT chain_id FROM audit_chains \
          UNION SELECT DISTINCT chain_id FROM audit_events \
+         UNION SELECT DISTINCT chain_id FROM audit_segments \
          ORDER BY 1",
     )
     .fetch_all(&store.pool)

@@ -22,11 +22,11 @@ use sqlx::{Connection, Postgres, Transaction};
 
 use crate::held_conns::HeldConns;
 use crate::{
-    AccountRecord, AccountStats, AuditForCount, AuditRecord, BackupError, ClaimedItem,
-    CommitResult, DeleteOutcome, GroupedWrite, IdempotencyForCount, IdempotencyForOutcome,
-    IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemKey, KeepVersions, LateSeal,
-    MigrationFailure, MigrationJob, MigrationSelector, Prune, ShardSummary, ShardVersionRow, Store,
-    StoreError, TokenRecord, TokenRevocation, Transition,
+    AccountRecord, AccountStats, AuditForCount, AuditRecord, AuditSegment, BackupError,
+    ClaimedItem, CommitResult, DeleteOutcome, GroupedWrite, IdempotencyForCount,
+    IdempotencyForOutcome, IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemKey,
+    KeepVersions, LateSeal, MigrationFailure, MigrationJob, MigrationSelector, Prune, ShardSummary,
+    ShardVersionRow, Store, StoreError, TokenRecord, TokenRevocation, Transition,
 };
 use crate::{
     KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion, Reservation,
@@ -35,6 +35,7 @@ use crate::{
 
 mod accounts;
 mod audit;
+mod audit_archive;
 mod idempotency;
 mod keys;
 mod migration;
@@ -489,6 +490,28 @@ impl Store for PgStore {
 
     async fn audit_chains(&self) -> Result<Vec<String>, StoreError> {
         audit::audit_chains(self).await
+    }
+
+    async fn audit_segments(&self, chain_id: &str) -> Result<Vec<AuditSegment>, StoreError> {
+        audit_archive::audit_segments(self, chain_id).await
+    }
+
+    async fn archive_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError> {
+        audit_archive::archive_audit_segment(self, segment).await
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        audit_archive::take_lease(self, name, holder, now_ms, ttl_ms).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        audit_archive::release_lease(self, name, holder).await
     }
 
     async fn audit_events(

@@ -67,7 +67,17 @@ pub(super) async fn check_schema(store: &PgStore) -> Result<crate::SchemaCheck, 
         .iter()
         .flat_map(|(t, ps)| ps.iter().map(move |p| (*t, *p)))
         .unzip();
-    let missing = privilege_rows(&store.pool, &tables, &privileges, false).await?;
+    let mut missing = privilege_rows(&store.pool, &tables, &privileges, false).await?;
+    for f in crate::RUNTIME_FUNCTIONS {
+        let may: bool = sqlx::query_scalar("SELECT has_function_privilege($1, 'EXECUTE')")
+            .bind(f)
+            .fetch_one(&store.pool)
+            .await
+            .map_err(map_err)?;
+        if !may {
+            missing.push(format!("EXECUTE on {f}"));
+        }
+    }
     if !missing.is_empty() {
         let role: String = sqlx::query_scalar("SELECT current_user::text")
             .fetch_one(&store.pool)

@@ -161,7 +161,8 @@ pub fn tag(key: &AuditKey, r: &AuditRecord) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-pub(super) fn tag_matches(key: &AuditKey, r: &AuditRecord) -> bool {
+/// Whether the event's tag is the HMAC of its canonical encoding (constant time).
+pub fn tag_matches(key: &AuditKey, r: &AuditRecord) -> bool {
     let mut mac = key.mac();
     mac.update(&canonical(r));
     mac.verify_slice(&r.tag).is_ok()

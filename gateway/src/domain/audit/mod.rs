@@ -9,6 +9,7 @@
 //! refusals can neither fill the reads' queue nor hold their events back for long.
 //! The chain head is logged as a checkpoint every `checkpoint_interval_secs`.
 
+pub mod archive;
 mod chain;
 pub mod checkpoints;
 mod event;
@@ -16,10 +17,11 @@ mod verify;
 mod writer;
 
 pub use chain::{
-    canonical, keyed_digest, tag, AuditKey, AuditKeyError, Broken, AUDIT_MAGIC, AUDIT_MAGIC_V2,
+    canonical, keyed_digest, tag, tag_matches, AuditKey, AuditKeyError, Broken, AUDIT_MAGIC,
+    AUDIT_MAGIC_V2,
 };
 pub use event::{Event, Origin};
-pub use verify::{verify, verify_with, VerifyError, VerifyReport};
+pub use verify::{verify, verify_tiers, verify_with, VerifyError, VerifyReport};
 pub use writer::{Auditor, ChainGuard, ChainSeal, PruneEvents, CHAIN_WAIT};
 
 #[cfg(test)]

@@ -1,19 +1,25 @@
-//! Re-checking every chain in the store, and holding each against its checkpoints
-//! (`shardgate audit verify`).
+//! Re-checking every chain across its tiers (archived segments, then hot rows), and holding
+//! each against its checkpoints (`shardgate audit verify`).
 
+use super::archive::{archived_chains, walk_chain, Archive, ArchivedHead, WalkError};
 use super::chain::*;
-use shardgate_store::{Store, StoreError};
-use std::collections::BTreeMap;
+use super::checkpoints::Checkpoint;
+use shardgate_store::{AuditRecord, Store, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Verification result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Chains checked.
     pub chains: usize,
-    /// Events checked.
+    /// Events checked (archived and hot).
     pub events: u64,
     /// Checkpoints the chains were held against.
     pub checkpoints: usize,
+    /// Of `events`, those read from archived segments.
+    pub archived_events: u64,
+    /// Archived segments read.
+    pub segments: usize,
 }
 
 /// Verify errors.
@@ -25,6 +31,18 @@ pub enum VerifyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The archive sink failed.
+    #[error(transparent)]
+    Sink(#[from] super::archive::SinkError),
+}
+
+impl From<WalkError> for VerifyError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Broken(b) => Self::Broken(b),
+            WalkError::Sink(s) => Self::Sink(s),
+        }
+    }
 }
 
 /// Re-check every chain: consecutive seqs from 1, each `prev_tag` equal to the previous
@@ -39,70 +57,132 @@ pub async fn verify(store: &dyn Store, key: &AuditKey) -> Result<VerifyReport, V
 pub async fn verify_with(
     store: &dyn Store,
     key: &AuditKey,
-    checkpoints: &BTreeMap<String, crate::domain::audit::checkpoints::Checkpoint>,
+    checkpoints: &BTreeMap<String, Checkpoint>,
+) -> Result<VerifyReport, VerifyError> {
+    verify_tiers(store, None, key, checkpoints).await
+}
+
+/// [`verify_with`] across tiers: each chain's archived segments in `archive` (read from the
+/// sink, checked byte for byte and against the segments the database recorded), then its
+/// hot rows, as one chain. Chains found only in the archive are verified too.
+pub async fn verify_tiers(
+    store: &dyn Store,
+    archive: Option<Archive<'_>>,
+    key: &AuditKey,
+    checkpoints: &BTreeMap<String, Checkpoint>,
 ) -> Result<VerifyReport, VerifyError> {
     let mut report = VerifyReport {
         chains: 0,
         events: 0,
         checkpoints: checkpoints.len(),
+        archived_events: 0,
+        segments: 0,
     };
+    let mut chains: BTreeSet<String> = store.audit_chains().await?.into_iter().collect();
+    if let Some(a) = archive {
+        chains.extend(archived_chains(a).await?);
+    }
     let mut heads = BTreeMap::new();
-    for chain in store.audit_chains().await? {
+    for chain in chains {
         report.chains += 1;
         let checkpoint = checkpoints.get(&chain);
-        let mut expect_seq = 1i64;
-        let mut prev = vec![0u8; 32];
-        // Start below every possible seq, so forged rows at seq <= 0 are read and reported.
-        let mut after = i64::MIN;
-        loop {
-            let page = store.audit_events(&chain, after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for r in page {
-                let broken = |seq: i64, reason: String| Broken {
-                    chain_id: chain.clone(),
-                    seq,
-                    reason,
-                };
-                if r.seq < expect_seq {
-                    return Err(broken(
-                        r.seq,
-                        "event outside the chain's sequence (forged)".into(),
-                    )
-                    .into());
-                }
-                if r.seq != expect_seq {
-                    return Err(broken(
-                        expect_seq,
-                        format!("event missing (next stored event is seq {})", r.seq),
-                    )
-                    .into());
-                }
-                if r.prev_tag != prev {
-                    return Err(broken(
-                        r.seq,
-                        "does not follow the previous event (deleted, inserted or reordered)"
-                            .into(),
-                    )
-                    .into());
-                }
-                if !tag_matches(key, &r) {
-                    return Err(broken(r.seq, "tag mismatch (edited or forged)".into()).into());
-                }
-                if checkpoint.is_some_and(|c| c.seq == r.seq && c.tag != r.tag) {
-                    return Err(broken(
-                        r.seq,
-                        "differs from the checkpointed event at this seq (chain rewritten)".into(),
-                    )
-                    .into());
-                }
-                prev = r.tag.clone();
-                expect_seq += 1;
-                report.events += 1;
+        let recorded = store.audit_segments(&chain).await?;
+        let start = match archive {
+            Some(a) => {
+                let mut visit = |r: &AuditRecord| against_checkpoint(checkpoint, r);
+                walk_chain(a, key, &chain, &recorded, &mut visit).await?
             }
-        }
-        heads.insert(chain, expect_seq - 1);
+            None if recorded.is_empty() => ArchivedHead::start(),
+            None => {
+                return Err(Broken {
+                    chain_id: chain.clone(),
+                    seq: 1,
+                    reason: "chain has archived segments: verify it with its archive".into(),
+                }
+                .into())
+            }
+        };
+        report.archived_events += start.events;
+        report.segments += start.segments;
+        let recorded_end = recorded.last().map_or(0, |s| s.last_seq);
+        let (next_seq, hot) =
+            verify_hot(store, key, &chain, (&start, recorded_end), checkpoint).await?;
+        report.events += start.events + hot;
+        heads.insert(chain, next_seq - 1);
     }
     crate::domain::audit::checkpoints::check_heads(&heads, checkpoints)?;
     Ok(report)
+}
+
+/// An event at a checkpointed seq must carry the checkpoint's tag.
+fn against_checkpoint(checkpoint: Option<&Checkpoint>, r: &AuditRecord) -> Result<(), Broken> {
+    if checkpoint.is_some_and(|c| c.seq == r.seq && c.tag != r.tag) {
+        return Err(Broken {
+            chain_id: r.chain_id.clone(),
+            seq: r.seq,
+            reason: "differs from the checkpointed event at this seq (chain rewritten)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Check a chain's hot rows from where its archive ends (`start`): the next seq after the
+/// last hot event, and the number of hot events. Hot rows the archive also holds but the
+/// database has not recorded as archived (`> recorded_end`: an archiver stopped between
+/// its upload and its record) are accepted when their tags are valid: the archiver
+/// records that segment, and deletes them, on its next pass.
+async fn verify_hot(
+    store: &dyn Store,
+    key: &AuditKey,
+    chain: &str,
+    (start, recorded_end): (&ArchivedHead, i64),
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(i64, u64), VerifyError> {
+    let mut expect_seq = start.next_seq;
+    let mut prev = start.prev_tag.clone();
+    let mut events = 0u64;
+    // Start below every possible seq, so forged rows at seq <= 0 (or rows an archived
+    // segment covers) are read and reported.
+    let mut after = i64::MIN;
+    loop {
+        let page = store.audit_events(chain, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in page {
+            let broken = |seq: i64, reason: &str| Broken {
+                chain_id: chain.to_string(),
+                seq,
+                reason: reason.to_string(),
+            };
+            if r.seq < expect_seq && r.seq > recorded_end && tag_matches(key, &r) {
+                continue; // archived, not yet recorded: checked in the archive
+            }
+            if r.seq < expect_seq {
+                return Err(broken(
+                    r.seq,
+                    "event outside the chain's sequence (forged, or archived and still here)",
+                )
+                .into());
+            }
+            if r.seq != expect_seq {
+                let why = format!("event missing (next stored event is seq {})", r.seq);
+                return Err(broken(expect_seq, &why).into());
+            }
+            if r.prev_tag != prev {
+                return Err(broken(
+                    r.seq,
+                    "does not follow the previous event (deleted, inserted or reordered)",
+                )
+                .into());
+            }
+            if !tag_matches(key, &r) {
+                return Err(broken(r.seq, "tag mismatch (edited or forged)").into());
+            }
+            against_checkpoint(checkpoint, &r)?;
+            prev = r.tag.clone();
+            expect_seq += 1;
+            events += 1;
+        }
+    }
+    Ok((expect_seq, events))
 }

@@ -1,0 +1,323 @@
+//! Archiving audit events (docs/audit-archive.md): one pass moves every chain's events older
+//! than a cutoff into segments in the archive sink, and only then out of the hot table.
+//!
+//! Per segment: put the object (if absent), put the manifest (if absent), read both back
+//! and check them ourselves (hash, HMACs, the very events the database holds), record the
+//! segment and delete its rows in one transaction (`Store::archive_audit_segment`, which
+//! refuses rows the segment does not cover exactly). Keys are deterministic and a segment
+//! already in the sink at the next position is adopted, so a pass killed at any point and
+//! run again loses nothing and duplicates nothing. One archiver runs at a time: each pass
+//! and each segment renews a lease in the database.
+
+use crate::domain::audit::archive::segment::{self, segment_keys, Manifest};
+use crate::domain::audit::archive::{Archive, Put, SegmentError, SinkError};
+use crate::domain::audit::{tag_matches, AuditKey};
+use crate::domain::failpoint::failpoint;
+use shardgate_store::{AuditRecord, AuditSegment, Store, StoreError};
+
+/// Name of the archiver's lease.
+pub const LEASE: &str = "audit-archiver";
+
+/// How a pass cuts segments, and whose lease it holds.
+#[derive(Debug, Clone)]
+pub struct ArchivePass {
+    /// Events at or after this time (unix milliseconds) stay hot; so does everything after
+    /// the first of them in its chain.
+    pub cutoff_ms: i64,
+    /// Most events per segment.
+    pub max_events: usize,
+    /// Most payload bytes per segment (at least one event each).
+    pub max_bytes: usize,
+    /// This archiver's lease holder id.
+    pub holder: String,
+    /// How long the lease lasts without renewal.
+    pub lease_ms: i64,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveReport {
+    /// Segments recorded.
+    pub segments: u64,
+    /// Events archived and deleted from the hot table.
+    pub events: u64,
+    /// Object bytes written (compressed segments and manifests).
+    pub bytes: u64,
+    /// Segments found already in the sink (a stopped pass's) and recorded.
+    pub adopted: u64,
+}
+
+/// Why a pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// Another archiver holds the lease.
+    #[error("another archiver holds the lease {LEASE:?}")]
+    LeaseHeld,
+    /// The store failed or refused the segment (nothing of that segment was deleted).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The sink failed (nothing of that segment was deleted).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// What the sink or the chain holds is not what it must (nothing was deleted).
+    #[error("audit chain {chain_id} at seq {seq}: {why}")]
+    Refused {
+        /// Chain.
+        chain_id: String,
+        /// Where.
+        seq: i64,
+        /// What.
+        why: String,
+    },
+}
+
+fn refused(chain_id: &str, seq: i64, why: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::Refused {
+        chain_id: chain_id.to_string(),
+        seq,
+        why: why.to_string(),
+    }
+}
+
+/// Run one pass over every chain; `progress` hears of each segment recorded.
+pub async fn run_pass(
+    store: &dyn Store,
+    archive: Archive<'_>,
+    key: &AuditKey,
+    pass: &ArchivePass,
+    progress: &(dyn Fn(&AuditSegment) + Sync),
+) -> Result<ArchiveReport, ArchiveError> {
+    renew(store, pass).await?;
+    let mut report = ArchiveReport::default();
+    let result = all_chains(store, archive, key, pass, progress, &mut report).await;
+    // The next archiver need not wait for the lease to run out.
+    if let Err(e) = store.release_lease(LEASE, &pass.holder).await {
+        tracing::warn!(error = %e, "could not release the audit archiver's lease");
+    }
+    result.map(|()| report)
+}
+
+async fn all_chains(
+    store: &dyn Store,
+    archive: Archive<'_>,
+    key: &AuditKey,
+    pass: &ArchivePass,
+    progress: &(dyn Fn(&AuditSegment) + Sync),
+    report: &mut ArchiveReport,
+) -> Result<(), ArchiveError> {
+    for chain in store.audit_chains().await? {
+        loop {
+            renew(store, pass).await?;
+            let Some(seg) = next_segment(store, archive, key, pass, &chain, report).await? else {
+                break;
+            };
+            progress(&seg);
+        }
+    }
+    Ok(())
+}
+
+async fn renew(store: &dyn Store, pass: &ArchivePass) -> Result<(), ArchiveError> {
+    let now = crate::now_ms();
+    if store
+        .take_lease(LEASE, &pass.holder, now, pass.lease_ms)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ArchiveError::LeaseHeld)
+    }
+}
+
+/// Archive the chain's next segment, if it has events old enough: the segment recorded.
+async fn next_segment(
+    store: &dyn Store,
+    archive: Archive<'_>,
+    key: &AuditKey,
+    pass: &ArchivePass,
+    chain: &str,
+    report: &mut ArchiveReport,
+) -> Result<Option<AuditSegment>, ArchiveError> {
+    let recorded = store.audit_segments(chain).await?;
+    let (first, prev_tag, prev_manifest) = match recorded.last() {
+        Some(s) => (
+            s.last_seq + 1,
+            s.last_tag.clone(),
+            s.manifest_sha256.clone(),
+        ),
+        None => (1, segment::ZERO_HASH.to_vec(), segment::ZERO_HASH.to_vec()),
+    };
+    let sealed = match adoptable(archive, key, chain, first).await? {
+        Some(sealed) => {
+            report.adopted += 1;
+            sealed
+        }
+        None => {
+            let records = old_events(store, key, pass, chain, first, &prev_tag).await?;
+            if records.is_empty() {
+                return Ok(None);
+            }
+            let (sealed, written) = upload(archive, key, &records, &prev_manifest).await?;
+            report.bytes += written;
+            sealed
+        }
+    };
+    let (m, manifest_key, manifest_sha) = sealed;
+    if m.prev_manifest_sha256 != hex::encode(&prev_manifest) || m.prev_tag != hex::encode(&prev_tag)
+    {
+        return Err(refused(
+            chain,
+            first,
+            format!("{manifest_key} does not follow the chain's recorded segments"),
+        ));
+    }
+    let row = m
+        .row(&manifest_key, &manifest_sha, crate::now_ms())
+        .map_err(|e| refused(chain, first, e))?;
+    let gone = store.archive_audit_segment(&row).await?;
+    failpoint("archive_after_record");
+    report.segments += 1;
+    report.events += gone;
+    metrics::counter!("shardgate_audit_archived_segments_total").increment(1);
+    metrics::counter!("shardgate_audit_archived_events_total").increment(gone);
+    tracing::info!(chain_id = %chain, first_seq = row.first_seq, last_seq = row.last_seq, events = gone, key = %manifest_key, "audit segment archived");
+    Ok(Some(row))
+}
+
+/// A manifest, where it is stored, and its SHA-256.
+type Sealed = (Manifest, String, Vec<u8>);
+
+/// A segment at `first` already in the sink (a stopped pass wrote it but did not record
+/// it), read back and checked: it is recorded as it is.
+async fn adoptable(
+    archive: Archive<'_>,
+    key: &AuditKey,
+    chain: &str,
+    first: i64,
+) -> Result<Option<Sealed>, ArchiveError> {
+    let at = format!(
+        "{}{first:020}-",
+        segment::chain_prefix(archive.prefix, chain)
+    );
+    let manifests: Vec<String> = archive
+        .sink
+        .list(&at)
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with(".manifest"))
+        .collect();
+    let Some(mkey) = manifests.first() else {
+        return Ok(None);
+    };
+    if manifests.len() > 1 {
+        return Err(refused(
+            chain,
+            first,
+            format!(
+                "more than one archived segment starts here ({})",
+                manifests.join(", ")
+            ),
+        ));
+    }
+    let sealed = read_back(archive, key, mkey)
+        .await
+        .map_err(|e| refused(chain, first, e))?;
+    Ok(Some(sealed))
+}
+
+/// Read a manifest and its object back from the sink and check them (HMACs, hash, events).
+async fn read_back(archive: Archive<'_>, key: &AuditKey, mkey: &str) -> Result<Sealed, String> {
+    let bytes = archive
+        .sink
+        .get(mkey)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{mkey} is not in the sink after it was written"))?;
+    let m = Manifest::open(&bytes, key).map_err(|e| format!("{mkey}: {e}"))?;
+    let object = archive
+        .sink
+        .get(&m.object_key)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} is not in the sink", m.object_key))?;
+    segment::open_object(&object, &m, key)
+        .map_err(|e: SegmentError| format!("{}: {e}", m.object_key))?;
+    failpoint("archive_after_read_back");
+    Ok((m, mkey.to_string(), segment::sha256(&bytes)))
+}
+
+/// The chain's hot events from `first` on that go in its next segment: consecutive, each
+/// older than the cutoff, within the segment's bounds, each checked (link and tag) so that
+/// only a sound chain is archived.
+async fn old_events(
+    store: &dyn Store,
+    key: &AuditKey,
+    pass: &ArchivePass,
+    chain: &str,
+    first: i64,
+    prev_tag: &[u8],
+) -> Result<Vec<AuditRecord>, ArchiveError> {
+    let limit = i64::try_from(pass.max_events).unwrap_or(i64::MAX);
+    let page = store.audit_events(chain, first - 1, limit).await?;
+    let mut out: Vec<AuditRecord> = Vec::new();
+    let mut bytes = 0usize;
+    for r in page {
+        if r.ts_ms >= pass.cutoff_ms {
+            break;
+        }
+        let size = segment::payload_len(&r);
+        if !out.is_empty() && bytes + size > pass.max_bytes {
+            break;
+        }
+        let (want_seq, want_prev) = match out.last() {
+            Some(p) => (p.seq + 1, p.tag.as_slice()),
+            None => (first, prev_tag),
+        };
+        if r.seq != want_seq || r.prev_tag != want_prev || !tag_matches(key, &r) {
+            return Err(refused(chain, want_seq, "the hot chain is broken here (run `shardgate audit verify`); nothing is archived past it"));
+        }
+        bytes += size;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Put a new segment's object, then its manifest, each only if absent, and read both back:
+/// the segment as stored, and the bytes written.
+async fn upload(
+    archive: Archive<'_>,
+    key: &AuditKey,
+    records: &[AuditRecord],
+    prev_manifest: &[u8],
+) -> Result<(Sealed, u64), ArchiveError> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Err(refused("", 0, "empty segment"));
+    };
+    let (object_key, manifest_key) =
+        segment_keys(archive.prefix, &first.chain_id, first.seq, last.seq);
+    let fail = |e: SegmentError| refused(&first.chain_id, first.seq, e);
+    let object = segment::encode_object(records).map_err(fail)?;
+    let mut written = 0u64;
+    if archive.sink.put_if_absent(&object_key, &object).await? == Put::Created {
+        written += object.len() as u64;
+    }
+    failpoint("archive_after_object");
+    // An object already there (a stopped pass's, same events) is what the manifest names.
+    let stored = archive.sink.get(&object_key).await?.ok_or_else(|| {
+        refused(
+            &first.chain_id,
+            first.seq,
+            format!("{object_key} is not in the sink after it was written"),
+        )
+    })?;
+    let m = segment::manifest_for(records, &object_key, &stored, prev_manifest).map_err(fail)?;
+    let sealed = m.seal(key);
+    if archive.sink.put_if_absent(&manifest_key, &sealed).await? == Put::Created {
+        written += sealed.len() as u64;
+    }
+    failpoint("archive_after_manifest");
+    let back = read_back(archive, key, &manifest_key)
+        .await
+        .map_err(|e| refused(&first.chain_id, first.seq, e))?;
+    Ok((back, written))
+}

@@ -1,0 +1,484 @@
+//! The audit archive on both stores with the directory sink (the embedded default), through
+//! the real binary: `shardgate audit archive` moves old events into segments and out of the
+//! hot table, `shardgate audit verify` reads each chain across its archived segments and hot
+//! rows as one chain and names any tampering (a changed byte, an edited manifest, a missing,
+//! moved or replaced segment), a pass SIGKILLed at every step and run again loses and
+//! duplicates nothing, the database refuses to let an audit row go without a segment
+//! covering it (SQLite trigger, PostgreSQL SECURITY DEFINER function), and a second
+//! archiver waits for the first one's lease.
+//!
+//! Events are made by an in-process gateway on the same store and config.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[macro_use]
+mod common;
+
+use common::cli::{describe, run_to_end, shardgate_command, CliRun};
+use common::db::Db;
+use common::{StoreKind, Tokens};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Events per segment in these tests.
+const SEGMENT: i64 = 4;
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    app: axum::Router,
+    tokens: Tokens,
+    db: Db,
+    logs: PathBuf,
+    runs: std::sync::Mutex<u32>,
+}
+
+async fn setup(kind: StoreKind, test: &str) -> Option<Env> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(kind, dir.path()).await?;
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    cfg.audit.archive.segment_max_events = SEGMENT as usize;
+    cfg.audit.archive.lease_secs = 1;
+    let config = dir.path().join("shardgate.toml");
+    common::write_config(&cfg, &config);
+    let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
+    Some(Env {
+        config,
+        app: shardgate::router(state),
+        tokens,
+        db: Db::connect(&url).await,
+        logs: common::log_dir(&format!("audit_archive-{test}-{kind:?}")),
+        runs: std::sync::Mutex::new(0),
+        dir,
+    })
+}
+
+impl Env {
+    /// `shardgate <args> --config F` to its end; outputs kept in the log dir.
+    fn cli(&self, args: &[&str]) -> CliRun {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", self.config.to_str().unwrap()]);
+        let run = tokio::task::block_in_place(|| {
+            run_to_end(shardgate_command(&all), CLI_TIMEOUT, &describe(&all))
+        });
+        self.keep(args, &run.stdout, &run.stderr);
+        run
+    }
+
+    fn keep(&self, args: &[&str], stdout: &str, stderr: &str) {
+        let n = {
+            let mut runs = self.runs.lock().unwrap();
+            *runs += 1;
+            *runs
+        };
+        let name = format!(
+            "{n:03}-{}",
+            args.iter().take(2).copied().collect::<Vec<_>>().join("-")
+        );
+        std::fs::write(self.logs.join(format!("{name}.stdout.log")), stdout).unwrap();
+        std::fs::write(self.logs.join(format!("{name}.stderr.log")), stderr).unwrap();
+    }
+
+    /// `audit archive --older-than 0s`, which must succeed: its summary line.
+    fn archive_all(&self) -> String {
+        // Events of this millisecond are not older than the cutoff yet.
+        std::thread::sleep(Duration::from_millis(5));
+        let run = self.cli(&["audit", "archive", "--older-than", "0s"]);
+        assert!(run.ok(), "archive failed:\n{}\n{}", run.stdout, run.stderr);
+        run.stdout
+    }
+
+    /// `audit verify`: exit code and stdout.
+    fn verify(&self) -> (Option<i32>, String) {
+        let run = self.cli(&["audit", "verify"]);
+        (run.code(), format!("{}{}", run.stdout, run.stderr))
+    }
+
+    fn assert_verifies(&self) -> String {
+        let (code, out) = self.verify();
+        assert_eq!(code, Some(0), "{out}");
+        out
+    }
+
+    fn assert_broken(&self, what: &str, needle: &str) {
+        let (code, out) = self.verify();
+        assert_eq!(code, Some(2), "{what}: {out}");
+        assert!(
+            out.contains("AUDIT BROKEN") && out.contains(needle),
+            "{what}: want {needle:?} in {out}"
+        );
+    }
+
+    /// Requests that each write one audit event: an account, then `n` shards written and
+    /// read back.
+    async fn traffic(&self, tag: &str, n: usize) {
+        let t = &self.tokens.admin;
+        let (s, v) = common::call(
+            &self.app,
+            t,
+            "PUT",
+            "/v1/accounts/acct-arch",
+            Some(json!({"tier": "retail"})),
+        )
+        .await;
+        assert!(s.is_success(), "{s}: {v}");
+        for i in 0..n {
+            let path = format!("/v1/accounts/acct-arch/shards/{tag}-{i}");
+            let body = json!({"shard": "c2hhcmQ="});
+            let (s, v) = common::call(&self.app, t, "PUT", &path, Some(body)).await;
+            assert!(s.is_success(), "{s}: {v}");
+            let (s, v) = common::call(&self.app, t, "GET", &path, None).await;
+            assert!(s.is_success(), "{s}: {v}");
+        }
+    }
+
+    async fn hot(&self) -> i64 {
+        self.db.count("SELECT COUNT(*) FROM audit_events").await
+    }
+
+    async fn archived(&self) -> (i64, i64) {
+        (
+            self.db.count("SELECT COUNT(*) FROM audit_segments").await,
+            self.db
+                .count("SELECT CAST(COALESCE(SUM(event_count), 0) AS BIGINT) FROM audit_segments")
+                .await,
+        )
+    }
+
+    fn archive_dir(&self) -> PathBuf {
+        self.dir.path().join("audit-archive")
+    }
+
+    /// Every file of the archive directory, relative, sorted.
+    fn archive_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.archive_dir()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(
+                        p.strip_prefix(self.archive_dir())
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The segment files (`.sgseg`, `.manifest`) of the archive, in key order.
+    fn segment_files(&self, ext: &str) -> Vec<PathBuf> {
+        self.archive_files()
+            .into_iter()
+            .filter(|f| f.ends_with(ext))
+            .map(|f| self.archive_dir().join(f))
+            .collect()
+    }
+}
+
+fn writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+async fn archive_moves_old_events_out_and_verify_reads_one_chain_across_tiers(kind: StoreKind) {
+    let Some(env) = setup(kind, "tiers").await else {
+        return;
+    };
+    env.traffic("a", 6).await;
+    let first = env.hot().await;
+    assert!(first >= 13, "{first}");
+    let out = env.archive_all();
+    assert_eq!(env.hot().await, 0, "{out}");
+    let (segments, events) = env.archived().await;
+    assert_eq!(events, first);
+    assert_eq!(segments, (first + SEGMENT - 1) / SEGMENT);
+    assert!(
+        out.contains(&format!("{segments} segment(s) recorded")),
+        "{out}"
+    );
+    // Every object is a read-only file.
+    for f in env.archive_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(env.archive_dir().join(&f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o400, "{f}");
+    }
+    // The chain goes on in the hot table, and verifies as one across both tiers.
+    env.traffic("b", 2).await;
+    let hot = env.hot().await;
+    assert!(hot >= 5, "{hot}");
+    let out = env.assert_verifies();
+    assert!(
+        out.contains(&format!(
+            "{} event(s) verified ({first} from {segments} archived segment(s))",
+            first + hot
+        )),
+        "{out}"
+    );
+    // Nothing old enough: nothing archived, nothing changed.
+    let run = env.cli(&["audit", "archive", "--older-than", "1h"]);
+    assert!(
+        run.ok() && run.stdout.contains("0 segment(s) recorded"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(env.hot().await, hot);
+    // Archiving again continues the segment chain.
+    env.archive_all();
+    assert_eq!(env.hot().await, 0);
+    assert_eq!(env.archived().await.1, first + hot);
+    env.traffic("c", 1).await;
+    env.assert_verifies();
+}
+
+async fn tampering_with_the_archive_is_named(kind: StoreKind) {
+    let Some(env) = setup(kind, "tamper").await else {
+        return;
+    };
+    env.traffic("a", 6).await;
+    env.archive_all();
+    env.traffic("b", 1).await;
+    env.assert_verifies();
+    let objects = env.segment_files(".sgseg");
+    let manifests = env.segment_files(".manifest");
+    assert!(objects.len() >= 4 && manifests.len() == objects.len());
+    let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+
+    // One changed byte in a segment object.
+    let original = std::fs::read(&objects[1]).unwrap();
+    let mut changed = original.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    writable(&objects[1]);
+    std::fs::write(&objects[1], &changed).unwrap();
+    env.assert_broken(
+        "a changed segment byte",
+        &format!("{}: segment object does not match", name(&objects[1])),
+    );
+    std::fs::write(&objects[1], &original).unwrap();
+    env.assert_verifies();
+
+    // An edited manifest (a wider time range).
+    let original = std::fs::read_to_string(&manifests[1]).unwrap();
+    writable(&manifests[1]);
+    std::fs::write(
+        &manifests[1],
+        original.replacen("\"min_ts_ms\":", "\"min_ts_ms\":1", 1),
+    )
+    .unwrap();
+    env.assert_broken("an edited manifest", "HMAC mismatch");
+    std::fs::write(&manifests[1], &original).unwrap();
+    env.assert_verifies();
+
+    // A segment removed from the middle, then its files put back in another's place.
+    let hidden = env.dir.path().join("hidden");
+    std::fs::create_dir(&hidden).unwrap();
+    for p in [&objects[1], &manifests[1]] {
+        std::fs::rename(p, hidden.join(name(p))).unwrap();
+    }
+    env.assert_broken("a removed segment", "archived segments missing");
+    let other = manifests[2].with_file_name(format!(
+        "{}.moved.manifest",
+        name(&manifests[1]).trim_end_matches(".manifest")
+    ));
+    std::fs::rename(&manifests[2], &other).unwrap();
+    std::fs::copy(hidden.join(name(&manifests[1])), &manifests[2]).unwrap();
+    env.assert_broken("a reordered segment", "stored under another segment's key");
+    std::fs::remove_file(&manifests[2]).unwrap();
+    std::fs::rename(&other, &manifests[2]).unwrap();
+    for p in [&objects[1], &manifests[1]] {
+        std::fs::rename(hidden.join(name(p)), p).unwrap();
+    }
+    env.assert_verifies();
+
+    // The newest segment removed: the database recorded it.
+    let n = objects.len() - 1;
+    for p in [&objects[n], &manifests[n]] {
+        std::fs::rename(p, hidden.join(name(p))).unwrap();
+    }
+    env.assert_broken("the newest segment removed", "is missing from the sink");
+    for p in [&objects[n], &manifests[n]] {
+        std::fs::rename(hidden.join(name(p)), p).unwrap();
+    }
+    env.assert_verifies();
+}
+
+async fn the_database_lets_no_audit_row_go_without_a_segment_covering_it(kind: StoreKind) {
+    let Some(env) = setup(kind, "guard").await else {
+        return;
+    };
+    env.traffic("a", 3).await;
+    let before = env.hot().await;
+    // A plain delete is refused (SQLite: the trigger; PostgreSQL: this test's superuser
+    // could, so the runtime role's refusal is in db_privileges.rs; the function is tested).
+    if !env.db.is_pg() {
+        let err = env
+            .db
+            .try_exec("DELETE FROM audit_events WHERE seq = 1")
+            .await
+            .unwrap_err();
+        assert!(err.contains("not covered by an archived segment"), "{err}");
+    }
+    // A forged segment: rows 1..3 claimed with a digest that is not theirs.
+    let forged = if env.db.is_pg() {
+        "SELECT audit_archive_prune(chain_id, 1, 3, 0, 0, prev_tag, tag, sha256(tag), 'k', tag, 1, 'm', tag, prev_tag, 0) \
+         FROM audit_events WHERE seq = 1"
+            .to_string()
+    } else {
+        "INSERT INTO audit_segments SELECT chain_id, 1, 3, 3, 0, 0, prev_tag, tag, tag, 'k', tag, 1, 'm', tag, prev_tag, 0 \
+         FROM audit_events WHERE seq = 1; DELETE FROM audit_events WHERE seq <= 3"
+            .to_string()
+    };
+    let refused = env.db.try_exec(&forged).await;
+    if env.db.is_pg() {
+        let err = refused.unwrap_err();
+        assert!(err.contains("are not the ones the segment holds"), "{err}");
+        assert_eq!(env.hot().await, before);
+    } else {
+        // SQLite cannot tell a forged row from a real one: the archive catches it (verify).
+        refused.unwrap();
+        env.assert_broken("a forged segment row", "missing from the sink");
+    }
+    let err = env
+        .db
+        .try_exec("UPDATE audit_segments SET last_seq = 99")
+        .await;
+    if !env.db.is_pg() {
+        assert!(err.unwrap_err().contains("never changed"));
+    }
+}
+
+async fn a_second_archiver_waits_for_the_first_ones_lease(kind: StoreKind) {
+    let Some(env) = setup(kind, "lease").await else {
+        return;
+    };
+    env.traffic("a", 2).await;
+    let until = shardgate::now_ms() + 60_000;
+    env.db
+        .exec(&format!(
+            "INSERT INTO audit_archive_leases (name, holder, expires_ms) VALUES ('audit-archiver', 'elsewhere', {until})"
+        ))
+        .await;
+    let run = env.cli(&["audit", "archive", "--older-than", "0s"]);
+    assert!(!run.ok(), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("another archiver holds the lease"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.archived().await, (0, 0));
+    env.db
+        .exec("UPDATE audit_archive_leases SET expires_ms = 0")
+        .await;
+    env.archive_all();
+    assert_eq!(env.hot().await, 0);
+}
+
+/// Crash points of the archiver, in the order a segment passes them.
+const POINTS: [&str; 4] = [
+    "archive_after_object",
+    "archive_after_manifest",
+    "archive_after_read_back",
+    "archive_after_record",
+];
+
+/// Run `audit archive --older-than 0s` with the crash point `point:n`; SIGKILL it there.
+/// `false` when it finished without reaching the point.
+fn killed_at(env: &Env, point: &str, n: u32) -> bool {
+    let config = env.config.to_str().unwrap();
+    let args = ["audit", "archive", "--older-than", "0s", "--config", config];
+    let mut cmd = shardgate_command(&args);
+    cmd.env("SHARDGATE_TEST_FAILPOINT", format!("{point}:{n}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let hit = line.starts_with("FAILPOINT ");
+            let _ = tx.send(line);
+            if hit {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    let mut lines = Vec::new();
+    loop {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(20)) {
+            let hit = line.starts_with("FAILPOINT ");
+            lines.push(line);
+            if hit {
+                let _ = child.kill();
+                let _ = child.wait();
+                env.keep(&["kill", point], "", &lines.join("\n"));
+                return true;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            env.keep(&["ended", point], "", &lines.join("\n"));
+            assert!(status.success(), "archive run failed: {}", lines.join("\n"));
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archive run hung: {}",
+            lines.join("\n")
+        );
+    }
+}
+
+async fn an_archiver_killed_at_every_step_loses_and_duplicates_nothing(kind: StoreKind) {
+    let Some(env) = setup(kind, "kill").await else {
+        return;
+    };
+    env.traffic("a", 24).await;
+    let total = env.hot().await;
+    let mut kills = 0;
+    for n in 1..=3 {
+        for point in POINTS {
+            let killed = tokio::task::block_in_place(|| killed_at(&env, point, n));
+            kills += u32::from(killed);
+            // Whatever was cut short, nothing is lost or doubled, and the chain verifies.
+            let (_, archived) = env.archived().await;
+            assert_eq!(archived + env.hot().await, total, "after {point}:{n}");
+            env.assert_verifies();
+            // The killed run's lease runs out before the next one starts.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    assert!(kills >= 10, "only {kills} runs reached their crash point");
+    env.archive_all();
+    let (segments, archived) = env.archived().await;
+    assert_eq!((archived, env.hot().await), (total, 0));
+    assert_eq!(segments, (total + SEGMENT - 1) / SEGMENT);
+    // One object and one manifest per recorded segment: nothing written twice.
+    assert_eq!(env.segment_files(".sgseg").len() as i64, segments);
+    assert_eq!(env.segment_files(".manifest").len() as i64, segments);
+    env.assert_verifies();
+}
+
+both_stores!(
+    archive_moves_old_events_out_and_verify_reads_one_chain_across_tiers,
+    tampering_with_the_archive_is_named,
+    the_database_lets_no_audit_row_go_without_a_segment_covering_it,
+    a_second_archiver_waits_for_the_first_ones_lease,
+    an_archiver_killed_at_every_step_loses_and_duplicates_nothing,
+);

@@ -1,0 +1,94 @@
+//! The audit archive on PostgreSQL: reading a chain's recorded segments, recording one
+//! through the SECURITY DEFINER function `audit_archive_prune` (migration 0012, the only
+//! writer of `audit_segments` and the only way audit rows leave the hot table), and the
+//! archiver's lease.
+
+use super::{map_err, PgStore};
+use crate::rows::{segment_from_row, SEGMENT_COLUMNS};
+use crate::{AuditSegment, StoreError};
+
+/// [`Store::audit_segments`](crate::Store::audit_segments).
+pub(super) async fn audit_segments(
+    store: &PgStore,
+    chain_id: &str,
+) -> Result<Vec<AuditSegment>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SEGMENT_COLUMNS} FROM audit_segments WHERE chain_id = $1 ORDER BY first_seq"
+    ))
+    .bind(chain_id)
+    .fetch_all(&store.pool)
+    .await
+    .map_err(map_err)?;
+    rows.iter()
+        .map(segment_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err)
+}
+
+/// [`Store::archive_audit_segment`](crate::Store::archive_audit_segment).
+pub(super) async fn archive_audit_segment(
+    store: &PgStore,
+    s: &AuditSegment,
+) -> Result<u64, StoreError> {
+    let gone: i64 = sqlx::query_scalar(
+        "SELECT audit_archive_prune($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(&s.chain_id)
+    .bind(s.first_seq)
+    .bind(s.last_seq)
+    .bind(s.min_ts_ms)
+    .bind(s.max_ts_ms)
+    .bind(&s.prev_tag)
+    .bind(&s.last_tag)
+    .bind(&s.tags_sha256)
+    .bind(&s.object_key)
+    .bind(&s.object_sha256)
+    .bind(s.object_bytes)
+    .bind(&s.manifest_key)
+    .bind(&s.manifest_sha256)
+    .bind(&s.prev_manifest_sha256)
+    .bind(s.archived_ms)
+    .fetch_one(&store.pool)
+    .await
+    .map_err(map_err)?;
+    Ok(u64::try_from(gone).unwrap_or(0))
+}
+
+/// [`Store::take_lease`](crate::Store::take_lease).
+pub(super) async fn take_lease(
+    store: &PgStore,
+    name: &str,
+    holder: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<bool, StoreError> {
+    let held: Option<String> = sqlx::query_scalar(
+        "INSERT INTO audit_archive_leases (name, holder, expires_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_ms = EXCLUDED.expires_ms \
+         WHERE audit_archive_leases.holder = EXCLUDED.holder OR audit_archive_leases.expires_ms < $4 \
+         RETURNING holder",
+    )
+    .bind(name)
+    .bind(holder)
+    .bind(now_ms.saturating_add(ttl_ms))
+    .bind(now_ms)
+    .fetch_optional(&store.pool)
+    .await
+    .map_err(map_err)?;
+    Ok(held.is_some())
+}
+
+/// [`Store::release_lease`](crate::Store::release_lease).
+pub(super) async fn release_lease(
+    store: &PgStore,
+    name: &str,
+    holder: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE audit_archive_leases SET expires_ms = 0 WHERE name = $1 AND holder = $2")
+        .bind(name)
+        .bind(holder)
+        .execute(&store.pool)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}

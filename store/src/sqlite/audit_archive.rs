@@ -1,0 +1,215 @@
+//! The audit archive on SQLite: reading a chain's recorded segments, recording one and
+//! deleting the rows it covers in one write transaction (the checks PostgreSQL's
+//! `audit_archive_prune` makes, made here; a trigger refuses any other delete of an audit
+//! row), and the archiver's lease.
+
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Row;
+
+use super::{map_err, SqliteStore};
+use crate::rows::{segment_from_row, SEGMENT_COLUMNS};
+use crate::{AuditSegment, StoreError};
+
+/// [`Store::audit_segments`](crate::Store::audit_segments).
+pub(super) async fn audit_segments(
+    store: &SqliteStore,
+    chain_id: &str,
+) -> Result<Vec<AuditSegment>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SEGMENT_COLUMNS} FROM audit_segments WHERE chain_id = ?1 ORDER BY first_seq"
+    ))
+    .bind(chain_id)
+    .fetch_all(&store.pool)
+    .await
+    .map_err(map_err)?;
+    rows.iter()
+        .map(segment_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err)
+}
+
+fn refused(s: &AuditSegment, why: &str) -> StoreError {
+    StoreError::Internal(format!(
+        "audit segment {}:{}: {why}",
+        s.chain_id, s.first_seq
+    ))
+}
+
+/// Whether `s` continues the chain's archived segments (or starts the chain); `Ok(false)`
+/// when this very segment is already recorded.
+async fn continues(conn: &mut SqliteConnection, s: &AuditSegment) -> Result<bool, StoreError> {
+    let same = sqlx::query(&format!(
+        "SELECT {SEGMENT_COLUMNS} FROM audit_segments WHERE chain_id = ?1 AND first_seq = ?2"
+    ))
+    .bind(&s.chain_id)
+    .bind(s.first_seq)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    if let Some(row) = same {
+        let old = segment_from_row(&row).map_err(map_err)?;
+        if old.last_seq == s.last_seq && old.manifest_sha256 == s.manifest_sha256 {
+            return Ok(false);
+        }
+        return Err(refused(
+            s,
+            "already recorded with another range or manifest",
+        ));
+    }
+    let prev = sqlx::query(&format!(
+        "SELECT {SEGMENT_COLUMNS} FROM audit_segments WHERE chain_id = ?1 \
+         ORDER BY first_seq DESC LIMIT 1"
+    ))
+    .bind(&s.chain_id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let ok = match prev {
+        Some(row) => {
+            let p = segment_from_row(&row).map_err(map_err)?;
+            p.last_seq + 1 == s.first_seq
+                && p.last_tag == s.prev_tag
+                && p.manifest_sha256 == s.prev_manifest_sha256
+        }
+        None => s.first_seq == 1 && s.prev_tag == [0u8; 32] && s.prev_manifest_sha256 == [0u8; 32],
+    };
+    if ok {
+        Ok(true)
+    } else {
+        Err(refused(
+            s,
+            "does not continue the chain's archived segments",
+        ))
+    }
+}
+
+/// Whether the hot rows `s` names are exactly the ones it holds.
+async fn covers(conn: &mut SqliteConnection, s: &AuditSegment) -> Result<bool, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, ts_ms, prev_tag, tag FROM audit_events \
+         WHERE chain_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+    )
+    .bind(&s.chain_id)
+    .bind(s.first_seq)
+    .bind(s.last_seq)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    if i64::try_from(rows.len()).ok() != Some(s.count()) {
+        return Ok(false);
+    }
+    let mut digest = Sha256::new();
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    for (i, row) in rows.iter().enumerate() {
+        let ts: i64 = row.try_get("ts_ms").map_err(map_err)?;
+        let tag: Vec<u8> = row.try_get("tag").map_err(map_err)?;
+        if i == 0 {
+            let prev: Vec<u8> = row.try_get("prev_tag").map_err(map_err)?;
+            if prev != s.prev_tag {
+                return Ok(false);
+            }
+        }
+        if i + 1 == rows.len() && tag != s.last_tag {
+            return Ok(false);
+        }
+        (lo, hi) = (lo.min(ts), hi.max(ts));
+        digest.update(&tag);
+    }
+    Ok(digest.finalize().as_slice() == s.tags_sha256.as_slice()
+        && lo == s.min_ts_ms
+        && hi == s.max_ts_ms)
+}
+
+/// [`Store::archive_audit_segment`](crate::Store::archive_audit_segment).
+pub(super) async fn archive_audit_segment(
+    store: &SqliteStore,
+    s: &AuditSegment,
+) -> Result<u64, StoreError> {
+    let mut tx = store.begin_write().await?;
+    if !continues(&mut tx, s).await? {
+        return Ok(0);
+    }
+    if !covers(&mut tx, s).await? {
+        return Err(refused(
+            s,
+            "the hot rows are not the ones the segment holds",
+        ));
+    }
+    sqlx::query(&format!(
+        "INSERT INTO audit_segments ({SEGMENT_COLUMNS}, event_count) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+    ))
+    .bind(&s.chain_id)
+    .bind(s.first_seq)
+    .bind(s.last_seq)
+    .bind(s.min_ts_ms)
+    .bind(s.max_ts_ms)
+    .bind(&s.prev_tag)
+    .bind(&s.last_tag)
+    .bind(&s.tags_sha256)
+    .bind(&s.object_key)
+    .bind(&s.object_sha256)
+    .bind(s.object_bytes)
+    .bind(&s.manifest_key)
+    .bind(&s.manifest_sha256)
+    .bind(&s.prev_manifest_sha256)
+    .bind(s.archived_ms)
+    .bind(s.count())
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    let gone =
+        sqlx::query("DELETE FROM audit_events WHERE chain_id = ?1 AND seq BETWEEN ?2 AND ?3")
+            .bind(&s.chain_id)
+            .bind(s.first_seq)
+            .bind(s.last_seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+    tx.commit().await.map_err(map_err)?;
+    Ok(gone)
+}
+
+/// [`Store::take_lease`](crate::Store::take_lease).
+pub(super) async fn take_lease(
+    store: &SqliteStore,
+    name: &str,
+    holder: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<bool, StoreError> {
+    let mut tx = store.begin_write().await?;
+    let held = sqlx::query_scalar::<_, String>(
+        "INSERT INTO audit_archive_leases (name, holder, expires_ms) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms \
+         WHERE audit_archive_leases.holder = excluded.holder OR audit_archive_leases.expires_ms < ?4 \
+         RETURNING holder",
+    )
+    .bind(name)
+    .bind(holder)
+    .bind(now_ms.saturating_add(ttl_ms))
+    .bind(now_ms)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(held.is_some())
+}
+
+/// [`Store::release_lease`](crate::Store::release_lease).
+pub(super) async fn release_lease(
+    store: &SqliteStore,
+    name: &str,
+    holder: &str,
+) -> Result<(), StoreError> {
+    let mut tx = store.begin_write().await?;
+    sqlx::query("UPDATE audit_archive_leases SET expires_ms = 0 WHERE name = ?1 AND holder = ?2")
+        .bind(name)
+        .bind(holder)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+    tx.commit().await.map_err(map_err)
+}
