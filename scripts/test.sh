@@ -150,6 +150,7 @@ sg_ensure_softhsm || SOFTHSM_OK=0
 sg_ensure_moto || MOTO_OK=0
 sg_ensure_postgres || PG_OK=0
 sg_ensure_openapi_validator || true
+sg_ensure_zstandard || true
 
 # The runner (only when the suite runs): cargo-nextest, installed when missing (strict mode:
 # exits when it cannot be); SHARDGATE_TEST_NO_NEXTEST=1 opts out explicitly.

@@ -475,10 +475,68 @@ async fn an_archiver_killed_at_every_step_loses_and_duplicates_nothing(kind: Sto
     env.assert_verifies();
 }
 
+async fn background_archivers_on_two_replicas_archive_each_event_once(kind: StoreKind) {
+    let Some(env) = setup(kind, "background").await else {
+        return;
+    };
+    let mut cfg: shardgate::app::config::Config =
+        toml::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    cfg.audit.archive.enabled = true;
+    cfg.audit.archive.hot_days = 0;
+    cfg.audit.archive.interval_secs = 1;
+    let mut apps = vec![env.app.clone()];
+    for _ in 0..2 {
+        let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
+        shardgate::app::state::start_audit_archiver(&cfg, &state).unwrap();
+        apps.push(shardgate::router(state));
+    }
+    // Traffic on every replica while both archivers run.
+    let t = &env.tokens.admin;
+    let (s, _) = common::call(
+        &apps[0],
+        t,
+        "PUT",
+        "/v1/accounts/acct-bg",
+        Some(json!({"tier": "retail"})),
+    )
+    .await;
+    assert!(s.is_success());
+    for i in 0..12 {
+        let app = &apps[i % apps.len()];
+        let path = format!("/v1/accounts/acct-bg/shards/s{i}");
+        let (s, v) = common::call(app, t, "PUT", &path, Some(json!({"shard": "c2hhcmQ="}))).await;
+        assert!(s.is_success(), "{v}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.hot().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the archivers left {} hot events",
+            env.hot().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every chain's events, each once: as many as the chains' heads say.
+    let total = env
+        .db
+        .count("SELECT CAST(COALESCE(SUM(head), 0) AS BIGINT) FROM (SELECT MAX(last_seq) AS head FROM audit_segments GROUP BY chain_id) h")
+        .await;
+    let (segments, archived) = env.archived().await;
+    assert!(total >= 13, "{total}");
+    assert_eq!(archived, total);
+    assert_eq!(env.segment_files(".manifest").len() as i64, segments);
+    let out = env.assert_verifies();
+    assert!(
+        out.contains(&format!("({total} from {segments} archived segment(s))")),
+        "{out}"
+    );
+}
+
 both_stores!(
     archive_moves_old_events_out_and_verify_reads_one_chain_across_tiers,
     tampering_with_the_archive_is_named,
     the_database_lets_no_audit_row_go_without_a_segment_covering_it,
     a_second_archiver_waits_for_the_first_ones_lease,
     an_archiver_killed_at_every_step_loses_and_duplicates_nothing,
+    background_archivers_on_two_replicas_archive_each_event_once,
 );

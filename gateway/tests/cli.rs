@@ -736,6 +736,7 @@ async fn audit_verify_detects_delete(kind: StoreKind) {
     let Some((env, db, chain)) = audited_store(kind, &logs).await else {
         return;
     };
+    db.bypass_audit_guard().await;
     assert_eq!(db.exec("DELETE FROM audit_events WHERE seq = 3").await, 1);
     assert_broken_at(&env, &logs, "verify-gap", &chain, 3);
     // Closing the gap (renumbering the rest down) does not hide it either.
@@ -763,6 +764,7 @@ async fn audit_verify_detects_insert(kind: StoreKind) {
     // Appended after the head, chained to the real head's tag.
     insert_forged(&db, 7, 6, "tag").await;
     assert_broken_at(&env, &logs, "verify-appended", &chain, 7);
+    db.bypass_audit_guard().await;
     db.exec("DELETE FROM audit_events WHERE seq = 7").await;
     let v = audit_verify(&env.config_path, &logs, "verify-restored");
     assert_eq!(v.code(), Some(0), "{}\n{}", v.stdout, v.stderr);
@@ -1465,6 +1467,7 @@ async fn audit_verify_sees_a_cut_tail_and_a_deleted_chain(kind: StoreKind) {
     assert_eq!(mode(&file), 0o600);
 
     // The last event deleted: every remaining event still chains, but the head is behind.
+    db.bypass_audit_guard().await;
     assert_eq!(db.exec("DELETE FROM audit_events WHERE seq = 6").await, 1);
     assert_broken_at(&env, &logs, "verify-cut-tail", &chain, 6);
     // Held against the files named on the command line (other replicas' too); without any

@@ -119,6 +119,31 @@ sg_ensure_openapi_validator() {
     sg_missing "openapi-spec-validator is not available (pip install '$SG_OPENAPI_REQUIREMENT' failed)."
 }
 
+# The audit segment recovery test (gateway/tests/audit_recovery.rs) runs
+# verify_audit_segment.py, which needs `zstandard` (PyPI): exports SHARDGATE_TEST_ZSTD_PYTHON,
+# an interpreter that imports it (installed with pip, or into moto's virtualenv, when
+# missing). Missing: sg_missing (exit in strict mode).
+SG_ZSTD_REQUIREMENT="zstandard==0.23.0"
+sg_ensure_zstandard() {
+    local check='import zstandard' py
+    for py in python3 "$SG_MOTO_VENV/bin/python"; do
+        if "$py" -c "$check" >/dev/null 2>&1; then
+            export SHARDGATE_TEST_ZSTD_PYTHON="$py"
+            return 0
+        fi
+    done
+    sg_log "installing $SG_ZSTD_REQUIREMENT"
+    for py in python3 "$SG_MOTO_VENV/bin/python"; do
+        if "$py" -m pip install -q --disable-pip-version-check "$SG_ZSTD_REQUIREMENT" >/dev/null 2>&1 &&
+            "$py" -c "$check" >/dev/null 2>&1; then
+            export SHARDGATE_TEST_ZSTD_PYTHON="$py"
+            return 0
+        fi
+    done
+    unset SHARDGATE_TEST_ZSTD_PYTHON
+    sg_missing "zstandard is not available (pip install '$SG_ZSTD_REQUIREMENT' failed)."
+}
+
 # The KMS recovery test (gateway/tests/kms_recovery.rs) runs recover_kms_shard.py with python3
 # (or $SHARDGATE_TEST_PYTHON): it needs boto3 and cryptography, which moto[server] brings into
 # the interpreter that runs moto. Exports SHARDGATE_TEST_PYTHON when that interpreter is not

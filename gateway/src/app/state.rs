@@ -214,6 +214,39 @@ pub async fn prepare_schema(cfg: &Config, store: &dyn Store) -> Result<(), Start
     Ok(())
 }
 
+/// The archive sink a config names (`[audit.archive]`: the directory sink).
+pub fn archive_sink(cfg: &Config) -> Arc<dyn crate::domain::audit::archive::ArchiveSink> {
+    Arc::new(crate::domain::audit::archive::DirSink::new(
+        cfg.archive_dir(),
+    ))
+}
+
+/// Start the background audit archiver when `[audit.archive] enabled`; its lease holder is
+/// this process's audit chain id (unique per process).
+pub fn start_audit_archiver(cfg: &Config, state: &AppState) -> Result<(), StartError> {
+    let a = &cfg.audit.archive;
+    if !a.enabled {
+        return Ok(());
+    }
+    let settings = crate::service::audit_archive::ArchiverSettings {
+        keep_hot: Duration::from_secs(u64::from(a.hot_days) * 86_400),
+        interval: Duration::from_secs(a.interval_secs),
+        max_events: a.segment_max_events,
+        max_bytes: a.segment_max_bytes,
+        lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        prefix: a.prefix.clone(),
+    };
+    crate::service::audit_archive::spawn_archiver(
+        state.store.clone(),
+        archive_sink(cfg),
+        Arc::new(audit_key(cfg)?),
+        settings,
+        format!("gateway:{}", state.audit.chain_id()),
+    );
+    tracing::info!(sink = %cfg.archive_dir().display(), hot_days = a.hot_days, "audit archiver started");
+    Ok(())
+}
+
 /// The audit key a config names (created when `audit.create_key`).
 pub fn audit_key(cfg: &Config) -> Result<AuditKey, StartError> {
     let path = cfg.audit_key_file();

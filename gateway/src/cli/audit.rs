@@ -3,7 +3,7 @@
 
 use super::args::*;
 use crate::app::config::Config;
-use crate::domain::audit::archive::{Archive, DirSink};
+use crate::domain::audit::archive::Archive;
 use crate::service::audit_archive::{run_pass, ArchivePass};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,9 +30,9 @@ pub(crate) async fn audit_verify(
     };
     let store = crate::app::state::open_store(&cfg, 2).await?;
     crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
-    let sink = DirSink::new(cfg.archive_dir());
+    let sink = crate::app::state::archive_sink(&cfg);
     let archive = Archive {
-        sink: &sink,
+        sink: sink.as_ref(),
         prefix: &cfg.audit.archive.prefix,
     };
     match crate::domain::audit::verify_tiers(store.as_ref(), Some(archive), &key, &latest).await {
@@ -80,9 +80,9 @@ pub(crate) async fn audit_archive(
         ),
         lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
     };
-    let sink = DirSink::new(cfg.archive_dir());
+    let sink = crate::app::state::archive_sink(&cfg);
     let archive = Archive {
-        sink: &sink,
+        sink: sink.as_ref(),
         prefix: &a.prefix,
     };
     let progress = |s: &shardgate_store::AuditSegment| {

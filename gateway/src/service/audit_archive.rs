@@ -321,3 +321,71 @@ async fn upload(
         .map_err(|e| refused(&first.chain_id, first.seq, e))?;
     Ok((back, written))
 }
+
+/// The background archiver's settings (`[audit.archive]`).
+#[derive(Debug, Clone)]
+pub struct ArchiverSettings {
+    /// Events younger than this stay hot.
+    pub keep_hot: std::time::Duration,
+    /// Time between passes.
+    pub interval: std::time::Duration,
+    /// Most events per segment.
+    pub max_events: usize,
+    /// Most payload bytes per segment.
+    pub max_bytes: usize,
+    /// Lease length.
+    pub lease_ms: i64,
+    /// Key prefix in the sink.
+    pub prefix: String,
+}
+
+/// Run the archiver in this process: a pass now and every `interval`, under the lease (a
+/// pass another replica holds the lease for is skipped). Failures are logged and counted
+/// (`shardgate_audit_archive_failures_total`); nothing is deleted from the hot table for a
+/// segment that failed, and the next pass tries again.
+pub fn spawn_archiver(
+    store: std::sync::Arc<dyn Store>,
+    sink: std::sync::Arc<dyn crate::domain::audit::archive::ArchiveSink>,
+    key: std::sync::Arc<AuditKey>,
+    settings: ArchiverSettings,
+    holder: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let keep = i64::try_from(settings.keep_hot.as_millis()).unwrap_or(i64::MAX);
+            let pass = ArchivePass {
+                cutoff_ms: crate::now_ms().saturating_sub(keep),
+                max_events: settings.max_events,
+                max_bytes: settings.max_bytes,
+                holder: holder.clone(),
+                lease_ms: settings.lease_ms,
+            };
+            let archive = Archive {
+                sink: sink.as_ref(),
+                prefix: &settings.prefix,
+            };
+            match run_pass(store.as_ref(), archive, &key, &pass, &|_| {}).await {
+                Ok(r) => {
+                    metrics::gauge!("shardgate_audit_archive_last_success_timestamp_seconds")
+                        .set(crate::now_ms() as f64 / 1000.0);
+                    if r.segments > 0 {
+                        tracing::info!(
+                            segments = r.segments,
+                            events = r.events,
+                            bytes = r.bytes,
+                            "audit archive pass"
+                        );
+                    }
+                }
+                Err(ArchiveError::LeaseHeld) => {
+                    tracing::debug!("audit archive pass skipped: another replica holds the lease");
+                }
+                Err(e) => {
+                    metrics::counter!("shardgate_audit_archive_failures_total").increment(1);
+                    tracing::warn!(error = %e, "audit archive pass failed; nothing unarchived was deleted, retrying next pass");
+                }
+            }
+            tokio::time::sleep(settings.interval).await;
+        }
+    })
+}
