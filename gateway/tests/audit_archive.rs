@@ -487,7 +487,9 @@ async fn background_archivers_on_two_replicas_archive_each_event_once(kind: Stor
     let mut apps = vec![env.app.clone()];
     for _ in 0..2 {
         let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
-        shardgate::app::state::start_audit_archiver(&cfg, &state).unwrap();
+        shardgate::app::state::start_audit_archiver(&cfg, &state)
+            .await
+            .unwrap();
         apps.push(shardgate::router(state));
     }
     // Traffic on every replica while both archivers run.

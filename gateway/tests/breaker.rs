@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+
 #[path = "../../backends/tests/support/fault_proxy.rs"]
 #[allow(dead_code)]
 mod fault_proxy;
@@ -12,6 +13,7 @@ use axum::http::StatusCode;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::db::Db;
+use common::moto::OwnMoto;
 use common::{StoreKind, Tokens};
 use fault_proxy::{Fault, FaultProxy, Rule};
 use serde_json::{json, Value};
@@ -304,59 +306,6 @@ both_stores! {
     refused_keys_and_tampering_never_open_the_breaker: 64, 256;
     operator_closes_an_open_breaker_audited: 64, 256;
     a_slow_backend_fills_only_its_own_bulkhead: 1, 0;
-}
-
-/// This test's own moto_server (`SHARDGATE_TEST_MOTO_CMD`), so that pausing it with SIGSTOP
-/// disturbs no other test. Killed on drop.
-struct OwnMoto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl OwnMoto {
-    async fn start() -> Option<OwnMoto> {
-        let cmd = common::require_env("SHARDGATE_TEST_MOTO_CMD")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut parts = cmd.split_whitespace();
-        let child = std::process::Command::new(parts.next().unwrap())
-            .args(parts)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "own moto did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Some(OwnMoto { child, endpoint })
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for OwnMoto {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -514,6 +514,7 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
         max_bytes: 1 << 20,
         holder: "db-privileges-test".into(),
         lease_ms: 10_000,
+        retention_ms: 86_400_000,
     };
     let archived = shardgate::service::audit_archive::run_pass(
         state.store.as_ref(),

@@ -412,6 +412,16 @@ pub struct AuditArchiveConfig {
     /// long another replica waits to take over from one that died.
     #[serde(default = "d_archive_lease")]
     pub lease_secs: u64,
+    /// Where segments go: `dir` (the directory sink, the default) or `s3` (`[audit.archive.s3]`).
+    #[serde(default = "d_archive_sink")]
+    pub sink: String,
+    /// Days a segment is kept after its newest event (S3 Object Lock retain-until, when the
+    /// bucket has Object Lock). Default 2,557: seven years.
+    #[serde(default = "d_retention_days")]
+    pub retention_days: u32,
+    /// The S3 sink, for `sink = "s3"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<crate::domain::audit::archive::S3SinkConfig>,
     /// Directory sink (default: `audit-archive` in the data directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
@@ -425,6 +435,12 @@ fn d_hot_days() -> u32 {
 }
 fn d_archive_interval() -> u64 {
     300
+}
+fn d_archive_sink() -> String {
+    "dir".into()
+}
+fn d_retention_days() -> u32 {
+    2557
 }
 fn d_archive_lease() -> u64 {
     60
@@ -448,6 +464,20 @@ impl AuditArchiveConfig {
                 "audit.archive: segment_max_events, segment_max_bytes, interval_secs and lease_secs must be greater than zero"
                     .into(),
             );
+        }
+        match (self.sink.as_str(), &self.s3) {
+            ("dir", _) => {}
+            ("s3", Some(s3)) => s3.validate()?,
+            ("s3", None) => {
+                return Err(
+                    "audit.archive.sink = \"s3\" needs an [audit.archive.s3] section".into(),
+                )
+            }
+            (other, _) => {
+                return Err(format!(
+                    "audit.archive.sink {other:?} must be \"dir\" or \"s3\""
+                ))
+            }
         }
         let plain = self
             .prefix
@@ -477,6 +507,9 @@ impl Default for AuditArchiveConfig {
             segment_max_events: d_segment_events(),
             segment_max_bytes: d_segment_bytes(),
             lease_secs: d_archive_lease(),
+            sink: d_archive_sink(),
+            retention_days: d_retention_days(),
+            s3: None,
             dir: None,
             prefix: String::new(),
         }

@@ -45,6 +45,9 @@ pub enum StartError {
     /// Audit key.
     #[error(transparent)]
     AuditKey(#[from] crate::domain::audit::AuditKeyError),
+    /// The audit archive sink could not be opened.
+    #[error(transparent)]
+    ArchiveSink(#[from] crate::domain::audit::archive::SinkError),
     /// Policy.
     #[error("policy: {0}")]
     Policy(#[from] shardgate_policy::PolicyError),
@@ -214,16 +217,20 @@ pub async fn prepare_schema(cfg: &Config, store: &dyn Store) -> Result<(), Start
     Ok(())
 }
 
-/// The archive sink a config names (`[audit.archive]`: the directory sink).
-pub fn archive_sink(cfg: &Config) -> Arc<dyn crate::domain::audit::archive::ArchiveSink> {
-    Arc::new(crate::domain::audit::archive::DirSink::new(
-        cfg.archive_dir(),
-    ))
+/// The archive sink a config names (`[audit.archive] sink`: the directory, or S3).
+pub async fn archive_sink(
+    cfg: &Config,
+) -> Result<Arc<dyn crate::domain::audit::archive::ArchiveSink>, StartError> {
+    use crate::domain::audit::archive::{DirSink, S3Sink};
+    match &cfg.audit.archive.s3 {
+        Some(s3) if cfg.audit.archive.sink == "s3" => Ok(Arc::new(S3Sink::connect(s3).await?)),
+        _ => Ok(Arc::new(DirSink::new(cfg.archive_dir()))),
+    }
 }
 
 /// Start the background audit archiver when `[audit.archive] enabled`; its lease holder is
 /// this process's audit chain id (unique per process).
-pub fn start_audit_archiver(cfg: &Config, state: &AppState) -> Result<(), StartError> {
+pub async fn start_audit_archiver(cfg: &Config, state: &AppState) -> Result<(), StartError> {
     let a = &cfg.audit.archive;
     if !a.enabled {
         return Ok(());
@@ -235,15 +242,16 @@ pub fn start_audit_archiver(cfg: &Config, state: &AppState) -> Result<(), StartE
         max_bytes: a.segment_max_bytes,
         lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         prefix: a.prefix.clone(),
+        retention: Duration::from_secs(u64::from(a.retention_days) * 86_400),
     };
     crate::service::audit_archive::spawn_archiver(
         state.store.clone(),
-        archive_sink(cfg),
+        archive_sink(cfg).await?,
         Arc::new(audit_key(cfg)?),
         settings,
         format!("gateway:{}", state.audit.chain_id()),
     );
-    tracing::info!(sink = %cfg.archive_dir().display(), hot_days = a.hot_days, "audit archiver started");
+    tracing::info!(sink = %a.sink, hot_days = a.hot_days, "audit archiver started");
     Ok(())
 }
 

@@ -30,7 +30,7 @@ pub(crate) async fn audit_verify(
     };
     let store = crate::app::state::open_store(&cfg, 2).await?;
     crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
-    let sink = crate::app::state::archive_sink(&cfg);
+    let sink = crate::app::state::archive_sink(&cfg).await?;
     let archive = Archive {
         sink: sink.as_ref(),
         prefix: &cfg.audit.archive.prefix,
@@ -79,8 +79,9 @@ pub(crate) async fn audit_archive(
             std::process::id()
         ),
         lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        retention_ms: i64::from(a.retention_days).saturating_mul(86_400_000),
     };
-    let sink = crate::app::state::archive_sink(&cfg);
+    let sink = crate::app::state::archive_sink(&cfg).await?;
     let archive = Archive {
         sink: sink.as_ref(),
         prefix: &a.prefix,

@@ -48,7 +48,7 @@ pub(crate) async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     }));
     state.start_migration_workers();
     state.start_token_refresh(cfg.auth.refresh_every());
-    crate::app::state::start_audit_archiver(&cfg, &state)?;
+    crate::app::state::start_audit_archiver(&cfg, &state).await?;
     let audit = state.audit.clone();
     let timeouts = cfg.timeouts.clone();
     let first = async move {

@@ -32,6 +32,8 @@ pub struct ArchivePass {
     pub holder: String,
     /// How long the lease lasts without renewal.
     pub lease_ms: i64,
+    /// How long a segment is kept (locked, where the sink locks) after its newest event.
+    pub retention_ms: i64,
 }
 
 /// What a pass did.
@@ -157,7 +159,8 @@ async fn next_segment(
             if records.is_empty() {
                 return Ok(None);
             }
-            let (sealed, written) = upload(archive, key, &records, &prev_manifest).await?;
+            let (sealed, written) =
+                upload(archive, key, &records, (&prev_manifest, pass.retention_ms)).await?;
             report.bytes += written;
             sealed
         }
@@ -288,7 +291,7 @@ async fn upload(
     archive: Archive<'_>,
     key: &AuditKey,
     records: &[AuditRecord],
-    prev_manifest: &[u8],
+    (prev_manifest, retention_ms): (&[u8], i64),
 ) -> Result<(Sealed, u64), ArchiveError> {
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Err(refused("", 0, "empty segment"));
@@ -297,8 +300,15 @@ async fn upload(
         segment_keys(archive.prefix, &first.chain_id, first.seq, last.seq);
     let fail = |e: SegmentError| refused(&first.chain_id, first.seq, e);
     let object = segment::encode_object(records).map_err(fail)?;
+    let newest = records.iter().map(|r| r.ts_ms).max().unwrap_or(last.ts_ms);
+    let until = Some(newest.saturating_add(retention_ms));
     let mut written = 0u64;
-    if archive.sink.put_if_absent(&object_key, &object).await? == Put::Created {
+    if archive
+        .sink
+        .put_if_absent(&object_key, &object, until)
+        .await?
+        == Put::Created
+    {
         written += object.len() as u64;
     }
     failpoint("archive_after_object");
@@ -312,7 +322,12 @@ async fn upload(
     })?;
     let m = segment::manifest_for(records, &object_key, &stored, prev_manifest).map_err(fail)?;
     let sealed = m.seal(key);
-    if archive.sink.put_if_absent(&manifest_key, &sealed).await? == Put::Created {
+    if archive
+        .sink
+        .put_if_absent(&manifest_key, &sealed, until)
+        .await?
+        == Put::Created
+    {
         written += sealed.len() as u64;
     }
     failpoint("archive_after_manifest");
@@ -337,6 +352,8 @@ pub struct ArchiverSettings {
     pub lease_ms: i64,
     /// Key prefix in the sink.
     pub prefix: String,
+    /// How long a segment is kept after its newest event.
+    pub retention: std::time::Duration,
 }
 
 /// Run the archiver in this process: a pass now and every `interval`, under the lease (a
@@ -359,6 +376,7 @@ pub fn spawn_archiver(
                 max_bytes: settings.max_bytes,
                 holder: holder.clone(),
                 lease_ms: settings.lease_ms,
+                retention_ms: i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX),
             };
             let archive = Archive {
                 sink: sink.as_ref(),

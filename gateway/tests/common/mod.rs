@@ -5,6 +5,7 @@
 pub(crate) mod cli;
 pub(crate) mod cluster;
 pub(crate) mod db;
+pub(crate) mod moto;
 pub(crate) mod openapi;
 pub(crate) mod served;
 // Generated (the script's output verbatim, which the audit_vectors test checks): not formatted.

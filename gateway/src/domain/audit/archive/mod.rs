@@ -2,15 +2,18 @@
 //! segments in a write-once sink, and the chain stays one chain across the two tiers.
 //!
 //! - [`segment`]: the byte-exact object and manifest formats (FORMAT.md, "Audit segments");
-//! - [`sink`]: the write-once stores they go to ([`DirSink`], the embedded default);
+//! - [`sink`]: the write-once stores they go to ([`DirSink`], the embedded default;
+//!   [`S3Sink`], a bucket with optional Object Lock);
 //! - [`walk`]: reading a chain's segments back from the sink, checking every byte.
 //!
 //! Building, uploading and recording segments is a use case: `service::audit_archive`.
 
+pub mod s3;
 pub mod segment;
 pub mod sink;
 pub mod walk;
 
+pub use s3::{S3Sink, S3SinkConfig};
 pub use segment::{Manifest, SegmentError};
 pub use sink::{ArchiveSink, DirSink, Put, SinkError};
 pub use walk::{archived_chains, walk_chain, ArchivedHead, WalkError};

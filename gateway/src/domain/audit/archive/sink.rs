@@ -33,8 +33,14 @@ pub enum Put {
 /// A write-once object store for archived segments.
 #[async_trait]
 pub trait ArchiveSink: Send + Sync {
-    /// Store `bytes` at `key` unless an object is there already.
-    async fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<Put, SinkError>;
+    /// Store `bytes` at `key` unless an object is there already; where the sink locks
+    /// objects (S3 Object Lock), locked until `retain_until_ms`.
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        retain_until_ms: Option<i64>,
+    ) -> Result<Put, SinkError>;
     /// The object at `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError>;
     /// Every key starting with `prefix`, sorted.
@@ -189,7 +195,12 @@ impl DirSink {
 
 #[async_trait]
 impl ArchiveSink for DirSink {
-    async fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<Put, SinkError> {
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        _retain_until_ms: Option<i64>,
+    ) -> Result<Put, SinkError> {
         let (me, key, bytes) = (self.clone(), key.to_string(), bytes.to_vec());
         tokio::task::spawn_blocking(move || me.put_blocking(&key, &bytes))
             .await
@@ -226,11 +237,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = DirSink::new(dir.path().join("archive"));
         assert_eq!(
-            sink.put_if_absent("a/b/1.sgseg", b"one").await.unwrap(),
+            sink.put_if_absent("a/b/1.sgseg", b"one", None)
+                .await
+                .unwrap(),
             Put::Created
         );
         assert_eq!(
-            sink.put_if_absent("a/b/1.sgseg", b"two").await.unwrap(),
+            sink.put_if_absent("a/b/1.sgseg", b"two", None)
+                .await
+                .unwrap(),
             Put::Exists
         );
         assert_eq!(sink.get("a/b/1.sgseg").await.unwrap().unwrap(), b"one");
@@ -240,14 +255,14 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o400);
-        sink.put_if_absent("a/c/2.sgseg", b"x").await.unwrap();
+        sink.put_if_absent("a/c/2.sgseg", b"x", None).await.unwrap();
         assert_eq!(
             sink.list("a/").await.unwrap(),
             ["a/b/1.sgseg", "a/c/2.sgseg"]
         );
         assert_eq!(sink.list("a/b/").await.unwrap(), ["a/b/1.sgseg"]);
         for key in ["../x", "/etc/passwd", "a/../../x", "a/./b", "a b", ""] {
-            assert!(sink.put_if_absent(key, b"x").await.is_err(), "{key}");
+            assert!(sink.put_if_absent(key, b"x", None).await.is_err(), "{key}");
         }
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("archive/a/link")).unwrap();
         assert!(sink.get("a/link").await.is_err());

@@ -1,0 +1,262 @@
+//! The S3 archive sink (`[audit.archive] sink = "s3"`): objects in a bucket through
+//! `aws-sdk-s3`, with the standard credential chain, an attempt timeout on every call, and
+//! an optional endpoint (path-style addressing, for S3-compatible stores and moto).
+//!
+//! Writes never replace: every PUT carries `If-None-Match: *` (a 412 means an object is
+//! already there), so a write that arrives late (a stalled connection whose request runs
+//! after the archiver moved on) is harmless. Every PUT carries a SHA-256 request checksum
+//! (S3 refuses an Object Lock PUT without one), but the archiver hashes what it reads back
+//! itself: moto accepts a wrong checksum. When the bucket has Object Lock, each object is
+//! locked until the retention date the archiver gives it.
+
+use super::sink::{ArchiveSink, Put, SinkError};
+use async_trait::async_trait;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectLockEnabled, ObjectLockMode};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Largest object [`S3Sink::get`] reads.
+const MAX_OBJECT: i64 = 512 << 20;
+
+/// `[audit.archive.s3]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3SinkConfig {
+    /// Bucket.
+    pub bucket: String,
+    /// Region.
+    #[serde(default = "d_region")]
+    pub region: String,
+    /// Endpoint override (S3-compatible stores, moto); path-style addressing when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Timeout of each attempt of each call (the SDK retries up to 3 attempts).
+    #[serde(default = "d_attempt_ms")]
+    pub attempt_timeout_ms: u64,
+    /// Object Lock mode when the bucket has Object Lock: `compliance` (no one can shorten
+    /// it) or `governance`.
+    #[serde(default = "d_lock_mode")]
+    pub object_lock_mode: String,
+}
+
+fn d_region() -> String {
+    "us-east-1".into()
+}
+fn d_attempt_ms() -> u64 {
+    10_000
+}
+fn d_lock_mode() -> String {
+    "compliance".into()
+}
+
+impl S3SinkConfig {
+    /// A bucket named, a known lock mode, a timeout above zero.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bucket.trim().is_empty() {
+            return Err("audit.archive.s3.bucket must be set".into());
+        }
+        if self.attempt_timeout_ms == 0 {
+            return Err("audit.archive.s3.attempt_timeout_ms must be greater than zero".into());
+        }
+        if !matches!(self.object_lock_mode.as_str(), "compliance" | "governance") {
+            return Err(
+                "audit.archive.s3.object_lock_mode must be compliance or governance".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Objects in an S3 bucket.
+pub struct S3Sink {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// The lock mode every object gets, when the bucket has Object Lock.
+    lock: Option<ObjectLockMode>,
+}
+
+impl std::fmt::Debug for S3Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Sink")
+            .field("bucket", &self.bucket)
+            .field("lock", &self.lock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Sink {
+    /// A client for `cfg`, and whether its bucket has Object Lock (one call).
+    pub async fn connect(cfg: &S3SinkConfig) -> Result<Self, SinkError> {
+        let attempt = Duration::from_millis(cfg.attempt_timeout_ms);
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(cfg.region.clone()))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(attempt)
+                    .operation_attempt_timeout(attempt)
+                    .operation_timeout(attempt * 4)
+                    .build(),
+            );
+        if let Some(url) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let sdk = loader.load().await;
+        let conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(cfg.endpoint_url.is_some())
+            .build();
+        let mut sink = Self {
+            client: aws_sdk_s3::Client::from_conf(conf),
+            bucket: cfg.bucket.clone(),
+            lock: None,
+        };
+        if sink.bucket_has_object_lock().await? {
+            sink.lock = Some(if cfg.object_lock_mode == "governance" {
+                ObjectLockMode::Governance
+            } else {
+                ObjectLockMode::Compliance
+            });
+        }
+        Ok(sink)
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> SinkError {
+        SinkError {
+            sink: self.describe(),
+            why: format!("{what}: {e}"),
+        }
+    }
+
+    async fn bucket_has_object_lock(&self) -> Result<bool, SinkError> {
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                == Some(&ObjectLockEnabled::Enabled)),
+            Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => Ok(false),
+            Err(e) => Err(self.err("GetObjectLockConfiguration", describe(&e))),
+        }
+    }
+
+    /// Whether objects are locked (the bucket has Object Lock).
+    pub fn locks_objects(&self) -> bool {
+        self.lock.is_some()
+    }
+}
+
+/// An SDK error without the request: its code and message, or what failed.
+fn describe<E: ProvideErrorMetadata + std::fmt::Debug, R>(e: &SdkError<E, R>) -> String {
+    match e {
+        SdkError::ServiceError(s) => format!(
+            "{} ({})",
+            s.err().code().unwrap_or("error"),
+            s.err().message().unwrap_or("no message")
+        ),
+        SdkError::TimeoutError(_) => "timed out".into(),
+        SdkError::DispatchFailure(_) => "could not reach the endpoint".into(),
+        other => format!("{other}"),
+    }
+}
+
+fn status<E, R: HasStatus>(e: &SdkError<E, R>) -> Option<u16> {
+    match e {
+        SdkError::ServiceError(s) => Some(s.raw().status_code()),
+        _ => None,
+    }
+}
+
+/// The HTTP status of a raw response.
+trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+#[async_trait]
+impl ArchiveSink for S3Sink {
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        retain_until_ms: Option<i64>,
+    ) -> Result<Put, SinkError> {
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .body(ByteStream::from(bytes.to_vec()));
+        if let (Some(mode), Some(until)) = (&self.lock, retain_until_ms) {
+            put = put
+                .object_lock_mode(mode.clone())
+                .object_lock_retain_until_date(aws_smithy_types::DateTime::from_millis(until));
+        }
+        match put.send().await {
+            Ok(_) => Ok(Put::Created),
+            Err(e) if status(&e) == Some(412) => Ok(Put::Exists),
+            Err(e) => Err(self.err(&format!("PutObject {key}"), describe(&e))),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(self.err(&format!("GetObject {key}"), describe(&e))),
+        };
+        if out.content_length().unwrap_or(0) > MAX_OBJECT {
+            return Err(self.err(key, format!("larger than {MAX_OBJECT} bytes")));
+        }
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.err(&format!("GetObject {key}"), e))?;
+        Ok(Some(body.into_bytes().to_vec()))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("ListObjectsV2", describe(&e)))?;
+            out.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+}
