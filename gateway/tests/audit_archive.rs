@@ -28,6 +28,8 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const SEGMENT: i64 = 4;
 
 struct Env {
+    /// `audit:read` under the account prefix `acct-A`.
+    auditor: String,
     dir: tempfile::TempDir,
     config: PathBuf,
     app: axum::Router,
@@ -44,10 +46,25 @@ async fn setup(kind: StoreKind, test: &str) -> Option<Env> {
     let mut cfg = common::config(dir.path(), &url, &tokens);
     cfg.audit.archive.segment_max_events = SEGMENT as usize;
     cfg.audit.archive.lease_secs = 1;
+    let auditor = {
+        use secrecy::ExposeSecret;
+        shardgate::domain::auth::generate_token()
+            .expose_secret()
+            .to_string()
+    };
+    common::plant(&auditor);
+    cfg.tokens.push(shardgate::app::config::TokenConfig {
+        name: "auditor-A".into(),
+        sha256: shardgate::domain::auth::hash_token(&auditor),
+        scopes: vec!["audit:read".into()],
+        account_prefix: Some("acct-A".into()),
+        expires_at: None,
+    });
     let config = dir.path().join("shardgate.toml");
     common::write_config(&cfg, &config);
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     Some(Env {
+        auditor,
         config,
         app: shardgate::router(state),
         tokens,
@@ -534,6 +551,217 @@ async fn background_archivers_on_two_replicas_archive_each_event_once(kind: Stor
     );
 }
 
+/// `GET /v1/admin/audit/events?{query}` with `token`: status, the NDJSON lines, the next cursor.
+async fn search(
+    app: &axum::Router,
+    token: &str,
+    query: &str,
+) -> (
+    axum::http::StatusCode,
+    Vec<serde_json::Value>,
+    Option<String>,
+) {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .uri(format!("/v1/admin/audit/events?{query}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let next = resp
+        .headers()
+        .get("x-shardgate-next-cursor")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let lines = if status.is_success() {
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    } else {
+        vec![serde_json::from_slice(&body).unwrap()]
+    };
+    (status, lines, next)
+}
+
+/// Every page of a search: the events' `(chain_id, seq)` and the tiers seen.
+async fn all_pages(
+    app: &axum::Router,
+    token: &str,
+    query: &str,
+) -> (Vec<(String, i64)>, Vec<String>) {
+    let (mut got, mut tiers, mut cursor) = (Vec::new(), Vec::new(), None::<String>);
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("{query}&cursor={c}"),
+            None => query.to_string(),
+        };
+        let (s, lines, next) = search(app, token, &q).await;
+        assert_eq!(s, axum::http::StatusCode::OK, "{lines:?}");
+        for l in &lines {
+            got.push((
+                l["chain_id"].as_str().unwrap().to_string(),
+                l["seq"].as_i64().unwrap(),
+            ));
+            tiers.push(l["tier"].as_str().unwrap().to_string());
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return (got, tiers),
+        }
+    }
+}
+
+async fn search_across_the_archive_boundary_returns_each_event_once_in_order(kind: StoreKind) {
+    let Some(env) = setup(kind, "search").await else {
+        return;
+    };
+    let t = &env.tokens.admin;
+    for account in ["acct-A1", "acct-B1"] {
+        let (s, _) = common::call(
+            &env.app,
+            t,
+            "PUT",
+            &format!("/v1/accounts/{account}"),
+            Some(json!({"tier": "retail"})),
+        )
+        .await;
+        assert!(s.is_success());
+        for i in 0..5 {
+            let path = format!("/v1/accounts/{account}/shards/s{i}");
+            let (s, _) = common::call(
+                &env.app,
+                t,
+                "PUT",
+                &path,
+                Some(json!({"shard": "c2hhcmQ="})),
+            )
+            .await;
+            assert!(s.is_success());
+        }
+    }
+    // An event naming no account.
+    let (s, _) = common::call(&env.app, t, "GET", "/v1/admin/keys", None).await;
+    assert!(s.is_success());
+    env.archive_all();
+    assert_eq!(env.hot().await, 0);
+    for i in 0..3 {
+        for account in ["acct-A1", "acct-B1"] {
+            let path = format!("/v1/accounts/{account}/shards/s{i}");
+            let (s, _) = common::call(&env.app, t, "GET", &path, None).await;
+            assert!(s.is_success());
+        }
+    }
+    let until = shardgate::now_ms() + 1;
+    // What the chains hold, in order, read from the database and the archive independently.
+    let mut want: Vec<(i64, String, i64, Option<String>)> = Vec::new();
+    for line in env.cli(&["audit", "verify"]).stdout.lines() {
+        assert!(line.starts_with("audit ok"), "{line}");
+    }
+    let hot: Vec<(i64, String, i64, Option<String>)> = {
+        let rows = env.db.all_bytes("SELECT CAST(ts_ms AS TEXT) || ' ' || chain_id || ' ' || CAST(seq AS TEXT) || ' ' || COALESCE(account, '-') FROM audit_events").await;
+        rows.iter().map(|r| parse_row(r)).collect()
+    };
+    want.extend(hot);
+    let archived_objects = env.segment_files(".sgseg");
+    let key_file = env.dir.path().join("audit.key");
+    let key = shardgate::domain::audit::AuditKey::load(&key_file).unwrap();
+    for (m, o) in env.segment_files(".manifest").iter().zip(&archived_objects) {
+        let manifest =
+            shardgate::domain::audit::archive::Manifest::open(&std::fs::read(m).unwrap(), &key)
+                .unwrap();
+        let events = shardgate::domain::audit::archive::segment::open_object(
+            &std::fs::read(o).unwrap(),
+            &manifest,
+            &key,
+        )
+        .unwrap();
+        want.extend(
+            events
+                .into_iter()
+                .map(|r| (r.ts_ms, r.chain_id, r.seq, r.account)),
+        );
+    }
+    want.retain(|w| w.0 < until);
+    want.sort();
+    assert!(want.len() >= 18, "{}", want.len());
+    let ids = |w: &[(i64, String, i64, Option<String>)]| -> Vec<(String, i64)> {
+        w.iter().map(|(_, c, s, _)| (c.clone(), *s)).collect()
+    };
+
+    // Everything, three events a page: each event once, in order, from both tiers.
+    let (got, tiers) = all_pages(&env.app, t, &format!("limit=3&to={until}")).await;
+    assert_eq!(got, ids(&want));
+    assert!(tiers.contains(&"hot".to_string()) && tiers.contains(&"archived".to_string()));
+    // One account, across the boundary.
+    let a1: Vec<_> = want
+        .iter()
+        .filter(|w| w.3.as_deref() == Some("acct-A1"))
+        .cloned()
+        .collect();
+    let (got, _) = all_pages(&env.app, t, &format!("account=acct-A1&limit=2&to={until}")).await;
+    assert_eq!(got, ids(&a1));
+    // A token under the prefix acct-A sees acct-A1's events only: not acct-B1's, not those
+    // naming no account; asking for another account is refused.
+    let (got, _) = all_pages(&env.app, &env.auditor, &format!("limit=4&to={until}")).await;
+    assert_eq!(got, ids(&a1));
+    let (s, _, _) = search(&env.app, &env.auditor, "account=acct-B1").await;
+    assert_eq!(s, axum::http::StatusCode::FORBIDDEN);
+    let (s, _, _) = search(&env.app, &env.tokens.reader, "").await;
+    assert_eq!(s, axum::http::StatusCode::FORBIDDEN);
+    for bad in [
+        "limit=0",
+        "limit=10001",
+        "cursor=nope",
+        "from=yesterday",
+        "account=bad%20id",
+        "extra=1",
+    ] {
+        let (s, _, _) = search(&env.app, t, bad).await;
+        assert_eq!(s, axum::http::StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // The CLI gives the same events, as NDJSON.
+    let run = env.cli(&[
+        "audit",
+        "search",
+        "--account",
+        "acct-A1",
+        "--to",
+        &until.to_string(),
+    ]);
+    assert!(run.ok(), "{}", run.stderr);
+    let got: Vec<(String, i64)> = run
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["chain_id"].as_str().unwrap().to_string(),
+                v["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, ids(&a1));
+}
+
+fn parse_row(r: &[u8]) -> (i64, String, i64, Option<String>) {
+    let text = String::from_utf8(r.to_vec()).unwrap();
+    let mut parts = text.split(' ');
+    let ts = parts.next().unwrap().parse().unwrap();
+    let chain = parts.next().unwrap().to_string();
+    let seq = parts.next().unwrap().parse().unwrap();
+    let account = parts.next().unwrap();
+    (
+        ts,
+        chain,
+        seq,
+        (account != "-").then(|| account.to_string()),
+    )
+}
+
 both_stores!(
     archive_moves_old_events_out_and_verify_reads_one_chain_across_tiers,
     tampering_with_the_archive_is_named,
@@ -541,4 +769,5 @@ both_stores!(
     a_second_archiver_waits_for_the_first_ones_lease,
     an_archiver_killed_at_every_step_loses_and_duplicates_nothing,
     background_archivers_on_two_replicas_archive_each_event_once,
+    search_across_the_archive_boundary_returns_each_event_once_in_order,
 );

@@ -279,7 +279,7 @@ async fn a_stopped_s3_fails_the_pass_without_pruning_and_late_writes_change_noth
     let sink = S3Sink::connect(env.cfg.audit.archive.s3.as_ref().unwrap())
         .await
         .unwrap();
-    assert!(sink.locks_objects());
+    assert!(sink.locks_objects().await.unwrap());
     let store = shardgate::app::state::open_store(&env.cfg, 2)
         .await
         .unwrap();

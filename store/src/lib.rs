@@ -16,6 +16,7 @@
 //! Error texts carry SQLSTATE/result codes, database messages and ids, never row data.
 //! A commit that fails with `Unavailable` may or may not have been applied.
 
+mod audit_query;
 mod error;
 mod held_conns;
 pub mod keys;
@@ -38,6 +39,7 @@ pub use migration::{
     MigrationJob, MigrationSelector, Transition,
 };
 
+pub use audit_query::AuditQuery;
 pub use error::{BackupError, StoreError};
 pub use model::{
     AccountRecord, AccountStats, AuditForCount, AuditForPruned, AuditRecord, AuditSegment,
@@ -380,6 +382,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every chain id: registered chains, chains that have events and archived chains.
     async fn audit_chains(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Hot audit events matching `query`, ordered by `(ts_ms, chain_id, seq)`.
+    async fn search_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// The chain's archived segments, in seq order.
     async fn audit_segments(&self, chain_id: &str) -> Result<Vec<AuditSegment>, StoreError>;

@@ -246,8 +246,8 @@ pub async fn start_audit_archiver(cfg: &Config, state: &AppState) -> Result<(), 
     };
     crate::service::audit_archive::spawn_archiver(
         state.store.clone(),
-        archive_sink(cfg).await?,
-        Arc::new(audit_key(cfg)?),
+        state.archive.sink.clone(),
+        state.archive.key.clone(),
         settings,
         format!("gateway:{}", state.audit.chain_id()),
     );
@@ -356,6 +356,11 @@ impl AppState {
         }
         let from_config = config_tokens(cfg, &mut startup)?;
         let key = Arc::new(audit_key(cfg)?);
+        let archive = crate::service::state::ArchiveRef {
+            sink: archive_sink(cfg).await?,
+            prefix: cfg.audit.archive.prefix.clone(),
+            key: key.clone(),
+        };
         let store = open_store(cfg, cfg.store.max_connections).await?;
         prepare_schema(cfg, store.as_ref()).await?;
         let auth = Arc::new(
@@ -407,6 +412,7 @@ impl AppState {
             idempotency: cfg.idempotency.clone(),
             retention: cfg.retention.clone(),
             migrations: std::sync::OnceLock::new(),
+            archive,
         });
         let state = AppState::new(HttpParts {
             services,

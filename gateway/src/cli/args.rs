@@ -318,6 +318,33 @@ pub(crate) enum AuditCommand {
         #[arg(long, value_name = "DURATION")]
         older_than: Option<humantime::Duration>,
     },
+    /// Search the audit trail across the hot table and the archive: matching events as
+    /// NDJSON on stdout, ordered by time, chain and seq.
+    Search {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Events of this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// Events of this shard.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Events of this action (e.g. `shard.get`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Events with this outcome (`ok` or an error code).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// At or after this time (RFC 3339 or unix milliseconds).
+        #[arg(long)]
+        from: Option<String>,
+        /// Before this time (RFC 3339 or unix milliseconds).
+        #[arg(long)]
+        to: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Print the `credential` value the audit log records for a token (an HMAC of its id
     /// under this deployment's audit key), to find the events a token made. Give the token
     /// id, or pipe the token itself on stdin.
@@ -359,6 +386,7 @@ impl Command {
                 command:
                     AuditCommand::Verify { config, .. }
                     | AuditCommand::Archive { config, .. }
+                    | AuditCommand::Search { config, .. }
                     | AuditCommand::CredentialId { config, .. },
             }
             | Command::Hsm {

@@ -107,3 +107,42 @@ pub(crate) async fn audit_archive(
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// A `--from`/`--to` time (RFC 3339 or unix milliseconds).
+pub(crate) fn audit_search_time(name: &str, v: &str) -> anyhow::Result<i64> {
+    Ok(crate::service::audit_search::time_ms(name, v)?)
+}
+
+/// `audit search`: every matching event, page by page, as NDJSON on stdout (at most `limit`).
+pub(crate) async fn audit_search(
+    config: &ConfigArgs,
+    mut q: shardgate_store::AuditQuery,
+    limit: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    use crate::service::audit_search::{search, AuditEventView};
+    use std::io::Write as _;
+    let cfg = Config::load(&config.sources(None))?;
+    let key = crate::app::state::audit_key(&cfg)?;
+    let store = crate::app::state::open_store(&cfg, 2).await?;
+    crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
+    let sink = crate::app::state::archive_sink(&cfg).await?;
+    let archive = Archive {
+        sink: sink.as_ref(),
+        prefix: &cfg.audit.archive.prefix,
+    };
+    let mut left = limit.unwrap_or(u64::MAX);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while left > 0 {
+        q.limit = i64::try_from(left.min(1000)).unwrap_or(1000);
+        let page = search(store.as_ref(), archive, &key, &q).await?;
+        for (r, tier) in page.events {
+            serde_json::to_writer(&mut out, &AuditEventView::of(r, tier))?;
+            out.write_all(b"\n")?;
+            left -= 1;
+        }
+        let Some(next) = page.next else { break };
+        q.after = Some((next.0, next.1, next.2));
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

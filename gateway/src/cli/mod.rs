@@ -135,5 +135,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Archive { config, older_than },
         } => audit_archive(&config, older_than.map(Into::into)).await,
+        Command::Audit {
+            command:
+                AuditCommand::Search {
+                    config,
+                    account,
+                    shard,
+                    action,
+                    outcome,
+                    from,
+                    to,
+                    limit,
+                },
+        } => {
+            let q = shardgate_store::AuditQuery {
+                account,
+                shard,
+                action,
+                outcome,
+                from_ms: from
+                    .as_deref()
+                    .map(|v| audit_search_time("--from", v))
+                    .transpose()?,
+                to_ms: to
+                    .as_deref()
+                    .map(|v| audit_search_time("--to", v))
+                    .transpose()?,
+                ..Default::default()
+            };
+            audit_search(&config, q, limit).await
+        }
     }
 }

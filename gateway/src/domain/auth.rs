@@ -36,11 +36,13 @@ pub enum Scope {
     Admin,
     /// `metrics`
     Metrics,
+    /// `audit:read`: search the audit trail (an account prefix bounds what it sees).
+    AuditRead,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::AccountsRead,
         Scope::AccountsWrite,
         Scope::AccountsDelete,
@@ -49,6 +51,7 @@ impl Scope {
         Scope::ShardsDelete,
         Scope::Admin,
         Scope::Metrics,
+        Scope::AuditRead,
     ];
 
     /// Parse the wire name.
@@ -67,6 +70,7 @@ impl Scope {
             Scope::ShardsDelete => "shards:delete",
             Scope::Admin => "admin",
             Scope::Metrics => "metrics",
+            Scope::AuditRead => "audit:read",
         }
     }
 }
@@ -217,6 +221,11 @@ impl Caller {
         self.account_prefix
             .as_deref()
             .is_none_or(|p| account.as_bytes().starts_with(p.as_bytes()))
+    }
+
+    /// The caller's account prefix, if it carries one.
+    pub fn account_prefix(&self) -> Option<&str> {
+        self.account_prefix.as_deref()
     }
 
     /// Whether the caller carries an account prefix.

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod batch;
 pub mod error;
 pub mod health;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/migrations/{id}/cancel",
             post(admin::cancel_migration),
         )
+        .route("/v1/admin/audit/events", get(audit::search_events))
         .route("/v1/admin/keys", get(admin::list_keys))
         .route(
             "/v1/admin/keys/{backend}/{version}/state",

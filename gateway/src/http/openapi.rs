@@ -3,7 +3,7 @@
 //! DESIGN.md's table with the shared error body.
 
 use crate::http::error::{ErrorBody, ErrorCode, ErrorDetail};
-use crate::http::{accounts, admin, batch, health, shards};
+use crate::http::{accounts, admin, audit, batch, health, shards};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -31,6 +31,7 @@ use utoipa::{Modify, OpenApi};
         admin::list_keys,
         admin::set_key_state,
         admin::close_circuit,
+        audit::search_events,
         health::healthz,
         health::readyz,
         openapi_json,

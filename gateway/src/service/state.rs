@@ -45,6 +45,30 @@ pub struct Parts {
     pub write_groups: Option<super::write_group::WriteGroups>,
     /// This process's migration supervisor, once started (`serve` starts it; tests may).
     pub migrations: OnceLock<Arc<dyn JobRunner>>,
+    /// The audit archive (search reads archived segments from it; the archiver writes it).
+    pub archive: ArchiveRef,
+}
+
+/// The audit archive's sink, the prefix of its keys, and the audit key that checks what is
+/// read back.
+#[derive(Clone)]
+pub struct ArchiveRef {
+    /// The sink.
+    pub sink: Arc<dyn crate::domain::audit::archive::ArchiveSink>,
+    /// Key prefix.
+    pub prefix: String,
+    /// The audit key.
+    pub key: Arc<crate::domain::audit::AuditKey>,
+}
+
+impl ArchiveRef {
+    /// The sink and prefix as the domain takes them.
+    pub fn archive(&self) -> crate::domain::audit::archive::Archive<'_> {
+        crate::domain::audit::archive::Archive {
+            sink: self.sink.as_ref(),
+            prefix: &self.prefix,
+        }
+    }
 }
 
 /// What the use cases need of this process's migration workers (`crate::service::migrate`

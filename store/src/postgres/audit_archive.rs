@@ -92,3 +92,16 @@ pub(super) async fn release_lease(
         .map_err(map_err)?;
     Ok(())
 }
+
+/// [`Store::search_audit`](crate::Store::search_audit).
+pub(super) async fn search_audit(
+    store: &PgStore,
+    query: &crate::AuditQuery,
+) -> Result<Vec<crate::AuditRecord>, StoreError> {
+    let mut qb = crate::audit_query::search_sql::<sqlx::Postgres>(query);
+    let rows = qb.build().fetch_all(&store.pool).await.map_err(map_err)?;
+    rows.iter()
+        .map(crate::rows::audit_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err)
+}

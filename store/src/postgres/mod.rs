@@ -492,6 +492,13 @@ impl Store for PgStore {
         audit::audit_chains(self).await
     }
 
+    async fn search_audit(
+        &self,
+        query: &crate::AuditQuery,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        audit_archive::search_audit(self, query).await
+    }
+
     async fn audit_segments(&self, chain_id: &str) -> Result<Vec<AuditSegment>, StoreError> {
         audit_archive::audit_segments(self, chain_id).await
     }

@@ -73,8 +73,11 @@ impl S3SinkConfig {
 pub struct S3Sink {
     client: aws_sdk_s3::Client,
     bucket: String,
-    /// The lock mode every object gets, when the bucket has Object Lock.
-    lock: Option<ObjectLockMode>,
+    /// The configured lock mode.
+    mode: ObjectLockMode,
+    /// The lock mode every object gets, when the bucket has Object Lock: asked of the bucket
+    /// at the first write (so that a gateway starts while S3 is unreachable).
+    lock: tokio::sync::OnceCell<Option<ObjectLockMode>>,
 }
 
 impl std::fmt::Debug for S3Sink {
@@ -87,7 +90,7 @@ impl std::fmt::Debug for S3Sink {
 }
 
 impl S3Sink {
-    /// A client for `cfg`, and whether its bucket has Object Lock (one call).
+    /// A client for `cfg` (no call is made until the sink is used).
     pub async fn connect(cfg: &S3SinkConfig) -> Result<Self, SinkError> {
         let attempt = Duration::from_millis(cfg.attempt_timeout_ms);
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -106,19 +109,16 @@ impl S3Sink {
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(cfg.endpoint_url.is_some())
             .build();
-        let mut sink = Self {
+        Ok(Self {
             client: aws_sdk_s3::Client::from_conf(conf),
             bucket: cfg.bucket.clone(),
-            lock: None,
-        };
-        if sink.bucket_has_object_lock().await? {
-            sink.lock = Some(if cfg.object_lock_mode == "governance" {
+            mode: if cfg.object_lock_mode == "governance" {
                 ObjectLockMode::Governance
             } else {
                 ObjectLockMode::Compliance
-            });
-        }
-        Ok(sink)
+            },
+            lock: tokio::sync::OnceCell::new(),
+        })
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> SinkError {
@@ -145,9 +145,20 @@ impl S3Sink {
         }
     }
 
+    /// The lock mode objects get: `None` when the bucket has no Object Lock (asked once).
+    async fn lock(&self) -> Result<Option<ObjectLockMode>, SinkError> {
+        self.lock
+            .get_or_try_init(|| async {
+                let locked = self.bucket_has_object_lock().await?;
+                Ok(locked.then(|| self.mode.clone()))
+            })
+            .await
+            .cloned()
+    }
+
     /// Whether objects are locked (the bucket has Object Lock).
-    pub fn locks_objects(&self) -> bool {
-        self.lock.is_some()
+    pub async fn locks_objects(&self) -> Result<bool, SinkError> {
+        Ok(self.lock().await?.is_some())
     }
 }
 
@@ -199,9 +210,9 @@ impl ArchiveSink for S3Sink {
             .if_none_match("*")
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .body(ByteStream::from(bytes.to_vec()));
-        if let (Some(mode), Some(until)) = (&self.lock, retain_until_ms) {
+        if let (Some(mode), Some(until)) = (self.lock().await?, retain_until_ms) {
             put = put
-                .object_lock_mode(mode.clone())
+                .object_lock_mode(mode)
                 .object_lock_retain_until_date(aws_smithy_types::DateTime::from_millis(until));
         }
         match put.send().await {
