@@ -36,18 +36,19 @@ impl Cursor {
         let ts = parts.next()?.parse().ok()?;
         let seq = parts.next()?.parse().ok()?;
         let chain = parts.next()?;
-        let plain = !chain.is_empty()
-            && chain.len() <= 64
-            && chain
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        plain.then(|| Self(ts, chain.to_string(), seq))
+        // Chain ids are UUIDs in their hyphenated lower-case form.
+        let uuid = uuid::Uuid::parse_str(chain).ok()?;
+        (uuid.hyphenated().to_string() == chain).then(|| Self(ts, chain.to_string(), seq))
     }
 
-    /// Before every event at `ts_ms` and after every earlier one (chain ids are lower-case
-    /// hex and `-`, which sort before `z`).
+    /// Before every event at `ts_ms` and after every earlier one: the greatest chain id
+    /// (chain ids are lower-case UUIDs) and seq.
     fn before(ts_ms: i64) -> Self {
-        Self(ts_ms - 1, "z".repeat(40), i64::MAX)
+        Self(
+            ts_ms - 1,
+            uuid::Uuid::max().hyphenated().to_string(),
+            i64::MAX,
+        )
     }
 
     fn of(r: &AuditRecord) -> Self {
@@ -356,9 +357,21 @@ mod tests {
 
     #[test]
     fn a_cursor_reads_back_and_refuses_what_is_not_one() {
-        let c = Cursor(1_700_000_000_123, "0f6c-aa".into(), 42);
+        let chain = uuid::Uuid::new_v4().to_string();
+        let c = Cursor(1_700_000_000_123, chain.clone(), 42);
         assert_eq!(Cursor::parse(&c.encode()), Some(c));
-        for bad in ["", "1.2", "x.2.c", "1.x.c", "1.2.", "1.2.c/d", "1.2.c.d"] {
+        assert!(Cursor::parse(&Cursor::before(5).encode()).is_some());
+        let upper = format!("1.2.{}", chain.to_uppercase());
+        for bad in [
+            "",
+            "1.2",
+            "x.2.c",
+            "1.x.c",
+            "1.2.",
+            "1.2.c/d",
+            "1.2.c.d",
+            upper.as_str(),
+        ] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
     }
