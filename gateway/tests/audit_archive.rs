@@ -33,6 +33,7 @@ struct Env {
     dir: tempfile::TempDir,
     config: PathBuf,
     app: axum::Router,
+    state: shardgate::AppState,
     tokens: Tokens,
     db: Db,
     logs: PathBuf,
@@ -66,7 +67,8 @@ async fn setup(kind: StoreKind, test: &str) -> Option<Env> {
     Some(Env {
         auditor,
         config,
-        app: shardgate::router(state),
+        app: shardgate::router(state.clone()),
+        state,
         tokens,
         db: Db::connect(&url).await,
         logs: common::log_dir(&format!("audit_archive-{test}-{kind:?}")),
@@ -551,6 +553,45 @@ async fn background_archivers_on_two_replicas_archive_each_event_once(kind: Stor
     );
 }
 
+async fn anchors_in_the_archive_catch_a_cut_tail_without_any_checkpoint_file(kind: StoreKind) {
+    let Some(env) = setup(kind, "anchors").await else {
+        return;
+    };
+    env.traffic("a", 4).await;
+    env.archive_all();
+    env.traffic("b", 2).await;
+    env.state.audit.checkpoint().await;
+    // Only the archive holds the head now.
+    std::fs::remove_file(env.dir.path().join("audit-checkpoints")).unwrap();
+    let anchors = env.segment_files(".anchor");
+    assert_eq!(anchors.len(), 1, "{anchors:?}");
+    let out = env.assert_verifies();
+    assert!(out.contains("1 anchored chain(s)"), "{out}");
+    // An idle chain writes no second anchor; a moved head does.
+    env.state.audit.checkpoint().await;
+    assert_eq!(env.segment_files(".anchor").len(), 1);
+    // An edited anchor is named.
+    let original = std::fs::read_to_string(&anchors[0]).unwrap();
+    writable(&anchors[0]);
+    let edited = original.replacen(" 1", " 2", 1);
+    assert_ne!(edited, original);
+    std::fs::write(&anchors[0], &edited).unwrap();
+    env.assert_broken("an edited anchor", ".anchor");
+    std::fs::write(&anchors[0], &original).unwrap();
+    env.assert_verifies();
+    // The newest hot events deleted (the database rewritten by someone who can): the
+    // chain's head is behind its anchor.
+    env.db.bypass_audit_guard().await;
+    let head = env.db.count("SELECT MAX(seq) FROM audit_events").await;
+    env.db
+        .exec(&format!(
+            "DELETE FROM audit_events WHERE seq >= {}",
+            head - 1
+        ))
+        .await;
+    env.assert_broken("a cut hot tail", "behind its checkpoint");
+}
+
 /// `GET /v1/admin/audit/events?{query}` with `token`: status, the NDJSON lines, the next cursor.
 async fn search(
     app: &axum::Router,
@@ -770,4 +811,5 @@ both_stores!(
     an_archiver_killed_at_every_step_loses_and_duplicates_nothing,
     background_archivers_on_two_replicas_archive_each_event_once,
     search_across_the_archive_boundary_returns_each_event_once_in_order,
+    anchors_in_the_archive_catch_a_cut_tail_without_any_checkpoint_file,
 );

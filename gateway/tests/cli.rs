@@ -1470,10 +1470,15 @@ async fn audit_verify_sees_a_cut_tail_and_a_deleted_chain(kind: StoreKind) {
     db.bypass_audit_guard().await;
     assert_eq!(db.exec("DELETE FROM audit_events WHERE seq = 6").await, 1);
     assert_broken_at(&env, &logs, "verify-cut-tail", &chain, 6);
-    // Held against the files named on the command line (other replicas' too); without any
-    // checkpoint the cut is invisible, which is what the files are for.
+    // The same head is also an anchor in the archive (audit-archive/anchors/): with the
+    // file gone it still catches the cut.
     let moved = env.dir.path().join("replica-1-checkpoints");
     std::fs::rename(&file, &moved).unwrap();
+    assert_broken_at(&env, &logs, "verify-cut-tail-anchored", &chain, 6);
+    // Held against the files named on the command line (other replicas' too); without any
+    // checkpoint or anchor the cut is invisible, which is what they are for.
+    let archive = env.dir.path().join("audit-archive");
+    std::fs::rename(&archive, env.dir.path().join("archive-elsewhere")).unwrap();
     let v = audit_verify(&env.config_path, &logs, "verify-no-checkpoints");
     assert_eq!(v.code(), Some(0), "{}\n{}", v.stdout, v.stderr);
     let config = env.config_path.to_str().unwrap();

@@ -399,6 +399,7 @@ impl AppState {
                 WRITE_GROUP_WORKERS,
             )
         });
+        audit.anchor_to(archive.sink.clone(), archive.prefix.clone());
         let services = Services::new(Parts {
             write_groups,
             store,

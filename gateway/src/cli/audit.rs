@@ -35,16 +35,28 @@ pub(crate) async fn audit_verify(
         sink: sink.as_ref(),
         prefix: &cfg.audit.archive.prefix,
     };
+    use crate::domain::audit::archive::anchors::{merge_latest, read_anchors, AnchorError};
+    let anchors = match read_anchors(archive, &key).await {
+        Ok(a) => a,
+        Err(AnchorError::Broken(b)) => {
+            println!("AUDIT BROKEN: {b}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(AnchorError::Sink(e)) => return Err(e.into()),
+    };
+    let anchored = anchors.len();
+    let latest = merge_latest(latest, anchors);
     match crate::domain::audit::verify_tiers(store.as_ref(), Some(archive), &key, &latest).await {
         Ok(r) => {
             println!(
-                "audit ok: {} chain(s), {} event(s) verified ({} from {} archived segment(s)), {} checkpointed chain(s) from {} file(s)",
+                "audit ok: {} chain(s), {} event(s) verified ({} from {} archived segment(s)), {} checkpointed chain(s) from {} file(s) and {} anchored chain(s)",
                 r.chains,
                 r.events,
                 r.archived_events,
                 r.segments,
                 r.checkpoints,
-                files.len()
+                files.len(),
+                anchored
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -46,6 +46,10 @@ pub struct Auditor {
     chain_busy: AtomicU64,
     /// Callers of [`Auditor::lock`] waiting for the head ([`Auditor::chain_waiters`]).
     waiters: AtomicU64,
+    /// Where checkpoints are also written as anchors ([`Auditor::anchor_to`]).
+    anchors: std::sync::OnceLock<(Arc<dyn super::archive::ArchiveSink>, String)>,
+    /// The highest seq anchored so far (an idle chain writes no new anchor).
+    anchored: AtomicI64,
 }
 
 /// Most detached events in one write: a read queued while it commits waits for no more.
@@ -349,6 +353,8 @@ impl Auditor {
             detached_warned_ms: AtomicI64::new(i64::MIN),
             chain_busy: AtomicU64::new(0),
             waiters: AtomicU64::new(0),
+            anchors: std::sync::OnceLock::new(),
+            anchored: AtomicI64::new(0),
         });
         tracing::info!(chain_id = %auditor.chain_id, "audit chain started");
         let queues = Queues {
@@ -530,18 +536,49 @@ impl Auditor {
             tag = %hex::encode(&h.tag),
             "audit checkpoint"
         );
-        let Some(file) = &self.checkpoint_file else {
-            return;
-        };
         let cp = crate::domain::audit::checkpoints::Checkpoint {
             chain_id: self.chain_id.clone(),
             seq: h.seq,
             tag: h.tag,
             ts_ms: crate::now_ms(),
         };
-        if let Err(e) = file.append(&cp, &self.key) {
-            metrics::counter!("shardgate_audit_checkpoint_failures_total").increment(1);
-            tracing::error!(path = %file.path().display(), error = %e, "audit checkpoint not written to its file");
+        if let Some(file) = &self.checkpoint_file {
+            if let Err(e) = file.append(&cp, &self.key) {
+                metrics::counter!("shardgate_audit_checkpoint_failures_total").increment(1);
+                tracing::error!(path = %file.path().display(), error = %e, "audit checkpoint not written to its file");
+            }
+        }
+        self.anchor(&cp).await;
+    }
+
+    /// Also write every checkpoint as an anchor to `sink` (under `prefix`).
+    pub fn anchor_to(&self, sink: Arc<dyn super::archive::ArchiveSink>, prefix: String) {
+        let _ = self.anchors.set((sink, prefix));
+    }
+
+    /// Write `cp` as an anchor when anchoring is on and the head moved since the last one.
+    async fn anchor(&self, cp: &crate::domain::audit::checkpoints::Checkpoint) {
+        let Some((sink, prefix)) = self.anchors.get() else {
+            return;
+        };
+        if cp.seq <= self.anchored.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let archive = super::archive::Archive {
+            sink: sink.as_ref(),
+            prefix,
+        };
+        match super::archive::anchors::write_anchor(archive, &self.key, cp).await {
+            Ok(()) => {
+                self.anchored
+                    .fetch_max(cp.seq, std::sync::atomic::Ordering::Relaxed);
+                metrics::gauge!("shardgate_audit_anchor_timestamp_seconds")
+                    .set(cp.ts_ms as f64 / 1000.0);
+            }
+            Err(e) => {
+                metrics::counter!("shardgate_audit_anchor_failures_total").increment(1);
+                tracing::warn!(error = %e, "audit anchor not written to the archive; the next checkpoint tries again");
+            }
         }
     }
 

@@ -4,10 +4,12 @@
 //! - [`segment`]: the byte-exact object and manifest formats (FORMAT.md, "Audit segments");
 //! - [`sink`]: the write-once stores they go to ([`DirSink`], the embedded default;
 //!   [`S3Sink`], a bucket with optional Object Lock);
-//! - [`walk`]: reading a chain's segments back from the sink, checking every byte.
+//! - [`walk`]: reading a chain's segments back from the sink, checking every byte;
+//! - [`anchors`]: chain heads written to the sink at every checkpoint.
 //!
 //! Building, uploading and recording segments is a use case: `service::audit_archive`.
 
+pub mod anchors;
 pub mod s3;
 pub mod segment;
 pub mod sink;
