@@ -74,6 +74,8 @@ async fn setup(endpoint: &str, bucket: &str, attempt_ms: u64) -> Env {
         endpoint_url: Some(endpoint.to_string()),
         attempt_timeout_ms: attempt_ms,
         object_lock_mode: "compliance".into(),
+        ia_after_days: 30,
+        glacier_ir_after_days: 90,
     });
     let config = dir.path().join("shardgate.toml");
     common::write_config(&cfg, &config);
@@ -243,6 +245,30 @@ async fn archive_to_a_locked_bucket_verifies_and_names_a_replaced_object() {
         "{}",
         run.stdout
     );
+    // The lifecycle, applied and read back by `audit archive status`.
+    let run = env.cli(&["audit", "archive", "status"]);
+    assert!(run.ok(), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("object lock: on") && run.stdout.contains("lifecycle: none"),
+        "{}",
+        run.stdout
+    );
+    let run = env.cli(&[
+        "audit",
+        "archive",
+        "--apply-lifecycle",
+        "--older-than",
+        "1h",
+    ]);
+    assert!(run.ok(), "{}", run.stderr);
+    let run = env.cli(&["audit", "archive", "status"]);
+    assert!(run.ok(), "{}", run.stderr);
+    for want in [
+        format!("archived: {segments} segment(s)"),
+        "lifecycle: shardgate-audit-archive (Enabled): prefix \"audit/\", STANDARD_IA at 30 days, GLACIER_IR at 90 days, expire at 2557 days".to_string(),
+    ] {
+        assert!(run.stdout.contains(&want), "want {want:?} in {}", run.stdout);
+    }
     // A new version over a segment object (a lock keeps old versions, not the key's
     // current one): verify names it.
     let object = keys.iter().find(|k| k.ends_with(".sgseg")).unwrap();

@@ -297,6 +297,16 @@ pub(crate) enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum ArchiveCommand {
+    /// Show the archive: its sink, the segments and bytes recorded, the oldest hot event,
+    /// and for S3 whether objects are locked and the bucket's lifecycle rules (read back).
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// Re-check every audit chain across its archived segments and hot rows, and hold each
     /// against its latest checkpoint; exits 2 naming the first broken event or segment, a
@@ -312,11 +322,17 @@ pub(crate) enum AuditCommand {
     /// Archive every chain's events older than `--older-than` (default: `[audit.archive]
     /// hot_days`) to the archive sink, then delete them from the hot table: one pass.
     Archive {
+        #[command(subcommand)]
+        command: Option<ArchiveCommand>,
         #[command(flatten)]
         config: ConfigArgs,
         /// Keep events younger than this in the hot table (e.g. `30d`, `12h`, `0s`).
         #[arg(long, value_name = "DURATION")]
         older_than: Option<humantime::Duration>,
+        /// Before the pass, put the lifecycle configuration on the S3 bucket (STANDARD_IA at
+        /// `ia_after_days`, GLACIER_IR at `glacier_ir_after_days`, expiry at `retention_days`).
+        #[arg(long)]
+        apply_lifecycle: bool,
     },
     /// Search the audit trail across the hot table and the archive: matching events as
     /// NDJSON on stdout, ordered by time, chain and seq.
@@ -385,7 +401,15 @@ impl Command {
             | Command::Audit {
                 command:
                     AuditCommand::Verify { config, .. }
-                    | AuditCommand::Archive { config, .. }
+                    | AuditCommand::Archive {
+                        command: Some(ArchiveCommand::Status { config }),
+                        ..
+                    }
+                    | AuditCommand::Archive {
+                        command: None,
+                        config,
+                        ..
+                    }
                     | AuditCommand::Search { config, .. }
                     | AuditCommand::CredentialId { config, .. },
             }

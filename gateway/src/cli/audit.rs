@@ -158,3 +158,91 @@ pub(crate) async fn audit_search(
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The S3 sink of a configuration (`sink = "s3"`), for what only S3 has (lifecycle).
+async fn s3_sink(
+    cfg: &Config,
+) -> anyhow::Result<(
+    crate::domain::audit::archive::S3Sink,
+    &crate::domain::audit::archive::S3SinkConfig,
+)> {
+    match &cfg.audit.archive.s3 {
+        Some(s3) if cfg.audit.archive.sink == "s3" => Ok((
+            crate::domain::audit::archive::S3Sink::connect(s3).await?,
+            s3,
+        )),
+        _ => anyhow::bail!(
+            "--apply-lifecycle needs [audit.archive] sink = \"s3\" (the directory sink has no lifecycle)"
+        ),
+    }
+}
+
+/// `audit archive --apply-lifecycle`: put the lifecycle configuration on the bucket and show
+/// what the bucket holds now.
+pub(crate) async fn audit_apply_lifecycle(config: &ConfigArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(&config.sources(None))?;
+    let (sink, s3) = s3_sink(&cfg).await?;
+    let prefix = cfg.audit.archive.prefix.clone();
+    let rules =
+        crate::domain::audit::archive::s3::lifecycle(&prefix, s3, cfg.audit.archive.retention_days)
+            .map_err(|e| anyhow::anyhow!("lifecycle: {e}"))?;
+    sink.apply_lifecycle(rules).await?;
+    for line in sink.lifecycle_rules().await? {
+        eprintln!("lifecycle applied: {line}");
+    }
+    Ok(())
+}
+
+/// `audit archive status`.
+pub(crate) async fn audit_archive_status(config: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&config.sources(None))?;
+    let store = crate::app::state::open_store(&cfg, 2).await?;
+    crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
+    let sink = crate::app::state::archive_sink(&cfg).await?;
+    let (mut segments, mut bytes, mut oldest) = (0usize, 0i64, None::<i64>);
+    for chain in store.audit_chains().await? {
+        let recorded = store.audit_segments(&chain).await?;
+        segments += recorded.len();
+        bytes += recorded.iter().map(|s| s.object_bytes).sum::<i64>();
+        if let Some(first) = store.audit_events(&chain, i64::MIN, 1).await?.first() {
+            oldest = Some(oldest.map_or(first.ts_ms, |o| o.min(first.ts_ms)));
+        }
+    }
+    let a = &cfg.audit.archive;
+    println!("sink: {} (prefix {:?})", sink.describe(), a.prefix);
+    println!("archived: {segments} segment(s), {bytes} byte(s)");
+    match oldest {
+        Some(ts) => println!(
+            "oldest hot event: {} ({} day(s) old; hot_days = {})",
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ts).unwrap_or(0))
+            ),
+            (crate::now_ms() - ts) / 86_400_000,
+            a.hot_days
+        ),
+        None => println!("oldest hot event: none (the hot table is empty)"),
+    }
+    println!(
+        "retention: {} day(s) after a segment's newest event",
+        a.retention_days
+    );
+    if a.sink == "s3" {
+        let (s3, _) = s3_sink(&cfg).await?;
+        println!(
+            "object lock: {}",
+            if s3.locks_objects().await? {
+                "on"
+            } else {
+                "off (the bucket has no Object Lock)"
+            }
+        );
+        let rules = s3.lifecycle_rules().await?;
+        if rules.is_empty() {
+            println!("lifecycle: none (apply it with `shardgate audit archive --apply-lifecycle`)");
+        }
+        for r in rules {
+            println!("lifecycle: {r}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

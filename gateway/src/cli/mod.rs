@@ -133,8 +133,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => audit_verify(&config, checkpoints).await,
         Command::Audit {
-            command: AuditCommand::Archive { config, older_than },
-        } => audit_archive(&config, older_than.map(Into::into)).await,
+            command:
+                AuditCommand::Archive {
+                    command: Some(ArchiveCommand::Status { config }),
+                    ..
+                },
+        } => audit_archive_status(&config).await,
+        Command::Audit {
+            command:
+                AuditCommand::Archive {
+                    command: None,
+                    config,
+                    older_than,
+                    apply_lifecycle,
+                },
+        } => {
+            if apply_lifecycle {
+                audit_apply_lifecycle(&config).await?;
+            }
+            audit_archive(&config, older_than.map(Into::into)).await
+        }
         Command::Audit {
             command:
                 AuditCommand::Search {

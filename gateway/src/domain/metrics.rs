@@ -49,6 +49,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_audit_archive();
     describe_gauge!(
         "shardgate_key_wraps_reserved",
         "Wraps of a local/pkcs11 KEK version reserved by the replicas (key lifecycle counter)"
@@ -197,4 +198,49 @@ pub async fn served_by<F: std::future::Future>(f: F) -> (F::Output, &'static str
         Served::Multiple => "multiple",
     };
     (out, backend)
+}
+
+/// The audit archive's families (docs/audit-archive.md, "Metrics").
+fn describe_audit_archive() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "shardgate_audit_archived_segments_total",
+        "Audit segments this process archived (recorded, and their hot rows deleted)"
+    );
+    describe_counter!(
+        "shardgate_audit_archived_events_total",
+        "Audit events this process moved from the hot table into archived segments"
+    );
+    describe_counter!(
+        "shardgate_audit_archive_failures_total",
+        "Archiver passes that failed (nothing unarchived was deleted; the next pass retries)"
+    );
+    describe_gauge!(
+        "shardgate_audit_archive_last_success_timestamp_seconds",
+        "When this process's archiver last finished a pass (unix seconds)"
+    );
+    describe_gauge!(
+        "shardgate_audit_hot_oldest_event_age_seconds",
+        "Age of the oldest event left in the hot table, seen by the last archiver pass"
+    );
+    describe_gauge!(
+        "shardgate_audit_archive_lag_seconds",
+        "How far the oldest hot event is past hot_days (0 when the archiver keeps up)"
+    );
+    describe_gauge!(
+        "shardgate_audit_archived_segments",
+        "Archived audit segments recorded in the database"
+    );
+    describe_gauge!(
+        "shardgate_audit_archived_bytes",
+        "Bytes of the archived audit segment objects recorded in the database"
+    );
+    describe_counter!(
+        "shardgate_audit_anchor_failures_total",
+        "Checkpoints whose anchor could not be written to the archive"
+    );
+    describe_gauge!(
+        "shardgate_audit_anchor_timestamp_seconds",
+        "When this process last wrote an anchor to the archive (unix seconds)"
+    );
 }

@@ -107,6 +107,8 @@ async fn all_chains(
     progress: &(dyn Fn(&AuditSegment) + Sync),
     report: &mut ArchiveReport,
 ) -> Result<(), ArchiveError> {
+    let mut oldest: Option<i64> = None;
+    let (mut segments, mut bytes) = (0u64, 0i64);
     for chain in store.audit_chains().await? {
         loop {
             renew(store, pass).await?;
@@ -115,7 +117,21 @@ async fn all_chains(
             };
             progress(&seg);
         }
+        // Where the chain's hot rows now start, and what it has archived.
+        if let Some(first) = store.audit_events(&chain, i64::MIN, 1).await?.first() {
+            oldest = Some(oldest.map_or(first.ts_ms, |o| o.min(first.ts_ms)));
+        }
+        let recorded = store.audit_segments(&chain).await?;
+        segments += recorded.len() as u64;
+        bytes += recorded.iter().map(|s| s.object_bytes).sum::<i64>();
     }
+    let now = crate::now_ms();
+    let age = oldest.map_or(0, |o| now.saturating_sub(o).max(0));
+    let lag = oldest.map_or(0, |o| pass.cutoff_ms.saturating_sub(o).max(0));
+    metrics::gauge!("shardgate_audit_hot_oldest_event_age_seconds").set(age as f64 / 1000.0);
+    metrics::gauge!("shardgate_audit_archive_lag_seconds").set(lag as f64 / 1000.0);
+    metrics::gauge!("shardgate_audit_archived_segments").set(segments as f64);
+    metrics::gauge!("shardgate_audit_archived_bytes").set(bytes as f64);
     Ok(())
 }
 

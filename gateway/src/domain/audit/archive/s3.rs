@@ -39,6 +39,20 @@ pub struct S3SinkConfig {
     /// it) or `governance`.
     #[serde(default = "d_lock_mode")]
     pub object_lock_mode: String,
+    /// `--apply-lifecycle`: days after which objects move to STANDARD_IA.
+    #[serde(default = "d_ia_days")]
+    pub ia_after_days: u32,
+    /// `--apply-lifecycle`: days after which objects move to GLACIER_IR (instant retrieval:
+    /// verify and search still read them; GLACIER and DEEP_ARCHIVE would need a restore).
+    #[serde(default = "d_glacier_ir_days")]
+    pub glacier_ir_after_days: u32,
+}
+
+fn d_ia_days() -> u32 {
+    30
+}
+fn d_glacier_ir_days() -> u32 {
+    90
 }
 
 fn d_region() -> String {
@@ -60,6 +74,9 @@ impl S3SinkConfig {
         if self.attempt_timeout_ms == 0 {
             return Err("audit.archive.s3.attempt_timeout_ms must be greater than zero".into());
         }
+        if !(30..self.glacier_ir_after_days.max(31)).contains(&self.ia_after_days) {
+            return Err("audit.archive.s3: ia_after_days must be at least 30 (S3's minimum) and below glacier_ir_after_days".into());
+        }
         if !matches!(self.object_lock_mode.as_str(), "compliance" | "governance") {
             return Err(
                 "audit.archive.s3.object_lock_mode must be compliance or governance".into(),
@@ -67,6 +84,48 @@ impl S3SinkConfig {
         }
         Ok(())
     }
+}
+
+/// The lifecycle `--apply-lifecycle` puts on the bucket, for the objects under `prefix`.
+pub fn lifecycle(
+    prefix: &str,
+    cfg: &S3SinkConfig,
+    expire_days: u32,
+) -> Result<aws_sdk_s3::types::BucketLifecycleConfiguration, String> {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter, Transition, TransitionStorageClass,
+    };
+    let days = |d: u32| i32::try_from(d).map_err(|_| format!("{d} days is too many"));
+    let transition = |d: u32, class: TransitionStorageClass| -> Result<Transition, String> {
+        Ok(Transition::builder()
+            .days(days(d)?)
+            .storage_class(class)
+            .build())
+    };
+    let rule = LifecycleRule::builder()
+        .id("shardgate-audit-archive")
+        .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+        .status(ExpirationStatus::Enabled)
+        .transitions(transition(
+            cfg.ia_after_days,
+            TransitionStorageClass::StandardIa,
+        )?)
+        .transitions(transition(
+            cfg.glacier_ir_after_days,
+            TransitionStorageClass::GlacierIr,
+        )?)
+        .expiration(
+            LifecycleExpiration::builder()
+                .days(days(expire_days)?)
+                .build(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+    BucketLifecycleConfiguration::builder()
+        .rules(rule)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Objects in an S3 bucket.
@@ -154,6 +213,59 @@ impl S3Sink {
             })
             .await
             .cloned()
+    }
+
+    /// Put `lifecycle` on the bucket (replacing its lifecycle configuration).
+    pub async fn apply_lifecycle(
+        &self,
+        lifecycle: aws_sdk_s3::types::BucketLifecycleConfiguration,
+    ) -> Result<(), SinkError> {
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(lifecycle)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("PutBucketLifecycleConfiguration", describe(&e)))
+    }
+
+    /// The bucket's lifecycle rules, one line each (empty when it has none).
+    pub async fn lifecycle_rules(&self) -> Result<Vec<String>, SinkError> {
+        let out = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => return Ok(Vec::new()),
+            Err(e) => return Err(self.err("GetBucketLifecycleConfiguration", describe(&e))),
+        };
+        Ok(out
+            .rules()
+            .iter()
+            .map(|r| {
+                let moves: Vec<String> = r
+                    .transitions()
+                    .iter()
+                    .map(|t| {
+                        let class = t.storage_class().map_or("?", |c| c.as_str());
+                        format!("{class} at {} days", t.days().unwrap_or(0))
+                    })
+                    .collect();
+                let expiry = r.expiration().and_then(|e| e.days()).unwrap_or(0);
+                let prefix = r.filter().and_then(|f| f.prefix()).unwrap_or("");
+                format!(
+                    "{} ({}): prefix {prefix:?}, {}, expire at {expiry} days",
+                    r.id().unwrap_or("-"),
+                    r.status().as_str(),
+                    moves.join(", ")
+                )
+            })
+            .collect())
     }
 
     /// Whether objects are locked (the bucket has Object Lock).
