@@ -361,6 +361,25 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// For auditors: write the events of an account (and time range) to a new directory,
+    /// with the archived segments that hold them and the chains' latest anchors, so that
+    /// they verify offline with the audit key (FORMAT.md).
+    Export {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// At or after this time (RFC 3339 or unix milliseconds).
+        #[arg(long)]
+        from: Option<String>,
+        /// Before this time (RFC 3339 or unix milliseconds).
+        #[arg(long)]
+        to: Option<String>,
+        /// The directory to create (it must not exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Print the `credential` value the audit log records for a token (an HMAC of its id
     /// under this deployment's audit key), to find the events a token made. Give the token
     /// id, or pipe the token itself on stdin.
@@ -411,6 +430,7 @@ impl Command {
                         ..
                     }
                     | AuditCommand::Search { config, .. }
+                    | AuditCommand::Export { config, .. }
                     | AuditCommand::CredentialId { config, .. },
             }
             | Command::Hsm {

@@ -3,6 +3,7 @@
 
 mod args;
 mod audit;
+mod audit_export;
 pub mod backup;
 mod keys;
 mod logging;
@@ -15,6 +16,7 @@ pub mod token_admin;
 use crate::app::config::{BackendConfig, Config};
 use args::*;
 use audit::*;
+use audit_export::audit_export;
 use clap::Parser;
 use keys::*;
 use logging::*;
@@ -182,6 +184,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             audit_search(&config, q, limit).await
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    config,
+                    account,
+                    from,
+                    to,
+                    out,
+                },
+        } => {
+            let q = shardgate_store::AuditQuery {
+                account: Some(account),
+                from_ms: from
+                    .as_deref()
+                    .map(|v| audit_search_time("--from", v))
+                    .transpose()?,
+                to_ms: to
+                    .as_deref()
+                    .map(|v| audit_search_time("--to", v))
+                    .transpose()?,
+                ..Default::default()
+            };
+            audit_export(&config, q, &out).await
         }
     }
 }

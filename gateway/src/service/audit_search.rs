@@ -303,6 +303,8 @@ pub struct AuditEventView {
     pub detail: String,
     /// The credential's id under the audit key, if one was presented.
     pub credential: Option<String>,
+    /// The previous event's tag (hex): the link the chain checks.
+    pub prev_tag: String,
     /// The event's tag (hex): what `audit verify` checks.
     pub tag: String,
     /// `hot` (the database) or `archived` (a segment in the archive).
@@ -314,6 +316,7 @@ impl AuditEventView {
     pub fn of(r: AuditRecord, tier: Tier) -> Self {
         Self {
             tag: hex::encode(&r.tag),
+            prev_tag: hex::encode(&r.prev_tag),
             chain_id: r.chain_id,
             seq: r.seq,
             ts_ms: r.ts_ms,
