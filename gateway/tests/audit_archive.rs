@@ -592,6 +592,44 @@ async fn anchors_in_the_archive_catch_a_cut_tail_without_any_checkpoint_file(kin
     env.assert_broken("a cut hot tail", "behind its checkpoint");
 }
 
+async fn verify_from_a_date_and_after_expired_segments_trusts_the_first_manifest_left(
+    kind: StoreKind,
+) {
+    let Some(env) = setup(kind, "from").await else {
+        return;
+    };
+    env.traffic("a", 2).await;
+    env.archive_all();
+    let second_start = shardgate::now_ms();
+    std::thread::sleep(Duration::from_millis(5));
+    env.traffic("b", 4).await;
+    env.archive_all();
+    let (objects, manifests) = (env.segment_files(".sgseg"), env.segment_files(".manifest"));
+    assert!(objects.len() >= 3);
+    // The first segment gone: the database recorded it, its retention has not ended.
+    let hidden = env.dir.path().join("hidden");
+    std::fs::create_dir(&hidden).unwrap();
+    for p in [&objects[0], &manifests[0]] {
+        std::fs::rename(p, hidden.join(p.file_name().unwrap())).unwrap();
+    }
+    env.assert_broken("the first segment removed", "archived segments missing");
+    // `--from` a time after it: the walk starts at the last segment starting before that
+    // time, trusting its manifest.
+    let run = env.cli(&["audit", "verify", "--from", &second_start.to_string()]);
+    assert_eq!(run.code(), Some(0), "{}{}", run.stdout, run.stderr);
+    // Expired (retention 0 days): a missing prefix of recorded, expired segments is fine.
+    let mut cfg: shardgate::app::config::Config =
+        toml::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    cfg.audit.archive.retention_days = 0;
+    common::write_config(&cfg, &env.config);
+    env.assert_verifies();
+    // But not a segment missing after the first one left.
+    for p in [&objects[2], &manifests[2]] {
+        std::fs::rename(p, hidden.join(p.file_name().unwrap())).unwrap();
+    }
+    env.assert_broken("a middle segment removed", "archived segments missing");
+}
+
 /// `GET /v1/admin/audit/events?{query}` with `token`: status, the NDJSON lines, the next cursor.
 async fn search(
     app: &axum::Router,
@@ -900,4 +938,5 @@ both_stores!(
     background_archivers_on_two_replicas_archive_each_event_once,
     search_across_the_archive_boundary_returns_each_event_once_in_order,
     anchors_in_the_archive_catch_a_cut_tail_without_any_checkpoint_file,
+    verify_from_a_date_and_after_expired_segments_trusts_the_first_manifest_left,
 );

@@ -318,6 +318,11 @@ pub(crate) enum AuditCommand {
         /// Default: this configuration's own file, when it exists.
         #[arg(long, value_name = "PATH", num_args = 1..)]
         checkpoints: Vec<PathBuf>,
+        /// Start each chain's archived part at its last segment whose oldest event is at or
+        /// before this time (RFC 3339 or unix milliseconds), trusting that segment's manifest
+        /// HMAC instead of walking from the chain's first event.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
     },
     /// Archive every chain's events older than `--older-than` (default: `[audit.archive]
     /// hot_days`) to the archive sink, then delete them from the hot table: one pass.

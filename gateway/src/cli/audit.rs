@@ -14,6 +14,7 @@ use std::time::Duration;
 pub(crate) async fn audit_verify(
     config: &ConfigArgs,
     mut files: Vec<PathBuf>,
+    from_ms: Option<i64>,
 ) -> anyhow::Result<ExitCode> {
     use crate::domain::audit::VerifyError;
     let cfg = Config::load(&config.sources(None))?;
@@ -46,7 +47,19 @@ pub(crate) async fn audit_verify(
     };
     let anchored = anchors.len();
     let latest = merge_latest(latest, anchors);
-    match crate::domain::audit::verify_tiers(store.as_ref(), Some(archive), &key, &latest).await {
+    let retention_ms = i64::from(cfg.audit.archive.retention_days).saturating_mul(86_400_000);
+    let from = crate::domain::audit::archive::WalkFrom {
+        from_ms,
+        expired_before_ms: crate::now_ms().saturating_sub(retention_ms),
+    };
+    match crate::domain::audit::verify_tiers_from(
+        store.as_ref(),
+        Some((archive, from)),
+        &key,
+        &latest,
+    )
+    .await
+    {
         Ok(r) => {
             println!(
                 "audit ok: {} chain(s), {} event(s) verified ({} from {} archived segment(s)), {} checkpointed chain(s) from {} file(s) and {} anchored chain(s)",

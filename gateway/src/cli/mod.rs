@@ -132,8 +132,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 AuditCommand::Verify {
                     config,
                     checkpoints,
+                    from,
                 },
-        } => audit_verify(&config, checkpoints).await,
+        } => {
+            let from_ms = from
+                .as_deref()
+                .map(|v| audit_search_time("--from", v))
+                .transpose()?;
+            audit_verify(&config, checkpoints, from_ms).await
+        }
         Command::Audit {
             command:
                 AuditCommand::Archive {

@@ -21,7 +21,7 @@ pub use chain::{
     AUDIT_MAGIC_V2,
 };
 pub use event::{Event, Origin};
-pub use verify::{verify, verify_tiers, verify_with, VerifyError, VerifyReport};
+pub use verify::{verify, verify_tiers, verify_tiers_from, verify_with, VerifyError, VerifyReport};
 pub use writer::{Auditor, ChainGuard, ChainSeal, PruneEvents, CHAIN_WAIT};
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Re-checking every chain across its tiers (archived segments, then hot rows), and holding
 //! each against its checkpoints (`shardgate audit verify`).
 
-use super::archive::{archived_chains, walk_chain, Archive, ArchivedHead, WalkError};
+use super::archive::{archived_chains, walk_chain, Archive, ArchivedHead, WalkError, WalkFrom};
 use super::chain::*;
 use super::checkpoints::Checkpoint;
 use shardgate_store::{AuditRecord, Store, StoreError};
@@ -71,6 +71,23 @@ pub async fn verify_tiers(
     key: &AuditKey,
     checkpoints: &BTreeMap<String, Checkpoint>,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_tiers_from(
+        store,
+        archive.map(|a| (a, WalkFrom::default())),
+        key,
+        checkpoints,
+    )
+    .await
+}
+
+/// [`verify_tiers`] with each chain's archived part walked from where `from` says
+/// (`audit verify --from`, and segments expired from the sink).
+pub async fn verify_tiers_from(
+    store: &dyn Store,
+    archive: Option<(Archive<'_>, WalkFrom)>,
+    key: &AuditKey,
+    checkpoints: &BTreeMap<String, Checkpoint>,
+) -> Result<VerifyReport, VerifyError> {
     let mut report = VerifyReport {
         chains: 0,
         events: 0,
@@ -79,7 +96,7 @@ pub async fn verify_tiers(
         segments: 0,
     };
     let mut chains: BTreeSet<String> = store.audit_chains().await?.into_iter().collect();
-    if let Some(a) = archive {
+    if let Some((a, _)) = archive {
         chains.extend(archived_chains(a).await?);
     }
     let mut heads = BTreeMap::new();
@@ -88,9 +105,9 @@ pub async fn verify_tiers(
         let checkpoint = checkpoints.get(&chain);
         let recorded = store.audit_segments(&chain).await?;
         let start = match archive {
-            Some(a) => {
+            Some((a, from)) => {
                 let mut visit = |r: &AuditRecord| against_checkpoint(checkpoint, r);
-                walk_chain(a, key, &chain, &recorded, &mut visit).await?
+                walk_chain(a, key, &chain, (&recorded, from), &mut visit).await?
             }
             None if recorded.is_empty() => ArchivedHead::start(),
             None => {

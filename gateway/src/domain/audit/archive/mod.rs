@@ -18,7 +18,7 @@ pub mod walk;
 pub use s3::{S3Sink, S3SinkConfig};
 pub use segment::{Manifest, SegmentError};
 pub use sink::{ArchiveSink, DirSink, Put, SinkError};
-pub use walk::{archived_chains, walk_chain, ArchivedHead, WalkError};
+pub use walk::{archived_chains, walk_chain, ArchivedHead, WalkError, WalkFrom};
 
 /// A sink and the key prefix of this deployment's objects in it.
 #[derive(Clone, Copy)]

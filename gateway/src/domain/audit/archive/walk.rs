@@ -73,14 +73,110 @@ async fn manifest_keys(archive: Archive<'_>, chain_id: &str) -> Result<Vec<Strin
     Ok(keys)
 }
 
-/// Read and check every archived segment of `chain_id`, handing each event to `visit`, and
-/// hold the walk against the segments the database recorded (`recorded`): one it names must
-/// be in the sink with the same manifest.
+/// Where a walk starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalkFrom {
+    /// Start at the chain's last segment whose oldest event is at or before this time
+    /// (unix milliseconds), trusting that segment's manifest (`audit verify --from`).
+    pub from_ms: Option<i64>,
+    /// Segments whose newest event is older than this (now - retention) may be gone from
+    /// the sink (expired by a lifecycle rule): a walk starts after them, trusting the first
+    /// manifest left, when the database recorded them.
+    pub expired_before_ms: i64,
+}
+
+/// The manifest at `mkey`, checked (HMAC).
+async fn manifest_at(
+    archive: Archive<'_>,
+    key: &AuditKey,
+    mkey: &str,
+) -> Result<(Manifest, Vec<u8>), String> {
+    let bytes = archive
+        .sink
+        .get(mkey)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("archived manifest {mkey} vanished while read"))?;
+    let m = Manifest::open(&bytes, key).map_err(|e| format!("archived manifest {mkey}: {e}"))?;
+    Ok((m, bytes))
+}
+
+/// The index of the last of `keys` whose manifest's oldest event is at or before `from_ms`
+/// (0 when none is): a binary search reading O(log n) manifests.
+async fn start_index(
+    archive: Archive<'_>,
+    key: &AuditKey,
+    keys: &[String],
+    from_ms: i64,
+) -> Result<usize, String> {
+    let (mut lo, mut hi) = (0usize, keys.len());
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        if manifest_at(archive, key, &keys[mid]).await?.0.min_ts_ms <= from_ms {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// Where the walk starts: the index of its first manifest, and the head it starts from
+/// (trusting that manifest when it does not start the chain). `Err` is a reason.
+async fn start_of(
+    archive: Archive<'_>,
+    key: &AuditKey,
+    keys: &[String],
+    recorded: &[AuditSegment],
+    from: WalkFrom,
+) -> Result<(usize, ArchivedHead), String> {
+    let Some(first_key) = keys.first() else {
+        return Ok((0, ArchivedHead::start()));
+    };
+    let at = match from.from_ms {
+        Some(ms) => start_index(archive, key, keys, ms).await?,
+        None => 0,
+    };
+    let (m, _) = manifest_at(archive, key, &keys[at]).await?;
+    if m.first_seq == 1 && at == 0 {
+        return Ok((0, ArchivedHead::start()));
+    }
+    // Not the chain's start: trusted when asked to (`--from`), or when every segment the
+    // database recorded before it has expired.
+    let expired = recorded
+        .iter()
+        .filter(|s| s.first_seq < m.first_seq)
+        .all(|s| s.max_ts_ms < from.expired_before_ms)
+        && recorded.iter().any(|s| s.last_seq + 1 == m.first_seq);
+    if from.from_ms.is_none() && !expired {
+        return Err(format!(
+            "archived segments missing: events 1..{} are in no segment (next is {first_key})",
+            m.first_seq - 1
+        ));
+    }
+    let hex =
+        |v: &str| hex::decode(v).map_err(|_| format!("archived manifest {}: bad hex", keys[at]));
+    Ok((
+        at,
+        ArchivedHead {
+            next_seq: m.first_seq,
+            prev_tag: hex(&m.prev_tag)?,
+            manifest_sha256: hex(&m.prev_manifest_sha256)?,
+            events: 0,
+            segments: 0,
+        },
+    ))
+}
+
+/// Read and check the archived segments of `chain_id` from where `from` says, handing each
+/// event to `visit`, and hold the walk against the segments the database recorded
+/// (`recorded`): one it names from the walk's start on must be in the sink with the same
+/// manifest.
 pub async fn walk_chain(
     archive: Archive<'_>,
     key: &AuditKey,
     chain_id: &str,
-    recorded: &[AuditSegment],
+    (recorded, from): (&[AuditSegment], WalkFrom),
     visit: &mut (dyn FnMut(&AuditRecord) -> Result<(), Broken> + Send),
 ) -> Result<ArchivedHead, WalkError> {
     let broken = |seq: i64, reason: String| Broken {
@@ -88,9 +184,13 @@ pub async fn walk_chain(
         seq,
         reason,
     };
-    let mut head = ArchivedHead::start();
+    let keys = manifest_keys(archive, chain_id).await?;
+    let (skip, mut head) = start_of(archive, key, &keys, recorded, from)
+        .await
+        .map_err(|r| broken(1, r))?;
+    let walk_start = head.next_seq;
     let mut seen = BTreeMap::new();
-    for mkey in manifest_keys(archive, chain_id).await? {
+    for mkey in keys.into_iter().skip(skip) {
         let bytes = archive.sink.get(&mkey).await?.ok_or_else(|| {
             broken(
                 head.next_seq,
@@ -125,7 +225,7 @@ pub async fn walk_chain(
             segments: head.segments + 1,
         };
     }
-    for s in recorded {
+    for s in recorded.iter().filter(|s| s.first_seq >= walk_start) {
         match seen.get(&s.first_seq) {
             None => {
                 return Err(broken(
