@@ -1,5 +1,6 @@
-//! `shardgate audit verify` (every chain across its archived segments and hot rows, held
-//! against its checkpoints) and `shardgate audit archive` (one archiver pass).
+//! `shardgate audit ...`: `verify` (every chain across its archived segments and hot rows,
+//! held against its checkpoints and anchors), `archive` (one archiver pass, `status`,
+//! `--apply-lifecycle`), `search`, `credential-id`; `export` is in `audit_export`.
 
 use super::args::*;
 use crate::app::config::Config;
@@ -8,6 +9,100 @@ use crate::service::audit_archive::{run_pass, ArchivePass};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// `shardgate audit ...`.
+pub(crate) async fn audit_command(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::CredentialId { config, token_id } => audit_credential_id(&config, token_id),
+        AuditCommand::Verify {
+            config,
+            checkpoints,
+            from,
+        } => {
+            let (from_ms, _) = time_range(from.as_deref(), None)?;
+            audit_verify(&config, checkpoints, from_ms).await
+        }
+        AuditCommand::Archive {
+            command: Some(ArchiveCommand::Status { config }),
+            ..
+        } => audit_archive_status(&config).await,
+        AuditCommand::Archive {
+            command: None,
+            config,
+            older_than,
+            apply_lifecycle,
+        } => {
+            if apply_lifecycle {
+                audit_apply_lifecycle(&config).await?;
+            }
+            audit_archive(&config, older_than.map(Into::into)).await
+        }
+        AuditCommand::Search {
+            config,
+            account,
+            shard,
+            action,
+            outcome,
+            from,
+            to,
+            limit,
+        } => {
+            let (from_ms, to_ms) = time_range(from.as_deref(), to.as_deref())?;
+            let q = shardgate_store::AuditQuery {
+                account,
+                shard,
+                action,
+                outcome,
+                from_ms,
+                to_ms,
+                ..Default::default()
+            };
+            audit_search(&config, q, limit).await
+        }
+        AuditCommand::Export {
+            config,
+            account,
+            from,
+            to,
+            out,
+        } => {
+            let (from_ms, to_ms) = time_range(from.as_deref(), to.as_deref())?;
+            let q = shardgate_store::AuditQuery {
+                account: Some(account),
+                from_ms,
+                to_ms,
+                ..Default::default()
+            };
+            super::audit_export::audit_export(&config, q, &out).await
+        }
+    }
+}
+
+/// `--from` and `--to` (RFC 3339 or unix milliseconds) as unix milliseconds.
+fn time_range(from: Option<&str>, to: Option<&str>) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+    let ms = |name: &str, v: Option<&str>| -> anyhow::Result<Option<i64>> {
+        Ok(v.map(|v| crate::service::audit_search::time_ms(name, v))
+            .transpose()?)
+    };
+    Ok((ms("--from", from)?, ms("--to", to)?))
+}
+
+/// `audit credential-id`: the `credential` value the audit log records for a token id (or
+/// the token itself, read from stdin so that it never sits in shell history).
+fn audit_credential_id(config: &ConfigArgs, token_id: Option<String>) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&config.sources(None))?;
+    let key = crate::app::state::audit_key(&cfg)?;
+    let id = match token_id {
+        Some(id) => id.trim().to_ascii_lowercase(),
+        None => {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line)?;
+            crate::domain::auth::token_id(&crate::domain::auth::hash_token(line.trim()))
+        }
+    };
+    println!("{}", crate::domain::auth::credential_id(&key, &id));
+    Ok(ExitCode::SUCCESS)
+}
 
 /// `audit verify`: every chain, held against the latest checkpoints of `files` (default:
 /// this configuration's checkpoint file when it exists).
@@ -131,11 +226,6 @@ pub(crate) async fn audit_archive(
         archive.sink.describe()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// A `--from`/`--to` time (RFC 3339 or unix milliseconds).
-pub(crate) fn audit_search_time(name: &str, v: &str) -> anyhow::Result<i64> {
-    Ok(crate::service::audit_search::time_ms(name, v)?)
 }
 
 /// `audit search`: every matching event, page by page, as NDJSON on stdout (at most `limit`).

@@ -16,7 +16,6 @@ pub mod token_admin;
 use crate::app::config::{BackendConfig, Config};
 use args::*;
 use audit::*;
-use audit_export::audit_export;
 use clap::Parser;
 use keys::*;
 use logging::*;
@@ -110,111 +109,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit {
-            command: AuditCommand::CredentialId { config, token_id },
-        } => {
-            let cfg = Config::load(&config.sources(None))?;
-            let key = crate::app::state::audit_key(&cfg)?;
-            let id = match token_id {
-                Some(id) => id.trim().to_ascii_lowercase(),
-                None => {
-                    // The token itself, from stdin, so it never sits in shell history.
-                    let mut line = zeroize::Zeroizing::new(String::new());
-                    std::io::stdin().read_line(&mut line)?;
-                    crate::domain::auth::token_id(&crate::domain::auth::hash_token(line.trim()))
-                }
-            };
-            println!("{}", crate::domain::auth::credential_id(&key, &id));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Audit {
-            command:
-                AuditCommand::Verify {
-                    config,
-                    checkpoints,
-                    from,
-                },
-        } => {
-            let from_ms = from
-                .as_deref()
-                .map(|v| audit_search_time("--from", v))
-                .transpose()?;
-            audit_verify(&config, checkpoints, from_ms).await
-        }
-        Command::Audit {
-            command:
-                AuditCommand::Archive {
-                    command: Some(ArchiveCommand::Status { config }),
-                    ..
-                },
-        } => audit_archive_status(&config).await,
-        Command::Audit {
-            command:
-                AuditCommand::Archive {
-                    command: None,
-                    config,
-                    older_than,
-                    apply_lifecycle,
-                },
-        } => {
-            if apply_lifecycle {
-                audit_apply_lifecycle(&config).await?;
-            }
-            audit_archive(&config, older_than.map(Into::into)).await
-        }
-        Command::Audit {
-            command:
-                AuditCommand::Search {
-                    config,
-                    account,
-                    shard,
-                    action,
-                    outcome,
-                    from,
-                    to,
-                    limit,
-                },
-        } => {
-            let q = shardgate_store::AuditQuery {
-                account,
-                shard,
-                action,
-                outcome,
-                from_ms: from
-                    .as_deref()
-                    .map(|v| audit_search_time("--from", v))
-                    .transpose()?,
-                to_ms: to
-                    .as_deref()
-                    .map(|v| audit_search_time("--to", v))
-                    .transpose()?,
-                ..Default::default()
-            };
-            audit_search(&config, q, limit).await
-        }
-        Command::Audit {
-            command:
-                AuditCommand::Export {
-                    config,
-                    account,
-                    from,
-                    to,
-                    out,
-                },
-        } => {
-            let q = shardgate_store::AuditQuery {
-                account: Some(account),
-                from_ms: from
-                    .as_deref()
-                    .map(|v| audit_search_time("--from", v))
-                    .transpose()?,
-                to_ms: to
-                    .as_deref()
-                    .map(|v| audit_search_time("--to", v))
-                    .transpose()?,
-                ..Default::default()
-            };
-            audit_export(&config, q, &out).await
-        }
+        Command::Audit { command } => audit_command(command).await,
     }
 }

@@ -1,7 +1,7 @@
 //! The audit archive on PostgreSQL: reading a chain's recorded segments, recording one
 //! through the SECURITY DEFINER function `audit_archive_prune` (migration 0012, the only
-//! writer of `audit_segments` and the only way audit rows leave the hot table), and the
-//! archiver's lease.
+//! writer of `audit_segments` and the only way audit rows leave the hot table), the
+//! archiver's lease, and the search of the hot table (`audit_query`).
 
 use super::{map_err, PgStore};
 use crate::rows::{segment_from_row, SEGMENT_COLUMNS};

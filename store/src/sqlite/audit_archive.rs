@@ -1,7 +1,7 @@
 //! The audit archive on SQLite: reading a chain's recorded segments, recording one and
 //! deleting the rows it covers in one write transaction (the checks PostgreSQL's
 //! `audit_archive_prune` makes, made here; a trigger refuses any other delete of an audit
-//! row), and the archiver's lease.
+//! row), the archiver's lease, and the search of the hot table (`audit_query`).
 
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
