@@ -681,10 +681,7 @@ async fn all_pages(
         let (s, lines, next) = search(app, token, &q).await;
         assert_eq!(s, axum::http::StatusCode::OK, "{lines:?}");
         for l in &lines {
-            got.push((
-                l["chain_id"].as_str().unwrap().to_string(),
-                l["seq"].as_i64().unwrap(),
-            ));
+            got.push(event_id(l));
             tiers.push(l["tier"].as_str().unwrap().to_string());
         }
         match next {
@@ -812,17 +809,7 @@ async fn search_across_the_archive_boundary_returns_each_event_once_in_order(kin
         &until.to_string(),
     ]);
     assert!(run.ok(), "{}", run.stderr);
-    let got: Vec<(String, i64)> = run
-        .stdout
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["chain_id"].as_str().unwrap().to_string(),
-                v["seq"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let got: Vec<(String, i64)> = ndjson_ids(&run.stdout);
     assert_eq!(got, ids(&a1));
 
     // The auditor's export: the same events, the segments holding the archived ones (each
@@ -842,17 +829,8 @@ async fn search_across_the_archive_boundary_returns_each_event_once_in_order(kin
         out_s,
     ]);
     assert!(run.ok(), "{}", run.stderr);
-    let exported: Vec<(String, i64)> = std::fs::read_to_string(out.join("events.ndjson"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["chain_id"].as_str().unwrap().to_string(),
-                v["seq"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let exported: Vec<(String, i64)> =
+        ndjson_ids(&std::fs::read_to_string(out.join("events.ndjson")).unwrap());
     assert_eq!(exported, ids(&a1));
     let mut seen = Vec::new();
     let mut stack = vec![out.join("segments")];
@@ -889,12 +867,7 @@ async fn search_across_the_archive_boundary_returns_each_event_once_in_order(kin
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["tier"] == "archived")
-        .map(|v| {
-            (
-                v["chain_id"].as_str().unwrap().to_string(),
-                v["seq"].as_i64().unwrap(),
-            )
-        })
+        .map(|v| event_id(&v))
         .collect();
     archived_a1.sort();
     assert!(!seen.is_empty());
@@ -912,6 +885,21 @@ async fn search_across_the_archive_boundary_returns_each_event_once_in_order(kin
         "{}",
         again.stderr
     );
+}
+
+/// An event line's `(chain_id, seq)`.
+fn event_id(v: &serde_json::Value) -> (String, i64) {
+    (
+        v["chain_id"].as_str().unwrap().to_string(),
+        v["seq"].as_i64().unwrap(),
+    )
+}
+
+/// The `(chain_id, seq)` of every line of an NDJSON answer.
+fn ndjson_ids(text: &str) -> Vec<(String, i64)> {
+    text.lines()
+        .map(|l| event_id(&serde_json::from_str(l).unwrap()))
+        .collect()
 }
 
 fn parse_row(r: &[u8]) -> (i64, String, i64, Option<String>) {

@@ -100,23 +100,30 @@ sg_ensure_moto() {
 # or into moto's virtualenv, when missing). Missing: sg_missing (exit in strict mode).
 SG_OPENAPI_REQUIREMENT="openapi-spec-validator==0.9.0"
 sg_ensure_openapi_validator() {
-    local check='import openapi_spec_validator' py
+    sg_ensure_py_module SHARDGATE_TEST_OPENAPI_PYTHON "$SG_OPENAPI_REQUIREMENT" openapi_spec_validator
+}
+
+# $1: variable to export (an interpreter that imports $3), $2: pip requirement, $3: module.
+# Tries python3 and moto's virtualenv, installing $2 with pip into them when missing.
+# Missing: sg_missing (exit in strict mode).
+sg_ensure_py_module() {
+    local var=$1 requirement=$2 module=$3 py
     for py in python3 "$SG_MOTO_VENV/bin/python"; do
-        if "$py" -c "$check" >/dev/null 2>&1; then
-            export SHARDGATE_TEST_OPENAPI_PYTHON="$py"
+        if "$py" -c "import $module" >/dev/null 2>&1; then
+            export "$var=$py"
             return 0
         fi
     done
-    sg_log "installing $SG_OPENAPI_REQUIREMENT"
+    sg_log "installing $requirement"
     for py in python3 "$SG_MOTO_VENV/bin/python"; do
-        if "$py" -m pip install -q --disable-pip-version-check "$SG_OPENAPI_REQUIREMENT" >/dev/null 2>&1 &&
-            "$py" -c "$check" >/dev/null 2>&1; then
-            export SHARDGATE_TEST_OPENAPI_PYTHON="$py"
+        if "$py" -m pip install -q --disable-pip-version-check "$requirement" >/dev/null 2>&1 &&
+            "$py" -c "import $module" >/dev/null 2>&1; then
+            export "$var=$py"
             return 0
         fi
     done
-    unset SHARDGATE_TEST_OPENAPI_PYTHON
-    sg_missing "openapi-spec-validator is not available (pip install '$SG_OPENAPI_REQUIREMENT' failed)."
+    unset "$var"
+    sg_missing "$module is not available (pip install '$requirement' failed)."
 }
 
 # The audit segment recovery test (gateway/tests/audit_recovery.rs) runs
@@ -125,23 +132,7 @@ sg_ensure_openapi_validator() {
 # missing). Missing: sg_missing (exit in strict mode).
 SG_ZSTD_REQUIREMENT="zstandard==0.23.0"
 sg_ensure_zstandard() {
-    local check='import zstandard' py
-    for py in python3 "$SG_MOTO_VENV/bin/python"; do
-        if "$py" -c "$check" >/dev/null 2>&1; then
-            export SHARDGATE_TEST_ZSTD_PYTHON="$py"
-            return 0
-        fi
-    done
-    sg_log "installing $SG_ZSTD_REQUIREMENT"
-    for py in python3 "$SG_MOTO_VENV/bin/python"; do
-        if "$py" -m pip install -q --disable-pip-version-check "$SG_ZSTD_REQUIREMENT" >/dev/null 2>&1 &&
-            "$py" -c "$check" >/dev/null 2>&1; then
-            export SHARDGATE_TEST_ZSTD_PYTHON="$py"
-            return 0
-        fi
-    done
-    unset SHARDGATE_TEST_ZSTD_PYTHON
-    sg_missing "zstandard is not available (pip install '$SG_ZSTD_REQUIREMENT' failed)."
+    sg_ensure_py_module SHARDGATE_TEST_ZSTD_PYTHON "$SG_ZSTD_REQUIREMENT" zstandard
 }
 
 # The KMS recovery test (gateway/tests/kms_recovery.rs) runs recover_kms_shard.py with python3

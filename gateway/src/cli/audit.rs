@@ -3,8 +3,8 @@
 //! `--apply-lifecycle`), `search`, `credential-id`; `export` is in `audit_export`.
 
 use super::args::*;
+use super::audit_tiers::AuditTiers;
 use crate::app::config::Config;
-use crate::domain::audit::archive::Archive;
 use crate::service::audit_archive::{run_pass, ArchivePass};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,27 +112,20 @@ pub(crate) async fn audit_verify(
     from_ms: Option<i64>,
 ) -> anyhow::Result<ExitCode> {
     use crate::domain::audit::VerifyError;
-    let cfg = Config::load(&config.sources(None))?;
-    let key = crate::app::state::audit_key(&cfg)?;
+    let t = AuditTiers::open(config).await?;
+    let (cfg, key, store, archive) = (&t.cfg, &t.key, &t.store, t.archive());
     if files.is_empty() && cfg.checkpoint_file().exists() {
         files.push(cfg.checkpoint_file());
     }
-    let latest = match crate::domain::audit::checkpoints::read_latest(&files, &key) {
+    let latest = match crate::domain::audit::checkpoints::read_latest(&files, key) {
         Ok(l) => l,
         Err(b) => {
             println!("AUDIT BROKEN: {b}");
             return Ok(ExitCode::from(2));
         }
     };
-    let store = crate::app::state::open_store(&cfg, 2).await?;
-    crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
-    let sink = crate::app::state::archive_sink(&cfg).await?;
-    let archive = Archive {
-        sink: sink.as_ref(),
-        prefix: &cfg.audit.archive.prefix,
-    };
     use crate::domain::audit::archive::anchors::{merge_latest, read_anchors, AnchorError};
-    let anchors = match read_anchors(archive, &key).await {
+    let anchors = match read_anchors(archive, key).await {
         Ok(a) => a,
         Err(AnchorError::Broken(b)) => {
             println!("AUDIT BROKEN: {b}");
@@ -150,7 +143,7 @@ pub(crate) async fn audit_verify(
     match crate::domain::audit::verify_tiers_from(
         store.as_ref(),
         Some((archive, from)),
-        &key,
+        key,
         &latest,
     )
     .await
@@ -182,11 +175,9 @@ pub(crate) async fn audit_archive(
     config: &ConfigArgs,
     older_than: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(&config.sources(None))?;
-    let key = crate::app::state::audit_key(&cfg)?;
-    let store = crate::app::state::open_store(&cfg, 2).await?;
-    crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
-    let a = &cfg.audit.archive;
+    let t = AuditTiers::open(config).await?;
+    let (key, store, archive) = (&t.key, &t.store, t.archive());
+    let a = &t.cfg.audit.archive;
     let keep = older_than.unwrap_or(Duration::from_secs(u64::from(a.hot_days) * 86_400));
     let pass = ArchivePass {
         cutoff_ms: crate::now_ms()
@@ -201,11 +192,6 @@ pub(crate) async fn audit_archive(
         lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         retention_ms: i64::from(a.retention_days).saturating_mul(86_400_000),
     };
-    let sink = crate::app::state::archive_sink(&cfg).await?;
-    let archive = Archive {
-        sink: sink.as_ref(),
-        prefix: &a.prefix,
-    };
     let progress = |s: &shardgate_store::AuditSegment| {
         eprintln!(
             "archived {}:{}..{} ({} events) -> {}",
@@ -216,7 +202,7 @@ pub(crate) async fn audit_archive(
             s.manifest_key
         );
     };
-    let r = run_pass(store.as_ref(), archive, &key, &pass, &progress).await?;
+    let r = run_pass(store.as_ref(), archive, key, &pass, &progress).await?;
     println!(
         "audit archive: {} segment(s) recorded ({} adopted from a stopped pass), {} event(s) moved out of the hot table, {} byte(s) written to {}",
         r.segments,
@@ -236,20 +222,13 @@ pub(crate) async fn audit_search(
 ) -> anyhow::Result<ExitCode> {
     use crate::service::audit_search::{search, AuditEventView};
     use std::io::Write as _;
-    let cfg = Config::load(&config.sources(None))?;
-    let key = crate::app::state::audit_key(&cfg)?;
-    let store = crate::app::state::open_store(&cfg, 2).await?;
-    crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
-    let sink = crate::app::state::archive_sink(&cfg).await?;
-    let archive = Archive {
-        sink: sink.as_ref(),
-        prefix: &cfg.audit.archive.prefix,
-    };
+    let t = AuditTiers::open(config).await?;
+    let (key, store, archive) = (&t.key, &t.store, t.archive());
     let mut left = limit.unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while left > 0 {
         q.limit = i64::try_from(left.min(1000)).unwrap_or(1000);
-        let page = search(store.as_ref(), archive, &key, &q).await?;
+        let page = search(store.as_ref(), archive, key, &q).await?;
         for (r, tier) in page.events {
             serde_json::to_writer(&mut out, &AuditEventView::of(r, tier))?;
             out.write_all(b"\n")?;

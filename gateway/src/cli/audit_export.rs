@@ -9,9 +9,7 @@
 //! - `README.txt`: what is there and how to check it.
 
 use super::args::ConfigArgs;
-use crate::app::config::Config;
 use crate::domain::audit::archive::anchors::read_anchors;
-use crate::domain::audit::archive::Archive;
 use crate::service::audit_search::{search, AuditEventView, Tier};
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -53,15 +51,8 @@ pub(crate) async fn audit_export(
     out: &Path,
 ) -> anyhow::Result<ExitCode> {
     use std::os::unix::fs::DirBuilderExt;
-    let cfg = Config::load(&config.sources(None))?;
-    let key = crate::app::state::audit_key(&cfg)?;
-    let store = crate::app::state::open_store(&cfg, 2).await?;
-    crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
-    let sink = crate::app::state::archive_sink(&cfg).await?;
-    let archive = Archive {
-        sink: sink.as_ref(),
-        prefix: &cfg.audit.archive.prefix,
-    };
+    let t = super::audit_tiers::AuditTiers::open(config).await?;
+    let (key, store, sink, archive) = (&t.key, &t.store, &t.sink, t.archive());
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(out)
@@ -75,7 +66,7 @@ pub(crate) async fn audit_export(
     let mut count = 0u64;
     loop {
         q.limit = 1000;
-        let page = search(store.as_ref(), archive, &key, &q).await?;
+        let page = search(store.as_ref(), archive, key, &q).await?;
         for (r, tier) in page.events {
             chains.insert(r.chain_id.clone());
             if tier == Tier::Archived {
@@ -110,13 +101,13 @@ pub(crate) async fn audit_export(
             segments += 1;
         }
     }
-    let anchors = read_anchors(archive, &key).await?;
+    let anchors = read_anchors(archive, key).await?;
     let mut anchored = 0usize;
     for (chain, cp) in anchors.iter().filter(|(c, _)| chains.contains(*c)) {
         write_new(
             out,
             &format!("anchors/{chain}/{:020}.anchor", cp.seq),
-            cp.line(&key).as_bytes(),
+            cp.line(key).as_bytes(),
         )?;
         anchored += 1;
     }

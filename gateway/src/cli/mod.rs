@@ -4,6 +4,7 @@
 mod args;
 mod audit;
 mod audit_export;
+mod audit_tiers;
 pub mod backup;
 mod keys;
 mod logging;

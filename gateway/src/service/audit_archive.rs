@@ -319,23 +319,25 @@ async fn upload(
     let newest = records.iter().map(|r| r.ts_ms).max().unwrap_or(last.ts_ms);
     let until = Some(newest.saturating_add(retention_ms));
     let mut written = 0u64;
-    if archive
+    let put = archive
         .sink
         .put_if_absent(&object_key, &object, until)
-        .await?
-        == Put::Created
-    {
-        written += object.len() as u64;
-    }
+        .await?;
     failpoint("archive_after_object");
-    // An object already there (a stopped pass's, same events) is what the manifest names.
-    let stored = archive.sink.get(&object_key).await?.ok_or_else(|| {
-        refused(
-            &first.chain_id,
-            first.seq,
-            format!("{object_key} is not in the sink after it was written"),
-        )
-    })?;
+    // Created: the manifest names the bytes just written (the read-back below checks them).
+    // Already there (a stopped pass's, same events): the manifest names what is stored.
+    let stored = if put == Put::Created {
+        written += object.len() as u64;
+        object
+    } else {
+        archive.sink.get(&object_key).await?.ok_or_else(|| {
+            refused(
+                &first.chain_id,
+                first.seq,
+                format!("{object_key} is not in the sink after it was written"),
+            )
+        })?
+    };
     let m = segment::manifest_for(records, &object_key, &stored, prev_manifest).map_err(fail)?;
     let sealed = m.seal(key);
     if archive
