@@ -30,6 +30,10 @@ import json
 import os
 import re
 import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_archive  # noqa: E402  (bench/report_archive.py, next to this file)
 
 BACKENDS = ["local", "hsm", "kms", "kms-nocache"]
 
@@ -610,6 +614,33 @@ def merge_flood(a, res, machine):
         f.write("\n".join(lines) + "\n")
 
 
+def merge_archive(a, res, machine, which):
+    """--only-archive / --only-growth: replace that section's goals, figures and section of
+    the existing BENCHMARKS.json/md, keeping everything else as it is."""
+    build = report_archive.archive_report if which == "archive" else report_archive.growth_report
+    got = build(res, machine)
+    if got is None:
+        raise SystemExit("no %s results in %s" % (which, res))
+    goals, figures, section = got
+    gid = "archive_" if which == "archive" else "growth_"
+    prefix, heading = ((report_archive.ARCHIVE_PREFIX, report_archive.ARCHIVE_HEADING) if which == "archive"
+                       else (report_archive.GROWTH_PREFIX, report_archive.GROWTH_HEADING))
+    prev = json.loads(read(a.json, "{}") or "{}")
+    prev["goals"] = [g for g in prev.get("goals", []) if not g["id"].startswith(gid)] + goals
+    prev.setdefault("figures", {})[which] = figures
+    prev["machine_" + which] = machine
+    with open(a.json, "w") as f:
+        json.dump(prev, f, indent=1)
+        f.write("\n")
+    lines = (read(a.md, "") or "").splitlines()
+    if "## Goals" not in lines:
+        lines = ["# Benchmarks", "", "## Goals", "", "| figure | goal | measured | met? |", "|---|---|---|---|",
+                 ""] + lines
+    lines = merge_goals_and_section(lines, prefix, goals, heading, section)
+    with open(a.md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def goal_row(g):
     m = g["measured"]
     ms = "n/a" if m is None else ("%.2f%s" % (m, g["unit"]) if g["unit"] != "" else "%.2f" % m)
@@ -789,11 +820,16 @@ def main():
     ap.add_argument("--only-migration", action="store_true")
     ap.add_argument("--only-flood", action="store_true")
     ap.add_argument("--only-compare", action="store_true")
+    ap.add_argument("--only-archive", action="store_true")
+    ap.add_argument("--only-growth", action="store_true")
     a = ap.parse_args()
     res = a.results
     machine = json.loads(read(os.path.join(res, "machine.json"), "{}"))
     if a.only_flood:
         merge_flood(a, res, machine)
+        return
+    if a.only_archive or a.only_growth:
+        merge_archive(a, res, machine, "archive" if a.only_archive else "growth")
         return
     runs = load_runs(res)
     if a.only_compare:
@@ -804,6 +840,12 @@ def main():
         return
     mig = migration_report(res, runs, machine)
     flood = flood_report(res)
+    archive = report_archive.archive_report(res, machine)
+    # Section 13 runs only with --only growth: a full run keeps the last one.
+    prev_json = json.loads(read(a.json, "{}") or "{}")
+    growth_goals = [g for g in prev_json.get("goals", []) if g["id"].startswith("growth_")]
+    growth_section = report_archive.previous_section((read(a.md, "") or "").splitlines(),
+                                                     report_archive.GROWTH_HEADING)
     load = [json.loads(l) for l in (read(os.path.join(res, "load.jsonl"), "") or "").splitlines() if l.strip()]
 
     def pick(kind, backend):
@@ -1088,6 +1130,9 @@ def main():
         goals += mig[0]
     if flood:
         goals += flood[0]
+    if archive:
+        goals += archive[0]
+    goals += growth_goals
 
     figures = {
         "get": get,
@@ -1123,6 +1168,10 @@ def main():
         figures["migration"] = mig[1]
     if flood:
         figures["flood"] = flood[1]
+    if archive:
+        figures["archive"] = archive[1]
+    if "growth" in prev_json.get("figures", {}):
+        figures["growth"] = prev_json["figures"]["growth"]
     with open(a.json, "w") as f:
         json.dump({"machine": machine, "goals": goals, "figures": figures, "runs": runs}, f, indent=1)
         f.write("\n")
@@ -1527,6 +1576,9 @@ def main():
 
     if flood:
         o.extend(flood[2])
+    if archive:
+        o.extend(archive[2])
+    o.extend(growth_section + ([""] if growth_section and growth_section[-1] != "" else []))
 
     w("## Data set load (informational)")
     w("")
@@ -1550,6 +1602,8 @@ def main():
     w("scripts/bench.sh --only migration     # only section 6; keeps the other figures of BENCHMARKS.md/json")
     w("scripts/bench.sh --only migration --migration-shards 20000   # the same with a smaller job")
     w("scripts/bench.sh --only flood         # only section 11; keeps the other figures of BENCHMARKS.md/json")
+    w("scripts/bench.sh --only archive       # only section 12 (also part of the whole run)")
+    w("scripts/bench.sh --only growth        # only section 13 (not part of the whole run: ~35 minutes)")
     w("```")
     w("")
     w("It builds with `CARGO_TARGET_DIR=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}`, creates a throw-away "

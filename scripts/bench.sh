@@ -8,8 +8,9 @@
 #
 #   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
 #                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
-#                    [--only all|migration|flood|compare] [--migration-shards N] [--migration-rate R]
-#                    [--baseline REV | --baseline-env VAR=VALUE]
+#                    [--only all|migration|flood|compare|archive|growth] [--migration-shards N]
+#                    [--migration-rate R] [--baseline REV | --baseline-env VAR=VALUE]
+#                    [--archive-events N] [--growth-events N] [--growth-span-days D]
 #
 #   --accounts N      accounts per backend tier, one shard `s0` each (default 1000)
 #   --shard-bytes B   shard size in bytes (default 64)
@@ -28,6 +29,16 @@
 #                     (local) and a migration job of --migration-shards shards, each binary in
 #                     turn, the order alternating by round; its goal rows and section of
 #                     BENCHMARKS.md/json in --out are replaced, the rest kept as it is
+#   --only archive    only the audit archiver figures (issue 28, section 12: archive throughput
+#                     against a raw read-compress-PUT loop, GET p99 with an archiver running);
+#                     part of `all` too
+#   --only growth     only the audit growth figure (section 13: GET throughput with
+#                     --growth-events archived audit events against a fresh database, and how
+#                     long archiving them takes; not part of `all`: ~35 minutes here)
+#   --archive-events N   history events archived per round of section 12 (default 1000000)
+#   --growth-events N    audit history of section 13 (default 10000000), stamped evenly over
+#                     --growth-span-days D (default 300), so all but the last 30 days (hot_days)
+#                     are archived
 #   --baseline REV    the commit --only compare measures against (git rev; built in a worktree
 #                     of its own with CARGO_TARGET_DIR=$SHARDGATE_BENCH_TARGET-baseline)
 #   --baseline-env VAR=VALUE   instead: the baseline is this tree's binary with one more
@@ -77,6 +88,9 @@ MIG_DEFAULT_RATE=500 # the gateway's default [migration] rate_per_sec (gateway/s
 TARGET=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}
 BASELINE=""
 BASELINE_ENV=""
+ARCHIVE_EVENTS=1000000
+GROWTH_EVENTS=10000000
+GROWTH_SPAN_DAYS=300
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 ORIG_ARGS=("$@")
@@ -92,10 +106,13 @@ while [ "$#" -gt 0 ]; do
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
         --only)
-            case "${2:-}" in all | migration | flood | compare) ONLY=$2 ;; *) sg_die "--only is all, migration, flood or compare, got '${2:-}'" ;; esac
+            case "${2:-}" in all | migration | flood | compare | archive | growth) ONLY=$2 ;; *) sg_die "--only is all, migration, flood, compare, archive or growth, got '${2:-}'" ;; esac
             shift 2 ;;
         --migration-shards) MIG_SHARDS=$(num "$1" "${2:-}"); shift 2 ;;
         --migration-rate) MIG_RATE=$(num "$1" "${2:-}"); shift 2 ;;
+        --archive-events) ARCHIVE_EVENTS=$(num "$1" "${2:-}"); shift 2 ;;
+        --growth-events) GROWTH_EVENTS=$(num "$1" "${2:-}"); shift 2 ;;
+        --growth-span-days) GROWTH_SPAN_DAYS=$(num "$1" "${2:-}"); shift 2 ;;
         --baseline) BASELINE=${2:?--baseline needs a git revision}; shift 2 ;;
         --baseline-env) BASELINE_ENV=${2:?--baseline-env needs VAR=VALUE}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -127,7 +144,7 @@ blog() { printf '[bench] %s\n' "$*" >&2; }
 # Per-run state and cleanup (also on Ctrl-C / TERM). Background jobs of this non-interactive
 # script ignore SIGINT, so the trap is what stops them.
 # ---------------------------------------------------------------------------------------------
-WORK="" DB_NAME="" GW_PID="" SG_MOTO_PID="" MID_PID="" STATE_FILE="" OK=0 NULL_PID=""
+WORK="" DB_NAME="" GW_PID="" SG_MOTO_PID="" MID_PID="" STATE_FILE="" OK=0 NULL_PID="" ARC_PID=""
 STATE_DIR="${TMPDIR:-/tmp}/shardgate-bench-state-$(id -u)"
 
 # shellcheck disable=SC2317 # invoked by the traps
@@ -138,6 +155,7 @@ cleanup() {
     [ -n "$MID_PID" ] && { pkill -P "$MID_PID" 2>/dev/null; kill "$MID_PID" 2>/dev/null; }
     [ -n "$GW_PID" ] && sg_stop_pid "$GW_PID"
     [ -n "$NULL_PID" ] && sg_stop_pid "$NULL_PID"
+    [ -n "$ARC_PID" ] && kill -9 "$ARC_PID" 2>/dev/null
     [ -n "$SG_MOTO_PID" ] && sg_stop_pid "$SG_MOTO_PID"
     [ -n "$DB_NAME" ] && sg_pg_drop_db_family "$DB_NAME"
     [ -n "$STATE_FILE" ] && rm -f "$STATE_FILE"
@@ -200,7 +218,7 @@ command -v wrk >/dev/null 2>&1 || sg_die "wrk is required (apt-get install wrk)"
 command -v curl >/dev/null 2>&1 || sg_apt_install curl || sg_die "curl is required"
 # oha (open-loop latency) and inferno (flamegraphs) come from crates.io, built once.
 export PATH="$PATH:$HOME/.cargo/bin"
-if ! command -v oha >/dev/null 2>&1 && [ "$ONLY" != migration ] && [ "$ONLY" != compare ]; then
+if ! command -v oha >/dev/null 2>&1 && case $ONLY in all | flood | archive) true ;; *) false ;; esac; then
     blog "installing oha (cargo install oha --locked; once)"
     cargo install oha --locked >&2 || sg_die "oha is required for the open-loop figure (cargo install oha)"
 fi
@@ -409,6 +427,8 @@ LOAD_BACKENDS=("${BACKENDS[@]}")
 [ "$ONLY" = flood ] && LOAD_BACKENDS=(local)
 # The compare figures: GET on local and hsm, batchGet on hsm, PUT on local.
 [ "$ONLY" = compare ] && LOAD_BACKENDS=(local hsm)
+# The archive figures read the local set.
+case $ONLY in archive | growth) LOAD_BACKENDS=(local) ;; esac
 for b in "${LOAD_BACKENDS[@]}"; do load_sets+=("bench-$b=$(prefix_of "$b")"); done
 LOAD_CMD="SG_TOKEN=\$TOKEN python3 bench/load.py --base $BASE --accounts $ACCOUNTS --shard-bytes $SHARD_BYTES ${load_sets[*]}"
 blog "loading $ACCOUNTS accounts x 1 shard of $SHARD_BYTES B per backend tier (${LOAD_BACKENDS[*]})"
@@ -672,7 +692,7 @@ fi # ONLY=all
 # ---------------------------------------------------------------------------------------------
 FLOOD_RATE=200
 FLOOD_CONNS=32
-if [ "$ONLY" != migration ] && [ "$ONLY" != compare ]; then
+if [ "$ONLY" = all ] || [ "$ONLY" = flood ]; then
     FLOOD=$RES/flood
     mkdir -p "$FLOOD"
     [ -n "$OHA" ] || sg_die "oha is required for the flood figure (cargo install oha)"
@@ -739,7 +759,7 @@ fi
 #       or database (shardgate-bench migrate-raw), on the same keyring file and token; in
 #       --rounds rounds (the shards moved back to local between them), the median ratio.
 # ---------------------------------------------------------------------------------------------
-if [ "$ONLY" != flood ] && [ "$ONLY" != compare ]; then
+if [ "$ONLY" = all ] || [ "$ONLY" = migration ]; then
 MIG=$RES/migration
 mkdir -p "$MIG"
 mig() { SG_TOKEN=$TOKEN python3 bench/migrate.py --base "$BASE" "$@"; }
@@ -890,6 +910,14 @@ if [ "$ONLY" = compare ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 7c. Audit archive (issue 28): scripts/lib/bench_archive.sh. Section 12 in `all` and
+#     `--only archive`, section 13 only with `--only growth`.
+# ---------------------------------------------------------------------------------------------
+# shellcheck source=scripts/lib/bench_archive.sh
+source "$SCRIPT_DIR/lib/bench_archive.sh"
+case $ONLY in all | archive) bench_archive ;; growth) bench_growth ;; esac
+
+# ---------------------------------------------------------------------------------------------
 # 8. Report
 # ---------------------------------------------------------------------------------------------
 ver() { "$@" 2>/dev/null | head -n1 || true; }
@@ -912,11 +940,14 @@ python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dump
     raw_unwraps "$RAW_UNWRAPS" decrypt_n "$DECRYPT_N" \
     elapsed_seconds "$SECONDS" only "$ONLY" migration_shards "$MIG_SHARDS" migration_rate "$MIG_RATE" \
     migration_default_rate "$MIG_DEFAULT_RATE" migration_lat_shards "${LAT_SHARDS:-0}" \
+    archive_events "$ARCHIVE_EVENTS" growth_events "$GROWTH_EVENTS" growth_span_days "$GROWTH_SPAN_DAYS" \
     command "scripts/bench.sh${ORIG_ARGS[*]:+ ${ORIG_ARGS[*]}}" >"$RES/machine.json"
 REPORT_ARGS=()
 [ "$ONLY" = migration ] && REPORT_ARGS=(--only-migration)
 [ "$ONLY" = flood ] && REPORT_ARGS=(--only-flood)
 [ "$ONLY" = compare ] && REPORT_ARGS=(--only-compare)
+[ "$ONLY" = archive ] && REPORT_ARGS=(--only-archive)
+[ "$ONLY" = growth ] && REPORT_ARGS=(--only-growth)
 [ "$ONLY" = flood ] && blog "flood figure: $(tail -n1 "$RES/flood/summary.txt")"
 python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json" "${REPORT_ARGS[@]}"
 blog "wrote $OUT_DIR/BENCHMARKS.md and $OUT_DIR/BENCHMARKS.json"

@@ -25,6 +25,14 @@
 //!     the database floor of a GET / a PUT (plain sqlx on the gateway's database)
 //! shardgate-bench audit-insert --url PG [--concurrency C] [--seconds S]
 //!     the gateway's audit write path (its batching included), one event per operation
+//! shardgate-bench audit-fill --url PG --audit-key FILE [--events N] [--span-days D]
+//!                            [--concurrency C]
+//!     N chained audit events on a new chain through the gateway's writer and key, stamped
+//!     evenly from D days ago to now (the history the archive figures archive)
+//! shardgate-bench archive-raw --url PG --dir DIR [--older-than-secs S]
+//!                             [--segment-max-events N] [--segment-max-bytes B]
+//!     the archiver's floor: every chain's rows older than S read page by page, cut and
+//!     compressed as segments, PUT to a directory sink at DIR; nothing checked or deleted
 //! shardgate-bench raw-unwrap-local --keyring FILE [--shard-bytes B] [--threads T] [--seconds S]
 //!     keyring unwrap + shard open through `envelope::open`, no HTTP, no SQL
 //! ```
@@ -32,6 +40,7 @@
 //! process itself plus every PostgreSQL process, from /proc, over the timed window.
 //! Credentials come from the standard provider chain (the script exports moto's dummies).
 
+mod audit_archive;
 mod audit_insert;
 mod drive;
 mod null_route;
@@ -46,7 +55,7 @@ use shardgate_backends::local::LocalBackend;
 use shardgate_backends::pkcs11::{Pkcs11Backend, Pkcs11Config};
 use shardgate_backends::{KeyBackend, ShardIdentity, Version};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// `--name value` pairs after the subcommand.
@@ -292,7 +301,7 @@ async fn migrate_raw(a: &Args) -> Result<()> {
 async fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
-        bail!("usage: shardgate-bench <kms-create-key|kms-decrypt|migrate-raw|null-route|pk-select|pk-insert|audit-insert|raw-unwrap-local> [--name value ...]");
+        bail!("usage: shardgate-bench <kms-create-key|kms-decrypt|migrate-raw|null-route|pk-select|pk-insert|audit-insert|audit-fill|archive-raw|raw-unwrap-local> [--name value ...]");
     };
     let args = Args::parse(rest)?;
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
@@ -332,6 +341,27 @@ async fn main() -> Result<()> {
                 args.num("concurrency", 16)?.max(1),
                 args.num("seconds", 10)? as u64,
             )
+            .await
+        }
+        "audit-fill" => {
+            audit_archive::fill(audit_archive::Fill {
+                url: args.req("url")?,
+                key_file: Path::new(args.req("audit-key")?),
+                events: args.num("events", 1_000_000)? as u64,
+                span_days: args.num("span-days", 60)? as u64,
+                concurrency: args.num("concurrency", 8)?,
+            })
+            .await
+        }
+        "archive-raw" => {
+            audit_archive::raw(audit_archive::Raw {
+                url: args.req("url")?,
+                dir: Path::new(args.req("dir")?),
+                cutoff_ms: shardgate::now_ms()
+                    - i64::try_from(args.num("older-than-secs", 0)?)? * 1000,
+                max_events: args.num("segment-max-events", 50_000)?.max(1),
+                max_bytes: args.num("segment-max-bytes", 32 << 20)?.max(1),
+            })
             .await
         }
         "raw-unwrap-local" => {

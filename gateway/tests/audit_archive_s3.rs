@@ -147,6 +147,7 @@ impl Env {
             holder: "s3-test".into(),
             lease_ms: 1,
             retention_ms: 86_400_000,
+            rate_per_sec: 0,
         };
         let archive = Archive {
             sink: &sink,
@@ -316,6 +317,7 @@ async fn a_stopped_s3_fails_the_pass_without_pruning_and_late_writes_change_noth
         holder: "stopped".into(),
         lease_ms: 1,
         retention_ms: 86_400_000,
+        rate_per_sec: 0,
     };
     let archive = Archive {
         sink: &sink,

@@ -103,6 +103,7 @@ async fn python_with_zstandard_verifies_segments_from_format_md_alone() {
         holder: "recovery-test".into(),
         lease_ms: 10_000,
         retention_ms: 86_400_000,
+        rate_per_sec: 0,
     };
     run_pass(state.store.as_ref(), archive, &key, &pass, &|_| {})
         .await

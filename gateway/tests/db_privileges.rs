@@ -515,6 +515,7 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
         holder: "db-privileges-test".into(),
         lease_ms: 10_000,
         retention_ms: 86_400_000,
+        rate_per_sec: 0,
     };
     let archived = shardgate::service::audit_archive::run_pass(
         state.store.as_ref(),

@@ -389,6 +389,16 @@ pub trait Store: Send + Sync + 'static {
     /// The chain's archived segments, in seq order.
     async fn audit_segments(&self, chain_id: &str) -> Result<Vec<AuditSegment>, StoreError>;
 
+    /// Archived segments of every chain whose time range meets `[from_ms, to_ms)` (`None`:
+    /// unbounded), ordered by `(min_ts_ms, chain_id, first_seq)`, at most `limit`: what a
+    /// search page reads, in one query on the time indexes (migration 0014).
+    async fn audit_segments_between(
+        &self,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditSegment>, StoreError>;
+
     /// Record an archived segment and delete the hot rows it covers, in one transaction:
     /// the number of rows deleted (0 when this very segment was recorded before). Refused
     /// (`Internal`, nothing changed) unless the rows are exactly the segment's (count, first

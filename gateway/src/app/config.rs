@@ -412,6 +412,12 @@ pub struct AuditArchiveConfig {
     /// long another replica waits to take over from one that died.
     #[serde(default = "d_archive_lease")]
     pub lease_secs: u64,
+    /// Most events archived per second, on average (0: as fast as it goes). An archiver at
+    /// full speed takes a core and the database's time from the requests (GET p99 x4 at half
+    /// the peak on 2 cores: BENCHMARKS.md section 12); the default is 4x the audit events of
+    /// 5,000 GET/s, so a hot table catches up while traffic goes on.
+    #[serde(default = "d_archive_rate")]
+    pub rate_per_sec: u64,
     /// Where segments go: `dir` (the directory sink, the default) or `s3` (`[audit.archive.s3]`).
     #[serde(default = "d_archive_sink")]
     pub sink: String,
@@ -444,6 +450,9 @@ fn d_retention_days() -> u32 {
 }
 fn d_archive_lease() -> u64 {
     60
+}
+fn d_archive_rate() -> u64 {
+    20_000
 }
 fn d_segment_events() -> usize {
     50_000
@@ -507,6 +516,7 @@ impl Default for AuditArchiveConfig {
             segment_max_events: d_segment_events(),
             segment_max_bytes: d_segment_bytes(),
             lease_secs: d_archive_lease(),
+            rate_per_sec: d_archive_rate(),
             sink: d_archive_sink(),
             retention_days: d_retention_days(),
             s3: None,

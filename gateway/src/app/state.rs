@@ -243,6 +243,7 @@ pub async fn start_audit_archiver(cfg: &Config, state: &AppState) -> Result<(), 
         lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         prefix: a.prefix.clone(),
         retention: Duration::from_secs(u64::from(a.retention_days) * 86_400),
+        rate_per_sec: a.rate_per_sec,
     };
     crate::service::audit_archive::spawn_archiver(
         state.store.clone(),

@@ -334,6 +334,10 @@ pub(crate) enum AuditCommand {
         /// Keep events younger than this in the hot table (e.g. `30d`, `12h`, `0s`).
         #[arg(long, value_name = "DURATION")]
         older_than: Option<humantime::Duration>,
+        /// Most events archived per second (default: `[audit.archive] rate_per_sec`; 0: as
+        /// fast as it goes, for a maintenance window).
+        #[arg(long, value_name = "N")]
+        rate: Option<u64>,
         /// Before the pass, put the lifecycle configuration on the S3 bucket (STANDARD_IA at
         /// `ia_after_days`, GLACIER_IR at `glacier_ir_after_days`, expiry at `retention_days`).
         #[arg(long)]

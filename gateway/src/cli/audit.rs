@@ -30,12 +30,13 @@ pub(crate) async fn audit_command(command: AuditCommand) -> anyhow::Result<ExitC
             command: None,
             config,
             older_than,
+            rate,
             apply_lifecycle,
         } => {
             if apply_lifecycle {
                 audit_apply_lifecycle(&config).await?;
             }
-            audit_archive(&config, older_than.map(Into::into)).await
+            audit_archive(&config, older_than.map(Into::into), rate).await
         }
         AuditCommand::Search {
             config,
@@ -170,10 +171,12 @@ pub(crate) async fn audit_verify(
 }
 
 /// `audit archive`: one pass of the archiver over every chain, keeping events younger than
-/// `older_than` (default `[audit.archive] hot_days`) hot.
+/// `older_than` (default `[audit.archive] hot_days`) hot, at most `rate` events a second
+/// (default `[audit.archive] rate_per_sec`; 0: unpaced).
 pub(crate) async fn audit_archive(
     config: &ConfigArgs,
     older_than: Option<Duration>,
+    rate: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let t = AuditTiers::open(config).await?;
     let (key, store, archive) = (&t.key, &t.store, t.archive());
@@ -191,6 +194,7 @@ pub(crate) async fn audit_archive(
         ),
         lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         retention_ms: i64::from(a.retention_days).saturating_mul(86_400_000),
+        rate_per_sec: rate.unwrap_or(a.rate_per_sec),
     };
     let progress = |s: &shardgate_store::AuditSegment| {
         eprintln!(

@@ -34,6 +34,8 @@ pub struct ArchivePass {
     pub lease_ms: i64,
     /// How long a segment is kept (locked, where the sink locks) after its newest event.
     pub retention_ms: i64,
+    /// Most events per second on average, paced between segments (0: unpaced).
+    pub rate_per_sec: u64,
 }
 
 /// What a pass did.
@@ -109,6 +111,7 @@ async fn all_chains(
 ) -> Result<(), ArchiveError> {
     let mut oldest: Option<i64> = None;
     let (mut segments, mut bytes) = (0u64, 0i64);
+    let started = tokio::time::Instant::now();
     for chain in store.audit_chains().await? {
         loop {
             renew(store, pass).await?;
@@ -116,6 +119,7 @@ async fn all_chains(
                 break;
             };
             progress(&seg);
+            pace(pass.rate_per_sec, started, report.events).await;
         }
         // Where the chain's hot rows now start, and what it has archived.
         if let Some(first) = store.audit_events(&chain, i64::MIN, 1).await?.first() {
@@ -133,6 +137,16 @@ async fn all_chains(
     metrics::gauge!("shardgate_audit_archived_segments").set(segments as f64);
     metrics::gauge!("shardgate_audit_archived_bytes").set(bytes as f64);
     Ok(())
+}
+
+/// Sleep until `events` since `started` are within `rate_per_sec` (0: no pacing): the
+/// archiver's work comes in segment-sized steps, spread out between the requests'.
+async fn pace(rate_per_sec: u64, started: tokio::time::Instant, events: u64) {
+    if rate_per_sec == 0 {
+        return;
+    }
+    let due = started + std::time::Duration::from_secs_f64(events as f64 / rate_per_sec as f64);
+    tokio::time::sleep_until(due).await;
 }
 
 async fn renew(store: &dyn Store, pass: &ArchivePass) -> Result<(), ArchiveError> {
@@ -372,6 +386,8 @@ pub struct ArchiverSettings {
     pub prefix: String,
     /// How long a segment is kept after its newest event.
     pub retention: std::time::Duration,
+    /// Most events per second (0: unpaced).
+    pub rate_per_sec: u64,
 }
 
 /// Run the archiver in this process: a pass now and every `interval`, under the lease (a
@@ -395,6 +411,7 @@ pub fn spawn_archiver(
                 holder: holder.clone(),
                 lease_ms: settings.lease_ms,
                 retention_ms: i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX),
+                rate_per_sec: settings.rate_per_sec,
             };
             let archive = Archive {
                 sink: sink.as_ref(),
@@ -424,4 +441,17 @@ pub fn spawn_archiver(
             tokio::time::sleep(settings.interval).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pace;
+
+    #[tokio::test]
+    async fn pacing_holds_the_pass_to_its_rate() {
+        let started = tokio::time::Instant::now();
+        // 300 events at 1,000 a second: not before 300 ms after the start.
+        pace(1000, started, 300).await;
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    }
 }

@@ -119,22 +119,12 @@ fn matches(q: &AuditQuery, r: &AuditRecord) -> bool {
             .is_none_or(|(ts, c, s)| Cursor::key(r) > (*ts, c.as_str(), *s))
 }
 
-/// Segments (of every chain) whose time range overlaps the query's, oldest first.
+/// Segments (of every chain) whose time range overlaps the query's, oldest first: as many
+/// as one page can read, and the one that ends it.
 async fn candidates(store: &dyn Store, q: &AuditQuery) -> Result<Vec<AuditSegment>, StoreError> {
     let lo = q.after.as_ref().map(|a| a.0).max(q.from_ms);
-    let mut out = Vec::new();
-    for chain in store.audit_chains().await? {
-        out.extend(
-            store
-                .audit_segments(&chain)
-                .await?
-                .into_iter()
-                .filter(|s| lo.is_none_or(|lo| s.max_ts_ms >= lo))
-                .filter(|s| q.to_ms.is_none_or(|to| s.min_ts_ms < to)),
-        );
-    }
-    out.sort_by_key(|s| (s.min_ts_ms, s.chain_id.clone(), s.first_seq));
-    Ok(out)
+    let limit = i64::try_from(MAX_SEGMENTS_PER_PAGE + 1).unwrap_or(i64::MAX);
+    store.audit_segments_between(lo, q.to_ms, limit).await
 }
 
 /// The events of one archived segment that match `q`, checked against the audit key.

@@ -7,6 +7,30 @@ use super::{map_err, PgStore};
 use crate::rows::{segment_from_row, SEGMENT_COLUMNS};
 use crate::{AuditSegment, StoreError};
 
+/// [`Store::audit_segments_between`](crate::Store::audit_segments_between).
+pub(super) async fn audit_segments_between(
+    store: &PgStore,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AuditSegment>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SEGMENT_COLUMNS} FROM audit_segments \
+         WHERE ($1::BIGINT IS NULL OR max_ts_ms >= $1) AND ($2::BIGINT IS NULL OR min_ts_ms < $2) \
+         ORDER BY min_ts_ms, chain_id, first_seq LIMIT $3"
+    ))
+    .bind(from_ms)
+    .bind(to_ms)
+    .bind(limit)
+    .fetch_all(&store.pool)
+    .await
+    .map_err(map_err)?;
+    rows.iter()
+        .map(segment_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err)
+}
+
 /// [`Store::audit_segments`](crate::Store::audit_segments).
 pub(super) async fn audit_segments(
     store: &PgStore,

@@ -374,6 +374,15 @@ impl Store for SqliteStore {
         audit_archive::audit_segments(self, chain_id).await
     }
 
+    async fn audit_segments_between(
+        &self,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditSegment>, StoreError> {
+        audit_archive::audit_segments_between(self, from_ms, to_ms, limit).await
+    }
+
     async fn archive_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError> {
         audit_archive::archive_audit_segment(self, segment).await
     }
