@@ -104,7 +104,7 @@ async fn python_with_zstandard_verifies_segments_from_format_md_alone() {
         lease_ms: 10_000,
         retention_ms: 86_400_000,
     };
-    run_pass(state.store.as_ref(), archive, &key, &pass, &|_| {})
+    run_pass(state.store.as_ref(), archive, &key, &pass, None, &|_| {})
         .await
         .unwrap();
 
