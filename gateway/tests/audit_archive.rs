@@ -4,8 +4,10 @@
 //! rows as one chain and names any tampering (a changed byte, an edited manifest, a missing,
 //! moved or replaced segment), a pass SIGKILLed at every step and run again loses and
 //! duplicates nothing, the database refuses to let an audit row go without a segment
-//! covering it (SQLite trigger, PostgreSQL SECURITY DEFINER function), and a second
-//! archiver waits for the first one's lease.
+//! covering it (SQLite trigger, PostgreSQL SECURITY DEFINER function), a second archiver
+//! waits for the first one's lease, and the directory sink's segments whose retention ended
+//! are deleted by the archiver (audited, oldest first, never a chain's newest, never one
+//! whose retention has not ended, idempotently after a kill).
 //!
 //! Events are made by an in-process gateway on the same store and config.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -630,6 +632,256 @@ async fn verify_from_a_date_and_after_expired_segments_trusts_the_first_manifest
     env.assert_broken("a middle segment removed", "archived segments missing");
 }
 
+/// `[audit.archive] retention_days` in the config file the CLI reads.
+fn set_retention_days(env: &Env, days: u32) {
+    let mut cfg: shardgate::app::config::Config =
+        toml::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    cfg.audit.archive.retention_days = days;
+    common::write_config(&cfg, &env.config);
+}
+
+/// The segment files (manifests and objects) of `chain` in the archive, in key order.
+fn chain_files(env: &Env, chain: &str) -> Vec<String> {
+    let dir = format!("segments/{chain}/");
+    env.archive_files()
+        .into_iter()
+        .filter(|f| f.starts_with(&dir))
+        .collect()
+}
+
+/// The `audit.archive.expire` events since `from_ms` (both tiers, through `audit search`):
+/// actor and detail of each.
+fn expire_events(env: &Env, from_ms: i64) -> Vec<(String, String)> {
+    let from = from_ms.to_string();
+    let run = env.cli(&[
+        "audit",
+        "search",
+        "--action",
+        "audit.archive.expire",
+        "--from",
+        &from,
+    ]);
+    assert!(run.ok(), "{}{}", run.stdout, run.stderr);
+    // Keyed by event id: one seen in both tiers (archived while the search ran) counts once.
+    let events: std::collections::BTreeMap<(String, i64), (String, String)> = run
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = |k: &str| v[k].as_str().unwrap().to_string();
+            (event_id(&v), (at("actor"), at("detail")))
+        })
+        .collect();
+    events.into_values().collect()
+}
+
+async fn expired_segments_are_deleted_audited_and_the_chain_still_verifies(kind: StoreKind) {
+    let Some(env) = setup(kind, "expire").await else {
+        return;
+    };
+    let chain = env.state.audit.chain_id().to_string();
+    env.traffic("a", 6).await;
+    // Retention not reached (the default, seven years): archiving deletes nothing.
+    let out = env.archive_all();
+    assert!(out.contains(", 0 expired segment(s) deleted"), "{out}");
+    let files = chain_files(&env, &chain);
+    let (segments, events) = env.archived().await;
+    assert!(segments >= 4, "{segments}");
+    assert_eq!(files.len() as i64, 2 * segments, "{files:?}");
+    let since = shardgate::now_ms();
+    assert!(expire_events(&env, since).is_empty());
+    // Retention 0 days: every segment's newest event is past it; all but the chain's newest
+    // segment go, oldest first, manifests and objects alike; the database keeps every row.
+    set_retention_days(&env, 0);
+    std::thread::sleep(Duration::from_millis(5));
+    let out = env.archive_all();
+    let gone = segments - 1;
+    assert!(
+        out.contains(&format!(", {gone} expired segment(s) deleted")),
+        "{out}"
+    );
+    let newest = &files[files.len() - 2..];
+    assert_eq!(chain_files(&env, &chain), newest, "{out}");
+    assert_eq!(env.archived().await, (segments, events));
+    // The deletion is audited (by the operator's command, naming the chain, the seq range,
+    // how many segments and the sink) before anything was deleted.
+    let last_gone = env
+        .db
+        .count(&format!(
+            "SELECT MAX(last_seq) FROM audit_segments WHERE chain_id = '{chain}' AND first_seq < (SELECT MAX(first_seq) FROM audit_segments WHERE chain_id = '{chain}')"
+        ))
+        .await;
+    let audited = expire_events(&env, since);
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    let (actor, detail) = &audited[0];
+    assert_eq!(actor, "cli");
+    for want in [
+        format!("chain={chain} "),
+        format!("seqs=1..{last_gone} "),
+        format!("segments={gone} "),
+        format!("objects={} ", 2 * gone),
+        format!("sink=dir:{}", env.archive_dir().display()),
+    ] {
+        assert!(detail.contains(&want), "want {want:?} in {detail}");
+    }
+    // The chain verifies from its first manifest left.
+    env.assert_verifies();
+    // Another pass finds nothing more to delete: no deletion, no event.
+    let out = env.archive_all();
+    assert!(out.contains(", 0 expired segment(s) deleted"), "{out}");
+    assert_eq!(expire_events(&env, since).len(), 1);
+    assert_eq!(chain_files(&env, &chain), newest);
+    // Once the chain has a newer segment, the one kept goes too; across both tiers the
+    // chain still verifies.
+    env.traffic("b", 1).await;
+    let out = env.archive_all();
+    assert!(out.contains(", 1 expired segment(s) deleted"), "{out}");
+    assert!(!chain_files(&env, &chain).contains(&newest[0]));
+    env.traffic("c", 1).await;
+    env.assert_verifies();
+}
+
+async fn a_segment_whose_retention_has_not_ended_is_never_deleted(kind: StoreKind) {
+    let Some(env) = setup(kind, "unexpired").await else {
+        return;
+    };
+    let chain = env.state.audit.chain_id().to_string();
+    env.traffic("a", 8).await;
+    env.archive_all();
+    let files = chain_files(&env, &chain);
+    let segments = env.archived().await.0;
+    assert!(segments >= 4, "{segments}");
+    // The second segment's newest event a day ahead (a clock that jumped): with 0 days of
+    // retention it has not expired, so it and every segment after it stay, even older ones.
+    if !env.db.is_pg() {
+        env.db
+            .exec("DROP TRIGGER IF EXISTS audit_segments_no_update")
+            .await;
+    }
+    let ahead = shardgate::now_ms() + 86_400_000;
+    env.db
+        .exec(&format!(
+            "UPDATE audit_segments SET max_ts_ms = {ahead} WHERE chain_id = '{chain}' AND first_seq = {}",
+            SEGMENT + 1
+        ))
+        .await;
+    set_retention_days(&env, 0);
+    std::thread::sleep(Duration::from_millis(5));
+    let out = env.archive_all();
+    assert!(out.contains(", 1 expired segment(s) deleted"), "{out}");
+    assert_eq!(chain_files(&env, &chain), files[2..], "{out}");
+    env.assert_verifies();
+    // Again: nothing more goes while that segment's retention has not ended.
+    let out = env.archive_all();
+    assert!(out.contains(", 0 expired segment(s) deleted"), "{out}");
+    assert_eq!(chain_files(&env, &chain), files[2..]);
+}
+
+async fn the_background_archiver_deletes_expired_segments_audited_as_itself(kind: StoreKind) {
+    let Some(env) = setup(kind, "expire-background").await else {
+        return;
+    };
+    let chain = env.state.audit.chain_id().to_string();
+    env.traffic("a", 6).await;
+    env.archive_all();
+    let files = chain_files(&env, &chain);
+    assert!(files.len() >= 6, "{files:?}");
+    let since = shardgate::now_ms();
+    let mut cfg: shardgate::app::config::Config =
+        toml::from_str(&std::fs::read_to_string(&env.config).unwrap()).unwrap();
+    cfg.audit.archive.enabled = true;
+    cfg.audit.archive.hot_days = 0;
+    cfg.audit.archive.interval_secs = 1;
+    cfg.audit.archive.retention_days = 0;
+    let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
+    shardgate::app::state::start_audit_archiver(&cfg, &state)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while chain_files(&env, &chain) != files[files.len() - 2..] {
+        assert!(
+            Instant::now() < deadline,
+            "the background archiver left {:?}",
+            chain_files(&env, &chain)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its event (written on the replica's own chain before it deleted anything) names it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mine = loop {
+        let mine: Vec<_> = expire_events(&env, since)
+            .into_iter()
+            .filter(|(_, d)| d.contains(&format!("chain={chain} ")))
+            .collect();
+        if !mine.is_empty() || Instant::now() > deadline {
+            break mine;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0].0, "audit-archiver");
+    assert!(
+        mine[0]
+            .1
+            .contains(&format!("segments={} ", files.len() / 2 - 1)),
+        "{mine:?}"
+    );
+}
+
+async fn expiry_killed_between_event_manifest_and_object_is_finished_by_the_next_pass(
+    kind: StoreKind,
+) {
+    let Some(env) = setup(kind, "expire-kill").await else {
+        return;
+    };
+    let chain = env.state.audit.chain_id().to_string();
+    env.traffic("a", 6).await;
+    env.archive_all();
+    let files = chain_files(&env, &chain);
+    let segments = env.archived().await.0;
+    assert!(segments >= 3, "{segments}");
+    let since = shardgate::now_ms();
+    set_retention_days(&env, 0);
+    std::thread::sleep(Duration::from_millis(5));
+    // Killed once its event is written: nothing deleted yet, the event names what was
+    // about to go.
+    assert!(tokio::task::block_in_place(|| killed_at(
+        &env,
+        "expire_after_event",
+        1
+    )));
+    assert_eq!(chain_files(&env, &chain), files);
+    assert_eq!(expire_events(&env, since).len(), 1);
+    env.assert_verifies();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Killed between the first segment's manifest and its object: a stray object is left,
+    // never a manifest without its object, and the chain verifies.
+    assert!(tokio::task::block_in_place(|| killed_at(
+        &env,
+        "expire_after_manifest",
+        1
+    )));
+    assert!(files[0].ends_with(".manifest") && files[1].ends_with(".sgseg"));
+    assert_eq!(chain_files(&env, &chain), files[1..]);
+    env.assert_verifies();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The next pass deletes the stray object and the rest, audited again; then nothing is
+    // left to delete and a further pass deletes nothing and writes no event.
+    let out = env.archive_all();
+    assert!(
+        out.contains(&format!(", {} expired segment(s) deleted", segments - 1)),
+        "{out}"
+    );
+    assert_eq!(chain_files(&env, &chain), files[files.len() - 2..]);
+    let audited = expire_events(&env, since);
+    assert_eq!(audited.len(), 3, "{audited:?}");
+    let out = env.archive_all();
+    assert!(out.contains(", 0 expired segment(s) deleted"), "{out}");
+    assert_eq!(expire_events(&env, since).len(), 3);
+    assert_eq!(chain_files(&env, &chain), files[files.len() - 2..]);
+    env.assert_verifies();
+}
+
 /// `GET /v1/admin/audit/events?{query}` with `token`: status, the NDJSON lines, the next cursor.
 async fn search(
     app: &axum::Router,
@@ -927,4 +1179,8 @@ both_stores!(
     search_across_the_archive_boundary_returns_each_event_once_in_order,
     anchors_in_the_archive_catch_a_cut_tail_without_any_checkpoint_file,
     verify_from_a_date_and_after_expired_segments_trusts_the_first_manifest_left,
+    expired_segments_are_deleted_audited_and_the_chain_still_verifies,
+    a_segment_whose_retention_has_not_ended_is_never_deleted,
+    the_background_archiver_deletes_expired_segments_audited_as_itself,
+    expiry_killed_between_event_manifest_and_object_is_finished_by_the_next_pass,
 );

@@ -153,7 +153,7 @@ impl Env {
             sink: &sink,
             prefix: "audit/",
         };
-        run_pass(store.as_ref(), archive, &key, &pass, &|_| {})
+        run_pass(store.as_ref(), archive, &key, &pass, None, &|_| {})
             .await
             .map(|r| r.events)
             .map_err(|e| e.to_string())
@@ -329,7 +329,7 @@ async fn a_stopped_s3_fails_the_pass_without_pruning_and_late_writes_change_noth
             moto.signal("-STOP");
         }
     };
-    let err = run_pass(store.as_ref(), archive, &key, &pass, &stop_once)
+    let err = run_pass(store.as_ref(), archive, &key, &pass, None, &stop_once)
         .await
         .unwrap_err()
         .to_string();

@@ -105,7 +105,7 @@ async fn python_with_zstandard_verifies_segments_from_format_md_alone() {
         retention_ms: 86_400_000,
         rate_per_sec: 0,
     };
-    run_pass(state.store.as_ref(), archive, &key, &pass, &|_| {})
+    run_pass(state.store.as_ref(), archive, &key, &pass, None, &|_| {})
         .await
         .unwrap();
 

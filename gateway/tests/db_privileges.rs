@@ -522,6 +522,7 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
         archive,
         &key,
         &pass,
+        None,
         &|_| {},
     )
     .await

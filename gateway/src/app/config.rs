@@ -422,7 +422,8 @@ pub struct AuditArchiveConfig {
     #[serde(default = "d_archive_sink")]
     pub sink: String,
     /// Days a segment is kept after its newest event (S3 Object Lock retain-until, when the
-    /// bucket has Object Lock). Default 2,557: seven years.
+    /// bucket has Object Lock, and the lifecycle expiry; the directory sink's segments are
+    /// deleted by the archiver after it). Default 2,557: seven years.
     #[serde(default = "d_retention_days")]
     pub retention_days: u32,
     /// The S3 sink, for `sink = "s3"`.

@@ -248,12 +248,30 @@ pub async fn start_audit_archiver(cfg: &Config, state: &AppState) -> Result<(), 
     crate::service::audit_archive::spawn_archiver(
         state.store.clone(),
         state.archive.sink.clone(),
-        state.archive.key.clone(),
+        (state.archive.key.clone(), state.audit.clone()),
         settings,
         format!("gateway:{}", state.audit.chain_id()),
     );
     tracing::info!(sink = %a.sink, hot_days = a.hot_days, "audit archiver started");
     Ok(())
+}
+
+/// Start this process's audit chain as `[audit]` says (queues, batches, checkpoints to
+/// the config's checkpoint file).
+pub async fn start_auditor(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    key: Arc<AuditKey>,
+) -> Result<Arc<Auditor>, shardgate_store::StoreError> {
+    Auditor::start(
+        store,
+        key,
+        (cfg.audit.queue_capacity, cfg.audit.detached_queue_capacity),
+        cfg.audit.batch_max,
+        Duration::from_secs(cfg.audit.checkpoint_interval_secs),
+        Some(cfg.checkpoint_file()),
+    )
+    .await
 }
 
 /// The audit key a config names (created when `audit.create_key`).
@@ -367,15 +385,7 @@ impl AppState {
         let auth = Arc::new(
             crate::domain::tokens::Tokens::load(from_config, store.clone(), key.clone()).await?,
         );
-        let audit = Auditor::start(
-            store.clone(),
-            key,
-            (cfg.audit.queue_capacity, cfg.audit.detached_queue_capacity),
-            cfg.audit.batch_max,
-            Duration::from_secs(cfg.audit.checkpoint_interval_secs),
-            Some(cfg.checkpoint_file()),
-        )
-        .await?;
+        let audit = start_auditor(cfg, store.clone(), key).await?;
         // Every use of a backend goes through the key lifecycle (outside its breaker: a
         // refused key version is not a backend fault).
         let keys = crate::domain::keys::KeyLifecycle::start(

@@ -172,7 +172,8 @@ pub(crate) async fn audit_verify(
 
 /// `audit archive`: one pass of the archiver over every chain, keeping events younger than
 /// `older_than` (default `[audit.archive] hot_days`) hot, at most `rate` events a second
-/// (default `[audit.archive] rate_per_sec`; 0: unpaced).
+/// (default `[audit.archive] rate_per_sec`; 0: unpaced), then deleting the directory sink's
+/// segments whose `retention_days` ended (audited on this command's own chain).
 pub(crate) async fn audit_archive(
     config: &ConfigArgs,
     older_than: Option<Duration>,
@@ -206,14 +207,24 @@ pub(crate) async fn audit_archive(
             s.manifest_key
         );
     };
-    let r = run_pass(store.as_ref(), archive, key, &pass, &progress).await?;
+    let auditor = t.auditor().await?;
+    let origin = crate::domain::audit::Origin::cli();
+    let expiry = crate::service::audit_expire::Expiry {
+        auditor: &auditor,
+        origin: &origin,
+    };
+    let result = run_pass(store.as_ref(), archive, key, &pass, Some(expiry), &progress).await;
+    // The events of this run (deletions) are checkpointed and anchored, also after a failure.
+    auditor.checkpoint().await;
+    let r = result?;
     println!(
-        "audit archive: {} segment(s) recorded ({} adopted from a stopped pass), {} event(s) moved out of the hot table, {} byte(s) written to {}",
+        "audit archive: {} segment(s) recorded ({} adopted from a stopped pass), {} event(s) moved out of the hot table, {} byte(s) written to {}, {} expired segment(s) deleted",
         r.segments,
         r.adopted,
         r.events,
         r.bytes,
-        archive.sink.describe()
+        archive.sink.describe(),
+        r.expired_segments
     );
     Ok(ExitCode::SUCCESS)
 }

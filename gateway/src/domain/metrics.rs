@@ -212,6 +212,10 @@ fn describe_audit_archive() {
         "Audit events this process moved from the hot table into archived segments"
     );
     describe_counter!(
+        "shardgate_audit_expired_segments_total",
+        "Expired audit segments this process deleted from the directory sink (retention_days past their newest event)"
+    );
+    describe_counter!(
         "shardgate_audit_archive_failures_total",
         "Archiver passes that failed (nothing unarchived was deleted; the next pass retries)"
     );

@@ -8,11 +8,15 @@
 //! already in the sink at the next position is adopted, so a pass killed at any point and
 //! run again loses nothing and duplicates nothing. One archiver runs at a time: each pass
 //! and each segment renews a lease in the database.
+//!
+//! After a chain is archived, a pass given an [`Expiry`] deletes its segments whose
+//! retention ended from a sink that does not expire them itself (`service::audit_expire`).
 
 use crate::domain::audit::archive::segment::{self, segment_keys, Manifest};
 use crate::domain::audit::archive::{Archive, Put, SegmentError, SinkError};
 use crate::domain::audit::{tag_matches, AuditKey};
 use crate::domain::failpoint::failpoint;
+use crate::service::audit_expire::{expire_chain, expired_prefix, ExpireError, Expiry};
 use shardgate_store::{AuditRecord, AuditSegment, Store, StoreError};
 
 /// Name of the archiver's lease.
@@ -49,6 +53,8 @@ pub struct ArchiveReport {
     pub bytes: u64,
     /// Segments found already in the sink (a stopped pass's) and recorded.
     pub adopted: u64,
+    /// Expired segments deleted from the sink (directory sink only; their rows stay).
+    pub expired_segments: u64,
 }
 
 /// Why a pass stopped.
@@ -63,6 +69,9 @@ pub enum ArchiveError {
     /// The sink failed (nothing of that segment was deleted).
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// Deleting expired segments stopped (the archiving before it stands).
+    #[error(transparent)]
+    Expire(#[from] ExpireError),
     /// What the sink or the chain holds is not what it must (nothing was deleted).
     #[error("audit chain {chain_id} at seq {seq}: {why}")]
     Refused {
@@ -83,17 +92,21 @@ fn refused(chain_id: &str, seq: i64, why: impl std::fmt::Display) -> ArchiveErro
     }
 }
 
-/// Run one pass over every chain; `progress` hears of each segment recorded.
+/// Run one pass over every chain; `progress` hears of each segment recorded. With `expiry`,
+/// each chain's segments whose retention ended are then deleted from a sink that does not
+/// expire them itself, audited by `expiry` (without it, this pass deletes nothing).
 pub async fn run_pass(
     store: &dyn Store,
     archive: Archive<'_>,
     key: &AuditKey,
     pass: &ArchivePass,
+    expiry: Option<Expiry<'_>>,
     progress: &(dyn Fn(&AuditSegment) + Sync),
 ) -> Result<ArchiveReport, ArchiveError> {
     renew(store, pass).await?;
     let mut report = ArchiveReport::default();
-    let result = all_chains(store, archive, key, pass, progress, &mut report).await;
+    let run = (pass, expiry, progress);
+    let result = all_chains(store, archive, key, run, &mut report).await;
     // The next archiver need not wait for the lease to run out.
     if let Err(e) = store.release_lease(LEASE, &pass.holder).await {
         tracing::warn!(error = %e, "could not release the audit archiver's lease");
@@ -101,12 +114,18 @@ pub async fn run_pass(
     result.map(|()| report)
 }
 
+/// A pass's settings, who audits its deletions, and who hears of each segment.
+type PassRun<'a, 'b> = (
+    &'a ArchivePass,
+    Option<Expiry<'b>>,
+    &'a (dyn Fn(&AuditSegment) + Sync),
+);
+
 async fn all_chains(
     store: &dyn Store,
     archive: Archive<'_>,
     key: &AuditKey,
-    pass: &ArchivePass,
-    progress: &(dyn Fn(&AuditSegment) + Sync),
+    (pass, expiry, progress): PassRun<'_, '_>,
     report: &mut ArchiveReport,
 ) -> Result<(), ArchiveError> {
     let mut oldest: Option<i64> = None;
@@ -126,6 +145,13 @@ async fn all_chains(
             oldest = Some(oldest.map_or(first.ts_ms, |o| o.min(first.ts_ms)));
         }
         let recorded = store.audit_segments(&chain).await?;
+        if let Some(by) = expiry.filter(|_| !archive.sink.expires_by_itself()) {
+            let expired = expired_prefix(&recorded, crate::now_ms(), pass.retention_ms);
+            if !expired.is_empty() {
+                renew(store, pass).await?;
+                report.expired_segments += expire_chain(archive, by, &chain, expired).await?;
+            }
+        }
         segments += recorded.len() as u64;
         bytes += recorded.iter().map(|s| s.object_bytes).sum::<i64>();
     }
@@ -390,17 +416,28 @@ pub struct ArchiverSettings {
     pub rate_per_sec: u64,
 }
 
+/// The actor of the background archiver's events.
+pub const ARCHIVER_ACTOR: &str = "audit-archiver";
+
 /// Run the archiver in this process: a pass now and every `interval`, under the lease (a
 /// pass another replica holds the lease for is skipped). Failures are logged and counted
 /// (`shardgate_audit_archive_failures_total`); nothing is deleted from the hot table for a
-/// segment that failed, and the next pass tries again.
+/// segment that failed, and the next pass tries again. Expired segments of a directory
+/// sink are deleted, audited on this process's chain (`auditor`).
 pub fn spawn_archiver(
     store: std::sync::Arc<dyn Store>,
     sink: std::sync::Arc<dyn crate::domain::audit::archive::ArchiveSink>,
-    key: std::sync::Arc<AuditKey>,
+    (key, auditor): (
+        std::sync::Arc<AuditKey>,
+        std::sync::Arc<crate::domain::audit::Auditor>,
+    ),
     settings: ArchiverSettings,
     holder: String,
 ) -> tokio::task::JoinHandle<()> {
+    let origin = crate::domain::audit::Origin {
+        actor: ARCHIVER_ACTOR.into(),
+        ..Default::default()
+    };
     tokio::spawn(async move {
         loop {
             let keep = i64::try_from(settings.keep_hot.as_millis()).unwrap_or(i64::MAX);
@@ -417,15 +454,20 @@ pub fn spawn_archiver(
                 sink: sink.as_ref(),
                 prefix: &settings.prefix,
             };
-            match run_pass(store.as_ref(), archive, &key, &pass, &|_| {}).await {
+            let expiry = Expiry {
+                auditor: &auditor,
+                origin: &origin,
+            };
+            match run_pass(store.as_ref(), archive, &key, &pass, Some(expiry), &|_| {}).await {
                 Ok(r) => {
                     metrics::gauge!("shardgate_audit_archive_last_success_timestamp_seconds")
                         .set(crate::now_ms() as f64 / 1000.0);
-                    if r.segments > 0 {
+                    if r.segments > 0 || r.expired_segments > 0 {
                         tracing::info!(
                             segments = r.segments,
                             events = r.events,
                             bytes = r.bytes,
+                            expired_segments = r.expired_segments,
                             "audit archive pass"
                         );
                     }

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod audit_archive;
+pub mod audit_expire;
 pub mod audit_search;
 pub mod delete;
 pub mod integrity;

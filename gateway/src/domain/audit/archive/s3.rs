@@ -382,4 +382,10 @@ impl ArchiveSink for S3Sink {
     fn describe(&self) -> String {
         format!("s3://{}", self.bucket)
     }
+
+    /// The lifecycle rule (`audit archive --apply-lifecycle`) expires objects, each locked
+    /// until its date: the archiver never deletes here (and has no `s3:DeleteObject`).
+    fn expires_by_itself(&self) -> bool {
+        true
+    }
 }

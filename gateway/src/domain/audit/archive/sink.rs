@@ -5,7 +5,9 @@
 //! [`DirSink`] is the embedded default (`DATA_DIR/audit-archive/`): each object a file of
 //! mode 0400, written under a temporary name, fsynced and linked into place without
 //! replacing anything, its directory fsynced; read without following symlinks and checked on
-//! the opened descriptor.
+//! the opened descriptor. It is also the one sink the archiver deletes from: a segment whose
+//! retention ended ([`ArchiveSink::delete`]); S3 expires its objects itself (a lifecycle
+//! rule, under Object Lock), so there the archiver never deletes.
 
 use async_trait::async_trait;
 use std::io::{Read as _, Write as _};
@@ -47,6 +49,21 @@ pub trait ArchiveSink: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, SinkError>;
     /// Where it is, for messages.
     fn describe(&self) -> String;
+    /// Whether the sink removes expired objects itself (S3: the lifecycle rule, objects
+    /// under Object Lock): then the archiver deletes nothing from it. The default: a sink
+    /// is never deleted from unless it says otherwise.
+    fn expires_by_itself(&self) -> bool {
+        true
+    }
+    /// Remove the object at `key` (an expired segment's): `true` when one was removed,
+    /// `false` when none was there (deleting again is harmless). Only called on a sink that
+    /// does not expire by itself; the default refuses.
+    async fn delete(&self, key: &str) -> Result<bool, SinkError> {
+        Err(SinkError {
+            sink: self.describe(),
+            why: format!("refused deleting {key:?}: this sink expires its objects itself"),
+        })
+    }
 }
 
 /// Objects as files under a directory.
@@ -153,6 +170,30 @@ impl DirSink {
         Ok(Some(out))
     }
 
+    /// Unlink the file of `key` (the same path [`DirSink::get`] reads; unlink never follows
+    /// the last component, and anything but a regular file there is refused), then fsync its
+    /// directory so that the removal is durable.
+    fn delete_blocking(&self, key: &str) -> Result<bool, SinkError> {
+        let path = self.path_of(key)?;
+        let io = |e: std::io::Error| self.err(format!("{key}: {e}"));
+        match path.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_file() => {}
+            Ok(_) => return Err(self.err(format!("{key} is not a regular file"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        }
+        let dir = path.parent().unwrap_or(&self.root);
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(true)
+    }
+
     fn list_blocking(&self, prefix: &str) -> Result<Vec<String>, SinkError> {
         // The directory part of the prefix, walked below; keys are filtered by the prefix.
         let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
@@ -224,6 +265,17 @@ impl ArchiveSink for DirSink {
     fn describe(&self) -> String {
         format!("dir:{}", self.root.display())
     }
+
+    fn expires_by_itself(&self) -> bool {
+        false
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, SinkError> {
+        let (me, key) = (self.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || me.delete_blocking(&key))
+            .await
+            .map_err(|e| self.err(e))?
+    }
 }
 
 #[cfg(test)]
@@ -266,5 +318,45 @@ mod tests {
         }
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("archive/a/link")).unwrap();
         assert!(sink.get("a/link").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn dir_sink_delete_is_idempotent_and_refuses_keys_leaving_its_root_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = DirSink::new(dir.path().join("archive"));
+        assert!(!sink.expires_by_itself());
+        sink.put_if_absent("a/b/1.sgseg", b"one", None)
+            .await
+            .unwrap();
+        sink.put_if_absent("a/b/2.sgseg", b"two", None)
+            .await
+            .unwrap();
+        // A read-only (0400) object is removed; removing it again, or a key never written,
+        // is no error.
+        assert!(sink.delete("a/b/1.sgseg").await.unwrap());
+        assert_eq!(sink.get("a/b/1.sgseg").await.unwrap(), None);
+        assert!(!sink.delete("a/b/1.sgseg").await.unwrap());
+        assert!(!sink.delete("a/x/9.sgseg").await.unwrap());
+        assert_eq!(sink.list("a/").await.unwrap(), ["a/b/2.sgseg"]);
+        // Keys leaving the root are refused, and nothing outside the root is touched.
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"keep").unwrap();
+        for key in [
+            "../outside",
+            "a/../../outside",
+            "/etc/hostname",
+            "a/./b/2.sgseg",
+            "",
+        ] {
+            assert!(sink.delete(key).await.is_err(), "{key}");
+        }
+        assert!(outside.exists());
+        // A symlink in the archive is refused, not followed; its target stays.
+        std::os::unix::fs::symlink(&outside, dir.path().join("archive/a/link")).unwrap();
+        assert!(sink.delete("a/link").await.is_err());
+        assert!(outside.exists());
+        // A directory is not an object.
+        assert!(sink.delete("a/b").await.is_err());
+        assert_eq!(sink.get("a/b/2.sgseg").await.unwrap().unwrap(), b"two");
     }
 }
