@@ -36,6 +36,9 @@
 #   SHARDGATE_TEST_PG_BINDIR      directory of initdb/pg_ctl/postgres (private clusters)
 #   SHARDGATE_TEST_LOG_DIR        fresh directory for logs; kept after the run. Tests append
 #                                 every secret they plant, one per line, to planted-secrets.txt
+#   SHARDGATE_TEST_SYSTEMD_ANALYZE, SHARDGATE_TEST_HADOLINT, SHARDGATE_TEST_KUBERNETES_VALIDATE,
+#   SHARDGATE_TEST_CHECKOV        the tools that check packaging/ (gateway/tests/deployment_units.rs;
+#                                 virtualenvs under ~/.cache/shardgate/deploy-tools)
 #   SHARDGATE_TEST_STRICT=1       when a missing component must fail the tests instead of
 #                                 skipping them (set in CI)
 # A test that skips (component missing, outside strict mode) appends a line to
@@ -151,6 +154,7 @@ sg_ensure_moto || MOTO_OK=0
 sg_ensure_postgres || PG_OK=0
 sg_ensure_openapi_validator || true
 sg_ensure_zstandard || true
+sg_ensure_deploy_tools || true
 
 # The runner (only when the suite runs): cargo-nextest, installed when missing (strict mode:
 # exits when it cannot be); SHARDGATE_TEST_NO_NEXTEST=1 opts out explicitly.
@@ -218,7 +222,8 @@ fi
 sg_log "environment for the tests:"
 for v in SHARDGATE_TEST_DATABASE_URL SHARDGATE_TEST_MOTO_ENDPOINT SHARDGATE_TEST_MOTO_CMD \
     SHARDGATE_TEST_SOFTHSM_MODULE SHARDGATE_TEST_PG_BINDIR SHARDGATE_TEST_LOG_DIR \
-    SHARDGATE_TEST_OPENAPI_PYTHON \
+    SHARDGATE_TEST_OPENAPI_PYTHON SHARDGATE_TEST_SYSTEMD_ANALYZE SHARDGATE_TEST_HADOLINT \
+    SHARDGATE_TEST_KUBERNETES_VALIDATE SHARDGATE_TEST_CHECKOV \
     SHARDGATE_TEST_STRICT AWS_DEFAULT_REGION; do
     sg_log "  $v=${!v:-<unset>}"
 done

@@ -135,6 +135,72 @@ sg_ensure_zstandard() {
     sg_ensure_py_module SHARDGATE_TEST_ZSTD_PYTHON "$SG_ZSTD_REQUIREMENT" zstandard
 }
 
+# The deployment units (packaging/: systemd unit, Dockerfile, Kubernetes manifests) are checked
+# by gateway/tests/deployment_units.rs with real tools: systemd-analyze (Debian's systemd,
+# installed with apt when missing), hadolint and kubernetes-validate (one virtualenv), and
+# checkov (a virtualenv of its own: ~100 packages, about a minute to install once). The pins
+# are packaging/checks/requirements-*.txt; the virtualenvs live under SG_DEPLOY_TOOLS_DIR and
+# are made anew when their requirements file changes. Exports SHARDGATE_TEST_SYSTEMD_ANALYZE,
+# SHARDGATE_TEST_HADOLINT, SHARDGATE_TEST_KUBERNETES_VALIDATE and SHARDGATE_TEST_CHECKOV (each
+# unset when missing). Missing: sg_missing (exit in strict mode).
+SG_DEPLOY_TOOLS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/shardgate/deploy-tools"
+
+# $1: virtualenv name under SG_DEPLOY_TOOLS_DIR, $2: its requirements file. Succeeds when the
+# virtualenv holds exactly those requirements (a copy of the file is kept beside it).
+sg_deploy_venv() {
+    local venv="$SG_DEPLOY_TOOLS_DIR/$1" req=$2 t0
+    if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/shardgate-requirements.txt"; then
+        return 0
+    fi
+    t0=$(date +%s)
+    sg_log "installing $(grep -v '^#' "$req" | xargs) into the virtualenv $venv"
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        rm -rf "$venv"
+        sg_apt_install python3-venv python3-pip || true
+        python3 -m venv "$venv" || { rm -rf "$venv"; return 1; }
+    fi
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"; then
+        rm -rf "$venv"
+        return 1
+    fi
+    cp "$req" "$venv/shardgate-requirements.txt"
+    sg_log "installed into $venv in $(($(date +%s) - t0)) s"
+}
+
+# $1: variable to export, $2: executable. Unsets $1 and calls sg_missing when $2 does not run.
+sg_export_tool() {
+    local var=$1 exe=$2
+    if [ -x "$exe" ] && "$exe" --version >/dev/null 2>&1; then
+        export "$var=$exe"
+        return 0
+    fi
+    unset "$var"
+    sg_missing "$exe does not run (needed by gateway/tests/deployment_units.rs)."
+}
+
+sg_ensure_deploy_tools() {
+    local rc=0 req="$REPO_ROOT/packaging/checks"
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        sg_log "systemd-analyze missing: installing systemd"
+        sg_apt_install systemd || true
+    fi
+    if command -v systemd-analyze >/dev/null 2>&1; then
+        export SHARDGATE_TEST_SYSTEMD_ANALYZE
+        SHARDGATE_TEST_SYSTEMD_ANALYZE=$(command -v systemd-analyze)
+        sg_log "systemd-analyze: $("$SHARDGATE_TEST_SYSTEMD_ANALYZE" --version | head -n1)"
+    else
+        unset SHARDGATE_TEST_SYSTEMD_ANALYZE
+        sg_missing "systemd-analyze is not available (apt-get install systemd)." || rc=1
+    fi
+    sg_deploy_venv lint "$req/requirements-lint.txt" || true
+    sg_export_tool SHARDGATE_TEST_HADOLINT "$SG_DEPLOY_TOOLS_DIR/lint/bin/hadolint" || rc=1
+    sg_export_tool SHARDGATE_TEST_KUBERNETES_VALIDATE "$SG_DEPLOY_TOOLS_DIR/lint/bin/kubernetes-validate" || rc=1
+    sg_deploy_venv checkov "$req/requirements-checkov.txt" || true
+    sg_export_tool SHARDGATE_TEST_CHECKOV "$SG_DEPLOY_TOOLS_DIR/checkov/bin/checkov" || rc=1
+    return "$rc"
+}
+
 # The KMS recovery test (gateway/tests/kms_recovery.rs) runs recover_kms_shard.py with python3
 # (or $SHARDGATE_TEST_PYTHON): it needs boto3 and cryptography, which moto[server] brings into
 # the interpreter that runs moto. Exports SHARDGATE_TEST_PYTHON when that interpreter is not
