@@ -119,8 +119,9 @@ def archive_report(res, machine):
     o += ["", "Median ratio: **%sx** (goal >= 0.7x)." % _f(tput, 2), "",
           "GET p99 with an archiver: oha open loop at %s req/s (half of a closed-loop peak of %s req/s), %s s "
           "windows in three kinds, the order reversed every other round: no archiver; a `shardgate audit archive "
-          "--older-than 0s` process at the default pace (`rate_per_sec` = %s events/s); the same unpaced "
-          "(`--rate 0`). The archivers work through %s events of history (60 days); each pass is killed with -9 "
+          "--older-than 0s` process at the default pace (`rate_per_sec` = %s events/s) and `nice -n 10`, as "
+          "docs/audit-archive.md runs it from a timer beside a busy gateway; the same unpaced (`--rate 0`) at "
+          "the gateway's priority. The archivers work through %s events of history (60 days); each pass is killed with -9 "
           "at the window's end, the next adopts what it left. The archiver is a separate process on the same 2 "
           "cores, as the background task would be a task in the gateway's." % (
               _f(p99.get("rate"), 0), _f(p99.get("peak_rps"), 0), machine.get("duration", "10"),
@@ -177,7 +178,7 @@ def growth_report(res, machine):
     o = [GROWTH_HEADING, "",
          "A database whose audit trail holds %s events stamped evenly over the last %s days (written through "
          "the gateway's audit writer by `shardgate-bench audit-fill` in %s s, %s events/s), archived by one "
-         "`shardgate audit archive` at the default `hot_days = 30` to the directory sink, then `VACUUM "
+         "`shardgate audit archive --rate 0` (unpaced) at the default `hot_days = 30` to the directory sink, then `VACUUM "
          "(ANALYZE)`; against it, a fresh database holding the same data set (1 shard per account, loaded over "
          "HTTP). One gateway process at a time, the order alternating by round, a warm-up before each." % (
              _f(fill.get("events"), 0), machine.get("growth_span_days", "n/a"),
@@ -187,7 +188,8 @@ def growth_report(res, machine):
         o.append("| %d | %s | %s | %s |" % (r["r"], _f(r.get("fresh"), 0), _f(r.get("grown"), 0),
                                             _f(r["ratio"], 2) + "x" if r["ratio"] else "n/a"))
     o += ["", "Median ratio: **%sx** (goal >= 0.9x)." % _f(ratio, 2), "",
-          "Archiving took **%s s** (%s events/s): %s events in %s segments, %s MB written. The hot table went "
+          "Archiving took **%s s** (%s events/s; at the default pace of 20,000 events/s it would take "
+          "events / 20,000 s): %s events in %s segments, %s MB written. The hot table went "
           "from %s rows (%s MB) to %s rows (%s MB after VACUUM: PostgreSQL keeps the pages and reuses them, so "
           "the table stops growing once `hot_days` of traffic fills it); %s rows older than 30 days stayed hot "
           "(after the first younger event of a chain, which the archiver never passes)." % (

@@ -71,7 +71,8 @@ pub(crate) async fn fill(fill: Fill<'_>) -> Result<()> {
                             .shard("s0")
                             .version(1)
                             .backend("local");
-                        e.ts_ms = start_ms + (i128::from(i) * i128::from(span_ms) / i128::from(n)) as i64;
+                        e.ts_ms =
+                            start_ms + (i128::from(i) * i128::from(span_ms) / i128::from(n)) as i64;
                         e
                     })
                     .collect();
@@ -79,7 +80,7 @@ pub(crate) async fn fill(fill: Fill<'_>) -> Result<()> {
                     .record_all(events)
                     .await
                     .map_err(|e| anyhow!("audit write refused: {}", e.outcome()))?;
-                if (from / FILL_CHUNK) % 2000 == 0 {
+                if (from / FILL_CHUNK).is_multiple_of(2000) {
                     eprintln!("audit-fill: {from} of {n} events");
                 }
             }

@@ -13,6 +13,9 @@
 # The archiver's default pace (gateway/src/app/config.rs, d_archive_rate).
 ARCHIVE_RATE=20000
 
+# The paced archiver's niceness (docs/audit-archive.md: a timer's pass runs at Nice=10).
+ARCHIVER_NICE=${SG_BENCH_ARCHIVER_NICE:-10}
+
 # The audit CLI on the bench's config. A short lease: the p99 windows end a pass with kill -9,
 # and the next window's pass must not wait out a minute-long lease.
 audit_cli() { "${GW_ENV[@]}" SHARDGATE_AUDIT__ARCHIVE__LEASE_SECS=2 "$BIN" audit "$@" --config "$CFG"; }
@@ -100,11 +103,13 @@ bench_archive() {
                 oha_get "$arc/p99-off-r$r" "$rate"
                 continue
             fi
-            local pace=()
-            [ "$w" = full ] && pace=(--rate 0)
+            # "on": as docs/audit-archive.md deploys it beside a busy gateway (a timer's pass at
+            # Nice=10 and the default pace); "full": unpaced at the gateway's priority.
+            local pace=() niceness=$ARCHIVER_NICE
+            [ "$w" = full ] && pace=(--rate 0) && niceness=0
             # Not through audit_cli: a backgrounded function is a subshell, and $! would not
             # be the archiver.
-            nice -n "${SG_BENCH_ARCHIVER_NICE:-0}" "${GW_ENV[@]}" SHARDGATE_AUDIT__ARCHIVE__LEASE_SECS=2 "$BIN" audit archive --older-than 0s "${pace[@]}" \
+            nice -n "$niceness" "${GW_ENV[@]}" SHARDGATE_AUDIT__ARCHIVE__LEASE_SECS=2 "$BIN" audit archive --older-than 0s "${pace[@]}" \
                 --config "$CFG" >"$arc/p99-$w-r$r.archiver.out" 2>&1 &
             ARC_PID=$!
             sleep 1
@@ -145,8 +150,10 @@ bench_growth() {
     hot_before=$(pg_scalar 'SELECT count(*) FROM audit_events')
     pg_scalar "SELECT pg_total_relation_size('audit_events')" >"$gro/bytes_before"
     echo "$hot_before" >"$gro/rows_before"
-    echo "shardgate audit archive --config \$CFG" >"$gro/pass.cmd"
-    archive_pass "$gro/pass"
+    # Unpaced: how long the machine takes (the default pace would spread it over
+    # events / rate_per_sec seconds).
+    echo "shardgate audit archive --rate 0 --config \$CFG" >"$gro/pass.cmd"
+    archive_pass "$gro/pass" --rate 0
     vacuum_db
     pg_scalar 'SELECT count(*) FROM audit_events' >"$gro/rows_after"
     pg_scalar "SELECT pg_total_relation_size('audit_events')" >"$gro/bytes_after"

@@ -379,6 +379,7 @@ impl AppState {
             sink: archive_sink(cfg).await?,
             prefix: cfg.audit.archive.prefix.clone(),
             key: key.clone(),
+            retention_ms: i64::from(cfg.audit.archive.retention_days).saturating_mul(86_400_000),
         };
         let store = open_store(cfg, cfg.store.max_connections).await?;
         prepare_schema(cfg, store.as_ref()).await?;

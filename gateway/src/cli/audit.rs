@@ -194,7 +194,7 @@ pub(crate) async fn audit_archive(
             std::process::id()
         ),
         lease_ms: i64::try_from(a.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-        retention_ms: i64::from(a.retention_days).saturating_mul(86_400_000),
+        retention_ms: t.retention_ms(),
         rate_per_sec: rate.unwrap_or(a.rate_per_sec),
     };
     let progress = |s: &shardgate_store::AuditSegment| {
@@ -243,7 +243,7 @@ pub(crate) async fn audit_search(
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while left > 0 {
         q.limit = i64::try_from(left.min(1000)).unwrap_or(1000);
-        let page = search(store.as_ref(), archive, key, &q).await?;
+        let page = search(store.as_ref(), archive, key, &q, t.retention_ms()).await?;
         for (r, tier) in page.events {
             serde_json::to_writer(&mut out, &AuditEventView::of(r, tier))?;
             out.write_all(b"\n")?;

@@ -66,7 +66,7 @@ pub(crate) async fn audit_export(
     let mut count = 0u64;
     loop {
         q.limit = 1000;
-        let page = search(store.as_ref(), archive, key, &q).await?;
+        let page = search(store.as_ref(), archive, key, &q, t.retention_ms()).await?;
         for (r, tier) in page.events {
             chains.insert(r.chain_id.clone());
             if tier == Tier::Archived {

@@ -50,4 +50,9 @@ impl AuditTiers {
             prefix: &self.cfg.audit.archive.prefix,
         }
     }
+
+    /// How long segments are kept after their newest event (`retention_days`).
+    pub(crate) fn retention_ms(&self) -> i64 {
+        i64::from(self.cfg.audit.archive.retention_days).saturating_mul(86_400_000)
+    }
 }

@@ -128,21 +128,27 @@ async fn candidates(store: &dyn Store, q: &AuditQuery) -> Result<Vec<AuditSegmen
 }
 
 /// The events of one archived segment that match `q`, checked against the audit key.
+/// A segment whose retention has ended (its newest event older than `expired_before_ms`) and
+/// that is gone from the sink (deleted by the archiver, expired by a lifecycle rule) holds
+/// nothing; one gone before its time fails the search.
 async fn read_segment(
     archive: Archive<'_>,
     key: &AuditKey,
     seg: &AuditSegment,
-    q: &AuditQuery,
+    (q, expired_before_ms): (&AuditQuery, i64),
 ) -> Result<Vec<AuditRecord>, SearchError> {
     let corrupt = |why: String| SearchError::Corrupt {
         key: seg.manifest_key.clone(),
         why,
     };
-    let bytes = archive
-        .sink
-        .get(&seg.manifest_key)
-        .await?
-        .ok_or_else(|| corrupt("missing from the sink".into()))?;
+    let expired = seg.max_ts_ms < expired_before_ms;
+    let Some(bytes) = archive.sink.get(&seg.manifest_key).await? else {
+        return if expired {
+            Ok(Vec::new())
+        } else {
+            Err(corrupt("missing from the sink".into()))
+        };
+    };
     let m = Manifest::open(&bytes, key).map_err(|e| corrupt(e.to_string()))?;
     let wanted = q
         .account
@@ -151,22 +157,27 @@ async fn read_segment(
     if !wanted {
         return Ok(Vec::new());
     }
-    let object = archive
-        .sink
-        .get(&m.object_key)
-        .await?
-        .ok_or_else(|| corrupt("its object is missing from the sink".into()))?;
+    let Some(object) = archive.sink.get(&m.object_key).await? else {
+        return if expired {
+            Ok(Vec::new())
+        } else {
+            Err(corrupt("its object is missing from the sink".into()))
+        };
+    };
     let events = open_object(&object, &m, key).map_err(|e| corrupt(e.to_string()))?;
     Ok(events.into_iter().filter(|r| matches(q, r)).collect())
 }
 
-/// One page: at most `q.limit` events after `q.after`, across both tiers, in order.
+/// One page: at most `q.limit` events after `q.after`, across both tiers, in order. Segments
+/// kept `retention_ms` past their newest event may be gone from the sink.
 pub async fn search(
     store: &dyn Store,
     archive: Archive<'_>,
     key: &AuditKey,
     q: &AuditQuery,
+    retention_ms: i64,
 ) -> Result<Page, SearchError> {
+    let expired_before_ms = crate::now_ms().saturating_sub(retention_ms);
     let limit = usize::try_from(q.limit.clamp(1, MAX_LIMIT)).unwrap_or(1);
     let mut found: Vec<(AuditRecord, Tier)> = store
         .search_audit(&AuditQuery {
@@ -204,7 +215,7 @@ pub async fn search(
         }
         page.segments_read += 1;
         found.extend(
-            read_segment(archive, key, &seg, q)
+            read_segment(archive, key, &seg, (q, expired_before_ms))
                 .await?
                 .into_iter()
                 .map(|r| (r, Tier::Archived)),
@@ -251,6 +262,7 @@ pub async fn page_for(
         state.archive.archive(),
         &state.archive.key,
         q,
+        state.archive.retention_ms,
     )
     .await?;
     state

@@ -59,6 +59,8 @@ pub struct ArchiveRef {
     pub prefix: String,
     /// The audit key.
     pub key: Arc<crate::domain::audit::AuditKey>,
+    /// How long segments are kept after their newest event (`retention_days`).
+    pub retention_ms: i64,
 }
 
 impl ArchiveRef {
