@@ -158,7 +158,7 @@ bench_growth() {
     pg_scalar 'SELECT count(*) FROM audit_events' >"$gro/rows_after"
     pg_scalar "SELECT pg_total_relation_size('audit_events')" >"$gro/bytes_after"
     pg_scalar 'SELECT count(*) FROM audit_segments' >"$gro/segments"
-    pg_scalar "SELECT count(*) FROM audit_events WHERE ts_ms < (extract(epoch from now()) * 1000)::bigint - 30 * 86400000" >"$gro/rows_older_than_hot"
+    pg_scalar "SELECT count(*) FROM audit_events WHERE ts_ms < (extract(epoch from now()) * 1000)::bigint - 30::bigint * 86400000" >"$gro/rows_older_than_hot"
     du -sb "$WORK/data/audit-archive" | cut -f1 >"$gro/archive_bytes"
     blog "  hot rows $(cat "$gro/rows_before") -> $(cat "$gro/rows_after") ($(cat "$gro/bytes_before") -> $(cat "$gro/bytes_after") bytes), $(cat "$gro/segments") segments"
 
