@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CRATES = ["gateway", "store", "backends", "policy", "testkit", "bench", "softhsm-tests"]
+CRATES = ["gateway", "store", "backends", "policy", "testkit", "bench", "softhsm-tests", "client"]
 MAX_FN_LINES = 120
 MAX_FILE_LINES = 900
 

@@ -155,6 +155,7 @@ sg_ensure_postgres || PG_OK=0
 sg_ensure_openapi_validator || true
 sg_ensure_zstandard || true
 sg_ensure_deploy_tools || true
+sg_ensure_python_client_tools || true
 
 # The runner (only when the suite runs): cargo-nextest, installed when missing (strict mode:
 # exits when it cannot be); SHARDGATE_TEST_NO_NEXTEST=1 opts out explicitly.
@@ -223,7 +224,7 @@ sg_log "environment for the tests:"
 for v in SHARDGATE_TEST_DATABASE_URL SHARDGATE_TEST_MOTO_ENDPOINT SHARDGATE_TEST_MOTO_CMD \
     SHARDGATE_TEST_SOFTHSM_MODULE SHARDGATE_TEST_PG_BINDIR SHARDGATE_TEST_LOG_DIR \
     SHARDGATE_TEST_OPENAPI_PYTHON SHARDGATE_TEST_SYSTEMD_ANALYZE SHARDGATE_TEST_HADOLINT \
-    SHARDGATE_TEST_KUBERNETES_VALIDATE SHARDGATE_TEST_CHECKOV \
+    SHARDGATE_TEST_KUBERNETES_VALIDATE SHARDGATE_TEST_CHECKOV SHARDGATE_TEST_PYTHON_CLIENT_BIN \
     SHARDGATE_TEST_STRICT AWS_DEFAULT_REGION; do
     sg_log "  $v=${!v:-<unset>}"
 done

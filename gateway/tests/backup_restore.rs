@@ -22,7 +22,9 @@ use base64::Engine as _;
 use common::cli::{run_to_end, shardgate_command, wait_child, CliRun};
 use common::Tokens;
 use rand::{Rng, RngCore};
-use serde_json::{json, Value};
+use secrecy::SecretString;
+use serde_json::Value;
+use shardgate_client::{Client, PutOptions, RetryPolicy, ShardBytes};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -218,80 +220,49 @@ fn same_id_other_bytes(from: &Path, to: &Path) {
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
+/// Normal API use, through the Rust client (no retries: a refused write fails the test as
+/// it did when this was raw HTTP).
 struct Api {
-    client: reqwest::Client,
-    base: String,
-    token: String,
+    client: Client,
 }
 
 impl Api {
     fn new(gw: &Gateway, token: &str) -> Api {
-        Api {
-            client: reqwest::Client::new(),
-            base: gw.base.clone(),
-            token: token.to_string(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        let v = r.json().await.unwrap_or(Value::Null);
-        (status, v)
+        let client = Client::builder(&gw.base)
+            .bearer_token(SecretString::from(token.to_string()))
+            .retry(RetryPolicy::none())
+            .build()
+            .unwrap();
+        Api { client }
     }
 
     async fn account(&self, account: &str, tier: &str) {
-        let (s, v) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/accounts/{account}"),
-                Some(json!({ "tier": tier })),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
+        let a = self.client.put_account(account, tier).await.unwrap();
+        assert_eq!(a.created, Some(true), "{a:?}");
     }
 
     async fn put(&self, account: &str, shard: &str, data: &[u8]) -> i64 {
-        let (s, v) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/accounts/{account}/shards/{shard}"),
-                Some(json!({ "shard": B64.encode(data) })),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
-        v["version"].as_i64().unwrap()
+        let bytes = ShardBytes::new(data.to_vec());
+        let put = self
+            .client
+            .put_shard(account, shard, &bytes, PutOptions::default());
+        put.await.unwrap().version
     }
 
-    async fn get(&self, account: &str, shard: &str, version: Option<i64>) -> (u16, Value) {
-        let q = version.map(|v| format!("?version={v}")).unwrap_or_default();
-        self.call(
-            reqwest::Method::GET,
-            &format!("/v1/accounts/{account}/shards/{shard}{q}"),
-            None,
-        )
-        .await
-    }
-
-    async fn delete(&self, path: &str) {
-        let (s, v) = self.call(reqwest::Method::DELETE, path, None).await;
-        assert_eq!(s, 200, "{v}");
+    async fn get(&self, account: &str, shard: &str, version: Option<i64>) -> Read {
+        self.client.get_shard(account, shard, version).await
     }
 }
 
-fn decoded(v: &Value) -> Vec<u8> {
-    B64.decode(v["shard"].as_str().unwrap()).unwrap()
-}
+type Read = Result<shardgate_client::Shard, shardgate_client::Error>;
 
-fn error_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
+/// The status and error code of a refused read (200 and "" for one that was served).
+fn outcome<T>(r: &Result<T, shardgate_client::Error>) -> (u16, String) {
+    match r {
+        Ok(_) => (200, String::new()),
+        Err(shardgate_client::Error::Api(e)) => (e.status, e.code.as_str().to_string()),
+        Err(e) => panic!("no answer: {e}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,12 +314,15 @@ impl DataSet {
             let data = random_shard(48);
             api.put("acct-A", "s-deleted", &data).await;
         }
-        api.delete("/v1/accounts/acct-A/shards/s-deleted").await;
+        api.client
+            .delete_shard("acct-A", "s-deleted", None)
+            .await
+            .unwrap();
         self.deleted_shards
             .push(("acct-A".into(), "s-deleted".into()));
         let data = random_shard(40);
         api.put("acct-gone", "x", &data).await;
-        api.delete("/v1/accounts/acct-gone").await;
+        api.client.delete_account("acct-gone", None).await.unwrap();
         self.deleted_accounts.push("acct-gone".into());
     }
 }
@@ -393,8 +367,7 @@ impl Traffic {
                     let shard = format!("live-{n}");
                     assert_eq!(api.put(LIVE, &shard, &live_bytes(n)).await, 1);
                     acked.lock().unwrap().push(n);
-                    let (s, v) = api.get(LIVE, &shard, None).await;
-                    assert_eq!(s, 200, "{v}");
+                    api.get(LIVE, &shard, None).await.unwrap();
                 }
             }));
         }
@@ -481,10 +454,14 @@ async fn check_restored(
                 .unwrap_or_else(|| panic!("{account}/{shard} v{version} was never written"))
                 .clone()
         };
-        let (s, v) = api.get(account, shard, Some(*version)).await;
-        assert_eq!(s, 200, "{account}/{shard} v{version}: {v}");
-        assert_eq!(decoded(&v), want, "{account}/{shard} v{version} differs");
-        assert_eq!(v["version"].as_i64(), Some(*version));
+        let got = api.get(account, shard, Some(*version)).await;
+        let got = got.unwrap_or_else(|e| panic!("{account}/{shard} v{version}: {e}"));
+        assert_eq!(
+            got.bytes.expose(),
+            &want[..],
+            "{account}/{shard} v{version} differs"
+        );
+        assert_eq!(got.version, *version);
     }
     // The latest version is what a GET without a version answers.
     let mut latest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
@@ -493,24 +470,21 @@ async fn check_restored(
         *e = (*e).max(*v);
     }
     for ((a, s), v) in latest {
-        let (st, body) = api.get(a, s, None).await;
-        assert_eq!(st, 200, "{body}");
-        assert_eq!(body["version"].as_i64(), Some(v), "{a}/{s}");
+        let got = api.get(a, s, None).await.unwrap();
+        assert_eq!(got.version, v, "{a}/{s}");
     }
     for (account, shard) in &data.deleted_shards {
         assert!(!stored.iter().any(|(a, s, _)| a == account && s == shard));
-        let (s, v) = api.get(account, shard, None).await;
-        assert_eq!((s, error_code(&v)), (404, "shard_not_found"), "{v}");
+        let r = api.get(account, shard, None).await;
+        assert_eq!(
+            outcome(&r),
+            (404, "shard_not_found".into()),
+            "{account}/{shard}"
+        );
     }
     for account in &data.deleted_accounts {
-        let (s, v) = api
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/accounts/{account}"),
-                None,
-            )
-            .await;
-        assert_eq!((s, error_code(&v)), (404, "account_not_found"), "{v}");
+        let r = api.client.get_account(account).await;
+        assert_eq!(outcome(&r), (404, "account_not_found".into()), "{account}");
     }
     stored.len()
 }
@@ -711,11 +685,11 @@ async fn postgres_dump_restores_into_a_fresh_database_and_gateway() {
     plant_keys(other.path());
     let api = Api::new(&gw, &tokens.admin);
     for (account, shard, version) in data.versions.keys() {
-        let (s, v) = api.get(account, shard, Some(*version)).await;
+        let r = api.get(account, shard, Some(*version)).await;
         assert_eq!(
-            (s, error_code(&v)),
-            (502, "key_unusable"),
-            "{account}/{shard} v{version}: {v}"
+            outcome(&r),
+            (502, "key_unusable".into()),
+            "{account}/{shard} v{version}"
         );
     }
     gw.stop();
@@ -730,11 +704,11 @@ async fn postgres_dump_restores_into_a_fresh_database_and_gateway() {
     let gw = Gateway::serve(&config_other, &logs, "forged-keyring");
     let api = Api::new(&gw, &tokens.admin);
     for (account, shard, version) in data.versions.keys() {
-        let (s, v) = api.get(account, shard, Some(*version)).await;
+        let r = api.get(account, shard, Some(*version)).await;
         assert_eq!(
-            (s, error_code(&v)),
-            (500, "integrity_failure"),
-            "{account}/{shard} v{version}: {v}"
+            outcome(&r),
+            (500, "integrity_failure".into()),
+            "{account}/{shard} v{version}"
         );
     }
     gw.stop();
@@ -749,16 +723,16 @@ async fn postgres_dump_restores_into_a_fresh_database_and_gateway() {
     let gw = Gateway::serve(&config_other, &logs, "stale-keyring");
     let api = Api::new(&gw, &tokens.admin);
     for ((account, shard, version), want) in &data.versions {
-        let (s, v) = api.get(account, shard, Some(*version)).await;
+        let r = api.get(account, shard, Some(*version)).await;
         if rotated.contains(&(account.clone(), shard.clone(), *version)) {
             assert_eq!(
-                (s, error_code(&v)),
-                (502, "key_unusable"),
-                "{account}/{shard} v{version}: {v}"
+                outcome(&r),
+                (502, "key_unusable".into()),
+                "{account}/{shard} v{version}"
             );
         } else {
-            assert_eq!(s, 200, "{account}/{shard} v{version}: {v}");
-            assert_eq!(&decoded(&v), want);
+            let got = r.unwrap_or_else(|e| panic!("{account}/{shard} v{version}: {e}"));
+            assert_eq!(got.bytes.expose(), &want[..]);
         }
     }
     gw.stop();

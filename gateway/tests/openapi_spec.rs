@@ -36,6 +36,7 @@ async fn the_served_openapi_document_passes_openapi_spec_validator() {
         let p = params.iter().find(|p| p["name"] == name).unwrap();
         assert_eq!(p["in"], "query", "{path} {name}: {p}");
     }
+    assert_shared_headers(&doc);
     let file = common::log_dir("openapi_spec").join("openapi.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let out = std::process::Command::new(&python)
@@ -49,4 +50,66 @@ async fn the_served_openapi_document_passes_openapi_spec_validator() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every operation takes the headers every route reads and answers the headers every answer
+/// carries; every error answer names its codes; 429 and 503 say `Retry-After`.
+fn assert_shared_headers(doc: &serde_json::Value) {
+    let paths = doc["paths"].as_object().unwrap();
+    let mut ops = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            ops += 1;
+            let names: Vec<&str> = op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["in"] == "header")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            for h in ["x-request-id", "x-shardgate-deadline-ms"] {
+                assert!(names.contains(&h), "{method} {path}: no {h} parameter");
+            }
+            let responses = op["responses"].as_object().unwrap();
+            for (status, r) in responses {
+                assert!(
+                    r["headers"]["X-Request-Id"].is_object(),
+                    "{method} {path} {status}: no X-Request-Id header"
+                );
+                let error = r["content"]["application/json"]["schema"]["$ref"]
+                    == "#/components/schemas/ErrorBody";
+                let retry = r["headers"]["Retry-After"].is_object();
+                assert_eq!(
+                    error && (status == "429" || status == "503"),
+                    retry,
+                    "{method} {path} {status}: Retry-After"
+                );
+            }
+            for status in ["404", "414", "429", "500", "504"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path}: no {status}"
+                );
+            }
+            if path.starts_with("/v1/") {
+                let bad = &responses["400"]["description"];
+                assert!(
+                    bad.as_str().unwrap().contains("invalid_id"),
+                    "{method} {path}: 400 does not name its codes: {bad}"
+                );
+            }
+            if names.contains(&"Idempotency-Key") {
+                let ok = responses
+                    .iter()
+                    .find(|(s, _)| s.starts_with('2'))
+                    .unwrap()
+                    .1;
+                assert!(
+                    ok["headers"]["Idempotent-Replayed"].is_object(),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    assert!(ops >= 20, "only {ops} operations");
 }

@@ -176,7 +176,7 @@ sg_export_tool() {
         return 0
     fi
     unset "$var"
-    sg_missing "$exe does not run (needed by gateway/tests/deployment_units.rs)."
+    sg_missing "$exe does not run (needed by ${3:-gateway/tests/deployment_units.rs})."
 }
 
 sg_ensure_deploy_tools() {
@@ -442,4 +442,16 @@ sg_pg_drop_db_family() {
         [ -n "$db" ] || continue
         sg_psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
     done <<<"$names"
+}
+
+# The Python client generated from /openapi.json (gateway/tests/python_client.rs): the pinned
+# openapi-python-client of client-python/requirements.txt in a virtualenv whose bin/ (with
+# ruff, which the generator runs, and the client's httpx and attrs) the test puts first on
+# PATH. Exports SHARDGATE_TEST_PYTHON_CLIENT_BIN, that bin/ directory. Missing: sg_missing.
+sg_ensure_python_client_tools() {
+    sg_deploy_venv pyclient "$REPO_ROOT/client-python/requirements.txt" || true
+    sg_export_tool SHARDGATE_TEST_PYTHON_CLIENT_BIN_EXE "$SG_DEPLOY_TOOLS_DIR/pyclient/bin/openapi-python-client" \
+        gateway/tests/python_client.rs || return 1
+    unset SHARDGATE_TEST_PYTHON_CLIENT_BIN_EXE
+    export SHARDGATE_TEST_PYTHON_CLIENT_BIN="$SG_DEPLOY_TOOLS_DIR/pyclient/bin"
 }

@@ -62,6 +62,36 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the table's order (the OpenAPI document lists them per status).
+    pub const ALL: [ErrorCode; 23] = {
+        use ErrorCode::*;
+        [
+            InvalidRequest,
+            InvalidId,
+            InvalidBase64,
+            EmptyShard,
+            UnknownTier,
+            Unauthenticated,
+            Forbidden,
+            AccountNotFound,
+            ShardNotFound,
+            VersionNotFound,
+            NotFound,
+            MethodNotAllowed,
+            VersionConflict,
+            PayloadTooLarge,
+            UriTooLong,
+            RateLimited,
+            IntegrityFailure,
+            Internal,
+            KeyUnusable,
+            BackendUnavailable,
+            StoreUnavailable,
+            AuditUnavailable,
+            DeadlineExceeded,
+        ]
+    };
+
     /// The HTTP status of the code; the only place statuses of errors are decided.
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
@@ -116,11 +146,16 @@ impl ErrorCode {
         }
     }
 
+    /// Whether answers with this status carry `Retry-After` (429 and 503).
+    pub fn status_carries_retry_after(status: StatusCode) -> bool {
+        matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        )
+    }
+
     fn retry_after(self) -> Option<u32> {
-        match self.status() {
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => Some(1),
-            _ => None,
-        }
+        Self::status_carries_retry_after(self.status()).then_some(1)
     }
 }
 
@@ -333,6 +368,42 @@ mod tests {
         ] {
             let json = serde_json::to_value(code).ok();
             assert_eq!(json, Some(serde_json::Value::String(code.as_str().into())));
+        }
+    }
+
+    #[test]
+    fn all_lists_every_code_once() {
+        // A new variant breaks this match until it is added here and to `ALL`.
+        let index = |c: ErrorCode| -> usize {
+            use ErrorCode::*;
+            match c {
+                InvalidRequest => 0,
+                InvalidId => 1,
+                InvalidBase64 => 2,
+                EmptyShard => 3,
+                UnknownTier => 4,
+                Unauthenticated => 5,
+                Forbidden => 6,
+                AccountNotFound => 7,
+                ShardNotFound => 8,
+                VersionNotFound => 9,
+                NotFound => 10,
+                MethodNotAllowed => 11,
+                VersionConflict => 12,
+                PayloadTooLarge => 13,
+                UriTooLong => 14,
+                RateLimited => 15,
+                IntegrityFailure => 16,
+                Internal => 17,
+                KeyUnusable => 18,
+                BackendUnavailable => 19,
+                StoreUnavailable => 20,
+                AuditUnavailable => 21,
+                DeadlineExceeded => 22,
+            }
+        };
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(index(*code), i, "{code:?}");
         }
     }
 

@@ -25,7 +25,7 @@ const IDEMPOTENCY_PURGE_EVERY_MS: i64 = 60_000;
 ///
 /// A retry with the same key, scope and request gets the first answer again (same status
 /// and body, plus `Idempotent-Replayed: true`) for `[idempotency] window_secs`; the same key
-/// with another request is 400 `invalid_request`. The record commits in the same
+/// with another request is 409 `version_conflict`. The record commits in the same
 /// transaction as the write, so there is never a write without its key or a key without
 /// its write. Two concurrent requests with one key: exactly one writes; the other waits for
 /// it (on the key's row in PostgreSQL, on the write lock in SQLite, and on this process's
@@ -117,7 +117,7 @@ impl IdemKey {
         }
     }
 
-    /// Answer a retry with the first answer, or 400 if the key was used for another request.
+    /// Answer a retry with the first answer, or 409 if the key was used for another request.
     pub(crate) fn replay(&self, rec: IdempotencyRecord) -> Result<Response, ApiError> {
         if rec.request_hash != self.hash {
             return Err(ApiError::new(

@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod openapi;
+mod openapi_shared;
 pub mod ops;
 pub mod ratelimit;
 pub mod refusals;

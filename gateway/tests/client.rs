@@ -1,0 +1,218 @@
+//! `shardgate-client` against a real gateway process: normal API use goes through the client
+//! (typed answers and errors, idempotent retries that never write twice, batchGet chunked to
+//! the gateway's `batch_max_items`), and its retry rule meets the gateway's rate limit:
+//! a 429 is waited out for its `Retry-After` within the call's deadline, and handed back at
+//! once when the deadline is shorter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::served::Served;
+use common::{StoreKind, Tokens};
+use secrecy::SecretString;
+use shardgate_client::{BatchItem, Client, Error, ErrorCode, PutOptions, RetryPolicy, ShardBytes};
+use std::time::{Duration, Instant};
+
+/// A gateway on SQLite in `dir`, changed by `tune` first.
+fn serve(
+    dir: &std::path::Path,
+    url: &str,
+    tokens: &Tokens,
+    name: &str,
+    tune: impl FnOnce(&mut shardgate::app::config::Config),
+) -> Served {
+    let mut cfg = common::config(dir, url, tokens);
+    tune(&mut cfg);
+    let config = dir.join("shardgate.toml");
+    common::write_config(&cfg, &config);
+    Served::start(&config, "client", name)
+}
+
+fn client(base: &str, token: &str) -> shardgate_client::ClientBuilder {
+    Client::builder(base).bearer_token(SecretString::from(token.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_round_trips_accounts_and_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(StoreKind::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let tokens = Tokens::new();
+    let served = serve(dir.path(), &url, &tokens, "round-trip", |c| {
+        c.limits.batch_max_items = 2
+    });
+    let c = client(&served.base, &tokens.admin)
+        .batch_max_items(2)
+        .build()
+        .unwrap();
+
+    let acct = c.put_account("acct-client", "retail").await.unwrap();
+    assert_eq!((acct.tier.as_str(), acct.created), ("retail", Some(true)));
+    let secret = ShardBytes::new(b"client round trip".to_vec());
+    // The same idempotency key twice: one version, the second answer a replay.
+    let opts = PutOptions {
+        expected_version: Some(0),
+        idempotency_key: Some("put-1".into()),
+    };
+    let first = c
+        .put_shard("acct-client", "s0", &secret, opts.clone())
+        .await
+        .unwrap();
+    let again = c
+        .put_shard("acct-client", "s0", &secret, opts)
+        .await
+        .unwrap();
+    assert_eq!((first.version, again.version), (1, 1));
+    let second = c
+        .put_shard(
+            "acct-client",
+            "s0",
+            &ShardBytes::new(vec![2; 8]),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    let got = c.get_shard("acct-client", "s0", Some(1)).await.unwrap();
+    assert_eq!(
+        (got.bytes.expose(), got.version),
+        (&b"client round trip"[..], 1)
+    );
+    assert!(
+        !format!("{got:?}").contains("round trip"),
+        "shard bytes in Debug"
+    );
+
+    for s in ["s1", "s2", "s3"] {
+        c.put_shard(
+            "acct-client",
+            s,
+            &ShardBytes::new(s.as_bytes().to_vec()),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let page = c.list_shards("acct-client", None, Some(2)).await.unwrap();
+    assert_eq!(page.shards.len(), 2);
+    let rest = c
+        .list_shards("acct-client", page.next_after.as_deref(), None)
+        .await
+        .unwrap();
+    assert_eq!(rest.shards.len(), 2);
+
+    // Five items with batch_max_items 2: three requests, results in the items' order.
+    let mut items: Vec<BatchItem> = ["s3", "s1", "nope", "s2", "s0"]
+        .iter()
+        .map(|s| BatchItem::latest("acct-client", *s))
+        .collect();
+    items[4].version = Some(1);
+    let results = c.batch_get(&items).await.unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0].as_ref().unwrap().bytes.expose(), b"s3");
+    assert_eq!(results[1].as_ref().unwrap().bytes.expose(), b"s1");
+    assert_eq!(
+        results[2].as_ref().unwrap_err().code,
+        ErrorCode::ShardNotFound
+    );
+    assert_eq!(
+        results[4].as_ref().unwrap().bytes.expose(),
+        &b"client round trip"[..]
+    );
+    // The gateway refuses an over-long batch: the client never sends one.
+    let six: Vec<BatchItem> = (0..6)
+        .map(|_| BatchItem::latest("acct-client", "s1"))
+        .collect();
+    assert_eq!(c.batch_get(&six).await.unwrap().len(), 6);
+
+    let one = c
+        .delete_shard_version("acct-client", "s0", 1, None)
+        .await
+        .unwrap();
+    assert_eq!(one.destroyed_versions, 1);
+    let err = c.get_shard("acct-client", "s0", Some(1)).await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::VersionNotFound), "{err}");
+    c.delete_shard("acct-client", "s0", None).await.unwrap();
+    let err = c.get_shard("acct-client", "s0", None).await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::ShardNotFound), "{err}");
+    let Error::Api(api) = err else {
+        panic!("not an API error")
+    };
+    assert!(api.request_id.is_some_and(|id| !id.is_empty()));
+
+    let reader = client(&served.base, &tokens.reader).build().unwrap();
+    let err = reader
+        .put_account("acct-client-2", "retail")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::Forbidden), "{err}");
+    let err = c
+        .put_account("acct-client-2", "no-such-tier")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::UnknownTier), "{err}");
+    let gone = c.delete_account("acct-client", None).await.unwrap();
+    assert_eq!(gone.destroyed_shards, Some(3));
+    assert!(c.healthz().await.unwrap().status == "ok");
+    assert!(c.readyz().await.unwrap().ready);
+    assert!(c.metrics().await.unwrap().contains("shardgate_"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_call_waits_out_retry_after_within_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(StoreKind::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let tokens = Tokens::new();
+    let served = serve(dir.path(), &url, &tokens, "rate-limited", |c| {
+        c.limits.rate_per_identity_per_sec = 1;
+        c.limits.rate_per_identity_burst = 1;
+    });
+    let once = client(&served.base, &tokens.admin)
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap();
+    let patient = client(&served.base, &tokens.admin)
+        .deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let hasty = patient.with_deadline(Duration::from_millis(300));
+
+    // The budget is one request a second: the first call spends it.
+    once.put_account("acct-rl", "retail").await.unwrap();
+    let err = once.get_account("acct-rl").await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::RateLimited), "{err}");
+    let retry_after = err.retry_after().expect("a 429 says Retry-After");
+    assert!(retry_after >= Duration::from_secs(1), "{retry_after:?}");
+
+    // Shorter than Retry-After: the 429 comes back at once, not after the deadline.
+    let err = hasty.get_account("acct-rl").await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::RateLimited), "{err}");
+
+    // Long enough: the call waits out Retry-After and then succeeds.
+    let t0 = Instant::now();
+    let acct = patient.get_account("acct-rl").await.unwrap();
+    assert_eq!(acct.account, "acct-rl");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "answered before any Retry-After passed"
+    );
+}
+
+#[test]
+fn the_client_knows_every_error_code_of_the_gateway() {
+    for code in shardgate::http::error::ErrorCode::ALL {
+        let known = ErrorCode::from_wire(code.as_str());
+        assert!(
+            !matches!(known, ErrorCode::Other(_)),
+            "{code:?} unknown to the client"
+        );
+        assert_eq!(
+            known.is_transient(),
+            matches!(code.status().as_u16(), 429 | 503),
+            "{code:?}"
+        );
+    }
+}
