@@ -862,3 +862,45 @@ fn serve_refuses_to_start_with_a_key_file_others_may_read() {
     assert!(!out.status.success());
     assert!(stderr.contains("no PEM CERTIFICATE"), "{stderr}");
 }
+
+/// The Rust client over mutual TLS: it trusts the test CA, presents `signer`'s certificate
+/// and gets that identity's scopes; without a certificate it gets no answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_speaks_mutual_tls_as_its_certificate_s_identity() {
+    use shardgate_client::{Client, Error, ErrorCode, PutOptions, RetryPolicy, ShardBytes};
+    let s = setup(true, None);
+    let gw = Gateway::start(&s.cfg, &s.dir, "rust-client");
+    let port = gw.addr.rsplit(':').next().unwrap();
+    let base = format!("https://localhost:{port}");
+    let signer = s.ca.client("signer", vec![]);
+    let key = zeroize::Zeroizing::new(signer.key_pem.clone().into_bytes());
+    let c = Client::builder(&base)
+        .ca_pem(s.ca.pem.clone())
+        .client_identity_pem(signer.cert_pem.clone(), key)
+        .build()
+        .unwrap();
+    c.put_account("acct-s-client", "retail").await.unwrap();
+    let bytes = ShardBytes::new(b"over mutual TLS, by the client".to_vec());
+    let put = c
+        .put_shard("acct-s-client", "s0", &bytes, PutOptions::default())
+        .await
+        .unwrap();
+    let got = c.get_shard("acct-s-client", "s0", None).await.unwrap();
+    assert_eq!((got.bytes, got.version), (bytes, put.version));
+    // Beyond the certificate's scopes and accounts: refused as that identity.
+    let err = c.list_keys().await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::Forbidden), "{err}");
+    let err = c.put_account("acct-other", "retail").await.unwrap_err();
+    assert_eq!(err.code(), Some(&ErrorCode::Forbidden), "{err}");
+
+    let anonymous = Client::builder(&base)
+        .ca_pem(s.ca.pem.clone())
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap();
+    let err = anonymous
+        .get_shard("acct-s-client", "s0", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Transport(_)), "{err}");
+}
