@@ -45,3 +45,37 @@ impl TelemetryConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TelemetryConfig;
+
+    fn with(endpoint: &str) -> TelemetryConfig {
+        TelemetryConfig {
+            otlp_endpoint: Some(endpoint.into()),
+        }
+    }
+
+    #[test]
+    fn otlp_endpoint_is_a_plain_http_url_and_spans_go_to_v1_traces() {
+        assert_eq!(TelemetryConfig::default().traces_url(), None);
+        assert_eq!(TelemetryConfig::default().validate(), Ok(()));
+        for (e, url) in [
+            ("http://127.0.0.1:4318", "http://127.0.0.1:4318/v1/traces"),
+            ("http://collector:4318/", "http://collector:4318/v1/traces"),
+            ("http://gw/otlp", "http://gw/otlp/v1/traces"),
+        ] {
+            assert_eq!(with(e).validate(), Ok(()), "{e}");
+            assert_eq!(with(e).traces_url().as_deref(), Some(url));
+        }
+        for e in [
+            "https://collector:4318",
+            "collector:4318",
+            "http://",
+            "http:// x",
+            "",
+        ] {
+            assert!(with(e).validate().is_err(), "{e}");
+        }
+    }
+}
