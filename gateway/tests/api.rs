@@ -751,7 +751,7 @@ async fn delete_shard_shreds_every_version_and_audits(h: Harness) {
     let event = r.json["audit_event"].as_str().unwrap().to_string();
     let (chain, seq) = event.rsplit_once(':').unwrap();
     assert_eq!(
-        h.db.count(&format!("SELECT COUNT(*) FROM audit_events WHERE chain_id='{chain}' AND seq={seq} AND action='shard.delete' AND detail = 'destroyed_versions=3'")).await,
+        h.db.count(&format!("SELECT COUNT(*) FROM audit_events WHERE chain_id='{chain}' AND seq={seq} AND action='shard.delete' AND detail LIKE 'destroyed_versions=3 trace_id=%'")).await,
         1
     );
     for v in ["", "?version=1", "?version=3"] {

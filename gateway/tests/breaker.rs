@@ -219,7 +219,7 @@ async fn operator_closes_an_open_breaker_audited(gw: Gw) {
         .db
         .count(
             "SELECT COUNT(*) FROM audit_events WHERE action = 'backend.circuit_close' \
-             AND backend = 'kms' AND (detail = 'was open' OR detail = 'was half-open')",
+             AND backend = 'kms' AND (detail LIKE 'was open trace_id=%' OR detail LIKE 'was half-open trace_id=%')",
         )
         .await;
     assert_eq!(

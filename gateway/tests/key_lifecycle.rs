@@ -233,10 +233,13 @@ async fn transitions_are_listed_audited_and_timestamped(kind: StoreKind) {
     assert_eq!(e.seq.to_string(), seq);
     assert_eq!(e.actor, "admin");
     assert_eq!(e.backend.as_deref(), Some("local"));
+    // The request's trace id follows the detail (FORMAT.md, "Audit events").
+    let (detail, trace) = e.detail.split_once(" trace_id=").unwrap();
     assert_eq!(
-        e.detail,
+        detail,
         format!("key_version={v2} from=decrypt-only to=active demoted=1")
     );
+    assert_eq!(trace.len(), 32, "{}", e.detail);
     assert_eq!(e.ts_ms, changed);
     let key = shardgate::app::state::audit_key(&gw.cfg).unwrap();
     shardgate::domain::audit::verify(gw.state.store.as_ref(), &key)

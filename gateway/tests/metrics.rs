@@ -608,9 +608,11 @@ async fn every_metric_family_is_scraped_with_bounded_labels() {
 
     // Bounded labels: only these names, and no id the test used anywhere in the scrape.
     // `version` is a KEK version number (`shardgate_key_wraps_reserved`): a handful per
-    // configured backend.
+    // configured backend, or the gateway's version (`shardgate_build_info`, with `commit`);
+    // `reason` a fixed word (refusals, TLS handshakes), registered at zero from start-up.
     let allowed = [
-        "backend", "method", "route", "status", "op", "to", "outcome", "le", "version",
+        "backend", "method", "route", "status", "op", "to", "outcome", "le", "version", "commit",
+        "reason",
     ];
     for (name, f) in &m.families {
         for s in &f.samples {

@@ -19,6 +19,7 @@ pub use crate::domain::ids::is_account_prefix;
 pub use crate::http::settings::{Limits, Timeouts};
 pub use crate::http::tls::config::{ClientAuth, TlsClientConfig, TlsConfig};
 pub use crate::service::settings::{IdempotencyConfig, MigrationConfig, RetentionConfig};
+pub use telemetry::TelemetryConfig;
 
 /// Default data directory of the embedded default.
 pub const DEFAULT_DATA_DIR: &str = "./shardgate-data";
@@ -86,6 +87,9 @@ pub struct Config {
     /// TLS (and mutual TLS) on the listener; without it the listener speaks plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Span export (OTLP); off unless `otlp_endpoint` is set.
+    #[serde(default, skip_serializing_if = "TelemetryConfig::is_empty")]
+    pub telemetry: TelemetryConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -622,6 +626,7 @@ impl Config {
             keys: crate::domain::keys::KeysConfig::default(),
             admin_token_file: Some(data_dir.join("admin.token")),
             tls: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 
@@ -765,6 +770,7 @@ impl Config {
             }
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.telemetry.validate().map_err(ConfigError::Invalid)?;
         self.audit
             .archive
             .validate()
@@ -861,5 +867,6 @@ pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
+mod telemetry;
 #[cfg(test)]
 mod tests;

@@ -357,6 +357,7 @@ impl AppState {
     pub async fn build(cfg: &Config) -> Result<(Self, Startup), StartError> {
         let mut startup = Startup::default();
         crate::domain::metrics::handle();
+        crate::domain::metrics::register_backends(cfg.backends.keys());
         if cfg.admin_token_file.is_some() || cfg.store.url.is_none() {
             ensure_private_dir(Some(&cfg.data_dir))?;
         }

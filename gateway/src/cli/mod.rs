@@ -11,6 +11,7 @@ mod logging;
 mod migrate;
 mod policy;
 mod serve;
+mod telemetry;
 mod token;
 pub mod token_admin;
 
@@ -29,7 +30,7 @@ use token::*;
 /// Run the command line: what the binary's `main` does.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(log_format(&cli));
+    let exporter = init_logging(log_setup(&cli));
     // Every subcommand, before any secret is read, any file created or any thread started:
     // `keys`, `migrate`, `hsm`, `backup`, `audit` and `token` handle key material as much
     // as `serve` does, and every file any of them creates (the SQLite database and its
@@ -46,13 +47,18 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shardgate: {e}");
             ExitCode::FAILURE
         }
+    };
+    // The spans of the last requests, before the process ends.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
     }
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -8,6 +8,13 @@
 //! [`crate::domain::audit`], `shardgate_migration_*` in [`crate::service::migrate`], `shardgate_tls_*`
 //! in [`crate::http::server`] and [`crate::http::tls`], `shardgate_key_*` in [`crate::domain::keys`],
 //! `shardgate_tokens_*` in [`crate::domain::tokens`]. docs/operations.md ("Metrics") lists them all.
+//!
+//! Every family is described here (HELP text) and, where its label values are known up front,
+//! registered at zero when the recorder is installed ([`register`]).
+
+mod register;
+
+pub use register::{collect_process, register_backends, GIT_COMMIT};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::cell::Cell;
@@ -42,6 +49,9 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .and_then(|b| b.install_recorder())
                 .ok();
             describe();
+            describe_more();
+            describe_backend_stats();
+            register::register_static();
             handle
         })
         .as_ref()
@@ -247,4 +257,137 @@ fn describe_audit_archive() {
         "shardgate_audit_anchor_timestamp_seconds",
         "When this process last wrote an anchor to the archive (unix seconds)"
     );
+}
+
+/// Families described nowhere else: start-up, the audit writer's side queue, migration,
+/// refusals, tokens and the build.
+fn describe_more() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "shardgate_build_info",
+        "Always 1; labels: the gateway's version and the git commit it was built from"
+    );
+    describe_counter!(
+        "shardgate_audit_checkpoint_failures_total",
+        "Audit checkpoints not written to their file"
+    );
+    describe_gauge!(
+        "shardgate_audit_detached_queue_depth",
+        "Refusal events waiting for the audit writer in their own queue (audit.detached_capacity)"
+    );
+    describe_counter!(
+        "shardgate_audit_detached_dropped_total",
+        "Refusal events dropped because their queue was full (each drop is also logged, rate-limited)"
+    );
+    describe_counter!(
+        "shardgate_connections_at_cap_total",
+        "Times the accept loop waited because limits.max_connections connections were open"
+    );
+    describe_counter!(
+        "shardgate_key_unusable_rows_total",
+        "Reads of stored shard versions whose key their backend refuses (an unknown key reference or version), by backend"
+    );
+    describe_counter!(
+        "shardgate_migration_items_total",
+        "Shard versions a tier-migration worker of this process settled, by outcome (done, failed, skipped)"
+    );
+    describe_gauge!(
+        "shardgate_migration_items_per_second",
+        "This process's current tier-migration re-wrap rate"
+    );
+    describe_counter!(
+        "shardgate_migration_chain_waits_total",
+        "Migration batch commits rolled back and tried again because the audit chain stayed busy"
+    );
+    describe_counter!(
+        "shardgate_requests_refused_total",
+        "Requests refused before any work, by reason (uri_too_long)"
+    );
+    describe_gauge!(
+        "shardgate_tokens_known",
+        "API tokens known to this process (configuration and database)"
+    );
+    describe_gauge!(
+        "shardgate_tokens_revoked",
+        "Revoked API tokens known to this process"
+    );
+}
+
+/// HELP of every `shardgate_backend_<stat>` family ([`shardgate_backends::Stat`], copied into
+/// the recorder at each scrape by the `/metrics` handler).
+pub const BACKEND_STATS: &[(&str, &str)] = &[
+    (
+        "breaker_state",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+    ),
+    ("breaker_opens_total", "Times the circuit breaker opened"),
+    ("bulkhead_in_use", "Operations running on the backend"),
+    ("bulkhead_waiting", "Operations waiting for a bulkhead slot"),
+    (
+        "bulkhead_rejected_total",
+        "Calls refused at once because the bulkhead queue was full",
+    ),
+    (
+        "keyring_forced_reloads_total",
+        "local: keyring reloads forced by an unknown key version",
+    ),
+    ("pool_size", "pkcs11: configured session pool size"),
+    ("pool_open", "pkcs11: sessions open"),
+    ("pool_in_use", "pkcs11: sessions checked out"),
+    ("pool_waiting", "pkcs11: callers waiting for a session"),
+    (
+        "pool_peak_busy",
+        "pkcs11: most sessions checked out at once",
+    ),
+    (
+        "pool_recoveries_total",
+        "pkcs11: session pool recoveries (re-login, re-initialise)",
+    ),
+    (
+        "pool_session_overlaps_total",
+        "pkcs11: a session found in use twice (must stay 0)",
+    ),
+    (
+        "pool_dead_sessions_total",
+        "pkcs11: pooled sessions the HSM had closed, replaced",
+    ),
+    (
+        "find_objects_calls_total",
+        "pkcs11: C_FindObjects calls on the request path",
+    ),
+    (
+        "find_objects_background_calls_total",
+        "pkcs11: C_FindObjects calls of the background refresh",
+    ),
+    (
+        "cloudhsm_cluster_ready",
+        "CloudHSM: 1 when the cluster is ready",
+    ),
+    (
+        "cloudhsm_active_hsms",
+        "CloudHSM: active HSMs in the cluster",
+    ),
+    ("kms_decrypt_calls_total", "aws-kms: Decrypt calls"),
+    (
+        "kms_generate_data_key_calls_total",
+        "aws-kms: GenerateDataKey calls",
+    ),
+    ("kms_encrypt_calls_total", "aws-kms: Encrypt calls"),
+    ("kms_reencrypt_calls_total", "aws-kms: ReEncrypt calls"),
+    ("kms_describe_key_calls_total", "aws-kms: DescribeKey calls"),
+    ("cache_hits_total", "aws-kms: data-key cache hits"),
+    ("cache_misses_total", "aws-kms: data-key cache misses"),
+    ("cache_evictions_total", "aws-kms: data-key cache evictions"),
+    ("cache_entries", "aws-kms: data keys in the cache"),
+];
+
+fn describe_backend_stats() {
+    for (stat, help) in BACKEND_STATS {
+        let name = format!("shardgate_backend_{stat}");
+        if stat.ends_with("_total") {
+            metrics::describe_counter!(name, *help);
+        } else {
+            metrics::describe_gauge!(name, *help);
+        }
+    }
 }

@@ -13,3 +13,4 @@ pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod tokens;
+pub mod trace;

@@ -2,6 +2,7 @@
 
 use crate::domain::audit::{Event, Origin};
 use crate::domain::auth::Caller;
+use crate::domain::trace::{TraceContext, TraceId};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::state::AppState;
 use crate::http::tls::identity::CertIdentity;
@@ -33,11 +34,17 @@ pub fn is_valid_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// W3C trace context header: continued when well-formed ([`TraceContext::of_request`]).
+pub const TRACEPARENT: &str = "traceparent";
+
 /// The one place that decides a request's id: the client's `X-Request-Id` when well-formed,
 /// else a fresh UUID. It replaces the request header (so everything downstream reads the
 /// decided id), is stored as a [`RequestId`] extension for the request's span, and is echoed
-/// on the response.
+/// on the response. The request's trace is decided here too: the `traceparent`'s when
+/// well-formed, else a fresh one (a [`TraceContext`] extension).
 pub async fn assign_request_id(mut req: Request, next: Next) -> Response {
+    let trace = TraceContext::of_request(req.headers().get(TRACEPARENT).map(HeaderValue::as_bytes));
+    req.extensions_mut().insert(trace);
     let given = req
         .headers()
         .get(REQUEST_ID)
@@ -92,20 +99,58 @@ pub fn bounded(s: &str) -> Cow<'_, str> {
 }
 
 /// The span every line logged while serving a request is recorded in: it carries the
-/// request id. Made at ERROR level so that no log filter can disable it while letting the
-/// request's warnings through without their id. The method and path are [`bounded`].
+/// request id and the trace id. Made at ERROR level so that no log filter can disable it
+/// while letting the request's warnings through without their ids. The method and path are
+/// [`bounded`]. When spans are exported it is the caller's span's child, or the root of
+/// the fresh trace with the trace id the log lines show ([`export_span`]).
 pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.as_str())
         .unwrap_or_default();
-    tracing::error_span!(
-        "request",
-        request_id = %id,
-        method = %bounded(req.method().as_str()),
-        path = %bounded(req.uri().path()),
-    )
+    let trace = req.extensions().get::<TraceContext>().copied();
+    let make = || {
+        tracing::error_span!(
+            "request",
+            request_id = %id,
+            trace_id = trace.map(|t| tracing::field::display(t.trace_id)),
+            method = %bounded(req.method().as_str()),
+            path = %bounded(req.uri().path()),
+        )
+    };
+    match trace {
+        Some(t) if crate::domain::trace::exporting() => export_span(t, make),
+        _ => make(),
+    }
+}
+
+/// The request's span as exported: under the caller's span when the trace was continued;
+/// else built at once on this thread so that the exporter's id generator gives it the
+/// trace id already decided ([`crate::domain::trace::with_root_trace_id`]).
+fn export_span(t: TraceContext, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceState};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    match t.parent {
+        Some((span_id, flags)) => {
+            let span = make();
+            let remote = SpanContext::new(
+                opentelemetry::trace::TraceId::from_bytes(t.trace_id.0),
+                SpanId::from_bytes(span_id),
+                TraceFlags::new(flags),
+                true,
+                TraceState::default(),
+            );
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+            span
+        }
+        None => crate::domain::trace::with_root_trace_id(t.trace_id, || {
+            let span = make();
+            // Builds the span now (its ids drawn here, on this thread).
+            let _ = span.context();
+            span
+        }),
+    }
 }
 
 /// Length of a request target as received: path and query (plus scheme and authority in the
@@ -216,6 +261,8 @@ pub struct Ctx {
     pub caller: Caller,
     /// Request id.
     pub request_id: String,
+    /// The request's trace id ([`assign_request_id`]).
+    pub trace_id: Option<TraceId>,
 }
 
 impl Ctx {
@@ -225,6 +272,7 @@ impl Ctx {
             actor: self.caller.name.clone(),
             request_id: self.request_id.clone(),
             credential: self.caller.credential.clone(),
+            trace_id: self.trace_id,
         }
     }
 
@@ -232,6 +280,10 @@ impl Ctx {
     pub fn event(&self, action: &str) -> Event {
         self.origin().event(action)
     }
+}
+
+fn trace_id(parts: &Parts) -> Option<TraceId> {
+    parts.extensions.get::<TraceContext>().map(|t| t.trace_id)
 }
 
 fn request_id(parts: &Parts) -> String {
@@ -352,6 +404,7 @@ impl FromRequestParts<AppState> for Ctx {
                 Ok(Ctx {
                     caller,
                     request_id: rid,
+                    trace_id: trace_id(parts),
                 })
             }
             Err(r) => Err(refuse(parts, state, &rid, r)),
@@ -393,6 +446,7 @@ fn refuse(parts: &Parts, state: &AppState, rid: &str, r: Refused) -> Response {
     }
     let mut ev = Event::new(rid, &r.actor, "auth").detail(detail);
     ev.credential = r.credential;
+    ev.trace_id = trace_id(parts);
     let e = r.error;
     ev.outcome = e.code.as_str().to_string();
     state.audit.record_detached(ev);

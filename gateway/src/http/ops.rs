@@ -42,6 +42,7 @@ pub async fn render(State(state): State<AppState>, ctx: Ctx) -> Result<Response,
     ctx.require(&state, Scope::Metrics, None, "metrics")?;
     publish_backend_stats(&state);
     state.audit.publish_queue_metrics();
+    crate::domain::metrics::collect_process();
     let body = handle().map(|h| h.render()).unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -25,9 +25,20 @@ impl Served {
     /// controls the whole configuration); stderr goes to `<log_dir(test)>/<name>.stderr.log`.
     /// Returns once it prints the address it listens on.
     pub(crate) fn start(config: &Path, test: &str, name: &str) -> Served {
+        Self::start_with_env(config, test, name, &[])
+    }
+
+    /// [`Served::start`] with these variables set for the child as well.
+    pub(crate) fn start_with_env(
+        config: &Path,
+        test: &str,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Served {
         let log = super::log_dir(test).join(format!("{name}.stderr.log"));
         let mut cmd = Command::new(super::shardgate_bin());
         cmd.args(["serve", "--config", config.to_str().unwrap()]);
+        cmd.envs(env.iter().copied());
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("SHARDGATE_") {
                 cmd.env_remove(k);

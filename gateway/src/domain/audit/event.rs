@@ -1,6 +1,7 @@
 //! An audit event before it is placed in a chain, and who caused it ([`Origin`]).
 
 use crate::domain::error::Outcome;
+use crate::domain::trace::TraceId;
 
 /// An event before it is placed in the chain.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +28,9 @@ pub struct Event {
     pub credential: Option<String>,
     /// Event time; fixed when the event is made so re-sealing is deterministic.
     pub ts_ms: i64,
+    /// The W3C trace of the request that caused the event; stored at the end of the detail
+    /// as ` trace_id=<32 hex digits>` ([`Event::stored_detail`]).
+    pub trace_id: Option<TraceId>,
 }
 
 /// Who caused an operation: the identity, the request and the credential. Use cases that
@@ -40,6 +44,8 @@ pub struct Origin {
     pub request_id: String,
     /// The credential's [`crate::domain::auth::credential_id`], when a credential made the request.
     pub credential: Option<String>,
+    /// The request's trace, when a request (not the command line) is the origin.
+    pub trace_id: Option<TraceId>,
 }
 
 impl Origin {
@@ -49,6 +55,7 @@ impl Origin {
             actor: "cli".into(),
             request_id: format!("cli-{}", uuid::Uuid::new_v4().simple()),
             credential: None,
+            trace_id: None,
         }
     }
 
@@ -56,6 +63,7 @@ impl Origin {
     pub fn event(&self, action: &str) -> Event {
         let mut ev = Event::new(&self.request_id, &self.actor, action);
         ev.credential = self.credential.clone();
+        ev.trace_id = self.trace_id;
         ev
     }
 }
@@ -110,5 +118,16 @@ impl Event {
     pub fn detail(mut self, d: impl Into<String>) -> Self {
         self.detail = d.into();
         self
+    }
+
+    /// The detail as stored (and covered by the chain's tag): the detail, then the trace id
+    /// when the event has one, as `trace_id=<32 hex digits>` after a space (alone when the
+    /// detail is empty). FORMAT.md, "Audit events".
+    pub fn stored_detail(&self) -> String {
+        match (&self.trace_id, self.detail.is_empty()) {
+            (None, _) => self.detail.clone(),
+            (Some(t), true) => format!("trace_id={t}"),
+            (Some(t), false) => format!("{} trace_id={t}", self.detail),
+        }
     }
 }

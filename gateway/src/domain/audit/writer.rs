@@ -411,7 +411,7 @@ impl Auditor {
             version: e.version,
             backend: e.backend.clone(),
             outcome: e.outcome.clone(),
-            detail: e.detail.clone(),
+            detail: e.stored_detail(),
             credential: e.credential.clone(),
             prev_tag,
             tag: Vec::new(),
