@@ -111,7 +111,7 @@ impl ClientBuilder {
         }
         let tls = tls_config(self.ca_pem.as_deref(), self.identity.as_ref())?;
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+            .tls_backend_preconfigured(tls)
             .connect_timeout(self.connect_timeout)
             .build()
             .map_err(|e| Error::Invalid(format!("HTTP client: {e}")))?;

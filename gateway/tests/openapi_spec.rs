@@ -67,7 +67,7 @@ fn assert_shared_headers(doc: &serde_json::Value) {
                 .filter(|p| p["in"] == "header")
                 .map(|p| p["name"].as_str().unwrap())
                 .collect();
-            for h in ["x-request-id", "x-shardgate-deadline-ms"] {
+            for h in ["x-request-id", "x-shardgate-deadline-ms", "traceparent"] {
                 assert!(names.contains(&h), "{method} {path}: no {h} parameter");
             }
             let responses = op["responses"].as_object().unwrap();

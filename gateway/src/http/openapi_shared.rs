@@ -1,6 +1,6 @@
 //! What every operation of the OpenAPI document shares, added to each operation after the
 //! handlers' own annotations: the request headers the middleware reads on every route
-//! (`X-Request-Id`, `x-shardgate-deadline-ms`), the headers on every answer (`X-Request-Id`,
+//! (`X-Request-Id`, `x-shardgate-deadline-ms`, `traceparent`), the headers on every answer (`X-Request-Id`,
 //! `Cache-Control`, and `Retry-After` on 429 and 503), `Idempotent-Replayed` on writes that
 //! take an `Idempotency-Key`, and one error response per status of DESIGN.md's table,
 //! naming the codes it carries. Generated clients read all of these from the document.
@@ -53,6 +53,7 @@ fn shared_operation(op: &mut Operation, open: bool) {
     }
     params.push(request_id_param());
     params.push(deadline_param());
+    params.push(traceparent_param());
     for (status, response) in op.responses.responses.iter_mut() {
         if let RefOr::T(r) = response {
             common_headers(r);
@@ -141,6 +142,24 @@ fn request_id_param() -> Parameter {
              that is not 1 to 64 of `[A-Za-z0-9._-]` is replaced by a fresh id",
         ))
         .schema(Some(string_schema(1, 64, Some(REQUEST_ID_PATTERN))))
+        .build()
+}
+
+fn traceparent_param() -> Parameter {
+    ParameterBuilder::new()
+        .name("traceparent")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "W3C trace context: a well-formed one is continued (its trace id is logged and \
+             audited beside the request id), anything else starts a fresh trace",
+        ))
+        // Version 00 is exactly 55 characters; later versions may append `-` fields.
+        .schema(Some(string_schema(
+            55,
+            512,
+            Some("^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"),
+        )))
         .build()
 }
 
