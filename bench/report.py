@@ -705,6 +705,8 @@ CMP_PREFIX = "A/B against"  # every compare goal's figure starts with it, then t
 def cmp_label(base_rev):
     """`639bde3` for a commit; for --baseline-env ("this tree with VAR=VALUE"), itself with
     the setting."""
+    if base_rev.startswith("this tree with profile "):
+        return "itself built with `--profile %s`" % base_rev[len("this tree with profile "):]
     if base_rev.startswith("this tree with "):
         return "itself with `%s`" % base_rev[len("this tree with "):]
     return "`%s`" % base_rev[:7]
@@ -1597,8 +1599,8 @@ def main():
     w("")
     w("```sh")
     w("scripts/bench.sh                      # everything above%s" % (
-        ": %.0f minutes for this run, release build included" % (float(machine["elapsed_seconds"]) / 60)
-        if machine.get("elapsed_seconds") else ", after the release build"))
+        ": %.0f minutes for this run, `dist` build included" % (float(machine["elapsed_seconds"]) / 60)
+        if machine.get("elapsed_seconds") else ", after the `dist` build"))
     w("scripts/bench.sh --only migration     # only section 6; keeps the other figures of BENCHMARKS.md/json")
     w("scripts/bench.sh --only migration --migration-shards 20000   # the same with a smaller job")
     w("scripts/bench.sh --only flood         # only section 11; keeps the other figures of BENCHMARKS.md/json")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark command of shardgate: builds the gateway in release mode, starts it on a
+# The benchmark command of shardgate: builds the gateway in the `dist` profile, starts it on a
 # throw-away PostgreSQL database with one backend instance per kind (local; pkcs11 on a
 # SoftHSM2 token it creates; aws-kms on moto_server, data-key cache on and off), loads a fixed
 # data set through the HTTP API, drives GETs with wrk, runs the raw baselines, and writes
@@ -9,7 +9,8 @@
 #   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
 #                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
 #                    [--only all|migration|flood|compare|archive|growth] [--migration-shards N]
-#                    [--migration-rate R] [--baseline REV | --baseline-env VAR=VALUE]
+#                    [--migration-rate R]
+#                    [--baseline REV | --baseline-env VAR=VALUE | --baseline-profile P]
 #                    [--archive-events N] [--growth-events N] [--growth-span-days D]
 #
 #   --accounts N      accounts per backend tier, one shard `s0` each (default 1000)
@@ -43,6 +44,9 @@
 #                     of its own with CARGO_TARGET_DIR=$SHARDGATE_BENCH_TARGET-baseline)
 #   --baseline-env VAR=VALUE   instead: the baseline is this tree's binary with one more
 #                     setting, e.g. SHARDGATE_STORE__HELD_CONNECTIONS=false
+#   --baseline-profile P   instead: the baseline is this tree built in cargo profile P (e.g.
+#                     `release`, the quick profile of `cargo run --release`) against the
+#                     measured `dist` build: what the fat-LTO profile is worth per request
 #   --migration-shards N  shards of the local -> pkcs11 throughput job, on one account, loaded
 #                     over HTTP (default 100000, issue 5's size: loading them takes about 3.5 of
 #                     the whole bench's ~15 minutes on 2 cores; 20000 saves about 5 minutes)
@@ -50,8 +54,12 @@
 #                     the limit (default 1000000); the latency figure runs at the default (500)
 #
 # Environment:
-#   SHARDGATE_BENCH_TARGET  cargo target dir of the release build (default /tmp/sg-bench-target,
+#   SHARDGATE_BENCH_TARGET  cargo target dir of the build (default /tmp/sg-bench-target,
 #                           separate from the debug builds' target/ so neither blocks the other)
+#
+# Every binary is built with `--profile dist` (fat LTO, one codegen unit: the release
+# artifacts' profile, Cargo.toml), as every figure in bench/history.md was: the quick
+# `release` profile of the README's `cargo run --release` is not what is deployed.
 #
 # Layout (issue 7 extends it): bench/ holds the helpers: wrk.lua (GET / batchGet driver),
 # load.py (data-set loader), report.py (writes the report from the raw results), and the
@@ -88,6 +96,9 @@ MIG_DEFAULT_RATE=500 # the gateway's default [migration] rate_per_sec (gateway/s
 TARGET=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}
 BASELINE=""
 BASELINE_ENV=""
+BASELINE_PROFILE=""
+# The measured profile (Cargo.toml: fat LTO, one codegen unit).
+PROFILE=dist
 ARCHIVE_EVENTS=1000000
 GROWTH_EVENTS=10000000
 GROWTH_SPAN_DAYS=300
@@ -115,6 +126,7 @@ while [ "$#" -gt 0 ]; do
         --growth-span-days) GROWTH_SPAN_DAYS=$(num "$1" "${2:-}"); shift 2 ;;
         --baseline) BASELINE=${2:?--baseline needs a git revision}; shift 2 ;;
         --baseline-env) BASELINE_ENV=${2:?--baseline-env needs VAR=VALUE}; shift 2 ;;
+        --baseline-profile) BASELINE_PROFILE=${2:?--baseline-profile needs a cargo profile}; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) sg_die "unknown argument: $1 (see scripts/bench.sh --help)" ;;
     esac
@@ -126,7 +138,12 @@ if [ "$ONLY" = migration ] && [ ! -f "$OUT_DIR/BENCHMARKS.json" ]; then
     sg_die "--only migration keeps the other figures of $OUT_DIR/BENCHMARKS.json, which does not exist: run the whole bench once"
 fi
 if [ "$ONLY" = compare ]; then
-    if [ -n "$BASELINE_ENV" ]; then
+    if [ -n "$BASELINE_PROFILE" ]; then
+        [ -z "$BASELINE$BASELINE_ENV" ] || sg_die "--baseline-profile excludes --baseline and --baseline-env"
+        [[ "$BASELINE_PROFILE" =~ ^[a-z][a-z0-9_-]*$ ]] && [ "$BASELINE_PROFILE" != "$PROFILE" ] ||
+            sg_die "--baseline-profile is a cargo profile other than $PROFILE, got '$BASELINE_PROFILE'"
+        BASELINE_REV="this tree with profile $BASELINE_PROFILE"
+    elif [ -n "$BASELINE_ENV" ]; then
         [ -z "$BASELINE" ] || sg_die "--baseline and --baseline-env exclude each other"
         [[ "$BASELINE_ENV" =~ ^SHARDGATE_[A-Z0-9_]+=.*$ ]] || sg_die "--baseline-env is SHARDGATE_VAR=VALUE, got '$BASELINE_ENV'"
         BASELINE_REV="this tree with $BASELINE_ENV"
@@ -228,14 +245,21 @@ if ! command -v inferno-flamegraph >/dev/null 2>&1 && [ "$ONLY" = all ]; then
 fi
 sweep_stale_runs
 
-blog "release build (CARGO_TARGET_DIR=$TARGET)"
+blog "$PROFILE build (CARGO_TARGET_DIR=$TARGET)"
 # Separate invocations: the example turns on the backends' test-only `fault-injection`
 # feature (a softhsm-tests dev-dependency), which must not reach the measured gateway binary.
-CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate
-CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-bench
-[ "$ONLY" != all ] || CARGO_TARGET_DIR=$TARGET cargo build --release -p shardgate-softhsm-tests --example pool_vs_login
-BIN=$TARGET/release/shardgate
-if [ "$ONLY" = compare ] && [ -n "$BASELINE_ENV" ]; then
+CARGO_TARGET_DIR=$TARGET cargo build --profile "$PROFILE" -p shardgate
+CARGO_TARGET_DIR=$TARGET cargo build --profile "$PROFILE" -p shardgate-bench
+[ "$ONLY" != all ] || CARGO_TARGET_DIR=$TARGET cargo build --profile "$PROFILE" -p shardgate-softhsm-tests --example pool_vs_login
+BIN=$TARGET/$PROFILE/shardgate
+if [ "$ONLY" = compare ] && [ -n "$BASELINE_PROFILE" ]; then
+    blog "baseline build: this tree, profile $BASELINE_PROFILE (CARGO_TARGET_DIR=$TARGET)"
+    CARGO_TARGET_DIR=$TARGET cargo build --profile "$BASELINE_PROFILE" -p shardgate
+    cp "$TARGET/$BASELINE_PROFILE/shardgate" "$WORK/shardgate-$BASELINE_PROFILE"
+    cp "$BIN" "$WORK/shardgate-$PROFILE"
+    declare -A CMP_BIN=([new]="$WORK/shardgate-$PROFILE" [old]="$WORK/shardgate-$BASELINE_PROFILE")
+    declare -A CMP_ENV=([new]="SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE" [old]="SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE")
+elif [ "$ONLY" = compare ] && [ -n "$BASELINE_ENV" ]; then
     cp "$BIN" "$WORK/shardgate-new"
     declare -A CMP_BIN=([new]="$WORK/shardgate-new" [old]="$WORK/shardgate-new")
     declare -A CMP_ENV=([new]="SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE" [old]="$BASELINE_ENV")
@@ -246,16 +270,20 @@ elif [ "$ONLY" = compare ]; then
     BASELINE_TREE=$WORK/baseline-src
     blog "baseline build: $BASELINE_REV (CARGO_TARGET_DIR=$TARGET-baseline)"
     git worktree add --detach "$BASELINE_TREE" "$BASELINE_REV" >&2
-    (cd "$BASELINE_TREE" && CARGO_TARGET_DIR=$TARGET-baseline cargo build --release -p shardgate)
-    cp "$TARGET-baseline/release/shardgate" "$WORK/shardgate-baseline"
+    # A commit from before the `dist` profile built its artifacts with `--release`, which was
+    # then the same fat-LTO profile.
+    BASELINE_BUILD=$PROFILE
+    grep -q "^\[profile\.$PROFILE\]" "$BASELINE_TREE/Cargo.toml" || BASELINE_BUILD=release
+    (cd "$BASELINE_TREE" && CARGO_TARGET_DIR=$TARGET-baseline cargo build --profile "$BASELINE_BUILD" -p shardgate)
+    cp "$TARGET-baseline/$BASELINE_BUILD/shardgate" "$WORK/shardgate-baseline"
     cp "$BIN" "$WORK/shardgate-new"
     git worktree remove --force "$BASELINE_TREE"
     BASELINE_TREE=""
     declare -A CMP_BIN=([new]="$WORK/shardgate-new" [old]="$WORK/shardgate-baseline")
     declare -A CMP_ENV=([new]="SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE" [old]="SHARDGATE_MIGRATION__RATE_PER_SEC=$MIG_RATE")
 fi
-BENCH_BIN=$TARGET/release/shardgate-bench
-POOL_VS_LOGIN=$TARGET/release/examples/pool_vs_login
+BENCH_BIN=$TARGET/$PROFILE/shardgate-bench
+POOL_VS_LOGIN=$TARGET/$PROFILE/examples/pool_vs_login
 
 # The gateway reads SHARDGATE_* as config overrides: run it with none of ours. (An array,
 # not a function: a backgrounded function is a subshell, and $! would not be the gateway.)

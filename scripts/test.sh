@@ -39,6 +39,7 @@
 #   SHARDGATE_TEST_SYSTEMD_ANALYZE, SHARDGATE_TEST_HADOLINT, SHARDGATE_TEST_KUBERNETES_VALIDATE,
 #   SHARDGATE_TEST_CHECKOV        the tools that check packaging/ (gateway/tests/deployment_units.rs;
 #                                 virtualenvs under ~/.cache/shardgate/deploy-tools)
+#   SHARDGATE_TEST_MANDOC         mandoc, which lints the generated man pages (gateway/tests/cli_habits.rs)
 #   SHARDGATE_TEST_STRICT=1       when a missing component must fail the tests instead of
 #                                 skipping them (set in CI)
 # A test that skips (component missing, outside strict mode) appends a line to
@@ -156,6 +157,7 @@ sg_ensure_openapi_validator || true
 sg_ensure_zstandard || true
 sg_ensure_deploy_tools || true
 sg_ensure_python_client_tools || true
+sg_ensure_mandoc || true
 
 # The runner (only when the suite runs): cargo-nextest, installed when missing (strict mode:
 # exits when it cannot be); SHARDGATE_TEST_NO_NEXTEST=1 opts out explicitly.

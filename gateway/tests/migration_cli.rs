@@ -437,6 +437,22 @@ async fn kek_rotation_runs_to_completed_in_the_cli(env: Env) {
         "{}",
         r.stdout
     );
+    // Not on a terminal, the progress is a log line with a rate and an ETA, and the job's
+    // times are RFC 3339.
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.starts_with("migrate: job ") && l.contains("/s, ETA ")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("  created 20") && l.contains("Z by ")),
+        "{}",
+        r.stdout
+    );
     let job = lines[0].split_whitespace().nth(1).unwrap().to_string();
     assert!(lines[1].contains(&job));
 

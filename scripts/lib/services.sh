@@ -179,6 +179,23 @@ sg_export_tool() {
     sg_missing "$exe does not run (needed by ${3:-gateway/tests/deployment_units.rs})."
 }
 
+# mandoc, which lints the man pages `shardgate man --out` writes
+# (gateway/tests/cli_habits.rs): installed with apt-get when missing, named in
+# SHARDGATE_TEST_MANDOC. Missing: sg_missing (exit in strict mode).
+sg_ensure_mandoc() {
+    if ! command -v mandoc >/dev/null 2>&1; then
+        sg_log "mandoc missing: installing mandoc"
+        sg_apt_install mandoc || true
+    fi
+    if command -v mandoc >/dev/null 2>&1; then
+        export SHARDGATE_TEST_MANDOC
+        SHARDGATE_TEST_MANDOC=$(command -v mandoc)
+        return 0
+    fi
+    unset SHARDGATE_TEST_MANDOC
+    sg_missing "mandoc is not available (apt-get install mandoc; needed by gateway/tests/cli_habits.rs)."
+}
+
 sg_ensure_deploy_tools() {
     local rc=0 req="$REPO_ROOT/packaging/checks"
     if ! command -v systemd-analyze >/dev/null 2>&1; then

@@ -63,11 +63,37 @@ pub struct Startup {
     pub admin_token_file: Option<PathBuf>,
     /// Whether a new admin token was generated.
     pub created_admin_token: bool,
+    /// [`Mode::Check`]: what `serve` would create (directories, keyrings, the audit key, the
+    /// admin token, the SQLite database) or change (pending migrations), one line each.
+    pub would_create: Vec<String>,
+}
+
+/// Whether start-up may create what is missing (`serve` and the commands that build the
+/// state) or only checks (`config check`). Both run the same code, in the same order: in
+/// `Check` mode nothing is created or migrated, what `Start` would create is noted in
+/// [`Startup::would_create`], and everything that exists is opened read-only and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create what is missing (keyrings marked `create`, the audit key, the admin token,
+    /// directories), migrate the schema.
+    Start,
+    /// Create nothing, migrate nothing.
+    Check,
 }
 
 /// Open every backend a config names (creating keyrings marked `create`).
 pub async fn open_backends(
     cfg: &Config,
+) -> Result<BTreeMap<String, Arc<dyn KeyBackend>>, StartError> {
+    open_backends_in(cfg, Mode::Start, &mut Startup::default()).await
+}
+
+/// [`open_backends`]; in [`Mode::Check`] a missing keyring marked `create` is noted, not
+/// created (and not opened).
+async fn open_backends_in(
+    cfg: &Config,
+    mode: Mode,
+    startup: &mut Startup,
 ) -> Result<BTreeMap<String, Arc<dyn KeyBackend>>, StartError> {
     let mut out: BTreeMap<String, Arc<dyn KeyBackend>> = BTreeMap::new();
     for (name, b) in &cfg.backends {
@@ -81,6 +107,12 @@ pub async fn open_backends(
                 reload_interval_ms,
                 create,
             } => {
+                if *create && mode == Mode::Check && key_file.symlink_metadata().is_err() {
+                    startup
+                        .would_create
+                        .push(format!("backend {name}: keyring {}", key_file.display()));
+                    continue;
+                }
                 if *create {
                     ensure_private_dir(key_file.parent())?;
                     if shardgate_backends::local::create_if_missing(key_file)
@@ -276,17 +308,43 @@ pub async fn start_auditor(
 
 /// The audit key a config names (created when `audit.create_key`).
 pub fn audit_key(cfg: &Config) -> Result<AuditKey, StartError> {
+    audit_key_in(cfg, Mode::Start, &mut Startup::default())?
+        .ok_or_else(|| StartError::Io("the audit key was not created".into()))
+}
+
+/// [`audit_key`]; in [`Mode::Check`] a missing key that `audit.create_key` would create is
+/// noted (`None`).
+fn audit_key_in(
+    cfg: &Config,
+    mode: Mode,
+    startup: &mut Startup,
+) -> Result<Option<AuditKey>, StartError> {
     let path = cfg.audit_key_file();
+    if cfg.audit.create_key && mode == Mode::Check && path.symlink_metadata().is_err() {
+        startup
+            .would_create
+            .push(format!("audit key {}", path.display()));
+        return Ok(None);
+    }
     if cfg.audit.create_key {
         ensure_private_dir(path.parent())?;
         AuditKey::create_if_missing(&path)?;
     }
-    Ok(AuditKey::load(&path)?)
+    Ok(Some(AuditKey::load(&path)?))
 }
 
 /// The tokens of the config file and the admin token file (creating the latter when the
 /// embedded default needs one).
 pub fn config_tokens(cfg: &Config, startup: &mut Startup) -> Result<Vec<TokenEntry>, StartError> {
+    config_tokens_in(cfg, Mode::Start, startup)
+}
+
+/// [`config_tokens`]; in [`Mode::Check`] a missing admin token file is noted, not created.
+fn config_tokens_in(
+    cfg: &Config,
+    mode: Mode,
+    startup: &mut Startup,
+) -> Result<Vec<TokenEntry>, StartError> {
     let mut entries = Vec::new();
     for t in &cfg.tokens {
         let e = TokenEntry::new(&t.name, &t.sha256, &t.scopes, t.account_prefix.clone())
@@ -294,11 +352,17 @@ pub fn config_tokens(cfg: &Config, startup: &mut Startup) -> Result<Vec<TokenEnt
         entries.push(e.expiring(t.expires_ms()?));
     }
     if let Some(path) = &cfg.admin_token_file {
+        startup.admin_token_file = Some(path.clone());
+        if mode == Mode::Check && path.symlink_metadata().is_err() {
+            startup
+                .would_create
+                .push(format!("admin token {}", path.display()));
+            return Ok(entries);
+        }
         ensure_private_dir(path.parent())?;
         startup.created_admin_token = create_admin_token(path)?;
         let entry = admin_token_entry(path)?;
         entries.push(entry);
-        startup.admin_token_file = Some(path.clone());
     }
     if entries.is_empty() {
         return Err(StartError::Io(
@@ -350,6 +414,119 @@ fn admin_token_entry(path: &std::path::Path) -> Result<TokenEntry, StartError> {
         .ok_or_else(|| StartError::Io("admin token entry".into()))
 }
 
+/// What the first half of start-up opened ([`open_parts`]). In [`Mode::Check`] the audit key
+/// and the store are `None` when `serve` would create them.
+struct Opened {
+    policy: Policy,
+    guarded_backends: BTreeMap<String, Arc<dyn KeyBackend>>,
+    breakers: BTreeMap<String, Arc<crate::domain::breaker::Guarded>>,
+    from_config: Vec<TokenEntry>,
+    key: Option<Arc<AuditKey>>,
+    sink: Arc<dyn crate::domain::audit::archive::ArchiveSink>,
+    store: Option<Arc<dyn Store>>,
+}
+
+/// Every check `serve` makes before it serves, in its order, shared by `serve`
+/// ([`Mode::Start`]) and `config check` ([`Mode::Check`]): the policy against the backend
+/// names, the backends (opened: key files, HSM login, KMS key), the tokens, the audit key,
+/// the archive sink, the store (connected) and its schema (migrated, or in `Check` mode,
+/// read: a schema behind this build is noted when `serve` would migrate it, refused when
+/// `[store] migrate = false`).
+async fn open_parts(cfg: &Config, mode: Mode, startup: &mut Startup) -> Result<Opened, StartError> {
+    if cfg.admin_token_file.is_some() || cfg.store.url.is_none() {
+        if mode == Mode::Start {
+            ensure_private_dir(Some(&cfg.data_dir))?;
+        } else if !cfg.data_dir.exists() {
+            startup
+                .would_create
+                .push(format!("data directory {}", cfg.data_dir.display()));
+        }
+    }
+    // Rules are checked against the configured backend names before any backend is
+    // opened: a typo in a rule fails fast, before an HSM login or a KMS call.
+    let policy: Policy = cfg.policy()?;
+    for w in policy.warnings() {
+        tracing::warn!("policy: {w}");
+    }
+    let mut guarded_backends = BTreeMap::new();
+    let mut breakers = BTreeMap::new();
+    for (name, b) in open_backends_in(cfg, mode, startup).await? {
+        let guarded = crate::domain::breaker::Guarded::new(b, cfg.breaker.clone());
+        guarded_backends.insert(name.clone(), guarded.clone() as Arc<dyn KeyBackend>);
+        breakers.insert(name, guarded);
+    }
+    let from_config = config_tokens_in(cfg, mode, startup)?;
+    let key = audit_key_in(cfg, mode, startup)?.map(Arc::new);
+    let sink = archive_sink(cfg).await?;
+    let store = match mode {
+        Mode::Start => {
+            let store = open_store(cfg, cfg.store.max_connections).await?;
+            prepare_schema(cfg, store.as_ref()).await?;
+            Some(store)
+        }
+        Mode::Check => check_store(cfg, startup).await?,
+    };
+    Ok(Opened {
+        policy,
+        guarded_backends,
+        breakers,
+        from_config,
+        key,
+        sink,
+        store,
+    })
+}
+
+/// [`Mode::Check`]'s store: a missing SQLite file is noted (connecting would create it);
+/// otherwise one connection, and the schema read ([`Store::check_schema`]), never migrated.
+async fn check_store(
+    cfg: &Config,
+    startup: &mut Startup,
+) -> Result<Option<Arc<dyn Store>>, StartError> {
+    let url = cfg.store_url();
+    if let Some(path) = crate::app::config::sqlite_file(&url) {
+        if !path.exists() {
+            startup
+                .would_create
+                .push(format!("SQLite database {}", path.display()));
+            return Ok(None);
+        }
+    }
+    let store = open_store(cfg, 1).await?;
+    match store.check_schema().await {
+        Ok(check) => {
+            if !check.newer_migrations.is_empty() {
+                tracing::warn!(
+                    versions = ?check.newer_migrations,
+                    "the database has migrations this build does not know (migrated by a newer shardgate)"
+                );
+            }
+        }
+        // With `migrate = true`, a schema that is missing or behind is what `serve`
+        // migrates at start (the store's own texts say which case this is); anything else
+        // (a dirty or altered migration) stops `serve` as it stops this check.
+        Err(e)
+            if cfg.store.migrate
+                && (e.to_string().contains("no shardgate schema")
+                    || e.to_string().contains("schema is behind")) =>
+        {
+            startup
+                .would_create
+                .push(format!("schema migrations ({} store)", store.kind()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Some(store))
+}
+
+/// `config check`: everything `serve` checks before it serves ([`open_parts`] in
+/// [`Mode::Check`]), without binding, creating, migrating or writing anything.
+pub async fn check(cfg: &Config) -> Result<Startup, StartError> {
+    let mut startup = Startup::default();
+    open_parts(cfg, Mode::Check, &mut startup).await?;
+    Ok(startup)
+}
+
 impl AppState {
     /// Build everything: connect to the store and migrate it (or, with `[store] migrate =
     /// false`, check its schema and privileges: [`prepare_schema`]), open backends, load
@@ -358,32 +535,26 @@ impl AppState {
         let mut startup = Startup::default();
         crate::domain::metrics::handle();
         crate::domain::metrics::register_backends(cfg.backends.keys());
-        if cfg.admin_token_file.is_some() || cfg.store.url.is_none() {
-            ensure_private_dir(Some(&cfg.data_dir))?;
-        }
-        // Rules are checked against the configured backend names before any backend is
-        // opened: a typo in a rule fails fast, before an HSM login or a KMS call.
-        let policy: Policy = cfg.policy()?;
-        for w in policy.warnings() {
-            tracing::warn!("policy: {w}");
-        }
-        let mut guarded_backends = BTreeMap::new();
-        let mut breakers = BTreeMap::new();
-        for (name, b) in open_backends(cfg).await? {
-            let guarded = crate::domain::breaker::Guarded::new(b, cfg.breaker.clone());
-            guarded_backends.insert(name.clone(), guarded.clone() as Arc<dyn KeyBackend>);
-            breakers.insert(name, guarded);
-        }
-        let from_config = config_tokens(cfg, &mut startup)?;
-        let key = Arc::new(audit_key(cfg)?);
+        let Opened {
+            policy,
+            guarded_backends,
+            breakers,
+            from_config,
+            key,
+            sink,
+            store,
+        } = open_parts(cfg, Mode::Start, &mut startup).await?;
+        let (Some(key), Some(store)) = (key, store) else {
+            return Err(StartError::Io(
+                "start-up opened no audit key or store".into(),
+            ));
+        };
         let archive = crate::service::state::ArchiveRef {
-            sink: archive_sink(cfg).await?,
+            sink,
             prefix: cfg.audit.archive.prefix.clone(),
             key: key.clone(),
             retention_ms: i64::from(cfg.audit.archive.retention_days).saturating_mul(86_400_000),
         };
-        let store = open_store(cfg, cfg.store.max_connections).await?;
-        prepare_schema(cfg, store.as_ref()).await?;
         let auth = Arc::new(
             crate::domain::tokens::Tokens::load(from_config, store.clone(), key.clone()).await?,
         );

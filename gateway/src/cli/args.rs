@@ -7,8 +7,18 @@ use std::path::PathBuf;
 
 /// shardgate: store and fetch MPC wallet key shards, envelope-encrypted under keys held in a
 /// local keyring, AWS KMS or an HSM.
+/// `--version`: the crate version, the git commit and the build date (gateway/build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SHARDGATE_GIT_COMMIT"),
+    ", built ",
+    env!("SHARDGATE_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "shardgate", version, about, long_about = None)]
+#[command(name = "shardgate", version = VERSION, about, long_about = None)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -44,6 +54,22 @@ pub(crate) enum Command {
         /// Address to listen on.
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+    },
+    /// Check or print the configuration without starting the gateway.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, or write one page per command into a directory.
+    Man {
+        /// Write `shardgate.1`, `shardgate-keys.1`, `shardgate-keys-list.1`, ... into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Database tasks.
     Db {
@@ -89,6 +115,28 @@ pub(crate) enum Command {
         /// The new backup file (an existing path is refused, never overwritten).
         #[arg(long, value_name = "PATH")]
         to: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Everything `serve` would refuse, found without starting it: the configuration, TLS
+    /// files, the policy, every backend (opened: key files, HSM login, KMS key), tokens, the
+    /// audit key, the store (connected; its schema read, never migrated). Binds nothing,
+    /// creates nothing: lists what `serve` would create. Exits non-zero on any error.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The listen address `serve` would be given.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the effective configuration (file or embedded default, `SHARDGATE_*`
+    /// environment, defaults) as TOML, with secrets redacted: passwords in URLs, token
+    /// hashes.
+    Print {
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -406,7 +454,11 @@ impl Command {
     /// Where this command reads its configuration from, if it reads one.
     pub(crate) fn config_sources(&self) -> Option<Sources> {
         let args = match self {
-            Command::Serve { config, listen } => return Some(config.sources(*listen)),
+            Command::Serve { config, listen }
+            | Command::Config {
+                command: ConfigCommand::Check { config, listen },
+            } => return Some(config.sources(*listen)),
+            Command::Completions { .. } | Command::Man { .. } => return None,
             Command::Token {
                 command: TokenCommand::Create { save: false, .. },
             } => return None,
@@ -449,6 +501,9 @@ impl Command {
                 command: PolicyCommand::Explain { config, .. } | PolicyCommand::Check { config },
             }
             | Command::Backup { config, .. }
+            | Command::Config {
+                command: ConfigCommand::Print { config },
+            }
             | Command::Migrate {
                 command:
                     MigrateCommand::Start { config, .. }

@@ -38,15 +38,7 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// The file of a `sqlite:` URL, unless it is in memory.
-pub fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or_default();
-    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory"))
-        .then(|| PathBuf::from(path))
-}
+pub use crate::app::config::sqlite_file;
 
 /// Copy the configured SQLite store to `to` (a new file, 0600) while gateways keep serving.
 pub async fn backup(cfg: &Config, to: &Path) -> Result<Written, BackupError> {

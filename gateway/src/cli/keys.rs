@@ -105,7 +105,7 @@ pub(crate) async fn keys_list(config: &ConfigArgs) -> anyhow::Result<ExitCode> {
             k.wraps_reserved
                 .map_or_else(|| "-".to_string(), |w| w.to_string()),
             if k.held_here { "yes" } else { "no" },
-            k.changed_ms,
+            super::timestamp(k.changed_ms),
             k.changed_by
         );
     }

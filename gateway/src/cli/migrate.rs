@@ -28,26 +28,91 @@ pub(crate) fn print_job(job: &shardgate_store::MigrationJob) {
             .map(|e| format!(" (last error: {e})"))
             .unwrap_or_default()
     );
-}
-
-pub(crate) fn progress_bar(total: i64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(0));
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    println!(
+        "  created {} by {}, updated {}",
+        super::timestamp(job.created_at),
+        job.created_by,
+        super::timestamp(job.updated_at)
     );
-    bar
 }
 
-pub(crate) fn show(bar: &indicatif::ProgressBar, job: &shardgate_store::MigrationJob) {
-    bar.set_length(u64::try_from(job.total).unwrap_or(0));
-    bar.set_position(u64::try_from(job.total - job.remaining()).unwrap_or(0));
-    bar.set_message(format!(
-        "{}: {} moved, {} failed, {} skipped",
-        job.state, job.done, job.failed, job.skipped
-    ));
+/// How often the non-terminal progress line is printed.
+const LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A job's progress: on a terminal an indicatif bar with rate and ETA; otherwise (a log, a
+/// CI job) one line every [`LINE_EVERY`] with the same figures.
+pub(crate) struct Progress {
+    bar: indicatif::ProgressBar,
+    /// When the first figures arrived and how many items were settled then: the rate
+    /// counts only what this process saw move, not what was done before it watched.
+    first: Option<(std::time::Instant, u64)>,
+    last_line: Option<std::time::Instant>,
+}
+
+impl Progress {
+    pub(crate) fn new(total: i64) -> Self {
+        let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(0));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Self {
+            bar,
+            first: None,
+            last_line: None,
+        }
+    }
+
+    pub(crate) fn show(&mut self, job: &shardgate_store::MigrationJob) {
+        let total = u64::try_from(job.total).unwrap_or(0);
+        let pos = u64::try_from(job.total - job.remaining()).unwrap_or(0);
+        self.bar.set_length(total);
+        self.bar.set_position(pos);
+        self.bar.set_message(format!(
+            "{}: {} moved, {} failed, {} skipped",
+            job.state, job.done, job.failed, job.skipped
+        ));
+        let now = std::time::Instant::now();
+        let (t0, pos0) = *self.first.get_or_insert_with(|| {
+            // What was settled before this process watched is not this rate.
+            self.bar.reset_eta();
+            (now, pos)
+        });
+        if self.bar.is_hidden() && self.last_line.is_none_or(|t| now - t >= LINE_EVERY) {
+            self.last_line = Some(now);
+            let (rate, eta) =
+                rate_and_eta(now - t0, pos.saturating_sub(pos0), total - pos.min(total));
+            eprintln!(
+                "migrate: job {} {}: {pos}/{total} settled, {rate}, ETA {eta}",
+                job.id, job.state
+            );
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        self.bar.finish();
+    }
+}
+
+/// `12.5/s` and `1m 20s` (or `-` before anything moved) from what moved in `elapsed`.
+pub(crate) fn rate_and_eta(
+    elapsed: std::time::Duration,
+    moved: u64,
+    remaining: u64,
+) -> (String, String) {
+    let secs = elapsed.as_secs_f64();
+    if moved == 0 || secs <= 0.0 {
+        let eta = if remaining == 0 { "0s" } else { "-" };
+        return ("0.0/s".into(), eta.into());
+    }
+    let rate = moved as f64 / secs;
+    let eta = std::time::Duration::from_secs((remaining as f64 / rate).ceil() as u64);
+    (
+        format!("{rate:.1}/s"),
+        humantime::format_duration(eta).to_string(),
+    )
 }
 
 pub(crate) async fn run_job(state: &AppState, id: &str) -> anyhow::Result<ExitCode> {
@@ -57,12 +122,12 @@ pub(crate) async fn run_job(state: &AppState, id: &str) -> anyhow::Result<ExitCo
     let worker_id = format!("cli-{}", uuid::Uuid::new_v4().simple());
     let worker = crate::service::migrate::Worker::new(state, &state.migration, &worker_id);
     eprintln!("migrate: worker {worker_id} started on job {id}");
-    let bar = progress_bar(0);
+    let mut progress = Progress::new(0);
     let stop = worker
-        .run(id, |job| show(&bar, job))
+        .run(id, |job| progress.show(job))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    bar.finish();
+    progress.finish();
     let job = state
         .store
         .get_migration_job(id)
@@ -123,14 +188,14 @@ pub(crate) async fn migrate_command(command: MigrateCommand) -> anyhow::Result<E
             };
             let mut current = get().await?;
             if watch {
-                let bar = progress_bar(current.total);
+                let mut progress = Progress::new(current.total);
                 while current.state == job_state::RUNNING || current.state == job_state::PAUSED {
-                    show(&bar, &current);
+                    progress.show(&current);
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     current = get().await?;
                 }
-                show(&bar, &current);
-                bar.finish();
+                progress.show(&current);
+                progress.finish();
             }
             print_job(&current);
             let failures = if current.failed > 0 {
@@ -179,4 +244,26 @@ pub(crate) async fn change_job(
     print_job(&job);
     state.audit.checkpoint().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate_and_eta;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_and_eta_from_what_moved() {
+        assert_eq!(
+            rate_and_eta(Duration::from_secs(10), 50, 100),
+            ("5.0/s".to_string(), "20s".to_string())
+        );
+        assert_eq!(
+            rate_and_eta(Duration::from_secs(10), 0, 100),
+            ("0.0/s".to_string(), "-".to_string())
+        );
+        assert_eq!(
+            rate_and_eta(Duration::from_secs(2), 3, 0),
+            ("1.5/s".to_string(), "0s".to_string())
+        );
+    }
 }

@@ -6,6 +6,8 @@ mod audit;
 mod audit_export;
 mod audit_tiers;
 pub mod backup;
+mod config;
+mod generate;
 mod keys;
 mod logging;
 mod migrate;
@@ -26,6 +28,13 @@ use policy::*;
 use serve::*;
 use std::process::ExitCode;
 use token::*;
+
+/// A stored time (unix milliseconds) as every human listing prints it: RFC 3339, UTC,
+/// milliseconds (`2026-12-06T21:43:10.123Z`).
+pub(crate) fn timestamp(ms: i64) -> String {
+    let since = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since).to_string()
+}
 
 /// Run the command line: what the binary's `main` does.
 pub fn main() -> ExitCode {
@@ -64,6 +73,14 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, listen } => serve(config.sources(listen)).await,
+        Command::Config {
+            command: ConfigCommand::Check { config, listen },
+        } => Ok(config::config_check(&config, listen).await),
+        Command::Config {
+            command: ConfigCommand::Print { config },
+        } => config::config_print(&config.sources(None)),
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man { out } => generate::man(out.as_deref()),
         Command::Db {
             command: DbCommand::Migrate { config },
         } => {

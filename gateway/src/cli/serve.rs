@@ -4,15 +4,24 @@ use crate::app::config::{Config, Sources};
 use crate::app::state::AppState;
 use std::process::ExitCode;
 
-pub(crate) async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
-    // `main` has hardened the process already (core dumps, dumpable, umask).
-    let cfg = Config::load(&sources)?;
+/// The configuration `serve` runs, and its TLS material loaded: the checks before the
+/// listener is bound, shared with `config check`.
+pub(crate) fn load_for_serve(
+    sources: &Sources,
+) -> anyhow::Result<(Config, Option<crate::http::tls::Tls>)> {
+    let cfg = Config::load(sources)?;
     // Before anything is opened: a bad certificate or key stops start-up with its reason.
     let tls = cfg
         .tls
         .as_ref()
         .map(crate::http::tls::Tls::load)
         .transpose()?;
+    Ok((cfg, tls))
+}
+
+pub(crate) async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
+    // `main` has hardened the process already (core dumps, dumpable, umask).
+    let (cfg, tls) = load_for_serve(&sources)?;
     // Bind before anything is created: a port in use must not leave a new data directory,
     // keyring, audit key and admin token behind, and its error names the address.
     let listener = tokio::net::TcpListener::bind(cfg.listen)

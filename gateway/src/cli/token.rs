@@ -65,7 +65,7 @@ pub(crate) async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             crate::app::state::prepare_schema(&cfg, store.as_ref()).await?;
             let now = crate::now_ms();
             println!(
-                "{:<17} {:<20} {:<11} {:<8} {:<21} SCOPES [PREFIX]",
+                "{:<17} {:<20} {:<11} {:<8} {:<24} SCOPES [PREFIX]",
                 "ID", "NAME", "SOURCE", "STATE", "EXPIRES"
             );
             for t in token_admin::list(&cfg, store.as_ref()).await? {
@@ -77,13 +77,13 @@ pub(crate) async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                     "active"
                 };
                 println!(
-                    "{:<17} {:<20} {:<11} {:<8} {:<21} {}{}",
+                    "{:<17} {:<20} {:<11} {:<8} {:<24} {}{}",
                     t.id,
                     t.name,
                     t.source.as_str(),
                     state,
                     t.expires_ms
-                        .map(format_ms)
+                        .map(super::timestamp)
                         .unwrap_or_else(|| "never".into()),
                     t.scopes.join(","),
                     t.account_prefix
