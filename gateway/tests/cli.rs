@@ -223,76 +223,62 @@ impl Api {
         (status, v)
     }
 
-    async fn put_account(&self, token: &str, account: &str) -> StatusCode {
-        let (st, body) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/accounts/{account}"),
-                Some(token),
-                Some(json!({"tier": "retail"})),
-            )
-            .await;
-        assert!(st.is_success(), "PUT account {account}: {st} {body}");
-        st
+    /// The Rust client as `token` (normal API use; no retries, so a refusal fails the test).
+    fn client(&self, token: &str) -> shardgate_client::Client {
+        shardgate_client::Client::builder(&self.base)
+            .bearer_token(secrecy::SecretString::from(token.to_string()))
+            .retry(shardgate_client::RetryPolicy::none())
+            .build()
+            .unwrap()
     }
 
-    /// PUT a shard; answers the status and the (secret-free) response body.
+    async fn put_account(&self, token: &str, account: &str) {
+        let put = self.client(token).put_account(account, "retail").await;
+        put.unwrap_or_else(|e| panic!("PUT account {account}: {e}"));
+    }
+
+    /// PUT a shard through the client.
     async fn put_shard(
         &self,
         token: &str,
         account: &str,
         shard: &str,
         bytes: &[u8],
-    ) -> (StatusCode, Value) {
-        self.call(
-            reqwest::Method::PUT,
-            &format!("/v1/accounts/{account}/shards/{shard}"),
-            Some(token),
-            Some(json!({"shard": B64.encode(bytes)})),
-        )
-        .await
+    ) -> Result<shardgate_client::PutShardResponse, shardgate_client::Error> {
+        let bytes = shardgate_client::ShardBytes::new(bytes.to_vec());
+        let opts = shardgate_client::PutOptions::default();
+        self.client(token)
+            .put_shard(account, shard, &bytes, opts)
+            .await
     }
 
-    /// GET a shard: status, decoded shard bytes (on 200) and the body without the shard.
+    /// GET a shard through the client.
     async fn get_shard(
         &self,
         token: &str,
         account: &str,
         shard: &str,
-    ) -> (StatusCode, Option<Vec<u8>>, Value) {
-        let (st, mut body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/accounts/{account}/shards/{shard}"),
-                Some(token),
-                None,
-            )
-            .await;
-        let bytes = body
-            .as_object_mut()
-            .and_then(|o| o.remove("shard"))
-            .and_then(|s| s.as_str().map(|s| B64.decode(s).unwrap()));
-        (st, bytes, body)
+    ) -> Result<shardgate_client::Shard, shardgate_client::Error> {
+        self.client(token).get_shard(account, shard, None).await
     }
 
-    /// PUT a shard that must be stored (201); answers its version.
+    /// PUT a shard that must be stored; answers its version.
     async fn must_put(&self, token: &str, account: &str, shard: &str, bytes: &[u8]) -> i64 {
-        let (st, body) = self.put_shard(token, account, shard, bytes).await;
-        assert_eq!(st, StatusCode::CREATED, "PUT {account}/{shard}: {body}");
-        assert_eq!(body["backend"], "local", "{body}");
-        body["version"].as_i64().unwrap()
+        let put = self.put_shard(token, account, shard, bytes).await;
+        let put = put.unwrap_or_else(|e| panic!("PUT {account}/{shard}: {e}"));
+        assert_eq!(put.backend, "local", "{put:?}");
+        put.version
     }
 
-    /// GET a shard that must come back (200) equal to `expected`.
+    /// GET a shard that must come back equal to `expected`.
     async fn must_get(&self, token: &str, account: &str, shard: &str, expected: &[u8]) {
-        let (st, bytes, body) = self.get_shard(token, account, shard).await;
-        assert_eq!(st, StatusCode::OK, "GET {account}/{shard}: {body}");
-        let bytes = bytes.expect("a 200 GET carries the shard");
-        // Never print shard bytes: lengths only.
+        let got = self.get_shard(token, account, shard).await;
+        let got = got.unwrap_or_else(|e| panic!("GET {account}/{shard}: {e}"));
+        // Never print shard bytes: lengths only (ShardBytes' Debug shows only the length).
         assert!(
-            bytes == expected,
+            got.bytes.expose() == expected,
             "GET {account}/{shard} answered different bytes ({} vs {} bytes put)",
-            bytes.len(),
+            got.bytes.len(),
             expected.len()
         );
     }
@@ -672,12 +658,12 @@ async fn audit_verify_passes(kind: StoreKind) {
     };
     // A second process appends its own chain; both verify.
     let gw = Gateway::serve(&env.config_path, &logs, "gateway-2");
-    let (st, bytes, _) = gw
+    let got = gw
         .api()
         .get_shard(&env.tokens.admin, "acct-audit", "s3")
-        .await;
-    assert_eq!(st, StatusCode::OK);
-    assert!(bytes.is_some());
+        .await
+        .unwrap();
+    assert!(!got.bytes.is_empty());
     drop(gw);
     assert_eq!(
         db.count("SELECT COUNT(DISTINCT chain_id) FROM audit_events")
@@ -1199,9 +1185,15 @@ async fn token_create_prints_a_working_token_once() {
 
     // shards:read only: a PUT is 403 forbidden, a GET 200.
     let other = random_shard(40);
-    let (st, body) = api.put_shard(&token, "acct-t", "s1", &other).await;
-    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let err = api
+        .put_shard(&token, "acct-t", "s1", &other)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&shardgate_client::ErrorCode::Forbidden),
+        "{err}"
+    );
     api.must_get(&token, "acct-t", "s1", &shard).await;
 
     // The audit log names the token's identity, never the token.
