@@ -34,13 +34,18 @@ impl TelemetryConfig {
         };
         let rest = e.strip_prefix("http://").unwrap_or_default();
         let host = rest.split('/').next().unwrap_or_default();
+        // Userinfo (`user:password@`) is refused: the exporter has no credentials to send,
+        // and the value would otherwise travel into errors and the exporter's own logs.
+        // The error never quotes the value, which could hold such a password.
         if host.is_empty()
+            || host.contains('@')
             || e.bytes()
                 .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
-            return Err(format!(
-                "telemetry.otlp_endpoint {e:?} must be an http:// URL of an OTLP/HTTP collector (e.g. http://127.0.0.1:4318)"
-            ));
+            return Err(
+                "telemetry.otlp_endpoint must be an http:// URL of an OTLP/HTTP collector without credentials (e.g. http://127.0.0.1:4318)"
+                    .to_string(),
+            );
         }
         Ok(())
     }
@@ -77,5 +82,13 @@ mod tests {
         ] {
             assert!(with(e).validate().is_err(), "{e}");
         }
+    }
+
+    #[test]
+    fn an_endpoint_with_credentials_is_refused_without_quoting_them() {
+        let err = with("http://otel:hunter2@collector:4318").validate();
+        let err = err.err().unwrap_or_default();
+        assert!(err.contains("without credentials"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }
