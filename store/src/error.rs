@@ -28,7 +28,9 @@ pub enum StoreError {
         key_version: i64,
     },
     /// The account's tier or retention changed while a shard write was in flight (after the
-    /// write read them, before it committed): nothing was written; write again.
+    /// write read them, before it committed), or an account put's expected tier
+    /// ([`ExpectedTier`](crate::ExpectedTier)) no longer holds: nothing was written; read
+    /// again and write again.
     #[error("the account changed during the write")]
     AccountChanged,
     /// Writing the audit event failed: the whole transaction was rolled back.

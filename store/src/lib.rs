@@ -43,9 +43,9 @@ pub use audit_query::AuditQuery;
 pub use error::{BackupError, StoreError};
 pub use model::{
     AccountRecord, AccountStats, AuditForCount, AuditForPruned, AuditRecord, AuditSegment,
-    DeleteOutcome, GroupedWrite, IdempotencyForCount, IdempotencyForOutcome, IdempotencyForPruned,
-    IdempotencyRecord, Idempotent, IdempotentWrite, KeepVersions, Retention, ShardSummary,
-    ShardVersionRow, TokenRecord, TokenRevocation,
+    DeleteOutcome, ExpectedTier, GroupedWrite, IdempotencyForCount, IdempotencyForOutcome,
+    IdempotencyForPruned, IdempotencyRecord, Idempotent, IdempotentWrite, KeepVersions, Retention,
+    ShardSummary, ShardVersionRow, TokenRecord, TokenRevocation,
 };
 pub(crate) use schema::{compare_migrations, no_schema_error};
 pub use schema::{SchemaCheck, APPEND_ONLY_TABLES, RUNTIME_FUNCTIONS, RUNTIME_PRIVILEGES};
@@ -98,6 +98,23 @@ pub trait Store: Send + Sync + 'static {
         &self,
         account: &str,
         tier: &str,
+        keep: KeepVersions,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<Option<String>, StoreError> {
+        self.put_account_expecting(account, tier, ExpectedTier::Any, keep, now_ms, audit)
+            .await
+    }
+
+    /// [`Store::put_account_with_retention`] only if the account's tier is still `expected`
+    /// (checked in the transaction, the row locked, before anything is written); else
+    /// `AccountChanged` and nothing is written (no audit event either). What a tier change
+    /// judged on an earlier read of the tier (the downgrade guard) writes with.
+    async fn put_account_expecting(
+        &self,
+        account: &str,
+        tier: &str,
+        expected: ExpectedTier<'_>,
         keep: KeepVersions,
         now_ms: i64,
         audit: &AuditRecord,

@@ -306,6 +306,30 @@ pub enum KeepVersions {
     Set(Option<i64>),
 }
 
+/// What an account's tier must be for [`Store::put_account_expecting`](crate::Store::put_account_expecting)
+/// to write: the precondition that makes a decision taken on a read of the tier (a downgrade
+/// check) hold at the write. Checked in the write's transaction, with the row locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedTier<'a> {
+    /// Whatever it is (or no account yet): no precondition.
+    Any,
+    /// The account does not exist yet (the put creates it).
+    Absent,
+    /// The account exists with this tier.
+    Is(&'a str),
+}
+
+impl ExpectedTier<'_> {
+    /// Whether the account's tier now (`None`: no account) meets the precondition.
+    pub fn holds(&self, current: Option<&str>) -> bool {
+        match self {
+            ExpectedTier::Any => true,
+            ExpectedTier::Absent => current.is_none(),
+            ExpectedTier::Is(tier) => current == Some(*tier),
+        }
+    }
+}
+
 /// Outcome of a write made with an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Idempotent<T> {

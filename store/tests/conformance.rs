@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use common::{record, shard_row, v, AuditGen, Harness};
 use shardgate_store::{
-    AccountStats, BackupError, DeleteOutcome, ShardSummary, Store, StoreError, Version,
+    AccountStats, BackupError, DeleteOutcome, ExpectedTier, KeepVersions, ShardSummary, Store,
+    StoreError, Version,
 };
 use tokio::task::JoinSet;
 
@@ -22,6 +23,8 @@ both_stores!(
     kind_and_ping,
     migrate_is_idempotent,
     account_put_get_update_returns_previous_tier,
+    account_put_expecting_a_tier_writes_only_while_it_holds,
+    concurrent_tier_changes_expecting_one_tier_exactly_one_wins,
     account_ids_are_case_sensitive,
     insert_v1_v2_and_get_latest_and_by_version,
     get_shard_versions_answers_every_item_in_order,
@@ -166,6 +169,88 @@ async fn account_put_get_update_returns_previous_tier(h: &Harness) {
     // Each put committed its audit event.
     assert_eq!(count_actions(s, "chain-a", "account.put").await, 3);
     assert_eq!(s.get_account("acct-2").await.unwrap(), None);
+}
+
+async fn account_put_expecting_a_tier_writes_only_while_it_holds(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new("chain-x");
+    let put = |tier: &'static str, expected: ExpectedTier<'static>, account: &'static str| {
+        let rec = audit.next("account.put", Some(account), None, None);
+        async move {
+            s.put_account_expecting(
+                account,
+                tier,
+                expected,
+                KeepVersions::Set(Some(3)),
+                1000,
+                &rec,
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        put("retail", ExpectedTier::Absent, ACCT).await.unwrap(),
+        None
+    );
+    // Created meanwhile, moved meanwhile, deleted meanwhile: nothing is written.
+    let r = put("institutional", ExpectedTier::Absent, ACCT).await;
+    assert!(matches!(r, Err(StoreError::AccountChanged)), "{r:?}");
+    let r = put("institutional", ExpectedTier::Is("gold"), ACCT).await;
+    assert!(matches!(r, Err(StoreError::AccountChanged)), "{r:?}");
+    let r = put("institutional", ExpectedTier::Is("retail"), "acct-2").await;
+    assert!(matches!(r, Err(StoreError::AccountChanged)), "{r:?}");
+    assert_eq!(s.get_account("acct-2").await.unwrap(), None);
+    let a = s.get_account(ACCT).await.unwrap().unwrap();
+    assert_eq!((a.tier.as_str(), a.keep_versions), ("retail", Some(3)));
+    assert_eq!(count_actions(s, "chain-x", "account.put").await, 1);
+    // The tier it expects: written, with its retention and its audit event.
+    let r = put("institutional", ExpectedTier::Is("retail"), ACCT).await;
+    assert_eq!(r.unwrap().as_deref(), Some("retail"));
+    assert_eq!(
+        s.get_account(ACCT).await.unwrap().unwrap().tier,
+        "institutional"
+    );
+    assert_eq!(count_actions(s, "chain-x", "account.put").await, 2);
+}
+
+async fn concurrent_tier_changes_expecting_one_tier_exactly_one_wins(h: &Harness) {
+    let audit = Arc::new(AuditGen::new("chain-y"));
+    put(&*h.store, &audit, ACCT, "retail").await;
+    let mut set = JoinSet::new();
+    for i in 0..6 {
+        let (store, audit) = (h.store.clone(), audit.clone());
+        set.spawn(async move {
+            let tier = format!("tier-{i}");
+            let rec = audit.next("account.put", Some(ACCT), None, None);
+            let r = store
+                .put_account_expecting(
+                    ACCT,
+                    &tier,
+                    ExpectedTier::Is("retail"),
+                    KeepVersions::Unchanged,
+                    2000,
+                    &rec,
+                )
+                .await;
+            (tier, r)
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (tier, r) = joined.unwrap();
+        match r {
+            Ok(previous) => {
+                assert_eq!(previous.as_deref(), Some("retail"));
+                winners.push(tier);
+            }
+            Err(StoreError::AccountChanged) => {}
+            Err(e) => panic!("{tier}: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let a = h.store.get_account(ACCT).await.unwrap().unwrap();
+    assert_eq!(a.tier, winners[0]);
+    assert_eq!(count_actions(&*h.store, "chain-y", "account.put").await, 2);
 }
 
 async fn account_ids_are_case_sensitive(h: &Harness) {

@@ -10,66 +10,28 @@ use super::{map_err, PgStore};
 use crate::rows::{account_from_row, opt_version_of};
 use crate::Version;
 use crate::{
-    AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, IdempotencyForOutcome,
-    Idempotent, KeepVersions, StoreError,
+    AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, ExpectedTier,
+    IdempotencyForOutcome, Idempotent, KeepVersions, StoreError,
 };
 
-/// [`Store::put_account_with_retention`](crate::Store::put_account_with_retention).
-pub(super) async fn put_account_with_retention(
+/// [`Store::put_account_expecting`](crate::Store::put_account_expecting).
+pub(super) async fn put_account_expecting(
     store: &PgStore,
     account: &str,
     tier: &str,
+    expected: ExpectedTier<'_>,
     keep: KeepVersions,
     now_ms: i64,
     audit: &AuditRecord,
 ) -> Result<Option<String>, StoreError> {
     let mut tx = store.begin().await?;
-    let mut previous = None;
-    let mut done = false;
-    // If a concurrent writer creates the account between our read and our insert, the
-    // next round finds (and locks) its row.
-    for _ in 0..3 {
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT tier FROM accounts WHERE account = $1 FOR NO KEY UPDATE")
-                .bind(account)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        if let Some(old) = existing {
-            if old != tier {
-                sqlx::query("UPDATE accounts SET tier = $2, updated_at = $3 WHERE account = $1")
-                    .bind(account)
-                    .bind(tier)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-            }
-            previous = Some(old);
-            done = true;
-            break;
+    let previous = match set_tier(&mut tx, account, tier, expected, now_ms).await? {
+        Some(previous) => previous,
+        None => {
+            tx.rollback().await.map_err(map_err)?;
+            return Err(StoreError::AccountChanged);
         }
-        let inserted = sqlx::query(
-            "INSERT INTO accounts (account, tier, created_at, updated_at) \
-             VALUES ($1, $2, $3, $3) ON CONFLICT (account) DO NOTHING",
-        )
-        .bind(account)
-        .bind(tier)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        if inserted == 1 {
-            done = true;
-            break;
-        }
-    }
-    if !done {
-        return Err(StoreError::Unavailable(format!(
-            "account {account} is being created and deleted concurrently"
-        )));
-    }
+    };
     if let KeepVersions::Set(keep) = keep {
         sqlx::query("UPDATE accounts SET keep_versions = $2 WHERE account = $1")
             .bind(account)
@@ -81,6 +43,60 @@ pub(super) async fn put_account_with_retention(
     insert_audit(&mut tx, audit).await?;
     tx.commit().await.map_err(map_err)?;
     Ok(previous)
+}
+
+/// Create the account in `tier` or move it there, its row locked first: `Some(previous
+/// tier)` (`Some(None)`: created), or `None` when the tier found is not `expected` (nothing
+/// written).
+async fn set_tier(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    account: &str,
+    tier: &str,
+    expected: ExpectedTier<'_>,
+    now_ms: i64,
+) -> Result<Option<Option<String>>, StoreError> {
+    // If a concurrent writer creates the account between our read and our insert, the
+    // next round finds (and locks) its row.
+    for _ in 0..3 {
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT tier FROM accounts WHERE account = $1 FOR NO KEY UPDATE")
+                .bind(account)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(map_err)?;
+        if !expected.holds(existing.as_deref()) {
+            return Ok(None);
+        }
+        if let Some(old) = existing {
+            if old != tier {
+                sqlx::query("UPDATE accounts SET tier = $2, updated_at = $3 WHERE account = $1")
+                    .bind(account)
+                    .bind(tier)
+                    .bind(now_ms)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(map_err)?;
+            }
+            return Ok(Some(Some(old)));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (account, tier, created_at, updated_at) \
+             VALUES ($1, $2, $3, $3) ON CONFLICT (account) DO NOTHING",
+        )
+        .bind(account)
+        .bind(tier)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Some(None));
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "account {account} is being created and deleted concurrently"
+    )))
 }
 
 /// [`Store::get_account`](crate::Store::get_account).

@@ -29,8 +29,8 @@ use crate::{
     ShardVersionRow, Store, StoreError, TokenRecord, TokenRevocation, Transition,
 };
 use crate::{
-    KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion, Reservation,
-    Version,
+    ExpectedTier, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
+    Reservation, Version,
 };
 
 mod accounts;
@@ -322,15 +322,16 @@ impl Store for PgStore {
         schema::ping(self).await
     }
 
-    async fn put_account_with_retention(
+    async fn put_account_expecting(
         &self,
         account: &str,
         tier: &str,
+        expected: ExpectedTier<'_>,
         keep: KeepVersions,
         now_ms: i64,
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError> {
-        accounts::put_account_with_retention(self, account, tier, keep, now_ms, audit).await
+        accounts::put_account_expecting(self, account, tier, expected, keep, now_ms, audit).await
     }
 
     async fn get_account(&self, account: &str) -> Result<Option<AccountRecord>, StoreError> {

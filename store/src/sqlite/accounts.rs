@@ -8,8 +8,8 @@ use super::idempotency::{idem_claim, idem_update};
 use super::{count, map_err, SqliteStore};
 use crate::rows::account_from_row;
 use crate::{
-    AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, IdempotencyForOutcome,
-    Idempotent, KeepVersions, StoreError,
+    AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, ExpectedTier,
+    IdempotencyForOutcome, Idempotent, KeepVersions, StoreError,
 };
 
 /// Whether the account row exists, read with any executor.
@@ -24,15 +24,17 @@ where
         .is_some())
 }
 
-/// [`Store::put_account_with_retention`](crate::Store::put_account_with_retention).
-pub(super) async fn put_account_with_retention(
+/// [`Store::put_account_expecting`](crate::Store::put_account_expecting).
+pub(super) async fn put_account_expecting(
     store: &SqliteStore,
     account: &str,
     tier: &str,
+    expected: ExpectedTier<'_>,
     keep: KeepVersions,
     now_ms: i64,
     audit: &AuditRecord,
 ) -> Result<Option<String>, StoreError> {
+    // A write transaction (`BEGIN IMMEDIATE`): no other writer between the read and the write.
     let mut tx = store.begin_write().await?;
     let previous: Option<String> =
         sqlx::query_scalar("SELECT tier FROM accounts WHERE account = ?1")
@@ -40,6 +42,10 @@ pub(super) async fn put_account_with_retention(
             .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?;
+    if !expected.holds(previous.as_deref()) {
+        tx.rollback().await.map_err(map_err)?;
+        return Err(StoreError::AccountChanged);
+    }
     match &previous {
         Some(old) if old == tier => {}
         Some(_) => {
