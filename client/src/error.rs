@@ -35,6 +35,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409.
     VersionConflict,
+    /// 409: the tier change would lower the account's protection (HSM to KMS or local, KMS
+    /// to local); [`crate::Client::put_account_allowing_downgrade`] with an admin credential
+    /// confirms it.
+    DowngradeRefused,
     /// 413.
     PayloadTooLarge,
     /// 414.
@@ -61,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this client knows.
-    const KNOWN: [ErrorCode; 23] = {
+    const KNOWN: [ErrorCode; 24] = {
         use ErrorCode::*;
         [
             InvalidRequest,
@@ -77,6 +81,7 @@ impl ErrorCode {
             NotFound,
             MethodNotAllowed,
             VersionConflict,
+            DowngradeRefused,
             PayloadTooLarge,
             UriTooLong,
             RateLimited,
@@ -116,6 +121,7 @@ impl ErrorCode {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             VersionConflict => "version_conflict",
+            DowngradeRefused => "downgrade_refused",
             PayloadTooLarge => "payload_too_large",
             UriTooLong => "uri_too_long",
             RateLimited => "rate_limited",
@@ -221,7 +227,12 @@ mod tests {
         );
         assert_eq!(
             ErrorCode::from_wire("downgrade_refused"),
-            ErrorCode::Other("downgrade_refused".into())
+            ErrorCode::DowngradeRefused
+        );
+        // A code of a newer gateway is kept as it came.
+        assert_eq!(
+            ErrorCode::from_wire("approval_required"),
+            ErrorCode::Other("approval_required".into())
         );
         for wire in [
             "invalid_id",

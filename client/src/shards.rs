@@ -82,6 +82,26 @@ impl Client {
         json(self.send(&call).await?).await
     }
 
+    /// [`Client::put_account`], confirming a move that lowers the account's protection
+    /// (`"allow_downgrade": true`; HSM to KMS or local, KMS to local): the gateway refuses
+    /// such a move with `downgrade_refused` otherwise, and with `forbidden` unless the
+    /// credential holds `admin`. Not retried, as `put_account`.
+    pub async fn put_account_allowing_downgrade(
+        &self,
+        account: &str,
+        tier: &str,
+    ) -> Result<Account, Error> {
+        let mut call = Call::new(
+            Method::PUT,
+            format!("/v1/accounts/{}", seg(account)),
+            Repeat::Unsafe,
+        );
+        call.body = Some(body(
+            &serde_json::json!({ "tier": tier, "allow_downgrade": true }),
+        )?);
+        json(self.send(&call).await?).await
+    }
+
     /// An account (`GET /v1/accounts/{account}`).
     pub async fn get_account(&self, account: &str) -> Result<Account, Error> {
         let call = Call::new(

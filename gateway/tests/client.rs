@@ -201,6 +201,59 @@ async fn a_rate_limited_call_waits_out_retry_after_within_its_deadline() {
     );
 }
 
+/// The guard on tier changes that lower an account's protection, through the client: the
+/// refusal is a typed `DowngradeRefused`, `put_account_allowing_downgrade` confirms the move
+/// with an admin credential and is `Forbidden` without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_names_a_refused_downgrade_and_confirms_one_as_admin() {
+    let Some(endpoint) = common::require_env("SHARDGATE_TEST_MOTO_ENDPOINT") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(StoreKind::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let tokens = Tokens::new();
+    let key = common::create_kms_key(&endpoint).await;
+    let gw = serve(dir.path(), &url, &tokens, "downgrade", |cfg| {
+        let mut kms = shardgate_backends::aws_kms::KmsConfig::new(key, "us-east-1");
+        kms.endpoint_url = Some(endpoint);
+        cfg.backends.insert(
+            "kms".into(),
+            shardgate::app::config::BackendConfig::AwsKms(kms),
+        );
+        cfg.tiers.insert("cloud".into(), "kms".into());
+    });
+    let admin = client(&gw.base, &tokens.admin).build().unwrap();
+    let prefixed = client(&gw.base, &tokens.prefixed).build().unwrap();
+    for (c, account) in [(&admin, "acct-d"), (&prefixed, "acct-A-d")] {
+        let a = c.put_account(account, "cloud").await.unwrap();
+        assert_eq!(a.backend, "kms");
+        let err = c.put_account(account, "retail").await.unwrap_err();
+        let Error::Api(api) = err else {
+            panic!("{err}")
+        };
+        assert_eq!((api.status, api.code), (409, ErrorCode::DowngradeRefused));
+    }
+    let err = prefixed
+        .put_account_allowing_downgrade("acct-A-d", "retail")
+        .await
+        .unwrap_err();
+    let Error::Api(api) = err else {
+        panic!("{err}")
+    };
+    assert_eq!((api.status, api.code), (403, ErrorCode::Forbidden));
+    let a = admin
+        .put_account_allowing_downgrade("acct-d", "retail")
+        .await
+        .unwrap();
+    assert_eq!((a.tier.as_str(), a.backend.as_str()), ("retail", "local"));
+    assert_eq!(
+        prefixed.get_account("acct-A-d").await.unwrap().tier,
+        "cloud"
+    );
+}
+
 #[test]
 fn the_client_knows_every_error_code_of_the_gateway() {
     for code in shardgate::http::error::ErrorCode::ALL {

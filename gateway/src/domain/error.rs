@@ -41,6 +41,11 @@ pub enum DomainError {
     /// The state changed under the request (a job's state, a key's state, a version).
     #[error("{0}")]
     Conflict(String),
+    /// A tier change would lower the account's protection (its new placement's backend kind
+    /// ranks below the current one's, [`crate::domain::protection`]) and the request did not
+    /// confirm it: nothing was changed.
+    #[error("{0}")]
+    DowngradeRefused(String),
     /// The caller is over its request rate; retry after `retry_after_secs`.
     #[error("{message}")]
     RateLimited {
@@ -80,6 +85,7 @@ impl DomainError {
             Self::VersionNotFound => "version_not_found",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "version_conflict",
+            Self::DowngradeRefused(_) => "downgrade_refused",
             Self::RateLimited { .. } => "rate_limited",
             Self::KeyUnusable(_) => "key_unusable",
             Self::AuditUnavailable => "audit_unavailable",

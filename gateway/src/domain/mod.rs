@@ -1,5 +1,6 @@
 //! The rules of the gateway that hold whatever the transport: envelopes, the audit chain,
-//! authentication and tokens, key lifecycle, breakers, metrics. Its errors are [`error::DomainError`].
+//! authentication and tokens, key lifecycle, breakers, metrics, the downgrade rule. Its
+//! errors are [`error::DomainError`].
 
 pub mod audit;
 pub mod auth;
@@ -12,5 +13,6 @@ pub mod hygiene;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod protection;
 pub mod tokens;
 pub mod trace;

@@ -6,7 +6,8 @@ use crate::domain::ids::AccountId;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::state::AppState;
 use crate::service::accounts::{
-    self, AccountDeleted, AccountDestroyed, IdempotentAccountDelete, PutAccount, Retention,
+    self, AccountDeleted, AccountDestroyed, DowngradeConsent, IdempotentAccountDelete, PutAccount,
+    Retention,
 };
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -28,6 +29,12 @@ pub struct PutAccountRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, minimum = 0)]
     pub keep_versions: Option<Option<u32>>,
+    /// Confirm a tier change that lowers the account's protection (its new backend's kind
+    /// ranks below its current one's: `pkcs11` > `aws-kms` > `local`). Without it such a
+    /// change is refused with 409 `downgrade_refused`; with it, the caller must also hold
+    /// `admin` (else 403 `forbidden`). Ignored when the change is not a downgrade.
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 /// A field that is present (`Some`), with `null` as `Some(None)`; `#[serde(default)]` makes
@@ -103,6 +110,10 @@ fn account_id(p: Result<Path<String>, PathRejection>) -> Result<AccountId, ApiEr
 }
 
 /// Create an account or change its tier.
+///
+/// A tier change that lowers the account's protection (HSM to KMS or local, KMS to local) is
+/// refused with 409 `downgrade_refused` unless the body sends `allow_downgrade` and the
+/// caller holds `admin`.
 #[utoipa::path(put, path = "/v1/accounts/{account}", tag = "accounts",
     params(("account" = String, Path, description = "account id")),
     request_body = PutAccountRequest,
@@ -123,6 +134,12 @@ pub async fn put_account(
             account: &account,
             tier: &body.tier,
             keep_versions: body.keep_versions,
+            // `admin` on this account: an admin credential never carries a prefix, so this is
+            // the scope alone (a stored row with both is held to the prefix).
+            downgrade: DowngradeConsent::of(
+                body.allow_downgrade,
+                ctx.caller.require(Scope::Admin, Some(&account)).is_ok(),
+            ),
             event: ctx.event("account.put").account(&account),
             origin: ctx.origin(),
         },

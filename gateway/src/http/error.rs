@@ -39,6 +39,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409.
     VersionConflict,
+    /// 409: a tier change would lower the account's protection and was not confirmed.
+    DowngradeRefused,
     /// 413.
     PayloadTooLarge,
     /// 414: the request target is longer than `[limits] max_uri_bytes`.
@@ -63,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the table's order (the OpenAPI document lists them per status).
-    pub const ALL: [ErrorCode; 23] = {
+    pub const ALL: [ErrorCode; 24] = {
         use ErrorCode::*;
         [
             InvalidRequest,
@@ -79,6 +81,7 @@ impl ErrorCode {
             NotFound,
             MethodNotAllowed,
             VersionConflict,
+            DowngradeRefused,
             PayloadTooLarge,
             UriTooLong,
             RateLimited,
@@ -103,7 +106,7 @@ impl ErrorCode {
             Forbidden => StatusCode::FORBIDDEN,
             AccountNotFound | ShardNotFound | VersionNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            VersionConflict => StatusCode::CONFLICT,
+            VersionConflict | DowngradeRefused => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UriTooLong => StatusCode::URI_TOO_LONG,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -133,6 +136,7 @@ impl ErrorCode {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             VersionConflict => "version_conflict",
+            DowngradeRefused => "downgrade_refused",
             PayloadTooLarge => "payload_too_large",
             UriTooLong => "uri_too_long",
             RateLimited => "rate_limited",
@@ -324,6 +328,7 @@ impl From<DomainError> for ApiError {
             }
             DomainError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
             DomainError::Conflict(m) => ApiError::new(ErrorCode::VersionConflict, m),
+            DomainError::DowngradeRefused(m) => ApiError::new(ErrorCode::DowngradeRefused, m),
             DomainError::RateLimited {
                 message,
                 retry_after_secs,
@@ -390,16 +395,17 @@ mod tests {
                 NotFound => 10,
                 MethodNotAllowed => 11,
                 VersionConflict => 12,
-                PayloadTooLarge => 13,
-                UriTooLong => 14,
-                RateLimited => 15,
-                IntegrityFailure => 16,
-                Internal => 17,
-                KeyUnusable => 18,
-                BackendUnavailable => 19,
-                StoreUnavailable => 20,
-                AuditUnavailable => 21,
-                DeadlineExceeded => 22,
+                DowngradeRefused => 13,
+                PayloadTooLarge => 14,
+                UriTooLong => 15,
+                RateLimited => 16,
+                IntegrityFailure => 17,
+                Internal => 18,
+                KeyUnusable => 19,
+                BackendUnavailable => 20,
+                StoreUnavailable => 21,
+                AuditUnavailable => 22,
+                DeadlineExceeded => 23,
             }
         };
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
@@ -426,6 +432,7 @@ mod tests {
             DomainError::VersionNotFound,
             DomainError::NotFound("x".into()),
             DomainError::Conflict("x".into()),
+            DomainError::DowngradeRefused("x".into()),
             DomainError::RateLimited {
                 message: "x".into(),
                 retry_after_secs: 2,

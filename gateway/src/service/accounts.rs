@@ -1,5 +1,6 @@
 //! Accounts (`/v1/accounts/{account}`): create one or change its tier and retention ([`put`],
-//! which starts the re-wrap job when the new tier moves it to another backend), read one
+//! which starts the re-wrap job when the new tier moves it to another backend, and refuses a
+//! move that lowers its protection unless an admin confirms it), read one
 //! ([`get`]), crypto-shred one with every shard version ([`delete`]); and where the policy
 //! places an account's new versions ([`placement_of`]), which the shard writes share.
 
@@ -7,10 +8,11 @@ use super::state::Services;
 use crate::domain::audit::{Auditor, Event, Origin};
 use crate::domain::error::DomainError;
 use crate::domain::ids::AccountId;
+use crate::domain::protection::{is_downgrade, Placed};
 use shardgate_policy::Placement;
 use shardgate_store::{
-    AccountRecord, AccountStats, DeleteOutcome, IdempotencyForOutcome, IdempotencyRecord,
-    Idempotent, KeepVersions, MigrationSelector,
+    AccountRecord, AccountStats, DeleteOutcome, ExpectedTier, IdempotencyForOutcome,
+    IdempotencyRecord, Idempotent, KeepVersions, MigrationSelector, StoreError,
 };
 use std::time::Duration;
 use tracing::Instrument as _;
@@ -93,6 +95,31 @@ pub async fn get(state: &Services, account: &AccountId) -> Result<AccountView, D
     })
 }
 
+/// What a put says about lowering the account's protection
+/// ([`crate::domain::protection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DowngradeConsent {
+    /// The request does not ask (`allow_downgrade` absent or false): a downgrade is refused
+    /// (`downgrade_refused`).
+    NotAsked,
+    /// The request asks, but the caller lacks `admin`: a downgrade is `forbidden`.
+    AskedWithoutAdmin,
+    /// An admin asks: a downgrade goes ahead (its event's detail names it).
+    Granted,
+}
+
+impl DowngradeConsent {
+    /// The consent of a request that asks (`allow_downgrade`) or not, by a caller that holds
+    /// `admin` or not.
+    pub fn of(asked: bool, admin: bool) -> Self {
+        match (asked, admin) {
+            (false, _) => DowngradeConsent::NotAsked,
+            (true, false) => DowngradeConsent::AskedWithoutAdmin,
+            (true, true) => DowngradeConsent::Granted,
+        }
+    }
+}
+
 /// A create or a change of an account.
 pub struct PutAccount<'a> {
     /// Account id.
@@ -101,6 +128,8 @@ pub struct PutAccount<'a> {
     pub tier: &'a str,
     /// Absent: unchanged; `Some(None)`: follow the gateway's setting; `Some(Some(k))`: keep `k`.
     pub keep_versions: Option<Option<u32>>,
+    /// Whether a tier change that lowers the account's protection may go ahead.
+    pub downgrade: DowngradeConsent,
     /// The caller's `account.put` event (backend and detail are set here).
     pub event: Event,
     /// Who asks, for the migration job a tier change starts.
@@ -120,7 +149,17 @@ pub struct AccountPut {
     pub retention: Retention,
 }
 
+/// Tries of a put whose account changed between its read and its write (each try reads the
+/// tier again and judges the change again).
+const PUT_TRIES: usize = 5;
+
 /// Create an account or change its tier and retention, audited in the write's transaction.
+///
+/// A tier change that lowers the account's protection (its new placement's backend kind ranks
+/// below the current one's) goes ahead only with [`DowngradeConsent::Granted`]; else it is
+/// refused, audited, and nothing changes. The write carries the tier the judgement was made
+/// on as its precondition ([`ExpectedTier`]), so a concurrent tier change makes it read and
+/// judge again instead of letting a downgrade through.
 pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, DomainError> {
     let account = req.account;
     let placement = state
@@ -137,21 +176,61 @@ pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, Do
             ),
         ),
     };
-    let event = req
-        .event
-        .backend(&placement.backend)
-        .detail(format!("tier={}{keep_detail}", req.tier));
-    let mut guard = state.audit.lock().await?;
-    let record = guard.begin(&event);
-    let result = state
-        .store
-        .put_account_with_retention(account, req.tier, keep, crate::now_ms(), &record)
-        .await;
-    guard.finish(Some(&record), &result).await;
-    let previous = result?;
+    for _ in 0..PUT_TRIES {
+        let current = state.store.get_account(account).await?;
+        let downgrade = match &current {
+            Some(record) if record.tier != req.tier => {
+                guard_downgrade(state, &req, record, &placement).await?
+            }
+            _ => None,
+        };
+        let expected = current
+            .as_ref()
+            .map_or(ExpectedTier::Absent, |r| ExpectedTier::Is(&r.tier));
+        let downgrade_detail = downgrade.map_or_else(String::new, |d| format!(" downgrade={d}"));
+        let event = req
+            .event
+            .clone()
+            .backend(&placement.backend)
+            .detail(format!("tier={}{keep_detail}{downgrade_detail}", req.tier));
+        let mut guard = state.audit.lock().await?;
+        let record = guard.begin(&event);
+        let result = state
+            .store
+            .put_account_expecting(account, req.tier, expected, keep, crate::now_ms(), &record)
+            .await;
+        guard.finish(Some(&record), &result).await;
+        match result {
+            Err(StoreError::AccountChanged) => continue,
+            result => {
+                let previous = result?;
+                return put_done(state, &req, placement, current.as_ref(), previous).await;
+            }
+        }
+    }
+    Err(DomainError::Conflict(
+        "the account's tier kept changing during the request; retry".into(),
+    ))
+}
+
+/// What a committed put answers: the migration job its tier change started, its retention.
+async fn put_done(
+    state: &Services,
+    req: &PutAccount<'_>,
+    placement: Placement,
+    before: Option<&AccountRecord>,
+    previous: Option<String>,
+) -> Result<AccountPut, DomainError> {
     let migration_job = match previous.as_deref() {
         Some(old_tier) => {
-            migrate_if_moved(state, account, old_tier, &placement.backend, &req.origin).await?
+            migrate_if_moved(
+                state,
+                req.account,
+                old_tier,
+                &placement.backend,
+                &req.origin,
+            )
+            .await?
         }
         None => None,
     };
@@ -161,10 +240,8 @@ pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, Do
             from_account: true,
         },
         Some(None) => default_retention(state),
-        None => match state.store.get_account(account).await? {
-            Some(record) => retention_of(state, &record),
-            None => default_retention(state),
-        },
+        // Unchanged by this put: what the account had when the put read it.
+        None => before.map_or_else(|| default_retention(state), |r| retention_of(state, r)),
     };
     Ok(AccountPut {
         created: previous.is_none(),
@@ -172,6 +249,64 @@ pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, Do
         migration_job,
         retention,
     })
+}
+
+/// The kind of a configured backend (`unknown` for a name no backend has, which the
+/// downgrade rule treats as it treats any kind it does not know).
+fn kind_of(state: &Services, backend: &str) -> &'static str {
+    state.backend(backend).map_or("unknown", |b| b.kind())
+}
+
+/// Judge a tier change of `record` to `placement` by the downgrade rule: `Ok(None)` when it
+/// does not lower the account's protection, `Ok(Some("<from> -> <to>"))` for a downgrade an
+/// admin confirmed; else the refusal, audited (`downgrade_refused`, or `forbidden` when the
+/// request asked without `admin`).
+async fn guard_downgrade(
+    state: &Services,
+    req: &PutAccount<'_>,
+    record: &AccountRecord,
+    placement: &Placement,
+) -> Result<Option<String>, DomainError> {
+    let from_backend = state.policy.place(req.account, &record.tier).ok();
+    let from = from_backend.as_ref().map_or(Placed::Unknown, |p| {
+        Placed::Kind(kind_of(state, &p.backend))
+    });
+    let to = kind_of(state, &placement.backend);
+    if !is_downgrade(from, to) {
+        return Ok(None);
+    }
+    let change = format!(
+        "from tier {} (backend {}, {from}) to tier {} (backend {}, {to})",
+        record.tier,
+        from_backend.as_ref().map_or("none", |p| p.backend.as_str()),
+        req.tier,
+        placement.backend,
+    );
+    let err = match req.downgrade {
+        DowngradeConsent::Granted => return Ok(Some(format!("{from}->{to}"))),
+        DowngradeConsent::NotAsked => DomainError::DowngradeRefused(format!(
+            "moving the account {change} lowers its protection: refused, nothing changed; to \
+             move it anyway, repeat the request with \"allow_downgrade\": true and a \
+             credential that holds the admin scope"
+        )),
+        DowngradeConsent::AskedWithoutAdmin => DomainError::Forbidden(format!(
+            "moving the account {change} lowers its protection: \"allow_downgrade\" needs \
+             a credential that holds the admin scope"
+        )),
+    };
+    let mut event = req
+        .event
+        .clone()
+        .backend(&placement.backend)
+        .detail(format!("tier={} refused: downgrade {from}->{to}", req.tier));
+    event.outcome = err.outcome().to_string();
+    if let Err(audit_err) = state.audit.record(event).await {
+        tracing::warn!(
+            code = audit_err.outcome(),
+            "the audit event of a refused downgrade was not recorded"
+        );
+    }
+    Err(err)
 }
 
 /// A tier change that moves the account to another backend starts its migration job, when
