@@ -12,6 +12,12 @@
         before the PUT to the first poll that sees the job settled (polls every --poll-ms).
         A job that makes no progress for --stall-secs (default 60) is reported, not waited
         for: "state": "stalled", "stalled": true, with how far it got and when it stopped.
+
+With --allow-downgrade, `tier` and `run` confirm a move that lowers the account's protection
+(pkcs11 -> aws-kms or local, aws-kms -> local; the token must hold `admin`): a gateway that
+refuses it with 409 `downgrade_refused` gets the same PUT again with `"allow_downgrade": true`.
+Only then, so a baseline gateway older than the guard (which knows no such field) is asked
+exactly as before.
 """
 
 import argparse
@@ -41,12 +47,26 @@ class Client:
         return json.loads(raw) if raw else {}
 
 
+def put_tier(c, acct, tier, allow_downgrade):
+    """PUT the account's tier; a refused downgrade is confirmed when allowed (see above)."""
+    path = "/v1/accounts/" + acct
+    if not allow_downgrade:
+        return c.call("PUT", path, {"tier": tier})
+    ans = c.call("PUT", path, {"tier": tier}, ok=(200, 201, 409))
+    if ans.get("error", {}).get("code") == "downgrade_refused":
+        ans = c.call("PUT", path, {"tier": tier, "allow_downgrade": True})
+    elif "error" in ans:
+        sys.exit("PUT %s: %s" % (path, json.dumps(ans)))
+    return ans
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
     ap.add_argument("--poll-ms", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--stall-secs", type=float, default=60)
+    ap.add_argument("--allow-downgrade", action="store_true")
     ap.add_argument("cmd", choices=["tier", "state", "pause", "resume", "cancel", "run"])
     ap.add_argument("args", nargs="*")
     a = ap.parse_args()
@@ -54,7 +74,7 @@ def main():
 
     if a.cmd == "tier":
         acct, tier = a.args
-        print(json.dumps(c.call("PUT", "/v1/accounts/" + acct, {"tier": tier})))
+        print(json.dumps(put_tier(c, acct, tier, a.allow_downgrade)))
     elif a.cmd == "state":
         print(json.dumps(c.call("GET", "/v1/admin/migrations/" + a.args[0])))
     elif a.cmd in ("pause", "resume", "cancel"):
@@ -62,7 +82,7 @@ def main():
     else:
         acct, tier = a.args
         t0 = time.monotonic()
-        ans = c.call("PUT", "/v1/accounts/" + acct, {"tier": tier})
+        ans = put_tier(c, acct, tier, a.allow_downgrade)
         put_secs = time.monotonic() - t0
         job_id = ans.get("migration_job")
         if not job_id:

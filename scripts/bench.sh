@@ -877,7 +877,7 @@ scrape_metrics "$MIG/metrics.after"
 # moves the same 100,000 shards local -> pkcs11.
 for r in $(seq 2 "$ROUNDS"); do
     blog "migration round $r/$ROUNDS: the shards back to local (not measured), then the raw loop and the job"
-    mig run mig-tput-000000 bench-local >"$MIG/job-back-r$r.json" || sg_die "the job back to local failed"
+    mig --allow-downgrade run mig-tput-000000 bench-local >"$MIG/job-back-r$r.json" || sg_die "the job back to local failed"
     "$BENCH_BIN" migrate-raw --keyring "$WORK/data/local.keyring" --module "$SG_SOFTHSM_MODULE" \
         --token-label "$HSM_LABEL" --pin-file "$WORK/secrets/hsm.pin" --kek-label shardgate-kek \
         --pool-size 8 --n "$MIG_SHARDS" --batch "$RAW_CHUNK" >"$MIG/raw-batched-r$r.json" ||
@@ -926,7 +926,7 @@ if [ "$ONLY" = compare ]; then
             gw_cpu_ticks >"$CMP/job-$which-r$r.cpu.after"
             echo "$CLK_TCK" >"$CMP/clk_tck"
             blog "  job ($which): $(cat "$CMP/job-$which-r$r.json")"
-            mig run mig-tput-000000 bench-local >"$CMP/job-back-$which-r$r.json" || sg_die "the job back to local failed"
+            mig --allow-downgrade run mig-tput-000000 bench-local >"$CMP/job-back-$which-r$r.json" || sg_die "the job back to local failed"
             stop_gateway
             # The two jobs rewrote every row of the job's account twice, and the PUTs added
             # versions: vacuum now, or autovacuum of them lands in the next binary's window

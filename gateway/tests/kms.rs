@@ -132,12 +132,15 @@ async fn kms_reads_use_the_recorded_backend_after_a_tier_change(k: Kms) {
     k.call("PUT", "/v1/accounts/acct-k", Some(json!({"tier":"retail"})))
         .await;
     k.put("acct-k", "s", b"kms-then-local-1").await;
-    k.call(
-        "PUT",
-        "/v1/accounts/acct-k",
-        Some(json!({"tier":"institutional"})),
-    )
-    .await;
+    // aws-kms -> local lowers the account's protection: confirmed (the admin token).
+    let (s, v) = k
+        .call(
+            "PUT",
+            "/v1/accounts/acct-k",
+            Some(json!({"tier":"institutional", "allow_downgrade": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (_, v) = k.put("acct-k", "s", b"kms-then-local-2").await;
     assert_eq!(v["backend"], "local");
     let (_, v) = k.call("GET", "/v1/accounts/acct-k", None).await;

@@ -77,12 +77,19 @@ impl Gw {
     }
 
     async fn account(&self, account: &str, tier: &str) -> Value {
+        self.account_with(account, json!({ "tier": tier })).await
+    }
+
+    /// [`Gw::account`] confirming a move that lowers the account's protection (the admin
+    /// token holds `admin`).
+    async fn account_downgraded(&self, account: &str, tier: &str) -> Value {
+        self.account_with(account, json!({ "tier": tier, "allow_downgrade": true }))
+            .await
+    }
+
+    async fn account_with(&self, account: &str, body: Value) -> Value {
         let (s, v) = self
-            .call(
-                "PUT",
-                &format!("/v1/accounts/{account}"),
-                Some(json!({ "tier": tier })),
-            )
+            .call("PUT", &format!("/v1/accounts/{account}"), Some(body))
             .await;
         assert!(s == StatusCode::CREATED || s == StatusCode::OK, "{v}");
         v
@@ -573,8 +580,13 @@ async fn shard_writes_wait_out_a_busy_chain_and_race_tier_changes(gw: Gw) {
 async fn local_to_kms_and_back(gw: Gw) {
     gw.account("acct-kms", "retail").await;
     let shards = gw.load("acct-kms", 5, 2).await;
-    for (tier, backend) in [("kms", "kms"), ("retail", "local")] {
-        let v = gw.account("acct-kms", tier).await;
+    // Back to local is a downgrade (aws-kms -> local): confirmed.
+    for (tier, backend, downgrade) in [("kms", "kms", false), ("retail", "local", true)] {
+        let v = if downgrade {
+            gw.account_downgraded("acct-kms", tier).await
+        } else {
+            gw.account("acct-kms", tier).await
+        };
         let job = v["migration_job"].as_str().unwrap().to_string();
         let done = gw.settle(&job, 60).await;
         assert_eq!(

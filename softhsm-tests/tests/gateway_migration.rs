@@ -99,14 +99,19 @@ concurrency = 2
             shards.push((format!("s{i}"), v, data));
         }
     }
-    for (tier, backend) in [
-        ("institutional", "hsm"),
-        ("cloud", "kms"),
-        ("retail", "local"),
+    // hsm -> kms and kms -> local lower the account's protection: each confirmed with
+    // `allow_downgrade` (the gateway's token holds `admin`).
+    for (tier, backend, downgrade) in [
+        ("institutional", "hsm", false),
+        ("cloud", "kms", true),
+        ("retail", "local", true),
     ] {
-        let (s, v) = gw
-            .call("PUT", "/v1/accounts/acct-mig", Some(json!({"tier": tier})))
-            .await;
+        let body = if downgrade {
+            json!({"tier": tier, "allow_downgrade": true})
+        } else {
+            json!({"tier": tier})
+        };
+        let (s, v) = gw.call("PUT", "/v1/accounts/acct-mig", Some(body)).await;
         assert_eq!((s, v["backend"].as_str()), (200, Some(backend)), "{v}");
         let job = v["migration_job"].as_str().expect("a job").to_string();
         let done = settle(&gw, &job).await;
