@@ -298,7 +298,8 @@ async fn a_stopped_s3_fails_the_pass_without_pruning_and_late_writes_change_noth
     };
     let bucket = locked_bucket(&moto.endpoint).await;
     let env = setup(&moto.endpoint, &bucket, 500).await;
-    env.traffic(9).await;
+    // Four segments' worth: two recorded before the stop, two after it.
+    env.traffic(13).await;
     let total = env.hot().await;
     // The client is built (and the bucket's lock read) first; moto stops answering right
     // after the pass recorded its first segment.
@@ -337,17 +338,18 @@ async fn a_stopped_s3_fails_the_pass_without_pruning_and_late_writes_change_noth
         err.contains("timed out") || err.contains("could not reach"),
         "{err}"
     );
-    // One segment recorded before the stop; nothing after it pruned.
+    // Two segments recorded: the first, and the second, which was uploaded and read back
+    // while the first was recorded (before the stop); nothing after them pruned.
     assert_eq!(
         (env.hot().await, env.archived().await),
-        (total - SEGMENT, SEGMENT)
+        (total - 2 * SEGMENT, 2 * SEGMENT)
     );
     // Resumed: the requests it queued run now (late writes); the next pass finishes, with
     // nothing written twice.
     moto.signal("-CONT");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let moved = env.pass().await.unwrap();
-    assert_eq!(moved, u64::try_from(total - SEGMENT).unwrap());
+    assert_eq!(moved, u64::try_from(total - 2 * SEGMENT).unwrap());
     assert_eq!((env.hot().await, env.archived().await), (0, total));
     let run = env.cli(&["audit", "verify"]);
     assert!(run.ok(), "{}\n{}", run.stdout, run.stderr);

@@ -1,13 +1,15 @@
 //! Archiving audit events (docs/audit-archive.md): one pass moves every chain's events older
 //! than a cutoff into segments in the archive sink, and only then out of the hot table.
 //!
-//! Per segment: put the object (if absent), put the manifest (if absent), read both back
-//! and check them ourselves (hash, HMACs, the very events the database holds), record the
+//! Per segment: check the events' links and tags, put the object (if absent), put the
+//! manifest (if absent), read both back and check them ourselves (byte for byte what was
+//! written; what an earlier pass wrote: hash, HMACs and the very events), record the
 //! segment and delete its rows in one transaction (`Store::archive_audit_segment`, which
-//! refuses rows the segment does not cover exactly). Keys are deterministic and a segment
-//! already in the sink at the next position is adopted, so a pass killed at any point and
-//! run again loses nothing and duplicates nothing. One archiver runs at a time: each pass
-//! and each segment renews a lease in the database.
+//! refuses rows the segment does not cover exactly). While one segment is recorded, the
+//! next is prepared. Keys are deterministic and a segment already in the sink at the next
+//! position is adopted, so a pass killed at any point and run again loses nothing and
+//! duplicates nothing. One archiver runs at a time: each pass and each segment renews a
+//! lease in the database.
 //!
 //! After a chain is archived, a pass given an [`Expiry`] deletes its segments whose
 //! retention ended from a sink that does not expire them itself (`service::audit_expire`).
@@ -18,6 +20,7 @@ use crate::domain::audit::{tag_matches, AuditKey};
 use crate::domain::failpoint::failpoint;
 use crate::service::audit_expire::{expire_chain, expired_prefix, ExpireError, Expiry};
 use shardgate_store::{AuditRecord, AuditSegment, Store, StoreError};
+use tokio::time::Instant;
 
 /// Name of the archiver's lease.
 pub const LEASE: &str = "audit-archiver";
@@ -114,6 +117,9 @@ pub async fn run_pass(
     result.map(|()| report)
 }
 
+/// Who hears of each segment a pass records.
+type Progress<'a> = dyn Fn(&AuditSegment) + Sync + 'a;
+
 /// A pass's settings, who audits its deletions, and who hears of each segment.
 type PassRun<'a, 'b> = (
     &'a ArchivePass,
@@ -130,16 +136,17 @@ async fn all_chains(
 ) -> Result<(), ArchiveError> {
     let mut oldest: Option<i64> = None;
     let (mut segments, mut bytes) = (0u64, 0i64);
-    let started = tokio::time::Instant::now();
+    let started = Instant::now();
     for chain in store.audit_chains().await? {
-        loop {
-            renew(store, pass).await?;
-            let Some(seg) = next_segment(store, archive, key, pass, &chain, report).await? else {
-                break;
-            };
-            progress(&seg);
-            pace(pass.rate_per_sec, started, report.events).await;
-        }
+        archive_chain(
+            store,
+            archive,
+            key,
+            (pass, progress, started),
+            &chain,
+            report,
+        )
+        .await?;
         // Where the chain's hot rows now start, and what it has archived.
         if let Some(first) = store.audit_events(&chain, i64::MIN, 1).await?.first() {
             oldest = Some(oldest.map_or(first.ts_ms, |o| o.min(first.ts_ms)));
@@ -167,7 +174,7 @@ async fn all_chains(
 
 /// Sleep until `events` since `started` are within `rate_per_sec` (0: no pacing): the
 /// archiver's work comes in segment-sized steps, spread out between the requests'.
-async fn pace(rate_per_sec: u64, started: tokio::time::Instant, events: u64) {
+async fn pace(rate_per_sec: u64, started: Instant, events: u64) {
     if rate_per_sec == 0 {
         return;
     }
@@ -198,60 +205,139 @@ async fn renew(store: &dyn Store, pass: &ArchivePass) -> Result<(), ArchiveError
     }
 }
 
-/// Archive the chain's next segment, if it has events old enough: the segment recorded.
-async fn next_segment(
+/// Where a chain's next segment starts: its first seq, the tag its first event chains
+/// from, and the SHA-256 of the manifest before it (zeros at the chain's start).
+#[derive(Debug, Clone)]
+struct Position {
+    first: i64,
+    prev_tag: Vec<u8>,
+    prev_manifest: Vec<u8>,
+}
+
+impl Position {
+    /// Where the chain goes on after its last recorded segment.
+    async fn of(store: &dyn Store, chain: &str) -> Result<Self, ArchiveError> {
+        let recorded = store.audit_segments(chain).await?;
+        Ok(match recorded.last() {
+            Some(s) => Self::after(s),
+            None => Self {
+                first: 1,
+                prev_tag: segment::ZERO_HASH.to_vec(),
+                prev_manifest: segment::ZERO_HASH.to_vec(),
+            },
+        })
+    }
+
+    /// Where the chain goes on after `s`.
+    fn after(s: &AuditSegment) -> Self {
+        Self {
+            first: s.last_seq + 1,
+            prev_tag: s.last_tag.clone(),
+            prev_manifest: s.manifest_sha256.clone(),
+        }
+    }
+}
+
+/// A segment in the sink, checked, ready to be recorded: its row, whether an earlier pass
+/// had written it, and the bytes this pass wrote for it.
+struct Ready {
+    row: AuditSegment,
+    adopted: bool,
+    written: u64,
+}
+
+/// Archive a chain's segments one after another. While one is recorded (the database
+/// checks and deletes its rows), the next is read, checked, compressed, uploaded and read
+/// back: the database's work and this process's overlap. The next one's objects may thus
+/// reach the sink before the one before it is recorded; a pass stopped there leaves both
+/// in the sink, and the next pass adopts them in order, as after any stop.
+async fn archive_chain(
+    store: &dyn Store,
+    archive: Archive<'_>,
+    key: &AuditKey,
+    (pass, progress, started): (&ArchivePass, &Progress<'_>, Instant),
+    chain: &str,
+    report: &mut ArchiveReport,
+) -> Result<(), ArchiveError> {
+    let mut at = Position::of(store, chain).await?;
+    renew(store, pass).await?;
+    let mut ready = prepare(store, archive, key, pass, chain, &at).await?;
+    while let Some(seg) = ready {
+        at = Position::after(&seg.row);
+        let in_flight = u64::try_from(seg.row.count()).unwrap_or(0);
+        pace(pass.rate_per_sec, started, report.events + in_flight).await;
+        renew(store, pass).await?;
+        let (recorded, next) = tokio::join!(
+            record(store, &seg.row),
+            prepare(store, archive, key, pass, chain, &at)
+        );
+        let gone = recorded?;
+        report.segments += 1;
+        report.events += gone;
+        report.adopted += u64::from(seg.adopted);
+        report.bytes += seg.written;
+        progress(&seg.row);
+        ready = next?;
+    }
+    Ok(())
+}
+
+/// Record a checked segment and delete its rows from the hot table (one transaction, which
+/// the store refuses unless the rows are exactly the segment's): the rows deleted.
+async fn record(store: &dyn Store, row: &AuditSegment) -> Result<u64, ArchiveError> {
+    let gone = store.archive_audit_segment(row).await?;
+    failpoint("archive_after_record");
+    metrics::counter!("shardgate_audit_archived_segments_total").increment(1);
+    metrics::counter!("shardgate_audit_archived_events_total").increment(gone);
+    tracing::info!(chain_id = %row.chain_id, first_seq = row.first_seq, last_seq = row.last_seq, events = gone, key = %row.manifest_key, "audit segment archived");
+    Ok(gone)
+}
+
+/// The chain's segment at `at`, in the sink and checked: one a stopped pass left there
+/// (adopted as it is), or a new one of the events old enough; none when no event is.
+async fn prepare(
     store: &dyn Store,
     archive: Archive<'_>,
     key: &AuditKey,
     pass: &ArchivePass,
     chain: &str,
-    report: &mut ArchiveReport,
-) -> Result<Option<AuditSegment>, ArchiveError> {
-    let recorded = store.audit_segments(chain).await?;
-    let (first, prev_tag, prev_manifest) = match recorded.last() {
-        Some(s) => (
-            s.last_seq + 1,
-            s.last_tag.clone(),
-            s.manifest_sha256.clone(),
-        ),
-        None => (1, segment::ZERO_HASH.to_vec(), segment::ZERO_HASH.to_vec()),
-    };
-    let sealed = match adoptable(archive, key, chain, first).await? {
-        Some(sealed) => {
-            report.adopted += 1;
-            sealed
-        }
+    at: &Position,
+) -> Result<Option<Ready>, ArchiveError> {
+    let (sealed, adopted, written) = match adoptable(archive, key, chain, at.first).await? {
+        Some(sealed) => (sealed, true, 0),
         None => {
-            let records = old_events(store, key, pass, chain, first, &prev_tag).await?;
+            let records = old_events(store, key, pass, chain, at.first, &at.prev_tag).await?;
             if records.is_empty() {
                 return Ok(None);
             }
-            let (sealed, written) =
-                upload(archive, key, &records, (&prev_manifest, pass.retention_ms)).await?;
-            report.bytes += written;
-            sealed
+            let (sealed, written) = upload(
+                archive,
+                key,
+                &records,
+                (&at.prev_manifest, pass.retention_ms),
+            )
+            .await?;
+            (sealed, false, written)
         }
     };
     let (m, manifest_key, manifest_sha) = sealed;
-    if m.prev_manifest_sha256 != hex::encode(&prev_manifest) || m.prev_tag != hex::encode(&prev_tag)
+    if m.prev_manifest_sha256 != hex::encode(&at.prev_manifest)
+        || m.prev_tag != hex::encode(&at.prev_tag)
     {
         return Err(refused(
             chain,
-            first,
+            at.first,
             format!("{manifest_key} does not follow the chain's recorded segments"),
         ));
     }
     let row = m
         .row(&manifest_key, &manifest_sha, crate::now_ms())
-        .map_err(|e| refused(chain, first, e))?;
-    let gone = store.archive_audit_segment(&row).await?;
-    failpoint("archive_after_record");
-    report.segments += 1;
-    report.events += gone;
-    metrics::counter!("shardgate_audit_archived_segments_total").increment(1);
-    metrics::counter!("shardgate_audit_archived_events_total").increment(gone);
-    tracing::info!(chain_id = %chain, first_seq = row.first_seq, last_seq = row.last_seq, events = gone, key = %manifest_key, "audit segment archived");
-    Ok(Some(row))
+        .map_err(|e| refused(chain, at.first, e))?;
+    Ok(Some(Ready {
+        row,
+        adopted,
+        written,
+    }))
 }
 
 /// A manifest, where it is stored, and its SHA-256.
@@ -399,23 +485,59 @@ async fn upload(
             )
         })?
     };
-    let sealed = cpu(|| {
-        segment::manifest_for(records, &object_key, &stored, prev_manifest).map(|m| m.seal(key))
+    let (manifest, sealed) = cpu(|| {
+        segment::manifest_for(records, &object_key, &stored, prev_manifest).map(|m| {
+            let sealed = m.seal(key);
+            (m, sealed)
+        })
     })
     .map_err(fail)?;
-    if archive
+    let manifest_put = archive
         .sink
         .put_if_absent(&manifest_key, &sealed, until)
-        .await?
-        == Put::Created
-    {
+        .await?;
+    if manifest_put == Put::Created {
         written += sealed.len() as u64;
     }
     failpoint("archive_after_manifest");
-    let back = read_back(archive, key, &manifest_key)
-        .await
-        .map_err(|e| refused(&first.chain_id, first.seq, e))?;
+    let back = if put == Put::Created && manifest_put == Put::Created {
+        // Both written now, from events whose tags were just checked: the sink must give
+        // back exactly those bytes.
+        let written_now = [(&object_key, &stored), (&manifest_key, &sealed)];
+        read_back_written(archive, &written_now)
+            .await
+            .map(|()| (manifest, manifest_key.clone(), segment::sha256(&sealed)))
+    } else {
+        // Something of an earlier pass was there: check it all (HMACs, hash, events).
+        read_back(archive, key, &manifest_key).await
+    };
+    let back = back.map_err(|e| refused(&first.chain_id, first.seq, e))?;
     Ok((back, written))
+}
+
+/// Read objects just written back from the sink: each must be byte for byte what was
+/// written (a hash the sink reports is not trusted: moto accepts a wrong one).
+async fn read_back_written(
+    archive: Archive<'_>,
+    written: &[(&String, &Vec<u8>)],
+) -> Result<(), String> {
+    for (k, bytes) in written {
+        let back = archive
+            .sink
+            .get(k)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{k} is not in the sink after it was written"))?;
+        if back != **bytes {
+            return Err(format!(
+                "{k} read back is not what was written ({} bytes, {} written)",
+                back.len(),
+                bytes.len()
+            ));
+        }
+    }
+    failpoint("archive_after_read_back");
+    Ok(())
 }
 
 /// The background archiver's settings (`[audit.archive]`).
@@ -511,10 +633,11 @@ pub fn spawn_archiver(
 #[cfg(test)]
 mod tests {
     use super::pace;
+    use tokio::time::Instant;
 
     #[tokio::test]
     async fn pacing_holds_the_pass_to_its_rate() {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         // 300 events at 1,000 a second: not before 300 ms after the start.
         pace(1000, started, 300).await;
         assert!(started.elapsed() >= std::time::Duration::from_millis(300));
