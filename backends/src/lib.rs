@@ -85,6 +85,16 @@ pub enum BackendError {
     /// The backend cannot be reached or is overloaded; worth retrying later.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The gateway's guard of the backend turned the call away before it reached it (an
+    /// open circuit breaker, a full bulkhead), knowing when a retry can be admitted: the
+    /// caller's `Retry-After`. Never a fault of the backend.
+    #[error("backend unavailable: {reason}")]
+    Shed {
+        /// Why (no secret: `circuit open`, `backend busy`).
+        reason: String,
+        /// How long until a retry can be admitted, in milliseconds.
+        retry_after_ms: u64,
+    },
     /// The operation's deadline passed.
     #[error("backend deadline exceeded")]
     DeadlineExceeded,

@@ -30,7 +30,12 @@ struct Gw {
     _dir: tempfile::TempDir,
 }
 
-async fn setup(kind: StoreKind, max_concurrent: usize, max_queue: usize) -> Option<Gw> {
+async fn setup(
+    kind: StoreKind,
+    max_concurrent: usize,
+    max_queue: usize,
+    cooldown_ms: u64,
+) -> Option<Gw> {
     let endpoint = common::require_env("SHARDGATE_TEST_MOTO_ENDPOINT")?;
     let dir = tempfile::tempdir().unwrap();
     let url = common::store_url(kind, dir.path()).await?;
@@ -51,7 +56,7 @@ async fn setup(kind: StoreKind, max_concurrent: usize, max_queue: usize) -> Opti
     cfg.tiers.insert("retail".into(), "kms".into());
     cfg.tiers.insert("institutional".into(), "local".into());
     cfg.breaker.failure_threshold = 3;
-    cfg.breaker.cooldown_ms = 400;
+    cfg.breaker.cooldown_ms = cooldown_ms;
     cfg.breaker.probe_interval_ms = 100;
     cfg.breaker.max_concurrent = max_concurrent;
     cfg.breaker.max_queue = max_queue;
@@ -114,7 +119,7 @@ async fn breaker_opens_fails_fast_and_closes_by_probe(gw: Gw) {
     let calls = gw.proxy.count(DECRYPT);
     assert_eq!(calls, 3);
     // Open: answered without a KMS call, with a Retry-After a client can honour (whole
-    // seconds, at least 1; the breaker's remaining cooldown is the fleet issue's refinement).
+    // seconds, at least 1: the rest of the cooldown, rounded up).
     let resp = {
         use tower::ServiceExt;
         let req = axum::http::Request::builder()
@@ -285,27 +290,69 @@ async fn a_slow_backend_fills_only_its_own_bulkhead(gw: Gw) {
 }
 
 macro_rules! both_stores {
-    ($($name:ident: $conc:expr, $queue:expr;)*) => {
+    ($($name:ident: $conc:expr, $queue:expr, $cool:expr;)*) => {
         mod sqlite { $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                if let Some(g) = super::setup(super::StoreKind::Sqlite, $conc, $queue).await { super::$name(g).await; }
+                if let Some(g) = super::setup(super::StoreKind::Sqlite, $conc, $queue, $cool).await { super::$name(g).await; }
             }
         )* }
         mod postgres { $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                if let Some(g) = super::setup(super::StoreKind::Postgres, $conc, $queue).await { super::$name(g).await; }
+                if let Some(g) = super::setup(super::StoreKind::Postgres, $conc, $queue, $cool).await { super::$name(g).await; }
             }
         )* }
     };
 }
 
+/// The `Retry-After` seconds of a GET that the open breaker answers itself (503).
+async fn retry_after_of_open(gw: &Gw) -> u64 {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .uri("/v1/accounts/acct-kms/shards/s1")
+        .header("authorization", format!("Bearer {}", gw.tokens.admin))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = gw.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    resp.headers()
+        .get("retry-after")
+        .expect("a 503 from an open breaker carries Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn an_open_breaker_s_retry_after_is_the_rest_of_its_cooldown(gw: Gw) {
+    gw.proxy.set(Fault::Drop);
+    for _ in 0..3 {
+        let (s, v) = gw.get("acct-kms").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    }
+    let calls = gw.proxy.count(DECRYPT);
+    // A 40 s cooldown began at the third fault: the answer says (nearly) all of it, never 1.
+    let first = retry_after_of_open(&gw).await;
+    assert!((30..=40).contains(&first), "Retry-After {first}");
+    // And counts down.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = retry_after_of_open(&gw).await;
+    assert!(later < first && later + 4 >= first, "{first} then {later}");
+    assert_eq!(
+        gw.proxy.count(DECRYPT),
+        calls,
+        "the breaker answered itself"
+    );
+    gw.proxy.clear();
+}
+
 both_stores! {
-    breaker_opens_fails_fast_and_closes_by_probe: 64, 256;
-    refused_keys_and_tampering_never_open_the_breaker: 64, 256;
-    operator_closes_an_open_breaker_audited: 64, 256;
-    a_slow_backend_fills_only_its_own_bulkhead: 1, 0;
+    breaker_opens_fails_fast_and_closes_by_probe: 64, 256, 400;
+    refused_keys_and_tampering_never_open_the_breaker: 64, 256, 400;
+    operator_closes_an_open_breaker_audited: 64, 256, 400;
+    a_slow_backend_fills_only_its_own_bulkhead: 1, 0, 400;
+    an_open_breaker_s_retry_after_is_the_rest_of_its_cooldown: 64, 256, 40_000;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,11 +3,12 @@
 //! Breaker: closed -> open after `failure_threshold` consecutive backend faults (unavailable or
 //! deadline exceeded: timeouts, connection and device errors, throttling past retries; never a
 //! refused key, a bad ciphertext or a client error). Open answers at once with
-//! `Unavailable("circuit open")` (503 + `Retry-After`) until the cooldown has passed; then
+//! `Shed("circuit open")` (503 with `Retry-After` the rest of the cooldown) until it has passed; then
 //! exactly one call (a request or the synthetic probe) goes through half-open: success closes
 //! the breaker and resets the cooldown, failure reopens it with the cooldown doubled (up to
 //! `max_cooldown_ms`). Bulkhead: at most `max_concurrent` operations on the backend at once and
-//! at most `max_queue` waiting; past that, `Unavailable("backend busy")` at once, so a slow
+//! at most `max_queue` waiting; past that, `Shed("backend busy")` at once (`Retry-After`: the
+//! time the queue ahead takes at the recent pace of calls), so a slow
 //! backend can never hold every request of the process. Other backends are unaffected: each
 //! instance has its own breaker and bulkhead.
 //!
@@ -115,8 +116,13 @@ impl Breaker {
                 );
                 Ok(Admit::Trial)
             }
-            State::Open { .. } | State::HalfOpen { trial: true, .. } => {
-                Err(BackendError::Unavailable("circuit open".into()))
+            // The truth for `Retry-After`: the rest of the cooldown.
+            State::Open { until, .. } => {
+                Err(shed("circuit open", until.saturating_duration_since(now)))
+            }
+            // A trial is deciding now (within one backend call's time): retry soon.
+            State::HalfOpen { trial: true, .. } => {
+                Err(shed("circuit open", Duration::from_millis(TRIAL_RETRY_MS)))
             }
             State::HalfOpen {
                 trial: false,
@@ -207,6 +213,25 @@ impl Breaker {
     }
 }
 
+/// How soon a call turned away during a half-open trial may retry.
+const TRIAL_RETRY_MS: u64 = 1_000;
+
+/// How long `waiting` queued calls and the `slots` running take to drain, `slots` at a time,
+/// each taking `op_micros`.
+fn drain_time(waiting: usize, slots: usize, op_micros: u64) -> Duration {
+    let slots = slots.max(1) as u64;
+    let ahead = (waiting as u64).saturating_add(slots);
+    Duration::from_micros(ahead.saturating_mul(op_micros) / slots)
+}
+
+/// A call turned away by the guard, with when a retry can be admitted.
+fn shed(reason: &str, retry_after: Duration) -> BackendError {
+    BackendError::Shed {
+        reason: reason.to_string(),
+        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 fn state_name(s: &State) -> &'static str {
     match s {
         State::Closed { .. } => "closed",
@@ -222,6 +247,9 @@ pub struct Guarded {
     slots: Semaphore,
     waiting: AtomicUsize,
     rejected: AtomicU64,
+    /// Moving average of an operation's time on the backend (microseconds): with the queue
+    /// depth, how long a full bulkhead takes to drain (`Retry-After`).
+    op_micros: AtomicU64,
 }
 
 /// Keeps a trial honest: dropped without a result (a cancelled request) it frees the trial.
@@ -251,6 +279,7 @@ impl Guarded {
             },
             waiting: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
+            op_micros: AtomicU64::new(0),
             inner,
         });
         if g.breaker.cfg.probe_interval_ms > 0 {
@@ -325,7 +354,7 @@ impl Guarded {
                     self.waiting.fetch_sub(1, Ordering::SeqCst);
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     // Load, not a fault: a trial that could not run is freed for another.
-                    return Err(BackendError::Unavailable("backend busy".into()));
+                    return Err(self.busy());
                 }
                 let wait = shardgate_backends::deadline::clamp(Duration::from_secs(3600));
                 let got = tokio::time::timeout(wait, self.slots.acquire()).await;
@@ -334,7 +363,7 @@ impl Guarded {
                     Ok(Ok(p)) => p,
                     _ => {
                         self.rejected.fetch_add(1, Ordering::Relaxed);
-                        return Err(BackendError::Unavailable("backend busy".into()));
+                        return Err(self.busy());
                     }
                 }
             }
@@ -349,7 +378,29 @@ impl Guarded {
         Ok(out)
     }
 
+    /// A full bulkhead's answer: retry when the queue ahead and the calls running would have
+    /// drained at the recent pace (`max_concurrent` at a time, each the moving average).
+    fn busy(&self) -> BackendError {
+        shed(
+            "backend busy",
+            drain_time(
+                self.waiting.load(Ordering::Relaxed),
+                self.breaker.cfg.max_concurrent,
+                self.op_micros.load(Ordering::Relaxed),
+            ),
+        )
+    }
+
     fn record_latency(&self, op: &'static str, started: Instant) {
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // An exponential moving average (weight 1/8); a lost race loses one sample.
+        let old = self.op_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            took
+        } else {
+            old - old / 8 + took / 8
+        };
+        self.op_micros.store(new, Ordering::Relaxed);
         metrics::histogram!(
             "shardgate_backend_op_duration_seconds",
             "backend" => self.inner.name().to_string(),
@@ -668,6 +719,36 @@ mod tests {
         let trial = b.admit(later).unwrap();
         b.record(trial, None, later);
         assert_eq!(b.admit(later).unwrap(), Admit::Trial);
+    }
+
+    #[test]
+    fn an_open_breaker_turns_calls_away_with_the_rest_of_its_cooldown() {
+        let b = breaker(1, 30_000, 60_000);
+        let t = Instant::now();
+        run(&b, t, true).unwrap();
+        let shed = |at| match b.admit(at) {
+            Err(BackendError::Shed { retry_after_ms, .. }) => retry_after_ms,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(shed(t), 30_000);
+        assert_eq!(shed(t + Duration::from_millis(12_500)), 17_500);
+        // Past it, the trial goes through; calls beside the trial retry soon.
+        assert_eq!(b.admit(t + Duration::from_secs(30)).unwrap(), Admit::Trial);
+        assert_eq!(shed(t + Duration::from_secs(30)), TRIAL_RETRY_MS);
+    }
+
+    #[test]
+    fn a_full_bulkhead_drains_in_the_queue_s_share_of_recent_call_time() {
+        // 256 waiting behind 64 running, 20 ms a call, 64 at a time: 5 rounds, 100 ms.
+        assert_eq!(drain_time(256, 64, 20_000), Duration::from_millis(100));
+        // One slot, nothing waiting, 2 s a call: the running call's 2 s.
+        assert_eq!(drain_time(0, 1, 2_000_000), Duration::from_secs(2));
+        assert_eq!(drain_time(10, 0, 1_000), Duration::from_millis(11));
+    }
+
+    #[test]
+    fn a_turned_away_call_is_never_a_fault() {
+        assert!(!is_fault(&shed("backend busy", Duration::from_secs(1))));
     }
 
     #[test]

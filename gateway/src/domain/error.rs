@@ -93,7 +93,7 @@ impl DomainError {
             Self::Backend(e) => match e {
                 BackendError::Integrity => "integrity_failure",
                 BackendError::KeyUnusable(_) | BackendError::Refused(_) => "key_unusable",
-                BackendError::Unavailable(_) => "backend_unavailable",
+                BackendError::Unavailable(_) | BackendError::Shed { .. } => "backend_unavailable",
                 BackendError::DeadlineExceeded => "deadline_exceeded",
                 BackendError::Internal(_) => "internal",
             },

@@ -234,6 +234,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whole seconds for `Retry-After` (RFC 9110: delay-seconds), rounded up: never sooner
+/// than the guard can admit a retry, and at least 1.
+fn retry_after_secs(ms: u64) -> u32 {
+    u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX).max(1)
+}
+
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         match e {
@@ -255,6 +261,18 @@ impl From<BackendError> for ApiError {
                     ErrorCode::BackendUnavailable,
                     "the key backend is unavailable",
                 )
+            }
+            BackendError::Shed {
+                reason,
+                retry_after_ms,
+            } => {
+                // Not a warning each: a flood turned away would flood the log.
+                tracing::debug!(%reason, retry_after_ms, "backend call turned away by its guard");
+                ApiError::new(
+                    ErrorCode::BackendUnavailable,
+                    "the key backend is unavailable",
+                )
+                .retry_after(retry_after_secs(retry_after_ms))
             }
             BackendError::DeadlineExceeded => {
                 ApiError::new(ErrorCode::DeadlineExceeded, "the request deadline passed")
@@ -411,6 +429,27 @@ mod tests {
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(index(*code), i, "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_shed_call_s_retry_after_is_its_delay_rounded_up_to_whole_seconds() {
+        let secs = |ms| {
+            let e = BackendError::Shed {
+                reason: "circuit open".into(),
+                retry_after_ms: ms,
+            };
+            let resp = ApiError::from(e).into_response();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            resp.headers()[header::RETRY_AFTER]
+                .to_str()
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        assert_eq!(secs(0), "1");
+        assert_eq!(secs(1), "1");
+        assert_eq!(secs(1_000), "1");
+        assert_eq!(secs(1_001), "2");
+        assert_eq!(secs(599_200), "600");
     }
 
     #[test]

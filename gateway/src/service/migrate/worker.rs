@@ -612,7 +612,7 @@ struct Planned {
 fn transient(e: &BackendError) -> bool {
     matches!(
         e,
-        BackendError::Unavailable(_) | BackendError::DeadlineExceeded
+        BackendError::Unavailable(_) | BackendError::Shed { .. } | BackendError::DeadlineExceeded
     )
 }
 
