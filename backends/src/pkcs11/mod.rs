@@ -332,6 +332,40 @@ impl std::fmt::Debug for Pkcs11Backend {
     }
 }
 
+/// How often start-up tries to find and log in to the token before it gives up, and the
+/// first pause between tries (doubled after each).
+const START_TRIES: u32 = 5;
+const START_FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// [`Core::establish`] at start-up, tried again on a re-initialised module (blocking pauses:
+/// 0.1, 0.2, 0.4, 0.8 s) while it fails as unavailable. SoftHSM2 serves several processes from one file token, and a
+/// process starting beside others may see the token fail (`C_GetTokenInfo` answering
+/// `CKR_GENERAL_ERROR`: measured here, 3 of 30 starts of three gateways at once) while another
+/// writes it; a replica restarting beside others must still start. A refused PIN, a badly
+/// configured key or a bug fails at once.
+fn establish_at_start(core: &Core) -> Result<(), BackendError> {
+    let mut pause = START_FIRST_PAUSE;
+    let mut tries = 1;
+    loop {
+        match core.establish(true) {
+            Err(BackendError::Unavailable(why)) if tries < START_TRIES => {
+                tracing::warn!(backend = %core.name, tries, %why, "HSM not reachable at start-up; trying again");
+                std::thread::sleep(pause);
+                // The module read the token when it was initialised: only a fresh context
+                // sees it again (measured: retrying in the same context fails every time).
+                // Nothing of this backend uses it yet; the generation count makes any other
+                // backend of the process re-establish its sessions.
+                if let Err(e) = core.global.reinitialize() {
+                    tracing::warn!(backend = %core.name, error = %e, "re-initialising the PKCS#11 module failed");
+                }
+                pause *= 2;
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 impl Pkcs11Backend {
     /// Blocking (call once at start-up, outside request handling): load the module and
     /// initialise it with `CKF_OS_LOCKING_OK` (once per process), find the token by label
@@ -359,7 +393,7 @@ impl Pkcs11Backend {
             recovery: Mutex::new(RecoveryState::default()),
             stats: Stats::default(),
         });
-        core.establish(true)?;
+        establish_at_start(&core)?;
         let timeout = Some(Duration::from_millis(cfg.checkout_timeout_ms));
         let pool = Pool::builder(SessionManager { core: core.clone() })
             .max_size(cfg.pool_size)
