@@ -42,7 +42,7 @@ use base64::Engine as _;
 use common::db::Db;
 use common::{StoreKind, Tokens};
 use serde_json::{json, Value};
-use shardgate::app::config::{BackendConfig, Config};
+use shardgate::app::config::Config;
 use shardgate::AppState;
 use sqlx::Row as _;
 use std::time::{Duration, Instant};
@@ -83,14 +83,8 @@ impl Gw {
         let url = common::store_url(kind, dir.path()).await?;
         let tokens = Tokens::new();
         let mut cfg = common::config(dir.path(), &url, &tokens);
-        cfg.backends.insert(
-            "vault".into(),
-            BackendConfig::Local {
-                key_file: dir.path().join("vault.keyring"),
-                reload_interval_ms: 0,
-                create: true,
-            },
-        );
+        cfg.backends
+            .insert("vault".into(), common::local_backend(dir.path(), "vault"));
         cfg.tiers.insert("institutional".into(), "vault".into());
         tweak(&mut cfg);
         let (state, _) = AppState::build(&cfg).await.unwrap();

@@ -443,11 +443,7 @@ async fn moto_gateway(
         .unwrap();
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
-        common::create_kms_key(&moto.endpoint).await,
-        "us-east-1",
-    );
-    kms.endpoint_url = Some(moto.endpoint.clone());
+    let mut kms = common::moto_kms(&moto.endpoint).await;
     kms.cache.enabled = false;
     tweak(&mut kms, &mut cfg.breaker);
     cfg.backends

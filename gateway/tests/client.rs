@@ -214,10 +214,8 @@ async fn the_client_names_a_refused_downgrade_and_confirms_one_as_admin() {
         .await
         .unwrap();
     let tokens = Tokens::new();
-    let key = common::create_kms_key(&endpoint).await;
+    let kms = common::moto_kms(&endpoint).await;
     let gw = serve(dir.path(), &url, &tokens, "downgrade", |cfg| {
-        let mut kms = shardgate_backends::aws_kms::KmsConfig::new(key, "us-east-1");
-        kms.endpoint_url = Some(endpoint);
         cfg.backends.insert(
             "kms".into(),
             shardgate::app::config::BackendConfig::AwsKms(kms),

@@ -344,14 +344,8 @@ impl Gw {
             );
         }
         if vault {
-            cfg.backends.insert(
-                "vault".into(),
-                shardgate::app::config::BackendConfig::Local {
-                    key_file: dir.path().join("vault.keyring"),
-                    reload_interval_ms: 0,
-                    create: true,
-                },
-            );
+            cfg.backends
+                .insert("vault".into(), common::local_backend(dir.path(), "vault"));
             cfg.tiers.insert("gold".into(), "vault".into());
             cfg.migration.poll_interval_ms = 100;
         }

@@ -24,7 +24,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 use serde_json::{json, Value};
-use shardgate::app::config::{BackendConfig, Config};
+use shardgate::app::config::Config;
 use sqlx::Connection;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -165,14 +165,8 @@ impl Pg {
         let mut cfg = common::config(dir, &self.app_url(), tokens);
         cfg.store.password_file = Some(self.app_password_file.clone());
         cfg.store.migrate = false;
-        cfg.backends.insert(
-            "vault".into(),
-            BackendConfig::Local {
-                key_file: dir.join("vault.keyring"),
-                reload_interval_ms: 0,
-                create: true,
-            },
-        );
+        cfg.backends
+            .insert("vault".into(), common::local_backend(dir, "vault"));
         cfg.tiers.insert("gold".into(), "vault".into());
         cfg.migration.poll_interval_ms = 100;
         cfg

@@ -33,20 +33,12 @@ async fn setup(kind: StoreKind) -> Option<Gw> {
     let url = common::store_url(kind, dir.path()).await?;
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
-        common::create_kms_key(&endpoint).await,
-        "us-east-1",
-    );
-    kms.endpoint_url = Some(endpoint);
+    let kms = common::moto_kms(&endpoint).await;
     cfg.backends
         .insert("kms".into(), BackendConfig::AwsKms(kms));
     cfg.backends.insert(
         "local-b".into(),
-        BackendConfig::Local {
-            key_file: dir.path().join("local-b.keyring"),
-            reload_interval_ms: 0,
-            create: true,
-        },
+        common::local_backend(dir.path(), "local-b"),
     );
     for (tier, backend) in [("cloud", "kms"), ("basic", "local-b"), ("pilot", "local-b")] {
         cfg.tiers.insert(tier.into(), backend.into());

@@ -25,11 +25,7 @@ async fn setup(kind: StoreKind) -> Option<Kms> {
     let url = common::store_url(kind, dir.path()).await?;
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
-        common::create_kms_key(&endpoint).await,
-        "us-east-1",
-    );
-    kms.endpoint_url = Some(endpoint);
+    let kms = common::moto_kms(&endpoint).await;
     cfg.backends
         .insert("kms".into(), BackendConfig::AwsKms(kms));
     cfg.tiers.insert("retail".into(), "kms".into());

@@ -359,11 +359,7 @@ async fn every_metric_family_is_scraped_with_bounded_labels() {
         .unwrap();
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
-        common::create_kms_key(&moto).await,
-        "us-east-1",
-    );
-    kms.endpoint_url = Some(moto.clone());
+    let kms = common::moto_kms(&moto).await;
     let mut dead = kms.clone();
     let (_held, dead_port) = closed_port();
     dead.endpoint_url = Some(format!("http://127.0.0.1:{dead_port}"));

@@ -38,21 +38,11 @@ async fn setup(kind: StoreKind, rate: u32, with_kms: bool) -> Option<Gw> {
     let url = common::store_url(kind, dir.path()).await?;
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
-    cfg.backends.insert(
-        "vault".into(),
-        BackendConfig::Local {
-            key_file: dir.path().join("vault.keyring"),
-            reload_interval_ms: 0,
-            create: true,
-        },
-    );
+    cfg.backends
+        .insert("vault".into(), common::local_backend(dir.path(), "vault"));
     cfg.tiers.insert("gold".into(), "vault".into());
     if let Some(endpoint) = moto {
-        let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
-            common::create_kms_key(&endpoint).await,
-            "us-east-1",
-        );
-        kms.endpoint_url = Some(endpoint);
+        let kms = common::moto_kms(&endpoint).await;
         cfg.backends
             .insert("kms".into(), BackendConfig::AwsKms(kms));
         cfg.tiers.insert("kms".into(), "kms".into());

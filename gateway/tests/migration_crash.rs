@@ -16,7 +16,6 @@ use common::db::Db;
 use common::Tokens;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use shardgate::app::config::BackendConfig;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -268,14 +267,8 @@ async fn prepare(url: &str, n: usize, lease_ms: u64, rate: u32) -> Prepared {
     let dir = tempfile::tempdir().unwrap();
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), url, &tokens);
-    cfg.backends.insert(
-        "vault".into(),
-        BackendConfig::Local {
-            key_file: dir.path().join("vault.keyring"),
-            reload_interval_ms: 0,
-            create: true,
-        },
-    );
+    cfg.backends
+        .insert("vault".into(), common::local_backend(dir.path(), "vault"));
     cfg.tiers.insert("gold".into(), "vault".into());
     cfg.migration.rate_per_sec = rate;
     cfg.migration.batch_size = 8;

@@ -267,14 +267,8 @@ async fn sigterm_stops_migration_workers_and_a_restart_resumes_the_job() {
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
     cfg.log.format = shardgate::app::config::LogFormat::Json;
-    cfg.backends.insert(
-        "vault".into(),
-        shardgate::app::config::BackendConfig::Local {
-            key_file: dir.path().join("vault.keyring"),
-            reload_interval_ms: 0,
-            create: true,
-        },
-    );
+    cfg.backends
+        .insert("vault".into(), common::local_backend(dir.path(), "vault"));
     cfg.tiers.insert("gold".into(), "vault".into());
     // Slow enough that the job is far from done when the signal comes.
     cfg.migration.rate_per_sec = 2;

@@ -172,14 +172,7 @@ fn shardgate_token() -> String {
 /// `institutional`, the test tokens.
 pub(crate) fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
     let mut backends = BTreeMap::new();
-    backends.insert(
-        "local".to_string(),
-        BackendConfig::Local {
-            key_file: dir.join("local.keyring"),
-            reload_interval_ms: 0,
-            create: true,
-        },
-    );
+    backends.insert("local".to_string(), local_backend(dir, "local"));
     let tiers = [("retail", "local"), ("institutional", "local")]
         .into_iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -245,6 +238,23 @@ pub(crate) async fn create_kms_key(endpoint: &str) -> String {
         .await
         .unwrap();
     key.key_metadata().unwrap().arn().unwrap().to_string()
+}
+
+/// An `aws-kms` backend on `endpoint` (moto) with a new key of its own; callers tune the rest.
+pub(crate) async fn moto_kms(endpoint: &str) -> shardgate_backends::aws_kms::KmsConfig {
+    let mut kms =
+        shardgate_backends::aws_kms::KmsConfig::new(create_kms_key(endpoint).await, "us-east-1");
+    kms.endpoint_url = Some(endpoint.to_string());
+    kms
+}
+
+/// A `local` backend whose keyring `NAME.keyring` in `dir` is created on first start.
+pub(crate) fn local_backend(dir: &Path, name: &str) -> BackendConfig {
+    BackendConfig::Local {
+        key_file: dir.join(format!("{name}.keyring")),
+        reload_interval_ms: 0,
+        create: true,
+    }
 }
 
 /// One request to the in-process app with a bearer token; the status and the JSON body
