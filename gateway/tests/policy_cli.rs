@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{header, Request};
 use common::cli::{describe, run_to_end, shardgate_command, CliRun};
 use common::{StoreKind, Tokens};
-use shardgate::app::config::{BackendConfig, Config};
+use shardgate::app::config::Config;
 use shardgate_policy::{rollout_bucket, Pin, Rollout};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,11 +65,7 @@ impl Setup {
         let mut cfg = common::config(dir.path(), &url, &tokens);
         cfg.backends.insert(
             "local-new".into(),
-            BackendConfig::Local {
-                key_file: dir.path().join("local-new.keyring"),
-                reload_interval_ms: 0,
-                create: true,
-            },
+            common::local_backend(dir.path(), "local-new"),
         );
         let path = dir.path().join("shardgate.toml");
         common::write_config(&cfg, &path);
@@ -184,14 +180,8 @@ async fn check_names_every_broken_rule_and_fails() {
         ],
     );
     let mut cfg = s.cfg.clone();
-    cfg.backends.insert(
-        "other".into(),
-        BackendConfig::Local {
-            key_file: s.dir.path().join("other.keyring"),
-            reload_interval_ms: 0,
-            create: true,
-        },
-    );
+    cfg.backends
+        .insert("other".into(), common::local_backend(s.dir.path(), "other"));
     common::write_config(&cfg, &s.path);
     let r = cli(
         &["policy", "check", "--config", s.arg()],
@@ -576,4 +566,132 @@ async fn explain_without_a_database_says_the_account_does_not_exist() {
     );
     // Explaining did not create an empty database as a side effect.
     assert!(!db.exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// policy apply
+// ---------------------------------------------------------------------------------------------
+
+/// `policy apply FILE --dry-run` shows the accounts a file's rules move and commits nothing;
+/// without it the file becomes the next version, which `policy explain` and a gateway started
+/// with the OLD config file both use (the file seeds an empty database only).
+#[tokio::test]
+async fn apply_shows_the_change_then_commits_the_next_version() {
+    let logs = common::log_dir("policy_apply");
+    let Some(s) = Setup::new(StoreKind::Sqlite).await else {
+        return;
+    };
+    create_account(&s, "acct-r1", "retail").await;
+    create_account(&s, "acct-r2", "retail").await;
+    create_account(&s, "acct-i1", "institutional").await;
+    let file = s.dir.path().join("next.toml");
+    std::fs::write(
+        &file,
+        "[tiers]\nretail = \"local-new\"\ninstitutional = \"local\"\n\n\
+         [[policy.pins]]\naccount = \"acct-i1\"\nbackend = \"local-new\"\n",
+    )
+    .unwrap();
+    let apply = |extra: &[&str], name: &str| {
+        let mut args = vec![
+            "policy",
+            "apply",
+            file.to_str().unwrap(),
+            "--config",
+            s.arg(),
+        ];
+        args.extend_from_slice(extra);
+        cli(&args, &[], &logs, name)
+    };
+    let r = apply(&["--dry-run"], "dry-run");
+    assert_ok(&r, "dry run");
+    assert!(
+        r.stdout
+            .contains("policy version 1 -> 2 (dry run: nothing committed)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("accounts: 3 scanned, 3 change backend"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("2 accounts of tier retail: local -> local-new by tier retail -> local-new"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("Pin acct-i1: (none) -> local-new"),
+        "{}",
+        r.stdout
+    );
+    let explain = |name: &str| {
+        cli(
+            &[
+                "policy",
+                "explain",
+                "--config",
+                s.arg(),
+                "--account",
+                "acct-r1",
+            ],
+            &[],
+            &logs,
+            name,
+        )
+    };
+    let r = explain("explain-v1");
+    assert_ok(&r, "explain v1");
+    assert!(
+        r.stdout
+            .contains("backend: local (by tier retail -> local)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("(rules of policy version 1 (database))"),
+        "{}",
+        r.stdout
+    );
+
+    let r = apply(&[], "apply");
+    assert_ok(&r, "apply");
+    assert!(
+        r.stdout.contains("policy version 1 -> 2 committed"),
+        "{}",
+        r.stdout
+    );
+    let r = explain("explain-v2");
+    assert_ok(&r, "explain v2");
+    assert!(
+        r.stdout
+            .contains("backend: local-new (by tier retail -> local-new)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("(rules of policy version 2 (database))"),
+        "{}",
+        r.stdout
+    );
+    // Applying it again changes nothing; a stale --expected-version is refused.
+    let r = apply(&[], "again");
+    assert_ok(&r, "again");
+    assert!(
+        r.stdout
+            .contains("policy version 2: no rule changes, nothing committed"),
+        "{}",
+        r.stdout
+    );
+    let r = apply(&["--expected-version", "1"], "stale");
+    assert_fails(&r, "stale expected version");
+    assert!(r.stderr.contains("not 1"), "{}", r.stderr);
+    // A gateway started with the old config file serves version 2.
+    let (state, _) = shardgate::AppState::build(&s.cfg).await.unwrap();
+    assert_eq!(state.policy.version(), 2);
+    assert_eq!(
+        state.policy.place("acct-r2", "retail").unwrap().backend,
+        "local-new"
+    );
 }

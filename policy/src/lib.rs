@@ -87,10 +87,12 @@
 //! # Ok::<(), PolicyError>(())
 //! ```
 
+pub mod document;
 pub mod ids;
 pub mod key_state;
 pub mod version;
 
+pub use document::{PolicyDocument, RuleChange, RuleKind};
 pub use ids::{
     is_id_byte, is_valid_id, is_valid_prefix, AccountId, IdKind, InvalidId, ShardId, ID_CHARSET,
     ID_GRAMMAR, ID_RULE, MAX_ID_LEN,

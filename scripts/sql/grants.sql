@@ -37,6 +37,9 @@ GRANT SELECT, INSERT, UPDATE ON migration_jobs, migration_items TO :"app";
 -- The audit log: append-only.
 GRANT SELECT, INSERT ON audit_events, audit_chains TO :"app";
 
+-- Policy versions (docs/policy.md): appended by `policy apply`, never changed or deleted.
+GRANT SELECT, INSERT ON policy_versions TO :"app";
+
 -- The audit archive (docs/audit-archive.md): archived segments are read only; the one way
 -- a segment is recorded and the hot rows it covers are deleted is the SECURITY DEFINER
 -- function below, which checks that the segment covers exactly those rows. The lease

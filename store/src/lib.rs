@@ -44,8 +44,8 @@ pub use error::{BackupError, StoreError};
 pub use model::{
     AccountRecord, AccountStats, AuditForCount, AuditForPruned, AuditRecord, AuditSegment,
     DeleteOutcome, ExpectedTier, GroupedWrite, IdempotencyForCount, IdempotencyForOutcome,
-    IdempotencyForPruned, IdempotencyRecord, Idempotent, IdempotentWrite, KeepVersions, Retention,
-    ShardSummary, ShardVersionRow, TokenRecord, TokenRevocation,
+    IdempotencyForPruned, IdempotencyRecord, Idempotent, IdempotentWrite, KeepVersions,
+    PolicyVersionRecord, Retention, ShardSummary, ShardVersionRow, TokenRecord, TokenRevocation,
 };
 pub(crate) use schema::{compare_migrations, no_schema_error};
 pub use schema::{SchemaCheck, APPEND_ONLY_TABLES, RUNTIME_FUNCTIONS, RUNTIME_PRIVILEGES};
@@ -454,6 +454,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every revocation, by token id.
     async fn token_revocations(&self) -> Result<Vec<TokenRevocation>, StoreError>;
+
+    // ----- the cluster's tier policy (docs/policy-and-migration.md) -----
+
+    /// The highest policy version stored (`None`: none yet): what every replica polls.
+    async fn policy_head(&self) -> Result<Option<i64>, StoreError>;
+
+    /// One policy version, or (`None`) the highest one.
+    async fn policy_version(
+        &self,
+        version: Option<i64>,
+    ) -> Result<Option<PolicyVersionRecord>, StoreError>;
+
+    /// Append `record` as the next version, with its audit event (if any) in the same
+    /// transaction, only if `record.version` is the highest stored plus one (1 on an empty
+    /// table); else `Conflict` (with the highest stored) and nothing is written: another
+    /// apply won, read again.
+    async fn append_policy_version(
+        &self,
+        record: &PolicyVersionRecord,
+        audit: Option<&AuditRecord>,
+    ) -> Result<(), StoreError>;
+
+    /// Accounts and their tiers in account order, after `after`, at most `limit`: what a
+    /// policy change is measured against, a page at a time.
+    async fn accounts_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Events of a chain with `seq > after_seq`, ordered by seq, at most `limit`.
     async fn audit_events(

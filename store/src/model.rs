@@ -44,6 +44,22 @@ impl std::fmt::Debug for GroupedWrite<'_> {
     }
 }
 
+/// One version of the cluster's tier policy (`policy_versions`): the document as canonical
+/// JSON, its SHA-256, when and by whom it was committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyVersionRecord {
+    /// 1, 2, ...: each commit is the one before plus one.
+    pub version: i64,
+    /// The policy document, canonical JSON.
+    pub document: String,
+    /// Hex SHA-256 of `document`.
+    pub digest: String,
+    /// Commit time, unix milliseconds.
+    pub created_ms: i64,
+    /// Who committed it (`config seed`, a token's name, `cli`).
+    pub created_by: String,
+}
+
 /// Counts shown by `GET /v1/accounts/{account}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AccountStats {

@@ -9,7 +9,7 @@
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-use shardgate_policy::{Pin, Policy, PolicyBuilder, PolicyError, Rollout};
+use shardgate_policy::{Policy, PolicyBuilder, PolicyDocument, PolicyError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ pub use crate::domain::ids::is_account_prefix;
 pub use crate::http::settings::{Limits, Timeouts};
 pub use crate::http::tls::config::{ClientAuth, TlsClientConfig, TlsConfig};
 pub use crate::service::settings::{IdempotencyConfig, MigrationConfig, RetentionConfig};
+pub use policy::PolicyConfig;
 pub use telemetry::TelemetryConfig;
 
 /// Default data directory of the embedded default.
@@ -98,38 +99,6 @@ fn default_listen() -> SocketAddr {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
-}
-
-/// `[policy]`: the rules that override `[tiers]` for some accounts (see `shardgate-policy`
-/// for their precedence, the rollout hash and the validation).
-///
-/// ```toml
-/// [[policy.pins]]
-/// account = "acct-9"
-/// backend = "hsm"
-///
-/// [[policy.rollouts]]
-/// name = "kms-pilot"
-/// tier = "retail"
-/// backend = "kms-new"
-/// percent = 5.0
-/// ```
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Account -> backend, whatever the account's tier.
-    #[serde(default)]
-    pub pins: Vec<Pin>,
-    /// Percentages of a tier on another backend; earlier entries win overlaps.
-    #[serde(default)]
-    pub rollouts: Vec<Rollout>,
-}
-
-impl PolicyConfig {
-    /// No pins and no rollouts: `[tiers]` alone decides.
-    pub fn is_empty(&self) -> bool {
-        self.pins.is_empty() && self.rollouts.is_empty()
-    }
 }
 
 /// Database settings.
@@ -750,6 +719,16 @@ impl Config {
             .rollouts(self.policy.rollouts.iter().cloned())
     }
 
+    /// The config file's tiers, pins and rollouts as a policy document: what seeds version 1
+    /// of an empty database.
+    pub fn policy_document(&self) -> PolicyDocument {
+        PolicyDocument {
+            tiers: self.tiers.clone(),
+            pins: self.policy.pins.clone(),
+            rollouts: self.policy.rollouts.clone(),
+        }
+    }
+
     /// The validated policy over the configured backend names. No backend is opened: this
     /// is what `shardgate policy check` and `policy explain` use without touching an HSM.
     pub fn policy(&self) -> Result<Policy, PolicyError> {
@@ -877,6 +856,7 @@ pub fn sqlite_file(url: &str) -> Option<PathBuf> {
         .then(|| PathBuf::from(path))
 }
 
+mod policy;
 mod telemetry;
 
 #[cfg(test)]

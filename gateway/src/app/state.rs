@@ -51,6 +51,9 @@ pub enum StartError {
     /// Policy.
     #[error("policy: {0}")]
     Policy(#[from] shardgate_policy::PolicyError),
+    /// The database's policy version cannot be served.
+    #[error("policy: {0}")]
+    PolicyLoad(#[from] crate::domain::policy::LoadError),
     /// Files.
     #[error("{0}")]
     Io(String),
@@ -417,7 +420,6 @@ fn admin_token_entry(path: &std::path::Path) -> Result<TokenEntry, StartError> {
 /// What the first half of start-up opened ([`open_parts`]). In [`Mode::Check`] the audit key
 /// and the store are `None` when `serve` would create them.
 struct Opened {
-    policy: Policy,
     guarded_backends: BTreeMap<String, Arc<dyn KeyBackend>>,
     breakers: BTreeMap<String, Arc<crate::domain::breaker::Guarded>>,
     from_config: Vec<TokenEntry>,
@@ -444,6 +446,7 @@ async fn open_parts(cfg: &Config, mode: Mode, startup: &mut Startup) -> Result<O
     }
     // Rules are checked against the configured backend names before any backend is
     // opened: a typo in a rule fails fast, before an HSM login or a KMS call.
+    // (These rules seed an empty database; a database's own version is checked once read.)
     let policy: Policy = cfg.policy()?;
     for w in policy.warnings() {
         tracing::warn!("policy: {w}");
@@ -467,7 +470,6 @@ async fn open_parts(cfg: &Config, mode: Mode, startup: &mut Startup) -> Result<O
         Mode::Check => check_store(cfg, startup).await?,
     };
     Ok(Opened {
-        policy,
         guarded_backends,
         breakers,
         from_config,
@@ -519,6 +521,43 @@ async fn check_store(
     Ok(Some(store))
 }
 
+/// The policy version to serve: the database's highest, or the config file's rules committed
+/// as version 1 of an empty database. Config rules that differ from a stored version are
+/// logged, never applied: `shardgate policy apply` changes the cluster's policy.
+async fn serve_policy(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+) -> Result<Arc<crate::domain::policy::ServedPolicy>, StartError> {
+    use crate::domain::policy::{load_or_seed, ServedPolicy};
+    let backends = cfg.backend_names();
+    let loaded = load_or_seed(store.as_ref(), &cfg.policy_document(), &backends).await?;
+    let version = loaded.served.version;
+    if loaded.seeded {
+        tracing::info!(
+            version,
+            "policy: the config file's rules seeded the database"
+        );
+    } else if !loaded.config_differs.is_empty() {
+        let changes: Vec<String> = loaded
+            .config_differs
+            .iter()
+            .take(20)
+            .map(|c| format!("{:?} {}: {:?} -> {:?}", c.kind, c.name, c.before, c.after))
+            .collect();
+        tracing::warn!(
+            version,
+            differences = loaded.config_differs.len(),
+            first = %changes.join("; "),
+            "policy: the config file's [tiers]/[policy] differ from the database's version, which is \
+             served; the file only seeds an empty database (change the policy with `shardgate policy apply`)"
+        );
+    }
+    for w in loaded.served.policy.warnings() {
+        tracing::warn!(version, "policy: {w}");
+    }
+    Ok(Arc::new(ServedPolicy::new(loaded.served, backends, store)))
+}
+
 /// `config check`: everything `serve` checks before it serves ([`open_parts`] in
 /// [`Mode::Check`]), without binding, creating, migrating or writing anything.
 pub async fn check(cfg: &Config) -> Result<Startup, StartError> {
@@ -536,7 +575,6 @@ impl AppState {
         crate::domain::metrics::handle();
         crate::domain::metrics::register_backends(cfg.backends.keys());
         let Opened {
-            policy,
             guarded_backends,
             breakers,
             from_config,
@@ -559,6 +597,7 @@ impl AppState {
             crate::domain::tokens::Tokens::load(from_config, store.clone(), key.clone()).await?,
         );
         let audit = start_auditor(cfg, store.clone(), key).await?;
+        let policy = serve_policy(cfg, store.clone()).await?;
         // Every use of a backend goes through the key lifecycle (outside its breaker: a
         // refused key version is not a backend fault).
         let keys = crate::domain::keys::KeyLifecycle::start(

@@ -226,6 +226,29 @@ pub(crate) enum PolicyCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Commit FILE's tiers, pins and rollouts as the cluster's next policy version, after
+    /// showing which accounts it moves; every replica serves it within `[policy] refresh_ms`.
+    /// FILE is TOML with the config file's keys (`[tiers]`, `[[policy.pins]]`,
+    /// `[[policy.rollouts]]`; other keys are ignored, so a config file will do) or, named
+    /// `*.json`, the `policy` object of `PUT /v1/admin/policy`.
+    Apply {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The policy file.
+        file: PathBuf,
+        /// Show the change; commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Start the re-wrap jobs of the moved accounts' shard versions.
+        #[arg(long)]
+        migrate: bool,
+        /// Confirm moves that lower accounts' protection.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Apply only if this is still the served version.
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -498,7 +521,10 @@ impl Command {
                 command: HsmCommand::InitKey { config, .. },
             }
             | Command::Policy {
-                command: PolicyCommand::Explain { config, .. } | PolicyCommand::Check { config },
+                command:
+                    PolicyCommand::Explain { config, .. }
+                    | PolicyCommand::Check { config }
+                    | PolicyCommand::Apply { config, .. },
             }
             | Command::Backup { config, .. }
             | Command::Config {

@@ -118,6 +118,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy {
             command: PolicyCommand::Check { config },
         } => Ok(policy_check(&config)),
+        Command::Policy {
+            command:
+                PolicyCommand::Apply {
+                    config,
+                    file,
+                    dry_run,
+                    migrate,
+                    allow_downgrade,
+                    expected_version,
+                },
+        } => {
+            let req = crate::service::policy::ApplyRequest {
+                document: read_policy_file(&file)?,
+                expected_version,
+                dry_run,
+                migrate,
+                allow_downgrade,
+            };
+            policy_apply(&config, req).await
+        }
         Command::Migrate { command } => migrate_command(command).await,
         Command::Backup { config, to } => {
             let cfg = Config::load(&config.sources(None))?;

@@ -29,8 +29,9 @@ pub enum DomainError {
     /// No such account.
     #[error("{0}")]
     AccountNotFound(String),
-    /// The tier is not one the policy declares.
-    #[error("the tier is not declared in the configuration")]
+    /// The tier is not one the served policy version declares (after reading the database's
+    /// newest version).
+    #[error("the tier is not declared in the served policy version (GET /v1/admin/policy)")]
     UnknownTier,
     /// The shard exists but not that version of it.
     #[error("no such version of the shard")]

@@ -261,8 +261,18 @@ fn describe_audit_archive() {
 
 /// Families described nowhere else: start-up, the audit writer's side queue, migration,
 /// refusals, tokens and the build.
+/// Set `shardgate_policy_version`: the policy version this replica now serves.
+#[allow(clippy::cast_precision_loss)] // versions stay far below 2^53
+pub fn policy_version(version: i64) {
+    metrics::gauge!("shardgate_policy_version").set(version as f64);
+}
+
 fn describe_more() {
     use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "shardgate_policy_version",
+        "The cluster policy version this replica serves (docs/policy-and-migration.md)"
+    );
     describe_gauge!(
         "shardgate_build_info",
         "Always 1; labels: the gateway's version and the git commit it was built from"

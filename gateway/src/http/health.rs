@@ -58,6 +58,9 @@ pub struct Readyz {
     /// Every backend by name (only for a caller holding `metrics`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backends: Option<BTreeMap<String, BackendReadiness>>,
+    /// The cluster policy version this replica serves (only for a caller holding `metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<i64>,
 }
 
 /// Process liveness only.
@@ -135,6 +138,7 @@ pub async fn readyz(State(state): State<AppState>, parts: Parts) -> Response {
             ready,
             store: detailed.then_some(store),
             backends: detailed.then_some(backends),
+            policy_version: detailed.then(|| state.policy.version()),
         },
     )
 }

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod openapi;
 mod openapi_shared;
 pub mod ops;
+pub mod policy;
 pub mod ratelimit;
 pub mod refusals;
 pub mod server;
@@ -65,6 +66,10 @@ pub fn router(state: AppState) -> Router {
             post(admin::cancel_migration),
         )
         .route("/v1/admin/audit/events", get(audit::search_events))
+        .route(
+            "/v1/admin/policy",
+            get(policy::get_policy).put(policy::put_policy),
+        )
         .route("/v1/admin/keys", get(admin::list_keys))
         .route(
             "/v1/admin/keys/{backend}/{version}/state",

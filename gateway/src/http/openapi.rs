@@ -4,7 +4,7 @@
 
 use crate::http::error::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::http::openapi_shared::SharedResponses;
-use crate::http::{accounts, admin, audit, batch, health, shards};
+use crate::http::{accounts, admin, audit, batch, health, policy, shards};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -31,6 +31,8 @@ use utoipa::{Modify, OpenApi};
         admin::list_keys,
         admin::set_key_state,
         admin::close_circuit,
+        policy::get_policy,
+        policy::put_policy,
         audit::search_events,
         health::healthz,
         health::readyz,

@@ -17,11 +17,17 @@ use shardgate_store::{
 use std::time::Duration;
 use tracing::Instrument as _;
 
-/// Where the policy places new versions of this account's shards.
-pub fn placement_of(state: &Services, record: &AccountRecord) -> Result<Placement, DomainError> {
+/// Where the policy places new versions of this account's shards. A tier this replica does
+/// not serve (an account created through a replica already on a newer policy version) makes
+/// it read the database's newest version first.
+pub async fn placement_of(
+    state: &Services,
+    record: &AccountRecord,
+) -> Result<Placement, DomainError> {
     state
         .policy
-        .place(&record.account, &record.tier)
+        .place_fresh(&record.account, &record.tier)
+        .await
         .map_err(|_| DomainError::Internal("the account's tier is no longer declared".into()))
 }
 
@@ -62,7 +68,7 @@ pub async fn placed(
         .get_account(account)
         .await?
         .ok_or_else(|| DomainError::AccountNotFound("no such account".into()))?;
-    let placement = placement_of(state, &record)?;
+    let placement = placement_of(state, &record).await?;
     Ok((record, placement))
 }
 
@@ -162,9 +168,12 @@ const PUT_TRIES: usize = 5;
 /// judge again instead of letting a downgrade through.
 pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, DomainError> {
     let account = req.account;
+    // A tier this replica does not serve yet may be in a newer policy version: `place_fresh`
+    // reads the database's head before refusing.
     let placement = state
         .policy
-        .place(account, req.tier)
+        .place_fresh(account, req.tier)
+        .await
         .map_err(|_| DomainError::UnknownTier)?;
     let (keep, keep_detail) = match req.keep_versions {
         None => (KeepVersions::Unchanged, String::new()),

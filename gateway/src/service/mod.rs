@@ -10,6 +10,7 @@ pub mod integrity;
 pub mod keys_admin;
 pub mod list;
 pub mod migrate;
+pub mod policy;
 pub mod read;
 pub mod settings;
 pub mod state;

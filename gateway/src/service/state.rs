@@ -9,7 +9,6 @@ use crate::domain::breaker::Guarded;
 use crate::domain::keys::KeyLifecycle;
 use crate::domain::tokens::Tokens;
 use shardgate_backends::KeyBackend;
-use shardgate_policy::Policy;
 use shardgate_store::Store;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -27,8 +26,8 @@ pub struct Parts {
     pub backends: BTreeMap<String, Arc<dyn KeyBackend>>,
     /// The same instances' breakers (operator override, readiness).
     pub breakers: BTreeMap<String, Arc<Guarded>>,
-    /// Tier, pin and rollout rules.
-    pub policy: Policy,
+    /// Tier, pin and rollout rules: the cluster's policy version this replica serves.
+    pub policy: Arc<crate::domain::policy::ServedPolicy>,
     /// Token verification: the current tokens and revocations, reloaded without a restart.
     pub auth: Arc<Tokens>,
     /// This process's audit chain.
@@ -103,6 +102,12 @@ impl Services {
     /// may). `every` zero: only on SIGHUP.
     pub fn start_token_refresh(&self, every: Duration) {
         self.auth.spawn_refresher(every);
+    }
+
+    /// Follow the database's policy version, read every `every` (zero: never); `serve`
+    /// starts it (tests may).
+    pub fn start_policy_refresh(&self, every: Duration) {
+        self.policy.spawn_refresher(every);
     }
 
     /// Stop this process's migration workers from claiming more work (shutdown).

@@ -110,7 +110,7 @@ async fn try_put(state: &Services, req: &PutShard<'_>) -> Result<Attempt, Domain
         .account_and_latest(req.account, req.shard)
         .await?
         .ok_or(StoreError::AccountNotFound)?;
-    let placement = placement_of(state, &record)?;
+    let placement = placement_of(state, &record).await?;
     let backend = state
         .backend(&placement.backend)
         .ok_or_else(|| DomainError::Internal("placement names no backend".into()))?

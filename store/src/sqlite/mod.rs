@@ -41,6 +41,7 @@ mod backup;
 mod idempotency;
 mod keys;
 mod migration;
+mod policy;
 mod schema;
 mod shards;
 mod tokens;
@@ -223,6 +224,33 @@ impl Store for SqliteStore {
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError> {
         accounts::put_account_expecting(self, account, tier, expected, keep, now_ms, audit).await
+    }
+
+    async fn policy_head(&self) -> Result<Option<i64>, StoreError> {
+        policy::policy_head(self).await
+    }
+
+    async fn policy_version(
+        &self,
+        version: Option<i64>,
+    ) -> Result<Option<crate::PolicyVersionRecord>, StoreError> {
+        policy::policy_version(self, version).await
+    }
+
+    async fn append_policy_version(
+        &self,
+        record: &crate::PolicyVersionRecord,
+        audit: Option<&AuditRecord>,
+    ) -> Result<(), StoreError> {
+        policy::append_policy_version(self, record, audit).await
+    }
+
+    async fn accounts_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        policy::accounts_page(self, after, limit).await
     }
 
     async fn get_account(&self, account: &str) -> Result<Option<AccountRecord>, StoreError> {

@@ -128,6 +128,14 @@ impl<'a> Worker<'a> {
                 shared.rewind(seen);
                 continue;
             }
+            if !items.is_empty() {
+                // The job may have been started by a policy apply this replica has yet to
+                // poll: read the head after the claim (so after the job existed) and before
+                // planning, so a re-wrap is never planned by an older version.
+                if let Err(e) = self.state.policy.refresh().await {
+                    tracing::warn!(job = %id, error = %e, "policy: reading the database's version failed");
+                }
+            }
             if items.is_empty() {
                 if job.remaining() == 0 {
                     self.settle(&job).await?;

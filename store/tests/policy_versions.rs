@@ -1,0 +1,131 @@
+//! The cluster's tier policy as versioned rows, run against both stores
+//! (`postgres::<case>` and `sqlite::<case>`): versions append one after the other with
+//! their audit event, concurrent applies of one version leave exactly one, and the accounts
+//! a change is measured against are walked a page at a time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::{AuditGen, Harness};
+use shardgate_store::{PolicyVersionRecord, Store, StoreError};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+both_stores!(
+    policy_versions_append_only_after_the_highest,
+    concurrent_applies_of_one_version_leave_exactly_one,
+    accounts_page_walks_every_account_in_order,
+);
+
+fn record(version: i64, doc: &str) -> PolicyVersionRecord {
+    PolicyVersionRecord {
+        version,
+        document: doc.to_string(),
+        digest: format!("digest-{doc}"),
+        created_ms: 1000 + version,
+        created_by: "test".into(),
+    }
+}
+
+#[track_caller]
+fn assert_refused(r: Result<(), StoreError>, latest: Option<i64>) {
+    match r {
+        Err(StoreError::Conflict { latest: l }) => assert_eq!(l, latest),
+        other => panic!("expected a conflict at {latest:?}, got {other:?}"),
+    }
+}
+
+async fn audit_count(store: &dyn Store, chain: &str) -> usize {
+    store.audit_events(chain, 0, 1000).await.unwrap().len()
+}
+
+async fn policy_versions_append_only_after_the_highest(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new("chain-p");
+    assert_eq!(s.policy_head().await.unwrap(), None);
+    assert_eq!(s.policy_version(None).await.unwrap(), None);
+    // Version 2 on an empty table, and 1 twice: refused, nothing written.
+    assert_refused(s.append_policy_version(&record(2, "b"), None).await, None);
+    let first = audit.next("policy.apply", None, None, None);
+    s.append_policy_version(&record(1, "a"), Some(&first))
+        .await
+        .unwrap();
+    assert_refused(
+        s.append_policy_version(&record(1, "x"), None).await,
+        Some(1),
+    );
+    assert_refused(
+        s.append_policy_version(&record(3, "c"), None).await,
+        Some(1),
+    );
+    s.append_policy_version(&record(2, "b"), None)
+        .await
+        .unwrap();
+    assert_eq!(s.policy_head().await.unwrap(), Some(2));
+    assert_eq!(s.policy_version(None).await.unwrap(), Some(record(2, "b")));
+    assert_eq!(
+        s.policy_version(Some(1)).await.unwrap(),
+        Some(record(1, "a"))
+    );
+    assert_eq!(s.policy_version(Some(7)).await.unwrap(), None);
+    assert_eq!(audit_count(s, "chain-p").await, 1);
+}
+
+async fn concurrent_applies_of_one_version_leave_exactly_one(h: &Harness) {
+    let audit = Arc::new(AuditGen::new("chain-q"));
+    h.store
+        .append_policy_version(&record(1, "seed"), None)
+        .await
+        .unwrap();
+    let mut set = JoinSet::new();
+    for i in 0..6 {
+        let (store, audit) = (h.store.clone(), audit.clone());
+        set.spawn(async move {
+            let rec = audit.next("policy.apply", None, None, None);
+            let doc = format!("doc-{i}");
+            let won = match store
+                .append_policy_version(&record(2, &doc), Some(&rec))
+                .await
+            {
+                Ok(()) => true,
+                Err(StoreError::Conflict { latest: Some(2) }) => false,
+                Err(e) => panic!("{doc}: {e}"),
+            };
+            (doc, won)
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (doc, won) = joined.unwrap();
+        if won {
+            winners.push(doc);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let head = h.store.policy_version(None).await.unwrap().unwrap();
+    assert_eq!(
+        (head.version, head.document.as_str()),
+        (2, winners[0].as_str())
+    );
+    assert_eq!(audit_count(&*h.store, "chain-q").await, 1);
+}
+
+async fn accounts_page_walks_every_account_in_order(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new("chain-r");
+    for (account, tier) in [
+        ("acct-b", "vip"),
+        ("acct-a", "retail"),
+        ("acct-c", "retail"),
+    ] {
+        let rec = audit.next("account.put", Some(account), None, None);
+        s.put_account(account, tier, 1000, &rec).await.unwrap();
+    }
+    let first = s.accounts_page(None, 2).await.unwrap();
+    let pair = |a: &str, t: &str| (a.to_string(), t.to_string());
+    assert_eq!(first, vec![pair("acct-a", "retail"), pair("acct-b", "vip")]);
+    let rest = s.accounts_page(Some("acct-b"), 2).await.unwrap();
+    assert_eq!(rest, vec![pair("acct-c", "retail")]);
+    assert!(s.accounts_page(Some("acct-c"), 2).await.unwrap().is_empty());
+}
