@@ -622,7 +622,7 @@ async fn apply_shows_the_change_then_commits_the_next_version() {
         r.stdout
     );
     assert!(
-        r.stdout.contains("Pin acct-i1: (none) -> local-new"),
+        r.stdout.contains("pin acct-i1: (none) -> local-new"),
         "{}",
         r.stdout
     );

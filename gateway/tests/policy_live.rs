@@ -202,7 +202,7 @@ async fn a_dry_run_lists_the_moves_and_an_apply_commits_an_audited_version_serve
     let audited = db
         .count(
             "SELECT COUNT(*) FROM audit_events WHERE action = 'policy.apply' AND actor = 'admin' \
-             AND outcome = 'ok' AND detail LIKE 'version=2 from=1 moved_accounts=6%retail: local -> local-b%'",
+             AND outcome = 'ok' AND detail LIKE 'version=2 from=1 moved_accounts=6%tier retail: local -> local-b%'",
         )
         .await;
     assert_eq!(audited, 1);

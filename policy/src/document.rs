@@ -105,6 +105,24 @@ pub struct RuleChange {
     pub after: Option<String>,
 }
 
+impl std::fmt::Display for RuleChange {
+    /// `tier retail: local -> kms`; `(none)` for the missing side of an added or removed rule.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            RuleKind::Tier => "tier",
+            RuleKind::Pin => "pin",
+            RuleKind::Rollout => "rollout",
+        };
+        write!(
+            f,
+            "{kind} {}: {} -> {}",
+            self.name,
+            self.before.as_deref().unwrap_or("(none)"),
+            self.after.as_deref().unwrap_or("(none)")
+        )
+    }
+}
+
 fn diff_maps(
     kind: RuleKind,
     before: &BTreeMap<String, String>,

@@ -542,7 +542,7 @@ async fn serve_policy(
             .config_differs
             .iter()
             .take(20)
-            .map(|c| format!("{:?} {}: {:?} -> {:?}", c.kind, c.name, c.before, c.after))
+            .map(ToString::to_string)
             .collect();
         tracing::warn!(
             version,

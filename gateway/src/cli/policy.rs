@@ -189,13 +189,7 @@ fn print_change(c: &PolicyChange, dry_run: bool) {
     };
     println!("{head}");
     for r in &c.changes {
-        println!(
-            "  {:?} {}: {} -> {}",
-            r.kind,
-            r.name,
-            r.before.as_deref().unwrap_or("(none)"),
-            r.after.as_deref().unwrap_or("(none)")
-        );
+        println!("  {r}");
     }
     println!(
         "accounts: {} scanned, {} change backend",

@@ -262,19 +262,7 @@ async fn commit(
 /// The diff an audit event holds: version, digest-free counts, every rule change (cut at
 /// 4 KiB: the rules themselves are in the stored version).
 fn audit_detail(change: &PolicyChange) -> String {
-    let rules: Vec<String> = change
-        .changes
-        .iter()
-        .map(|c| {
-            format!(
-                "{:?} {}: {} -> {}",
-                c.kind,
-                c.name,
-                c.before.as_deref().unwrap_or("(none)"),
-                c.after.as_deref().unwrap_or("(none)")
-            )
-        })
-        .collect();
+    let rules: Vec<String> = change.changes.iter().map(ToString::to_string).collect();
     let mut detail = format!(
         "version={} from={} moved_accounts={} changes=[{}]",
         change.from_version + 1,
