@@ -58,6 +58,8 @@ async fn setup(
     cfg.breaker.failure_threshold = 3;
     cfg.breaker.cooldown_ms = cooldown_ms;
     cfg.breaker.probe_interval_ms = 100;
+    // These tests count KMS calls: the probe runs only while the breaker is not closed.
+    cfg.breaker.probe_closed = false;
     cfg.breaker.max_concurrent = max_concurrent;
     cfg.breaker.max_queue = max_queue;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
@@ -366,6 +368,7 @@ async fn sigstopped_moto_opens_the_kms_breaker_and_sigcont_lets_a_probe_close_it
         kms.deadline_ms = 700;
         breaker.cooldown_ms = 500;
         breaker.probe_interval_ms = 100;
+        breaker.probe_closed = false;
     })
     .await;
     let get = |account: &'static str| {

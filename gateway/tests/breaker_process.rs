@@ -283,6 +283,7 @@ async fn a_breaker_open_longer_than_stuck_warn_after_ms_logs_the_warning() {
             breaker.cooldown_ms = 600_000;
             breaker.max_cooldown_ms = 600_000;
             breaker.probe_interval_ms = 50;
+            breaker.probe_closed = false;
             breaker.stuck_warn_after_ms = 200;
         },
     )

@@ -83,6 +83,7 @@ async fn setup(kind: StoreKind) -> Option<Faulty> {
     // these tests see recovery in seconds (the breaker itself is pinned in breaker.rs).
     cfg.breaker.cooldown_ms = 200;
     cfg.breaker.probe_interval_ms = 50;
+    cfg.breaker.probe_closed = false;
     let (state, _) = shardgate::AppState::build(&cfg).await.unwrap();
     let k = Faulty {
         app: shardgate::router(state),

@@ -631,6 +631,7 @@ fn quick_breaker(cfg: &mut shardgate::app::config::Config) {
     cfg.breaker.failure_threshold = 3;
     cfg.breaker.cooldown_ms = 200;
     cfg.breaker.probe_interval_ms = 100;
+    cfg.breaker.probe_closed = false;
 }
 
 macro_rules! both_stores {

@@ -40,6 +40,10 @@ GRANT SELECT, INSERT ON audit_events, audit_chains TO :"app";
 -- Policy versions (docs/policy.md): appended by `policy apply`, never changed or deleted.
 GRANT SELECT, INSERT ON policy_versions TO :"app";
 
+-- Operator overrides of backend breakers (circuit:open / circuit:close): appended, never
+-- changed or deleted.
+GRANT SELECT, INSERT ON breaker_overrides TO :"app";
+
 -- The audit archive (docs/audit-archive.md): archived segments are read only; the one way
 -- a segment is recorded and the hot rows it covers are deleted is the SECURITY DEFINER
 -- function below, which checks that the segment covers exactly those rows. The lease

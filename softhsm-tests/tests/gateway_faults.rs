@@ -211,7 +211,7 @@ async fn token_deleted_and_recreated_answers_503_then_serves_again_without_resta
         // A second, healthy backend: one backend's outage must not make the process unready.
         &format!(
             // The breaker opens while the token is gone: a short cooldown lets recovery show.
-            "[backends.local]\nkind = \"local\"\nkey_file = \"{}\"\ncreate = true\n{HSM_TIER}retail = \"local\"\n[breaker]\ncooldown_ms = 200\nprobe_interval_ms = 50\n",
+            "[backends.local]\nkind = \"local\"\nkey_file = \"{}\"\ncreate = true\n{HSM_TIER}retail = \"local\"\n[breaker]\ncooldown_ms = 200\nprobe_interval_ms = 50\nprobe_closed = false\n",
             keyring.path().join("local.keyring").display()
         ),
     )

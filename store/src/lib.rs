@@ -43,9 +43,10 @@ pub use audit_query::AuditQuery;
 pub use error::{BackupError, StoreError};
 pub use model::{
     AccountRecord, AccountStats, AuditForCount, AuditForPruned, AuditRecord, AuditSegment,
-    DeleteOutcome, ExpectedTier, GroupedWrite, IdempotencyForCount, IdempotencyForOutcome,
-    IdempotencyForPruned, IdempotencyRecord, Idempotent, IdempotentWrite, KeepVersions,
-    PolicyVersionRecord, Retention, ShardSummary, ShardVersionRow, TokenRecord, TokenRevocation,
+    BreakerOverride, DeleteOutcome, ExpectedTier, GroupedWrite, IdempotencyForCount,
+    IdempotencyForOutcome, IdempotencyForPruned, IdempotencyRecord, Idempotent, IdempotentWrite,
+    KeepVersions, PolicyVersionRecord, Retention, ShardSummary, ShardVersionRow, TokenRecord,
+    TokenRevocation,
 };
 pub(crate) use schema::{compare_migrations, no_schema_error};
 pub use schema::{SchemaCheck, APPEND_ONLY_TABLES, RUNTIME_FUNCTIONS, RUNTIME_PRIVILEGES};
@@ -454,6 +455,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every revocation, by token id.
     async fn token_revocations(&self) -> Result<Vec<TokenRevocation>, StoreError>;
+
+    // ----- operator overrides of backend breakers (docs/operations.md, "Breakers") -----
+
+    /// Append an override (its `id` is assigned: the highest plus one, returned) with its
+    /// audit event in the same transaction.
+    async fn insert_breaker_override(
+        &self,
+        o: &BreakerOverride,
+        audit: &AuditRecord,
+    ) -> Result<i64, StoreError>;
+
+    /// Overrides with `id > after_id`, oldest first, at most `limit`: what a replica has not
+    /// applied yet.
+    async fn breaker_overrides_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<BreakerOverride>, StoreError>;
+
+    /// The newest override of each backend, oldest first: what a starting replica applies.
+    async fn latest_breaker_overrides(&self) -> Result<Vec<BreakerOverride>, StoreError>;
 
     // ----- the cluster's tier policy (docs/policy-and-migration.md) -----
 

@@ -60,6 +60,24 @@ pub struct PolicyVersionRecord {
     pub created_by: String,
 }
 
+/// An operator override of a backend's breaker (`breaker_overrides`): `open` until
+/// `expires_ms` (maintenance), or `close` (now). The newest row of a backend wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerOverride {
+    /// Assigned by the insert: the highest plus one (0 before).
+    pub id: i64,
+    /// Backend instance name.
+    pub backend: String,
+    /// `open` or `close`.
+    pub action: String,
+    /// When, unix milliseconds.
+    pub created_ms: i64,
+    /// An `open` is in force until then; a `close`: its `created_ms`.
+    pub expires_ms: i64,
+    /// Who (a token's name, `cli`).
+    pub created_by: String,
+}
+
 /// Counts shown by `GET /v1/accounts/{account}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AccountStats {

@@ -16,6 +16,8 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
     // Policy versions: appended by `policy apply` (through a gateway or the CLI), never
     // changed, so what placed a write stays on record.
     ("policy_versions", &["SELECT", "INSERT"]),
+    // Operator overrides of breakers: appended (with their audit event), never changed.
+    ("breaker_overrides", &["SELECT", "INSERT"]),
     // Archived audit segments: read only. Recorded (with the delete of the hot rows they
     // cover) by the SECURITY DEFINER function `audit_archive_prune` alone, which the runtime
     // role may EXECUTE: whoever could insert a segment row could fake coverage.

@@ -598,6 +598,9 @@ impl AppState {
         );
         let audit = start_auditor(cfg, store.clone(), key).await?;
         let policy = serve_policy(cfg, store.clone()).await?;
+        let overrides = Arc::new(
+            crate::domain::overrides::Overrides::start(store.clone(), breakers.clone()).await?,
+        );
         // Every use of a backend goes through the key lifecycle (outside its breaker: a
         // refused key version is not a backend fault).
         let keys = crate::domain::keys::KeyLifecycle::start(
@@ -629,6 +632,7 @@ impl AppState {
             backends,
             keys,
             breakers,
+            overrides,
             policy,
             auth,
             audit: audit.clone(),

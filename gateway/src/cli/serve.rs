@@ -58,6 +58,7 @@ pub(crate) async fn serve(sources: Sources) -> anyhow::Result<ExitCode> {
     state.start_migration_workers();
     state.start_token_refresh(cfg.auth.refresh_every());
     state.start_policy_refresh(std::time::Duration::from_millis(cfg.policy.refresh_ms));
+    state.start_override_refresh(std::time::Duration::from_millis(cfg.breaker.refresh_ms));
     crate::app::state::start_audit_archiver(&cfg, &state).await?;
     let audit = state.audit.clone();
     let timeouts = cfg.timeouts.clone();

@@ -40,6 +40,12 @@ pub struct BreakerConfig {
     pub max_cooldown_ms: u64,
     /// Synthetic probe (wrap + unwrap of a fixed probe key) period; 0 turns it off.
     pub probe_interval_ms: u64,
+    /// Probe also while closed, so a dead backend is found before traffic finds it (off for
+    /// tests that count a backend's calls).
+    pub probe_closed: bool,
+    /// How often a replica reads the operators' overrides (`circuit:open`, `circuit:close`)
+    /// from the database (0: never; start-up still applies those in force).
+    pub refresh_ms: u64,
     /// Warn (each minute) when half-open or open for longer than this.
     pub stuck_warn_after_ms: u64,
     /// Operations running on the backend at once.
@@ -55,6 +61,8 @@ impl Default for BreakerConfig {
             cooldown_ms: 30_000,
             max_cooldown_ms: 600_000,
             probe_interval_ms: 15_000,
+            probe_closed: true,
+            refresh_ms: 2_000,
             stuck_warn_after_ms: 300_000,
             max_concurrent: 64,
             max_queue: 256,
@@ -64,9 +72,21 @@ impl Default for BreakerConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant, cooldown: Duration },
-    HalfOpen { trial: bool, cooldown: Duration },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+        cooldown: Duration,
+    },
+    HalfOpen {
+        trial: bool,
+        cooldown: Duration,
+    },
+    /// Opened by an operator (`circuit:open`, maintenance) until `until`; then closed.
+    Forced {
+        until: Instant,
+    },
 }
 
 /// Whether a call may go through, and as what.
@@ -105,6 +125,16 @@ impl Breaker {
         let mut st = self.lock();
         match st.0 {
             State::Closed { .. } => Ok(Admit::Normal),
+            State::Forced { until } if now < until => Err(shed(
+                "circuit opened by an operator",
+                until.saturating_duration_since(now),
+            )),
+            State::Forced { .. } => {
+                self.transition("closed");
+                tracing::info!(backend = %self.backend, "operator's circuit:open expired; circuit closed");
+                *st = (State::Closed { failures: 0 }, now);
+                Ok(Admit::Normal)
+            }
             State::Open { until, cooldown } if now >= until => {
                 self.transition("half-open");
                 *st = (
@@ -195,6 +225,14 @@ impl Breaker {
         *st = (State::Closed { failures: 0 }, Instant::now());
     }
 
+    fn force_open(&self, until: Instant) {
+        let mut st = self.lock();
+        if !matches!(st.0, State::Forced { .. }) {
+            self.transition("forced-open");
+        }
+        *st = (State::Forced { until }, Instant::now());
+    }
+
     /// `closed`, `open` or `half-open`, and since when.
     fn describe(&self) -> (&'static str, Instant) {
         let st = self.lock();
@@ -237,6 +275,7 @@ fn state_name(s: &State) -> &'static str {
         State::Closed { .. } => "closed",
         State::Open { .. } => "open",
         State::HalfOpen { .. } => "half-open",
+        State::Forced { .. } => "forced-open",
     }
 }
 
@@ -290,10 +329,21 @@ impl Guarded {
         g
     }
 
-    /// Operator override: close the breaker now.
+    /// Operator override: close the breaker now (ends a `circuit:open` too).
     pub fn force_close(&self) {
         self.breaker.force_close();
         tracing::warn!(backend = %self.inner.name(), "circuit closed by an operator");
+    }
+
+    /// Operator override (maintenance): refuse every call until `until` (503 with the rest
+    /// as `Retry-After`), then close.
+    pub fn force_open(&self, until: Instant) {
+        self.breaker.force_open(until);
+        tracing::warn!(
+            backend = %self.inner.name(),
+            secs = until.saturating_duration_since(Instant::now()).as_secs(),
+            "circuit opened by an operator"
+        );
     }
 
     /// `closed`, `open` or `half-open`.
@@ -423,8 +473,9 @@ impl Guarded {
     }
 }
 
-/// Wrap + unwrap of a fixed probe key through the breaker, every `probe_interval_ms` while
-/// the breaker is not closed: it drives the half-open trial without user traffic.
+/// Wrap + unwrap of a fixed probe key through the breaker, every `probe_interval_ms`: while
+/// open it drives the half-open trial without user traffic; while closed (`probe_closed`) it
+/// finds a dead backend before traffic does (its faults count as any call's).
 async fn probe_loop(weak: Weak<Guarded>) {
     let every = match weak.upgrade() {
         Some(g) => Duration::from_millis(g.breaker.cfg.probe_interval_ms),
@@ -440,6 +491,7 @@ async fn probe_loop(weak: Weak<Guarded>) {
         let (state, since) = g.breaker.describe();
         let stuck = Duration::from_millis(g.breaker.cfg.stuck_warn_after_ms);
         if state != "closed"
+            && state != "forced-open"
             && since.elapsed() > stuck
             && match last_warn {
                 None => true,
@@ -449,9 +501,9 @@ async fn probe_loop(weak: Weak<Guarded>) {
             last_warn = Some(Instant::now());
             tracing::warn!(backend = %g.inner.name(), state, secs = since.elapsed().as_secs(), "circuit not closed for a long time");
         }
-        if state == "closed" {
-            // Traffic keeps a closed breaker informed; probing it too would only add calls
-            // (and KMS bills) without changing anything.
+        // An operator's maintenance window is not probed; a closed breaker is, unless
+        // `probe_closed` is off, so a dead backend opens it before traffic finds it.
+        if state == "forced-open" || (state == "closed" && !g.breaker.cfg.probe_closed) {
             continue;
         }
         let probe = g
@@ -595,7 +647,7 @@ impl Decorator for Guarded {
         self.record_latency("health", started);
         let state = self.breaker_state();
         Health {
-            usable: inner.usable && state != "open",
+            usable: inner.usable && state != "open" && state != "forced-open",
             detail: format!("{}; circuit {state}", inner.detail),
         }
     }

@@ -13,6 +13,7 @@ pub mod hygiene;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod overrides;
 pub mod policy;
 pub mod protection;
 pub mod tokens;

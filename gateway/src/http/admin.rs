@@ -4,7 +4,7 @@ use super::api::{json, ApiJson, Ctx};
 use crate::domain::auth::Scope;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::state::AppState;
-use crate::service::migrate;
+use crate::service::{breakers, migrate};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -266,11 +266,42 @@ pub async fn cancel_migration(
 pub struct CircuitResponse {
     /// Backend instance.
     pub backend: String,
-    /// `closed`.
+    /// `closed` or `forced-open` (on this replica; the others follow within `[breaker]
+    /// refresh_ms`).
     pub state: String,
 }
 
-/// Operator override: close a backend's circuit breaker now (audited).
+/// `circuit:open` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenCircuitRequest {
+    /// How long every call to the backend is refused (1 to 604800 seconds), then it closes.
+    pub ttl_secs: u64,
+}
+
+fn backend_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) =
+        path.map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid backend name"))?;
+    Ok(name)
+}
+
+async fn set_circuit(
+    state: &AppState,
+    ctx: &Ctx,
+    name: String,
+    action: breakers::CircuitAction,
+) -> Result<Response, ApiError> {
+    let now = breakers::set_circuit(state, &name, action, &ctx.origin()).await?;
+    Ok(json(
+        StatusCode::OK,
+        CircuitResponse {
+            backend: name,
+            state: now.to_string(),
+        },
+    ))
+}
+
+/// Operator override: close a backend's circuit breaker now, on every replica (audited).
 #[utoipa::path(post, path = "/v1/admin/backends/{name}/circuit:close", tag = "admin",
     params(("name" = String, Path, description = "backend instance")),
     responses((status = 200, description = "closed", body = CircuitResponse)),
@@ -281,26 +312,29 @@ pub async fn close_circuit(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     ctx.require_global(&state, Scope::Admin, "backend.circuit_close")?;
-    let Path(name) =
-        path.map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid backend name"))?;
-    let guarded = state
-        .breakers
-        .get(&name)
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such backend"))?;
-    let mut event = ctx
-        .event("backend.circuit_close")
-        .detail(format!("was {}", guarded.breaker_state()));
-    event.backend = Some(name.clone());
-    // Audited before it takes effect: an override nobody can see must not happen.
-    state.audit.record(event).await?;
-    guarded.force_close();
-    Ok(json(
-        StatusCode::OK,
-        CircuitResponse {
-            backend: name,
-            state: guarded.breaker_state().to_string(),
-        },
-    ))
+    let name = backend_name(path)?;
+    set_circuit(&state, &ctx, name, breakers::CircuitAction::Close).await
+}
+
+/// Operator override (maintenance): open a backend's circuit breaker on every replica for
+/// `ttl_secs`; calls to it answer 503 with the rest as `Retry-After` (audited).
+#[utoipa::path(post, path = "/v1/admin/backends/{name}/circuit:open", tag = "admin",
+    params(("name" = String, Path, description = "backend instance")),
+    request_body = OpenCircuitRequest,
+    responses((status = 200, description = "opened", body = CircuitResponse)),
+    security(("bearer" = ["admin"])))]
+pub async fn open_circuit(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    path: Result<Path<String>, PathRejection>,
+    ApiJson(body): ApiJson<OpenCircuitRequest>,
+) -> Result<Response, ApiError> {
+    ctx.require_global(&state, Scope::Admin, "backend.circuit_open")?;
+    let name = backend_name(path)?;
+    let action = breakers::CircuitAction::Open {
+        ttl_secs: body.ttl_secs,
+    };
+    set_circuit(&state, &ctx, name, action).await
 }
 
 /// `GET /v1/admin/keys` answer.

@@ -79,6 +79,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/backends/{name}/circuit:close",
             post(admin::close_circuit),
         )
+        .route(
+            "/v1/admin/backends/{name}/circuit:open",
+            post(admin::open_circuit),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -31,6 +31,7 @@ use utoipa::{Modify, OpenApi};
         admin::list_keys,
         admin::set_key_state,
         admin::close_circuit,
+        admin::open_circuit,
         policy::get_policy,
         policy::put_policy,
         audit::search_events,

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod audit_archive;
 pub mod audit_expire;
 pub mod audit_search;
+pub mod breakers;
 pub mod delete;
 pub mod integrity;
 pub mod keys_admin;

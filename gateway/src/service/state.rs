@@ -26,6 +26,8 @@ pub struct Parts {
     pub backends: BTreeMap<String, Arc<dyn KeyBackend>>,
     /// The same instances' breakers (operator override, readiness).
     pub breakers: BTreeMap<String, Arc<Guarded>>,
+    /// Operators' overrides of those breakers, shared by the cluster.
+    pub overrides: Arc<crate::domain::overrides::Overrides>,
     /// Tier, pin and rollout rules: the cluster's policy version this replica serves.
     pub policy: Arc<crate::domain::policy::ServedPolicy>,
     /// Token verification: the current tokens and revocations, reloaded without a restart.
@@ -108,6 +110,12 @@ impl Services {
     /// starts it (tests may).
     pub fn start_policy_refresh(&self, every: Duration) {
         self.policy.spawn_refresher(every);
+    }
+
+    /// Read the operators' breaker overrides every `every` (zero: never); `serve` starts it
+    /// (tests may).
+    pub fn start_override_refresh(&self, every: Duration) {
+        self.overrides.spawn_refresher(every);
     }
 
     /// Stop this process's migration workers from claiming more work (shutdown).

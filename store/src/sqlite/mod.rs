@@ -41,6 +41,7 @@ mod backup;
 mod idempotency;
 mod keys;
 mod migration;
+mod overrides;
 mod policy;
 mod schema;
 mod shards;
@@ -224,6 +225,26 @@ impl Store for SqliteStore {
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError> {
         accounts::put_account_expecting(self, account, tier, expected, keep, now_ms, audit).await
+    }
+
+    async fn insert_breaker_override(
+        &self,
+        o: &crate::BreakerOverride,
+        audit: &AuditRecord,
+    ) -> Result<i64, StoreError> {
+        overrides::insert_breaker_override(self, o, audit).await
+    }
+
+    async fn breaker_overrides_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::BreakerOverride>, StoreError> {
+        overrides::breaker_overrides_after(self, after_id, limit).await
+    }
+
+    async fn latest_breaker_overrides(&self) -> Result<Vec<crate::BreakerOverride>, StoreError> {
+        overrides::latest_breaker_overrides(self).await
     }
 
     async fn policy_head(&self) -> Result<Option<i64>, StoreError> {

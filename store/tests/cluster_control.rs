@@ -1,14 +1,16 @@
-//! The cluster's tier policy as versioned rows, run against both stores
-//! (`postgres::<case>` and `sqlite::<case>`): versions append one after the other with
-//! their audit event, concurrent applies of one version leave exactly one, and the accounts
-//! a change is measured against are walked a page at a time.
+//! What the replicas of a cluster share besides data, run against both stores
+//! (`postgres::<case>` and `sqlite::<case>`): the tier policy as versioned rows (versions
+//! append one after the other with their audit event, concurrent applies of one version leave
+//! exactly one, the accounts a change is measured against are walked a page at a time), and
+//! operator overrides of breakers (ids in order, read past the last applied, the newest per
+//! backend).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
 
 use common::{AuditGen, Harness};
-use shardgate_store::{PolicyVersionRecord, Store, StoreError};
+use shardgate_store::{BreakerOverride, PolicyVersionRecord, Store, StoreError};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -16,6 +18,7 @@ both_stores!(
     policy_versions_append_only_after_the_highest,
     concurrent_applies_of_one_version_leave_exactly_one,
     accounts_page_walks_every_account_in_order,
+    breaker_overrides_append_in_order_and_the_newest_per_backend_wins,
 );
 
 fn record(version: i64, doc: &str) -> PolicyVersionRecord {
@@ -128,4 +131,68 @@ async fn accounts_page_walks_every_account_in_order(h: &Harness) {
     let rest = s.accounts_page(Some("acct-b"), 2).await.unwrap();
     assert_eq!(rest, vec![pair("acct-c", "retail")]);
     assert!(s.accounts_page(Some("acct-c"), 2).await.unwrap().is_empty());
+}
+
+fn over(backend: &str, action: &str, at: i64) -> BreakerOverride {
+    BreakerOverride {
+        id: 0,
+        backend: backend.into(),
+        action: action.into(),
+        created_ms: at,
+        expires_ms: at + 60_000,
+        created_by: "test".into(),
+    }
+}
+
+async fn breaker_overrides_append_in_order_and_the_newest_per_backend_wins(h: &Harness) {
+    let s = &*h.store;
+    assert!(s.latest_breaker_overrides().await.unwrap().is_empty());
+    // Six inserts at once (each with an event of its own chain): ids 1..6, none lost or doubled.
+    let mut set = JoinSet::new();
+    for i in 0..6 {
+        let store = h.store.clone();
+        set.spawn(async move {
+            let rec = AuditGen::new(&format!("chain-o{i}")).next(
+                "backend.circuit_open",
+                None,
+                None,
+                None,
+            );
+            let b = if i % 2 == 0 { "kms" } else { "hsm" };
+            store
+                .insert_breaker_override(&over(b, "open", 1000 + i), &rec)
+                .await
+                .unwrap()
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = set.join_next().await {
+        ids.push(id.unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=6).collect::<Vec<i64>>());
+    let audit = AuditGen::new("chain-c");
+    let rec = audit.next("backend.circuit_close", None, None, None);
+    let close = s
+        .insert_breaker_override(&over("kms", "close", 2000), &rec)
+        .await
+        .unwrap();
+    assert_eq!(close, 7);
+    assert_eq!(audit_count(s, "chain-c").await, 1);
+    let after = s.breaker_overrides_after(4, 2).await.unwrap();
+    assert_eq!(after.iter().map(|o| o.id).collect::<Vec<_>>(), [5, 6]);
+    let all = s.breaker_overrides_after(0, 100).await.unwrap();
+    assert_eq!(all.len(), 7);
+    let hsm_last = all
+        .iter()
+        .filter(|o| o.backend == "hsm")
+        .map(|o| o.id)
+        .max()
+        .unwrap();
+    let latest = s.latest_breaker_overrides().await.unwrap();
+    let seen: Vec<(&str, &str, i64)> = latest
+        .iter()
+        .map(|o| (o.backend.as_str(), o.action.as_str(), o.id))
+        .collect();
+    assert_eq!(seen, [("hsm", "open", hsm_last), ("kms", "close", 7)]);
 }

@@ -1,0 +1,147 @@
+//! Three replicas, one database (issue 30, item 6): three `shardgate serve` child processes on
+//! one PostgreSQL database, each polling the cluster's policy and breaker overrides every
+//! 200 ms. A policy applied through one is served by all three (the test waits against a
+//! generous deadline; how fast is a bench figure, not an assertion here), an account created
+//! through one in a tier only the new version declares is written through the others, and an
+//! operator's `circuit:open` through one is seen by all, as is the `circuit:close` that ends it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::served::{Served, DEADLINE};
+use common::Tokens;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+struct Replica {
+    served: Served,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Replica {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.served.base);
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn policy_version(&self) -> i64 {
+        let (s, v) = self.call("GET", "/readyz", None).await;
+        assert_eq!(s, 200, "{v}");
+        v["policy_version"].as_i64().unwrap()
+    }
+
+    async fn get_status(&self, account: &str) -> u16 {
+        self.call("GET", &format!("/v1/accounts/{account}/shards/s"), None)
+            .await
+            .0
+    }
+}
+
+/// What every replica must come to show.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// `/readyz` reports this policy version.
+    PolicyVersion(i64),
+    /// A GET of this account's shard answers this status.
+    GetStatus(&'static str, u16),
+}
+
+impl Check {
+    async fn holds(self, r: &Replica) -> bool {
+        match self {
+            Check::PolicyVersion(v) => r.policy_version().await == v,
+            Check::GetStatus(account, status) => r.get_status(account).await == status,
+        }
+    }
+}
+
+/// Poll until `check` holds on every replica.
+async fn until_all(replicas: &[Replica], check: Check) {
+    let deadline = Instant::now() + DEADLINE;
+    for (i, r) in replicas.iter().enumerate() {
+        while !check.holds(r).await {
+            assert!(Instant::now() < deadline, "replica {i}: {check:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_converge_on_policy_applies_and_breaker_overrides() {
+    let Some(url) = common::fresh_pg_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    cfg.backends.insert(
+        "local-b".into(),
+        common::local_backend(dir.path(), "local-b"),
+    );
+    cfg.policy.refresh_ms = 200;
+    cfg.breaker.refresh_ms = 200;
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
+    let path = dir.path().join("shardgate.toml");
+    common::write_config(&cfg, &path);
+    // Started one after the other: the first creates the keyrings the others then open.
+    let replicas: Vec<Replica> = (0..3)
+        .map(|i| Replica {
+            served: Served::start(&path, "replicas", &format!("replica-{i}")),
+            http: reqwest::Client::new(),
+            token: tokens.admin.clone(),
+        })
+        .collect();
+    for r in &replicas {
+        assert_eq!(r.policy_version().await, 1);
+    }
+
+    // A policy applied through replica 0 reaches 1 and 2.
+    let next = json!({"policy": {"tiers": {"retail": "local-b", "institutional": "local", "gold": "local-b"}}});
+    let (s, v) = replicas[0]
+        .call("PUT", "/v1/admin/policy", Some(next))
+        .await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
+    until_all(&replicas, Check::PolicyVersion(2)).await;
+    // An account in the new tier, created through 1, written through 2, read through 0.
+    let (s, v) = replicas[1]
+        .call("PUT", "/v1/accounts/acct-g", Some(json!({"tier": "gold"})))
+        .await;
+    assert_eq!((s, v["backend"].as_str()), (201, Some("local-b")), "{v}");
+    let body = json!({"shard": B64.encode(b"gold bytes")});
+    let (s, v) = replicas[2]
+        .call("PUT", "/v1/accounts/acct-g/shards/s", Some(body))
+        .await;
+    assert_eq!((s, v["backend"].as_str()), (201, Some("local-b")), "{v}");
+    assert_eq!(replicas[0].get_status("acct-g").await, 200);
+
+    // A maintenance window opened through 2 is seen by all; closed through 0, by all.
+    let (s, v) = replicas[2]
+        .call(
+            "POST",
+            "/v1/admin/backends/local-b/circuit:open",
+            Some(json!({"ttl_secs": 600})),
+        )
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("forced-open")), "{v}");
+    until_all(&replicas, Check::GetStatus("acct-g", 503)).await;
+    let (s, v) = replicas[0]
+        .call("POST", "/v1/admin/backends/local-b/circuit:close", None)
+        .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("closed")), "{v}");
+    until_all(&replicas, Check::GetStatus("acct-g", 200)).await;
+    for r in &replicas {
+        r.served.signal("-TERM");
+    }
+}
