@@ -26,6 +26,53 @@ pub struct KeyVersion {
     pub changed_by: String,
 }
 
+/// The policy version a gateway serves.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+pub struct ServedPolicy {
+    /// Its version number.
+    pub version: i64,
+    /// Hex SHA-256 of its canonical document.
+    pub digest: String,
+    /// Its rules: `{"tiers":{...},"pins":[...],"rollouts":[...]}`.
+    pub policy: serde_json::Value,
+}
+
+/// How [`Client::apply_policy`] applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyPolicy {
+    /// Measure and show; commit nothing.
+    pub dry_run: bool,
+    /// Apply only if this is still the served version.
+    pub expected_version: Option<i64>,
+    /// Start the re-wrap jobs of the moved accounts.
+    pub migrate: bool,
+    /// Confirm moves that lower accounts' protection (admin).
+    pub allow_downgrade: bool,
+}
+
+/// What an apply measured (and did).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+pub struct PolicyChange {
+    /// The version measured against.
+    pub from_version: i64,
+    /// The version committed (a dry run: the one it would be).
+    pub version: i64,
+    /// Whether a version was committed.
+    pub applied: bool,
+    /// Rules added, removed or changed (`kind`, `name`, `before`, `after`).
+    pub changes: Vec<serde_json::Value>,
+    /// Accounts measured.
+    pub accounts_scanned: u64,
+    /// Accounts whose new versions change backend.
+    pub moved_total: u64,
+    /// The moves by tier, backends and rule.
+    pub moves: Vec<serde_json::Value>,
+    /// The first 1,000 moved accounts.
+    pub moved_accounts: Vec<String>,
+    /// Re-wrap jobs started.
+    pub migration_jobs: Vec<String>,
+}
+
 /// One page of an audit search.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditPage {
@@ -127,6 +174,43 @@ impl Client {
         .await
     }
 
+    /// Open a backend's breaker on every replica for `ttl_secs` (maintenance; operator
+    /// override): calls to it answer 503 until the window ends or [`Client::close_circuit`].
+    pub async fn open_circuit(&self, backend: &str, ttl_secs: u64) -> Result<Circuit, Error> {
+        let path = format!("/v1/admin/backends/{}/circuit:open", seg(backend));
+        let mut call = Call::new(Method::POST, path, Repeat::Unsafe);
+        call.body = Some(body(&serde_json::json!({ "ttl_secs": ttl_secs }))?);
+        json(self.send(&call).await?).await
+    }
+
+    /// The cluster policy version the gateway serves (`GET /v1/admin/policy`).
+    pub async fn get_policy(&self) -> Result<ServedPolicy, Error> {
+        let call = Call::new(Method::GET, "/v1/admin/policy".into(), Repeat::Safe);
+        json(self.send(&call).await?).await
+    }
+
+    /// Measure `policy` (`{"tiers":{...},"pins":[...],"rollouts":[...]}`) against every
+    /// account and, unless `opts.dry_run`, commit it as the next version
+    /// (`PUT /v1/admin/policy`).
+    pub async fn apply_policy(
+        &self,
+        policy: &serde_json::Value,
+        opts: &ApplyPolicy,
+    ) -> Result<PolicyChange, Error> {
+        let mut req = serde_json::json!({
+            "policy": policy,
+            "dry_run": opts.dry_run,
+            "migrate": opts.migrate,
+            "allow_downgrade": opts.allow_downgrade,
+        });
+        if let Some(v) = opts.expected_version {
+            req["expected_version"] = v.into();
+        }
+        let mut call = Call::new(Method::PUT, "/v1/admin/policy".into(), Repeat::Unsafe);
+        call.body = Some(body(&req)?);
+        json(self.send(&call).await?).await
+    }
+
     /// One page of the audit trail (scope `audit:read`).
     pub async fn search_audit(&self, q: &AuditQuery) -> Result<AuditPage, Error> {
         let mut call = Call::new(Method::GET, "/v1/admin/audit/events".into(), Repeat::Safe);
@@ -190,6 +274,7 @@ impl Client {
                 ready: false,
                 store: None,
                 backends: None,
+                policy_version: None,
             }),
             Err(e) => Err(e),
         }

@@ -60,7 +60,9 @@ mod shards;
 mod transport;
 mod types;
 
-pub use admin::{AuditPage, AuditQuery, KeyVersion, MigrationAction};
+pub use admin::{
+    ApplyPolicy, AuditPage, AuditQuery, KeyVersion, MigrationAction, PolicyChange, ServedPolicy,
+};
 pub use builder::ClientBuilder;
 pub use error::{ApiError, Error, ErrorCode};
 pub use retry::RetryPolicy;

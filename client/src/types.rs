@@ -263,6 +263,9 @@ pub struct Readiness {
     /// Each backend's state.
     #[serde(default)]
     pub backends: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The cluster policy version the gateway serves (with a `metrics` credential).
+    #[serde(default)]
+    pub policy_version: Option<i64>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ mod common;
 use common::served::Served;
 use common::{StoreKind, Tokens};
 use secrecy::SecretString;
-use shardgate_client::{BatchItem, Client, Error, ErrorCode, PutOptions, RetryPolicy, ShardBytes};
+use shardgate_client::{
+    ApplyPolicy, BatchItem, Client, Error, ErrorCode, PutOptions, RetryPolicy, ShardBytes,
+};
 use std::time::{Duration, Instant};
 
 /// A gateway on SQLite in `dir`, changed by `tune` first.
@@ -250,6 +252,78 @@ async fn the_client_names_a_refused_downgrade_and_confirms_one_as_admin() {
         prefixed.get_account("acct-A-d").await.unwrap().tier,
         "cloud"
     );
+}
+
+/// The cluster controls through the client: a policy dry run and apply (typed change,
+/// served version, `/readyz` version), a stale `expected_version` as `VersionConflict`, and a
+/// maintenance window opened and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_applies_a_policy_and_opens_and_closes_a_circuit() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(StoreKind::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let tokens = Tokens::new();
+    let gw = serve(dir.path(), &url, &tokens, "cluster-controls", |cfg| {
+        cfg.backends.insert(
+            "local-b".into(),
+            common::local_backend(dir.path(), "local-b"),
+        );
+    });
+    let c = client(&gw.base, &tokens.admin).build().unwrap();
+    c.put_account("acct-1", "retail").await.unwrap();
+    let served = c.get_policy().await.unwrap();
+    assert_eq!(served.version, 1);
+    assert_eq!(served.policy["tiers"]["retail"], "local");
+    let next = serde_json::json!({"tiers": {"retail": "local-b", "institutional": "local"}});
+    let dry = c
+        .apply_policy(
+            &next,
+            &ApplyPolicy {
+                dry_run: true,
+                ..ApplyPolicy::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((dry.applied, dry.version, dry.moved_total), (false, 2, 1));
+    assert_eq!(dry.moved_accounts, ["acct-1"]);
+    let stale = ApplyPolicy {
+        expected_version: Some(5),
+        ..ApplyPolicy::default()
+    };
+    let Error::Api(api) = c.apply_policy(&next, &stale).await.unwrap_err() else {
+        panic!("not an API error")
+    };
+    assert_eq!((api.status, api.code), (409, ErrorCode::VersionConflict));
+    let done = c
+        .apply_policy(&next, &ApplyPolicy::default())
+        .await
+        .unwrap();
+    assert!(done.applied);
+    assert_eq!(c.readyz().await.unwrap().policy_version, Some(2));
+    assert_eq!(
+        c.put_account("acct-2", "retail").await.unwrap().backend,
+        "local-b"
+    );
+
+    let open = c.open_circuit("local-b", 600).await.unwrap();
+    assert_eq!(open.state, "forced-open");
+    // A 503 whose Retry-After (the rest of the window) is past the call's deadline comes
+    // back at once.
+    let bytes = ShardBytes::from(b"bytes".to_vec());
+    let Error::Api(api) = c
+        .put_shard("acct-2", "s", &bytes, PutOptions::default())
+        .await
+        .unwrap_err()
+    else {
+        panic!("not an API error")
+    };
+    assert_eq!((api.status, api.code), (503, ErrorCode::BackendUnavailable));
+    assert_eq!(c.close_circuit("local-b").await.unwrap().state, "closed");
+    c.put_shard("acct-2", "s", &bytes, PutOptions::default())
+        .await
+        .unwrap();
 }
 
 #[test]
