@@ -44,6 +44,10 @@ GRANT SELECT, INSERT ON policy_versions TO :"app";
 -- changed or deleted.
 GRANT SELECT, INSERT ON breaker_overrides TO :"app";
 
+-- Dual-control requests (docs/security.md, "Dual control"): stored, then approved once; never
+-- deleted.
+GRANT SELECT, INSERT, UPDATE ON approvals TO :"app";
+
 -- The audit archive (docs/audit-archive.md): archived segments are read only; the one way
 -- a segment is recorded and the hot rows it covers are deleted is the SECURITY DEFINER
 -- function below, which checks that the segment covers exactly those rows. The lease

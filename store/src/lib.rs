@@ -42,8 +42,8 @@ pub use migration::{
 pub use audit_query::AuditQuery;
 pub use error::{BackupError, StoreError};
 pub use model::{
-    AccountRecord, AccountStats, AuditForCount, AuditForPruned, AuditRecord, AuditSegment,
-    BreakerOverride, DeleteOutcome, ExpectedTier, GroupedWrite, IdempotencyForCount,
+    AccountRecord, AccountStats, ApprovalRecord, AuditForCount, AuditForPruned, AuditRecord,
+    AuditSegment, BreakerOverride, DeleteOutcome, ExpectedTier, GroupedWrite, IdempotencyForCount,
     IdempotencyForOutcome, IdempotencyForPruned, IdempotencyRecord, Idempotent, IdempotentWrite,
     KeepVersions, PolicyVersionRecord, Retention, ShardSummary, ShardVersionRow, TokenRecord,
     TokenRevocation,
@@ -455,6 +455,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every revocation, by token id.
     async fn token_revocations(&self) -> Result<Vec<TokenRevocation>, StoreError>;
+
+    // ----- dual control (docs/security.md, "Dual control") -----
+
+    /// Store a pending request with its audit event in one transaction.
+    async fn insert_approval(
+        &self,
+        a: &ApprovalRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    /// One request.
+    async fn get_approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+
+    /// Approve a pending request, with its audit event, only if it is still pending, has not
+    /// expired at `now_ms` and `credential` is not the one that asked: `false` (nothing
+    /// written) otherwise. At most one approval ever succeeds.
+    async fn approve(
+        &self,
+        id: &str,
+        by: &str,
+        credential: &str,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
 
     // ----- operator overrides of backend breakers (docs/operations.md, "Breakers") -----
 

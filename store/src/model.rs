@@ -78,6 +78,36 @@ pub struct BreakerOverride {
     pub created_by: String,
 }
 
+/// A dual-control request (`approvals`): an operation stored until a second credential
+/// approves it. Holds ids, tiers and policies, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    /// Random id (UUID).
+    pub id: String,
+    /// `account.delete`, `key.destroy`, `policy.apply` or `downgrade`.
+    pub operation: String,
+    /// The operation's parameters, JSON.
+    pub request: String,
+    /// One line for the approver.
+    pub summary: String,
+    /// Who asked (identity name).
+    pub requested_by: String,
+    /// The asking credential's id (never the same one approves).
+    pub requested_credential: String,
+    /// When asked, unix ms.
+    pub created_ms: i64,
+    /// Approvable until, unix ms.
+    pub expires_ms: i64,
+    /// `pending` or `approved`.
+    pub state: String,
+    /// Who approved.
+    pub approved_by: Option<String>,
+    /// The approving credential's id.
+    pub approved_credential: Option<String>,
+    /// When approved, unix ms.
+    pub approved_ms: Option<i64>,
+}
+
 /// Counts shown by `GET /v1/accounts/{account}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AccountStats {

@@ -18,6 +18,8 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
     ("policy_versions", &["SELECT", "INSERT"]),
     // Operator overrides of breakers: appended (with their audit event), never changed.
     ("breaker_overrides", &["SELECT", "INSERT"]),
+    // Dual-control requests: stored, then approved once; never deleted.
+    ("approvals", &["SELECT", "INSERT", "UPDATE"]),
     // Archived audit segments: read only. Recorded (with the delete of the hot rows they
     // cover) by the SECURITY DEFINER function `audit_archive_prune` alone, which the runtime
     // role may EXECUTE: whoever could insert a segment row could fake coverage.

@@ -3,14 +3,14 @@
 //! append one after the other with their audit event, concurrent applies of one version leave
 //! exactly one, the accounts a change is measured against are walked a page at a time), and
 //! operator overrides of breakers (ids in order, read past the last applied, the newest per
-//! backend).
+//! backend), and dual-control approvals (approved once, by another credential, in time).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
 
 use common::{AuditGen, Harness};
-use shardgate_store::{BreakerOverride, PolicyVersionRecord, Store, StoreError};
+use shardgate_store::{ApprovalRecord, BreakerOverride, PolicyVersionRecord, Store, StoreError};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -19,6 +19,7 @@ both_stores!(
     concurrent_applies_of_one_version_leave_exactly_one,
     accounts_page_walks_every_account_in_order,
     breaker_overrides_append_in_order_and_the_newest_per_backend_wins,
+    an_approval_is_approved_once_by_another_credential_before_it_expires,
 );
 
 fn record(version: i64, doc: &str) -> PolicyVersionRecord {
@@ -195,4 +196,72 @@ async fn breaker_overrides_append_in_order_and_the_newest_per_backend_wins(h: &H
         .map(|o| (o.backend.as_str(), o.action.as_str(), o.id))
         .collect();
     assert_eq!(seen, [("hsm", "open", hsm_last), ("kms", "close", 7)]);
+}
+
+fn approval(id: &str, expires_ms: i64) -> ApprovalRecord {
+    ApprovalRecord {
+        id: id.into(),
+        operation: "account.delete".into(),
+        request: r#"{"operation":"account.delete","account":"acct-1"}"#.into(),
+        summary: "delete account acct-1".into(),
+        requested_by: "alice".into(),
+        requested_credential: "cred-a".into(),
+        created_ms: 1000,
+        expires_ms,
+        state: "pending".into(),
+        approved_by: None,
+        approved_credential: None,
+        approved_ms: None,
+    }
+}
+
+async fn an_approval_is_approved_once_by_another_credential_before_it_expires(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new("chain-a");
+    let rec = audit.next("approval.request", None, None, None);
+    s.insert_approval(&approval("ap-1", 5000), &rec)
+        .await
+        .unwrap();
+    let rec = audit.next("approval.request", None, None, None);
+    s.insert_approval(&approval("ap-2", 1500), &rec)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_approval("ap-1").await.unwrap(),
+        Some(approval("ap-1", 5000))
+    );
+    assert_eq!(s.get_approval("nope").await.unwrap(), None);
+    // The asking credential, and an expired request: refused, nothing written.
+    let unused = AuditGen::new("chain-x").next("approval.approve", None, None, None);
+    assert!(!s
+        .approve("ap-1", "alice", "cred-a", 2000, &unused)
+        .await
+        .unwrap());
+    assert!(!s
+        .approve("ap-2", "bob", "cred-b", 2000, &unused)
+        .await
+        .unwrap());
+    assert_eq!(audit_count(s, "chain-x").await, 0);
+    // Another credential in time: once.
+    let rec = audit.next("approval.approve", None, None, None);
+    assert!(s
+        .approve("ap-1", "bob", "cred-b", 2000, &rec)
+        .await
+        .unwrap());
+    let again = AuditGen::new("chain-y").next("approval.approve", None, None, None);
+    assert!(!s
+        .approve("ap-1", "carol", "cred-c", 2100, &again)
+        .await
+        .unwrap());
+    let a = s.get_approval("ap-1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            a.state.as_str(),
+            a.approved_by.as_deref(),
+            a.approved_credential.as_deref(),
+            a.approved_ms
+        ),
+        ("approved", Some("bob"), Some("cred-b"), Some(2000))
+    );
+    assert_eq!(audit_count(s, "chain-a").await, 3);
 }

@@ -67,6 +67,9 @@ pub struct Config {
     /// Circuit breaker and bulkhead of every backend instance.
     #[serde(default)]
     pub breaker: crate::domain::breaker::BreakerConfig,
+    /// Dual control: operations that need a second credential's approval.
+    #[serde(default)]
+    pub approvals: crate::service::approvals::ApprovalsConfig,
     /// `Idempotency-Key` handling of PUT and DELETE.
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
@@ -596,6 +599,7 @@ impl Config {
             admin_token_file: Some(data_dir.join("admin.token")),
             tls: None,
             telemetry: TelemetryConfig::default(),
+            approvals: crate::service::approvals::ApprovalsConfig::default(),
         }
     }
 
@@ -750,6 +754,12 @@ impl Config {
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.telemetry.validate().map_err(ConfigError::Invalid)?;
+        if let Some(op) = self.approvals.unknown_operation() {
+            return Err(ConfigError::Invalid(format!(
+                "[approvals] required_for: unknown operation {op:?} (one of {})",
+                crate::service::approvals::OPERATIONS.join(", ")
+            )));
+        }
         self.audit
             .archive
             .validate()

@@ -639,6 +639,7 @@ impl AppState {
             migration: cfg.migration.clone(),
             idempotency: cfg.idempotency.clone(),
             retention: cfg.retention.clone(),
+            approvals: cfg.approvals.clone(),
             migrations: std::sync::OnceLock::new(),
             archive,
         });

@@ -9,6 +9,7 @@ use crate::service::accounts::{
     self, AccountDeleted, AccountDestroyed, DowngradeConsent, IdempotentAccountDelete, PutAccount,
     Retention,
 };
+use crate::service::approvals;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -118,7 +119,8 @@ fn account_id(p: Result<Path<String>, PathRejection>) -> Result<AccountId, ApiEr
     params(("account" = String, Path, description = "account id")),
     request_body = PutAccountRequest,
     responses((status = 200, description = "tier changed", body = AccountResponse),
-               (status = 201, description = "account created", body = AccountResponse)),
+               (status = 201, description = "account created", body = AccountResponse),
+               (status = 202, description = "held for approval (dual control)", body = crate::http::held::HeldResponse)),
     security(("bearer" = ["accounts:write"])))]
 pub async fn put_account(
     State(state): State<AppState>,
@@ -128,18 +130,30 @@ pub async fn put_account(
 ) -> Result<Response, ApiError> {
     let account = account_id(path)?;
     ctx.require(&state, Scope::AccountsWrite, Some(&account), "account.put")?;
+    let consent = DowngradeConsent::of(
+        body.allow_downgrade,
+        // `admin` on this account: an admin credential never carries a prefix, so this is
+        // the scope alone (a stored row with both is held to the prefix).
+        ctx.caller.require(Scope::Admin, Some(&account)).is_ok(),
+    );
+    // Dual control: a put that confirms a downgrade waits for a second credential.
+    if consent == DowngradeConsent::Granted {
+        let op = approvals::HeldOp::Downgrade {
+            account: account.to_string(),
+            tier: body.tier.clone(),
+            keep_versions: body.keep_versions,
+        };
+        if let Some(h) = approvals::hold(&state, &op, &ctx.origin()).await? {
+            return Ok(super::held::held(h));
+        }
+    }
     let put = accounts::put(
         &state,
         PutAccount {
             account: &account,
             tier: &body.tier,
             keep_versions: body.keep_versions,
-            // `admin` on this account: an admin credential never carries a prefix, so this is
-            // the scope alone (a stored row with both is held to the prefix).
-            downgrade: DowngradeConsent::of(
-                body.allow_downgrade,
-                ctx.caller.require(Scope::Admin, Some(&account)).is_ok(),
-            ),
+            downgrade: consent,
             event: ctx.event("account.put").account(&account),
             origin: ctx.origin(),
         },
@@ -202,7 +216,8 @@ pub async fn get_account(
     params(("account" = String, Path, description = "account id"),
         ("Idempotency-Key" = Option<String>, Header,
             description = "retry-safe delete: a retry with the same key replays the first answer")),
-    responses((status = 200, description = "receipt", body = DeleteAccountResponse)),
+    responses((status = 200, description = "receipt", body = DeleteAccountResponse),
+               (status = 202, description = "held for approval (dual control)", body = crate::http::held::HeldResponse)),
     security(("bearer" = ["accounts:delete"])))]
 pub async fn delete_account(
     State(state): State<AppState>,
@@ -217,6 +232,13 @@ pub async fn delete_account(
         Some(&account),
         "account.delete",
     )?;
+    // Dual control: the delete waits for a second credential.
+    let op = approvals::HeldOp::AccountDelete {
+        account: account.to_string(),
+    };
+    if let Some(h) = approvals::hold(&state, &op, &ctx.origin()).await? {
+        return Ok(super::held::held(h));
+    }
     // `Idempotency-Key`: see `super::idempotency::IdemKey`.
     let idem = super::idempotency::IdemKey::from_headers(
         &state,
@@ -258,7 +280,7 @@ pub async fn delete_account(
 }
 
 /// The receipt of an account delete.
-fn receipt(account: &AccountId, d: &AccountDestroyed) -> DeleteAccountResponse {
+pub(crate) fn receipt(account: &AccountId, d: &AccountDestroyed) -> DeleteAccountResponse {
     DeleteAccountResponse {
         account: account.to_string(),
         destroyed_shards: d.outcome.shards,

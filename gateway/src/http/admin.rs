@@ -383,7 +383,8 @@ pub struct KeyStateRequest {
     params(("backend" = String, Path, description = "backend instance"),
            ("version" = i64, Path, description = "KEK version")),
     request_body = KeyStateRequest,
-    responses((status = 200, description = "the version now", body = crate::service::keys_admin::TransitionResponse)),
+    responses((status = 200, description = "the version now", body = crate::service::keys_admin::TransitionResponse),
+               (status = 202, description = "held for approval (dual control)", body = crate::http::held::HeldResponse)),
     security(("bearer" = ["admin"])))]
 pub async fn set_key_state(
     State(state): State<AppState>,
@@ -398,6 +399,16 @@ pub async fn set_key_state(
         .parse::<u32>()
         .map_err(|_| ApiError::new(ErrorCode::InvalidId, "a key version is a number"))?;
     let to = crate::service::keys_admin::parse_state(&body.state)?;
+    // Dual control: a destroy waits for a second credential.
+    if to == shardgate_policy::KeyState::Destroyed {
+        let op = crate::service::approvals::HeldOp::KeyDestroy {
+            backend: backend.clone(),
+            version: i64::from(version),
+        };
+        if let Some(h) = crate::service::approvals::hold(&state, &op, &ctx.origin()).await? {
+            return Ok(super::held::held(h));
+        }
+    }
     let answer = crate::service::keys_admin::transition(
         &state,
         &backend,

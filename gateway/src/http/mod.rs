@@ -5,10 +5,12 @@
 pub mod accounts;
 pub mod admin;
 pub mod api;
+pub mod approvals;
 pub mod audit;
 pub mod batch;
 pub mod error;
 pub mod health;
+pub mod held;
 pub mod idempotency;
 pub mod openapi;
 mod openapi_shared;
@@ -69,6 +71,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/admin/policy",
             get(policy::get_policy).put(policy::put_policy),
+        )
+        .route(
+            "/v1/admin/approvals/{id}",
+            get(approvals::get_approval).post(approvals::approve),
         )
         .route("/v1/admin/keys", get(admin::list_keys))
         .route(

@@ -4,7 +4,7 @@
 
 use crate::http::error::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::http::openapi_shared::SharedResponses;
-use crate::http::{accounts, admin, audit, batch, health, policy, shards};
+use crate::http::{accounts, admin, approvals, audit, batch, health, policy, shards};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -34,6 +34,8 @@ use utoipa::{Modify, OpenApi};
         admin::open_circuit,
         policy::get_policy,
         policy::put_policy,
+        approvals::get_approval,
+        approvals::approve,
         audit::search_events,
         health::healthz,
         health::readyz,

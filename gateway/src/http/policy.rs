@@ -255,7 +255,8 @@ pub async fn get_policy(State(state): State<AppState>, ctx: Ctx) -> Result<Respo
 /// `dry_run`); every replica serves it within `[policy] refresh_ms`.
 #[utoipa::path(put, path = "/v1/admin/policy", tag = "admin",
     request_body = ApplyPolicyRequest,
-    responses((status = 200, description = "the change, measured (and committed unless a dry run)", body = PolicyChangeView)),
+    responses((status = 200, description = "the change, measured (and committed unless a dry run)", body = PolicyChangeView),
+               (status = 202, description = "held for approval (dual control)", body = crate::http::held::HeldResponse)),
     security(("bearer" = ["admin"])))]
 pub async fn put_policy(
     State(state): State<AppState>,
@@ -263,6 +264,18 @@ pub async fn put_policy(
     ApiJson(body): ApiJson<ApplyPolicyRequest>,
 ) -> Result<Response, ApiError> {
     ctx.require_global(&state, Scope::Admin, "policy.apply")?;
+    if !body.dry_run {
+        // Dual control: an apply waits for a second credential (a dry run never does).
+        let op = crate::service::approvals::HeldOp::PolicyApply {
+            document: body.policy.clone().into(),
+            expected_version: body.expected_version,
+            migrate: body.migrate,
+            allow_downgrade: body.allow_downgrade,
+        };
+        if let Some(h) = crate::service::approvals::hold(&state, &op, &ctx.origin()).await? {
+            return Ok(super::held::held(h));
+        }
+    }
     let req = ApplyRequest {
         document: body.policy.into(),
         expected_version: body.expected_version,

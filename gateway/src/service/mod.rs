@@ -2,6 +2,7 @@
 //! backends. Handlers in [`crate::http`] call these; nothing here names HTTP.
 
 pub mod accounts;
+pub mod approvals;
 pub mod audit_archive;
 pub mod audit_expire;
 pub mod audit_search;

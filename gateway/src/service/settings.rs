@@ -1,5 +1,5 @@
 //! The sections the use cases own: `[idempotency]` and `[retention]` (shard writes),
-//! `[migration]` (the tier-migration workers).
+//! `[migration]` (the tier-migration workers), `[approvals]` (dual control).
 
 use serde::{Deserialize, Serialize};
 
@@ -88,5 +88,50 @@ impl Default for MigrationConfig {
             poll_interval_ms: 2_000,
             workers: true,
         }
+    }
+}
+
+/// The operations dual control can hold, by the names `required_for` uses.
+pub const OPERATIONS: [&str; 4] = ["account.delete", "key.destroy", "policy.apply", "downgrade"];
+
+/// `[approvals]`: which operations need a second credential, and for how long a request can
+/// be approved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Any of [`OPERATIONS`]; empty (the default): dual control is off.
+    #[serde(default)]
+    pub required_for: Vec<String>,
+    /// Seconds a request stays approvable (default 3600).
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: u64,
+}
+
+fn default_ttl_secs() -> u64 {
+    3_600
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            required_for: Vec::new(),
+            ttl_secs: default_ttl_secs(),
+        }
+    }
+}
+
+impl ApprovalsConfig {
+    /// An operation name outside [`OPERATIONS`], if any (a typo must not turn dual control
+    /// off for what the operator meant).
+    pub fn unknown_operation(&self) -> Option<&str> {
+        self.required_for
+            .iter()
+            .map(String::as_str)
+            .find(|op| !OPERATIONS.contains(op))
+    }
+
+    /// Whether operation `op` waits for a second credential.
+    pub fn requires(&self, op: &str) -> bool {
+        self.required_for.iter().any(|r| r == op)
     }
 }

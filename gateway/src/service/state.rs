@@ -42,6 +42,8 @@ pub struct Parts {
     pub idempotency: IdempotencyConfig,
     /// Versions kept per shard by default.
     pub retention: RetentionConfig,
+    /// Dual control: which operations wait for a second credential.
+    pub approvals: super::settings::ApprovalsConfig,
     /// Group commit of shard writes (PostgreSQL with `[store] group_writes`).
     pub write_groups: Option<super::write_group::WriteGroups>,
     /// This process's migration supervisor, once started (`serve` starts it; tests may).

@@ -206,6 +206,7 @@ pub(crate) fn config(dir: &Path, store_url: &str, tokens: &Tokens) -> Config {
         admin_token_file: None,
         tls: None,
         telemetry: shardgate::app::config::TelemetryConfig::default(),
+        approvals: shardgate::service::approvals::ApprovalsConfig::default(),
     }
 }
 

@@ -35,6 +35,7 @@ use crate::{
 };
 
 mod accounts;
+mod approvals;
 mod audit;
 mod audit_archive;
 mod backup;
@@ -225,6 +226,29 @@ impl Store for SqliteStore {
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError> {
         accounts::put_account_expecting(self, account, tier, expected, keep, now_ms, audit).await
+    }
+
+    async fn insert_approval(
+        &self,
+        a: &crate::ApprovalRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        approvals::insert_approval(self, a, audit).await
+    }
+
+    async fn get_approval(&self, id: &str) -> Result<Option<crate::ApprovalRecord>, StoreError> {
+        approvals::get_approval(self, id).await
+    }
+
+    async fn approve(
+        &self,
+        id: &str,
+        by: &str,
+        credential: &str,
+        now_ms: i64,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError> {
+        approvals::approve(self, id, by, credential, now_ms, audit).await
     }
 
     async fn insert_breaker_override(
