@@ -3,7 +3,9 @@
 //! 200 ms. A policy applied through one is served by all three (the test waits against a
 //! generous deadline; how fast is a bench figure, not an assertion here), an account created
 //! through one in a tier only the new version declares is written through the others, and an
-//! operator's `circuit:open` through one is seen by all, as is the `circuit:close` that ends it.
+//! operator's `circuit:open` through one is seen by all, as is the `circuit:close` that ends it;
+//! an account delete held for approval through one is approved through another replica by a
+//! second credential.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -12,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::served::{Served, DEADLINE};
 use common::Tokens;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -23,11 +26,21 @@ struct Replica {
 
 impl Replica {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(&self.token, method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let url = format!("{}{path}", self.served.base);
         let mut req = self
             .http
             .request(method.parse().unwrap(), url)
-            .bearer_auth(&self.token);
+            .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -93,6 +106,18 @@ async fn three_replicas_converge_on_policy_applies_and_breaker_overrides() {
     cfg.policy.refresh_ms = 200;
     cfg.breaker.refresh_ms = 200;
     cfg.log.format = shardgate::app::config::LogFormat::Json;
+    // Dual control of account deletes, with a second admin credential to approve them.
+    let second = shardgate::domain::auth::generate_token()
+        .expose_secret()
+        .to_string();
+    cfg.tokens.push(shardgate::app::config::TokenConfig {
+        name: "second".into(),
+        sha256: shardgate::domain::auth::hash_token(&second),
+        scopes: vec!["*".into()],
+        account_prefix: None,
+        expires_at: None,
+    });
+    cfg.approvals.required_for = vec!["account.delete".into()];
     let path = dir.path().join("shardgate.toml");
     common::write_config(&cfg, &path);
     // Started one after the other: the first creates the keyrings the others then open.
@@ -141,6 +166,32 @@ async fn three_replicas_converge_on_policy_applies_and_breaker_overrides() {
         .await;
     assert_eq!((s, v["state"].as_str()), (200, Some("closed")), "{v}");
     until_all(&replicas, Check::GetStatus("acct-g", 200)).await;
+
+    // A delete asked through 0 is approved through 2 by another credential; 1 sees it done.
+    let (s, v) = replicas[0]
+        .call("DELETE", "/v1/accounts/acct-g", None)
+        .await;
+    assert_eq!(
+        (s, v["operation"].as_str()),
+        (202, Some("account.delete")),
+        "{v}"
+    );
+    let id = v["approval"].as_str().unwrap().to_string();
+    assert_eq!(replicas[1].get_status("acct-g").await, 200);
+    let approve = format!("/v1/admin/approvals/{id}:approve");
+    let (s, v) = replicas[2].call("POST", &approve, None).await;
+    assert_eq!(
+        s, 403,
+        "the asking credential cannot approve, on any replica: {v}"
+    );
+    let (s, v) = replicas[2].call_as(&second, "POST", &approve, None).await;
+    assert_eq!(
+        (s, v["result"]["destroyed_versions"].as_i64()),
+        (200, Some(1)),
+        "{v}"
+    );
+    let (s, _) = replicas[1].call("GET", "/v1/accounts/acct-g", None).await;
+    assert_eq!(s, 404);
     for r in &replicas {
         r.served.signal("-TERM");
     }
