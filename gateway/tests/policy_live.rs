@@ -26,6 +26,7 @@ both_stores!(
     a_restart_with_an_older_config_serves_the_database_version,
     an_apply_is_refused_for_a_removed_tier_in_use_a_stale_version_or_a_prefixed_admin,
     an_apply_with_migrate_moves_exactly_the_accounts_the_dry_run_listed,
+    widening_a_rollout_under_traffic_moves_exactly_the_accounts_the_dry_run_listed,
 );
 
 /// `retail` and `institutional` on `local`; a second keyring `local-b`.
@@ -444,4 +445,132 @@ async fn an_apply_with_migrate_moves_exactly_the_accounts_the_dry_run_listed(kin
     moved.sort();
     listed.sort();
     assert_eq!(moved, listed);
+}
+
+/// Accounts with at least one shard version on `backend`, sorted.
+async fn accounts_on(db: &Db, backend: &str) -> Vec<String> {
+    let mut on: Vec<String> = db
+        .all_bytes(&format!(
+            "SELECT DISTINCT account FROM shard_versions WHERE backend = '{backend}'"
+        ))
+        .await
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap())
+        .collect();
+    on.sort();
+    on
+}
+
+async fn widening_a_rollout_under_traffic_moves_exactly_the_accounts_the_dry_run_listed(
+    kind: StoreKind,
+) {
+    let Some(env) = env(kind).await else { return };
+    let (app, state) = gateway(&env.config()).await;
+    state.start_migration_workers();
+    let admin = env.tokens.admin.clone();
+    let accounts: Vec<String> = (0..30).map(|i| format!("acct-{i:02}")).collect();
+    for a in &accounts {
+        create(&app, &admin, a, "retail").await;
+        put_shard(&app, &admin, a).await;
+    }
+    let rollout = |percent: f64| {
+        json!({
+            "tiers": {"retail": "local", "institutional": "local"},
+            "rollouts": [{"name": "b-pilot", "tier": "retail", "backend": "local-b", "percent": percent}],
+        })
+    };
+    let (s, v) = apply(
+        &app,
+        &admin,
+        json!({ "policy": rollout(20.0), "migrate": true }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Traffic: new versions of every account's shard, all along, except across the commit
+    // itself (`gate`): a write placed under the old version and stored after the job's
+    // snapshot would stay on the old backend (readable; the next job moves it), a gap the
+    // note of this stop names.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = std::sync::Arc::new(tokio::sync::RwLock::new(()));
+    let writer = {
+        let (app, admin, accounts) = (app.clone(), admin.clone(), accounts.clone());
+        let (stop, gate) = (stop.clone(), gate.clone());
+        tokio::spawn(async move {
+            let mut writes = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for a in &accounts {
+                    let _open = gate.read().await;
+                    put_shard(&app, &admin, a).await;
+                    writes += 1;
+                }
+            }
+            writes
+        })
+    };
+    // Widened to 50%: the dry run lists the accounts it adds, which the 20% step did not take.
+    let (s, dry) = apply(
+        &app,
+        &admin,
+        json!({ "policy": rollout(50.0), "dry_run": true }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    let added: Vec<String> = dry["moved_accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(!added.is_empty(), "{dry}");
+    let commit = gate.write().await;
+    let (s, done) = apply(
+        &app,
+        &admin,
+        json!({ "policy": rollout(50.0), "migrate": true }),
+    )
+    .await;
+    drop(commit);
+    assert_eq!(
+        (s, done["moved_accounts"].clone()),
+        (StatusCode::OK, dry["moved_accounts"].clone()),
+        "{done}"
+    );
+    let job = done["migration_jobs"][0].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, j) = call(
+            &app,
+            &admin,
+            "GET",
+            &format!("/v1/admin/migrations/{job}"),
+            None,
+        )
+        .await;
+        if j["state"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.await.unwrap();
+    assert!(writes >= 30, "traffic ran: {writes} writes");
+    // Every version of exactly the 50% set is on local-b: the 20% set plus what the dry run
+    // added, nothing else (monotone widening), old versions re-wrapped, new ones placed there.
+    let db = Db::connect(&env.url).await;
+    let on_b = accounts_on(&db, "local-b").await;
+    let on_local = accounts_on(&db, "local").await;
+    assert!(
+        on_b.iter().all(|a| !on_local.contains(a)),
+        "{on_b:?} vs {on_local:?}"
+    );
+    for a in &added {
+        assert!(on_b.contains(a), "{a} was listed but not moved: {on_b:?}");
+    }
+    let want: Vec<String> = accounts
+        .iter()
+        .filter(|a| shardgate_policy::rollout_bucket("b-pilot", a) < 5_000)
+        .cloned()
+        .collect();
+    assert_eq!(on_b, want);
 }
