@@ -207,6 +207,23 @@ async fn a_dry_run_lists_the_moves_and_an_apply_commits_an_audited_version_serve
         )
         .await;
     assert_eq!(audited, 1);
+    // The history: version 1 as it was, a version that does not exist, a bad query.
+    let (s, v1) = call(&app, admin, "GET", "/v1/admin/policy?version=1", None).await;
+    assert_eq!(
+        (s, v1["version"].as_i64()),
+        (StatusCode::OK, Some(1)),
+        "{v1}"
+    );
+    assert_eq!(v1["policy"]["tiers"]["retail"], "local", "{v1}");
+    assert!(v1["policy"]["tiers"].get("gold").is_none(), "{v1}");
+    let (s, v) = call(&app, admin, "GET", "/v1/admin/policy?version=9", None).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{v}"
+    );
+    let (s, _) = call(&app, admin, "GET", "/v1/admin/policy?versoin=1", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     // The same document again: no change, no version.
     let (s, same) = apply(&app, admin, json!({ "policy": next })).await;
     assert_eq!(

@@ -8,7 +8,8 @@ use crate::domain::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::service::policy::{self as svc, ApplyRequest, PolicyChange};
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -234,21 +235,48 @@ impl From<PolicyChange> for PolicyChangeView {
     }
 }
 
-/// The policy version this replica serves (after reading the database's newest).
+/// `GET /v1/admin/policy` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyQuery {
+    /// An earlier (or any) version, from the history kept in the database (default: the
+    /// version this replica serves).
+    pub version: Option<i64>,
+}
+
+/// The policy version this replica serves (after reading the database's newest), or any
+/// version of the history with `?version=N` (what placed a write at the time).
 #[utoipa::path(get, path = "/v1/admin/policy", tag = "admin",
-    responses((status = 200, description = "the served policy version", body = PolicyView)),
+    params(PolicyQuery),
+    responses((status = 200, description = "the policy version", body = PolicyView)),
     security(("bearer" = ["admin"])))]
-pub async fn get_policy(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
+pub async fn get_policy(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: Result<Query<PolicyQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     ctx.require_global(&state, Scope::Admin, "policy.get")?;
-    let served = svc::current(&state).await?;
-    Ok(json(
-        StatusCode::OK,
-        PolicyView {
-            version: served.version,
-            digest: served.digest.clone(),
-            policy: PolicyBody::from(&served.document),
-        },
-    ))
+    let Query(q) = query.map_err(super::api::query_error)?;
+    let view = match q.version {
+        None => {
+            let served = svc::current(&state).await?;
+            PolicyView {
+                version: served.version,
+                digest: served.digest.clone(),
+                policy: PolicyBody::from(&served.document),
+            }
+        }
+        Some(v) => {
+            let (version, digest, document) = svc::version(&state, v).await?;
+            PolicyView {
+                version,
+                digest,
+                policy: PolicyBody::from(&document),
+            }
+        }
+    };
+    Ok(json(StatusCode::OK, view))
 }
 
 /// Measure a new policy against every account and commit it as the next version (unless

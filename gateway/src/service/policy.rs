@@ -87,6 +87,23 @@ pub async fn current(state: &Services) -> Result<std::sync::Arc<Served>, DomainE
     Ok(state.policy.current())
 }
 
+/// Version `version` of the history as stored: its digest and rules, not validated (an old
+/// version may name a backend this gateway no longer configures).
+pub async fn version(
+    state: &Services,
+    version: i64,
+) -> Result<(i64, String, PolicyDocument), DomainError> {
+    let record = state
+        .store
+        .policy_version(Some(version))
+        .await?
+        .ok_or_else(|| DomainError::NotFound(format!("no policy version {version}")))?;
+    let document: PolicyDocument = serde_json::from_str(&record.document).map_err(|e| {
+        DomainError::Internal(format!("policy version {version} is not a document: {e}"))
+    })?;
+    Ok((record.version, record.digest, document))
+}
+
 /// Measure `req.document` against every account and, unless a dry run, commit it.
 pub async fn apply(
     state: &Services,
