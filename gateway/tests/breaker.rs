@@ -42,11 +42,7 @@ async fn setup(
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
     let proxy = FaultProxy::start(&endpoint).await;
-    let mut kms = shardgate_backends::aws_kms::KmsConfig::new(
-        common::create_kms_key(&endpoint).await,
-        "us-east-1",
-    );
-    kms.endpoint_url = Some(proxy.url());
+    let mut kms = common::moto_kms_via(&endpoint, proxy.url()).await;
     kms.cache.enabled = false;
     kms.max_attempts = 1;
     kms.call_timeout_ms = 300;

@@ -18,7 +18,6 @@ use common::{StoreKind, Tokens};
 use fault_proxy::{Fault, FaultProxy, Rule};
 use serde_json::{json, Value};
 use shardgate::app::config::BackendConfig;
-use shardgate_backends::aws_kms::KmsConfig;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
@@ -70,8 +69,7 @@ async fn setup(kind: StoreKind) -> Option<Faulty> {
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
     let proxy = FaultProxy::start(&endpoint).await;
-    let mut kms = KmsConfig::new(common::create_kms_key(&endpoint).await, "us-east-1");
-    kms.endpoint_url = Some(proxy.url());
+    let mut kms = common::moto_kms_via(&endpoint, proxy.url()).await;
     kms.max_attempts = MAX_ATTEMPTS;
     kms.call_timeout_ms = CALL_TIMEOUT_MS;
     kms.deadline_ms = DEADLINE_MS;

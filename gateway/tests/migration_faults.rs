@@ -28,7 +28,6 @@ use fault_proxy::{Fault, FaultProxy, Rule};
 use rand::RngCore;
 use serde_json::{json, Value};
 use shardgate::app::config::BackendConfig;
-use shardgate_backends::aws_kms::KmsConfig;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,20 +55,6 @@ struct Fx {
     secrets: Mutex<Vec<String>>,
 }
 
-async fn create_key(endpoint: &str) -> String {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    let key = aws_sdk_kms::Client::new(&conf)
-        .create_key()
-        .send()
-        .await
-        .unwrap();
-    key.key_metadata().unwrap().arn().unwrap().to_string()
-}
-
 /// Backends `local` (tiers `retail`, `institutional`) and `kms` (tier `kms`), the latter on
 /// moto through a fresh proxy (the key is created on moto directly, so the proxy sees only
 /// the gateway's calls; the data-key cache is off). Workers poll every 200 ms and re-wrap
@@ -92,8 +77,7 @@ async fn setup_with(
     let tokens = Tokens::new();
     let mut cfg = common::config(dir.path(), &url, &tokens);
     let proxy = FaultProxy::start(&endpoint).await;
-    let mut kms = KmsConfig::new(create_key(&endpoint).await, "us-east-1");
-    kms.endpoint_url = Some(proxy.url());
+    let mut kms = common::moto_kms_via(&endpoint, proxy.url()).await;
     kms.max_attempts = MAX_ATTEMPTS;
     kms.call_timeout_ms = CALL_TIMEOUT_MS;
     kms.deadline_ms = DEADLINE_MS;

@@ -397,6 +397,13 @@ async fn explain_with_tier_names_the_winning_rule() {
         "{}",
         r.stdout
     );
+    // No class named for the tier or the account: the default, and explain says so.
+    assert!(
+        r.stdout
+            .contains("priority: standard (by default -> standard)"),
+        "{}",
+        r.stdout
+    );
 
     // The rollout is for retail only.
     let r = explain(&inside, "institutional", "other-tier");

@@ -27,6 +27,7 @@ both_stores!(
     an_apply_is_refused_for_a_removed_tier_in_use_a_stale_version_or_a_prefixed_admin,
     an_apply_with_migrate_moves_exactly_the_accounts_the_dry_run_listed,
     widening_a_rollout_under_traffic_moves_exactly_the_accounts_the_dry_run_listed,
+    priority_classes_apply_as_rule_changes_that_move_no_account,
 );
 
 /// `retail` and `institutional` on `local`; a second keyring `local-b`.
@@ -590,4 +591,60 @@ async fn widening_a_rollout_under_traffic_moves_exactly_the_accounts_the_dry_run
         .cloned()
         .collect();
     assert_eq!(on_b, want);
+}
+
+async fn priority_classes_apply_as_rule_changes_that_move_no_account(kind: StoreKind) {
+    let Some(env) = env(kind).await else { return };
+    let (app, state) = gateway(&env.config()).await;
+    let admin = &env.tokens.admin;
+    create(&app, admin, "acct-i", "institutional").await;
+    let mut policy = tiers(&[("retail", "local"), ("institutional", "local")]);
+    policy["priorities"] = json!({ "institutional": "critical", "retail": "bulk" });
+    policy["account_priorities"] = json!({ "acct-i": "standard" });
+    let (s, v) = apply(&app, admin, json!({ "policy": policy.clone() })).await;
+    assert_eq!((s, v["version"].as_i64()), (StatusCode::OK, Some(2)), "{v}");
+    let kinds: Vec<(&str, &str)> = v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("tier_priority", "institutional"),
+            ("tier_priority", "retail"),
+            ("account_priority", "acct-i")
+        ],
+        "{v}"
+    );
+    assert_eq!(v["moved_total"], 0, "a class never moves a shard: {v}");
+    // Served at once, and read back as written.
+    let (s, got) = call(&app, admin, "GET", "/v1/admin/policy", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["policy"]["priorities"], policy["priorities"], "{got}");
+    let served = state.services.policy.current();
+    use shardgate_policy::Class;
+    assert_eq!(
+        served.policy.class_of("acct-i", "institutional"),
+        Class::Standard
+    );
+    assert_eq!(
+        served.policy.class_of("acct-x", "institutional"),
+        Class::Critical
+    );
+    // A class for a tier the policy does not declare, or an unknown class: 400, nothing kept.
+    let mut bad = policy.clone();
+    bad["priorities"] = json!({ "gone": "bulk" });
+    let (s, v) = apply(&app, admin, json!({ "policy": bad })).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{v}"
+    );
+    let mut bad = policy;
+    bad["priorities"] = json!({ "retail": "urgent" });
+    let (s, v) = apply(&app, admin, json!({ "policy": bad })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(served_version(&app, admin).await, 2);
 }

@@ -3,7 +3,7 @@
 //! read from a file by `shardgate policy apply`; and the rule-by-rule difference between two
 //! versions, which an apply shows and audits. Pure, like the rest of the crate.
 
-use crate::{Pin, Policy, PolicyBuilder, PolicyError, Rollout};
+use crate::{Class, Pin, Policy, PolicyBuilder, PolicyError, Rollout};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +19,13 @@ pub struct PolicyDocument {
     /// Percentages of a tier on another backend; earlier entries win overlaps.
     #[serde(default)]
     pub rollouts: Vec<Rollout>,
+    /// Tier -> priority class under overload (a tier not named is `standard`). Left out of
+    /// the canonical JSON when empty, so versions stored before classes keep their digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub priorities: BTreeMap<String, Class>,
+    /// Account -> priority class, whatever the account's tier.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub account_priorities: BTreeMap<String, Class>,
 }
 
 impl PolicyDocument {
@@ -27,6 +34,7 @@ impl PolicyDocument {
         PolicyBuilder::new(self.tiers.clone())
             .pins(self.pins.iter().cloned())
             .rollouts(self.rollouts.iter().cloned())
+            .priorities(self.priorities.clone(), self.account_priorities.clone())
     }
 
     /// Validate against the configured backend names and build.
@@ -45,8 +53,8 @@ impl PolicyDocument {
         hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
     }
 
-    /// Every rule that differs from `before` to `self`, tiers then pins then rollouts, each
-    /// in name order.
+    /// Every rule that differs from `before` to `self`, tiers then pins then rollouts then
+    /// priority classes (of tiers, of accounts), each in name order.
     pub fn changes_from(&self, before: &PolicyDocument) -> Vec<RuleChange> {
         let mut out = Vec::new();
         diff_maps(RuleKind::Tier, &before.tiers, &self.tiers, &mut out);
@@ -76,6 +84,21 @@ impl PolicyDocument {
             &rollouts(self),
             &mut out,
         );
+        let classes = |m: &BTreeMap<String, Class>| -> BTreeMap<String, String> {
+            m.iter().map(|(k, c)| (k.clone(), c.to_string())).collect()
+        };
+        diff_maps(
+            RuleKind::TierPriority,
+            &classes(&before.priorities),
+            &classes(&self.priorities),
+            &mut out,
+        );
+        diff_maps(
+            RuleKind::AccountPriority,
+            &classes(&before.account_priorities),
+            &classes(&self.account_priorities),
+            &mut out,
+        );
         out
     }
 }
@@ -90,6 +113,10 @@ pub enum RuleKind {
     Pin,
     /// A rollout (named by its name).
     Rollout,
+    /// A tier's priority class (named by the tier).
+    TierPriority,
+    /// An account's priority class (named by the account).
+    AccountPriority,
 }
 
 /// One rule added, removed or changed.
@@ -112,6 +139,8 @@ impl std::fmt::Display for RuleChange {
             RuleKind::Tier => "tier",
             RuleKind::Pin => "pin",
             RuleKind::Rollout => "rollout",
+            RuleKind::TierPriority => "priority of tier",
+            RuleKind::AccountPriority => "priority of account",
         };
         write!(
             f,
@@ -210,5 +239,58 @@ mod tests {
         let back: PolicyDocument = serde_json::from_str(&d.canonical_json()).unwrap();
         assert_eq!(back, d);
         assert!(serde_json::from_str::<PolicyDocument>(r#"{"tiers":{},"x":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_document_without_classes_keeps_the_canonical_json_stored_before_classes() {
+        // The exact text versions stored before priority classes hash to.
+        let d = doc(&[("retail", "local")]);
+        assert_eq!(
+            d.canonical_json(),
+            r#"{"tiers":{"retail":"local"},"pins":[],"rollouts":[]}"#
+        );
+    }
+
+    #[test]
+    fn class_changes_are_listed_after_the_placement_rules_and_build_validates_them() {
+        let before = doc(&[("retail", "local"), ("vip", "local")]);
+        let mut after = before.clone();
+        after.priorities.insert("vip".into(), Class::Critical);
+        after
+            .account_priorities
+            .insert("acct-9".into(), Class::Bulk);
+        let changes: Vec<String> = after
+            .changes_from(&before)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            changes,
+            vec![
+                "priority of tier vip: (none) -> critical",
+                "priority of account acct-9: (none) -> bulk"
+            ]
+        );
+        let backends: BTreeSet<String> = ["local".to_string()].into();
+        let policy = after.build(&backends).unwrap();
+        assert_eq!(policy.class_of("acct-1", "vip"), Class::Critical);
+        assert_eq!(policy.class_of("acct-9", "vip"), Class::Bulk);
+        assert_eq!(policy.class_of("acct-1", "retail"), Class::Standard);
+        after.priorities.insert("gone".into(), Class::Bulk);
+        after
+            .account_priorities
+            .insert("bad id".into(), Class::Bulk);
+        let errors = after.builder().check(&backends);
+        assert_eq!(
+            errors,
+            vec![
+                PolicyError::PriorityUnknownTier {
+                    tier: "gone".into()
+                },
+                PolicyError::InvalidPriorityAccount {
+                    account: "bad id".into()
+                },
+            ]
+        );
     }
 }

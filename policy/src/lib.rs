@@ -90,6 +90,7 @@
 pub mod document;
 pub mod ids;
 pub mod key_state;
+mod priority;
 pub mod version;
 
 pub use document::{PolicyDocument, RuleChange, RuleKind};
@@ -98,6 +99,8 @@ pub use ids::{
     ID_GRAMMAR, ID_RULE, MAX_ID_LEN,
 };
 pub use key_state::{KeyState, UnknownKeyState};
+pub use priority::Class;
+use priority::Priorities;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -227,6 +230,21 @@ pub enum PolicyError {
         tier: String,
         /// The sum, two decimals.
         total: String,
+    },
+    /// A priority class for a tier nobody declared.
+    #[error("priority class for tier {tier:?}, which is not declared in [tiers]")]
+    PriorityUnknownTier {
+        /// The undeclared tier.
+        tier: String,
+    },
+    /// A priority class for an account id that can never match an account.
+    #[error(
+        "priority class for account {account:?}, which is not a valid account id ({grammar}), so it could never apply",
+        grammar = ID_GRAMMAR
+    )]
+    InvalidPriorityAccount {
+        /// The bad id.
+        account: String,
     },
 }
 
@@ -370,6 +388,7 @@ pub struct Policy {
     /// In declared order: the first that holds an account wins.
     rollouts: Vec<RolloutRule>,
     warnings: Vec<PolicyWarning>,
+    priorities: Priorities,
 }
 
 /// Which backend a rule picked, and why.
@@ -419,6 +438,11 @@ pub struct Explanation {
     pub steps: Vec<Step>,
     /// What [`Policy::place`] answers.
     pub placement: Placement,
+    /// The account's priority class ([`Policy::class_of`]).
+    pub class: Class,
+    /// The rule that decided the class: `account acct-9 -> critical`,
+    /// `tier institutional -> critical` or `default -> standard`.
+    pub class_rule: String,
 }
 
 impl fmt::Display for Explanation {
@@ -432,11 +456,12 @@ impl fmt::Display for Explanation {
             };
             writeln!(f, "  {}. {} -- {what}", i + 1, s.rule)?;
         }
-        write!(
+        writeln!(
             f,
             "backend: {} (by {})",
             self.placement.backend, self.placement.rule
-        )
+        )?;
+        write!(f, "priority: {} (by {})", self.class, self.class_rule)
     }
 }
 
@@ -446,6 +471,7 @@ pub struct PolicyBuilder {
     tiers: BTreeMap<String, String>,
     pins: Vec<Pin>,
     rollouts: Vec<Rollout>,
+    priorities: Priorities,
 }
 
 impl PolicyBuilder {
@@ -484,6 +510,16 @@ impl PolicyBuilder {
         self
     }
 
+    /// Priority classes by tier and by account (each account's own wins).
+    pub fn priorities(
+        mut self,
+        tiers: BTreeMap<String, Class>,
+        accounts: BTreeMap<String, Class>,
+    ) -> Self {
+        self.priorities = Priorities { tiers, accounts };
+        self
+    }
+
     /// Every problem of the rules against the configured `backends`, in a stable order
     /// (tiers, pins, rollouts as declared); empty when [`PolicyBuilder::build`] would succeed.
     pub fn check(&self, backends: &BTreeSet<String>) -> Vec<PolicyError> {
@@ -509,6 +545,7 @@ impl PolicyBuilder {
         let pins = self.check_pins(backends, &mut errors);
         let (rollouts, warnings) = self.check_rollouts(backends, &mut errors);
         check_rollout_totals(&rollouts, &mut errors);
+        self.check_priorities(&mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -517,7 +554,24 @@ impl PolicyBuilder {
             pins,
             rollouts,
             warnings,
+            priorities: self.priorities.clone(),
         })
+    }
+
+    /// The priority classes: of declared tiers, and of valid account ids.
+    fn check_priorities(&self, errors: &mut Vec<PolicyError>) {
+        for tier in self.priorities.tiers.keys() {
+            if !self.tiers.contains_key(tier) {
+                errors.push(PolicyError::PriorityUnknownTier { tier: tier.clone() });
+            }
+        }
+        for account in self.priorities.accounts.keys() {
+            if !is_valid_id(account) {
+                errors.push(PolicyError::InvalidPriorityAccount {
+                    account: account.clone(),
+                });
+            }
+        }
     }
 
     /// The tier rules: at least one tier, each naming a configured backend.
@@ -731,6 +785,18 @@ impl Policy {
         Ok(tier_placement(tier, default))
     }
 
+    /// The priority class of `account` of `tier`: its own, else its tier's, else `standard`.
+    /// An undeclared tier is `standard` too: the class only orders admission.
+    pub fn class_of(&self, account: &str, tier: &str) -> Class {
+        self.priorities.decide(account, tier).0
+    }
+
+    /// The class of an account the policy names, whatever its tier (`None`: it depends on
+    /// the tier).
+    pub fn account_class(&self, account: &str) -> Option<Class> {
+        self.priorities.accounts.get(account).copied()
+    }
+
     /// Every rule considered for `account` of `tier`, in precedence order, which one won,
     /// and the placement (always the same as [`Policy::place`]).
     pub fn explain(&self, account: &str, tier: &str) -> Result<Explanation, PolicyError> {
@@ -780,11 +846,14 @@ impl Policy {
                 rule,
             });
         }
+        let (class, class_rule) = self.priorities.decide(account, tier);
         Ok(Explanation {
             account: account.to_string(),
             tier: tier.to_string(),
             steps,
             placement,
+            class,
+            class_rule,
         })
     }
 }

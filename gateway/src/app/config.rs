@@ -721,15 +721,21 @@ impl Config {
         Policy::builder(self.tiers.clone())
             .pins(self.policy.pins.iter().cloned())
             .rollouts(self.policy.rollouts.iter().cloned())
+            .priorities(
+                self.policy.priorities.clone(),
+                self.policy.account_priorities.clone(),
+            )
     }
 
-    /// The config file's tiers, pins and rollouts as a policy document: what seeds version 1
+    /// The config file's tiers, pins, rollouts and priority classes as a policy document: what seeds version 1
     /// of an empty database.
     pub fn policy_document(&self) -> PolicyDocument {
         PolicyDocument {
             tiers: self.tiers.clone(),
             pins: self.policy.pins.clone(),
             rollouts: self.policy.rollouts.clone(),
+            priorities: self.policy.priorities.clone(),
+            account_priorities: self.policy.account_priorities.clone(),
         }
     }
 

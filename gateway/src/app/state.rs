@@ -626,6 +626,7 @@ impl AppState {
             )
         });
         audit.anchor_to(archive.sink.clone(), archive.prefix.clone());
+        let classes = crate::domain::priority::Classes::new(store.clone(), policy.clone());
         let services = Services::new(Parts {
             write_groups,
             store,
@@ -634,6 +635,7 @@ impl AppState {
             breakers,
             overrides,
             policy,
+            classes,
             auth,
             audit: audit.clone(),
             migration: cfg.migration.clone(),

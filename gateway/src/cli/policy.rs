@@ -122,7 +122,8 @@ pub(crate) fn policy_check(config: &ConfigArgs) -> ExitCode {
 }
 
 /// The policy in `file`: TOML with the config file's keys (`[tiers]`, `[[policy.pins]]`,
-/// `[[policy.rollouts]]`, anything else ignored), or JSON (`*.json`) shaped as the `policy`
+/// `[[policy.rollouts]]`, `[policy.priorities]`, `[policy.account_priorities]`, anything else
+/// ignored), or JSON (`*.json`) shaped as the `policy`
 /// object of `PUT /v1/admin/policy`.
 pub(crate) fn read_policy_file(file: &Path) -> anyhow::Result<PolicyDocument> {
     use std::io::Read as _;
@@ -153,6 +154,8 @@ pub(crate) fn read_policy_file(file: &Path) -> anyhow::Result<PolicyDocument> {
         tiers: rules.tiers,
         pins: policy.pins,
         rollouts: policy.rollouts,
+        priorities: policy.priorities,
+        account_priorities: policy.account_priorities,
     })
 }
 

@@ -6,27 +6,27 @@
 //! `Shed("circuit open")` (503 with `Retry-After` the rest of the cooldown) until it has passed; then
 //! exactly one call (a request or the synthetic probe) goes through half-open: success closes
 //! the breaker and resets the cooldown, failure reopens it with the cooldown doubled (up to
-//! `max_cooldown_ms`). Bulkhead: at most `max_concurrent` operations on the backend at once and
-//! at most `max_queue` waiting; past that, `Shed("backend busy")` at once (`Retry-After`: the
-//! time the queue ahead takes at the recent pace of calls), so a slow
-//! backend can never hold every request of the process. Other backends are unaffected: each
-//! instance has its own breaker and bulkhead.
+//! `max_cooldown_ms`). Bulkhead ([`crate::domain::bulkhead`]): at most `max_concurrent`
+//! operations on the backend at once and at most `max_queue` waiting, admitted by priority
+//! class under overload; past that, `Shed("backend busy")` at once, so a slow backend can
+//! never hold every request of the process. Other backends are unaffected: each instance has
+//! its own breaker and bulkhead.
 //!
 //! [`Guarded`] is a [`Decorator`]: it guards every call that reaches the backend (wraps,
 //! unwraps, re-wraps, verifies, one and many, and the health check's latency); only the calls
 //! that do no I/O (`name`, `kind`, `holds_key_ref`, `kek_versions`, `as_any`) are forwarded
 //! unguarded.
 
+use crate::domain::bulkhead::{shed, Bulkhead};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shardgate_backends::{
     BackendError, DataKey, Decorator, Health, KeyBackend, ShardIdentity, Stat, Version, WrappedKey,
 };
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// Breaker and bulkhead settings (the same for every backend instance).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,8 +50,12 @@ pub struct BreakerConfig {
     pub stuck_warn_after_ms: u64,
     /// Operations running on the backend at once.
     pub max_concurrent: usize,
-    /// Operations allowed to wait for a slot; past it, 503 at once.
+    /// Operations allowed to wait for a slot, all priority classes; past a class's share
+    /// (`bulk` half, `standard` nine tenths, `critical` all), 503 at once.
     pub max_queue: usize,
+    /// Percent of `max_concurrent` kept from `bulk` and `standard` calls for `critical` ones,
+    /// and as much again kept from `bulk` for `standard` and `critical` (0..=50).
+    pub reserve_pct: u8,
 }
 
 impl Default for BreakerConfig {
@@ -65,7 +69,8 @@ impl Default for BreakerConfig {
             refresh_ms: 2_000,
             stuck_warn_after_ms: 300_000,
             max_concurrent: 64,
-            max_queue: 256,
+            max_queue: 10_000,
+            reserve_pct: 25,
         }
     }
 }
@@ -254,22 +259,6 @@ impl Breaker {
 /// How soon a call turned away during a half-open trial may retry.
 const TRIAL_RETRY_MS: u64 = 1_000;
 
-/// How long `waiting` queued calls and the `slots` running take to drain, `slots` at a time,
-/// each taking `op_micros`.
-fn drain_time(waiting: usize, slots: usize, op_micros: u64) -> Duration {
-    let slots = slots.max(1) as u64;
-    let ahead = (waiting as u64).saturating_add(slots);
-    Duration::from_micros(ahead.saturating_mul(op_micros) / slots)
-}
-
-/// A call turned away by the guard, with when a retry can be admitted.
-fn shed(reason: &str, retry_after: Duration) -> BackendError {
-    BackendError::Shed {
-        reason: reason.to_string(),
-        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
-    }
-}
-
 fn state_name(s: &State) -> &'static str {
     match s {
         State::Closed { .. } => "closed",
@@ -283,12 +272,7 @@ fn state_name(s: &State) -> &'static str {
 pub struct Guarded {
     inner: Arc<dyn KeyBackend>,
     breaker: Breaker,
-    slots: Semaphore,
-    waiting: AtomicUsize,
-    rejected: AtomicU64,
-    /// Moving average of an operation's time on the backend (microseconds): with the queue
-    /// depth, how long a full bulkhead takes to drain (`Retry-After`).
-    op_micros: AtomicU64,
+    bulkhead: Bulkhead,
 }
 
 /// Keeps a trial honest: dropped without a result (a cancelled request) it frees the trial.
@@ -309,16 +293,18 @@ impl Guarded {
     /// present.
     pub fn new(inner: Arc<dyn KeyBackend>, cfg: BreakerConfig) -> Arc<Self> {
         let g = Arc::new(Self {
-            slots: Semaphore::new(cfg.max_concurrent.max(1)),
+            bulkhead: Bulkhead::new(
+                inner.name(),
+                cfg.max_concurrent,
+                cfg.max_queue,
+                cfg.reserve_pct,
+            ),
             breaker: Breaker {
                 backend: inner.name().to_string(),
                 cfg,
                 state: Mutex::new((State::Closed { failures: 0 }, Instant::now())),
                 opens: AtomicU64::new(0),
             },
-            waiting: AtomicUsize::new(0),
-            rejected: AtomicU64::new(0),
-            op_micros: AtomicU64::new(0),
             inner,
         });
         if g.breaker.cfg.probe_interval_ms > 0 {
@@ -397,27 +383,8 @@ impl Guarded {
             admit,
             fault: None,
         };
-        let permit = match self.slots.try_acquire() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.breaker.cfg.max_queue {
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
-                    self.rejected.fetch_add(1, Ordering::Relaxed);
-                    // Load, not a fault: a trial that could not run is freed for another.
-                    return Err(self.busy());
-                }
-                let wait = shardgate_backends::deadline::clamp(Duration::from_secs(3600));
-                let got = tokio::time::timeout(wait, self.slots.acquire()).await;
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                match got {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        self.rejected.fetch_add(1, Ordering::Relaxed);
-                        return Err(self.busy());
-                    }
-                }
-            }
-        };
+        // Load, not a fault: a trial that could not run (`outcome` dropped) is freed.
+        let permit = self.bulkhead.enter().await?;
         let started = Instant::now();
         let out = op().await;
         drop(permit);
@@ -428,29 +395,8 @@ impl Guarded {
         Ok(out)
     }
 
-    /// A full bulkhead's answer: retry when the queue ahead and the calls running would have
-    /// drained at the recent pace (`max_concurrent` at a time, each the moving average).
-    fn busy(&self) -> BackendError {
-        shed(
-            "backend busy",
-            drain_time(
-                self.waiting.load(Ordering::Relaxed),
-                self.breaker.cfg.max_concurrent,
-                self.op_micros.load(Ordering::Relaxed),
-            ),
-        )
-    }
-
     fn record_latency(&self, op: &'static str, started: Instant) {
-        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        // An exponential moving average (weight 1/8); a lost race loses one sample.
-        let old = self.op_micros.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            took
-        } else {
-            old - old / 8 + took / 8
-        };
-        self.op_micros.store(new, Ordering::Relaxed);
+        self.bulkhead.record(started.elapsed());
         metrics::histogram!(
             "shardgate_backend_op_duration_seconds",
             "backend" => self.inner.name().to_string(),
@@ -664,19 +610,26 @@ impl Decorator for Guarded {
             "breaker_opens_total",
             self.breaker.opens.load(Ordering::Relaxed),
         ));
-        s.push(Stat::new(
-            "bulkhead_in_use",
-            u64::try_from(self.breaker.cfg.max_concurrent.max(1) - self.slots.available_permits())
-                .unwrap_or(0),
-        ));
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        s.push(Stat::new("bulkhead_in_use", count(self.bulkhead.in_use())));
         s.push(Stat::new(
             "bulkhead_waiting",
-            u64::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(0),
+            count(self.bulkhead.waiting()),
         ));
         s.push(Stat::new(
             "bulkhead_rejected_total",
-            self.rejected.load(Ordering::Relaxed),
+            self.bulkhead.rejected(),
         ));
+        for class in shardgate_policy::Class::ALL {
+            s.push(Stat::new(
+                match class {
+                    shardgate_policy::Class::Bulk => "bulkhead_shed_bulk_total",
+                    shardgate_policy::Class::Standard => "bulkhead_shed_standard_total",
+                    shardgate_policy::Class::Critical => "bulkhead_shed_critical_total",
+                },
+                self.bulkhead.shed_of(class),
+            ));
+        }
         s
     }
 }
@@ -787,15 +740,6 @@ mod tests {
         // Past it, the trial goes through; calls beside the trial retry soon.
         assert_eq!(b.admit(t + Duration::from_secs(30)).unwrap(), Admit::Trial);
         assert_eq!(shed(t + Duration::from_secs(30)), TRIAL_RETRY_MS);
-    }
-
-    #[test]
-    fn a_full_bulkhead_drains_in_the_queue_s_share_of_recent_call_time() {
-        // 256 waiting behind 64 running, 20 ms a call, 64 at a time: 5 rounds, 100 ms.
-        assert_eq!(drain_time(256, 64, 20_000), Duration::from_millis(100));
-        // One slot, nothing waiting, 2 s a call: the running call's 2 s.
-        assert_eq!(drain_time(0, 1, 2_000_000), Duration::from_secs(2));
-        assert_eq!(drain_time(10, 0, 1_000), Duration::from_millis(11));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod breaker;
+pub mod bulkhead;
 pub mod envelope;
 pub mod error;
 pub mod failpoint;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod metrics;
 pub mod overrides;
 pub mod policy;
+pub mod priority;
 pub mod protection;
 pub mod tokens;
 pub mod trace;

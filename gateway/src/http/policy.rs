@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use shardgate_policy::{Pin, PolicyDocument, Rollout};
+use shardgate_policy::{Class, Pin, PolicyDocument, Rollout};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
@@ -42,7 +42,44 @@ pub struct RolloutBody {
     pub percent: f64,
 }
 
-/// The whole policy: tiers, pins, rollouts (docs/policy-and-migration.md).
+/// A priority class: how a backend's bulkhead admits an account's calls under overload
+/// (`critical` may use every slot, `bulk` is shed first).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PriorityClass {
+    /// High-value traffic: may use every slot; shed last.
+    Critical,
+    /// The default.
+    Standard,
+    /// Background and batch work: shed first.
+    Bulk,
+}
+
+impl From<PriorityClass> for Class {
+    fn from(c: PriorityClass) -> Self {
+        match c {
+            PriorityClass::Critical => Class::Critical,
+            PriorityClass::Standard => Class::Standard,
+            PriorityClass::Bulk => Class::Bulk,
+        }
+    }
+}
+
+impl From<Class> for PriorityClass {
+    fn from(c: Class) -> Self {
+        match c {
+            Class::Critical => PriorityClass::Critical,
+            Class::Standard => PriorityClass::Standard,
+            Class::Bulk => PriorityClass::Bulk,
+        }
+    }
+}
+
+fn classes<A: Copy, B: From<A>>(m: &BTreeMap<String, A>) -> BTreeMap<String, B> {
+    m.iter().map(|(k, c)| (k.clone(), B::from(*c))).collect()
+}
+
+/// The whole policy: tiers, pins, rollouts, priority classes (docs/policy-and-migration.md).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
@@ -54,6 +91,12 @@ pub struct PolicyBody {
     /// Percentages of a tier on another backend; earlier entries win overlaps.
     #[serde(default)]
     pub rollouts: Vec<RolloutBody>,
+    /// Tier -> priority class (a tier not named is `standard`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub priorities: BTreeMap<String, PriorityClass>,
+    /// Account -> priority class, whatever its tier.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub account_priorities: BTreeMap<String, PriorityClass>,
 }
 
 impl From<PolicyBody> for PolicyDocument {
@@ -78,6 +121,8 @@ impl From<PolicyBody> for PolicyDocument {
                     percent: r.percent,
                 })
                 .collect(),
+            priorities: classes(&b.priorities),
+            account_priorities: classes(&b.account_priorities),
         }
     }
 }
@@ -104,6 +149,8 @@ impl From<&PolicyDocument> for PolicyBody {
                     percent: r.percent,
                 })
                 .collect(),
+            priorities: classes(&d.priorities),
+            account_priorities: classes(&d.account_priorities),
         }
     }
 }
@@ -142,9 +189,9 @@ pub struct ApplyPolicyRequest {
 /// One rule added (`before` absent), removed (`after` absent) or changed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuleChangeView {
-    /// `tier`, `pin` or `rollout`.
+    /// `tier`, `pin`, `rollout`, `tier_priority` or `account_priority`.
     pub kind: String,
-    /// The tier, the pinned account, or the rollout's name.
+    /// The tier, the pinned account, the rollout's name, or the tier or account of a class.
     pub name: String,
     /// The rule before.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,6 +247,8 @@ impl From<PolicyChange> for PolicyChangeView {
             shardgate_policy::RuleKind::Tier => "tier",
             shardgate_policy::RuleKind::Pin => "pin",
             shardgate_policy::RuleKind::Rollout => "rollout",
+            shardgate_policy::RuleKind::TierPriority => "tier_priority",
+            shardgate_policy::RuleKind::AccountPriority => "account_priority",
         };
         PolicyChangeView {
             moved_total: c.moved_total(),

@@ -11,6 +11,7 @@ use crate::domain::auth::{Caller, Scope};
 use crate::domain::envelope;
 use crate::domain::error::DomainError;
 use crate::domain::ids::{AccountId, ShardId};
+use crate::domain::priority;
 use shardgate_backends::{BackendError, Version};
 use shardgate_store::{ShardVersionRow, StoreError};
 use std::collections::BTreeMap;
@@ -69,7 +70,11 @@ pub async fn fetch(
 ) -> Result<Opened, DomainError> {
     let row = load(state, account, shard, version).await?;
     let backend = row_backend(state, &row)?;
-    let plaintext = envelope::open(backend.as_ref(), &row).await;
+    let plaintext = priority::scoped(
+        state.ask_for(vec![account.to_string()]),
+        envelope::open(backend.as_ref(), &row),
+    )
+    .await;
     opened(state, &row, plaintext)
 }
 
@@ -198,7 +203,12 @@ async fn open_by_backend(
                 Err(e) => opened_at[i] = Some(Err(open_error(state, row, e))),
             }
         }
-        let deks = backend.unwrap_many(&pairs).await;
+        let accounts: std::collections::BTreeSet<&str> = pending
+            .iter()
+            .filter_map(|i| rows[*i].as_ref().map(|r| r.account.as_str()))
+            .collect();
+        let ask = state.ask_for(accounts.into_iter().map(str::to_string).collect());
+        let deks = priority::scoped(ask, backend.unwrap_many(&pairs)).await;
         if deks.len() != pending.len() {
             tracing::error!(backend = %name, "unwrap_many answered a different number of results");
         }

@@ -30,6 +30,8 @@ pub struct Parts {
     pub overrides: Arc<crate::domain::overrides::Overrides>,
     /// Tier, pin and rollout rules: the cluster's policy version this replica serves.
     pub policy: Arc<crate::domain::policy::ServedPolicy>,
+    /// Accounts' priority classes, looked up when a bulkhead is contended.
+    pub classes: Arc<crate::domain::priority::Classes>,
     /// Token verification: the current tokens and revocations, reloaded without a restart.
     pub auth: Arc<Tokens>,
     /// This process's audit chain.
@@ -125,6 +127,12 @@ impl Services {
         if let Some(sup) = self.migrations.get() {
             sup.stop();
         }
+    }
+
+    /// How a read of `accounts` is admitted by a contended bulkhead: by the lowest of their
+    /// classes, looked up only then.
+    pub fn ask_for(&self, accounts: Vec<String>) -> crate::domain::priority::Ask {
+        crate::domain::priority::Ask::Accounts(self.classes.clone(), accounts.into())
     }
 
     /// The backend instance of that name.

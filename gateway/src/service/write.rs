@@ -15,6 +15,7 @@ use crate::domain::audit::{Auditor, ChainSeal, Event, CHAIN_WAIT};
 use crate::domain::envelope;
 use crate::domain::error::DomainError;
 use crate::domain::ids::{AccountId, ShardId};
+use crate::domain::priority::{self, Ask};
 use shardgate_backends::{KeyBackend, ShardIdentity, Version};
 use shardgate_store::{
     AccountRecord, AuditRecord, IdempotencyRecord, Idempotent, IdempotentWrite, Prune,
@@ -130,7 +131,17 @@ async fn try_put(state: &Services, req: &PutShard<'_>) -> Result<Attempt, Domain
             .next()
             .ok_or_else(|| DomainError::Conflict("the shard has no version number left".into()))?,
     };
-    let row = seal(state, req, &backend, &placement.backend, version).await?;
+    // The write's class is known here: its account was placed by its tier.
+    let class = state
+        .policy
+        .current()
+        .policy
+        .class_of(&record.account, &record.tier);
+    let row = priority::scoped(
+        Ask::Known(class),
+        seal(state, req, &backend, &placement.backend, version),
+    )
+    .await?;
     let event = restamped(&req.event)
         .version(version.get())
         .backend(&placement.backend)

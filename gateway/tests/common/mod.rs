@@ -249,6 +249,17 @@ pub(crate) async fn moto_kms(endpoint: &str) -> shardgate_backends::aws_kms::Kms
     kms
 }
 
+/// An `aws-kms` backend with a new key created on `endpoint` (moto) directly, whose calls go
+/// through `via` (a fault proxy in front of moto, which so sees only the gateway's calls).
+pub(crate) async fn moto_kms_via(
+    endpoint: &str,
+    via: String,
+) -> shardgate_backends::aws_kms::KmsConfig {
+    let mut kms = moto_kms(endpoint).await;
+    kms.endpoint_url = Some(via);
+    kms
+}
+
 /// A `local` backend whose keyring `NAME.keyring` in `dir` is created on first start.
 pub(crate) fn local_backend(dir: &Path, name: &str) -> BackendConfig {
     BackendConfig::Local {

@@ -1,8 +1,9 @@
-//! `[policy]`: the pins and rollouts that (with `[tiers]`) seed the cluster's first policy
+//! `[policy]`: the pins, rollouts and priority classes that (with `[tiers]`) seed the cluster's first policy
 //! version, and how often a replica reads the database's newest version.
 
 use serde::{Deserialize, Serialize};
-use shardgate_policy::{Pin, Rollout};
+use shardgate_policy::{Class, Pin, Rollout};
+use std::collections::BTreeMap;
 
 /// `[policy]`: the rules that override `[tiers]` for some accounts (see `shardgate-policy`
 /// for their precedence, the rollout hash and the validation).
@@ -17,6 +18,13 @@ use shardgate_policy::{Pin, Rollout};
 /// tier = "retail"
 /// backend = "kms-new"
 /// percent = 5.0
+///
+/// [policy.priorities]          # tier -> class under overload (default: standard)
+/// institutional = "critical"
+/// archive = "bulk"
+///
+/// [policy.account_priorities]  # account -> class, whatever its tier
+/// "acct-7" = "critical"
 /// ```
 ///
 /// These rules (with `[tiers]`) seed version 1 of an empty database; after that the database
@@ -31,6 +39,13 @@ pub struct PolicyConfig {
     /// Percentages of a tier on another backend; earlier entries win overlaps.
     #[serde(default)]
     pub rollouts: Vec<Rollout>,
+    /// Tier -> priority class (`critical`, `standard`, `bulk`) that a backend's bulkhead
+    /// admits by under overload; a tier not named is `standard`.
+    #[serde(default)]
+    pub priorities: BTreeMap<String, Class>,
+    /// Account -> priority class, whatever the account's tier.
+    #[serde(default)]
+    pub account_priorities: BTreeMap<String, Class>,
     /// Milliseconds between reads of the database's policy version (0: never; a replica
     /// then serves what it read at start-up and what it applies itself).
     #[serde(default = "default_policy_refresh_ms")]
@@ -46,14 +61,19 @@ impl Default for PolicyConfig {
         Self {
             pins: Vec::new(),
             rollouts: Vec::new(),
+            priorities: BTreeMap::new(),
+            account_priorities: BTreeMap::new(),
             refresh_ms: default_policy_refresh_ms(),
         }
     }
 }
 
 impl PolicyConfig {
-    /// No pins and no rollouts: `[tiers]` alone decides.
+    /// No pins, rollouts or classes: `[tiers]` alone decides.
     pub fn is_empty(&self) -> bool {
-        self.pins.is_empty() && self.rollouts.is_empty()
+        self.pins.is_empty()
+            && self.rollouts.is_empty()
+            && self.priorities.is_empty()
+            && self.account_priorities.is_empty()
     }
 }

@@ -477,7 +477,12 @@ impl<'a> Worker<'a> {
             let results = {
                 // Never closed, so acquiring only waits.
                 let _permit = self.calls.acquire().await.ok();
-                self.rewrap_many(&todo).await
+                // Re-wraps are background work: the first shed when a backend is overloaded.
+                crate::domain::priority::scoped(
+                    crate::domain::priority::Ask::Known(shardgate_policy::Class::Bulk),
+                    self.rewrap_many(&todo),
+                )
+                .await
             };
             let mut again = Vec::new();
             for (p, (outcome, transient)) in todo.into_iter().zip(results) {
