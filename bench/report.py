@@ -34,6 +34,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report_archive  # noqa: E402  (bench/report_archive.py, next to this file)
+import report_priority  # noqa: E402  (bench/report_priority.py)
 
 BACKENDS = ["local", "hsm", "kms", "kms-nocache"]
 
@@ -615,16 +616,19 @@ def merge_flood(a, res, machine):
 
 
 def merge_archive(a, res, machine, which):
-    """--only-archive / --only-growth: replace that section's goals, figures and section of
+    """--only-archive / --only-growth / --only-priority: replace that section's goals, figures and section of
     the existing BENCHMARKS.json/md, keeping everything else as it is."""
-    build = report_archive.archive_report if which == "archive" else report_archive.growth_report
+    build, prefix, heading = {
+        "archive": (report_archive.archive_report, report_archive.ARCHIVE_PREFIX, report_archive.ARCHIVE_HEADING),
+        "growth": (report_archive.growth_report, report_archive.GROWTH_PREFIX, report_archive.GROWTH_HEADING),
+        "priority": (report_priority.priority_report, report_priority.PRIORITY_PREFIX,
+                     report_priority.PRIORITY_HEADING),
+    }[which]
     got = build(res, machine)
     if got is None:
         raise SystemExit("no %s results in %s" % (which, res))
     goals, figures, section = got
-    gid = "archive_" if which == "archive" else "growth_"
-    prefix, heading = ((report_archive.ARCHIVE_PREFIX, report_archive.ARCHIVE_HEADING) if which == "archive"
-                       else (report_archive.GROWTH_PREFIX, report_archive.GROWTH_HEADING))
+    gid = which + "_"
     prev = json.loads(read(a.json, "{}") or "{}")
     prev["goals"] = [g for g in prev.get("goals", []) if not g["id"].startswith(gid)] + goals
     prev.setdefault("figures", {})[which] = figures
@@ -824,14 +828,15 @@ def main():
     ap.add_argument("--only-compare", action="store_true")
     ap.add_argument("--only-archive", action="store_true")
     ap.add_argument("--only-growth", action="store_true")
+    ap.add_argument("--only-priority", action="store_true")
     a = ap.parse_args()
     res = a.results
     machine = json.loads(read(os.path.join(res, "machine.json"), "{}"))
     if a.only_flood:
         merge_flood(a, res, machine)
         return
-    if a.only_archive or a.only_growth:
-        merge_archive(a, res, machine, "archive" if a.only_archive else "growth")
+    if a.only_archive or a.only_growth or a.only_priority:
+        merge_archive(a, res, machine, "archive" if a.only_archive else "growth" if a.only_growth else "priority")
         return
     runs = load_runs(res)
     if a.only_compare:
@@ -845,9 +850,11 @@ def main():
     archive = report_archive.archive_report(res, machine)
     # Section 13 runs only with --only growth: a full run keeps the last one.
     prev_json = json.loads(read(a.json, "{}") or "{}")
-    growth_goals = [g for g in prev_json.get("goals", []) if g["id"].startswith("growth_")]
-    growth_section = report_archive.previous_section((read(a.md, "") or "").splitlines(),
-                                                     report_archive.GROWTH_HEADING)
+    growth_goals = [g for g in prev_json.get("goals", []) if g["id"].startswith(("growth_", "priority_"))]
+    prev_md = (read(a.md, "") or "").splitlines()
+    growth_section = report_archive.previous_section(prev_md, report_archive.GROWTH_HEADING)
+    # Section 14 runs only with --only priority: a full run keeps the last one too.
+    priority_section = report_archive.previous_section(prev_md, report_priority.PRIORITY_HEADING)
     load = [json.loads(l) for l in (read(os.path.join(res, "load.jsonl"), "") or "").splitlines() if l.strip()]
 
     def pick(kind, backend):
@@ -1172,8 +1179,9 @@ def main():
         figures["flood"] = flood[1]
     if archive:
         figures["archive"] = archive[1]
-    if "growth" in prev_json.get("figures", {}):
-        figures["growth"] = prev_json["figures"]["growth"]
+    for kept in ("growth", "priority"):
+        if kept in prev_json.get("figures", {}):
+            figures[kept] = prev_json["figures"][kept]
     with open(a.json, "w") as f:
         json.dump({"machine": machine, "goals": goals, "figures": figures, "runs": runs}, f, indent=1)
         f.write("\n")
@@ -1581,6 +1589,7 @@ def main():
     if archive:
         o.extend(archive[2])
     o.extend(growth_section + ([""] if growth_section and growth_section[-1] != "" else []))
+    o.extend(priority_section + ([""] if priority_section and priority_section[-1] != "" else []))
 
     w("## Data set load (informational)")
     w("")
@@ -1606,6 +1615,7 @@ def main():
     w("scripts/bench.sh --only flood         # only section 11; keeps the other figures of BENCHMARKS.md/json")
     w("scripts/bench.sh --only archive       # only section 12 (also part of the whole run)")
     w("scripts/bench.sh --only growth        # only section 13 (not part of the whole run: ~35 minutes)")
+    w("scripts/bench.sh --only priority      # only section 14 (not part of the whole run: ~3 minutes)")
     w("```")
     w("")
     w("It builds with `CARGO_TARGET_DIR=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}`, creates a throw-away "

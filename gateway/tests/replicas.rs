@@ -5,7 +5,8 @@
 //! through one in a tier only the new version declares is written through the others, and an
 //! operator's `circuit:open` through one is seen by all, as is the `circuit:close` that ends it;
 //! an account delete held for approval through one is approved through another replica by a
-//! second credential.
+//! second credential. Three replicas started at once on one SoftHSM2 file token share a
+//! pkcs11 tier, and one killed with SIGKILL restarts beside the other two, which keep serving.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -193,6 +194,171 @@ async fn three_replicas_converge_on_policy_applies_and_breaker_overrides() {
     let (s, _) = replicas[1].call("GET", "/v1/accounts/acct-g", None).await;
     assert_eq!(s, 404);
     for r in &replicas {
+        r.served.signal("-TERM");
+    }
+}
+
+/// A SoftHSM2 file token of its own: its config file, label and PIN file (0600).
+struct SoftHsm {
+    conf: std::path::PathBuf,
+    label: String,
+    pin_file: std::path::PathBuf,
+}
+
+impl SoftHsm {
+    fn init(dir: &std::path::Path) -> SoftHsm {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let pin = B64.encode(rand::random::<[u8; 12]>());
+        let out = std::process::Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", "sg-replicas"])
+            .args(["--so-pin", &format!("so-{pin}"), "--pin", &pin])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pin_file = dir.join("hsm.pin");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pin_file)
+            .unwrap();
+        writeln!(f, "{pin}").unwrap();
+        SoftHsm {
+            conf,
+            label: "sg-replicas".into(),
+            pin_file,
+        }
+    }
+}
+
+/// `shardgate hsm init-key` on the config's `hsm` backend.
+fn init_kek(config: &std::path::Path, hsm: &SoftHsm) {
+    let mut cmd = std::process::Command::new(common::shardgate_bin());
+    cmd.args(["hsm", "init-key", "--backend", "hsm", "--config"])
+        .arg(config)
+        .env("SOFTHSM2_CONF", &hsm.conf);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SHARDGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_softhsm_token_and_one_killed_restarts_beside_the_others() {
+    let Some(module) = common::require_env("SHARDGATE_TEST_SOFTHSM_MODULE") else {
+        return;
+    };
+    let Some(url) = common::fresh_pg_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = SoftHsm::init(dir.path());
+    let tokens = Tokens::new();
+    let mut cfg = common::config(dir.path(), &url, &tokens);
+    let mut p11 = shardgate_backends::pkcs11::Pkcs11Config::new(&hsm.label, "kek");
+    p11.module = module.into();
+    p11.pin_file = Some(hsm.pin_file.clone());
+    p11.pool_size = 2;
+    cfg.backends.insert(
+        "hsm".into(),
+        shardgate::app::config::BackendConfig::Pkcs11(shardgate::app::config::Pkcs11Entry {
+            hsm: p11,
+            cloudhsm: None,
+        }),
+    );
+    cfg.tiers.insert("custody".into(), "hsm".into());
+    cfg.log.format = shardgate::app::config::LogFormat::Json;
+    let path = dir.path().join("shardgate.toml");
+    common::write_config(&cfg, &path);
+    init_kek(&path, &hsm);
+    // The keyrings exist before the three start at once (only the token is contended).
+    let conf = hsm.conf.to_str().unwrap().to_string();
+    drop(Served::start_with_env(
+        &path,
+        "replicas_hsm",
+        "first",
+        &[("SOFTHSM2_CONF", &conf)],
+    ));
+    let start = |name: String| {
+        let (path, conf) = (path.clone(), conf.clone());
+        std::thread::spawn(move || {
+            Served::start_with_env(&path, "replicas_hsm", &name, &[("SOFTHSM2_CONF", &conf)])
+        })
+    };
+    let started: Vec<_> = (0..3).map(|i| start(format!("replica-{i}"))).collect();
+    let mut replicas: Vec<Replica> = started
+        .into_iter()
+        .map(|t| Replica {
+            served: t.join().unwrap(),
+            http: reqwest::Client::new(),
+            token: tokens.admin.clone(),
+        })
+        .collect();
+    // Written through 0 on the HSM, read through 1 and 2.
+    let (s, v) = replicas[0]
+        .call(
+            "PUT",
+            "/v1/accounts/acct-h",
+            Some(json!({"tier": "custody"})),
+        )
+        .await;
+    assert_eq!((s, v["backend"].as_str()), (201, Some("hsm")), "{v}");
+    let body = json!({"shard": B64.encode(b"hsm bytes")});
+    let (s, v) = replicas[0]
+        .call("PUT", "/v1/accounts/acct-h/shards/s", Some(body))
+        .await;
+    assert_eq!((s, v["backend"].as_str()), (201, Some("hsm")), "{v}");
+    for r in &replicas[1..] {
+        let (s, v) = r.call("GET", "/v1/accounts/acct-h/shards/s", None).await;
+        assert_eq!(
+            (s, v["shard"].as_str()),
+            (200, Some(B64.encode(b"hsm bytes").as_str()))
+        );
+    }
+    // Replica 1 killed and restarted while 0 and 2 serve reads of the token.
+    replicas[1].served.signal("-KILL");
+    replicas[1].served.wait_exit().await;
+    let restarted = start("replica-1-restarted".into());
+    loop {
+        for r in [&replicas[0], &replicas[2]] {
+            assert_eq!(r.get_status("acct-h").await, 200);
+        }
+        if restarted.is_finished() {
+            break;
+        }
+    }
+    replicas[1].served = restarted.join().unwrap();
+    let body = json!({"shard": B64.encode(b"hsm bytes 2")});
+    let (s, v) = replicas[1]
+        .call("PUT", "/v1/accounts/acct-h/shards/s", Some(body))
+        .await;
+    assert_eq!((s, v["version"].as_i64()), (201, Some(2)), "{v}");
+    for r in &replicas {
+        assert_eq!(r.get_status("acct-h").await, 200);
         r.served.signal("-TERM");
     }
 }

@@ -1,0 +1,78 @@
+# shellcheck shell=bash
+# The priority section of scripts/bench.sh (section 14, issue 30 item 3), sourced by it after
+# the data set is loaded; it uses the bench's globals and helpers (BASE, TOKEN, RES, OHA,
+# DURATION, ROUNDS, start_gateway, stop_gateway, open_loop_regex, ...).
+#
+#   bench_priority  two tiers on the `kms-nocache` backend (every GET is a KMS Decrypt on
+#                   moto), `bench-crit` (class critical) and `bench-bulk` (class bulk), applied
+#                   live through PUT /v1/admin/policy; the gateway restarted with a bulkhead of
+#                   PRIO_SLOTS slots and a queue of PRIO_QUEUE. First the capacity C (critical
+#                   GETs, closed loop); then per round: critical GETs alone at C/10 (open loop),
+#                   and the same beside a bulk flood offered at 10 x C; then the same flooded
+#                   window with the classes removed (the control: everything `standard`).
+#                   Goal: critical p99 beside the flood <= 2x alone, 0 critical errors; bulk
+#                   gets 503 with Retry-After, never a timeout.
+
+PRIO_ACCOUNTS=${SG_BENCH_PRIO_ACCOUNTS:-200}
+PRIO_SLOTS=${SG_BENCH_PRIO_SLOTS:-8}
+PRIO_QUEUE=${SG_BENCH_PRIO_QUEUE:-64}
+PRIO_FLOOD_CONNS=${SG_BENCH_PRIO_FLOOD_CONNS:-64}
+
+bench_priority() {
+    local P=$RES/priority
+    mkdir -p "$P"
+    [ -n "$OHA" ] || sg_die "oha is required for the priority figure (cargo install oha)"
+    prio() { SG_TOKEN=$TOKEN python3 bench/priority.py --base "$BASE" "$@"; }
+    blog "priority: tiers bench-crit (critical) and bench-bulk (bulk) on kms-nocache, applied live"
+    prio classes on kms-nocache >"$P/policy-on.json" || sg_die "applying the classes failed"
+    SG_TOKEN=$TOKEN python3 bench/load.py --base "$BASE" --accounts "$PRIO_ACCOUNTS" \
+        --shard-bytes "$SHARD_BYTES" bench-crit=crit- bench-bulk=bulk- | tee "$P/load.jsonl" >&2 ||
+        sg_die "loading the priority data set failed"
+    stop_gateway
+    start_gateway prio "SHARDGATE_BREAKER__MAX_CONCURRENT=$PRIO_SLOTS" "SHARDGATE_BREAKER__MAX_QUEUE=$PRIO_QUEUE"
+    local ids host crit_url bulk_url
+    ids=$(ACCOUNTS=$PRIO_ACCOUNTS open_loop_regex)
+    host=$(printf '%s' "$BASE" | sed 's/\./[.]/g')
+    crit_url="$host/v1/accounts/crit-$ids/shards/s0"
+    bulk_url="$host/v1/accounts/bulk-$ids/shards/s0"
+    local auth=(-H "Authorization: Bearer $TOKEN")
+    "$OHA" --no-tui --output-format json -z 3s -c "$((2 * PRIO_SLOTS))" "${auth[@]}" --rand-regex-url "$crit_url" >/dev/null 2>&1 || true
+    blog "priority: capacity (critical GETs, closed loop, $((2 * PRIO_SLOTS)) connections)"
+    "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$((2 * PRIO_SLOTS))" "${auth[@]}" \
+        --rand-regex-url "$crit_url" >"$P/capacity.json" 2>"$P/capacity.stderr" || sg_die "oha (capacity) failed"
+    local cap crit_rate bulk_rate
+    cap=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$P/capacity.json")
+    crit_rate=$((cap / 10 > 0 ? cap / 10 : 1))
+    bulk_rate=$((cap * 10))
+    blog "priority: capacity $cap req/s; critical at $crit_rate req/s, bulk flood offered at $bulk_rate req/s"
+    critical() { # critical NAME: the critical open loop, its JSON in $P
+        "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$crit_rate" -c 4 --latency-correction \
+            "${auth[@]}" --rand-regex-url "$crit_url" >"$P/$1.json" 2>"$P/$1.stderr" || sg_die "oha ($1) failed"
+    }
+    flooded() { # flooded NAME FLOODNAME ROUND: critical beside a bulk flood
+        "$OHA" --no-tui --output-format json -z "$((DURATION + 2))s" -q "$bulk_rate" -c "$PRIO_FLOOD_CONNS" \
+            "${auth[@]}" --rand-regex-url "$bulk_url" >"$P/$2.json" 2>"$P/$2.stderr" &
+        local flood_pid=$!
+        sleep 1
+        critical "$1"
+        [ -z "${3:-}" ] || prio retry-after "$BASE/v1/accounts/bulk-000000/shards/s0" 50 >"$P/retry-after-r$3.json"
+        wait "$flood_pid" || sg_die "oha ($2) failed"
+    }
+    echo "capacity: oha -z ${DURATION}s -c $((2 * PRIO_SLOTS)) <critical set>; critical: oha -z ${DURATION}s -q C/10 -c 4 --latency-correction <critical set>; flood: oha -z $((DURATION + 2))s -q 10C -c $PRIO_FLOOD_CONNS <bulk set>; gateway: SHARDGATE_BREAKER__MAX_CONCURRENT=$PRIO_SLOTS SHARDGATE_BREAKER__MAX_QUEUE=$PRIO_QUEUE" >"$P/cmd"
+    for r in $(seq 1 "$ROUNDS"); do
+        blog "priority round $r/$ROUNDS: critical alone"
+        critical "alone-r$r"
+        blog "priority round $r/$ROUNDS: critical beside the bulk flood"
+        flooded "flooded-r$r" "flood-r$r" "$r"
+    done
+    blog "priority: the control, classes removed (everything standard)"
+    prio classes off kms-nocache >"$P/policy-off.json" || sg_die "removing the classes failed"
+    for r in $(seq 1 "$ROUNDS"); do
+        flooded "noclass-r$r" "noclass-flood-r$r"
+    done
+    prio classes on kms-nocache >/dev/null || true
+    curl -s -H @"$WORK/secrets/auth.header" "$BASE/readyz" >"$P/readyz.json" || true
+    python3 bench/priority.py summary "$P" "$ROUNDS" | tee "$P/summary.txt" >&2
+    stop_gateway
+    start_gateway main
+}
