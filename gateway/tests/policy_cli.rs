@@ -518,6 +518,13 @@ async fn explain_reads_the_tier_from_the_store(kind: StoreKind) {
     let r = explain("acct-retail", "retail");
     assert_ok(&r, "explain retail from store");
     assert!(r.stdout.contains("(tier retail)"), "{}", r.stdout);
+    // No tier rule applies: the tier is the one the account asked for, and explain says so.
+    assert!(
+        r.stdout
+            .contains("tier retail (by asked for; asked for retail; attributes {})"),
+        "{}",
+        r.stdout
+    );
     assert!(
         r.stdout
             .contains("backend: local (by tier retail -> local)"),

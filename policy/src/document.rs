@@ -3,7 +3,7 @@
 //! read from a file by `shardgate policy apply`; and the rule-by-rule difference between two
 //! versions, which an apply shows and audits. Pure, like the rest of the crate.
 
-use crate::{Class, Pin, Policy, PolicyBuilder, PolicyError, Rollout};
+use crate::{Class, Pin, Policy, PolicyBuilder, PolicyError, Rollout, TierRule};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +26,10 @@ pub struct PolicyDocument {
     /// Account -> priority class, whatever the account's tier.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub account_priorities: BTreeMap<String, Class>,
+    /// Tiers derived from account attributes, in order; left out of the canonical JSON when
+    /// empty, as the classes are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tier_rules: Vec<TierRule>,
 }
 
 impl PolicyDocument {
@@ -35,6 +39,7 @@ impl PolicyDocument {
             .pins(self.pins.iter().cloned())
             .rollouts(self.rollouts.iter().cloned())
             .priorities(self.priorities.clone(), self.account_priorities.clone())
+            .tier_rules(self.tier_rules.iter().cloned())
     }
 
     /// Validate against the configured backend names and build.
@@ -99,6 +104,14 @@ impl PolicyDocument {
             &classes(&self.account_priorities),
             &mut out,
         );
+        let rules = |d: &PolicyDocument| -> BTreeMap<String, String> {
+            d.tier_rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.clone(), format!("{} (order {i})", r.describe())))
+                .collect()
+        };
+        diff_maps(RuleKind::TierRule, &rules(before), &rules(self), &mut out);
         out
     }
 }
@@ -117,6 +130,8 @@ pub enum RuleKind {
     TierPriority,
     /// An account's priority class (named by the account).
     AccountPriority,
+    /// A tier rule from account attributes (named by its name).
+    TierRule,
 }
 
 /// One rule added, removed or changed.
@@ -141,6 +156,7 @@ impl std::fmt::Display for RuleChange {
             RuleKind::Rollout => "rollout",
             RuleKind::TierPriority => "priority of tier",
             RuleKind::AccountPriority => "priority of account",
+            RuleKind::TierRule => "tier rule",
         };
         write!(
             f,

@@ -88,12 +88,16 @@
 //! ```
 
 pub mod document;
+mod error;
+pub mod facts;
 pub mod ids;
 pub mod key_state;
 mod priority;
 pub mod version;
 
 pub use document::{PolicyDocument, RuleChange, RuleKind};
+pub use error::{PolicyError, PolicyWarning};
+pub use facts::{Attributes, Derived, Threshold, TierRule};
 pub use ids::{
     is_id_byte, is_valid_id, is_valid_prefix, AccountId, IdKind, InvalidId, ShardId, ID_CHARSET,
     ID_GRAMMAR, ID_RULE, MAX_ID_LEN,
@@ -108,174 +112,6 @@ pub use version::{InvalidVersion, Version};
 
 /// Number of rollout buckets: percentages have two decimals.
 pub const BUCKETS: u32 = 10_000;
-
-/// Policy errors: a rule that cannot be built, or a placement for an undeclared tier.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyError {
-    /// The tier is not declared in the config.
-    #[error("unknown tier {0:?}")]
-    UnknownTier(String),
-    /// A tier names a backend the config does not define.
-    #[error("tier {tier:?} names backend {backend:?}, which is not configured")]
-    UnknownBackend {
-        /// The tier.
-        tier: String,
-        /// The missing backend.
-        backend: String,
-    },
-    /// No tier is declared at all.
-    #[error("no tiers are declared")]
-    NoTiers,
-    /// A pin names a backend the config does not define.
-    #[error("pin for account {account:?} names backend {backend:?}, which is not configured")]
-    PinUnknownBackend {
-        /// The pinned account.
-        account: String,
-        /// The missing backend.
-        backend: String,
-    },
-    /// A pin's account id can never match an account.
-    #[error(
-        "pin account {account:?} is not a valid account id ({grammar}, not '.' or '..'), so it could never apply",
-        grammar = ID_GRAMMAR
-    )]
-    InvalidPinAccount {
-        /// The bad id.
-        account: String,
-    },
-    /// Two pins for one account: which one applies would depend on their order.
-    #[error("account {account:?} is pinned twice (to {first:?} and to {second:?})")]
-    DuplicatePin {
-        /// The account.
-        account: String,
-        /// Backend of the first pin.
-        first: String,
-        /// Backend of the second pin.
-        second: String,
-    },
-    /// A rollout names a backend the config does not define.
-    #[error("rollout {rollout:?} names backend {backend:?}, which is not configured")]
-    RolloutUnknownBackend {
-        /// The rollout.
-        rollout: String,
-        /// The missing backend.
-        backend: String,
-    },
-    /// A rollout is on a tier nobody declared.
-    #[error("rollout {rollout:?} is on tier {tier:?}, which is not declared in [tiers]")]
-    RolloutUnknownTier {
-        /// The rollout.
-        rollout: String,
-        /// The undeclared tier.
-        tier: String,
-    },
-    /// A rollout name is empty or outside the id grammar.
-    #[error("rollout name {rollout:?} must match {rule}", rule = ID_RULE)]
-    InvalidRolloutName {
-        /// The bad name.
-        rollout: String,
-    },
-    /// Two rollouts share a name, and so would share a hash salt.
-    #[error("rollout name {rollout:?} is used twice")]
-    DuplicateRollout {
-        /// The name.
-        rollout: String,
-    },
-    /// A percentage that is not a number in (0, 100] with at most two decimals.
-    #[error("rollout {rollout:?}: percent {percent} is invalid: {reason}")]
-    InvalidPercent {
-        /// The rollout.
-        rollout: String,
-        /// The value as written.
-        percent: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A 0% rollout can never take an account.
-    #[error("rollout {rollout:?} is 0%: it can never apply (remove it)")]
-    ZeroRollout {
-        /// The rollout.
-        rollout: String,
-    },
-    /// A rollout onto its tier's own default backend changes nothing.
-    #[error(
-        "rollout {rollout:?} moves tier {tier:?} onto {backend:?}, which is already that tier's backend"
-    )]
-    RolloutOntoTierDefault {
-        /// The rollout.
-        rollout: String,
-        /// Its tier.
-        tier: String,
-        /// The tier's own backend.
-        backend: String,
-    },
-    /// Two rollouts of one tier onto one backend overlap: one rule, widened, says the same.
-    #[error(
-        "rollouts {first:?} and {second:?} both move tier {tier:?} onto {backend:?}: widen one instead"
-    )]
-    OverlappingRollouts {
-        /// The tier.
-        tier: String,
-        /// The shared target backend.
-        backend: String,
-        /// The rollout declared first.
-        first: String,
-        /// The rollout declared later.
-        second: String,
-    },
-    /// Rollouts of one tier asking for more than every account.
-    #[error("rollouts of tier {tier:?} add up to {total}%, more than 100%")]
-    RolloutsOverfull {
-        /// The tier.
-        tier: String,
-        /// The sum, two decimals.
-        total: String,
-    },
-    /// A priority class for a tier nobody declared.
-    #[error("priority class for tier {tier:?}, which is not declared in [tiers]")]
-    PriorityUnknownTier {
-        /// The undeclared tier.
-        tier: String,
-    },
-    /// A priority class for an account id that can never match an account.
-    #[error(
-        "priority class for account {account:?}, which is not a valid account id ({grammar}), so it could never apply",
-        grammar = ID_GRAMMAR
-    )]
-    InvalidPriorityAccount {
-        /// The bad id.
-        account: String,
-    },
-}
-
-/// Something allowed but worth an operator's attention (`shardgate policy check` prints it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyWarning {
-    /// A 100% rollout: the tier's own backend is never picked any more.
-    FullRollout {
-        /// The rollout.
-        rollout: String,
-        /// Its tier.
-        tier: String,
-        /// The rollout's backend.
-        backend: String,
-    },
-}
-
-impl fmt::Display for PolicyWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PolicyWarning::FullRollout {
-                rollout,
-                tier,
-                backend,
-            } => write!(
-                f,
-                "rollout {rollout:?} takes 100% of tier {tier:?}: the tier's own backend is unreachable; set {tier} = {backend:?} in [tiers] and remove the rollout"
-            ),
-        }
-    }
-}
 
 /// A per-account override: this account's new shard versions go to `backend`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -381,7 +217,7 @@ fn basis_points(rollout: &str, percent: f64) -> Result<u32, PolicyError> {
 }
 
 /// Tier, pin and rollout rules, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     tiers: BTreeMap<String, String>,
     pins: BTreeMap<String, String>,
@@ -389,6 +225,7 @@ pub struct Policy {
     rollouts: Vec<RolloutRule>,
     warnings: Vec<PolicyWarning>,
     priorities: Priorities,
+    tier_rules: Vec<TierRule>,
 }
 
 /// Which backend a rule picked, and why.
@@ -472,6 +309,7 @@ pub struct PolicyBuilder {
     pins: Vec<Pin>,
     rollouts: Vec<Rollout>,
     priorities: Priorities,
+    tier_rules: Vec<TierRule>,
 }
 
 impl PolicyBuilder {
@@ -507,6 +345,12 @@ impl PolicyBuilder {
     /// Add rollouts, in order.
     pub fn rollouts(mut self, rollouts: impl IntoIterator<Item = Rollout>) -> Self {
         self.rollouts.extend(rollouts);
+        self
+    }
+
+    /// Tier rules from account attributes, in order (the first that holds decides).
+    pub fn tier_rules(mut self, rules: impl IntoIterator<Item = TierRule>) -> Self {
+        self.tier_rules.extend(rules);
         self
     }
 
@@ -546,6 +390,7 @@ impl PolicyBuilder {
         let (rollouts, warnings) = self.check_rollouts(backends, &mut errors);
         check_rollout_totals(&rollouts, &mut errors);
         self.check_priorities(&mut errors);
+        facts::check_rules(&self.tier_rules, &self.tiers, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -555,6 +400,7 @@ impl PolicyBuilder {
             rollouts,
             warnings,
             priorities: self.priorities.clone(),
+            tier_rules: self.tier_rules.clone(),
         })
     }
 
@@ -783,6 +629,19 @@ impl Policy {
             }
         }
         Ok(tier_placement(tier, default))
+    }
+
+    /// The tier of an account that asked for `requested` and carries `attrs`: the first tier
+    /// rule that holds, else `requested` (not checked against the declared tiers: placing
+    /// does that).
+    pub fn derive_tier(&self, requested: &str, attrs: &Attributes) -> Derived {
+        facts::derive(&self.tier_rules, requested, attrs)
+    }
+
+    /// Whether any tier rule is declared (without one, every account is in the tier it asked
+    /// for).
+    pub fn has_tier_rules(&self) -> bool {
+        !self.tier_rules.is_empty()
     }
 
     /// The priority class of `account` of `tier`: its own, else its tier's, else `standard`.

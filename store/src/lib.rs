@@ -43,10 +43,10 @@ pub use audit_query::AuditQuery;
 pub use error::{BackupError, StoreError};
 pub use model::{
     AccountRecord, AccountStats, ApprovalRecord, AuditForCount, AuditForPruned, AuditRecord,
-    AuditSegment, BreakerOverride, DeleteOutcome, ExpectedTier, GroupedWrite, IdempotencyForCount,
-    IdempotencyForOutcome, IdempotencyForPruned, IdempotencyRecord, Idempotent, IdempotentWrite,
-    KeepVersions, PolicyVersionRecord, Retention, ShardSummary, ShardVersionRow, TokenRecord,
-    TokenRevocation,
+    AuditSegment, BreakerOverride, DeleteOutcome, ExpectedTier, FactsUpdate, GroupedWrite,
+    IdempotencyForCount, IdempotencyForOutcome, IdempotencyForPruned, IdempotencyRecord,
+    Idempotent, IdempotentWrite, KeepVersions, PolicyVersionRecord, Retention, ShardSummary,
+    ShardVersionRow, TokenRecord, TokenRevocation,
 };
 pub(crate) use schema::{compare_migrations, no_schema_error};
 pub use schema::{SchemaCheck, APPEND_ONLY_TABLES, RUNTIME_FUNCTIONS, RUNTIME_PRIVILEGES};
@@ -103,20 +103,31 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError> {
-        self.put_account_expecting(account, tier, ExpectedTier::Any, keep, now_ms, audit)
-            .await
+        self.put_account_expecting(
+            account,
+            tier,
+            ExpectedTier::Any,
+            keep,
+            FactsUpdate::Unchanged,
+            now_ms,
+            audit,
+        )
+        .await
     }
 
     /// [`Store::put_account_with_retention`] only if the account's tier is still `expected`
     /// (checked in the transaction, the row locked, before anything is written); else
     /// `AccountChanged` and nothing is written (no audit event either). What a tier change
-    /// judged on an earlier read of the tier (the downgrade guard) writes with.
+    /// judged on an earlier read of the tier (the downgrade guard) writes with. `facts` sets
+    /// the tier the account asked for and its attributes in the same transaction.
+    #[allow(clippy::too_many_arguments)]
     async fn put_account_expecting(
         &self,
         account: &str,
         tier: &str,
         expected: ExpectedTier<'_>,
         keep: KeepVersions,
+        facts: FactsUpdate<'_>,
         now_ms: i64,
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError>;
@@ -528,7 +539,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         after: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<(String, String)>, StoreError>;
+    ) -> Result<Vec<AccountRecord>, StoreError>;
 
     /// Events of a chain with `seq > after_seq`, ordered by seq, at most `limit`.
     async fn audit_events(

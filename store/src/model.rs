@@ -18,6 +18,11 @@ pub struct AccountRecord {
     /// Versions of each shard kept at write time (`Some(0)` = every version); `None` = the
     /// gateway's `[retention] keep_versions`.
     pub keep_versions: Option<i64>,
+    /// The tier the account asked for, which the policy's tier rules may have moved it from
+    /// (`None`: the same as `tier`).
+    pub requested_tier: Option<String>,
+    /// Numeric attributes set by the platform: a canonical JSON object (`{}`: none).
+    pub attributes: String,
 }
 
 /// One write of [`Store::insert_shard_versions_grouped`]: a new version of a shard,
@@ -368,6 +373,22 @@ pub enum KeepVersions {
     Unchanged,
     /// Set it: `Some(n)` (0 = every version), or `None` to follow the gateway default.
     Set(Option<i64>),
+}
+
+/// What a put sets of an account's facts (the tier it asked for, its attributes), beside its
+/// tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FactsUpdate<'a> {
+    /// Leave them as they are (a new account: none).
+    #[default]
+    Unchanged,
+    /// Set both.
+    Set {
+        /// The tier asked for.
+        requested_tier: &'a str,
+        /// The attributes, a canonical JSON object.
+        attributes: &'a str,
+    },
 }
 
 /// What an account's tier must be for [`Store::put_account_expecting`](crate::Store::put_account_expecting)

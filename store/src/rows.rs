@@ -244,6 +244,10 @@ where
     })
 }
 
+/// The columns [`account_from_row`] reads.
+pub(crate) const ACCOUNT_COLUMNS: &str =
+    "account, tier, created_at, updated_at, keep_versions, requested_tier, attributes";
+
 /// An `accounts` row (with its column names).
 pub(crate) fn account_from_row<R>(r: &R) -> Result<AccountRecord, sqlx::Error>
 where
@@ -258,5 +262,7 @@ where
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         keep_versions: r.try_get("keep_versions")?,
+        requested_tier: r.try_get("requested_tier")?,
+        attributes: r.try_get("attributes")?,
     })
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::{record, shard_row, v, AuditGen, Harness};
 use shardgate_store::{
-    AccountStats, BackupError, DeleteOutcome, ExpectedTier, KeepVersions, ShardSummary, Store,
-    StoreError, Version,
+    AccountStats, BackupError, DeleteOutcome, ExpectedTier, FactsUpdate, KeepVersions,
+    ShardSummary, Store, StoreError, Version,
 };
 use tokio::task::JoinSet;
 
@@ -177,11 +177,16 @@ async fn account_put_expecting_a_tier_writes_only_while_it_holds(h: &Harness) {
     let put = |tier: &'static str, expected: ExpectedTier<'static>, account: &'static str| {
         let rec = audit.next("account.put", Some(account), None, None);
         async move {
+            let facts = FactsUpdate::Set {
+                requested_tier: "retail",
+                attributes: r#"{"users":5.0}"#,
+            };
             s.put_account_expecting(
                 account,
                 tier,
                 expected,
                 KeepVersions::Set(Some(3)),
+                facts,
                 1000,
                 &rec,
             )
@@ -202,6 +207,11 @@ async fn account_put_expecting_a_tier_writes_only_while_it_holds(h: &Harness) {
     assert_eq!(s.get_account("acct-2").await.unwrap(), None);
     let a = s.get_account(ACCT).await.unwrap().unwrap();
     assert_eq!((a.tier.as_str(), a.keep_versions), ("retail", Some(3)));
+    // The facts are written with the tier, in its transaction.
+    assert_eq!(
+        (a.requested_tier.as_deref(), a.attributes.as_str()),
+        (Some("retail"), r#"{"users":5.0}"#)
+    );
     assert_eq!(count_actions(s, "chain-x", "account.put").await, 1);
     // The tier it expects: written, with its retention and its audit event.
     let r = put("institutional", ExpectedTier::Is("retail"), ACCT).await;
@@ -228,6 +238,7 @@ async fn concurrent_tier_changes_expecting_one_tier_exactly_one_wins(h: &Harness
                     &tier,
                     ExpectedTier::Is("retail"),
                     KeepVersions::Unchanged,
+                    FactsUpdate::Unchanged,
                     2000,
                     &rec,
                 )

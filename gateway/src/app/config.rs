@@ -725,6 +725,7 @@ impl Config {
                 self.policy.priorities.clone(),
                 self.policy.account_priorities.clone(),
             )
+            .tier_rules(self.policy.tier_rules.iter().cloned())
     }
 
     /// The config file's tiers, pins, rollouts and priority classes as a policy document: what seeds version 1
@@ -736,6 +737,7 @@ impl Config {
             rollouts: self.policy.rollouts.clone(),
             priorities: self.policy.priorities.clone(),
             account_priorities: self.policy.account_priorities.clone(),
+            tier_rules: self.policy.tier_rules.clone(),
         }
     }
 

@@ -47,7 +47,16 @@ pub(crate) async fn policy_explain(
             "account {account:?} does not exist: there is no database at the configured path (pass --tier to explain a placement anyway)"
         ),
         (None, Some(store)) => match store.get_account(account).await? {
-            Some(record) => record.tier,
+            Some(record) => {
+                // The tier rules decide from the tier asked for and the attributes.
+                let d = crate::service::retier::derived(&policy, &record);
+                let asked = record.requested_tier.as_deref().unwrap_or(&record.tier);
+                println!(
+                    "tier {} (by {}; asked for {asked}; attributes {})",
+                    d.tier, d.rule, record.attributes
+                );
+                d.tier
+            }
             None => anyhow::bail!(
                 "account {account:?} does not exist in the {} store (pass --tier to explain a placement anyway)",
                 store.kind()
@@ -156,6 +165,7 @@ pub(crate) fn read_policy_file(file: &Path) -> anyhow::Result<PolicyDocument> {
         rollouts: policy.rollouts,
         priorities: policy.priorities,
         account_priorities: policy.account_priorities,
+        tier_rules: policy.tier_rules,
     })
 }
 

@@ -15,6 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use shardgate_policy::Attributes;
 use utoipa::ToSchema;
 
 /// `PUT /v1/accounts/{account}` body.
@@ -36,6 +37,13 @@ pub struct PutAccountRequest {
     /// `admin` (else 403 `forbidden`). Ignored when the change is not a downgrade.
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// Numeric facts the platform keeps about the account (`{"aum_usd": 12000000, "users":
+    /// 800}`; names `[A-Za-z0-9._:-]`, at most 64 bytes, at most 32 of them), replacing what
+    /// it had; absent: unchanged. The policy's tier rules may put the account in another tier
+    /// than `tier` by them (docs/policy-and-migration.md, "Tiers from account attributes").
+    #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, f64>>)]
+    pub attributes: Option<Attributes>,
 }
 
 /// A field that is present (`Some`), with `null` as `Some(None)`; `#[serde(default)]` makes
@@ -59,8 +67,18 @@ pub enum KeepVersionsSource {
 pub struct AccountResponse {
     /// Account id.
     pub account: String,
-    /// Tier.
+    /// The tier it is in (the one asked for, or the one a tier rule put it in).
     pub tier: String,
+    /// The tier asked for, when a tier rule put the account in another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_tier: Option<String>,
+    /// Why it is in `tier`: `asked for`, or the tier rule that decided (a put's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier_rule: Option<String>,
+    /// Its attributes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, f64>>)]
+    pub attributes: Option<Attributes>,
     /// Backend the policy picks for new shard versions.
     pub backend: String,
     /// Whether this request created the account.
@@ -142,6 +160,7 @@ pub async fn put_account(
             account: account.to_string(),
             tier: body.tier.clone(),
             keep_versions: body.keep_versions,
+            attributes: body.attributes.clone(),
         };
         if let Some(h) = approvals::hold(&state, &op, &ctx.origin()).await? {
             return Ok(super::held::held(h));
@@ -152,6 +171,7 @@ pub async fn put_account(
         PutAccount {
             account: &account,
             tier: &body.tier,
+            attributes: body.attributes.clone(),
             keep_versions: body.keep_versions,
             downgrade: consent,
             event: ctx.event("account.put").account(&account),
@@ -169,7 +189,10 @@ pub async fn put_account(
         status,
         AccountResponse {
             account: account.into_string(),
-            tier: body.tier,
+            requested_tier: (put.tier != body.tier).then_some(body.tier),
+            tier: put.tier,
+            tier_rule: Some(put.tier_rule),
+            attributes: body.attributes,
             backend: put.backend,
             created: Some(put.created),
             shard_count: None,
@@ -199,7 +222,14 @@ pub async fn get_account(
         StatusCode::OK,
         AccountResponse {
             account: account.into_string(),
+            requested_tier: view
+                .record
+                .requested_tier
+                .clone()
+                .filter(|t| *t != view.record.tier),
+            attributes: Some(accounts::stored_attributes(&view.record)).filter(|a| !a.is_empty()),
             tier: view.record.tier,
+            tier_rule: None,
             backend: view.placement.backend,
             created: None,
             shard_count: Some(view.stats.shard_count),

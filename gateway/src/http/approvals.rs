@@ -114,8 +114,8 @@ pub async fn approve(
         Done::AccountDeleted(account, d) => to_value(&super::accounts::receipt(&account, &d)),
         Done::KeyDestroyed(r) => to_value(&r),
         Done::PolicyApplied(c) => to_value(&super::policy::PolicyChangeView::from(c)),
-        Done::Downgraded(tier, put) => serde_json::json!({
-            "tier": tier,
+        Done::Downgraded(_, put) => serde_json::json!({
+            "tier": put.tier,
             "backend": put.backend,
             "migration_job": put.migration_job,
         }),

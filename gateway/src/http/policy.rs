@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use shardgate_policy::{Class, Pin, PolicyDocument, Rollout};
+use shardgate_policy::{Class, Pin, PolicyDocument, Rollout, Threshold, TierRule};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
@@ -79,7 +79,70 @@ fn classes<A: Copy, B: From<A>>(m: &BTreeMap<String, A>) -> BTreeMap<String, B> 
     m.iter().map(|(k, c)| (k.clone(), B::from(*c))).collect()
 }
 
-/// The whole policy: tiers, pins, rollouts, priority classes (docs/policy-and-migration.md).
+/// `attribute >= at_least`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdBody {
+    /// The attribute's name.
+    pub attribute: String,
+    /// The smallest value that meets the threshold.
+    pub at_least: f64,
+}
+
+/// Accounts that asked for one of `from` (every tier when empty) and meet any threshold are
+/// in `tier`; the first rule that holds decides.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierRuleBody {
+    /// Unique name.
+    pub name: String,
+    /// The tier it puts accounts in.
+    pub tier: String,
+    /// The asked-for tiers it applies to; empty: every tier.
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// Any of these holds.
+    pub any: Vec<ThresholdBody>,
+}
+
+impl From<TierRuleBody> for TierRule {
+    fn from(r: TierRuleBody) -> Self {
+        TierRule {
+            name: r.name,
+            tier: r.tier,
+            from: r.from,
+            any: r
+                .any
+                .into_iter()
+                .map(|t| Threshold {
+                    attribute: t.attribute,
+                    at_least: t.at_least,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&TierRule> for TierRuleBody {
+    fn from(r: &TierRule) -> Self {
+        TierRuleBody {
+            name: r.name.clone(),
+            tier: r.tier.clone(),
+            from: r.from.clone(),
+            any: r
+                .any
+                .iter()
+                .map(|t| ThresholdBody {
+                    attribute: t.attribute.clone(),
+                    at_least: t.at_least,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The whole policy: tiers, pins, rollouts, priority classes, tier rules
+/// (docs/policy-and-migration.md).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
@@ -97,6 +160,9 @@ pub struct PolicyBody {
     /// Account -> priority class, whatever its tier.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub account_priorities: BTreeMap<String, PriorityClass>,
+    /// Tiers from account attributes, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tier_rules: Vec<TierRuleBody>,
 }
 
 impl From<PolicyBody> for PolicyDocument {
@@ -123,6 +189,7 @@ impl From<PolicyBody> for PolicyDocument {
                 .collect(),
             priorities: classes(&b.priorities),
             account_priorities: classes(&b.account_priorities),
+            tier_rules: b.tier_rules.into_iter().map(TierRule::from).collect(),
         }
     }
 }
@@ -151,6 +218,7 @@ impl From<&PolicyDocument> for PolicyBody {
                 .collect(),
             priorities: classes(&d.priorities),
             account_priorities: classes(&d.account_priorities),
+            tier_rules: d.tier_rules.iter().map(TierRuleBody::from).collect(),
         }
     }
 }
@@ -189,7 +257,7 @@ pub struct ApplyPolicyRequest {
 /// One rule added (`before` absent), removed (`after` absent) or changed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuleChangeView {
-    /// `tier`, `pin`, `rollout`, `tier_priority` or `account_priority`.
+    /// `tier`, `pin`, `rollout`, `tier_priority`, `account_priority` or `tier_rule`.
     pub kind: String,
     /// The tier, the pinned account, the rollout's name, or the tier or account of a class.
     pub name: String,
@@ -239,6 +307,8 @@ pub struct PolicyChangeView {
     pub moved_accounts: Vec<String>,
     /// Re-wrap jobs started (`migrate`).
     pub migration_jobs: Vec<String>,
+    /// Accounts the new version's tier rules put in another tier (moved after the commit).
+    pub tier_changes: u64,
 }
 
 impl From<PolicyChange> for PolicyChangeView {
@@ -249,6 +319,7 @@ impl From<PolicyChange> for PolicyChangeView {
             shardgate_policy::RuleKind::Rollout => "rollout",
             shardgate_policy::RuleKind::TierPriority => "tier_priority",
             shardgate_policy::RuleKind::AccountPriority => "account_priority",
+            shardgate_policy::RuleKind::TierRule => "tier_rule",
         };
         PolicyChangeView {
             moved_total: c.moved_total(),
@@ -280,6 +351,7 @@ impl From<PolicyChange> for PolicyChangeView {
                 .collect(),
             moved_accounts: c.moved_accounts,
             migration_jobs: c.migration_jobs,
+            tier_changes: c.tier_changes,
         }
     }
 }

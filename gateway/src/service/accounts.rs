@@ -9,9 +9,9 @@ use crate::domain::audit::{Auditor, Event, Origin};
 use crate::domain::error::DomainError;
 use crate::domain::ids::AccountId;
 use crate::domain::protection::{is_downgrade, Placed};
-use shardgate_policy::Placement;
+use shardgate_policy::{Attributes, Derived, Placement};
 use shardgate_store::{
-    AccountRecord, AccountStats, DeleteOutcome, ExpectedTier, IdempotencyForOutcome,
+    AccountRecord, AccountStats, DeleteOutcome, ExpectedTier, FactsUpdate, IdempotencyForOutcome,
     IdempotencyRecord, Idempotent, KeepVersions, MigrationSelector, StoreError,
 };
 use std::time::Duration;
@@ -130,8 +130,11 @@ impl DowngradeConsent {
 pub struct PutAccount<'a> {
     /// Account id.
     pub account: &'a AccountId,
-    /// Its tier (must be declared).
+    /// The tier it asks for (must be declared); the policy's tier rules may put it in another
+    /// by its attributes.
     pub tier: &'a str,
+    /// Its attributes, replacing what it had (`None`: unchanged).
+    pub attributes: Option<Attributes>,
     /// Absent: unchanged; `Some(None)`: follow the gateway's setting; `Some(Some(k))`: keep `k`.
     pub keep_versions: Option<Option<u32>>,
     /// Whether a tier change that lowers the account's protection may go ahead.
@@ -147,6 +150,10 @@ pub struct PutAccount<'a> {
 pub struct AccountPut {
     /// Created now (else changed).
     pub created: bool,
+    /// The tier it is in now: the one asked for, or a tier rule's.
+    pub tier: String,
+    /// Why: `asked for`, or the tier rule that decided.
+    pub tier_rule: String,
     /// Where its new versions go now.
     pub backend: String,
     /// The re-wrap job a tier change started, when versions live on another backend.
@@ -170,7 +177,7 @@ pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, Do
     let account = req.account;
     // A tier this replica does not serve yet may be in a newer policy version: `place_fresh`
     // reads the database's head before refusing.
-    let placement = state
+    state
         .policy
         .place_fresh(account, req.tier)
         .await
@@ -187,9 +194,24 @@ pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, Do
     };
     for _ in 0..PUT_TRIES {
         let current = state.store.get_account(account).await?;
+        let attributes = match (&req.attributes, &current) {
+            (Some(a), _) => a.clone(),
+            (None, Some(r)) => stored_attributes(r),
+            (None, None) => Attributes::default(),
+        };
+        let derived = state
+            .policy
+            .current()
+            .policy
+            .derive_tier(req.tier, &attributes);
+        let placement = state
+            .policy
+            .place_fresh(account, &derived.tier)
+            .await
+            .map_err(|_| DomainError::UnknownTier)?;
         let downgrade = match &current {
-            Some(record) if record.tier != req.tier => {
-                guard_downgrade(state, &req, record, &placement).await?
+            Some(record) if record.tier != derived.tier => {
+                guard_downgrade(state, &req, &derived.tier, record, &placement).await?
             }
             _ => None,
         };
@@ -197,23 +219,55 @@ pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, Do
             .as_ref()
             .map_or(ExpectedTier::Absent, |r| ExpectedTier::Is(&r.tier));
         let downgrade_detail = downgrade.map_or_else(String::new, |d| format!(" downgrade={d}"));
+        let facts_detail = if derived.tier == req.tier && attributes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " requested={} by={} attributes={}",
+                req.tier,
+                derived.rule,
+                attributes.canonical_json()
+            )
+        };
         let event = req
             .event
             .clone()
             .backend(&placement.backend)
-            .detail(format!("tier={}{keep_detail}{downgrade_detail}", req.tier));
+            .detail(format!(
+                "tier={}{keep_detail}{downgrade_detail}{facts_detail}",
+                derived.tier
+            ));
+        let json = attributes.canonical_json();
+        let facts = FactsUpdate::Set {
+            requested_tier: req.tier,
+            attributes: &json,
+        };
         let mut guard = state.audit.lock().await?;
         let record = guard.begin(&event);
         let result = state
             .store
-            .put_account_expecting(account, req.tier, expected, keep, crate::now_ms(), &record)
+            .put_account_expecting(
+                account,
+                &derived.tier,
+                expected,
+                keep,
+                facts,
+                crate::now_ms(),
+                &record,
+            )
             .await;
         guard.finish(Some(&record), &result).await;
         match result {
             Err(StoreError::AccountChanged) => continue,
             result => {
                 let previous = result?;
-                return put_done(state, &req, placement, current.as_ref(), previous).await;
+                let done = Committed {
+                    placement,
+                    derived,
+                    before: current.as_ref(),
+                    previous,
+                };
+                return put_done(state, &req, done).await;
             }
         }
     }
@@ -222,14 +276,32 @@ pub async fn put(state: &Services, req: PutAccount<'_>) -> Result<AccountPut, Do
     ))
 }
 
+/// The attributes stored with `record` (none when the row holds what this build cannot read,
+/// which only a hand-edited row could).
+pub fn stored_attributes(record: &AccountRecord) -> Attributes {
+    Attributes::from_json(&record.attributes).unwrap_or_default()
+}
+
+/// A committed put: where it placed the account, by which tier and rule, and what was there.
+struct Committed<'a> {
+    placement: Placement,
+    derived: Derived,
+    before: Option<&'a AccountRecord>,
+    previous: Option<String>,
+}
+
 /// What a committed put answers: the migration job its tier change started, its retention.
 async fn put_done(
     state: &Services,
     req: &PutAccount<'_>,
-    placement: Placement,
-    before: Option<&AccountRecord>,
-    previous: Option<String>,
+    done: Committed<'_>,
 ) -> Result<AccountPut, DomainError> {
+    let Committed {
+        placement,
+        derived,
+        before,
+        previous,
+    } = done;
     let migration_job = match previous.as_deref() {
         Some(old_tier) => {
             migrate_if_moved(
@@ -254,6 +326,8 @@ async fn put_done(
     };
     Ok(AccountPut {
         created: previous.is_none(),
+        tier: derived.tier,
+        tier_rule: derived.rule,
         backend: placement.backend,
         migration_job,
         retention,
@@ -273,6 +347,7 @@ fn kind_of(state: &Services, backend: &str) -> &'static str {
 async fn guard_downgrade(
     state: &Services,
     req: &PutAccount<'_>,
+    tier: &str,
     record: &AccountRecord,
     placement: &Placement,
 ) -> Result<Option<String>, DomainError> {
@@ -288,7 +363,7 @@ async fn guard_downgrade(
         "from tier {} (backend {}, {from}) to tier {} (backend {}, {to})",
         record.tier,
         from_backend.as_ref().map_or("none", |p| p.backend.as_str()),
-        req.tier,
+        tier,
         placement.backend,
     );
     let err = match req.downgrade {
@@ -307,7 +382,7 @@ async fn guard_downgrade(
         .event
         .clone()
         .backend(&placement.backend)
-        .detail(format!("tier={} refused: downgrade {from}->{to}", req.tier));
+        .detail(format!("tier={} refused: downgrade {from}->{to}", tier));
     event.outcome = err.outcome().to_string();
     if let Err(audit_err) = state.audit.record(event).await {
         tracing::warn!(

@@ -15,7 +15,7 @@ use crate::domain::audit::Origin;
 use crate::domain::error::DomainError;
 use crate::domain::ids::AccountId;
 use serde::{Deserialize, Serialize};
-use shardgate_policy::{KeyState, PolicyDocument};
+use shardgate_policy::{Attributes, KeyState, PolicyDocument};
 use shardgate_store::ApprovalRecord;
 
 pub use super::settings::{ApprovalsConfig, OPERATIONS};
@@ -59,6 +59,9 @@ pub enum HeldOp {
         tier: String,
         /// Its retention, as the put asked.
         keep_versions: Option<Option<u32>>,
+        /// Its attributes, as the put asked (`None`: unchanged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attributes: Option<Attributes>,
     },
 }
 
@@ -269,6 +272,7 @@ async fn run(state: &Services, op: HeldOp, id: &str, origin: &Origin) -> Result<
             account,
             tier,
             keep_versions,
+            attributes,
         } => {
             let account = AccountId::parse(account)?;
             let put = accounts::put(
@@ -276,6 +280,7 @@ async fn run(state: &Services, op: HeldOp, id: &str, origin: &Origin) -> Result<
                 PutAccount {
                     account: &account,
                     tier: &tier,
+                    attributes,
                     keep_versions,
                     downgrade: DowngradeConsent::Granted,
                     event: origin.event("account.put").account(&account),

@@ -14,6 +14,7 @@ pub mod list;
 pub mod migrate;
 pub mod policy;
 pub mod read;
+pub mod retier;
 pub mod settings;
 pub mod state;
 mod stored;

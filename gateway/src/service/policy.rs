@@ -38,7 +38,8 @@ pub struct ApplyRequest {
 /// One group of moved accounts: same tier, same move.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MoveGroup {
-    /// The accounts' tier.
+    /// The accounts' tier (`retail -> institutional` when the new version's tier rules move
+    /// them to another).
     pub tier: String,
     /// Backend new versions went to.
     pub from_backend: String,
@@ -72,6 +73,9 @@ pub struct PolicyChange {
     pub moved_accounts: Vec<String>,
     /// Migration jobs started (with `migrate`).
     pub migration_jobs: Vec<String>,
+    /// Accounts whose tier the new version's tier rules derive differently (moved to it
+    /// after the commit; a dry run only counts them).
+    pub tier_changes: u64,
 }
 
 impl PolicyChange {
@@ -125,11 +129,21 @@ pub async fn apply(
         .map_err(|e| DomainError::Invalid(format!("policy: {e}")))?;
     let mut change = measure(state, &served, &next).await?;
     change.changes = req.document.changes_from(&served.document);
-    if change.changes.is_empty() || req.dry_run {
+    if change.changes.is_empty() {
+        // Nothing to commit: the version stays the served one.
+        change.version = served.version;
+    }
+    if req.dry_run || (change.changes.is_empty() && change.tier_changes == 0) {
         return Ok(change);
     }
     guard_downgrades(state, &change, req.allow_downgrade, origin).await?;
-    commit(state, &req.document, &mut change, origin).await?;
+    if !change.changes.is_empty() {
+        commit(state, &req.document, &mut change, origin).await?;
+    }
+    // With no rule left to commit, this finishes a pass an earlier apply did not.
+    if change.tier_changes > 0 {
+        super::retier::retier_all(state, origin).await?;
+    }
     if req.migrate {
         change.migration_jobs = start_jobs(state, &change, origin).await?;
     }
@@ -145,25 +159,35 @@ async fn measure(
 ) -> Result<PolicyChange, DomainError> {
     let mut groups: BTreeMap<(String, String, String, String), u64> = BTreeMap::new();
     let mut stranded: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut scanned, mut listed) = (0u64, Vec::new());
+    let (mut scanned, mut listed, mut tier_changes) = (0u64, Vec::new(), 0u64);
     let mut after: Option<String> = None;
     loop {
         let page = state.store.accounts_page(after.as_deref(), PAGE).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        for (account, tier) in &page {
+        let Some(last) = page.last() else { break };
+        after = Some(last.account.clone());
+        for record in &page {
             scanned += 1;
-            let Ok(to) = next.place(account, tier) else {
-                *stranded.entry(tier.clone()).or_default() += 1;
+            let (account, tier) = (&record.account, &record.tier);
+            // The tier the new version's tier rules put the account in.
+            let new_tier = super::retier::derived(next, record).tier;
+            let Ok(to) = next.place(account, &new_tier) else {
+                *stranded.entry(new_tier).or_default() += 1;
                 continue;
             };
+            let moved_tier = new_tier != *tier;
+            tier_changes += u64::from(moved_tier);
             let from = served.policy.place(account, tier).ok();
             let from_backend = from.map_or_else(|| "none".to_string(), |p| p.backend);
             if from_backend != to.backend {
                 if listed.len() < LISTED_MOVES {
                     listed.push(account.clone());
                 }
-                let key = (tier.clone(), from_backend, to.backend, group_rule(&to.rule));
+                let group_tier = if moved_tier {
+                    format!("{tier} -> {new_tier}")
+                } else {
+                    tier.clone()
+                };
+                let key = (group_tier, from_backend, to.backend, group_rule(&to.rule));
                 *groups.entry(key).or_default() += 1;
             }
         }
@@ -202,6 +226,7 @@ async fn measure(
         moves,
         moved_accounts: listed,
         migration_jobs: Vec::new(),
+        tier_changes,
     })
 }
 

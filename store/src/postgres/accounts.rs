@@ -7,23 +7,37 @@ use sqlx::Row;
 use super::audit::insert_audit;
 use super::idempotency::{idem_claim, idem_update};
 use super::{map_err, PgStore};
-use crate::rows::{account_from_row, opt_version_of};
+use crate::rows::{account_from_row, opt_version_of, ACCOUNT_COLUMNS};
 use crate::Version;
 use crate::{
     AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, ExpectedTier,
-    IdempotencyForOutcome, Idempotent, KeepVersions, StoreError,
+    FactsUpdate, IdempotencyForOutcome, Idempotent, KeepVersions, StoreError,
 };
+
+/// One account put: what [`Store::put_account_expecting`](crate::Store::put_account_expecting)
+/// was asked.
+pub(super) struct Put<'a> {
+    pub(super) account: &'a str,
+    pub(super) tier: &'a str,
+    pub(super) expected: ExpectedTier<'a>,
+    pub(super) keep: KeepVersions,
+    pub(super) facts: FactsUpdate<'a>,
+}
 
 /// [`Store::put_account_expecting`](crate::Store::put_account_expecting).
 pub(super) async fn put_account_expecting(
     store: &PgStore,
-    account: &str,
-    tier: &str,
-    expected: ExpectedTier<'_>,
-    keep: KeepVersions,
+    put: Put<'_>,
     now_ms: i64,
     audit: &AuditRecord,
 ) -> Result<Option<String>, StoreError> {
+    let Put {
+        account,
+        tier,
+        expected,
+        keep,
+        facts,
+    } = put;
     let mut tx = store.begin().await?;
     let previous = match set_tier(&mut tx, account, tier, expected, now_ms).await? {
         Some(previous) => previous,
@@ -36,6 +50,19 @@ pub(super) async fn put_account_expecting(
         sqlx::query("UPDATE accounts SET keep_versions = $2 WHERE account = $1")
             .bind(account)
             .bind(keep)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+    }
+    if let FactsUpdate::Set {
+        requested_tier,
+        attributes,
+    } = facts
+    {
+        sqlx::query("UPDATE accounts SET requested_tier = $2, attributes = $3 WHERE account = $1")
+            .bind(account)
+            .bind(requested_tier)
+            .bind(attributes)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -105,10 +132,9 @@ pub(super) async fn get_account(
     account: &str,
 ) -> Result<Option<AccountRecord>, StoreError> {
     let mut held = store.held.get().await.map_err(map_err)?;
-    let row = sqlx::query(
-        "SELECT account, tier, created_at, updated_at, keep_versions FROM accounts \
-         WHERE account = $1",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account = $1"
+    ))
     .bind(account)
     .fetch_optional(held.conn())
     .await;
@@ -130,6 +156,7 @@ pub(super) async fn account_and_latest(
     let mut held = store.held.get().await.map_err(map_err)?;
     let row = sqlx::query(
         "SELECT a.account, a.tier, a.created_at, a.updated_at, a.keep_versions, \
+                a.requested_tier, a.attributes, \
                 (SELECT MAX(s.version) FROM shard_versions s \
                  WHERE s.account = a.account AND s.shard = $2) AS latest \
          FROM accounts a WHERE a.account = $1",

@@ -23,7 +23,7 @@ use sqlx::{Connection, Postgres, Transaction};
 use crate::held_conns::HeldConns;
 use crate::{
     AccountRecord, AccountStats, AuditForCount, AuditRecord, AuditSegment, BackupError,
-    ClaimedItem, CommitResult, DeleteOutcome, GroupedWrite, IdempotencyForCount,
+    ClaimedItem, CommitResult, DeleteOutcome, FactsUpdate, GroupedWrite, IdempotencyForCount,
     IdempotencyForOutcome, IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemKey,
     KeepVersions, LateSeal, MigrationFailure, MigrationJob, MigrationSelector, Prune, ShardSummary,
     ShardVersionRow, Store, StoreError, TokenRecord, TokenRevocation, Transition,
@@ -331,10 +331,18 @@ impl Store for PgStore {
         tier: &str,
         expected: ExpectedTier<'_>,
         keep: KeepVersions,
+        facts: FactsUpdate<'_>,
         now_ms: i64,
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError> {
-        accounts::put_account_expecting(self, account, tier, expected, keep, now_ms, audit).await
+        let put = accounts::Put {
+            account,
+            tier,
+            expected,
+            keep,
+            facts,
+        };
+        accounts::put_account_expecting(self, put, now_ms, audit).await
     }
 
     async fn insert_approval(
@@ -403,7 +411,7 @@ impl Store for PgStore {
         &self,
         after: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<AccountRecord>, StoreError> {
         policy::accounts_page(self, after, limit).await
     }
 

@@ -6,6 +6,8 @@ use sqlx::Row;
 
 use super::audit::insert_audit;
 use super::{map_err, PgStore};
+use crate::rows::ACCOUNT_COLUMNS;
+use crate::AccountRecord;
 use crate::{AuditRecord, PolicyVersionRecord, StoreError};
 
 /// [`Store::policy_head`](crate::Store::policy_head).
@@ -86,14 +88,18 @@ pub(super) async fn accounts_page(
     store: &PgStore,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<(String, String)>, StoreError> {
-    sqlx::query_as(
-        "SELECT account, tier FROM accounts WHERE $1::text IS NULL OR account > $1 \
-         ORDER BY account LIMIT $2",
-    )
+) -> Result<Vec<AccountRecord>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE $1::text IS NULL OR account > $1 \
+         ORDER BY account LIMIT $2"
+    ))
     .bind(after)
     .bind(limit)
     .fetch_all(&store.pool)
     .await
-    .map_err(map_err)
+    .map_err(map_err)?;
+    rows.iter()
+        .map(crate::rows::account_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(map_err)
 }

@@ -6,10 +6,10 @@ use sqlx::{Row, Sqlite};
 use super::audit::insert_audit;
 use super::idempotency::{idem_claim, idem_update};
 use super::{count, map_err, SqliteStore};
-use crate::rows::account_from_row;
+use crate::rows::{account_from_row, ACCOUNT_COLUMNS};
 use crate::{
     AccountRecord, AccountStats, AuditForCount, AuditRecord, DeleteOutcome, ExpectedTier,
-    IdempotencyForOutcome, Idempotent, KeepVersions, StoreError,
+    FactsUpdate, IdempotencyForOutcome, Idempotent, KeepVersions, StoreError,
 };
 
 /// Whether the account row exists, read with any executor.
@@ -24,16 +24,30 @@ where
         .is_some())
 }
 
+/// One account put: what [`Store::put_account_expecting`](crate::Store::put_account_expecting)
+/// was asked.
+pub(super) struct Put<'a> {
+    pub(super) account: &'a str,
+    pub(super) tier: &'a str,
+    pub(super) expected: ExpectedTier<'a>,
+    pub(super) keep: KeepVersions,
+    pub(super) facts: FactsUpdate<'a>,
+}
+
 /// [`Store::put_account_expecting`](crate::Store::put_account_expecting).
 pub(super) async fn put_account_expecting(
     store: &SqliteStore,
-    account: &str,
-    tier: &str,
-    expected: ExpectedTier<'_>,
-    keep: KeepVersions,
+    put: Put<'_>,
     now_ms: i64,
     audit: &AuditRecord,
 ) -> Result<Option<String>, StoreError> {
+    let Put {
+        account,
+        tier,
+        expected,
+        keep,
+        facts,
+    } = put;
     // A write transaction (`BEGIN IMMEDIATE`): no other writer between the read and the write.
     let mut tx = store.begin_write().await?;
     let previous: Option<String> =
@@ -78,6 +92,19 @@ pub(super) async fn put_account_expecting(
             .await
             .map_err(map_err)?;
     }
+    if let FactsUpdate::Set {
+        requested_tier,
+        attributes,
+    } = facts
+    {
+        sqlx::query("UPDATE accounts SET requested_tier = ?2, attributes = ?3 WHERE account = ?1")
+            .bind(account)
+            .bind(requested_tier)
+            .bind(attributes)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+    }
     insert_audit(&mut tx, audit).await?;
     tx.commit().await.map_err(map_err)?;
     Ok(previous)
@@ -88,10 +115,9 @@ pub(super) async fn get_account(
     store: &SqliteStore,
     account: &str,
 ) -> Result<Option<AccountRecord>, StoreError> {
-    let row = sqlx::query(
-        "SELECT account, tier, created_at, updated_at, keep_versions FROM accounts \
-         WHERE account = ?1",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account = ?1"
+    ))
     .bind(account)
     .fetch_optional(&store.pool)
     .await

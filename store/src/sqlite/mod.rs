@@ -24,10 +24,10 @@ use sqlx::{Connection, Sqlite, Transaction};
 
 use crate::{
     AccountRecord, AccountStats, AuditForCount, AuditRecord, AuditSegment, BackupError,
-    ClaimedItem, CommitResult, DeleteOutcome, IdempotencyForCount, IdempotencyForOutcome,
-    IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemKey, KeepVersions, LateSeal,
-    MigrationFailure, MigrationJob, MigrationSelector, Prune, ShardSummary, ShardVersionRow, Store,
-    StoreError, TokenRecord, TokenRevocation, Transition,
+    ClaimedItem, CommitResult, DeleteOutcome, FactsUpdate, IdempotencyForCount,
+    IdempotencyForOutcome, IdempotencyRecord, Idempotent, IdempotentWrite, ItemCommit, ItemKey,
+    KeepVersions, LateSeal, MigrationFailure, MigrationJob, MigrationSelector, Prune, ShardSummary,
+    ShardVersionRow, Store, StoreError, TokenRecord, TokenRevocation, Transition,
 };
 use crate::{
     ExpectedTier, KeyRefCount, KeyStateChange, KeyTransition, KeyVersionRecord, NewKeyVersion,
@@ -222,10 +222,18 @@ impl Store for SqliteStore {
         tier: &str,
         expected: ExpectedTier<'_>,
         keep: KeepVersions,
+        facts: FactsUpdate<'_>,
         now_ms: i64,
         audit: &AuditRecord,
     ) -> Result<Option<String>, StoreError> {
-        accounts::put_account_expecting(self, account, tier, expected, keep, now_ms, audit).await
+        let put = accounts::Put {
+            account,
+            tier,
+            expected,
+            keep,
+            facts,
+        };
+        accounts::put_account_expecting(self, put, now_ms, audit).await
     }
 
     async fn insert_approval(
@@ -294,7 +302,7 @@ impl Store for SqliteStore {
         &self,
         after: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<AccountRecord>, StoreError> {
         policy::accounts_page(self, after, limit).await
     }
 

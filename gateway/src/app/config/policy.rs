@@ -2,7 +2,7 @@
 //! version, and how often a replica reads the database's newest version.
 
 use serde::{Deserialize, Serialize};
-use shardgate_policy::{Class, Pin, Rollout};
+use shardgate_policy::{Class, Pin, Rollout, TierRule};
 use std::collections::BTreeMap;
 
 /// `[policy]`: the rules that override `[tiers]` for some accounts (see `shardgate-policy`
@@ -25,6 +25,12 @@ use std::collections::BTreeMap;
 ///
 /// [policy.account_priorities]  # account -> class, whatever its tier
 /// "acct-7" = "critical"
+///
+/// [[policy.tier_rules]]          # tiers from account attributes, first that holds decides
+/// name = "big-custody"
+/// tier = "institutional"
+/// from = ["retail"]              # the asked-for tiers it moves (empty: every tier)
+/// any = [{ attribute = "aum_usd", at_least = 10000000 }, { attribute = "users", at_least = 50000 }]
 /// ```
 ///
 /// These rules (with `[tiers]`) seed version 1 of an empty database; after that the database
@@ -46,6 +52,9 @@ pub struct PolicyConfig {
     /// Account -> priority class, whatever the account's tier.
     #[serde(default)]
     pub account_priorities: BTreeMap<String, Class>,
+    /// Tiers derived from account attributes, in order (the first that holds decides).
+    #[serde(default)]
+    pub tier_rules: Vec<TierRule>,
     /// Milliseconds between reads of the database's policy version (0: never; a replica
     /// then serves what it read at start-up and what it applies itself).
     #[serde(default = "default_policy_refresh_ms")]
@@ -63,6 +72,7 @@ impl Default for PolicyConfig {
             rollouts: Vec::new(),
             priorities: BTreeMap::new(),
             account_priorities: BTreeMap::new(),
+            tier_rules: Vec::new(),
             refresh_ms: default_policy_refresh_ms(),
         }
     }
@@ -75,5 +85,6 @@ impl PolicyConfig {
             && self.rollouts.is_empty()
             && self.priorities.is_empty()
             && self.account_priorities.is_empty()
+            && self.tier_rules.is_empty()
     }
 }
