@@ -34,7 +34,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report_archive  # noqa: E402  (bench/report_archive.py, next to this file)
-import report_priority  # noqa: E402  (bench/report_priority.py)
+import report_fleet  # noqa: E402  (bench/report_fleet.py)
 
 BACKENDS = ["local", "hsm", "kms", "kms-nocache"]
 
@@ -616,13 +616,14 @@ def merge_flood(a, res, machine):
 
 
 def merge_archive(a, res, machine, which):
-    """--only-archive / --only-growth / --only-priority: replace that section's goals, figures and section of
+    """--only-archive / --only-growth / --only-fleet (priority, convergence): replace that section's goals, figures and section of
     the existing BENCHMARKS.json/md, keeping everything else as it is."""
     build, prefix, heading = {
         "archive": (report_archive.archive_report, report_archive.ARCHIVE_PREFIX, report_archive.ARCHIVE_HEADING),
         "growth": (report_archive.growth_report, report_archive.GROWTH_PREFIX, report_archive.GROWTH_HEADING),
-        "priority": (report_priority.priority_report, report_priority.PRIORITY_PREFIX,
-                     report_priority.PRIORITY_HEADING),
+        "priority": (report_fleet.priority_report, report_fleet.PRIORITY_PREFIX, report_fleet.PRIORITY_HEADING),
+        "convergence": (report_fleet.convergence_report, report_fleet.CONVERGENCE_PREFIX,
+                        report_fleet.CONVERGENCE_HEADING),
     }[which]
     got = build(res, machine)
     if got is None:
@@ -828,15 +829,19 @@ def main():
     ap.add_argument("--only-compare", action="store_true")
     ap.add_argument("--only-archive", action="store_true")
     ap.add_argument("--only-growth", action="store_true")
-    ap.add_argument("--only-priority", action="store_true")
+    ap.add_argument("--only-fleet", action="store_true")
     a = ap.parse_args()
     res = a.results
     machine = json.loads(read(os.path.join(res, "machine.json"), "{}"))
     if a.only_flood:
         merge_flood(a, res, machine)
         return
-    if a.only_archive or a.only_growth or a.only_priority:
-        merge_archive(a, res, machine, "archive" if a.only_archive else "growth" if a.only_growth else "priority")
+    if a.only_archive or a.only_growth:
+        merge_archive(a, res, machine, "archive" if a.only_archive else "growth")
+        return
+    if a.only_fleet:
+        merge_archive(a, res, machine, "priority")
+        merge_archive(a, res, machine, "convergence")
         return
     runs = load_runs(res)
     if a.only_compare:
@@ -850,11 +855,12 @@ def main():
     archive = report_archive.archive_report(res, machine)
     # Section 13 runs only with --only growth: a full run keeps the last one.
     prev_json = json.loads(read(a.json, "{}") or "{}")
-    growth_goals = [g for g in prev_json.get("goals", []) if g["id"].startswith(("growth_", "priority_"))]
+    growth_goals = [g for g in prev_json.get("goals", []) if g["id"].startswith(("growth_", "priority_", "convergence_"))]
     prev_md = (read(a.md, "") or "").splitlines()
     growth_section = report_archive.previous_section(prev_md, report_archive.GROWTH_HEADING)
-    # Section 14 runs only with --only priority: a full run keeps the last one too.
-    priority_section = report_archive.previous_section(prev_md, report_priority.PRIORITY_HEADING)
+    # Sections 14 and 15 run only with --only fleet: a full run keeps the last ones too.
+    priority_section = (report_archive.previous_section(prev_md, report_fleet.PRIORITY_HEADING) +
+                        report_archive.previous_section(prev_md, report_fleet.CONVERGENCE_HEADING))
     load = [json.loads(l) for l in (read(os.path.join(res, "load.jsonl"), "") or "").splitlines() if l.strip()]
 
     def pick(kind, backend):
@@ -1179,7 +1185,7 @@ def main():
         figures["flood"] = flood[1]
     if archive:
         figures["archive"] = archive[1]
-    for kept in ("growth", "priority"):
+    for kept in ("growth", "priority", "convergence"):
         if kept in prev_json.get("figures", {}):
             figures[kept] = prev_json["figures"][kept]
     with open(a.json, "w") as f:
@@ -1615,7 +1621,7 @@ def main():
     w("scripts/bench.sh --only flood         # only section 11; keeps the other figures of BENCHMARKS.md/json")
     w("scripts/bench.sh --only archive       # only section 12 (also part of the whole run)")
     w("scripts/bench.sh --only growth        # only section 13 (not part of the whole run: ~35 minutes)")
-    w("scripts/bench.sh --only priority      # only section 14 (not part of the whole run: ~3 minutes)")
+    w("scripts/bench.sh --only fleet         # only sections 14 and 15 (not part of the whole run: ~5 minutes)")
     w("```")
     w("")
     w("It builds with `CARGO_TARGET_DIR=${SHARDGATE_BENCH_TARGET:-/tmp/sg-bench-target}`, creates a throw-away "

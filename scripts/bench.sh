@@ -8,7 +8,7 @@
 #
 #   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
 #                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
-#                    [--only all|migration|flood|compare|archive|growth|priority] [--migration-shards N]
+#                    [--only all|migration|flood|compare|archive|growth|fleet] [--migration-shards N]
 #                    [--migration-rate R]
 #                    [--baseline REV | --baseline-env VAR=VALUE | --baseline-profile P]
 #                    [--archive-events N] [--growth-events N] [--growth-span-days D]
@@ -36,10 +36,10 @@
 #   --only growth     only the audit growth figure (section 13: GET throughput with
 #                     --growth-events archived audit events against a fresh database, and how
 #                     long archiving them takes; not part of `all`: ~35 minutes here)
-#   --only priority   only the priority-under-overload figure (section 14, issue 30: critical
-#                     GET p99 beside a bulk flood at 10x capacity vs alone, on the aws-kms
-#                     backend with a small bulkhead; scripts/lib/bench_priority.sh; not part of
-#                     `all`: ~3 minutes)
+#   --only fleet      only the fleet figures (issue 30; scripts/lib/bench_fleet.sh; not part
+#                     of `all`: ~5 minutes): section 14, critical GET p99 beside a bulk flood
+#                     at 10x capacity vs alone, on the aws-kms backend with a small bulkhead;
+#                     section 15, how long a policy apply takes to reach two other replicas
 #   --archive-events N   history events archived per round of section 12 (default 1000000)
 #   --growth-events N    audit history of section 13 (default 10000000), stamped evenly over
 #                     --growth-span-days D (default 300), so all but the last 30 days (hot_days)
@@ -121,7 +121,7 @@ while [ "$#" -gt 0 ]; do
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
         --only)
-            case "${2:-}" in all | migration | flood | compare | archive | growth | priority) ONLY=$2 ;; *) sg_die "--only is all, migration, flood, compare, archive, growth or priority, got '${2:-}'" ;; esac
+            case "${2:-}" in all | migration | flood | compare | archive | growth | fleet) ONLY=$2 ;; *) sg_die "--only is all, migration, flood, compare, archive, growth or fleet, got '${2:-}'" ;; esac
             shift 2 ;;
         --migration-shards) MIG_SHARDS=$(num "$1" "${2:-}"); shift 2 ;;
         --migration-rate) MIG_RATE=$(num "$1" "${2:-}"); shift 2 ;;
@@ -239,7 +239,7 @@ command -v wrk >/dev/null 2>&1 || sg_die "wrk is required (apt-get install wrk)"
 command -v curl >/dev/null 2>&1 || sg_apt_install curl || sg_die "curl is required"
 # oha (open-loop latency) and inferno (flamegraphs) come from crates.io, built once.
 export PATH="$PATH:$HOME/.cargo/bin"
-if ! command -v oha >/dev/null 2>&1 && case $ONLY in all | flood | archive | priority) true ;; *) false ;; esac; then
+if ! command -v oha >/dev/null 2>&1 && case $ONLY in all | flood | archive | fleet) true ;; *) false ;; esac; then
     blog "installing oha (cargo install oha --locked; once)"
     cargo install oha --locked >&2 || sg_die "oha is required for the open-loop figure (cargo install oha)"
 fi
@@ -460,7 +460,7 @@ LOAD_BACKENDS=("${BACKENDS[@]}")
 # The compare figures: GET on local and hsm, batchGet on hsm, PUT on local.
 [ "$ONLY" = compare ] && LOAD_BACKENDS=(local hsm)
 # The archive figures read the local set.
-case $ONLY in archive | growth | priority) LOAD_BACKENDS=(local) ;; esac
+case $ONLY in archive | growth | fleet) LOAD_BACKENDS=(local) ;; esac
 for b in "${LOAD_BACKENDS[@]}"; do load_sets+=("bench-$b=$(prefix_of "$b")"); done
 LOAD_CMD="SG_TOKEN=\$TOKEN python3 bench/load.py --base $BASE --accounts $ACCOUNTS --shard-bytes $SHARD_BYTES ${load_sets[*]}"
 blog "loading $ACCOUNTS accounts x 1 shard of $SHARD_BYTES B per backend tier (${LOAD_BACKENDS[*]})"
@@ -950,11 +950,15 @@ source "$SCRIPT_DIR/lib/bench_archive.sh"
 case $ONLY in all | archive) bench_archive ;; growth) bench_growth ;; esac
 
 # ---------------------------------------------------------------------------------------------
-# 7d. Priority under overload (issue 30): scripts/lib/bench_priority.sh, `--only priority`.
+# 7d. A fleet (issue 30): scripts/lib/bench_fleet.sh, `--only fleet`: priority under overload
+#     (section 14), policy convergence across replicas (section 15).
 # ---------------------------------------------------------------------------------------------
-# shellcheck source=scripts/lib/bench_priority.sh
-source "$SCRIPT_DIR/lib/bench_priority.sh"
-[ "$ONLY" != priority ] || bench_priority
+# shellcheck source=scripts/lib/bench_fleet.sh
+source "$SCRIPT_DIR/lib/bench_fleet.sh"
+if [ "$ONLY" = fleet ]; then
+    bench_priority
+    bench_convergence
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 8. Report
@@ -981,7 +985,7 @@ python3 -c 'import json,sys; k=sys.argv[1::2]; v=sys.argv[2::2]; print(json.dump
     migration_default_rate "$MIG_DEFAULT_RATE" migration_lat_shards "${LAT_SHARDS:-0}" \
     archive_events "$ARCHIVE_EVENTS" growth_events "$GROWTH_EVENTS" growth_span_days "$GROWTH_SPAN_DAYS" \
     priority_accounts "$PRIO_ACCOUNTS" priority_slots "$PRIO_SLOTS" priority_queue "$PRIO_QUEUE" \
-    priority_flood_conns "$PRIO_FLOOD_CONNS" \
+    priority_flood_conns "$PRIO_FLOOD_CONNS" converge_applies "$CONVERGE_APPLIES" \
     command "scripts/bench.sh${ORIG_ARGS[*]:+ ${ORIG_ARGS[*]}}" >"$RES/machine.json"
 REPORT_ARGS=()
 [ "$ONLY" = migration ] && REPORT_ARGS=(--only-migration)
@@ -989,7 +993,7 @@ REPORT_ARGS=()
 [ "$ONLY" = compare ] && REPORT_ARGS=(--only-compare)
 [ "$ONLY" = archive ] && REPORT_ARGS=(--only-archive)
 [ "$ONLY" = growth ] && REPORT_ARGS=(--only-growth)
-[ "$ONLY" = priority ] && REPORT_ARGS=(--only-priority)
+[ "$ONLY" = fleet ] && REPORT_ARGS=(--only-fleet)
 [ "$ONLY" = flood ] && blog "flood figure: $(tail -n1 "$RES/flood/summary.txt")"
 python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json" "${REPORT_ARGS[@]}"
 blog "wrote $OUT_DIR/BENCHMARKS.md and $OUT_DIR/BENCHMARKS.json"

@@ -205,9 +205,10 @@ fn print_change(c: &PolicyChange, dry_run: bool) {
         println!("  {r}");
     }
     println!(
-        "accounts: {} scanned, {} change backend",
+        "accounts: {} scanned, {} change backend, {} change tier by tier rules",
         c.accounts_scanned,
-        c.moved_total()
+        c.moved_total(),
+        c.tier_changes
     );
     for m in &c.moves {
         println!(

@@ -1,9 +1,14 @@
 # shellcheck shell=bash
-# The priority section of scripts/bench.sh (section 14, issue 30 item 3), sourced by it after
-# the data set is loaded; it uses the bench's globals and helpers (BASE, TOKEN, RES, OHA,
+# The fleet sections of scripts/bench.sh (issue 30), `--only fleet`, sourced by it after the
+# data set is loaded; they use the bench's globals and helpers (BASE, TOKEN, RES, OHA, BIN, CFG,
 # DURATION, ROUNDS, start_gateway, stop_gateway, open_loop_regex, ...).
 #
-#   bench_priority  two tiers on the `kms-nocache` backend (every GET is a KMS Decrypt on
+#   bench_convergence  section 15: CONVERGE_APPLIES policy applies through the running
+#                   gateway beside two more replicas on the same database (bench/converge.py):
+#                   how long until the others serve each new version (`[policy] refresh_ms`,
+#                   default 2,000)
+#
+#   bench_priority  section 14: two tiers on the `kms-nocache` backend (every GET is a KMS Decrypt on
 #                   moto), `bench-crit` (class critical) and `bench-bulk` (class bulk), applied
 #                   live through PUT /v1/admin/policy; the gateway restarted with a bulkhead of
 #                   PRIO_SLOTS slots and a queue of PRIO_QUEUE. First the capacity C (critical
@@ -17,6 +22,16 @@ PRIO_ACCOUNTS=${SG_BENCH_PRIO_ACCOUNTS:-200}
 PRIO_SLOTS=${SG_BENCH_PRIO_SLOTS:-8}
 PRIO_QUEUE=${SG_BENCH_PRIO_QUEUE:-64}
 PRIO_FLOOD_CONNS=${SG_BENCH_PRIO_FLOOD_CONNS:-64}
+CONVERGE_APPLIES=${SG_BENCH_CONVERGE_APPLIES:-20}
+
+bench_convergence() {
+    local C=$RES/converge
+    mkdir -p "$C"
+    echo "SG_TOKEN=\$TOKEN python3 bench/converge.py --base BASE --bin $BIN --config CFG --log-dir LOG --replicas 3 --applies $CONVERGE_APPLIES" >"$C/cmd"
+    blog "convergence: $CONVERGE_APPLIES policy applies through one of 3 replicas"
+    SG_TOKEN=$TOKEN python3 bench/converge.py --base "$BASE" --bin "$BIN" --config "$CFG" --log-dir "$LOG" \
+        --replicas 3 --applies "$CONVERGE_APPLIES" >"$C/converge.json" || sg_die "the convergence figure failed"
+}
 
 bench_priority() {
     local P=$RES/priority
