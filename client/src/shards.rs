@@ -102,6 +102,27 @@ impl Client {
         json(self.send(&call).await?).await
     }
 
+    /// [`Client::put_account`] with the account's numeric attributes (`aum_usd`, `users`, ...),
+    /// replacing the ones it had: the policy's tier rules may put it in another tier than
+    /// `tier` by them (the answer's `tier`, `requested_tier` and `tier_rule` say). Not retried,
+    /// as `put_account`.
+    pub async fn put_account_with_attributes(
+        &self,
+        account: &str,
+        tier: &str,
+        attributes: &std::collections::BTreeMap<String, f64>,
+    ) -> Result<Account, Error> {
+        let mut call = Call::new(
+            Method::PUT,
+            format!("/v1/accounts/{}", seg(account)),
+            Repeat::Unsafe,
+        );
+        call.body = Some(body(
+            &serde_json::json!({ "tier": tier, "attributes": attributes }),
+        )?);
+        json(self.send(&call).await?).await
+    }
+
     /// An account (`GET /v1/accounts/{account}`).
     pub async fn get_account(&self, account: &str) -> Result<Account, Error> {
         let call = Call::new(

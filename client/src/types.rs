@@ -89,12 +89,22 @@ pub struct PrunedVersion {
 }
 
 /// An account.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Account {
     /// Account id.
     pub account: String,
-    /// Tier.
+    /// The tier it is in (the one asked for, or the one a tier rule of the policy put it in
+    /// by its attributes).
     pub tier: String,
+    /// The tier asked for, when a tier rule put the account in another.
+    #[serde(default)]
+    pub requested_tier: Option<String>,
+    /// Why it is in `tier` (on a put): `asked for`, or the tier rule that decided.
+    #[serde(default)]
+    pub tier_rule: Option<String>,
+    /// Its numeric attributes, when it has any.
+    #[serde(default)]
+    pub attributes: Option<std::collections::BTreeMap<String, f64>>,
     /// Backend the policy picks for new shard versions.
     pub backend: String,
     /// Whether this request created it (on a put).

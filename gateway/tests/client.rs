@@ -51,6 +51,18 @@ async fn the_client_round_trips_accounts_and_shards() {
 
     let acct = c.put_account("acct-client", "retail").await.unwrap();
     assert_eq!((acct.tier.as_str(), acct.created), ("retail", Some(true)));
+    // Attributes go with the put and come back on a read (no tier rule: the tier asked for).
+    let attributes = [("aum_usd".to_string(), 1.5e6)].into_iter().collect();
+    let a = c
+        .put_account_with_attributes("acct-client", "retail", &attributes)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.tier.as_str(), a.tier_rule.as_deref(), a.requested_tier),
+        ("retail", Some("asked for"), None)
+    );
+    let got = c.get_account("acct-client").await.unwrap();
+    assert_eq!(got.attributes, Some(attributes));
     let secret = ShardBytes::new(b"client round trip".to_vec());
     // The same idempotency key twice: one version, the second answer a replay.
     let opts = PutOptions {

@@ -293,12 +293,7 @@ impl Guarded {
     /// present.
     pub fn new(inner: Arc<dyn KeyBackend>, cfg: BreakerConfig) -> Arc<Self> {
         let g = Arc::new(Self {
-            bulkhead: Bulkhead::new(
-                inner.name(),
-                cfg.max_concurrent,
-                cfg.max_queue,
-                cfg.reserve_pct,
-            ),
+            bulkhead: Bulkhead::new(cfg.max_concurrent, cfg.max_queue, cfg.reserve_pct),
             breaker: Breaker {
                 backend: inner.name().to_string(),
                 cfg,

@@ -40,7 +40,6 @@ pub(crate) fn shed(reason: &str, retry_after: Duration) -> BackendError {
 
 /// Slots and queue of one backend instance.
 pub(crate) struct Bulkhead {
-    backend: String,
     max_concurrent: usize,
     max_queue: usize,
     /// Every running call holds one.
@@ -96,15 +95,9 @@ pub(crate) fn shares(max_concurrent: usize, reserve_pct: u8) -> (usize, usize) {
 }
 
 impl Bulkhead {
-    pub(crate) fn new(
-        backend: &str,
-        max_concurrent: usize,
-        max_queue: usize,
-        reserve_pct: u8,
-    ) -> Self {
+    pub(crate) fn new(max_concurrent: usize, max_queue: usize, reserve_pct: u8) -> Self {
         let (bulk, below_critical) = shares(max_concurrent, reserve_pct);
         Self {
-            backend: backend.to_string(),
             max_concurrent: max_concurrent.max(1),
             max_queue,
             slots: Semaphore::new(max_concurrent.max(1)),
@@ -188,12 +181,6 @@ impl Bulkhead {
     fn refuse(&self, class: Class) -> BackendError {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         self.shed_by_class[class.index()].fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            "shardgate_backend_bulkhead_shed_total",
-            "backend" => self.backend.clone(),
-            "class" => class.as_str()
-        )
-        .increment(1);
         self.busy()
     }
 

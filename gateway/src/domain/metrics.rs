@@ -338,6 +338,18 @@ pub const BACKEND_STATS: &[(&str, &str)] = &[
         "Calls refused at once because the bulkhead queue was full",
     ),
     (
+        "bulkhead_shed_bulk_total",
+        "Calls of priority class bulk the bulkhead turned away (503 with Retry-After)",
+    ),
+    (
+        "bulkhead_shed_standard_total",
+        "Calls of priority class standard the bulkhead turned away (503 with Retry-After)",
+    ),
+    (
+        "bulkhead_shed_critical_total",
+        "Calls of priority class critical the bulkhead turned away (503 with Retry-After)",
+    ),
+    (
         "keyring_forced_reloads_total",
         "local: keyring reloads forced by an unknown key version",
     ),

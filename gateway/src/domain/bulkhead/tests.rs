@@ -27,7 +27,7 @@ fn reserve_pct_keeps_slots_for_the_higher_classes_and_every_class_gets_one() {
 
 #[tokio::test]
 async fn a_bulk_flood_leaves_the_reserved_slots_to_standard_and_critical_calls() {
-    let b = Bulkhead::new("t", 4, 4, 25);
+    let b = Bulkhead::new(4, 4, 25);
     let _b1 = enter_as(&b, Class::Bulk).await.unwrap();
     let _b2 = enter_as(&b, Class::Bulk).await.unwrap();
     // Two free slots, but not for bulk: a third bulk call waits.
@@ -47,7 +47,7 @@ async fn a_bulk_flood_leaves_the_reserved_slots_to_standard_and_critical_calls()
 
 #[tokio::test]
 async fn a_call_cancelled_while_it_waits_leaves_no_count_behind() {
-    let b = Bulkhead::new("t", 1, 1, 25);
+    let b = Bulkhead::new(1, 1, 25);
     let held = enter_as(&b, Class::Critical).await.unwrap();
     for _ in 0..5 {
         // Polled once (it joins the queue), then dropped: a client that hung up.
@@ -62,7 +62,7 @@ async fn a_call_cancelled_while_it_waits_leaves_no_count_behind() {
 #[tokio::test]
 async fn the_lowest_class_is_shed_first_and_a_freed_slot_goes_to_the_highest_waiting() {
     // One slot, queue of 10: bulk may wait while fewer than 5 wait, standard fewer than 9.
-    let b = Arc::new(Bulkhead::new("t", 1, 10, 25));
+    let b = Arc::new(Bulkhead::new(1, 10, 25));
     let held = enter_as(&b, Class::Bulk).await.unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
