@@ -151,9 +151,10 @@ fn over(backend: &str, action: &str, at: i64) -> BreakerOverride {
 async fn breaker_overrides_append_in_order_and_the_newest_per_backend_wins(h: &Harness) {
     let s = &*h.store;
     assert!(s.latest_breaker_overrides().await.unwrap().is_empty());
-    // Six inserts at once (each with an event of its own chain): ids 1..6, none lost or doubled.
+    // Sixteen inserts at once (each with an event of its own chain): ids 1..16, none lost or
+    // doubled, none refused for racing the others.
     let mut set = JoinSet::new();
-    for i in 0..6 {
+    for i in 0..16 {
         let store = h.store.clone();
         set.spawn(async move {
             let rec = AuditGen::new(&format!("chain-o{i}")).next(
@@ -174,19 +175,19 @@ async fn breaker_overrides_append_in_order_and_the_newest_per_backend_wins(h: &H
         ids.push(id.unwrap());
     }
     ids.sort_unstable();
-    assert_eq!(ids, (1..=6).collect::<Vec<i64>>());
+    assert_eq!(ids, (1..=16).collect::<Vec<i64>>());
     let audit = AuditGen::new("chain-c");
     let rec = audit.next("backend.circuit_close", None, None, None);
     let close = s
         .insert_breaker_override(&over("kms", "close", 2000), &rec)
         .await
         .unwrap();
-    assert_eq!(close, 7);
+    assert_eq!(close, 17);
     assert_eq!(audit_count(s, "chain-c").await, 1);
     let after = s.breaker_overrides_after(4, 2).await.unwrap();
     assert_eq!(after.iter().map(|o| o.id).collect::<Vec<_>>(), [5, 6]);
     let all = s.breaker_overrides_after(0, 100).await.unwrap();
-    assert_eq!(all.len(), 7);
+    assert_eq!(all.len(), 17);
     let hsm_last = all
         .iter()
         .filter(|o| o.backend == "hsm")
@@ -198,7 +199,7 @@ async fn breaker_overrides_append_in_order_and_the_newest_per_backend_wins(h: &H
         .iter()
         .map(|o| (o.backend.as_str(), o.action.as_str(), o.id))
         .collect();
-    assert_eq!(seen, [("hsm", "open", hsm_last), ("kms", "close", 7)]);
+    assert_eq!(seen, [("hsm", "open", hsm_last), ("kms", "close", 17)]);
 }
 
 fn approval(id: &str, expires_ms: i64) -> ApprovalRecord {

@@ -20,9 +20,13 @@ fn from_row(r: &sqlx::postgres::PgRow) -> Result<BreakerOverride, sqlx::Error> {
     })
 }
 
+/// The transaction-scoped advisory lock that numbers breaker overrides ("SGOV").
+const OVERRIDES_LOCK: i64 = 0x5347_4f56;
+
 /// [`Store::insert_breaker_override`](crate::Store::insert_breaker_override): the id is the
-/// highest plus one; two inserts racing for it meet on the primary key and the loser tries
-/// again.
+/// highest plus one. Inserts take [`OVERRIDES_LOCK`] first, so they number one after the
+/// other (without it, six at once met on the primary key and the last could lose five rounds
+/// in a row: seen in CI); the primary key still guards a writer that skips the lock.
 pub(super) async fn insert_breaker_override(
     store: &PgStore,
     o: &BreakerOverride,
@@ -30,6 +34,11 @@ pub(super) async fn insert_breaker_override(
 ) -> Result<i64, StoreError> {
     for _ in 0..5 {
         let mut tx = store.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(OVERRIDES_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let inserted: Result<i64, sqlx::Error> = sqlx::query_scalar(
             "INSERT INTO breaker_overrides (id, backend, action, created_ms, expires_ms, created_by) \
              SELECT COALESCE(max(id), 0) + 1, $1, $2, $3, $4, $5 FROM breaker_overrides \
