@@ -35,6 +35,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report_archive  # noqa: E402  (bench/report_archive.py, next to this file)
 import report_fleet  # noqa: E402  (bench/report_fleet.py)
+import report_soak  # noqa: E402  (bench/report_soak.py)
 
 BACKENDS = ["local", "hsm", "kms", "kms-nocache"]
 
@@ -624,6 +625,7 @@ def merge_archive(a, res, machine, which):
         "priority": (report_fleet.priority_report, report_fleet.PRIORITY_PREFIX, report_fleet.PRIORITY_HEADING),
         "convergence": (report_fleet.convergence_report, report_fleet.CONVERGENCE_PREFIX,
                         report_fleet.CONVERGENCE_HEADING),
+        "soak": (report_soak.soak_report, report_soak.SOAK_PREFIX, report_soak.SOAK_HEADING),
     }[which]
     got = build(res, machine)
     if got is None:
@@ -830,6 +832,7 @@ def main():
     ap.add_argument("--only-archive", action="store_true")
     ap.add_argument("--only-growth", action="store_true")
     ap.add_argument("--only-fleet", action="store_true")
+    ap.add_argument("--only-soak", action="store_true")
     a = ap.parse_args()
     res = a.results
     machine = json.loads(read(os.path.join(res, "machine.json"), "{}"))
@@ -838,6 +841,9 @@ def main():
         return
     if a.only_archive or a.only_growth:
         merge_archive(a, res, machine, "archive" if a.only_archive else "growth")
+        return
+    if a.only_soak:
+        merge_archive(a, res, machine, "soak")
         return
     if a.only_fleet:
         merge_archive(a, res, machine, "priority")
@@ -855,12 +861,13 @@ def main():
     archive = report_archive.archive_report(res, machine)
     # Section 13 runs only with --only growth: a full run keeps the last one.
     prev_json = json.loads(read(a.json, "{}") or "{}")
-    growth_goals = [g for g in prev_json.get("goals", []) if g["id"].startswith(("growth_", "priority_", "convergence_"))]
+    growth_goals = [g for g in prev_json.get("goals", []) if g["id"].startswith(("growth_", "priority_", "convergence_", "soak_"))]
     prev_md = (read(a.md, "") or "").splitlines()
     growth_section = report_archive.previous_section(prev_md, report_archive.GROWTH_HEADING)
     # Sections 14 and 15 run only with --only fleet: a full run keeps the last ones too.
     priority_section = (report_archive.previous_section(prev_md, report_fleet.PRIORITY_HEADING) +
-                        report_archive.previous_section(prev_md, report_fleet.CONVERGENCE_HEADING))
+                        report_archive.previous_section(prev_md, report_fleet.CONVERGENCE_HEADING) +
+                        report_archive.previous_section(prev_md, report_soak.SOAK_HEADING))
     load = [json.loads(l) for l in (read(os.path.join(res, "load.jsonl"), "") or "").splitlines() if l.strip()]
 
     def pick(kind, backend):

@@ -8,7 +8,7 @@
 #
 #   scripts/bench.sh [--accounts N] [--shard-bytes B] [--duration S] [--rounds R]
 #                    [--threads T] [--connections C] [--out DIR] [--keep-logs]
-#                    [--only all|migration|flood|compare|archive|growth|fleet] [--migration-shards N]
+#                    [--only all|migration|flood|compare|archive|growth|fleet|soak] [--migration-shards N]
 #                    [--migration-rate R]
 #                    [--baseline REV | --baseline-env VAR=VALUE | --baseline-profile P]
 #                    [--archive-events N] [--growth-events N] [--growth-span-days D]
@@ -40,6 +40,10 @@
 #                     of `all`: ~5 minutes): section 14, critical GET p99 beside a bulk flood
 #                     at 10x capacity vs alone, on the aws-kms backend with a small bulkhead;
 #                     section 15, how long a policy apply takes to reach two other replicas
+#   --only soak       only the chaos soak (issue 30, section 16; not part of `all`: ~15
+#                     minutes): bench/soak.py, three replicas of a build with the test-only
+#                     `fault-injection` hook, 70% of the peak for SG_BENCH_SOAK_SECS (600) s,
+#                     one fault every 20-30 s in rotation, the checker's read-back at the end
 #   --archive-events N   history events archived per round of section 12 (default 1000000)
 #   --growth-events N    audit history of section 13 (default 10000000), stamped evenly over
 #                     --growth-span-days D (default 300), so all but the last 30 days (hot_days)
@@ -121,7 +125,7 @@ while [ "$#" -gt 0 ]; do
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
         --only)
-            case "${2:-}" in all | migration | flood | compare | archive | growth | fleet) ONLY=$2 ;; *) sg_die "--only is all, migration, flood, compare, archive, growth or fleet, got '${2:-}'" ;; esac
+            case "${2:-}" in all | migration | flood | compare | archive | growth | fleet | soak) ONLY=$2 ;; *) sg_die "--only is all, migration, flood, compare, archive, growth, fleet or soak, got '${2:-}'" ;; esac
             shift 2 ;;
         --migration-shards) MIG_SHARDS=$(num "$1" "${2:-}"); shift 2 ;;
         --migration-rate) MIG_RATE=$(num "$1" "${2:-}"); shift 2 ;;
@@ -460,7 +464,7 @@ LOAD_BACKENDS=("${BACKENDS[@]}")
 # The compare figures: GET on local and hsm, batchGet on hsm, PUT on local.
 [ "$ONLY" = compare ] && LOAD_BACKENDS=(local hsm)
 # The archive figures read the local set.
-case $ONLY in archive | growth | fleet) LOAD_BACKENDS=(local) ;; esac
+case $ONLY in archive | growth | fleet | soak) LOAD_BACKENDS=(local) ;; esac
 for b in "${LOAD_BACKENDS[@]}"; do load_sets+=("bench-$b=$(prefix_of "$b")"); done
 LOAD_CMD="SG_TOKEN=\$TOKEN python3 bench/load.py --base $BASE --accounts $ACCOUNTS --shard-bytes $SHARD_BYTES ${load_sets[*]}"
 blog "loading $ACCOUNTS accounts x 1 shard of $SHARD_BYTES B per backend tier (${LOAD_BACKENDS[*]})"
@@ -959,6 +963,7 @@ if [ "$ONLY" = fleet ]; then
     bench_priority
     bench_convergence
 fi
+[ "$ONLY" != soak ] || bench_soak
 
 # ---------------------------------------------------------------------------------------------
 # 8. Report
@@ -994,6 +999,7 @@ REPORT_ARGS=()
 [ "$ONLY" = archive ] && REPORT_ARGS=(--only-archive)
 [ "$ONLY" = growth ] && REPORT_ARGS=(--only-growth)
 [ "$ONLY" = fleet ] && REPORT_ARGS=(--only-fleet)
+[ "$ONLY" = soak ] && REPORT_ARGS=(--only-soak)
 [ "$ONLY" = flood ] && blog "flood figure: $(tail -n1 "$RES/flood/summary.txt")"
 python3 bench/report.py --results "$RES" --md "$OUT_DIR/BENCHMARKS.md" --json "$OUT_DIR/BENCHMARKS.json" "${REPORT_ARGS[@]}"
 blog "wrote $OUT_DIR/BENCHMARKS.md and $OUT_DIR/BENCHMARKS.json"

@@ -266,7 +266,7 @@ done
 # binaries). With the features a whole run's test build gives it (gateway's dev-dependency
 # on itself enables failpoints), so that alternating runs do not rebuild it.
 if [ "${SHARDGATE_TEST_SETUP_ONLY:-}" != 1 ] && [ "${#RUN_CMD[@]}" -eq 0 ] && [ "${#scope_args[@]}" -eq 0 ]; then
-    run_logged cargo build -p shardgate --bins --features failpoints
+    run_logged cargo build -p shardgate --bins --features failpoints,fault-injection
 fi
 
 if [ "${SHARDGATE_TEST_SETUP_ONLY:-}" = 1 ]; then

@@ -6,7 +6,8 @@
 //! operator's `circuit:open` through one is seen by all, as is the `circuit:close` that ends it;
 //! an account delete held for approval through one is approved through another replica by a
 //! second credential. Three replicas started at once on one SoftHSM2 file token share a
-//! pkcs11 tier, and one killed with SIGKILL restarts beside the other two, which keep serving.
+//! pkcs11 tier, and one killed with SIGKILL restarts beside the other two, which keep serving;
+//! the test build's fault hook logs one out of the HSM, and its pool logs in again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -357,8 +358,45 @@ async fn three_replicas_share_one_softhsm_token_and_one_killed_restarts_beside_t
         .call("PUT", "/v1/accounts/acct-h/shards/s", Some(body))
         .await;
     assert_eq!((s, v["version"].as_i64()), (201, Some(2)), "{v}");
+    fault_hook_logs_a_replica_out_and_its_pool_logs_in_again(&replicas, &tokens).await;
     for r in &replicas {
         assert_eq!(r.get_status("acct-h").await, 200);
         r.served.signal("-TERM");
     }
+}
+
+/// The chaos soak's hsm-logout fault (the test build's `fault-injection` hook): `C_Logout`
+/// inside one replica; its next read of the token still answers 200 (the pool logs in
+/// again); the hook is admin-only and for pkcs11 backends only.
+async fn fault_hook_logs_a_replica_out_and_its_pool_logs_in_again(
+    replicas: &[Replica],
+    tokens: &Tokens,
+) {
+    let hook = "/v1/admin/backends/hsm/fault:logout";
+    let (s, v) = replicas[0]
+        .call_as(&tokens.reader, "POST", hook, None)
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = replicas[0].call("POST", hook, None).await;
+    assert_eq!((s, v["fault"].as_str()), (200, Some("logout")), "{v}");
+    let (s, v) = replicas[0]
+        .call("GET", "/v1/accounts/acct-h/shards/s", None)
+        .await;
+    assert_eq!((s, v["version"].as_i64()), (200, Some(2)), "{v}");
+    let (s, v) = replicas[0]
+        .call("POST", "/v1/admin/backends/local/fault:logout", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    let (s, v) = replicas[0]
+        .call("POST", "/v1/admin/backends/nope/fault:logout", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
 }

@@ -18,11 +18,34 @@
 #                   Goal: critical p99 beside the flood <= 2x alone, 0 critical errors; bulk
 #                   gets 503 with Retry-After, never a timeout.
 
+#
+#   bench_soak      section 16 (`--only soak`, issue 30): the chaos soak, bench/soak.py, with
+#                   a gateway built with the test-only `fault-injection` hook (the hsm-logout
+#                   fault): three replicas on a private PostgreSQL cluster and moto, 70% of the
+#                   peak for SOAK_SECS (default 600) s, one fault every 20-30 s in rotation
+
 PRIO_ACCOUNTS=${SG_BENCH_PRIO_ACCOUNTS:-200}
 PRIO_SLOTS=${SG_BENCH_PRIO_SLOTS:-8}
 PRIO_QUEUE=${SG_BENCH_PRIO_QUEUE:-64}
 PRIO_FLOOD_CONNS=${SG_BENCH_PRIO_FLOOD_CONNS:-64}
 CONVERGE_APPLIES=${SG_BENCH_CONVERGE_APPLIES:-20}
+SOAK_SECS=${SG_BENCH_SOAK_SECS:-600}
+
+bench_soak() {
+    local S=$RES/soak
+    mkdir -p "$S"
+    blog "chaos soak: the gateway with the test-only fault-injection hook ($PROFILE)"
+    CARGO_TARGET_DIR=$TARGET cargo build --profile "$PROFILE" -p shardgate --features fault-injection
+    cp "$TARGET/$PROFILE/shardgate" "$WORK/shardgate-soak"
+    # The measured binary again at $BIN (its artifacts are still there: only the copy is redone).
+    CARGO_TARGET_DIR=$TARGET cargo build --profile "$PROFILE" -p shardgate
+    local cmd=(python3 bench/soak.py --bin "$WORK/shardgate-soak" --out "$S" --duration "$SOAK_SECS")
+    echo "scripts/test.sh --run python3 bench/soak.py --bin <dist build with --features fault-injection> --out DIR --duration $SOAK_SECS" >"$S/cmd"
+    blog "chaos soak: $SOAK_SECS s (progress every 10 s)"
+    bash scripts/test.sh --run "${cmd[@]}" >"$S/soak.log" 2>&1 ||
+        { tail -n 40 "$S/soak.log" >&2; sg_die "the chaos soak failed (log: $S/soak.log)"; }
+    grep '^\[soak\]' "$S/soak.log" | tail -n 30 >&2
+}
 
 bench_convergence() {
     local C=$RES/converge

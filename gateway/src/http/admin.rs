@@ -279,7 +279,7 @@ pub struct OpenCircuitRequest {
     pub ttl_secs: u64,
 }
 
-fn backend_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn backend_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(name) =
         path.map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid backend name"))?;
     Ok(name)

@@ -9,6 +9,8 @@ pub mod approvals;
 pub mod audit;
 pub mod batch;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod health;
 pub mod held;
 pub mod idempotency;
@@ -31,6 +33,21 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use state::AppState;
+
+/// The test-only fault hooks (cargo feature `fault-injection`; [`faults`]).
+#[cfg(feature = "fault-injection")]
+fn test_hooks() -> Router<AppState> {
+    Router::new().route(
+        "/v1/admin/backends/{name}/fault:logout",
+        post(faults::hsm_logout),
+    )
+}
+
+/// Without the `fault-injection` feature (every shipped build): no hook.
+#[cfg(not(feature = "fault-injection"))]
+fn test_hooks() -> Router<AppState> {
+    Router::new()
+}
 
 /// The HTTP API.
 pub fn router(state: AppState) -> Router {
@@ -93,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(ops::render))
+        .merge(test_hooks())
         .method_not_allowed_fallback(api::method_not_allowed)
         .fallback(api::not_found)
         .layer(from_fn_with_state(state.clone(), api::deadline))

@@ -8,6 +8,8 @@ pub mod audit_expire;
 pub mod audit_search;
 pub mod breakers;
 pub mod delete;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod integrity;
 pub mod keys_admin;
 pub mod list;
