@@ -244,6 +244,10 @@ pub struct MigrationJob {
     pub created_at: i64,
     /// Last change, unix ms.
     pub updated_at: i64,
+    /// A policy apply's job: when (unix ms) it looks once more for versions placed by the
+    /// previous policy version; absent once it has.
+    #[serde(default)]
+    pub catch_up_at: Option<i64>,
 }
 
 /// A breaker after an operator's close.

@@ -562,6 +562,21 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditRecord,
     ) -> Result<MigrationJob, StoreError>;
 
+    /// Have a running job snapshot its selector once more at `at_ms` before it completes
+    /// ([`MigrationJob::catch_up_at`]). `NotFound` when the job does not exist.
+    async fn schedule_migration_catch_up(&self, id: &str, at_ms: i64) -> Result<(), StoreError>;
+
+    /// The job's second snapshot, when one is due (`catch_up_at <= now_ms`): every version
+    /// matching its selector that it does not hold yet becomes a pending item (`total`
+    /// grows), and `catch_up_at` is cleared, in one transaction. Returns how many items were
+    /// added, or `None` when none was due (not scheduled, not yet, or taken by another
+    /// replica). Idempotent: a second call finds nothing due.
+    async fn catch_up_migration_job(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
+
     /// One job.
     async fn get_migration_job(&self, id: &str) -> Result<Option<MigrationJob>, StoreError>;
 

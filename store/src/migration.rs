@@ -61,6 +61,10 @@ pub struct MigrationJob {
     pub updated_at: i64,
     /// Identity that started it.
     pub created_by: String,
+    /// When set (unix milliseconds), the job snapshots its selector once more at that time
+    /// before it can complete (a policy apply's jobs: the versions replicas still on the
+    /// previous policy version placed on the old backend meanwhile). `None`: nothing pending.
+    pub catch_up_at: Option<i64>,
 }
 
 impl MigrationJob {

@@ -30,7 +30,7 @@ pub(crate) const KEY_COLUMNS: &str =
 /// The `migration_jobs` columns a [`MigrationJob`] is read from.
 pub(crate) const JOB_COLUMNS: &str =
     "id, sel_account, sel_from_backend, sel_key_version_below, state, \
-     total, done, failed, skipped, last_error, created_at, updated_at, created_by";
+     total, done, failed, skipped, last_error, created_at, updated_at, created_by, catch_up_at";
 
 /// The `idempotency_keys` columns an [`IdempotencyRecord`] is read from and written to.
 pub(crate) const IDEM_COLUMNS: &str = "scope, key, request_hash, status, body_json, created_at";
@@ -195,6 +195,7 @@ where
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         created_by: r.try_get("created_by")?,
+        catch_up_at: r.try_get("catch_up_at")?,
     })
 }
 

@@ -22,6 +22,7 @@ both_stores!(
     failed_seal_rolls_the_whole_batch_back,
     batch_with_an_item_not_held_changes_nothing,
     batch_loses_to_a_pause,
+    catch_up_adds_versions_stored_after_the_snapshot_once_when_due,
     create_snapshots_matching_versions_for_each_selector,
     create_duplicate_id_is_refused_without_audit,
     claim_returns_rows_and_current_tier_in_order,
@@ -1627,4 +1628,51 @@ async fn batch_loses_to_a_pause(h: &Harness) {
     for r in &rows {
         assert_eq!(&row(s, A, &r.shard, r.version).await, r);
     }
+}
+
+async fn catch_up_adds_versions_stored_after_the_snapshot_once_when_due(h: &Harness) {
+    let s = &*h.store;
+    let audit = AuditGen::new(CHAIN);
+    fixture(s, &audit).await;
+    let created = create(s, &audit, "job", sel(None, Some("local-1"), None)).await;
+    assert_eq!((created.total, created.catch_up_at), (5, None));
+    // Nothing scheduled: nothing due.
+    assert_eq!(s.catch_up_migration_job("job", 9000).await.unwrap(), None);
+    s.schedule_migration_catch_up("job", 8000).await.unwrap();
+    assert_eq!(job(s, "job").await.catch_up_at, Some(8000));
+    // A straggler (placed on the old backend after the snapshot), and a version elsewhere.
+    insert(s, &audit, A, "late", 1, "local-1", 1).await;
+    insert(s, &audit, B, "elsewhere", 1, "kms-1", 1).await;
+    // Not yet due.
+    assert_eq!(s.catch_up_migration_job("job", 7999).await.unwrap(), None);
+    assert_eq!(job(s, "job").await.total, 5);
+    // Half the snapshot already settled: those items stay as they are.
+    let items = claim(s, "job", "w", 5000, 2).await;
+    let rows: Vec<ShardVersionRow> = items.iter().map(|c| c.row.clone()).collect();
+    let outcomes: Vec<ItemOutcome> = rows.iter().map(|r| moved("w", r)).collect();
+    commit_batch(s, &audit, "job", "w", &rows, &outcomes)
+        .await
+        .unwrap();
+    // Due: the straggler alone is added (the moved ones are no longer on local-1, the
+    // pending ones are held already), once.
+    assert_eq!(
+        s.catch_up_migration_job("job", 8000).await.unwrap(),
+        Some(1)
+    );
+    let after = job(s, "job").await;
+    assert_eq!((after.total, after.done, after.catch_up_at), (6, 2, None));
+    assert_eq!(after.remaining(), 4);
+    assert_eq!(s.catch_up_migration_job("job", 9000).await.unwrap(), None);
+    assert_eq!(job(s, "job").await.total, 6);
+    let rest = claim(s, "job", "w2", 9000, 100).await;
+    assert!(
+        keys(&rest).contains(&key(A, "late", 1)),
+        "{:?}",
+        keys(&rest)
+    );
+    assert_eq!(rest.len(), 4);
+    assert!(matches!(
+        s.schedule_migration_catch_up("nope", 1).await,
+        Err(StoreError::Internal(_))
+    ));
 }

@@ -639,6 +639,11 @@ impl AppState {
             auth,
             audit: audit.clone(),
             migration: cfg.migration.clone(),
+            straggler_window_ms: cfg
+                .policy
+                .refresh_ms
+                .saturating_add(cfg.timeouts.request_ms)
+                .saturating_add(1000),
             idempotency: cfg.idempotency.clone(),
             retention: cfg.retention.clone(),
             approvals: cfg.approvals.clone(),

@@ -86,6 +86,11 @@ pub struct MigrationJobView {
     pub created_at: i64,
     /// Unix milliseconds.
     pub updated_at: i64,
+    /// A policy apply's job: when (unix milliseconds) it snapshots its selector once more
+    /// before it completes (the versions replicas still on the previous policy version placed
+    /// meanwhile); absent once taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up_at: Option<i64>,
 }
 
 async fn view(state: &AppState, job: MigrationJob) -> Result<MigrationJobView, ApiError> {
@@ -119,6 +124,7 @@ async fn view(state: &AppState, job: MigrationJob) -> Result<MigrationJobView, A
         errors,
         created_at: job.created_at,
         updated_at: job.updated_at,
+        catch_up_at: job.catch_up_at,
     })
 }
 

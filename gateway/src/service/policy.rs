@@ -346,6 +346,13 @@ async fn start_jobs(
             ..Default::default()
         };
         super::migrate::start_with_id(state, &id, selector, origin).await?;
+        // Replicas still on the previous version place writes on the old backend until they
+        // poll this one, after the snapshot just taken: the job looks again once they can't.
+        let window = i64::try_from(state.straggler_window_ms).unwrap_or(i64::MAX);
+        state
+            .store
+            .schedule_migration_catch_up(&id, crate::now_ms().saturating_add(window))
+            .await?;
         ids.push(id);
     }
     Ok(ids)

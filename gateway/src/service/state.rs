@@ -40,6 +40,11 @@ pub struct Parts {
     pub keys: Arc<KeyLifecycle>,
     /// Migration settings.
     pub migration: MigrationConfig,
+    /// How long after a policy apply a write placed by the version before it may still
+    /// commit: `[policy] refresh_ms` (until every replica has polled the new version) plus
+    /// `[timeouts] request_ms` (a write in flight then) plus a second for clocks. An apply's
+    /// re-wrap jobs snapshot again once it has passed (`service::policy`).
+    pub straggler_window_ms: u64,
     /// How long `Idempotency-Key` answers are replayed.
     pub idempotency: IdempotencyConfig,
     /// Versions kept per shard by default.

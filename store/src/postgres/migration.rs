@@ -192,6 +192,78 @@ pub(super) async fn create_migration_job(
     Ok(job)
 }
 
+/// [`Store::schedule_migration_catch_up`](crate::Store::schedule_migration_catch_up).
+pub(super) async fn schedule_migration_catch_up(
+    store: &PgStore,
+    id: &str,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE migration_jobs SET catch_up_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(at_ms)
+        .execute(&store.pool)
+        .await
+        .map_err(map_err)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Internal(format!("no migration job {id}")));
+    }
+    Ok(())
+}
+
+/// [`Store::catch_up_migration_job`](crate::Store::catch_up_migration_job).
+pub(super) async fn catch_up_migration_job(
+    store: &PgStore,
+    id: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    let mut tx = store.begin().await?;
+    // The row lock makes one replica take the snapshot; the others find it cleared.
+    let due = sqlx::query(
+        "SELECT sel_account, sel_from_backend, sel_key_version_below FROM migration_jobs \
+         WHERE id = $1 AND catch_up_at <= $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(now_ms)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    let Some(row) = due else {
+        return Ok(None);
+    };
+    let account: Option<String> = row.try_get("sel_account").map_err(map_err)?;
+    let from: Option<String> = row.try_get("sel_from_backend").map_err(map_err)?;
+    let below: Option<i64> = row.try_get("sel_key_version_below").map_err(map_err)?;
+    let added = sqlx::query(
+        "INSERT INTO migration_items (job_id, account, shard, version, state) \
+         SELECT $1, account, shard, version, 'pending' FROM shard_versions \
+         WHERE ($2::TEXT IS NULL OR account = $2) \
+           AND ($3::TEXT IS NULL OR backend = $3) \
+           AND ($4::BIGINT IS NULL OR key_version < $4) \
+         ON CONFLICT (job_id, account, shard, version) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&account)
+    .bind(&from)
+    .bind(below)
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    let added = count(added)?;
+    sqlx::query(
+        "UPDATE migration_jobs SET total = total + $2, catch_up_at = NULL, updated_at = $3 \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(added)
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(Some(added))
+}
+
 /// [`Store::get_migration_job`](crate::Store::get_migration_job).
 pub(super) async fn get_migration_job(
     store: &PgStore,

@@ -632,6 +632,18 @@ impl Store for PgStore {
         migration::create_migration_job(self, id, selector, now_ms, created_by, audit).await
     }
 
+    async fn schedule_migration_catch_up(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        migration::schedule_migration_catch_up(self, id, at_ms).await
+    }
+
+    async fn catch_up_migration_job(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        migration::catch_up_migration_job(self, id, now_ms).await
+    }
+
     async fn get_migration_job(&self, id: &str) -> Result<Option<MigrationJob>, StoreError> {
         migration::get_migration_job(self, id).await
     }

@@ -137,6 +137,9 @@ impl<'a> Worker<'a> {
                 }
             }
             if items.is_empty() {
+                if job.remaining() == 0 && self.catch_up(&job).await? {
+                    continue;
+                }
                 if job.remaining() == 0 {
                     self.settle(&job).await?;
                     if let Some(job) = self.state.store.get_migration_job(id).await? {
@@ -168,6 +171,30 @@ impl<'a> Worker<'a> {
                 }
             }
         }
+    }
+
+    /// Every item settled, but a second snapshot pending (a policy apply's job): wait for its
+    /// time, take it (one replica does; the items it adds are worked like the others), and
+    /// say whether the job goes on. `false`: nothing pending, the job may settle.
+    async fn catch_up(&self, job: &MigrationJob) -> Result<bool, DomainError> {
+        let Some(at) = job.catch_up_at else {
+            return Ok(false);
+        };
+        let wait = at.saturating_sub(crate::now_ms());
+        if wait > 0 {
+            let ms = u64::try_from(wait).unwrap_or(u64::MAX).min(500);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Ok(true);
+        }
+        if let Some(added) = self
+            .state
+            .store
+            .catch_up_migration_job(&job.id, crate::now_ms())
+            .await?
+        {
+            tracing::info!(job = %job.id, added, "migration job: second snapshot taken (writes placed by the previous policy version)");
+        }
+        Ok(true)
     }
 
     /// Every item settled: the job ends `completed` or `completed_with_errors` (once, even
