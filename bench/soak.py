@@ -13,6 +13,8 @@ back; the audit chains are verified with `shardgate audit verify`.
                       --duration s at 70% of it, a fault every 20-30 s; the RSS of the
                       replicas never restarted, after warm-up
 
+Without --out, everything goes to $SHARDGATE_TEST_LOG_DIR/soak, which scripts/test.sh's secret
+scan reads (the soak plants its admin token, HSM PIN and a sample of shard plaintexts).
 BIN must be built with `--features fault-injection` (the hsm-logout fault's hook).
 Writes DIR/soak.json (the report) and the cluster's logs under DIR; exits 1 when any check
 fails (a lost or stale or foreign read, a CAS violation, a deleted cell that came back, an
@@ -192,7 +194,7 @@ def summarize(load, faults_log, ops):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="logs and soak.json (default: $SHARDGATE_TEST_LOG_DIR/soak)")
     ap.add_argument("--ci", action="store_true")
     ap.add_argument("--duration", type=float, default=600)
     ap.add_argument("--rate", type=float, default=None)
@@ -207,6 +209,10 @@ def main():
     threads = a.threads or (6 if a.ci else 16)
     per_tier = a.accounts_per_tier or (4 if a.ci else 12)
     every = (7.0, 9.0) if a.ci else (20.0, 30.0)
+    if not a.out:
+        if not os.environ.get("SHARDGATE_TEST_LOG_DIR"):
+            raise SystemExit("--out DIR, or run it through scripts/test.sh --run")
+        a.out = os.path.join(os.environ["SHARDGATE_TEST_LOG_DIR"], "soak")
     os.makedirs(a.out, exist_ok=True)
     # A SIGTERM (CI's time budget) still stops the cluster: PostgreSQL runs detached.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

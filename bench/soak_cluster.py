@@ -4,7 +4,11 @@ gateway's config, and three `shardgate serve` replicas on that one database.
 
 Needs what scripts/test.sh exports: SHARDGATE_TEST_PG_BINDIR (initdb, pg_ctl),
 SHARDGATE_TEST_MOTO_CMD (a moto_server command; -H/-p are appended) and
-SHARDGATE_TEST_SOFTHSM_MODULE. Everything lives under one work directory, removed by stop().
+SHARDGATE_TEST_SOFTHSM_MODULE. Logs and the report go to the work directory; the keyrings,
+the audit key and the HSM PIN to a private temporary directory (0700), removed by stop(), so
+that a log directory never holds a secret. Under scripts/test.sh the admin token and the PIN
+are planted for its secret scan ($SHARDGATE_TEST_LOG_DIR/planted-secrets.txt), which then
+checks that no replica's log holds them.
 """
 
 import hashlib
@@ -16,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 TIERS = {"soak-local": "local", "soak-hsm": "hsm", "soak-kms": "kms"}
@@ -35,6 +40,14 @@ def need_env(name):
     return v
 
 
+def plant(secret):
+    """Name a secret to scripts/test.sh's secret scan (nothing outside it)."""
+    d = os.environ.get("SHARDGATE_TEST_LOG_DIR")
+    if d:
+        with open(os.path.join(d, "planted-secrets.txt"), "a") as f:
+            f.write(secret + "\n")
+
+
 def as_postgres(args, **kw):
     """Run a PostgreSQL server binary as `postgres` when we are root (it refuses root)."""
     if os.geteuid() == 0:
@@ -43,11 +56,14 @@ def as_postgres(args, **kw):
 
 
 class Postgres:
-    """A private cluster, trust authentication, on a free port of 127.0.0.1."""
+    """A private cluster, trust authentication, on a free port of 127.0.0.1, in a temporary
+    directory of its own (the server's user must reach it; a log directory is 0700)."""
 
     def __init__(self, work):
         self.bindir = need_env("SHARDGATE_TEST_PG_BINDIR")
-        self.dir = os.path.join(work, "pg")
+        self.work = work
+        self.dir = tempfile.mkdtemp(prefix="shardgate-soak-pg-")
+        os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
         os.makedirs(self.data)
         if os.geteuid() == 0:
@@ -78,8 +94,16 @@ class Postgres:
         self.pg_ctl("-m", "immediate", "-w", "stop")
         self.start()
 
-    def stop(self):
+    def stop(self, keep):
         self.pg_ctl("-m", "immediate", "-w", "stop")
+        try:
+            shutil.copy(self.log, os.path.join(self.work, "postgres.log"))
+        except OSError:
+            pass
+        if keep:
+            print("[soak] PostgreSQL data kept in %s" % self.data)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Moto:
@@ -193,9 +217,11 @@ class Cluster:
     def __init__(self, binary, work, replicas, pool_size, refresh_ms):
         self.bin = os.path.abspath(binary)
         self.work = work
-        os.makedirs(os.path.join(work, "data"), exist_ok=True)
-        os.makedirs(os.path.join(work, "secrets"), mode=0o700, exist_ok=True)
+        self.private = tempfile.mkdtemp(prefix="shardgate-soak-")  # 0700
+        os.makedirs(os.path.join(self.private, "data"))
+        os.makedirs(os.path.join(self.private, "secrets"), mode=0o700)
         self.token = "sgt_soak_" + secrets.token_hex(24)
+        plant(self.token)
         self.pg = Postgres(work)
         self.pg.start()
         self.moto = Moto(work)
@@ -221,13 +247,14 @@ class Cluster:
             f.write("directories.tokendir = %s/tokens\nobjectstore.backend = file\n"
                     "log.level = ERROR\n" % d)
         pin = secrets.token_hex(16)
+        plant(pin)
         env = dict(os.environ, SOFTHSM2_CONF=conf)
         out = subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", HSM_LABEL,
                               "--so-pin", secrets.token_hex(16), "--pin", pin], env=env,
                              capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit("softhsm2-util --init-token failed: %s" % out.stderr)
-        fd = os.open(os.path.join(work, "secrets", "hsm.pin"),
+        fd = os.open(os.path.join(self.private, "secrets", "hsm.pin"),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, (pin + "\n").encode())
         os.close(fd)
@@ -241,7 +268,7 @@ class Cluster:
         return env
 
     def _write_config(self, pool_size, refresh_ms):
-        w = self.work
+        w = self.private
         sha = hashlib.sha256(self.token.encode()).hexdigest()
         tiers = "\n".join('%s = "%s"' % kv for kv in TIERS.items())
         text = """# Written by bench/soak.py
@@ -312,6 +339,5 @@ create_key = true
         for r in self.replicas:
             r.stop()
         self.moto.stop()
-        self.pg.stop()
-        if not keep:
-            shutil.rmtree(os.path.join(self.work, "pg"), ignore_errors=True)
+        self.pg.stop(keep)
+        shutil.rmtree(self.private, ignore_errors=True)

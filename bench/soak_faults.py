@@ -10,7 +10,7 @@
                 /v1/admin/backends/hsm/fault:logout, the admin-only hook of a gateway built
                 with the cargo feature `fault-injection` (PKCS#11 login state is per process)
   policy-apply  PUT /v1/admin/policy: the rollout `soak-pilot` (tier soak-local onto kms)
-                between 30 and 70 percent, in turn (accounts change backend under traffic)
+                between 70 and 30 percent, in turn (accounts change backend under traffic)
   breaker-open  POST /v1/admin/backends/{kms,hsm,local}/circuit:open {"ttl_secs": 5}, in
                 turn, through a random replica: every replica refuses that backend for 5 s
 """
@@ -93,7 +93,7 @@ class Faults:
     def f_policy_apply(self, turn):
         doc = self.admin("GET", "/v1/admin/policy")
         policy = doc["policy"]
-        percent = 30.0 if turn % 2 == 0 else 70.0
+        percent = 70.0 if turn % 2 == 0 else 30.0
         rollouts = [r for r in policy.get("rollouts", []) if r.get("name") != "soak-pilot"]
         rollouts.append({"name": "soak-pilot", "tier": "soak-local", "backend": "kms",
                          "percent": percent})

@@ -19,6 +19,7 @@ import urllib.parse
 from collections import deque
 
 from soak_check import Model
+from soak_cluster import plant
 
 MIX = [("get", 40), ("batch", 10), ("put", 15), ("cas", 20), ("doomed", 10)]
 
@@ -76,6 +77,7 @@ class Load:
         self.doomed = deque()
         self.doomed_lock = threading.Lock()
         self.doomed_seq = 0
+        self.planted = 0
         self.gone = []  # deleted doomed cells
         self.cas_races = {}  # writers acknowledged (0, 1, 2) -> races
         self.accounts = []  # (account, tier)
@@ -117,6 +119,9 @@ class Load:
         body = {"shard": base64.b64encode(payload).decode()}
         if expected is not None:
             body["expected_version"] = expected
+        if self.planted < 50:  # a sample of shard plaintexts for the secret scan
+            self.planted += 1
+            plant(body["shard"])
         w = self.model.begin_write(cell, payload, expected)
         s, doc, code = c.call(base, "PUT", "/v1/accounts/%s/shards/%s" % (cell.account,
                                                                            cell.shard), body)
