@@ -75,14 +75,17 @@ def soak_report(res, machine):
                    for k, v in sorted(rss.items())) or "n/a"),
                "", "Operations by kind (answered as expected / sent): " + ", ".join(
                    "%s %d/%d" % (k, v["ok"], v["n"]) for k, v in sorted(r["by_kind"].items())),
-               "", "Each fault, the errors of the operations that began before the next one, and "
-               "the recovery time (the fault's start to the end of its window's last failed "
-               "operation):", "",
-               "| at (s) | fault | errors | recovery (s) | slowest ok (s) | codes |",
-               "|---|---|---|---|---|---|"]
+               "", "Each fault: the operations that failed between it and the next one (by their "
+               "end), the recovery time (from the fault's start, its own duration included, to "
+               "the end of the last failure of the burst it caused: failures less than 3 s "
+               "apart), the failures after that burst (background, not this fault's), and the "
+               "slowest successful operation:", "",
+               "| at (s) | fault | errors | recovery (s) | later errors | slowest ok (s) | codes |",
+               "|---|---|---|---|---|---|---|"]
     for f in r["faults"]:
-        section.append("| %.1f | %s: %s | %d | %.2f | %.2f | %s |" % (
-            f["t"], f["kind"], f["detail"], f["errors"], f["recovery_s"], f["slowest_ok_s"],
+        section.append("| %.1f | %s: %s | %d | %.2f | %d | %.2f | %s |" % (
+            f["t"], f["kind"], f["detail"], f["errors"], f["recovery_s"],
+            f.get("later_errors", 0), f["slowest_ok_s"],
             ", ".join("%s %d" % kv for kv in sorted(f["error_codes"].items())) or "-"))
     section.append("")
     figures = {k: r[k] for k in ("ops", "ops_per_s", "rate_ops_per_s", "model", "violations",

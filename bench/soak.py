@@ -325,9 +325,10 @@ def report_lines(r):
         r["cas_races"], [(j["state"], j.get("done"), j.get("total")) for j in
                          r["migration_jobs"]]))
     for f in r["faults"]:
-        lines.append("  %-13s at %6.1f s: %3d errors, recovered in %5.2f s, slowest ok %5.2f s"
-                     "  (%s)" % (f["kind"], f["t"], f["errors"], f["recovery_s"],
-                                 f["slowest_ok_s"], f["detail"]))
+        lines.append("  %-13s at %6.1f s: %4d errors, recovered in %5.2f s (%d later), slowest "
+                     "ok %5.2f s  (%s)" % (f["kind"], f["t"], f["errors"], f["recovery_s"],
+                                           f["later_errors"], f["slowest_ok_s"],
+                                           f["detail"][:120]))
     lines.append("violations: %s" % ({k: v["count"] for k, v in r["violations"].items()} or 0))
     lines.append("audit verify: exit %d" % r["audit_verify"]["exit"])
     if "rss" in r:

@@ -18,6 +18,7 @@ returns name the write that produced them. The rules:
                     after the acknowledgement
 """
 
+import bisect
 import threading
 import time
 from collections import defaultdict
@@ -42,13 +43,19 @@ class Cell:
         self.doomed = doomed
         self.writes = {}  # payload -> Write
         self.acked = []  # Writes acknowledged, in ack order
+        # The same, indexed: ack times (increasing), the highest version acknowledged up to
+        # each, and the write of each acknowledged version (reads check in O(log n)).
+        self.ack_times = []
+        self.ack_max = []
+        self.by_version = {}
         self.deleted_at = None  # monotonic time the DELETE was acknowledged
         self.delete_tried = False
         self.uncertain = False  # a write timed out: it may still be committing
 
     def floor_at(self, t0):
         """Highest version acknowledged before t0."""
-        return max((w.version for w in self.acked if w.t1 < t0), default=0)
+        i = bisect.bisect_left(self.ack_times, t0)
+        return self.ack_max[i - 1] if i else 0
 
     def latest_acked(self):
         return max((w.version for w in self.acked), default=0)
@@ -89,6 +96,9 @@ class Model:
             w.version = version
             w.acked = True
             cell.acked.append(w)
+            cell.ack_times.append(w.t1)
+            cell.ack_max.append(max(version, cell.ack_max[-1] if cell.ack_max else 0))
+            cell.by_version.setdefault(version, w)
         if w.expected is not None and version != w.expected + 1:
             self.violation("cas", "%s/%s: expected_version %d acknowledged as version %d" % (
                 cell.account, cell.shard, w.expected, version))
@@ -103,11 +113,13 @@ class Model:
             delete_tried = cell.delete_tried
             floor = cell.floor_at(t0)
             w = cell.writes.get(payload) if payload is not None else None
-            acked_versions = {x.version: x for x in cell.acked if x.t1 < t0}
+            asked = cell.by_version.get(asked_version) if asked_version is not None else None
+            if asked is not None and not asked.t1 < t0:
+                asked = None  # acknowledged only after the read began
         if status == 404:
             if deleted or delete_tried:
                 return  # (an unacknowledged DELETE may have run)
-            if asked_version is not None and asked_version in acked_versions:
+            if asked is not None:
                 self.violation("lost", "%s: version %d answered 404" % (name, asked_version))
             elif asked_version is None and floor > 0:
                 self.violation("lost", "%s: latest answered 404 with version %d acknowledged"
@@ -130,8 +142,7 @@ class Model:
             if version != asked_version:
                 self.violation("foreign", "%s: asked version %d, answered %s" % (
                     name, asked_version, version))
-            expect = acked_versions.get(asked_version)
-            if expect is not None and expect.payload != payload:
+            if asked is not None and asked.payload != payload:
                 self.violation("lost", "%s: version %d answered other bytes" % (name, asked_version))
 
     # -- deletes -----------------------------------------------------------------------------

@@ -10,7 +10,8 @@
                 /v1/admin/backends/hsm/fault:logout, the admin-only hook of a gateway built
                 with the cargo feature `fault-injection` (PKCS#11 login state is per process)
   policy-apply  PUT /v1/admin/policy: the rollout `soak-pilot` (tier soak-local onto kms)
-                between 70 and 30 percent, in turn (accounts change backend under traffic)
+                between 70 and 30 percent, in turn (accounts change backend under traffic;
+                back to 30% is a downgrade, kms -> local, confirmed with allow_downgrade)
   breaker-open  POST /v1/admin/backends/{kms,hsm,local}/circuit:open {"ttl_secs": 5}, in
                 turn, through a random replica: every replica refuses that backend for 5 s
 """
@@ -98,7 +99,9 @@ class Faults:
         rollouts.append({"name": "soak-pilot", "tier": "soak-local", "backend": "kms",
                          "percent": percent})
         policy["rollouts"] = rollouts
-        out = self.admin("PUT", "/v1/admin/policy", {"policy": policy})
+        # Back to 30% moves accounts from kms to local: a downgrade, refused without this
+        # (409 downgrade_refused; the admin token may confirm it).
+        out = self.admin("PUT", "/v1/admin/policy", {"policy": policy, "allow_downgrade": True})
         return "policy version %s: rollout soak-pilot at %.0f%%" % (out.get("version"), percent)
 
     def f_breaker_open(self, turn):
@@ -107,21 +110,33 @@ class Faults:
         return "breaker of %s forced open for 5 s" % backend
 
 
-def recovery(faults, ops, expected_ok=("ok", "not_found", "conflict", "busy", "retired")):
-    """Per fault: the errors of operations that began in its window (until the next fault or
-    the end), the recovery time (from the fault's start until the end of the last failed
-    operation of the window; 0 when none failed) and the slowest successful operation."""
+def recovery(faults, ops, expected_ok=("ok", "not_found", "conflict", "busy", "retired"),
+             gap=3.0):
+    """Per fault: the failed operations that ENDED in its window (from its start to the next
+    fault's: an operation in flight when the next fault strikes fails because of that one),
+    by code; the recovery time, from the fault's start to the end of the last failure of the
+    burst it caused (failures less than `gap` s apart, the first within `gap` s of the
+    fault's own end), 0 when it caused none; the failures after that burst (`later_errors`:
+    background, not this fault's); and the slowest successful operation of the window."""
     out = []
     for i, f in enumerate(faults):
         start = f["t"]
         end = faults[i + 1]["t"] if i + 1 < len(faults) else float("inf")
-        failed = [o for o in ops if start <= o[0] < end and o[4] not in expected_ok]
+        failed = sorted(o[1] for o in ops if start <= o[1] < end and o[4] not in expected_ok)
         codes = {}
-        for o in failed:
-            codes[o[4]] = codes.get(o[4], 0) + 1
-        rec = max((o[1] for o in failed), default=start) - start
-        slowest = max((o[1] - o[0] for o in ops if start <= o[0] < end and o[4] == "ok"),
+        for o in ops:
+            if start <= o[1] < end and o[4] not in expected_ok:
+                codes[o[4]] = codes.get(o[4], 0) + 1
+        last = start + f.get("took_s", 0)
+        in_burst = 0
+        for t in failed:
+            if t > last + gap:
+                break
+            last = max(last, t)
+            in_burst += 1
+        rec = (last - start) if in_burst else 0.0
+        slowest = max((o[1] - o[0] for o in ops if start <= o[1] < end and o[4] == "ok"),
                       default=0)
-        out.append(dict(f, errors=len(failed), error_codes=codes,
-                        recovery_s=round(rec, 2), slowest_ok_s=round(slowest, 2)))
+        out.append(dict(f, errors=len(failed), error_codes=codes, recovery_s=round(rec, 2),
+                        later_errors=len(failed) - in_burst, slowest_ok_s=round(slowest, 2)))
     return out

@@ -157,8 +157,7 @@ class Load:
         version = None
         if random.random() < 0.25:
             with self.model.lock:
-                known = [w.version for w in cell.acked]
-            version = random.choice(known) if known else None
+                version = random.choice(cell.acked).version if cell.acked else None
         return cell.tier, self._get(c, base, cell, version)[0]
 
     def op_batch(self, c, base):

@@ -62,7 +62,7 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failure_threshold: 3,
-            cooldown_ms: 30_000,
+            cooldown_ms: 5_000,
             max_cooldown_ms: 600_000,
             probe_interval_ms: 15_000,
             probe_closed: true,
