@@ -297,8 +297,8 @@ kind = "aws-kms"
 key_id = "{key}"
 region = "us-east-1"
 endpoint_url = "{moto}"
-# A data-key cache that fills during the warm-up (default 10,000 entries: at the soak's rate
-# it fills for most of the 10 minutes, which the RSS figure would count as growth).
+# A data-key cache that is full after the warm-up (the default 10,000 entries may still be
+# filling), so that the RSS figure does not count it as growth.
 [backends.kms.cache]
 max_entries = 1000
 
