@@ -71,6 +71,7 @@ class Postgres:
         out = as_postgres([os.path.join(self.bindir, "initdb"), "-D", self.data, "-A", "trust",
                            "-U", "postgres"])
         if out.returncode != 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
             raise SystemExit("initdb failed: %s" % out.stderr[-2000:])
         self.port = free_port()
         self.log = os.path.join(self.dir, "server.log")
@@ -81,12 +82,24 @@ class Postgres:
     def pg_ctl(self, *args):
         return as_postgres([os.path.join(self.bindir, "pg_ctl"), "-D", self.data] + list(args))
 
-    def start(self):
-        opts = "-p %d -c listen_addresses=127.0.0.1 -k %s -c max_connections=200" % (
-            self.port, self.data)
-        out = self.pg_ctl("-o", opts, "-l", self.log, "-w", "start")
-        if out.returncode != 0:
-            raise SystemExit("pg_ctl start failed: %s %s" % (out.stdout, out.stderr))
+    def start(self, first=False):
+        """Start on self.port. The first start moves to another port while the one picked
+        turns out to be taken meanwhile; a restart keeps the port the replicas were given."""
+        for _ in range(10):
+            opts = "-p %d -c listen_addresses=127.0.0.1 -k %s -c max_connections=200" % (
+                self.port, self.data)
+            out = self.pg_ctl("-o", opts, "-l", self.log, "-w", "start")
+            if out.returncode == 0:
+                return
+            try:
+                with open(self.log) as f:
+                    taken = "could not bind" in f.read()[-4000:]
+            except OSError:
+                taken = False
+            if not (first and taken):
+                break
+            self.port = free_port()
+        raise SystemExit("pg_ctl start failed: %s %s" % (out.stdout, out.stderr))
 
     def restart(self):
         """Stop at once as a crash would (`-m immediate`: no checkpoint, connections cut),
@@ -215,15 +228,26 @@ class Replica:
 
 class Cluster:
     def __init__(self, binary, work, replicas, pool_size, refresh_ms):
+        """Start everything; whatever started before a failure is stopped and removed."""
         self.bin = os.path.abspath(binary)
         self.work = work
+        self.pg = self.moto = None
+        self.replicas = []
         self.private = tempfile.mkdtemp(prefix="shardgate-soak-")  # 0700
+        try:
+            self._start(replicas, pool_size, refresh_ms)
+        except BaseException:
+            self.stop(keep=False)
+            raise
+
+    def _start(self, replicas, pool_size, refresh_ms):
+        work = self.work
         os.makedirs(os.path.join(self.private, "data"))
         os.makedirs(os.path.join(self.private, "secrets"), mode=0o700)
         self.token = "sgt_soak_" + secrets.token_hex(24)
         plant(self.token)
         self.pg = Postgres(work)
-        self.pg.start()
+        self.pg.start(first=True)
         self.moto = Moto(work)
         self.kms_key = self.moto.create_key()
         self.softhsm_conf = self._softhsm(work)
@@ -342,6 +366,8 @@ create_key = true
     def stop(self, keep):
         for r in self.replicas:
             r.stop()
-        self.moto.stop()
-        self.pg.stop(keep)
+        if self.moto:
+            self.moto.stop()
+        if self.pg:
+            self.pg.stop(keep)
         shutil.rmtree(self.private, ignore_errors=True)
