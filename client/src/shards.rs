@@ -73,12 +73,23 @@ impl Client {
     /// Create an account in `tier`, or move it to `tier` (`PUT /v1/accounts/{account}`; not
     /// retried: a tier change can start a migration).
     pub async fn put_account(&self, account: &str, tier: &str) -> Result<Account, Error> {
+        self.send_account_put(account, &serde_json::json!({ "tier": tier }))
+            .await
+    }
+
+    /// `PUT /v1/accounts/{account}` with `request` as its body (not retried: see
+    /// [`Client::put_account`]).
+    async fn send_account_put(
+        &self,
+        account: &str,
+        request: &serde_json::Value,
+    ) -> Result<Account, Error> {
         let mut call = Call::new(
             Method::PUT,
             format!("/v1/accounts/{}", seg(account)),
             Repeat::Unsafe,
         );
-        call.body = Some(body(&serde_json::json!({ "tier": tier }))?);
+        call.body = Some(body(request)?);
         json(self.send(&call).await?).await
     }
 
@@ -91,15 +102,8 @@ impl Client {
         account: &str,
         tier: &str,
     ) -> Result<Account, Error> {
-        let mut call = Call::new(
-            Method::PUT,
-            format!("/v1/accounts/{}", seg(account)),
-            Repeat::Unsafe,
-        );
-        call.body = Some(body(
-            &serde_json::json!({ "tier": tier, "allow_downgrade": true }),
-        )?);
-        json(self.send(&call).await?).await
+        let request = serde_json::json!({ "tier": tier, "allow_downgrade": true });
+        self.send_account_put(account, &request).await
     }
 
     /// [`Client::put_account`] with the account's numeric attributes (`aum_usd`, `users`, ...),
@@ -112,15 +116,8 @@ impl Client {
         tier: &str,
         attributes: &std::collections::BTreeMap<String, f64>,
     ) -> Result<Account, Error> {
-        let mut call = Call::new(
-            Method::PUT,
-            format!("/v1/accounts/{}", seg(account)),
-            Repeat::Unsafe,
-        );
-        call.body = Some(body(
-            &serde_json::json!({ "tier": tier, "attributes": attributes }),
-        )?);
-        json(self.send(&call).await?).await
+        let request = serde_json::json!({ "tier": tier, "attributes": attributes });
+        self.send_account_put(account, &request).await
     }
 
     /// An account (`GET /v1/accounts/{account}`).
