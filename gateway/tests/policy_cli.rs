@@ -709,3 +709,116 @@ async fn apply_shows_the_change_then_commits_the_next_version() {
         "local-new"
     );
 }
+
+/// A `policy apply` killed between committing its version and its re-tier pass leaves the
+/// pass due, and a running replica's migration supervisor finishes it: the account the new
+/// tier rule derives moves once (audited as `policy retier`), the other stays, and the pass
+/// is marked done.
+#[tokio::test]
+async fn a_re_tier_pass_cut_by_a_crash_after_the_commit_is_finished_by_a_running_replica() {
+    for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
+        let Some(mut s) = Setup::new(kind).await else {
+            continue;
+        };
+        s.cfg.migration.poll_interval_ms = 100;
+        common::write_config(&s.cfg, &s.path);
+        resumed_pass(&s, &format!("{kind:?}")).await;
+    }
+}
+
+async fn resumed_pass(s: &Setup, name: &str) {
+    use common::served::{Served, DEADLINE};
+    let logs = common::log_dir("policy_retier_resumed");
+    let gw = Served::start(&s.path, "policy_retier_resumed", name);
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let mut req = http
+            .request(method, format!("{}{path}", gw.base))
+            .bearer_auth(&s.tokens.admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    for (account, users) in [("acct-big", 60_000), ("acct-small", 10)] {
+        let body = serde_json::json!({"tier": "retail", "attributes": {"users": users}});
+        let (st, v) = call(
+            reqwest::Method::PUT,
+            format!("/v1/accounts/{account}"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let file = s.dir.path().join("rules.toml");
+    std::fs::write(
+        &file,
+        "[tiers]\nretail = \"local\"\ninstitutional = \"local-new\"\n\n\
+         [[policy.tier_rules]]\nname = \"big-custody\"\ntier = \"institutional\"\n\
+         from = [\"retail\"]\nany = [{ attribute = \"users\", at_least = 50000 }]\n",
+    )
+    .unwrap();
+    // The apply stops right after its commit (the crash point prints and hangs), and dies.
+    let mut cmd = shardgate_command(&[
+        "policy",
+        "apply",
+        file.to_str().unwrap(),
+        "--config",
+        s.arg(),
+    ]);
+    cmd.env("SHARDGATE_TEST_FAILPOINT", "policy_after_commit:1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("FAILPOINT policy_after_commit") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    std::fs::write(logs.join(format!("{name}-apply.stderr.log")), &seen).unwrap();
+    assert!(
+        seen.contains("FAILPOINT policy_after_commit"),
+        "the apply never reached its crash point: {seen}"
+    );
+    // The replica's supervisor finds the pass due and runs it.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, v) = call(reqwest::Method::GET, "/v1/accounts/acct-big".into(), None).await;
+        if v["tier"] == "institutional" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut pass was never finished: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, v) = call(reqwest::Method::GET, "/v1/accounts/acct-small".into(), None).await;
+    assert_eq!(v["tier"], "retail", "{v}");
+    let db = common::db::Db::connect(s.cfg.store.url.as_deref().unwrap()).await;
+    let moves = "SELECT COUNT(*) FROM audit_events WHERE action = 'account.put' \
+                 AND actor = 'policy retier' AND detail LIKE '%by=tier rule big-custody%policy_version=2%'";
+    assert_eq!(db.count(moves).await, 1);
+    let due = "SELECT COUNT(*) FROM policy_retier WHERE done_ms IS NULL";
+    while db.count(due).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the finished pass is still due"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

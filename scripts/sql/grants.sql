@@ -40,6 +40,10 @@ GRANT SELECT, INSERT ON audit_events, audit_chains TO :"app";
 -- Policy versions (docs/policy.md): appended by `policy apply`, never changed or deleted.
 GRANT SELECT, INSERT ON policy_versions TO :"app";
 
+-- Re-tier passes of policy applies: recorded due before the version commits, marked done
+-- when every account was re-derived.
+GRANT SELECT, INSERT, UPDATE ON policy_retier TO :"app";
+
 -- Operator overrides of backend breakers (circuit:open / circuit:close): appended, never
 -- changed or deleted.
 GRANT SELECT, INSERT ON breaker_overrides TO :"app";

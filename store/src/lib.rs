@@ -533,6 +533,17 @@ pub trait Store: Send + Sync + 'static {
         audit: Option<&AuditRecord>,
     ) -> Result<(), StoreError>;
 
+    /// Record that policy version `version` owes a re-tier pass (moves by its tier rules),
+    /// due from `now_ms`; a pass recorded done before is due again.
+    async fn mark_retier_due(&self, version: i64, now_ms: i64) -> Result<(), StoreError>;
+
+    /// The lowest policy version whose re-tier pass is due and not done (`None`: none).
+    async fn retier_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Mark done every due re-tier pass of a version up to `up_to` (a pass under version
+    /// `up_to` re-derived every account): how many were marked.
+    async fn mark_retier_done(&self, up_to: i64, now_ms: i64) -> Result<u64, StoreError>;
+
     /// Accounts and their tiers in account order, after `after`, at most `limit`: what a
     /// policy change is measured against, a page at a time.
     async fn accounts_page(

@@ -16,6 +16,8 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
     // Policy versions: appended by `policy apply` (through a gateway or the CLI), never
     // changed, so what placed a write stays on record.
     ("policy_versions", &["SELECT", "INSERT"]),
+    // Re-tier passes of policy applies: recorded due, then marked done.
+    ("policy_retier", &["SELECT", "INSERT", "UPDATE"]),
     // Operator overrides of breakers: appended (with their audit event), never changed.
     ("breaker_overrides", &["SELECT", "INSERT"]),
     // Dual-control requests: stored, then approved once; never deleted.

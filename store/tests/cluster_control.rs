@@ -1,7 +1,8 @@
 //! What the replicas of a cluster share besides data, run against both stores
 //! (`postgres::<case>` and `sqlite::<case>`): the tier policy as versioned rows (versions
 //! append one after the other with their audit event, concurrent applies of one version leave
-//! exactly one, the accounts a change is measured against are walked a page at a time), and
+//! exactly one, the accounts a change is measured against are walked a page at a time, re-tier
+//! passes stay due until a pass at or after their version is done), and
 //! operator overrides of breakers (ids in order, read past the last applied, the newest per
 //! backend), and dual-control approvals (approved once, by another credential, in time).
 
@@ -18,6 +19,7 @@ both_stores!(
     policy_versions_append_only_after_the_highest,
     concurrent_applies_of_one_version_leave_exactly_one,
     accounts_page_walks_every_account_in_order,
+    a_due_retier_pass_stays_due_until_a_pass_at_or_after_its_version_is_done,
     breaker_overrides_append_in_order_and_the_newest_per_backend_wins,
     an_approval_is_approved_once_by_another_credential_before_it_expires,
 );
@@ -113,6 +115,26 @@ async fn concurrent_applies_of_one_version_leave_exactly_one(h: &Harness) {
         (2, winners[0].as_str())
     );
     assert_eq!(audit_count(&*h.store, "chain-q").await, 1);
+}
+
+async fn a_due_retier_pass_stays_due_until_a_pass_at_or_after_its_version_is_done(h: &Harness) {
+    let s = &*h.store;
+    assert_eq!(s.retier_due().await.unwrap(), None);
+    s.mark_retier_due(3, 10).await.unwrap();
+    s.mark_retier_due(5, 11).await.unwrap();
+    assert_eq!(s.retier_due().await.unwrap(), Some(3));
+    // A pass under version 2 covers neither.
+    assert_eq!(s.mark_retier_done(2, 20).await.unwrap(), 0);
+    assert_eq!(s.retier_due().await.unwrap(), Some(3));
+    // A pass under version 4 covers 3, not 5.
+    assert_eq!(s.mark_retier_done(4, 21).await.unwrap(), 1);
+    assert_eq!(s.retier_due().await.unwrap(), Some(5));
+    // Marking a done version due again (a repeated apply) makes it due again.
+    s.mark_retier_due(3, 30).await.unwrap();
+    assert_eq!(s.retier_due().await.unwrap(), Some(3));
+    assert_eq!(s.mark_retier_done(5, 31).await.unwrap(), 2);
+    assert_eq!(s.retier_due().await.unwrap(), None);
+    assert_eq!(s.mark_retier_done(9, 32).await.unwrap(), 0);
 }
 
 async fn accounts_page_walks_every_account_in_order(h: &Harness) {

@@ -1,4 +1,5 @@
-//! Crash points for the crash tests (the tier-migration worker, the audit archiver):
+//! Crash points for the crash tests (the tier-migration worker, the audit archiver, a policy
+//! apply between its commit and its re-tier pass):
 //! compiled only with the `failpoints` feature, which only test builds enable.
 
 #[cfg(feature = "failpoints")]

@@ -8,6 +8,7 @@
 use super::state::Services;
 use crate::domain::audit::Origin;
 use crate::domain::error::DomainError;
+use crate::domain::failpoint::failpoint;
 use crate::domain::policy::{append_audited, record_of, Served};
 use crate::domain::protection::{is_downgrade, Placed};
 use shardgate_policy::{Policy, PolicyDocument, RuleChange};
@@ -137,12 +138,19 @@ pub async fn apply(
         return Ok(change);
     }
     guard_downgrades(state, &change, req.allow_downgrade, origin).await?;
+    if change.tier_changes > 0 {
+        // Due before the version commits, so that a crash after the commit leaves the pass
+        // due for the replicas' supervisors (a crash before it leaves a pass that moves none).
+        let owes = served.version + i64::from(!change.changes.is_empty());
+        state.store.mark_retier_due(owes, crate::now_ms()).await?;
+    }
     if !change.changes.is_empty() {
         commit(state, &req.document, &mut change, origin).await?;
     }
     // With no rule left to commit, this finishes a pass an earlier apply did not.
     if change.tier_changes > 0 {
-        super::retier::retier_all(state, origin).await?;
+        failpoint("policy_after_commit");
+        super::retier::run_now(state, origin).await?;
     }
     if req.migrate {
         change.migration_jobs = start_jobs(state, &change, origin).await?;

@@ -298,6 +298,18 @@ impl Store for SqliteStore {
         policy::append_policy_version(self, record, audit).await
     }
 
+    async fn mark_retier_due(&self, version: i64, now_ms: i64) -> Result<(), StoreError> {
+        policy::mark_retier_due(self, version, now_ms).await
+    }
+
+    async fn retier_due(&self) -> Result<Option<i64>, StoreError> {
+        policy::retier_due(self).await
+    }
+
+    async fn mark_retier_done(&self, up_to: i64, now_ms: i64) -> Result<u64, StoreError> {
+        policy::mark_retier_done(self, up_to, now_ms).await
+    }
+
     async fn accounts_page(
         &self,
         after: Option<&str>,

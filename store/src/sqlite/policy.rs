@@ -103,3 +103,46 @@ pub(super) async fn accounts_page(
         .collect::<Result<_, _>>()
         .map_err(map_err)
 }
+
+/// [`Store::mark_retier_due`](crate::Store::mark_retier_due).
+pub(super) async fn mark_retier_due(
+    store: &SqliteStore,
+    version: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO policy_retier (version, due_ms) VALUES (?1, ?2) \
+         ON CONFLICT (version) DO UPDATE SET due_ms = excluded.due_ms, done_ms = NULL",
+    )
+    .bind(version)
+    .bind(now_ms)
+    .execute(&store.pool)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// [`Store::retier_due`](crate::Store::retier_due).
+pub(super) async fn retier_due(store: &SqliteStore) -> Result<Option<i64>, StoreError> {
+    sqlx::query_scalar("SELECT min(version) FROM policy_retier WHERE done_ms IS NULL")
+        .fetch_one(&store.pool)
+        .await
+        .map_err(map_err)
+}
+
+/// [`Store::mark_retier_done`](crate::Store::mark_retier_done).
+pub(super) async fn mark_retier_done(
+    store: &SqliteStore,
+    up_to: i64,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE policy_retier SET done_ms = ?2 WHERE version <= ?1 AND done_ms IS NULL",
+    )
+    .bind(up_to)
+    .bind(now_ms)
+    .execute(&store.pool)
+    .await
+    .map_err(map_err)?;
+    Ok(done.rows_affected())
+}

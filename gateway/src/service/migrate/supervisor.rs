@@ -1,5 +1,6 @@
 //! [`Supervisor`]: this process's migration workers, one per live job, found by a scan every
-//! `poll_interval_ms` or at once when nudged.
+//! `poll_interval_ms` or at once when nudged. Each scan also resumes a policy apply's re-tier
+//! pass that a crash left due ([`crate::service::retier::resume_due`]).
 
 use super::worker::Worker;
 use crate::service::settings::MigrationConfig;
@@ -19,6 +20,8 @@ pub struct Supervisor {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Scans finished since start ([`Supervisor::scans`]).
     scans: std::sync::atomic::AtomicU64,
+    /// Whether this process is running a resumed re-tier pass (one at a time).
+    retiering: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Supervisor {
@@ -36,6 +39,7 @@ impl Supervisor {
             wake: tokio::sync::Notify::new(),
             stopping: Arc::default(),
             scans: std::sync::atomic::AtomicU64::new(0),
+            retiering: Arc::default(),
         });
         let weak = Arc::downgrade(&sup);
         let every = Duration::from_millis(sup.cfg.poll_interval_ms.max(50));
@@ -85,6 +89,7 @@ impl Supervisor {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
+        self.resume_retier();
         let jobs = match self
             .state
             .store
@@ -133,6 +138,27 @@ impl Supervisor {
                 });
             }
         }
+    }
+}
+
+impl Supervisor {
+    /// Run a due re-tier pass in the background unless this process already runs one.
+    fn resume_retier(&self) {
+        use std::sync::atomic::Ordering;
+        if self.retiering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (state, holder, flag) = (
+            self.state.clone(),
+            self.worker_id.clone(),
+            self.retiering.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = crate::service::retier::resume_due(&state, &holder).await {
+                tracing::warn!(error = %e, "policy retier: a due pass did not finish; it stays due");
+            }
+            flag.store(false, Ordering::SeqCst);
+        });
     }
 }
 
