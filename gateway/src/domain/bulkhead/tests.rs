@@ -114,3 +114,107 @@ fn a_full_bulkhead_drains_in_the_queue_s_share_of_recent_call_time() {
     assert_eq!(drain_time(0, 1, 2_000_000), Duration::from_secs(2));
     assert_eq!(drain_time(10, 0, 1_000), Duration::from_millis(11));
 }
+
+/// Wait (real time, bounded) until `f` holds.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn bulk_gives_back_most_of_its_share_while_higher_classes_find_it_full() {
+    // 8 slots, 25%: bulk's share is 4; a yield takes 3 of them and leaves bulk 1.
+    // A hold long enough that a stalled test thread cannot see the yield end early.
+    let b = Arc::new(Bulkhead::with_yield_hold(
+        8,
+        100,
+        25,
+        Duration::from_secs(1),
+    ));
+    let mut bulk: Vec<_> = Vec::new();
+    for _ in 0..4 {
+        bulk.push(enter_as(&b, Class::Bulk).await.unwrap());
+    }
+    assert_eq!(b.bulk_yields(), 0, "no yield while only bulk is active");
+    let critical = enter_as(&b, Class::Critical)
+        .now_or_never()
+        .expect("critical is admitted at once")
+        .unwrap();
+    assert_eq!(
+        b.bulk_yields(),
+        1,
+        "a critical call found the bulk share full"
+    );
+    drop(critical);
+    // The running bulk calls finish; the yield takes three of their slots in turn.
+    bulk.clear();
+    eventually("the yield holds its permits", || {
+        b.bulk.available_permits() == 1
+    })
+    .await;
+    let one = enter_as(&b, Class::Bulk)
+        .now_or_never()
+        .expect("bulk keeps one slot")
+        .unwrap();
+    assert!(
+        enter_as(&b, Class::Bulk).now_or_never().is_none(),
+        "a second bulk call waits while bulk yields"
+    );
+    // No higher-class call for the hold: bulk has its whole share again.
+    eventually("the yield ends", || !b.yielding.active()).await;
+    let mut back = vec![one];
+    for _ in 0..3 {
+        back.push(
+            enter_as(&b, Class::Bulk)
+                .now_or_never()
+                .expect("bulk has its share back")
+                .unwrap(),
+        );
+    }
+    assert_eq!(b.bulk_yields(), 1);
+}
+
+#[tokio::test]
+async fn a_yield_lasts_while_higher_class_calls_keep_coming() {
+    let hold = Duration::from_secs(1);
+    let b = Arc::new(Bulkhead::with_yield_hold(8, 100, 25, hold));
+    let bulk: Vec<_> = futures::future::join_all((0..4).map(|_| enter_as(&b, Class::Bulk)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    drop(enter_as(&b, Class::Standard).await.unwrap());
+    drop(bulk);
+    eventually("the yield holds its permits", || {
+        b.bulk.available_permits() == 1
+    })
+    .await;
+    // A standard call every 100 ms for twice the hold: bulk stays reduced throughout (each
+    // call holds the last bulk slot first, so it finds the share full).
+    for _ in 0..20 {
+        let last = enter_as(&b, Class::Bulk).await.unwrap();
+        drop(enter_as(&b, Class::Standard).await.unwrap());
+        drop(last);
+        tokio::time::sleep(hold / 10).await;
+        assert_eq!(b.bulk.available_permits(), 1, "bulk stays reduced");
+    }
+    assert_eq!(b.bulk_yields(), 1, "one yield, extended");
+    eventually("the yield ends", || !b.yielding.active()).await;
+    assert_eq!(b.bulk.available_permits(), 4);
+}
+
+#[tokio::test]
+async fn calls_outside_a_use_case_do_not_make_bulk_yield() {
+    // The breaker's probe and health checks run unscoped: they must not slow bulk.
+    let b = Bulkhead::with_yield_hold(8, 100, 25, Duration::from_millis(300));
+    let _bulk: Vec<_> = futures::future::join_all((0..4).map(|_| enter_as(&b, Class::Bulk)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let _probe = b.enter().now_or_never().expect("admitted").unwrap();
+    assert_eq!(b.bulk_yields(), 0);
+}
