@@ -625,10 +625,6 @@ impl Decorator for Guarded {
                 self.bulkhead.shed_of(class),
             ));
         }
-        s.push(Stat::new(
-            "bulkhead_bulk_yields_total",
-            self.bulkhead.bulk_yields(),
-        ));
         s
     }
 }

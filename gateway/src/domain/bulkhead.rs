@@ -15,20 +15,12 @@
 //! The class is asked for ([`crate::domain::priority::current`]) only when a call cannot take
 //! a slot as `bulk` would: a call on an uncontended backend is admitted before anyone knows
 //! its class, and counts against the `bulk` share while it runs.
-//!
-//! A higher-class call that finds the `bulk` share full also makes bulk yield most of its
-//! share for a while ([`yielding`]): a backend at its capacity serves calls in the order they
-//! reach it, so free slots alone do not keep a critical call from waiting behind bulk ones.
 
 use shardgate_backends::BackendError;
 use shardgate_policy::Class;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use yielding::Yield;
-
-mod yielding;
 
 /// How long `waiting` queued calls and the `slots` running take to drain, `slots` at a time,
 /// each taking `op_micros`.
@@ -54,10 +46,8 @@ pub(crate) struct Bulkhead {
     slots: Semaphore,
     /// Held by every `standard` and `bulk` call while it waits for a slot or runs.
     below_critical: Semaphore,
-    /// Held by every `bulk` call (and every call admitted before its class was asked), and
-    /// for the most part by a yield while higher classes are active.
-    bulk: Arc<Semaphore>,
-    yielding: Arc<Yield>,
+    /// Held by every `bulk` call (and every call admitted before its class was asked).
+    bulk: Semaphore,
     waiting: AtomicUsize,
     rejected: AtomicU64,
     shed_by_class: [AtomicU64; 3],
@@ -106,25 +96,13 @@ pub(crate) fn shares(max_concurrent: usize, reserve_pct: u8) -> (usize, usize) {
 
 impl Bulkhead {
     pub(crate) fn new(max_concurrent: usize, max_queue: usize, reserve_pct: u8) -> Self {
-        Self::with_yield_hold(max_concurrent, max_queue, reserve_pct, yielding::YIELD_HOLD)
-    }
-
-    /// As [`Bulkhead::new`], bulk yielding for `hold` after the last higher-class call.
-    pub(crate) fn with_yield_hold(
-        max_concurrent: usize,
-        max_queue: usize,
-        reserve_pct: u8,
-        hold: Duration,
-    ) -> Self {
-        let (share, below_critical) = shares(max_concurrent, reserve_pct);
-        let bulk = Arc::new(Semaphore::new(share));
+        let (bulk, below_critical) = shares(max_concurrent, reserve_pct);
         Self {
             max_concurrent: max_concurrent.max(1),
             max_queue,
             slots: Semaphore::new(max_concurrent.max(1)),
             below_critical: Semaphore::new(below_critical),
-            yielding: Arc::new(Yield::new(bulk.clone(), share, hold)),
-            bulk,
+            bulk: Semaphore::new(bulk),
             waiting: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
             shed_by_class: Default::default(),
@@ -140,9 +118,6 @@ impl Bulkhead {
             return Ok(p);
         }
         let class = crate::domain::priority::current().await;
-        if class > Class::Bulk && crate::domain::priority::in_scope() {
-            self.yielding.higher_class_waiting();
-        }
         if let Some(p) = self.try_enter(class) {
             return Ok(p);
         }
@@ -253,11 +228,6 @@ impl Bulkhead {
     /// Calls of `class` refused.
     pub(crate) fn shed_of(&self, class: Class) -> u64 {
         self.shed_by_class[class.index()].load(Ordering::Relaxed)
-    }
-
-    /// Times bulk yielded to higher classes.
-    pub(crate) fn bulk_yields(&self) -> u64 {
-        self.yielding.started()
     }
 }
 

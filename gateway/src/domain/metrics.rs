@@ -375,10 +375,6 @@ pub const BACKEND_STATS: &[(&str, &str)] = &[
         "Calls of priority class critical the bulkhead turned away (503 with Retry-After)",
     ),
     (
-        "bulkhead_bulk_yields_total",
-        "Times bulk gave back most of its share to standard or critical calls that found it full",
-    ),
-    (
         "keyring_forced_reloads_total",
         "local: keyring reloads forced by an unknown key version",
     ),

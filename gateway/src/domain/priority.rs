@@ -52,12 +52,6 @@ pub async fn current() -> Class {
     }
 }
 
-/// Whether the backend call running now was made by a use case that said its class (the
-/// breaker's probe and health checks do not).
-pub fn in_scope() -> bool {
-    ASK.try_with(|_| ()).is_ok()
-}
-
 /// Looks up accounts' classes: the served policy, and each account's tier (cached).
 pub struct Classes {
     store: Arc<dyn Store>,
