@@ -28,6 +28,9 @@ PRIO_ACCOUNTS=${SG_BENCH_PRIO_ACCOUNTS:-200}
 PRIO_SLOTS=${SG_BENCH_PRIO_SLOTS:-8}
 PRIO_QUEUE=${SG_BENCH_PRIO_QUEUE:-64}
 PRIO_FLOOD_CONNS=${SG_BENCH_PRIO_FLOOD_CONNS:-64}
+# The capacity C that sets the critical (C/10) and flood (10 x C) rates: measured when unset;
+# set it to compare two builds at the same offered load (the measured one is still recorded).
+PRIO_CAPACITY=${SG_BENCH_PRIO_CAPACITY:-}
 CONVERGE_APPLIES=${SG_BENCH_CONVERGE_APPLIES:-20}
 SOAK_SECS=${SG_BENCH_SOAK_SECS:-600}
 
@@ -80,6 +83,10 @@ bench_priority() {
         --rand-regex-url "$crit_url" >"$P/capacity.json" 2>"$P/capacity.stderr" || sg_die "oha (capacity) failed"
     local cap crit_rate bulk_rate
     cap=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$P/capacity.json")
+    if [ -n "$PRIO_CAPACITY" ]; then
+        blog "priority: measured capacity $cap req/s; rates set from SG_BENCH_PRIO_CAPACITY=$PRIO_CAPACITY"
+        cap=$PRIO_CAPACITY
+    fi
     crit_rate=$((cap / 10 > 0 ? cap / 10 : 1))
     bulk_rate=$((cap * 10))
     blog "priority: capacity $cap req/s; critical at $crit_rate req/s, bulk flood offered at $bulk_rate req/s"
