@@ -162,6 +162,17 @@ impl Env {
         self.db.count("SELECT COUNT(*) FROM audit_events").await
     }
 
+    /// Hot rows no recorded segment covers (a segment's rows stay hot from its record until
+    /// the archiver's deletes reach them).
+    async fn hot_uncovered(&self) -> i64 {
+        self.db
+            .count(
+                "SELECT COUNT(*) FROM audit_events e WHERE e.seq > COALESCE(\
+                 (SELECT MAX(s.last_seq) FROM audit_segments s WHERE s.chain_id = e.chain_id), 0)",
+            )
+            .await
+    }
+
     async fn archived(&self) -> (i64, i64) {
         (
             self.db.count("SELECT COUNT(*) FROM audit_segments").await,
@@ -357,7 +368,7 @@ async fn the_database_lets_no_audit_row_go_without_a_segment_covering_it(kind: S
     }
     // A forged segment: rows 1..3 claimed with a digest that is not theirs.
     let forged = if env.db.is_pg() {
-        "SELECT audit_archive_prune(chain_id, 1, 3, 0, 0, prev_tag, tag, sha256(tag), 'k', tag, 1, 'm', tag, prev_tag, 0) \
+        "SELECT audit_archive_record(chain_id, 1, 3, 0, 0, prev_tag, tag, sha256(tag), 'k', tag, 1, 'm', tag, prev_tag, 0) \
          FROM audit_events WHERE seq = 1"
             .to_string()
     } else {
@@ -411,11 +422,12 @@ async fn a_second_archiver_waits_for_the_first_ones_lease(kind: StoreKind) {
 }
 
 /// Crash points of the archiver, in the order a segment passes them.
-const POINTS: [&str; 4] = [
+const POINTS: [&str; 5] = [
     "archive_after_object",
     "archive_after_manifest",
     "archive_after_read_back",
     "archive_after_record",
+    "archive_after_delete",
 ];
 
 /// Run `audit archive --older-than 0s` with the crash point `point:n`; SIGKILL it there.
@@ -479,7 +491,11 @@ async fn an_archiver_killed_at_every_step_loses_and_duplicates_nothing(kind: Sto
             kills += u32::from(killed);
             // Whatever was cut short, nothing is lost or doubled, and the chain verifies.
             let (_, archived) = env.archived().await;
-            assert_eq!(archived + env.hot().await, total, "after {point}:{n}");
+            assert_eq!(
+                archived + env.hot_uncovered().await,
+                total,
+                "after {point}:{n}"
+            );
             env.assert_verifies();
             // The killed run's lease runs out before the next one starts.
             tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -1153,6 +1169,46 @@ async fn search_across_the_archive_boundary_returns_each_event_once_in_order(kin
 }
 
 /// An event line's `(chain_id, seq)`.
+async fn a_recorded_segment_whose_rows_are_still_hot_is_searched_and_verified_once(
+    kind: StoreKind,
+) {
+    let Some(env) = setup(kind, "drain").await else {
+        return;
+    };
+    env.traffic("a", 6).await;
+    let total = env.hot().await;
+    // Killed after its first segment is recorded, before any of its rows is deleted.
+    assert!(tokio::task::block_in_place(|| killed_at(
+        &env,
+        "archive_after_record",
+        1
+    )));
+    assert_eq!(env.archived().await, (1, SEGMENT));
+    assert_eq!(env.hot().await, total);
+    assert_eq!(env.hot_uncovered().await, total - SEGMENT);
+    env.assert_verifies();
+    // The covered events are in both tiers: a search returns each once, in order.
+    let until = shardgate::now_ms() + 1;
+    // The searches' own events come after `until`.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (got, tiers) = all_pages(&env.app, &env.tokens.admin, &format!("limit=3&to={until}")).await;
+    let mut once = got.clone();
+    once.dedup();
+    assert_eq!(got, once, "{tiers:?}");
+    assert_eq!(got.len() as i64, total);
+    assert_eq!(
+        tiers.iter().filter(|t| *t == "archived").count() as i64,
+        SEGMENT
+    );
+    // The next pass deletes what the killed one recorded, then archives the rest (the
+    // searches' own events too).
+    let total = env.hot().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.archive_all();
+    assert_eq!((env.archived().await.1, env.hot().await), (total, 0));
+    env.assert_verifies();
+}
+
 fn event_id(v: &serde_json::Value) -> (String, i64) {
     (
         v["chain_id"].as_str().unwrap().to_string(),
@@ -1190,6 +1246,7 @@ both_stores!(
     an_archiver_killed_at_every_step_loses_and_duplicates_nothing,
     background_archivers_on_two_replicas_archive_each_event_once,
     search_across_the_archive_boundary_returns_each_event_once_in_order,
+    a_recorded_segment_whose_rows_are_still_hot_is_searched_and_verified_once,
     anchors_in_the_archive_catch_a_cut_tail_without_any_checkpoint_file,
     verify_from_a_date_and_after_expired_segments_trusts_the_first_manifest_left,
     expired_segments_are_deleted_audited_and_the_chain_still_verifies,

@@ -471,6 +471,7 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
         "UPDATE audit_segments SET last_seq = last_seq + 1",
         "DELETE FROM audit_segments",
         "CREATE OR REPLACE FUNCTION audit_archive_prune() RETURNS BIGINT LANGUAGE sql AS 'SELECT 0::bigint'",
+        "CREATE OR REPLACE FUNCTION audit_archive_delete(TEXT, BIGINT) RETURNS BIGINT LANGUAGE sql AS 'SELECT 0::bigint'",
     ] {
         assert_eq!(sqlstate(&mut conn, sql).await, "42501", "{sql}");
     }
@@ -497,6 +498,36 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
     assert_eq!(report.events, u64::try_from(events).unwrap());
     // The runtime role archives the audit log through the SECURITY DEFINER function (the only way audit
     // rows leave the table), and the chain still verifies across both tiers.
+    // The delete function takes only rows a recorded segment covers: none yet.
+    let deleted: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(audit_archive_delete(chain_id, 1000000)), 0)::BIGINT \
+         FROM (SELECT DISTINCT chain_id FROM audit_events) c",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(deleted, 0);
+    // Nor does a segment whose digest is not its rows' get recorded.
+    let forged = sqlstate(
+        &mut conn,
+        "SELECT audit_archive_record(chain_id, 1, 3, 0, 0, prev_tag, tag, sha256(tag), 'k', tag, 1, \
+         'm', tag, prev_tag, 0) FROM audit_events WHERE seq = 1 LIMIT 1",
+    )
+    .await;
+    assert_eq!(forged, "SG001");
+    // The earlier release's one-call function makes the same checks (it records, then deletes).
+    let forged = sqlstate(
+        &mut conn,
+        "SELECT audit_archive_prune(chain_id, 1, 3, 0, 0, prev_tag, tag, sha256(tag), 'k', tag, 1, \
+         'm', tag, prev_tag, 0) FROM audit_events WHERE seq = 1 LIMIT 1",
+    )
+    .await;
+    assert_eq!(forged, "SG001");
+    let still: i64 = sqlx::query_scalar(&count("audit_events"))
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(still, events);
     let sink = shardgate::domain::audit::archive::DirSink::new(cfg.archive_dir());
     let archive = shardgate::domain::audit::archive::Archive {
         sink: &sink,
@@ -509,7 +540,8 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
         holder: "db-privileges-test".into(),
         lease_ms: 10_000,
         retention_ms: 86_400_000,
-        rate_per_sec: 0,
+        // Paced: rows read a page and deleted a chunk at a time, as in production.
+        rate_per_sec: 1_000_000,
     };
     let archived = shardgate::service::audit_archive::run_pass(
         state.store.as_ref(),

@@ -10,7 +10,8 @@
 --
 -- Nothing the gateway does at runtime updates or deletes an audit row directly: pruned shard
 -- versions get NEW audit events, and events leave the hot table only once archived, through
--- the SECURITY DEFINER function `audit_archive_prune` (owned by the owner role). So the audit
+-- the SECURITY DEFINER functions `audit_archive_delete` and `audit_archive_prune` (owned by
+-- the owner role). So the audit
 -- tables are append-only for the runtime role: SELECT and INSERT, no UPDATE, DELETE or
 -- TRUNCATE.
 
@@ -53,14 +54,19 @@ GRANT SELECT, INSERT ON breaker_overrides TO :"app";
 GRANT SELECT, INSERT, UPDATE ON approvals TO :"app";
 
 -- The audit archive (docs/audit-archive.md): archived segments are read only; the one way
--- a segment is recorded and the hot rows it covers are deleted is the SECURITY DEFINER
--- function below, which checks that the segment covers exactly those rows. The lease
--- keeps one archiver at a time.
+-- a segment is recorded is the SECURITY DEFINER function `audit_archive_record` (or
+-- `audit_archive_prune`, which also deletes its rows: kept for an earlier release), which
+-- checks that the segment covers exactly those rows; the one way hot rows leave is
+-- `audit_archive_delete`, which deletes only rows a recorded segment covers. The lease keeps
+-- one archiver at a time.
 GRANT SELECT ON audit_segments TO :"app";
 GRANT SELECT, INSERT, UPDATE ON audit_archive_leases TO :"app";
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC, :"app";
 GRANT EXECUTE ON FUNCTION audit_archive_prune(TEXT, BIGINT, BIGINT, BIGINT, BIGINT, BYTEA, BYTEA,
     BYTEA, TEXT, BYTEA, BIGINT, TEXT, BYTEA, BYTEA, BIGINT) TO :"app";
+GRANT EXECUTE ON FUNCTION audit_archive_record(TEXT, BIGINT, BIGINT, BIGINT, BIGINT, BYTEA, BYTEA,
+    BYTEA, TEXT, BYTEA, BIGINT, TEXT, BYTEA, BYTEA, BIGINT) TO :"app";
+GRANT EXECUTE ON FUNCTION audit_archive_delete(TEXT, BIGINT) TO :"app";
 
 -- KEK versions: registered when first seen, moved through active / decrypt-only / destroyed
 -- by the admin API, wrap counters advanced in reserved blocks; never deleted.

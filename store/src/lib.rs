@@ -428,13 +428,20 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<AuditSegment>, StoreError>;
 
-    /// Record an archived segment and delete the hot rows it covers, in one transaction:
-    /// the number of rows deleted (0 when this very segment was recorded before). Refused
+    /// Record an archived segment: the number of events it covers (0 when this very
+    /// segment was recorded before). Its hot rows stay until
+    /// [`delete_archived_audit`](Self::delete_archived_audit) removes them. Refused
     /// (`Internal`, nothing changed) unless the rows are exactly the segment's (count, first
     /// `prev_tag`, last tag, tags digest, time range) and it continues the chain's previous
     /// segment, or starts the chain. On PostgreSQL this is the SECURITY DEFINER function
-    /// `audit_archive_prune`, the only writer of `audit_segments`.
-    async fn archive_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError>;
+    /// `audit_archive_record`, the only writer of `audit_segments` (migration 0021).
+    async fn record_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError>;
+
+    /// Delete at most `limit` of the chain's oldest hot rows that its recorded segments
+    /// cover, and no other: the number deleted (0 when none is left). On PostgreSQL this is
+    /// the SECURITY DEFINER function `audit_archive_delete`; on SQLite a trigger refuses the
+    /// delete of a row no segment covers.
+    async fn delete_archived_audit(&self, chain_id: &str, limit: i64) -> Result<u64, StoreError>;
 
     /// Take or renew the lease `name` for `holder` until `now_ms + ttl_ms`: `true` when
     /// `holder` holds it now (it was free, expired or already `holder`'s).

@@ -22,9 +22,10 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
     ("breaker_overrides", &["SELECT", "INSERT"]),
     // Dual-control requests: stored, then approved once; never deleted.
     ("approvals", &["SELECT", "INSERT", "UPDATE"]),
-    // Archived audit segments: read only. Recorded (with the delete of the hot rows they
-    // cover) by the SECURITY DEFINER function `audit_archive_prune` alone, which the runtime
-    // role may EXECUTE: whoever could insert a segment row could fake coverage.
+    // Archived audit segments: read only. Recorded by the SECURITY DEFINER functions
+    // `audit_archive_record` (and `audit_archive_prune`, kept for an earlier release) alone,
+    // which the runtime role may EXECUTE: whoever could insert a segment row could fake
+    // coverage. Covered hot rows leave through `audit_archive_delete`.
     ("audit_segments", &["SELECT"]),
     // The archiver's lease: one archiver at a time across replicas.
     ("audit_archive_leases", &["SELECT", "INSERT", "UPDATE"]),
@@ -54,7 +55,10 @@ pub const APPEND_ONLY_TABLES: &[&str] = &["audit_events", "audit_chains", "audit
 /// The functions the runtime role may EXECUTE (`scripts/sql/grants.sql`), with their
 /// argument types as PostgreSQL names them.
 pub const RUNTIME_FUNCTIONS: &[&str] = &[
+    "audit_archive_delete(text, bigint)",
     "audit_archive_prune(text, bigint, bigint, bigint, bigint, bytea, bytea, bytea, text, bytea, \
+     bigint, text, bytea, bytea, bigint)",
+    "audit_archive_record(text, bigint, bigint, bigint, bigint, bytea, bytea, bytea, text, bytea, \
      bigint, text, bytea, bytea, bigint)",
 ];
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::{record, shard_row, v, AuditGen, Harness};
 use shardgate_store::{
-    AccountStats, BackupError, DeleteOutcome, ExpectedTier, FactsUpdate, KeepVersions,
-    ShardSummary, Store, StoreError, Version,
+    AccountStats, AuditSegment, BackupError, DeleteOutcome, ExpectedTier, FactsUpdate,
+    KeepVersions, ShardSummary, Store, StoreError, Version,
 };
 use tokio::task::JoinSet;
 
@@ -43,6 +43,7 @@ both_stores!(
     audit_unwritable_fails_insert_atomically,
     audit_unwritable_fails_other_writes_atomically,
     audit_unwritable_fails_append,
+    an_archived_segment_is_recorded_then_only_its_rows_deleted_a_chunk_at_a_time,
     cancelled_writes_leave_no_open_transaction,
     backup_to_copies_sqlite_and_refuses_postgres,
 );
@@ -944,6 +945,82 @@ async fn audit_append_head_chains_and_paging(h: &Harness) {
     assert_eq!(
         s.audit_head("c-1").await.unwrap(),
         Some((25, common::tag(25)))
+    );
+}
+
+/// The segment of chain `chain` from `first` to `last`, as the archiver records it for the
+/// rows [`record`] makes (`prev_manifest`: the segment before it, zeros at the start).
+fn segment(chain: &str, (first, last): (i64, i64), prev_manifest: &[u8]) -> AuditSegment {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for seq in first..=last {
+        digest.update(common::tag(seq));
+    }
+    AuditSegment {
+        chain_id: chain.to_string(),
+        first_seq: first,
+        last_seq: last,
+        min_ts_ms: 1_700_000_000_000 + first,
+        max_ts_ms: 1_700_000_000_000 + last,
+        prev_tag: common::tag(first - 1),
+        last_tag: common::tag(last),
+        tags_sha256: digest.finalize().to_vec(),
+        object_key: format!("{chain}/{first}.sgseg"),
+        object_sha256: vec![7; 32],
+        object_bytes: 100,
+        manifest_key: format!("{chain}/{first}.manifest"),
+        manifest_sha256: vec![u8::try_from(first).unwrap(); 32],
+        prev_manifest_sha256: prev_manifest.to_vec(),
+        archived_ms: 1,
+    }
+}
+
+async fn an_archived_segment_is_recorded_then_only_its_rows_deleted_a_chunk_at_a_time(h: &Harness) {
+    let s = &*h.store;
+    let rows = |chain: &str, n: i64| -> Vec<_> {
+        (1..=n)
+            .map(|seq| record(chain, seq, "shard.get", Some(ACCT), None, None, ""))
+            .collect()
+    };
+    s.append_audit(&rows("c-a", 9)).await.unwrap();
+    s.append_audit(&rows("c-b", 3)).await.unwrap();
+    let seqs = |chain: &'static str| async move {
+        let page = s.audit_events(chain, i64::MIN, 100).await.unwrap();
+        page.iter().map(|e| e.seq).collect::<Vec<_>>()
+    };
+    // Nothing recorded: nothing can be deleted.
+    assert_eq!(s.delete_archived_audit("c-a", 100).await.unwrap(), 0);
+    // A segment whose digest is not its rows', or that does not start the chain, is refused.
+    let first = segment("c-a", (1, 4), &[0; 32]);
+    let mut forged = first.clone();
+    forged.tags_sha256 = vec![1; 32];
+    assert!(s.record_audit_segment(&forged).await.is_err());
+    assert!(s
+        .record_audit_segment(&segment("c-a", (5, 7), &[0; 32]))
+        .await
+        .is_err());
+    assert!(s.audit_segments("c-a").await.unwrap().is_empty());
+    // Recorded: its rows stay until deleted; recording it again adds nothing.
+    assert_eq!(s.record_audit_segment(&first).await.unwrap(), 4);
+    assert_eq!(s.record_audit_segment(&first).await.unwrap(), 0);
+    assert_eq!(seqs("c-a").await, (1..=9).collect::<Vec<_>>());
+    // Deleted a chunk at a time, oldest first, never past the recorded segments.
+    assert_eq!(s.delete_archived_audit("c-a", 0).await.unwrap(), 0);
+    assert_eq!(s.delete_archived_audit("c-a", 3).await.unwrap(), 3);
+    assert_eq!(seqs("c-a").await, (4..=9).collect::<Vec<_>>());
+    assert_eq!(s.delete_archived_audit("c-a", 3).await.unwrap(), 1);
+    assert_eq!(s.delete_archived_audit("c-a", 3).await.unwrap(), 0);
+    // The next segment continues the first; its rows go the same way.
+    let next = segment("c-a", (5, 7), &first.manifest_sha256);
+    assert_eq!(s.record_audit_segment(&next).await.unwrap(), 3);
+    assert_eq!(s.delete_archived_audit("c-a", 100).await.unwrap(), 3);
+    assert_eq!(seqs("c-a").await, [8, 9]);
+    // Another chain's rows at the same seqs are not touched.
+    assert_eq!(seqs("c-b").await, [1, 2, 3]);
+    assert_eq!(s.delete_archived_audit("c-b", 100).await.unwrap(), 0);
+    assert_eq!(
+        s.audit_segments("c-a").await.unwrap(),
+        [first.clone(), next]
     );
 }
 

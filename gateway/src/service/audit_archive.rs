@@ -4,11 +4,13 @@
 //! Per segment: check the events' links and tags, put the object (if absent), put the
 //! manifest (if absent), read both back and check them ourselves (byte for byte what was
 //! written; what an earlier pass wrote: hash, HMACs and the very events), record the
-//! segment and delete its rows in one transaction (`Store::archive_audit_segment`, which
-//! refuses rows the segment does not cover exactly). While one segment is recorded, the
-//! next is prepared. Keys are deterministic and a segment already in the sink at the next
-//! position is adopted, so a pass killed at any point and run again loses nothing and
-//! duplicates nothing. One archiver runs at a time: each pass and each segment renews a
+//! segment (`Store::record_audit_segment`, which refuses rows the segment does not cover
+//! exactly), then delete the rows recorded segments cover (`Store::delete_archived_audit`).
+//! A paced pass reads and deletes a step at a time (`pace`); an unpaced one prepares the
+//! next segment while the database records the one before. Keys are deterministic, a
+//! segment already in the sink at the next position is adopted, and covered rows a stopped
+//! pass left are deleted first, so a pass killed at any point and run again loses nothing
+//! and duplicates nothing. One archiver runs at a time: each pass and each segment renews a
 //! lease in the database.
 //!
 //! After a chain is archived, a pass given an [`Expiry`] deletes its segments whose
@@ -20,7 +22,9 @@ use crate::domain::audit::{tag_matches, AuditKey};
 use crate::domain::failpoint::failpoint;
 use crate::service::audit_expire::{expire_chain, expired_prefix, ExpireError, Expiry};
 use shardgate_store::{AuditRecord, AuditSegment, Store, StoreError};
-use tokio::time::Instant;
+
+mod pace;
+use pace::{drain, Pace};
 
 /// Name of the archiver's lease.
 pub const LEASE: &str = "audit-archiver";
@@ -41,7 +45,7 @@ pub struct ArchivePass {
     pub lease_ms: i64,
     /// How long a segment is kept (locked, where the sink locks) after its newest event.
     pub retention_ms: i64,
-    /// Most events per second on average, paced between segments (0: unpaced).
+    /// Most events per second on average, read and deleted a step at a time (0: unpaced).
     pub rate_per_sec: u64,
 }
 
@@ -136,13 +140,13 @@ async fn all_chains(
 ) -> Result<(), ArchiveError> {
     let mut oldest: Option<i64> = None;
     let (mut segments, mut bytes) = (0u64, 0i64);
-    let started = Instant::now();
+    let mut pace = Pace::new(pass.rate_per_sec);
     for chain in store.audit_chains().await? {
         archive_chain(
             store,
             archive,
             key,
-            (pass, progress, started),
+            (pass, progress, &mut pace),
             &chain,
             report,
         )
@@ -170,16 +174,6 @@ async fn all_chains(
     metrics::gauge!("shardgate_audit_archived_segments").set(segments as f64);
     metrics::gauge!("shardgate_audit_archived_bytes").set(bytes as f64);
     Ok(())
-}
-
-/// Sleep until `events` since `started` are within `rate_per_sec` (0: no pacing): the
-/// archiver's work comes in segment-sized steps, spread out between the requests'.
-async fn pace(rate_per_sec: u64, started: Instant, events: u64) {
-    if rate_per_sec == 0 {
-        return;
-    }
-    let due = started + std::time::Duration::from_secs_f64(events as f64 / rate_per_sec as f64);
-    tokio::time::sleep_until(due).await;
 }
 
 /// Run a segment's CPU work (tags, compression, HMACs: ~0.4 s for 50,000 events) where it
@@ -246,51 +240,82 @@ struct Ready {
     written: u64,
 }
 
-/// Archive a chain's segments one after another. While one is recorded (the database
-/// checks and deletes its rows), the next is read, checked, compressed, uploaded and read
-/// back: the database's work and this process's overlap. The next one's objects may thus
-/// reach the sink before the one before it is recorded; a pass stopped there leaves both
-/// in the sink, and the next pass adopts them in order, as after any stop.
+/// Archive a chain's segments one after another, after deleting the covered rows a stopped
+/// pass left. Paced, each segment is read a page at a time, recorded, and its rows deleted a
+/// chunk at a time, one step after another at the pass's rate.
 async fn archive_chain(
     store: &dyn Store,
     archive: Archive<'_>,
     key: &AuditKey,
-    (pass, progress, started): (&ArchivePass, &Progress<'_>, Instant),
+    (pass, progress, pace): (&ArchivePass, &Progress<'_>, &mut Pace),
     chain: &str,
     report: &mut ArchiveReport,
 ) -> Result<(), ArchiveError> {
     let mut at = Position::of(store, chain).await?;
     renew(store, pass).await?;
-    let mut ready = prepare(store, archive, key, pass, chain, &at).await?;
+    report.events += drain(store, chain, pace, pass.max_events).await?;
+    if !pace.paced() {
+        return overlapped(store, archive, key, (pass, progress), chain, (at, report)).await;
+    }
+    while let Some(seg) = prepare(store, archive, key, (pass, &mut *pace), chain, &at).await? {
+        at = Position::after(&seg.row);
+        renew(store, pass).await?;
+        record(store, &seg.row).await?;
+        let gone = drain(store, chain, pace, pass.max_events).await?;
+        tally(report, &seg, gone);
+        progress(&seg.row);
+    }
+    Ok(())
+}
+
+/// Unpaced: while one segment is recorded and its rows deleted, the next is read, checked,
+/// compressed, uploaded and read back, so the database's work and this process's overlap.
+/// The next one's objects may thus reach the sink before the one before it is recorded; a
+/// pass stopped there leaves both in the sink, and the next pass adopts them in order, as
+/// after any stop.
+async fn overlapped(
+    store: &dyn Store,
+    archive: Archive<'_>,
+    key: &AuditKey,
+    (pass, progress): (&ArchivePass, &Progress<'_>),
+    chain: &str,
+    (mut at, report): (Position, &mut ArchiveReport),
+) -> Result<(), ArchiveError> {
+    let (mut reads, mut deletes) = (Pace::new(0), Pace::new(0));
+    let mut ready = prepare(store, archive, key, (pass, &mut reads), chain, &at).await?;
     while let Some(seg) = ready {
         at = Position::after(&seg.row);
-        let in_flight = u64::try_from(seg.row.count()).unwrap_or(0);
-        pace(pass.rate_per_sec, started, report.events + in_flight).await;
         renew(store, pass).await?;
-        let (recorded, next) = tokio::join!(
-            record(store, &seg.row),
-            prepare(store, archive, key, pass, chain, &at)
+        let (gone, next) = tokio::join!(
+            async {
+                record(store, &seg.row).await?;
+                Ok::<_, ArchiveError>(drain(store, chain, &mut deletes, pass.max_events).await?)
+            },
+            prepare(store, archive, key, (pass, &mut reads), chain, &at)
         );
-        let gone = recorded?;
-        report.segments += 1;
-        report.events += gone;
-        report.adopted += u64::from(seg.adopted);
-        report.bytes += seg.written;
+        tally(report, &seg, gone?);
         progress(&seg.row);
         ready = next?;
     }
     Ok(())
 }
 
-/// Record a checked segment and delete its rows from the hot table (one transaction, which
-/// the store refuses unless the rows are exactly the segment's): the rows deleted.
-async fn record(store: &dyn Store, row: &AuditSegment) -> Result<u64, ArchiveError> {
-    let gone = store.archive_audit_segment(row).await?;
+/// Count a recorded segment and the rows its deletion took out of the hot table.
+fn tally(report: &mut ArchiveReport, seg: &Ready, gone: u64) {
+    report.segments += 1;
+    report.events += gone;
+    report.adopted += u64::from(seg.adopted);
+    report.bytes += seg.written;
+}
+
+/// Record a checked segment (the store refuses it unless the hot rows are exactly the
+/// segment's); its rows are deleted next ([`drain`]).
+async fn record(store: &dyn Store, row: &AuditSegment) -> Result<(), ArchiveError> {
+    let covered = store.record_audit_segment(row).await?;
     failpoint("archive_after_record");
     metrics::counter!("shardgate_audit_archived_segments_total").increment(1);
-    metrics::counter!("shardgate_audit_archived_events_total").increment(gone);
-    tracing::info!(chain_id = %row.chain_id, first_seq = row.first_seq, last_seq = row.last_seq, events = gone, key = %row.manifest_key, "audit segment archived");
-    Ok(gone)
+    tracing::info!(chain_id = %row.chain_id, first_seq = row.first_seq, last_seq = row.last_seq, events = covered, key = %row.manifest_key, "audit segment archived");
+    Ok(())
 }
 
 /// The chain's segment at `at`, in the sink and checked: one a stopped pass left there
@@ -299,14 +324,15 @@ async fn prepare(
     store: &dyn Store,
     archive: Archive<'_>,
     key: &AuditKey,
-    pass: &ArchivePass,
+    (pass, pace): (&ArchivePass, &mut Pace),
     chain: &str,
     at: &Position,
 ) -> Result<Option<Ready>, ArchiveError> {
     let (sealed, adopted, written) = match adoptable(archive, key, chain, at.first).await? {
         Some(sealed) => (sealed, true, 0),
         None => {
-            let records = old_events(store, key, pass, chain, at.first, &at.prev_tag).await?;
+            let records =
+                old_events(store, key, (pass, pace), chain, (at.first, &at.prev_tag)).await?;
             if records.is_empty() {
                 return Ok(None);
             }
@@ -404,48 +430,72 @@ async fn read_back(archive: Archive<'_>, key: &AuditKey, mkey: &str) -> Result<S
 
 /// The chain's hot events from `first` on that go in its next segment: consecutive, each
 /// older than the cutoff, within the segment's bounds, each checked (link and tag) so that
-/// only a sound chain is archived.
+/// only a sound chain is archived. Read a step at a time ([`Pace::step_size`]).
 async fn old_events(
     store: &dyn Store,
     key: &AuditKey,
-    pass: &ArchivePass,
+    (pass, pace): (&ArchivePass, &mut Pace),
     chain: &str,
-    first: i64,
-    prev_tag: &[u8],
+    (first, prev_tag): (i64, &[u8]),
 ) -> Result<Vec<AuditRecord>, ArchiveError> {
-    let limit = i64::try_from(pass.max_events).unwrap_or(i64::MAX);
-    let page = store.audit_events(chain, first - 1, limit).await?;
-    cpu(|| sound_prefix(page, key, pass, (chain, first, prev_tag)))
+    let mut seg = Cut {
+        out: Vec::new(),
+        bytes: 0,
+        full: false,
+    };
+    let page_size = pace.step_size(pass.max_events);
+    while !seg.full && seg.out.len() < pass.max_events {
+        let want = page_size.min(pass.max_events - seg.out.len());
+        let after = seg.out.last().map_or(first - 1, |r| r.seq);
+        let limit = i64::try_from(want).unwrap_or(i64::MAX);
+        let page = store.audit_events(chain, after, limit).await?;
+        let n = page.len();
+        cpu(|| seg.extend(page, key, pass, (chain, first, prev_tag)))?;
+        pace.step(n as u64).await;
+        if n < want {
+            break;
+        }
+    }
+    Ok(seg.out)
 }
 
-/// The events of `page` that go in the segment, each checked (link and tag).
-fn sound_prefix(
-    page: Vec<AuditRecord>,
-    key: &AuditKey,
-    pass: &ArchivePass,
-    (chain, first, prev_tag): (&str, i64, &[u8]),
-) -> Result<Vec<AuditRecord>, ArchiveError> {
-    let mut out: Vec<AuditRecord> = Vec::new();
-    let mut bytes = 0usize;
-    for r in page {
-        if r.ts_ms >= pass.cutoff_ms {
-            break;
+/// A segment being cut: its events so far, their payload bytes, and whether it is full
+/// (the next event is too young, or would pass the byte bound).
+struct Cut {
+    out: Vec<AuditRecord>,
+    bytes: usize,
+    full: bool,
+}
+
+impl Cut {
+    /// Add the events of `page` that go in the segment, each checked (link and tag).
+    fn extend(
+        &mut self,
+        page: Vec<AuditRecord>,
+        key: &AuditKey,
+        pass: &ArchivePass,
+        (chain, first, prev_tag): (&str, i64, &[u8]),
+    ) -> Result<(), ArchiveError> {
+        for r in page {
+            let size = segment::payload_len(&r);
+            if r.ts_ms >= pass.cutoff_ms
+                || (!self.out.is_empty() && self.bytes + size > pass.max_bytes)
+            {
+                self.full = true;
+                return Ok(());
+            }
+            let (want_seq, want_prev) = match self.out.last() {
+                Some(p) => (p.seq + 1, p.tag.as_slice()),
+                None => (first, prev_tag),
+            };
+            if r.seq != want_seq || r.prev_tag != want_prev || !tag_matches(key, &r) {
+                return Err(refused(chain, want_seq, "the hot chain is broken here (run `shardgate audit verify`); nothing is archived past it"));
+            }
+            self.bytes += size;
+            self.out.push(r);
         }
-        let size = segment::payload_len(&r);
-        if !out.is_empty() && bytes + size > pass.max_bytes {
-            break;
-        }
-        let (want_seq, want_prev) = match out.last() {
-            Some(p) => (p.seq + 1, p.tag.as_slice()),
-            None => (first, prev_tag),
-        };
-        if r.seq != want_seq || r.prev_tag != want_prev || !tag_matches(key, &r) {
-            return Err(refused(chain, want_seq, "the hot chain is broken here (run `shardgate audit verify`); nothing is archived past it"));
-        }
-        bytes += size;
-        out.push(r);
+        Ok(())
     }
-    Ok(out)
 }
 
 /// Put a new segment's object, then its manifest, each only if absent, and read both back:
@@ -628,18 +678,4 @@ pub fn spawn_archiver(
             tokio::time::sleep(settings.interval).await;
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pace;
-    use tokio::time::Instant;
-
-    #[tokio::test]
-    async fn pacing_holds_the_pass_to_its_rate() {
-        let started = Instant::now();
-        // 300 events at 1,000 a second: not before 300 ms after the start.
-        pace(1000, started, 300).await;
-        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
-    }
 }

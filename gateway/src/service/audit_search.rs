@@ -189,12 +189,25 @@ pub async fn search(
         .map(|r| (r, Tier::Hot))
         .collect();
     let mut more = found.len() == limit;
+    // A full hot page: hot events past its last one were not read, so the page ends there.
+    let hot_last = more.then(|| Cursor::of(&found[limit - 1].0));
+    let within = |found: &mut Vec<(AuditRecord, Tier)>| {
+        if let Some(h) = &hot_last {
+            found.retain(|(r, _)| Cursor::key(r) <= (h.0, h.1.as_str(), h.2));
+        }
+    };
     // Events at or past `bound` cannot make the page: a segment starting after it is skipped.
     let bound =
         |found: &Vec<(AuditRecord, Tier)>| (found.len() >= limit).then(|| found[limit - 1].0.ts_ms);
     let mut page = Page::default();
+    // In order, each event once: a segment's rows stay hot from its record until the
+    // archiver's deletes reach them, so an event may come from both tiers (the archived
+    // copy, checked against the sink, is kept).
     let sort = |found: &mut Vec<(AuditRecord, Tier)>| {
-        found.sort_by(|a, b| Cursor::key(&a.0).cmp(&Cursor::key(&b.0)));
+        found.sort_by(|a, b| {
+            (Cursor::key(&a.0), a.1 == Tier::Hot).cmp(&(Cursor::key(&b.0), b.1 == Tier::Hot))
+        });
+        found.dedup_by(|later, earlier| Cursor::key(&later.0) == Cursor::key(&earlier.0));
     };
     for seg in candidates(store, q).await? {
         if bound(&found).is_some_and(|b| seg.min_ts_ms > b) {
@@ -204,6 +217,7 @@ pub async fn search(
             // The rest could hold events from this segment's start on: stop before it. With
             // nothing before it, the page is empty and the cursor resumes at its start.
             found.retain(|(r, _)| r.ts_ms < seg.min_ts_ms);
+            within(&mut found);
             page.next = Some(
                 found
                     .last()
@@ -227,6 +241,7 @@ pub async fn search(
         }
     }
     sort(&mut found);
+    within(&mut found);
     if found.len() > limit {
         found.truncate(limit);
         more = true;

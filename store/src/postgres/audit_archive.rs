@@ -1,7 +1,8 @@
 //! The audit archive on PostgreSQL: reading a chain's recorded segments, recording one
-//! through the SECURITY DEFINER function `audit_archive_prune` (migration 0012, the only
-//! writer of `audit_segments` and the only way audit rows leave the hot table), the
-//! archiver's lease, and the search of the hot table (`audit_query`).
+//! through the SECURITY DEFINER function `audit_archive_record` (the only writer of
+//! `audit_segments`) and deleting the hot rows recorded segments cover through
+//! `audit_archive_delete` (the only way audit rows leave the hot table; migration 0021),
+//! the archiver's lease, and the search of the hot table (`audit_query`).
 
 use super::{map_err, PgStore};
 use crate::rows::{segment_from_row, SEGMENT_COLUMNS};
@@ -49,13 +50,13 @@ pub(super) async fn audit_segments(
         .map_err(map_err)
 }
 
-/// [`Store::archive_audit_segment`](crate::Store::archive_audit_segment).
-pub(super) async fn archive_audit_segment(
+/// [`Store::record_audit_segment`](crate::Store::record_audit_segment).
+pub(super) async fn record_audit_segment(
     store: &PgStore,
     s: &AuditSegment,
 ) -> Result<u64, StoreError> {
-    let gone: i64 = sqlx::query_scalar(
-        "SELECT audit_archive_prune($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    let covered: i64 = sqlx::query_scalar(
+        "SELECT audit_archive_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&s.chain_id)
     .bind(s.first_seq)
@@ -75,6 +76,21 @@ pub(super) async fn archive_audit_segment(
     .fetch_one(&store.pool)
     .await
     .map_err(map_err)?;
+    Ok(u64::try_from(covered).unwrap_or(0))
+}
+
+/// [`Store::delete_archived_audit`](crate::Store::delete_archived_audit).
+pub(super) async fn delete_archived_audit(
+    store: &PgStore,
+    chain_id: &str,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let gone: i64 = sqlx::query_scalar("SELECT audit_archive_delete($1, $2)")
+        .bind(chain_id)
+        .bind(limit)
+        .fetch_one(&store.pool)
+        .await
+        .map_err(map_err)?;
     Ok(u64::try_from(gone).unwrap_or(0))
 }
 

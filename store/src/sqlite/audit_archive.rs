@@ -1,6 +1,6 @@
-//! The audit archive on SQLite: reading a chain's recorded segments, recording one and
-//! deleting the rows it covers in one write transaction (the checks PostgreSQL's
-//! `audit_archive_prune` makes, made here; a trigger refuses any other delete of an audit
+//! The audit archive on SQLite: reading a chain's recorded segments, recording one (the
+//! checks PostgreSQL's `audit_archive_record` makes, made here), deleting the hot rows
+//! recorded segments cover a chunk at a time (a trigger refuses the delete of any other audit
 //! row), the archiver's lease, and the search of the hot table (`audit_query`).
 
 use sha2::{Digest, Sha256};
@@ -145,8 +145,8 @@ async fn covers(conn: &mut SqliteConnection, s: &AuditSegment) -> Result<bool, S
         && hi == s.max_ts_ms)
 }
 
-/// [`Store::archive_audit_segment`](crate::Store::archive_audit_segment).
-pub(super) async fn archive_audit_segment(
+/// [`Store::record_audit_segment`](crate::Store::record_audit_segment).
+pub(super) async fn record_audit_segment(
     store: &SqliteStore,
     s: &AuditSegment,
 ) -> Result<u64, StoreError> {
@@ -183,15 +183,33 @@ pub(super) async fn archive_audit_segment(
     .execute(&mut *tx)
     .await
     .map_err(map_err)?;
-    let gone =
-        sqlx::query("DELETE FROM audit_events WHERE chain_id = ?1 AND seq BETWEEN ?2 AND ?3")
-            .bind(&s.chain_id)
-            .bind(s.first_seq)
-            .bind(s.last_seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .rows_affected();
+    tx.commit().await.map_err(map_err)?;
+    Ok(u64::try_from(s.count()).unwrap_or(0))
+}
+
+/// [`Store::delete_archived_audit`](crate::Store::delete_archived_audit). Segments are
+/// contiguous from seq 1, so the covered rows are `1..=` the last segment's `last_seq`.
+pub(super) async fn delete_archived_audit(
+    store: &SqliteStore,
+    chain_id: &str,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    if limit < 1 {
+        return Ok(0);
+    }
+    let mut tx = store.begin_write().await?;
+    let gone = sqlx::query(
+        "DELETE FROM audit_events WHERE chain_id = ?1 AND seq IN (\
+         SELECT seq FROM audit_events WHERE chain_id = ?1 AND seq BETWEEN 1 AND \
+         (SELECT COALESCE(MAX(last_seq), 0) FROM audit_segments WHERE chain_id = ?1) \
+         ORDER BY seq LIMIT ?2)",
+    )
+    .bind(chain_id)
+    .bind(limit)
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
     tx.commit().await.map_err(map_err)?;
     Ok(gone)
 }

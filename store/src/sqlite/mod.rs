@@ -477,8 +477,12 @@ impl Store for SqliteStore {
         audit_archive::audit_segments_between(self, from_ms, to_ms, limit).await
     }
 
-    async fn archive_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError> {
-        audit_archive::archive_audit_segment(self, segment).await
+    async fn record_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError> {
+        audit_archive::record_audit_segment(self, segment).await
+    }
+
+    async fn delete_archived_audit(&self, chain_id: &str, limit: i64) -> Result<u64, StoreError> {
+        audit_archive::delete_archived_audit(self, chain_id, limit).await
     }
 
     async fn take_lease(

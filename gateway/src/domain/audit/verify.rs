@@ -121,9 +121,7 @@ pub async fn verify_tiers_from(
         };
         report.archived_events += start.events;
         report.segments += start.segments;
-        let recorded_end = recorded.last().map_or(0, |s| s.last_seq);
-        let (next_seq, hot) =
-            verify_hot(store, key, &chain, (&start, recorded_end), checkpoint).await?;
+        let (next_seq, hot) = verify_hot(store, key, &chain, &start, checkpoint).await?;
         report.events += start.events + hot;
         heads.insert(chain, next_seq - 1);
     }
@@ -144,15 +142,15 @@ fn against_checkpoint(checkpoint: Option<&Checkpoint>, r: &AuditRecord) -> Resul
 }
 
 /// Check a chain's hot rows from where its archive ends (`start`): the next seq after the
-/// last hot event, and the number of hot events. Hot rows the archive also holds but the
-/// database has not recorded as archived (`> recorded_end`: an archiver stopped between
-/// its upload and its record) are accepted when their tags are valid: the archiver
-/// records that segment, and deletes them, on its next pass.
+/// last hot event, and the number of hot events. Hot rows the archive also holds are
+/// accepted when their tags are valid: an archiver stopped between its upload and its
+/// record, or between recording a segment and deleting all its rows (a paced pass deletes
+/// them a chunk at a time); the archiver records and deletes them on its next pass.
 async fn verify_hot(
     store: &dyn Store,
     key: &AuditKey,
     chain: &str,
-    (start, recorded_end): (&ArchivedHead, i64),
+    start: &ArchivedHead,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<(i64, u64), VerifyError> {
     let mut expect_seq = start.next_seq;
@@ -171,8 +169,8 @@ async fn verify_hot(
                 seq,
                 reason: reason.to_string(),
             };
-            if r.seq < expect_seq && r.seq > recorded_end && tag_matches(key, &r) {
-                continue; // archived, not yet recorded: checked in the archive
+            if r.seq < expect_seq && r.seq >= 1 && tag_matches(key, &r) {
+                continue; // archived, not yet deleted: checked in the archive
             }
             if r.seq < expect_seq {
                 return Err(broken(

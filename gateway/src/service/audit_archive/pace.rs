@@ -1,0 +1,111 @@
+//! How an archiver pass spreads its database work out (docs/audit-archive.md, "Pacing"): a
+//! paced pass reads a chain's events a page at a time and deletes the rows a recorded
+//! segment covers a chunk at a time, each step a few milliseconds of the database's work,
+//! sleeping between steps to hold the pass to its rate. A segment of 50,000 events is thus
+//! never one burst of reads or deletes beside the requests the database serves. An unpaced
+//! pass (`--rate 0`) reads and deletes a segment at once.
+
+use shardgate_store::{Store, StoreError};
+use tokio::time::Instant;
+
+use crate::domain::failpoint::failpoint;
+
+/// Events read per page, and covered rows deleted per call, by a paced pass.
+pub(super) const PACED_STEP: usize = 2_000;
+
+/// A pass's pace: the work done since `started` against `rate_per_sec` events a second.
+/// Each event is read once and deleted once, so it counts as two units of work.
+#[derive(Debug)]
+pub(super) struct Pace {
+    rate_per_sec: u64,
+    started: Instant,
+    units: u64,
+}
+
+impl Pace {
+    /// A pace starting now; `rate_per_sec` 0: unpaced.
+    pub(super) fn new(rate_per_sec: u64) -> Self {
+        Self {
+            rate_per_sec,
+            started: Instant::now(),
+            units: 0,
+        }
+    }
+
+    /// Whether the pass is held to a rate.
+    pub(super) fn paced(&self) -> bool {
+        self.rate_per_sec > 0
+    }
+
+    /// How many events (or rows) one step reads or deletes: [`PACED_STEP`] when paced,
+    /// `whole` (a segment's worth) when not.
+    pub(super) fn step_size(&self, whole: usize) -> usize {
+        if self.paced() {
+            PACED_STEP.min(whole.max(1))
+        } else {
+            whole.max(1)
+        }
+    }
+
+    /// Count `units` of work done (an event read or a row deleted is one), then sleep until
+    /// the work so far is within the rate.
+    pub(super) async fn step(&mut self, units: u64) {
+        self.units = self.units.saturating_add(units);
+        if !self.paced() {
+            return;
+        }
+        let secs = self.units as f64 / (2.0 * self.rate_per_sec as f64);
+        tokio::time::sleep_until(self.started + std::time::Duration::from_secs_f64(secs)).await;
+    }
+}
+
+/// Delete the chain's hot rows that its recorded segments cover, a step at a time: the rows
+/// deleted. What a stopped pass recorded but did not delete goes the same way.
+pub(super) async fn drain(
+    store: &dyn Store,
+    chain: &str,
+    pace: &mut Pace,
+    whole: usize,
+) -> Result<u64, StoreError> {
+    let chunk = pace.step_size(whole);
+    let limit = i64::try_from(chunk).unwrap_or(i64::MAX);
+    let mut total = 0u64;
+    loop {
+        let gone = store.delete_archived_audit(chain, limit).await?;
+        if gone == 0 {
+            return Ok(total);
+        }
+        failpoint("archive_after_delete");
+        metrics::counter!("shardgate_audit_archived_events_total").increment(gone);
+        total += gone;
+        pace.step(gone).await;
+        if gone < chunk as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Pace, PACED_STEP};
+
+    #[tokio::test]
+    async fn pacing_holds_the_pass_to_its_rate() {
+        let mut pace = Pace::new(1000);
+        // 300 events read and deleted (600 units) at 1,000 events a second: not before
+        // 300 ms after the start.
+        pace.step(400).await;
+        pace.step(200).await;
+        assert!(pace.started.elapsed() >= std::time::Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn an_unpaced_pass_steps_a_segment_at_once_and_never_sleeps() {
+        let mut pace = Pace::new(0);
+        assert_eq!(pace.step_size(50_000), 50_000);
+        pace.step(u64::MAX).await;
+        assert!(pace.started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(Pace::new(20_000).step_size(50_000), PACED_STEP);
+        assert_eq!(Pace::new(20_000).step_size(10), 10);
+    }
+}
