@@ -9,9 +9,9 @@
 -- `audit_segments`. It takes no row locks: the runtime role cannot update or delete audit
 -- rows, and the two functions below serialize on the chain's advisory lock.
 --
--- `audit_archive_delete` deletes at most `p_limit` of the chain's oldest hot rows that
--- recorded segments cover (segments are contiguous from seq 1, so "covered" is
--- `1 <= seq <= the last recorded segment's last_seq`), and nothing else.
+-- `audit_archive_delete` deletes the chain's hot rows in the `p_limit` seqs from its oldest
+-- hot row on, but only those recorded segments cover (segments are contiguous from seq 1,
+-- so "covered" is `1 <= seq <= the last recorded segment's last_seq`), and nothing else.
 --
 -- `audit_archive_prune` stays for replicas of an earlier release during a rolling upgrade,
 -- redefined below as the two in one transaction, so that its checks live in one place.
@@ -86,6 +86,8 @@ SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
     upto BIGINT;
+    lo   BIGINT;
+    hi   BIGINT;
     gone BIGINT;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('shardgate audit archive ' || p_chain_id, 0));
@@ -94,10 +96,14 @@ BEGIN
     IF NOT FOUND OR p_limit IS NULL OR p_limit < 1 THEN
         RETURN 0;
     END IF;
-    DELETE FROM audit_events WHERE chain_id = p_chain_id AND seq IN (
-        SELECT seq FROM audit_events
-        WHERE chain_id = p_chain_id AND seq BETWEEN 1 AND upto
-        ORDER BY seq LIMIT p_limit);
+    SELECT min(seq) INTO lo FROM audit_events WHERE chain_id = p_chain_id AND seq >= 1;
+    IF lo IS NULL OR lo > upto THEN
+        RETURN 0;
+    END IF;
+    -- One range of the primary key, as the archiver's reads go: `p_limit` seqs from the
+    -- oldest (fewer rows where seqs are missing), never past the recorded segments.
+    hi := CASE WHEN p_limit > upto - lo THEN upto ELSE lo + p_limit - 1 END;
+    DELETE FROM audit_events WHERE chain_id = p_chain_id AND seq BETWEEN lo AND hi;
     GET DIAGNOSTICS gone = ROW_COUNT;
     RETURN gone;
 END

@@ -437,8 +437,9 @@ pub trait Store: Send + Sync + 'static {
     /// `audit_archive_record`, the only writer of `audit_segments` (migration 0021).
     async fn record_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError>;
 
-    /// Delete at most `limit` of the chain's oldest hot rows that its recorded segments
-    /// cover, and no other: the number deleted (0 when none is left). On PostgreSQL this is
+    /// Delete the chain's hot rows among the `limit` seqs from its oldest hot row on that
+    /// its recorded segments cover, and no other (at most `limit`; fewer where seqs are
+    /// missing): the number deleted (0 when no covered row is left). On PostgreSQL this is
     /// the SECURITY DEFINER function `audit_archive_delete`; on SQLite a trigger refuses the
     /// delete of a row no segment covers.
     async fn delete_archived_audit(&self, chain_id: &str, limit: i64) -> Result<u64, StoreError>;

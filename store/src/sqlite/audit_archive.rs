@@ -187,8 +187,9 @@ pub(super) async fn record_audit_segment(
     Ok(u64::try_from(s.count()).unwrap_or(0))
 }
 
-/// [`Store::delete_archived_audit`](crate::Store::delete_archived_audit). Segments are
-/// contiguous from seq 1, so the covered rows are `1..=` the last segment's `last_seq`.
+/// [`Store::delete_archived_audit`](crate::Store::delete_archived_audit): one range of the
+/// primary key, `limit` seqs from the chain's oldest hot row, never past the recorded
+/// segments (contiguous from seq 1, so the covered rows are `1..=` the last one's `last_seq`).
 pub(super) async fn delete_archived_audit(
     store: &SqliteStore,
     chain_id: &str,
@@ -198,18 +199,31 @@ pub(super) async fn delete_archived_audit(
         return Ok(0);
     }
     let mut tx = store.begin_write().await?;
-    let gone = sqlx::query(
-        "DELETE FROM audit_events WHERE chain_id = ?1 AND seq IN (\
-         SELECT seq FROM audit_events WHERE chain_id = ?1 AND seq BETWEEN 1 AND \
-         (SELECT COALESCE(MAX(last_seq), 0) FROM audit_segments WHERE chain_id = ?1) \
-         ORDER BY seq LIMIT ?2)",
+    let (lo, upto): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT (SELECT MIN(seq) FROM audit_events WHERE chain_id = ?1 AND seq >= 1), \
+         (SELECT COALESCE(MAX(last_seq), 0) FROM audit_segments WHERE chain_id = ?1)",
     )
     .bind(chain_id)
-    .bind(limit)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
-    .map_err(map_err)?
-    .rows_affected();
+    .map_err(map_err)?;
+    let Some(lo) = lo.filter(|lo| *lo <= upto) else {
+        return Ok(0);
+    };
+    let hi = if limit > upto - lo {
+        upto
+    } else {
+        lo + limit - 1
+    };
+    let gone =
+        sqlx::query("DELETE FROM audit_events WHERE chain_id = ?1 AND seq BETWEEN ?2 AND ?3")
+            .bind(chain_id)
+            .bind(lo)
+            .bind(hi)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
     tx.commit().await.map_err(map_err)?;
     Ok(gone)
 }

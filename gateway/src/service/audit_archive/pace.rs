@@ -67,8 +67,7 @@ pub(super) async fn drain(
     pace: &mut Pace,
     whole: usize,
 ) -> Result<u64, StoreError> {
-    let chunk = pace.step_size(whole);
-    let limit = i64::try_from(chunk).unwrap_or(i64::MAX);
+    let limit = i64::try_from(pace.step_size(whole)).unwrap_or(i64::MAX);
     let mut total = 0u64;
     loop {
         let gone = store.delete_archived_audit(chain, limit).await?;
@@ -79,9 +78,6 @@ pub(super) async fn drain(
         metrics::counter!("shardgate_audit_archived_events_total").increment(gone);
         total += gone;
         pace.step(gone).await;
-        if gone < chunk as u64 {
-            return Ok(total);
-        }
     }
 }
 
