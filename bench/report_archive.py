@@ -54,6 +54,25 @@ def _p(oha, q):
     return None if v is None else v * 1e3
 
 
+def _ckpts(d, w, i):
+    """Checkpoints PostgreSQL made during a p99 window, or None when not recorded."""
+    a = _j(os.path.join(d, "p99-%s-r%d.db-before.json" % (w, i)))
+    b = _j(os.path.join(d, "p99-%s-r%d.db-after.json" % (w, i)))
+    if not a or not b:
+        return None
+    return b["checkpoints"] - a["checkpoints"]
+
+
+def _autovac(d, w, i):
+    """Autovacuum workers running at a p99 window's end, or None when not recorded."""
+    b = _j(os.path.join(d, "p99-%s-r%d.db-after.json" % (w, i)))
+    return None if not b else b["autovacuum_workers"]
+
+
+def _n(v):
+    return "n/a" if v is None else str(v)
+
+
 def archive_report(res, machine):
     """(goals, figures, md lines) of section 12, or None when it was not run."""
     d = os.path.join(res, "archive")
@@ -79,6 +98,8 @@ def archive_report(res, machine):
             "p99_full_ms": _p(full, "p99"), "p50_full_ms": _p(full, "p50"),
             "p99_ratio": _ratio(_p(on, "p99"), _p(off, "p99")),
             "p99_full_ratio": _ratio(_p(full, "p99"), _p(off, "p99")),
+            "checkpoints": {w: _ckpts(d, w, i) for w in ("off", "on", "full")},
+            "autovacuum_at_end": {w: _autovac(d, w, i) for w in ("off", "on", "full")},
             "archiver_ran_throughout": all(
                 _t(os.path.join(d, "p99-%s-r%d.throughout" % (w, i))) == "true" for w in ("on", "full")),
         })
@@ -108,7 +129,7 @@ def archive_report(res, machine):
          "cut into segments of `segment_max_events`/`segment_max_bytes`, zstd-compressed and PUT to a directory "
          "sink; nothing checked, recorded or deleted), then one `shardgate audit archive --older-than 0s` (tags "
          "checked, object + manifest PUT, both read back and checked, segment recorded once the database has "
-         "checked its rows, then its rows deleted in one call; the next segment is prepared meanwhile). The raw loop reads first each round (the archive needs the rows it reads), so the pass "
+         "checked its rows in one statement, then its rows deleted in one call; the next segment is prepared meanwhile). The raw loop reads first each round (the archive needs the rows it reads), so the pass "
          "meets warmer caches; both process the same rows (the bench's own GET events included).", "",
          "| round | events | raw loop events/s | archiver events/s | ratio | segments | bytes written |",
          "|---|---|---|---|---|---|---|"]
@@ -118,24 +139,31 @@ def archive_report(res, machine):
             _f(r["ratio"], 2) + "x" if r["ratio"] else "n/a", r["segments"], _f(r["bytes"], 0)))
     o += ["", "Median ratio: **%sx** (goal >= 0.7x)." % _f(tput, 2), "",
           "GET p99 with an archiver: oha open loop at %s req/s (half of a closed-loop peak of %s req/s), %s s "
-          "windows in three kinds, the order reversed every other round: no archiver; a `shardgate audit archive "
-          "--older-than 0s` process at the default pace (`rate_per_sec` = %s events/s: events read 2,000 a page "
-          "and covered rows deleted 2,000 a call, sleeping between steps) and `nice -n 10`, as "
+          "windows in three kinds: no archiver; a `shardgate audit archive "
+          "--older-than 0s` process at the default pace (`rate_per_sec` = %s events/s: events read 2,000 a page, "
+          "a segment's rows checked by the database 2,000 a step before its record, covered rows deleted 2,000 a "
+          "call, sleeping between steps) and `nice -n 10`, as "
           "docs/audit-archive.md runs it from a timer beside a busy gateway; the same unpaced (`--rate 0`) at "
-          "the gateway's priority. The archivers work through %s events of history (60 days); each pass is killed with -9 "
+          "the gateway's priority. Windows without an archiver and with a paced one alternate (the order "
+          "reversed every other round); the unpaced windows come after them all, since each leaves a million "
+          "deleted rows behind it. Every window starts once no autovacuum worker runs and after a `CHECKPOINT`; "
+          "the table gives the checkpoints PostgreSQL made during each window and whether an autovacuum worker "
+          "was running at its end. The archivers work through %s events of history (60 days); each pass is killed with -9 "
           "at the window's end, the next adopts what it left. The archiver is a separate process on the same 2 "
           "cores, as the background task would be a task in the gateway's." % (
               _f(p99.get("rate"), 0), _f(p99.get("peak_rps"), 0), machine.get("duration", "10"),
               _f(p99.get("archive_rate"), 0), _f(p99.get("history"), 0)), "",
           "| round | p50 / p99 without | p50 / p99 paced archiver | ratio | p50 / p99 unpaced | ratio | archivers ran "
-          "the whole window |",
-          "|---|---|---|---|---|---|---|"]
+          "the whole window | checkpoints in the window, autovacuum at its end (without / paced / unpaced) |",
+          "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rounds, 1):
-        o.append("| %d | %s / %s ms | %s / %s ms | %s | %s / %s ms | %s | %s |" % (
+        db = " / ".join("%s, %s" % (_n(r["checkpoints"][w]), {None: "n/a", 0: "no"}.get(r["autovacuum_at_end"][w], "yes"))
+                        for w in ("off", "on", "full"))
+        o.append("| %d | %s / %s ms | %s / %s ms | %s | %s / %s ms | %s | %s | %s |" % (
             i, _f(r["p50_off_ms"], 2), _f(r["p99_off_ms"], 2), _f(r["p50_on_ms"], 2), _f(r["p99_on_ms"], 2),
             _f(r["p99_ratio"], 2) + "x" if r["p99_ratio"] else "n/a", _f(r["p50_full_ms"], 2),
             _f(r["p99_full_ms"], 2), _f(r["p99_full_ratio"], 2) + "x" if r["p99_full_ratio"] else "n/a",
-            "yes" if r["archiver_ran_throughout"] else "no"))
+            "yes" if r["archiver_ran_throughout"] else "no", db))
     o += ["", "Median p99 ratio: **%sx** paced (goal <= 1.3x), %sx unpaced. After the killed passes, one more pass archived "
           "%s events (%s segment(s) adopted from the killed ones) and `shardgate audit verify` over both tiers "
           "said %s." % (_f(lat, 2), _f(lat_full, 2), _f(final.get("events"), 0), final.get("adopted", "n/a"),

@@ -422,10 +422,11 @@ async fn a_second_archiver_waits_for_the_first_ones_lease(kind: StoreKind) {
 }
 
 /// Crash points of the archiver, in the order a segment passes them.
-const POINTS: [&str; 5] = [
+const POINTS: [&str; 6] = [
     "archive_after_object",
     "archive_after_manifest",
     "archive_after_read_back",
+    "archive_after_check",
     "archive_after_record",
     "archive_after_delete",
 ];

@@ -469,6 +469,8 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
         // coverage of rows it never archived.
         "INSERT INTO audit_segments SELECT * FROM audit_segments LIMIT 1",
         "UPDATE audit_segments SET last_seq = last_seq + 1",
+        "INSERT INTO audit_archive_checks VALUES ('c', 1, 1, 3, 0, 0, '', '', '')",
+        "SELECT count(*) FROM audit_archive_checks",
         "DELETE FROM audit_segments",
         "CREATE OR REPLACE FUNCTION audit_archive_prune() RETURNS BIGINT LANGUAGE sql AS 'SELECT 0::bigint'",
         "CREATE OR REPLACE FUNCTION audit_archive_delete(TEXT, BIGINT) RETURNS BIGINT LANGUAGE sql AS 'SELECT 0::bigint'",
@@ -523,6 +525,14 @@ async fn runtime_role_serves_every_write_but_cannot_rewrite_the_audit_log() {
     )
     .await;
     assert_eq!(forged, "SG001");
+    // A step of a segment's check over rows that are not all there is refused too.
+    let gap = sqlstate(
+        &mut conn,
+        "SELECT audit_archive_check(chain_id, 1, 1, max(seq) + 1) FROM audit_events \
+         GROUP BY chain_id LIMIT 1",
+    )
+    .await;
+    assert_eq!(gap, "SG001");
     let still: i64 = sqlx::query_scalar(&count("audit_events"))
         .fetch_one(&mut admin)
         .await

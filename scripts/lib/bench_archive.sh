@@ -10,8 +10,9 @@
 #                   --growth-events events, all but the last hot_days archived, against a
 #                   fresh database with the same data set; how long archiving them took
 
-# The archiver's default pace (gateway/src/app/config.rs, d_archive_rate).
-ARCHIVE_RATE=20000
+# The archiver's default pace (gateway/src/app/config.rs, d_archive_rate); SG_BENCH_ARCHIVE_RATE
+# runs the paced windows at another one (to compare paces; BENCHMARKS.md shows the default).
+ARCHIVE_RATE=${SG_BENCH_ARCHIVE_RATE:-20000}
 
 # The paced archiver's niceness (docs/audit-archive.md: a timer's pass runs at Nice=10).
 ARCHIVER_NICE=${SG_BENCH_ARCHIVER_NICE:-10}
@@ -56,6 +57,26 @@ pg_scalar() {
     psql -X -w -qAt -v ON_ERROR_STOP=1 -h "$SG_PG_HOST" -p "$SG_PG_PORT" -U postgres -d "${2:-$DB_NAME}" -c "$1"
 }
 
+# quiet_db: wait (up to 5 min) until no autovacuum worker runs on the bench's database, then
+# CHECKPOINT, so that every p99 window starts from the same state: an unpaced window deletes
+# a million rows or more, and the autovacuum and checkpoints that follow would otherwise
+# land in whichever window comes next.
+quiet_db() {
+    local i
+    for i in $(seq 1 300); do
+        [ "$(pg_scalar "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" = 0 ] && break
+        sleep 1
+    done
+    pg_scalar 'CHECKPOINT' >/dev/null
+}
+
+# db_activity: checkpoints so far and autovacuum workers running now, as JSON fields.
+db_activity() {
+    printf '"checkpoints": %s, "autovacuum_workers": %s' \
+        "$(pg_scalar 'SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter')" \
+        "$(pg_scalar "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")"
+}
+
 # oha_get NAME RATE: GET local at RATE req/s for DURATION, open loop, into NAME.json.
 oha_get() {
     local name=$1 rate=$2 url
@@ -96,30 +117,40 @@ bench_archive() {
     echo "{\"peak_rps\": $peak, \"rate\": $rate, \"history\": $need, \"archive_rate\": $ARCHIVE_RATE}" >"$arc/p99.json"
     fill "$arc/fill-p99" "$need" 60
     vacuum_db
+    # No archiver and a paced one alternate (the order reversed every other round); the
+    # unpaced windows come last, since each leaves a million deleted rows behind it.
+    local windows=()
     for r in $(seq 1 "$ROUNDS"); do
-        if [ $((r % 2)) = 1 ]; then order=(off on full); else order=(full on off); fi
-        for w in "${order[@]}"; do
-            if [ "$w" = off ]; then
-                oha_get "$arc/p99-off-r$r" "$rate"
-                continue
-            fi
-            # "on": as docs/audit-archive.md deploys it beside a busy gateway (a timer's pass at
-            # Nice=10 and the default pace); "full": unpaced at the gateway's priority.
-            local pace=() niceness=$ARCHIVER_NICE
-            [ "$w" = full ] && pace=(--rate 0) && niceness=0
-            # Not through audit_cli: a backgrounded function is a subshell, and $! would not
-            # be the archiver.
-            nice -n "$niceness" "${GW_ENV[@]}" SHARDGATE_AUDIT__ARCHIVE__LEASE_SECS=2 "$BIN" audit archive --older-than 0s "${pace[@]}" \
-                --config "$CFG" >"$arc/p99-$w-r$r.archiver.out" 2>&1 &
-            ARC_PID=$!
-            sleep 1
-            oha_get "$arc/p99-$w-r$r" "$rate"
-            if kill -0 "$ARC_PID" 2>/dev/null; then echo true >"$arc/p99-$w-r$r.throughout"; else echo false >"$arc/p99-$w-r$r.throughout"; fi
-            kill -9 "$ARC_PID" 2>/dev/null || true
-            wait "$ARC_PID" 2>/dev/null || true
-            ARC_PID=""
-            sleep 3 # the killed pass's lease runs out
-        done
+        if [ $((r % 2)) = 1 ]; then windows+=("off $r" "on $r"); else windows+=("on $r" "off $r"); fi
+    done
+    for r in $(seq 1 "$ROUNDS"); do windows+=("full $r"); done
+    local spec w name
+    for spec in "${windows[@]}"; do
+        w=${spec% *} r=${spec#* } name="$arc/p99-${spec% *}-r${spec#* }"
+        quiet_db
+        echo "{$(db_activity)}" >"$name.db-before.json"
+        if [ "$w" = off ]; then
+            oha_get "$name" "$rate"
+            echo "{$(db_activity)}" >"$name.db-after.json"
+            continue
+        fi
+        # "on": as docs/audit-archive.md deploys it beside a busy gateway (a timer's pass at
+        # Nice=10 and the default pace); "full": unpaced at the gateway's priority.
+        local pace=() niceness=$ARCHIVER_NICE
+        [ "$w" = full ] && pace=(--rate 0) && niceness=0
+        # Not through audit_cli: a backgrounded function is a subshell, and $! would not
+        # be the archiver.
+        nice -n "$niceness" "${GW_ENV[@]}" SHARDGATE_AUDIT__ARCHIVE__LEASE_SECS=2 "$BIN" audit archive --older-than 0s "${pace[@]}" \
+            --config "$CFG" >"$name.archiver.out" 2>&1 &
+        ARC_PID=$!
+        sleep 1
+        oha_get "$name" "$rate"
+        echo "{$(db_activity)}" >"$name.db-after.json"
+        if kill -0 "$ARC_PID" 2>/dev/null; then echo true >"$name.throughout"; else echo false >"$name.throughout"; fi
+        kill -9 "$ARC_PID" 2>/dev/null || true
+        wait "$ARC_PID" 2>/dev/null || true
+        ARC_PID=""
+        sleep 3 # the killed pass's lease runs out
     done
     # What the killed passes left is adopted by the next one; then the whole trail verifies.
     archive_pass "$arc/final" --older-than 0s --rate 0

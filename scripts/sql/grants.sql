@@ -57,8 +57,10 @@ GRANT SELECT, INSERT, UPDATE ON approvals TO :"app";
 -- a segment is recorded is the SECURITY DEFINER function `audit_archive_record` (or
 -- `audit_archive_prune`, which also deletes its rows: kept for an earlier release), which
 -- checks that the segment covers exactly those rows; the one way hot rows leave is
--- `audit_archive_delete`, which deletes only rows a recorded segment covers. The lease keeps
--- one archiver at a time.
+-- `audit_archive_delete`, which deletes only rows a recorded segment covers. A paced archiver
+-- checks a segment's rows a step at a time first through `audit_archive_check`, which alone
+-- writes the steps `audit_archive_record` then trusts (`audit_archive_checks`: no privilege
+-- here). The lease keeps one archiver at a time.
 GRANT SELECT ON audit_segments TO :"app";
 GRANT SELECT, INSERT, UPDATE ON audit_archive_leases TO :"app";
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC, :"app";
@@ -67,6 +69,7 @@ GRANT EXECUTE ON FUNCTION audit_archive_prune(TEXT, BIGINT, BIGINT, BIGINT, BIGI
 GRANT EXECUTE ON FUNCTION audit_archive_record(TEXT, BIGINT, BIGINT, BIGINT, BIGINT, BYTEA, BYTEA,
     BYTEA, TEXT, BYTEA, BIGINT, TEXT, BYTEA, BYTEA, BIGINT) TO :"app";
 GRANT EXECUTE ON FUNCTION audit_archive_delete(TEXT, BIGINT) TO :"app";
+GRANT EXECUTE ON FUNCTION audit_archive_check(TEXT, BIGINT, BIGINT, BIGINT) TO :"app";
 
 -- KEK versions: registered when first seen, moved through active / decrypt-only / destroyed
 -- by the admin API, wrap counters advanced in reserved blocks; never deleted.

@@ -49,7 +49,9 @@ pub use model::{
     ShardVersionRow, TokenRecord, TokenRevocation,
 };
 pub(crate) use schema::{compare_migrations, no_schema_error};
-pub use schema::{SchemaCheck, APPEND_ONLY_TABLES, RUNTIME_FUNCTIONS, RUNTIME_PRIVILEGES};
+pub use schema::{
+    SchemaCheck, APPEND_ONLY_TABLES, MAX_AUDIT_CHECK_STEP, RUNTIME_FUNCTIONS, RUNTIME_PRIVILEGES,
+};
 pub use seal::{check_batch_records, check_write_records, LateSeal, Presealed, Prune};
 
 use async_trait::async_trait;
@@ -434,8 +436,24 @@ pub trait Store: Send + Sync + 'static {
     /// (`Internal`, nothing changed) unless the rows are exactly the segment's (count, first
     /// `prev_tag`, last tag, tags digest, time range) and it continues the chain's previous
     /// segment, or starts the chain. On PostgreSQL this is the SECURITY DEFINER function
-    /// `audit_archive_record`, the only writer of `audit_segments` (migration 0021).
+    /// `audit_archive_record`, the only writer of `audit_segments` (migrations 0021, 0022).
     async fn record_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError>;
+
+    /// Check the hot rows `range` (`from..=to`) of the segment that starts at `first_seq` ahead of
+    /// [`record_audit_segment`](Self::record_audit_segment), one step of its check: the rows
+    /// checked. A segment's steps go in order from `first_seq` (a step from `first_seq`
+    /// starts the chain's steps over); once they cover the segment exactly, recording it
+    /// takes its checks from them instead of reading every row in one go. Refused
+    /// (`Internal`, nothing stored) when a row is missing, the step is longer than
+    /// [`MAX_AUDIT_CHECK_STEP`] rows or does not continue the steps before it; the same step
+    /// again answers as before. On PostgreSQL this is the SECURITY DEFINER function
+    /// `audit_archive_check`, the only writer of the steps (migration 0022).
+    async fn check_audit_range(
+        &self,
+        chain_id: &str,
+        first_seq: i64,
+        range: (i64, i64),
+    ) -> Result<u64, StoreError>;
 
     /// Delete the chain's hot rows among the `limit` seqs from its oldest hot row on that
     /// its recorded segments cover, and no other (at most `limit`; fewer where seqs are

@@ -25,8 +25,13 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
     // Archived audit segments: read only. Recorded by the SECURITY DEFINER functions
     // `audit_archive_record` (and `audit_archive_prune`, kept for an earlier release) alone,
     // which the runtime role may EXECUTE: whoever could insert a segment row could fake
-    // coverage. Covered hot rows leave through `audit_archive_delete`.
+    // coverage. Covered hot rows leave through `audit_archive_delete`. The steps of a
+    // segment's check (`audit_archive_checks`) are written by `audit_archive_check` alone: the
+    // runtime role holds nothing on that table.
     ("audit_segments", &["SELECT"]),
+    // The steps of a segment's check: written by the SECURITY DEFINER function
+    // `audit_archive_check` alone (whoever could write a step could fake a check).
+    ("audit_archive_checks", &[]),
     // The archiver's lease: one archiver at a time across replicas.
     ("audit_archive_leases", &["SELECT", "INSERT", "UPDATE"]),
     ("migration_jobs", &["SELECT", "INSERT", "UPDATE"]),
@@ -52,9 +57,15 @@ pub const RUNTIME_PRIVILEGES: &[(&str, &[&str])] = &[
 /// UPDATE, DELETE or TRUNCATE on them.
 pub const APPEND_ONLY_TABLES: &[&str] = &["audit_events", "audit_chains", "audit_segments"];
 
+/// The most rows one step of a segment's check reads
+/// ([`Store::check_audit_range`](crate::Store::check_audit_range)); PostgreSQL's
+/// `audit_archive_check` holds the same bound.
+pub const MAX_AUDIT_CHECK_STEP: i64 = 100_000;
+
 /// The functions the runtime role may EXECUTE (`scripts/sql/grants.sql`), with their
 /// argument types as PostgreSQL names them.
 pub const RUNTIME_FUNCTIONS: &[&str] = &[
+    "audit_archive_check(text, bigint, bigint, bigint)",
     "audit_archive_delete(text, bigint)",
     "audit_archive_prune(text, bigint, bigint, bigint, bigint, bytea, bytea, bytea, text, bytea, \
      bigint, text, bytea, bytea, bigint)",

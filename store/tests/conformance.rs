@@ -44,6 +44,7 @@ both_stores!(
     audit_unwritable_fails_other_writes_atomically,
     audit_unwritable_fails_append,
     an_archived_segment_is_recorded_then_only_its_rows_deleted_a_chunk_at_a_time,
+    a_segment_checked_a_step_at_a_time_is_recorded_from_its_steps,
     cancelled_writes_leave_no_open_transaction,
     backup_to_copies_sqlite_and_refuses_postgres,
 );
@@ -1022,6 +1023,49 @@ async fn an_archived_segment_is_recorded_then_only_its_rows_deleted_a_chunk_at_a
         s.audit_segments("c-a").await.unwrap(),
         [first.clone(), next]
     );
+}
+
+async fn a_segment_checked_a_step_at_a_time_is_recorded_from_its_steps(h: &Harness) {
+    let s = &*h.store;
+    let rows: Vec<_> = (1..=9)
+        .map(|seq| record("c-s", seq, "shard.get", Some(ACCT), None, None, ""))
+        .collect();
+    s.append_audit(&rows).await.unwrap();
+    let check = |first: i64, range: (i64, i64)| s.check_audit_range("c-s", first, range);
+    // A step starts the segment or continues the steps before it, within the segment, over
+    // rows that are all hot.
+    assert!(check(1, (2, 3)).await.is_err());
+    assert!(check(1, (3, 2)).await.is_err());
+    assert!(check(2, (1, 3)).await.is_err());
+    assert!(check(1, (1, 12)).await.is_err());
+    assert!(check(1, (1, 1 + shardgate_store::MAX_AUDIT_CHECK_STEP))
+        .await
+        .is_err());
+    assert_eq!(check(1, (1, 3)).await.unwrap(), 3);
+    assert_eq!(check(1, (4, 5)).await.unwrap(), 2);
+    // The same step again answers as before; a gap is refused.
+    assert_eq!(check(1, (4, 5)).await.unwrap(), 2);
+    assert!(check(1, (7, 8)).await.is_err());
+    // Recorded from its steps: a step changed behind the store's back is caught.
+    let first = segment("c-s", (1, 5), &[0; 32]);
+    h.exec("UPDATE audit_archive_checks SET max_ts_ms = max_ts_ms + 1 WHERE from_seq = 4")
+        .await;
+    assert!(s.record_audit_segment(&first).await.is_err());
+    assert!(s.audit_segments("c-s").await.unwrap().is_empty());
+    // Checked again from its first seq (which starts the steps over), it is recorded; a
+    // forged digest still is not.
+    assert_eq!(check(1, (1, 2)).await.unwrap(), 2);
+    assert_eq!(check(1, (3, 5)).await.unwrap(), 3);
+    let mut forged = first.clone();
+    forged.tags_sha256 = vec![1; 32];
+    assert!(s.record_audit_segment(&forged).await.is_err());
+    assert_eq!(s.record_audit_segment(&first).await.unwrap(), 5);
+    // Steps that do not reach a segment's end are not used: its rows are read instead.
+    assert_eq!(check(6, (6, 7)).await.unwrap(), 2);
+    let next = segment("c-s", (6, 9), &first.manifest_sha256);
+    assert_eq!(s.record_audit_segment(&next).await.unwrap(), 4);
+    assert_eq!(s.delete_archived_audit("c-s", 100).await.unwrap(), 9);
+    assert_eq!(s.audit_segments("c-s").await.unwrap(), [first, next]);
 }
 
 async fn audit_register_chain_is_idempotent(h: &Harness) {

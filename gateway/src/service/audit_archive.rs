@@ -6,7 +6,7 @@
 //! written; what an earlier pass wrote: hash, HMACs and the very events), record the
 //! segment (`Store::record_audit_segment`, which refuses rows the segment does not cover
 //! exactly), then delete the rows recorded segments cover (`Store::delete_archived_audit`).
-//! A paced pass reads and deletes a step at a time (`pace`); an unpaced one prepares the
+//! A paced pass reads, checks and deletes a step at a time (`pace`); an unpaced one prepares the
 //! next segment while the database records the one before. Keys are deterministic, a
 //! segment already in the sink at the next position is adopted, and covered rows a stopped
 //! pass left are deleted first, so a pass killed at any point and run again loses nothing
@@ -24,7 +24,7 @@ use crate::service::audit_expire::{expire_chain, expired_prefix, ExpireError, Ex
 use shardgate_store::{AuditRecord, AuditSegment, Store, StoreError};
 
 mod pace;
-use pace::{drain, Pace};
+use pace::{check, drain, Pace};
 
 /// Name of the archiver's lease.
 pub const LEASE: &str = "audit-archiver";
@@ -241,8 +241,9 @@ struct Ready {
 }
 
 /// Archive a chain's segments one after another, after deleting the covered rows a stopped
-/// pass left. Paced, each segment is read a page at a time, recorded, and its rows deleted a
-/// chunk at a time, one step after another at the pass's rate.
+/// pass left. Paced, each segment is read a page at a time, its rows checked by the store a
+/// step at a time, recorded, and its rows deleted a chunk at a time, one step after another
+/// at the pass's rate.
 async fn archive_chain(
     store: &dyn Store,
     archive: Archive<'_>,
@@ -260,6 +261,7 @@ async fn archive_chain(
     while let Some(seg) = prepare(store, archive, key, (pass, &mut *pace), chain, &at).await? {
         at = Position::after(&seg.row);
         renew(store, pass).await?;
+        check(store, &seg.row, pace).await?;
         record(store, &seg.row).await?;
         let gone = drain(store, chain, pace, pass.max_events).await?;
         tally(report, &seg, gone);

@@ -2,6 +2,8 @@
 //! through the SECURITY DEFINER function `audit_archive_record` (the only writer of
 //! `audit_segments`) and deleting the hot rows recorded segments cover through
 //! `audit_archive_delete` (the only way audit rows leave the hot table; migration 0021),
+//! checking a segment's rows a step at a time ahead of its record (`audit_archive_check`,
+//! migration 0022),
 //! the archiver's lease, and the search of the hot table (`audit_query`).
 
 use super::{map_err, PgStore};
@@ -77,6 +79,24 @@ pub(super) async fn record_audit_segment(
     .await
     .map_err(map_err)?;
     Ok(u64::try_from(covered).unwrap_or(0))
+}
+
+/// [`Store::check_audit_range`](crate::Store::check_audit_range).
+pub(super) async fn check_audit_range(
+    store: &PgStore,
+    chain_id: &str,
+    first_seq: i64,
+    (from, to): (i64, i64),
+) -> Result<u64, StoreError> {
+    let checked: i64 = sqlx::query_scalar("SELECT audit_archive_check($1, $2, $3, $4)")
+        .bind(chain_id)
+        .bind(first_seq)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&store.pool)
+        .await
+        .map_err(map_err)?;
+    Ok(u64::try_from(checked).unwrap_or(0))
 }
 
 /// [`Store::delete_archived_audit`](crate::Store::delete_archived_audit).

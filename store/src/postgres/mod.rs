@@ -610,6 +610,15 @@ impl Store for PgStore {
         audit_archive::record_audit_segment(self, segment).await
     }
 
+    async fn check_audit_range(
+        &self,
+        chain_id: &str,
+        first_seq: i64,
+        range: (i64, i64),
+    ) -> Result<u64, StoreError> {
+        audit_archive::check_audit_range(self, chain_id, first_seq, range).await
+    }
+
     async fn delete_archived_audit(&self, chain_id: &str, limit: i64) -> Result<u64, StoreError> {
         audit_archive::delete_archived_audit(self, chain_id, limit).await
     }

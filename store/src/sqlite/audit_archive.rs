@@ -1,13 +1,12 @@
 //! The audit archive on SQLite: reading a chain's recorded segments, recording one (the
-//! checks PostgreSQL's `audit_archive_record` makes, made here), deleting the hot rows
+//! checks PostgreSQL's `audit_archive_record` makes, made here, from the steps of
+//! `audit_check` when they cover it), deleting the hot rows
 //! recorded segments cover a chunk at a time (a trigger refuses the delete of any other audit
 //! row), the archiver's lease, and the search of the hot table (`audit_query`).
 
-use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
-use sqlx::Row;
 
-use super::{map_err, SqliteStore};
+use super::{audit_check, map_err, SqliteStore};
 use crate::rows::{segment_from_row, SEGMENT_COLUMNS};
 use crate::{AuditSegment, StoreError};
 
@@ -108,43 +107,6 @@ async fn continues(conn: &mut SqliteConnection, s: &AuditSegment) -> Result<bool
     }
 }
 
-/// Whether the hot rows `s` names are exactly the ones it holds.
-async fn covers(conn: &mut SqliteConnection, s: &AuditSegment) -> Result<bool, StoreError> {
-    let rows = sqlx::query(
-        "SELECT seq, ts_ms, prev_tag, tag FROM audit_events \
-         WHERE chain_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
-    )
-    .bind(&s.chain_id)
-    .bind(s.first_seq)
-    .bind(s.last_seq)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    if i64::try_from(rows.len()).ok() != Some(s.count()) {
-        return Ok(false);
-    }
-    let mut digest = Sha256::new();
-    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-    for (i, row) in rows.iter().enumerate() {
-        let ts: i64 = row.try_get("ts_ms").map_err(map_err)?;
-        let tag: Vec<u8> = row.try_get("tag").map_err(map_err)?;
-        if i == 0 {
-            let prev: Vec<u8> = row.try_get("prev_tag").map_err(map_err)?;
-            if prev != s.prev_tag {
-                return Ok(false);
-            }
-        }
-        if i + 1 == rows.len() && tag != s.last_tag {
-            return Ok(false);
-        }
-        (lo, hi) = (lo.min(ts), hi.max(ts));
-        digest.update(&tag);
-    }
-    Ok(digest.finalize().as_slice() == s.tags_sha256.as_slice()
-        && lo == s.min_ts_ms
-        && hi == s.max_ts_ms)
-}
-
 /// [`Store::record_audit_segment`](crate::Store::record_audit_segment).
 pub(super) async fn record_audit_segment(
     store: &SqliteStore,
@@ -154,7 +116,7 @@ pub(super) async fn record_audit_segment(
     if !continues(&mut tx, s).await? {
         return Ok(0);
     }
-    if !covers(&mut tx, s).await? {
+    if !audit_check::covers(&mut tx, s).await? {
         return Err(refused(
             s,
             "the hot rows are not the ones the segment holds",
@@ -183,6 +145,7 @@ pub(super) async fn record_audit_segment(
     .execute(&mut *tx)
     .await
     .map_err(map_err)?;
+    audit_check::forget(&mut tx, &s.chain_id).await?;
     tx.commit().await.map_err(map_err)?;
     Ok(u64::try_from(s.count()).unwrap_or(0))
 }

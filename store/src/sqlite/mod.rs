@@ -38,6 +38,7 @@ mod accounts;
 mod approvals;
 mod audit;
 mod audit_archive;
+mod audit_check;
 mod backup;
 mod idempotency;
 mod keys;
@@ -479,6 +480,15 @@ impl Store for SqliteStore {
 
     async fn record_audit_segment(&self, segment: &AuditSegment) -> Result<u64, StoreError> {
         audit_archive::record_audit_segment(self, segment).await
+    }
+
+    async fn check_audit_range(
+        &self,
+        chain_id: &str,
+        first_seq: i64,
+        range: (i64, i64),
+    ) -> Result<u64, StoreError> {
+        audit_check::check_audit_range(self, chain_id, first_seq, range).await
     }
 
     async fn delete_archived_audit(&self, chain_id: &str, limit: i64) -> Result<u64, StoreError> {

@@ -1,20 +1,26 @@
 //! How an archiver pass spreads its database work out (docs/audit-archive.md, "Pacing"): a
-//! paced pass reads a chain's events a page at a time and deletes the rows a recorded
+//! paced pass reads a chain's events a page at a time, has the database check a segment's
+//! rows a step at a time before it records the segment, and deletes the rows a recorded
 //! segment covers a chunk at a time, each step a few milliseconds of the database's work,
 //! sleeping between steps to hold the pass to its rate. A segment of 50,000 events is thus
-//! never one burst of reads or deletes beside the requests the database serves. An unpaced
-//! pass (`--rate 0`) reads and deletes a segment at once.
+//! never one burst of reads, checks or deletes beside the requests the database serves. An
+//! unpaced pass (`--rate 0`) reads, checks and deletes a segment at once.
 
-use shardgate_store::{Store, StoreError};
+use shardgate_store::{AuditSegment, Store, StoreError};
 use tokio::time::Instant;
 
 use crate::domain::failpoint::failpoint;
 
-/// Events read per page, and covered rows deleted per call, by a paced pass.
+/// Events read per page, rows checked per step, and covered rows deleted per call, by a
+/// paced pass.
 pub(super) const PACED_STEP: usize = 2_000;
 
+/// Units of work per event: read, checked, deleted.
+const UNITS_PER_EVENT: f64 = 3.0;
+
 /// A pass's pace: the work done since `started` against `rate_per_sec` events a second.
-/// Each event is read once and deleted once, so it counts as two units of work.
+/// Each event is read once, checked once and deleted once, so it counts as three units of
+/// work.
 #[derive(Debug)]
 pub(super) struct Pace {
     rate_per_sec: u64,
@@ -47,16 +53,38 @@ impl Pace {
         }
     }
 
-    /// Count `units` of work done (an event read or a row deleted is one), then sleep until
+    /// Count `units` of work done (an event read, a row checked or a row deleted is one),
+    /// then sleep until
     /// the work so far is within the rate.
     pub(super) async fn step(&mut self, units: u64) {
         self.units = self.units.saturating_add(units);
         if !self.paced() {
             return;
         }
-        let secs = self.units as f64 / (2.0 * self.rate_per_sec as f64);
+        let secs = self.units as f64 / (UNITS_PER_EVENT * self.rate_per_sec as f64);
         tokio::time::sleep_until(self.started + std::time::Duration::from_secs_f64(secs)).await;
     }
+}
+
+/// Have the store check a segment's hot rows a step at a time, so that recording it next
+/// reads the stored steps instead of every row at once.
+pub(super) async fn check(
+    store: &dyn Store,
+    seg: &AuditSegment,
+    pace: &mut Pace,
+) -> Result<(), StoreError> {
+    let step = i64::try_from(PACED_STEP).unwrap_or(i64::MAX);
+    let mut from = seg.first_seq;
+    while from <= seg.last_seq {
+        let to = seg.last_seq.min(from.saturating_add(step - 1));
+        let n = store
+            .check_audit_range(&seg.chain_id, seg.first_seq, (from, to))
+            .await?;
+        failpoint("archive_after_check");
+        pace.step(n).await;
+        from = to + 1;
+    }
+    Ok(())
 }
 
 /// Delete the chain's hot rows that its recorded segments cover, a step at a time: the rows
@@ -88,10 +116,10 @@ mod tests {
     #[tokio::test]
     async fn pacing_holds_the_pass_to_its_rate() {
         let mut pace = Pace::new(1000);
-        // 300 events read and deleted (600 units) at 1,000 events a second: not before
-        // 300 ms after the start.
+        // 300 events read, checked and deleted (900 units) at 1,000 events a second: not
+        // before 300 ms after the start.
         pace.step(400).await;
-        pace.step(200).await;
+        pace.step(500).await;
         assert!(pace.started.elapsed() >= std::time::Duration::from_millis(300));
     }
 
